@@ -1,0 +1,282 @@
+// The `delegate` binary: flags and environment in, a runtime built from the
+// library, a stage run or checked, an exit code out.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "delegate/builtin_executors.h"
+#include "delegate/config.h"
+#include "delegate/console_log_sink.h"
+#include "delegate/scheduler.h"
+#include "delegate/stage_file.h"
+#include "delegate/version.h"
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailed = 1;
+constexpr int kExitInvalid = 2;
+
+constexpr const char* kUsage = R"(usage: delegate COMMAND [ARGS]
+
+Commands:
+  exec FILE      run a stage file (YAML or JSON) on this machine
+  validate FILE  check a stage file and print every problem; runs nothing
+  config         print the effective configuration (the token is never shown)
+  version        print the version and the build's git commit
+
+Options:
+  --env-file FILE        read KEY=VALUE settings (the environment wins)
+  --result OUT.json      exec: write the stage result as JSON
+  --drain-timeout DUR    exec: on SIGTERM or SIGINT, let the stage run this
+                         long before cancelling it (default 30s); a second
+                         signal cancels at once
+
+Environment: HARNESS_ACCOUNT_ID, HARNESS_TOKEN, HARNESS_URL, HARNESS_NAME,
+HARNESS_TAGS, MAX_STAGES, CLEANUP_GRACE_PERIOD_SECONDS, HARNESS_WORKDIR
+(README.md lists every variable and its aliases).
+
+Exit status: 0 every step succeeded, 1 a step failed, timed out or was
+cancelled, 2 invalid input or configuration.
+)";
+
+struct Args {
+  std::string command;
+  std::string file;
+  std::string env_file;
+  std::string result_file;
+  absl::Duration drain = absl::Seconds(30);
+};
+
+int Usage(const std::string& problem) {
+  fprintf(stderr, "delegate: %s\nRun 'delegate --help' for usage.\n",
+          problem.c_str());
+  return kExitInvalid;
+}
+
+// Returns an exit code when parsing ends the program.
+std::optional<int> ParseArgs(int argc, char** argv, Args& args) {
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&](const std::string& flag) -> std::optional<std::string> {
+      if (absl::StartsWith(arg, flag + "=")) return arg.substr(flag.size() + 1);
+      if (arg == flag && i + 1 < argc) return std::string(argv[++i]);
+      return std::nullopt;
+    };
+    if (arg == "-h" || arg == "--help" || arg == "help") {
+      fputs(kUsage, stdout);
+      return kExitOk;
+    }
+    if (absl::StartsWith(arg, "--env-file")) {
+      auto v = value("--env-file");
+      if (!v) return Usage("--env-file needs a FILE");
+      args.env_file = *v;
+    } else if (absl::StartsWith(arg, "--result")) {
+      auto v = value("--result");
+      if (!v) return Usage("--result needs a FILE");
+      args.result_file = *v;
+    } else if (absl::StartsWith(arg, "--drain-timeout")) {
+      auto v = value("--drain-timeout");
+      if (!v || !absl::ParseDuration(*v, &args.drain) ||
+          args.drain < absl::ZeroDuration()) {
+        return Usage("--drain-timeout: expected a duration like 30s");
+      }
+    } else if (absl::StartsWith(arg, "-")) {
+      return Usage(absl::StrCat("unknown option ", arg));
+    } else {
+      positional.push_back(arg);
+    }
+  }
+  if (positional.empty()) {
+    fputs(kUsage, stderr);
+    return kExitInvalid;
+  }
+  args.command = positional[0];
+  const bool wants_file = args.command == "exec" || args.command == "validate";
+  if (wants_file && positional.size() != 2) {
+    return Usage(absl::StrCat(args.command, " needs exactly one stage FILE"));
+  }
+  if (!wants_file && positional.size() != 1) {
+    return Usage(absl::StrCat("unexpected argument ", positional[1]));
+  }
+  if (wants_file) args.file = positional[1];
+  return std::nullopt;
+}
+
+absl::StatusOr<delegate::DelegateConfig> Configure(const Args& args) {
+  delegate::EnvMap file;
+  if (!args.env_file.empty()) {
+    auto read = delegate::ReadEnvFile(args.env_file);
+    if (!read.ok()) return read.status();
+    file = *std::move(read);
+  }
+  return delegate::LoadConfig(delegate::ProcessEnvironment(), file,
+                              delegate::ConfigNeed::kLocal);
+}
+
+absl::Status WriteFileAtomically(const std::string& path,
+                                 const std::string& content) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << content << "\n";
+    if (!out) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("--result: cannot write ", path));
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("--result: cannot write ", path, ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+std::string TaskIdFor(const delegate::Stage& stage) {
+  return absl::StrCat(stage.name, "-", getpid(), "-",
+                      absl::ToUnixMillis(absl::Now()));
+}
+
+int Run(const Args& args) {
+  if (args.command == "version") {
+    printf("delegate %s (commit %s)\n", std::string(delegate::Version()).c_str(),
+           std::string(delegate::GitCommit()).c_str());
+    return kExitOk;
+  }
+  absl::StatusOr<delegate::DelegateConfig> config = Configure(args);
+  if (!config.ok()) {
+    fprintf(stderr, "delegate: %s\n", std::string(config.status().message()).c_str());
+    return kExitInvalid;
+  }
+  for (const std::string& warning : config->warnings) {
+    fprintf(stderr, "delegate: warning: %s\n", warning.c_str());
+  }
+  if (args.command == "config") {
+    fputs(config->Dump().c_str(), stdout);
+    return kExitOk;
+  }
+  if (args.command != "exec" && args.command != "validate") {
+    return Usage(absl::StrCat("unknown command '", args.command, "'"));
+  }
+
+  absl::StatusOr<delegate::Stage> stage = delegate::LoadStageFile(args.file);
+  if (!stage.ok()) {
+    fprintf(stderr, "%s\n", std::string(stage.status().message()).c_str());
+    return kExitInvalid;
+  }
+  delegate::ExecutorRegistry registry;
+  delegate::HostExecutorOptions host;
+  host.workdir = config->workdir;
+  host.grace_period = config->cleanup_grace_period;
+  if (absl::Status s = delegate::RegisterHostExecutor(registry, host);
+      !s.ok()) {
+    fprintf(stderr, "delegate: %s\n", std::string(s.message()).c_str());
+    return kExitInvalid;
+  }
+  if (absl::Status s = delegate::ValidateForPlatform(registry, *stage);
+      !s.ok()) {
+    for (absl::string_view line : absl::StrSplit(s.message(), '\n')) {
+      fprintf(stderr, "%s: %s\n", args.file.c_str(), std::string(line).c_str());
+    }
+    return kExitInvalid;
+  }
+  if (args.command == "validate") {
+    printf("%s: stage %s is valid for platform %s (%zu steps)\n",
+           args.file.c_str(), stage->name.c_str(), stage->platform.c_str(),
+           stage->steps.size());
+    return kExitOk;
+  }
+
+  // SIGTERM and SIGINT are taken by one thread with sigwait; every other
+  // thread, and so every child, starts with them blocked (children reset it).
+  // SIGUSR1 tells that thread the stage is over.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  delegate::ConsoleLogSink sink(stdout);
+  delegate::SchedulerOptions options;
+  options.registry = &registry;
+  options.log_sink = &sink;
+  options.delegate_name = config->name;
+  options.max_stages = config->max_stages;
+  delegate::Scheduler scheduler(options);
+
+  std::promise<delegate::StageResult> done;
+  std::future<delegate::StageResult> result = done.get_future();
+  delegate::StageTask task;
+  task.id = TaskIdFor(*stage);
+  const std::string task_id = task.id;
+  task.stage = *std::move(stage);
+  task.on_done = [&done](const delegate::StageResult& r) { done.set_value(r); };
+  if (absl::Status s = scheduler.Submit(std::move(task)); !s.ok()) {
+    fprintf(stderr, "delegate: %s\n", std::string(s.message()).c_str());
+    return kExitInvalid;
+  }
+
+  std::thread drain_thread;
+  std::thread signal_thread([&, signals] {
+    int received = 0;
+    for (int count = 0;; ++count) {
+      if (sigwait(&signals, &received) != 0) continue;
+      if (received == SIGUSR1) return;
+      if (count == 0) {
+        fprintf(stderr,
+                "delegate: %s received: finishing the stage (up to %s), then "
+                "cleaning up; send it again to cancel now\n",
+                strsignal(received),
+                absl::FormatDuration(args.drain).c_str());
+        drain_thread = std::thread([&] { scheduler.Shutdown(args.drain); });
+      } else {
+        fprintf(stderr, "delegate: %s received again: cancelling\n",
+                strsignal(received));
+        (void)scheduler.Cancel(task_id);
+      }
+    }
+  });
+  delegate::StageResult final_result = result.get();
+  scheduler.Shutdown(absl::ZeroDuration());
+  pthread_kill(signal_thread.native_handle(), SIGUSR1);
+  signal_thread.join();
+  if (drain_thread.joinable()) drain_thread.join();
+
+  fputs("\n", stdout);
+  fputs(delegate::FormatSummary(final_result).c_str(), stdout);
+  fflush(stdout);
+  if (!args.result_file.empty()) {
+    if (absl::Status s = WriteFileAtomically(
+            args.result_file, delegate::StageResultToJson(final_result));
+        !s.ok()) {
+      fprintf(stderr, "delegate: %s\n", std::string(s.message()).c_str());
+      return kExitFailed;
+    }
+  }
+  return final_result.status == delegate::StepStatus::kSuccess ? kExitOk
+                                                               : kExitFailed;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  if (std::optional<int> code = ParseArgs(argc, argv, args)) return *code;
+  return Run(args);
+}

@@ -1,0 +1,91 @@
+// The delegate's own configuration, from the environment names Harness
+// documents (and their older aliases) and an optional env file.
+#ifndef DELEGATE_CONFIG_H_
+#define DELEGATE_CONFIG_H_
+
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace delegate {
+
+// A string that never prints: no operator<<, and AbslStringify writes
+// "<redacted>". reveal() is the only way to the value.
+class SecretString {
+ public:
+  SecretString() = default;
+  explicit SecretString(std::string value) : value_(std::move(value)) {}
+  const std::string& reveal() const { return value_; }
+  bool empty() const { return value_.empty(); }
+  template <typename Sink>
+  friend void AbslStringify(Sink& sink, const SecretString&) {
+    sink.Append("<redacted>");
+  }
+
+ private:
+  std::string value_;
+};
+
+// Variables as name -> value. Lookup of a name that is absent gives nullopt.
+using EnvMap = std::map<std::string, std::string, std::less<>>;
+
+// The process environment (environ) as a map.
+EnvMap ProcessEnvironment();
+
+// Reads KEY=VALUE lines: blank lines and lines starting with '#' are skipped,
+// an optional leading "export " is dropped, values may be wrapped in single or
+// double quotes. Errors name the file and line number and never echo the
+// line's value.
+absl::StatusOr<EnvMap> ReadEnvFile(const std::string& path);
+
+struct DelegateConfig {
+  std::string account_id;
+  SecretString token;
+  std::string manager_url;
+  std::string name = "harness-delegate";
+  std::vector<std::string> tags;   // trimmed, empties dropped, order kept
+  std::optional<int> max_stages;   // unset: unbounded
+  int parallel_workers = 100;
+  absl::Duration poll_interval = absl::Milliseconds(3000);
+  // SIGTERM to SIGKILL on a timed out or cancelled host step.
+  absl::Duration cleanup_grace_period = absl::Seconds(10);
+  // Root under which stage workspaces are made; empty: $TMPDIR or /tmp.
+  std::string workdir;
+  // Which variable each setting came from, for the dump ("HARNESS_NAME",
+  // "default").
+  std::map<std::string, std::string> sources;
+  // One line each, for the log: two aliases set to different values, and the
+  // like. Never holds a value of the token.
+  std::vector<std::string> warnings;
+
+  // name = value lines for people; the token shows as "<set>" or "<unset>".
+  std::string Dump() const;
+};
+
+enum class ConfigNeed {
+  kLocal,   // `delegate exec`: nothing is required
+  kServer,  // `delegate server`: account id, token and URL are required
+};
+
+// Builds the configuration. Where several names mean the same setting, the
+// first that is set wins, in this order:
+//   account id  HARNESS_ACCOUNT_ID, ACCOUNT_ID
+//   token       HARNESS_TOKEN, TOKEN, DELEGATE_TOKEN, HARNESS_DELEGATE_TOKEN
+//   URL         HARNESS_URL, URL, MANAGER_HOST_AND_PORT
+//   name        HARNESS_NAME, NAME, DELEGATE_NAME
+//   tags        HARNESS_TAGS, TAGS, DELEGATE_TAGS
+// `process` wins over `file` for the same name (a deployment overrides the
+// file it ships). Errors are one line naming the variable and what to set it
+// to, for example "MAX_STAGES: expected a positive integer, got 'ten'"; the
+// token's value never appears in them.
+absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
+                                          const EnvMap& file, ConfigNeed need);
+
+}  // namespace delegate
+
+#endif  // DELEGATE_CONFIG_H_

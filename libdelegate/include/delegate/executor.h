@@ -1,0 +1,114 @@
+// The Executor interface: how a stage transaction (init, each step, cleanup)
+// runs on one platform. A host program adds a platform by implementing
+// Executor and registering a factory under a name; a stage selects it with
+// `platform: NAME`.
+#ifndef DELEGATE_EXECUTOR_H_
+#define DELEGATE_EXECUTOR_H_
+
+#include <functional>
+#include <memory>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "delegate/clock.h"
+#include "delegate/log_sink.h"
+#include "delegate/result.h"
+#include "delegate/stage.h"
+
+namespace delegate {
+
+// What an executor gets for the whole stage. References stay valid from
+// Initialize until Cleanup returns.
+struct StageContext {
+  const Stage& stage;          // secrets already substituted in steps
+  const std::string& task_id;  // the transaction id; unique per delegate
+  const std::string& delegate_name;
+  OutputWriter& output;  // stage-level lines (init, cleanup)
+  Clock& clock;
+  std::stop_token stop;  // cancel or shutdown of the stage
+  absl::Time deadline;   // absl::InfiniteFuture() when the stage has none
+};
+
+// What an executor gets for one step.
+struct StepContext {
+  const StageContext& stage;
+  // The step to run: secrets substituted, stage env merged under its envs.
+  const Step& step;
+  size_t index;  // position in stage.steps
+  OutputWriter& output;
+  // The earlier of the step's and the stage's deadline. The executor stops the
+  // step when it passes and returns kTimeout.
+  absl::Time deadline;
+  // Requested on cancel or shutdown: the executor stops the step promptly
+  // and returns kCancelled.
+  std::stop_token stop;
+};
+
+// One instance runs one stage: the scheduler calls Validate, then
+// Initialize, then Execute once per step in order, then Cleanup. Cleanup is
+// called exactly once whenever Initialize was called, whatever it or the steps
+// returned, on the same instance and thread. An executor instance is used by
+// one thread at a time.
+class Executor {
+ public:
+  Executor() = default;
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+  virtual ~Executor() = default;
+
+  // Checks, without side effects, that this platform can run the stage as
+  // written. Returns InvalidArgument naming the field (for example
+  // "steps[1].security_context.privileged") and what to do instead.
+  virtual absl::Status Validate(const Stage& stage) {
+    (void)stage;
+    return absl::OkStatus();
+  }
+  // Creates what the stage needs: workspace, network, volumes.
+  virtual absl::Status Initialize(const StageContext& ctx) = 0;
+  // Runs one step. The result's id and duration are filled in by the caller.
+  virtual StepResult Execute(const StepContext& ctx) = 0;
+  // Removes everything Initialize and the steps created. Must not depend on
+  // Initialize having succeeded.
+  virtual absl::Status Cleanup(const StageContext& ctx) = 0;
+};
+
+using ExecutorFactory = std::function<std::unique_ptr<Executor>()>;
+
+// Executors by platform name. Thread-safe.
+class ExecutorRegistry {
+ public:
+  ExecutorRegistry() = default;
+  ExecutorRegistry(const ExecutorRegistry&) = delete;
+  ExecutorRegistry& operator=(const ExecutorRegistry&) = delete;
+
+  // AlreadyExists when the name is taken; InvalidArgument for an empty name.
+  absl::Status Register(std::string name, ExecutorFactory factory);
+  // A new executor, or nullptr when no factory has that name.
+  std::unique_ptr<Executor> Create(std::string_view name) const;
+  bool Contains(std::string_view name) const;
+  // Sorted.
+  std::vector<std::string> Names() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, ExecutorFactory> factories_
+      ABSL_GUARDED_BY(mu_);
+};
+
+// Everything that can be checked before a stage runs: its platform is
+// registered, every ${{secrets.ID}} is defined, and the platform's executor
+// accepts it (Executor::Validate). InvalidArgument lists every problem, one
+// per line.
+absl::Status ValidateForPlatform(const ExecutorRegistry& registry,
+                                 const Stage& stage);
+
+}  // namespace delegate
+
+#endif  // DELEGATE_EXECUTOR_H_

@@ -1,0 +1,583 @@
+#include "delegate/config.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <iterator>
+#include <limits>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+extern char** environ;
+
+namespace delegate {
+namespace {
+
+// absl here is built with its own string_view (not std::string_view), so this
+// file works in absl::string_view and converts only for EnvMap lookups.
+
+// Env files are a handful of lines; anything this large is a wrong path (a
+// log, a binary) and is refused rather than read into memory.
+constexpr size_t kMaxEnvFileBytes = 1 << 20;
+
+// Values echoed in errors are cut to this many bytes so that one error stays
+// one readable line.
+constexpr size_t kMaxEchoBytes = 80;
+
+constexpr int kMaxStagesLimit = 1000000;
+
+// Alias lists, in precedence order (first set wins). Keep in step with the
+// table in config.h.
+constexpr absl::string_view kAccountIdNames[] = {"HARNESS_ACCOUNT_ID",
+                                                 "ACCOUNT_ID"};
+constexpr absl::string_view kTokenNames[] = {
+    "HARNESS_TOKEN", "TOKEN", "DELEGATE_TOKEN", "HARNESS_DELEGATE_TOKEN"};
+constexpr absl::string_view kUrlNames[] = {"HARNESS_URL", "URL",
+                                           "MANAGER_HOST_AND_PORT"};
+constexpr absl::string_view kNameNames[] = {"HARNESS_NAME", "NAME",
+                                            "DELEGATE_NAME"};
+constexpr absl::string_view kTagsNames[] = {"HARNESS_TAGS", "TAGS",
+                                            "DELEGATE_TAGS"};
+
+constexpr absl::string_view kMaxStagesVar = "MAX_STAGES";
+constexpr absl::string_view kParallelWorkersVar = "PARALLEL_WORKERS";
+constexpr absl::string_view kPollIntervalVar = "POLL_INTERVAL_MILLISECS";
+constexpr absl::string_view kGracePeriodVar = "CLEANUP_GRACE_PERIOD_SECONDS";
+constexpr absl::string_view kWorkdirVar = "HARNESS_WORKDIR";
+
+constexpr absl::string_view kDefaultSource = "default";
+
+template <size_t N>
+using Names = const absl::string_view (&)[N];
+
+absl::string_view Trim(absl::string_view s) {
+  return absl::StripAsciiWhitespace(s);
+}
+
+// Control characters escaped so that a value can never break a log line (a
+// double-quoted env file value may hold "\n").
+std::string EscapeControl(absl::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (u < 0x20 || u == 0x7f) {
+      absl::StrAppendFormat(&out, "\\x%02x", u);
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// Makes a non-secret value safe to show: any occurrence of the token (a user
+// may paste it into the wrong variable) is replaced, control characters are
+// escaped, and long values are cut.
+std::string Shown(absl::string_view value, const std::string& token) {
+  std::string s(value);
+  if (!token.empty()) s = absl::StrReplaceAll(s, {{token, "<redacted>"}});
+  s = EscapeControl(s);
+  if (s.size() > kMaxEchoBytes) {
+    s.resize(kMaxEchoBytes);
+    s += "...";
+  }
+  return s;
+}
+
+// The value of `name` trimmed, or nullopt when absent or blank: a blank value
+// counts as not set, so the next alias (or the default) applies.
+std::optional<std::string> Lookup(const EnvMap& env, absl::string_view name) {
+  auto it = env.find(std::string_view(name.data(), name.size()));
+  if (it == env.end()) return std::nullopt;
+  absl::string_view v = Trim(it->second);
+  if (v.empty()) return std::nullopt;
+  return std::string(v);
+}
+
+std::vector<std::string> SplitTags(absl::string_view raw) {
+  std::vector<std::string> tags;
+  for (absl::string_view piece : absl::StrSplit(raw, ',')) {
+    std::string tag(Trim(piece));
+    if (tag.empty()) continue;
+    bool seen = false;
+    for (const std::string& t : tags) seen = seen || t == tag;
+    if (!seen) tags.push_back(std::move(tag));
+  }
+  return tags;
+}
+
+absl::string_view StripTrailingSlashes(absl::string_view url) {
+  while (!url.empty() && url.back() == '/') url.remove_suffix(1);
+  return url;
+}
+
+// The winner among a setting's aliases.
+struct Pick {
+  std::string source;  // variable name, or "default"
+  std::string value;   // trimmed; empty when source is "default"
+  bool set() const { return source != kDefaultSource; }
+};
+
+// Picks the first set alias. Each later alias that is set to something that
+// means a different value (per `same`) gets a warning naming both variables;
+// values are never printed.
+template <size_t N, typename Same>
+Pick PickAlias(const EnvMap& env, Names<N> names, Same same,
+               std::vector<std::string>* warnings) {
+  Pick pick{std::string(kDefaultSource), ""};
+  for (absl::string_view name : names) {
+    std::optional<std::string> v = Lookup(env, name);
+    if (!v.has_value()) continue;
+    if (!pick.set()) {
+      pick = Pick{std::string(name), *std::move(v)};
+    } else if (!same(pick.value, *v)) {
+      warnings->push_back(absl::StrCat(pick.source, " and ", name,
+                                       " are both set and differ; using ",
+                                       pick.source));
+    }
+  }
+  return pick;
+}
+
+bool SameText(const std::string& a, const std::string& b) { return a == b; }
+
+bool SameUrl(const std::string& a, const std::string& b) {
+  return StripTrailingSlashes(a) == StripTrailingSlashes(b);
+}
+
+bool SameTags(const std::string& a, const std::string& b) {
+  return SplitTags(a) == SplitTags(b);
+}
+
+// Decimal digits only (no sign, no spaces: values are already trimmed), in
+// [0, INT_MAX]. nullopt when malformed or out of range.
+std::optional<int> ParseNonNegativeInt(absl::string_view s) {
+  if (s.empty()) return std::nullopt;
+  int64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + (c - '0');
+    if (v > std::numeric_limits<int>::max()) return std::nullopt;
+  }
+  return static_cast<int>(v);
+}
+
+bool HasWhitespace(absl::string_view s) {
+  for (char c : s) {
+    if (absl::ascii_isspace(static_cast<unsigned char>(c))) return true;
+  }
+  return false;
+}
+
+// http:// or https://, then a non-empty host (optionally [IPv6], optionally
+// user info before it and a numeric port after it). No whitespace or control
+// characters anywhere.
+bool IsManagerUrl(absl::string_view url) {
+  for (char c : url) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u == 0x7f) return false;
+  }
+  absl::string_view rest;
+  if (absl::StartsWithIgnoreCase(url, "https://")) {
+    rest = url.substr(8);
+  } else if (absl::StartsWithIgnoreCase(url, "http://")) {
+    rest = url.substr(7);
+  } else {
+    return false;
+  }
+  absl::string_view authority = rest.substr(0, rest.find_first_of("/?#"));
+  if (size_t at = authority.rfind('@'); at != absl::string_view::npos) {
+    authority.remove_prefix(at + 1);
+  }
+  absl::string_view host;
+  absl::string_view port;
+  bool has_port = false;
+  if (absl::StartsWith(authority, "[")) {
+    size_t close = authority.find(']');
+    if (close == absl::string_view::npos || close == 1) return false;
+    host = authority.substr(0, close + 1);
+    absl::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after[0] != ':') return false;
+      has_port = true;
+      port = after.substr(1);
+    }
+  } else {
+    size_t colon = authority.find(':');
+    host = authority.substr(0, colon);
+    if (colon != absl::string_view::npos) {
+      has_port = true;
+      port = authority.substr(colon + 1);
+    }
+  }
+  if (host.empty()) return false;
+  if (has_port) {
+    std::optional<int> p = ParseNonNegativeInt(port);
+    if (!p.has_value() || *p < 1 || *p > 65535) return false;
+  }
+  return true;
+}
+
+// "FIRST is not set: set it (or SECOND, ...) to WHAT".
+template <size_t N>
+absl::Status MissingError(Names<N> names, absl::string_view what) {
+  std::string msg = absl::StrCat(names[0], " is not set: set it");
+  if (N > 1) {
+    std::vector<absl::string_view> others(std::begin(names) + 1,
+                                          std::end(names));
+    absl::StrAppend(&msg, " (or ", absl::StrJoin(others, ", "), ")");
+  }
+  absl::StrAppend(&msg, " to ", what);
+  return absl::InvalidArgumentError(msg);
+}
+
+std::string FormatSeconds(absl::Duration d) {
+  if (d == absl::ZeroDuration()) return "0s";
+  return absl::FormatDuration(d);
+}
+
+// Every variable LoadConfig reads, for the "blank in the process environment
+// hides the env file's value" warning.
+std::vector<absl::string_view> AllConfigVariables() {
+  std::vector<absl::string_view> all;
+  for (auto v : kAccountIdNames) all.push_back(v);
+  for (auto v : kTokenNames) all.push_back(v);
+  for (auto v : kUrlNames) all.push_back(v);
+  for (auto v : kNameNames) all.push_back(v);
+  for (auto v : kTagsNames) all.push_back(v);
+  for (auto v : {kMaxStagesVar, kParallelWorkersVar, kPollIntervalVar,
+                 kGracePeriodVar, kWorkdirVar}) {
+    all.push_back(v);
+  }
+  return all;
+}
+
+// One env file line, already stripped of leading blanks, non-empty and not a
+// comment. Returns false when malformed.
+bool ParseEnvLine(absl::string_view line, std::string* key,
+                  std::string* value) {
+  if (absl::StartsWith(line, "export") && line.size() > 6 &&
+      (line[6] == ' ' || line[6] == '\t')) {
+    line = absl::StripLeadingAsciiWhitespace(line.substr(6));
+  }
+  size_t eq = line.find('=');
+  if (eq == absl::string_view::npos) return false;
+  absl::string_view k = absl::StripTrailingAsciiWhitespace(line.substr(0, eq));
+  if (k.empty()) return false;
+  for (size_t i = 0; i < k.size(); ++i) {
+    const char c = k[i];
+    const bool ok =
+        c == '_' || absl::ascii_isalpha(c) || (i > 0 && absl::ascii_isdigit(c));
+    if (!ok) return false;
+  }
+  absl::string_view raw = line.substr(eq + 1);
+  absl::string_view v = absl::StripLeadingAsciiWhitespace(raw);
+  std::string out;
+  if (!v.empty() && (v[0] == '"' || v[0] == '\'')) {
+    const char quote = v[0];
+    size_t i = 1;
+    bool closed = false;
+    for (; i < v.size(); ++i) {
+      const char c = v[i];
+      if (c == quote) {
+        closed = true;
+        ++i;
+        break;
+      }
+      if (quote == '"' && c == '\\' && i + 1 < v.size()) {
+        const char n = v[i + 1];
+        if (n == '"' || n == '\\') {
+          out += n;
+          ++i;
+          continue;
+        }
+        if (n == 'n') {
+          out += '\n';
+          ++i;
+          continue;
+        }
+        // Any other backslash is kept as written, like most dotenv readers.
+      }
+      out += c;
+    }
+    if (!closed) return false;
+    // After the closing quote only blanks or a comment may follow.
+    absl::string_view tail = absl::StripLeadingAsciiWhitespace(v.substr(i));
+    if (!tail.empty() && tail[0] != '#') return false;
+  } else {
+    // An unquoted "#" starts a comment only after a blank, so "a#b" and
+    // "KEY=#b" keep their "#" while "KEY= # note" is empty.
+    absl::string_view text = raw;
+    for (size_t i = 1; i < raw.size(); ++i) {
+      if (raw[i] == '#' && (raw[i - 1] == ' ' || raw[i - 1] == '\t')) {
+        text = raw.substr(0, i);
+        break;
+      }
+    }
+    out = std::string(Trim(text));
+  }
+  *key = std::string(k);
+  *value = std::move(out);
+  return true;
+}
+
+}  // namespace
+
+EnvMap ProcessEnvironment() {
+  EnvMap env;
+  if (environ == nullptr) return env;
+  for (char** p = environ; *p != nullptr; ++p) {
+    absl::string_view entry(*p);
+    size_t eq = entry.find('=');
+    if (eq == absl::string_view::npos || eq == 0) continue;
+    // getenv() returns the first of duplicate entries; so do we.
+    env.emplace(std::string(entry.substr(0, eq)),
+                std::string(entry.substr(eq + 1)));
+  }
+  return env;
+}
+
+absl::StatusOr<EnvMap> ReadEnvFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("env file ", path));
+  }
+  // Read by size rather than trusting fstat, so a pipe or /dev/stdin is
+  // capped as well.
+  std::string content;
+  char buf[16384];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      return absl::ErrnoToStatus(err, absl::StrCat("env file ", path));
+    }
+    if (n == 0) break;
+    content.append(buf, static_cast<size_t>(n));
+    if (content.size() > kMaxEnvFileBytes) {
+      ::close(fd);
+      return absl::InvalidArgumentError(
+          absl::StrCat("env file ", path, ": larger than 1 MiB"));
+    }
+  }
+  ::close(fd);
+
+  absl::string_view text = content;
+  if (absl::StartsWith(text, "\xEF\xBB\xBF")) text.remove_prefix(3);
+  EnvMap env;
+  int line_no = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_no;
+    if (absl::EndsWith(line, "\r")) line.remove_suffix(1);
+    line = absl::StripLeadingAsciiWhitespace(line);
+    if (line.empty() || line[0] == '#') continue;
+    std::string key;
+    std::string value;
+    if (!ParseEnvLine(line, &key, &value)) {
+      // The line itself is never echoed: it may hold the token.
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", line_no, ": expected KEY=VALUE"));
+    }
+    // A later line wins, as when the file is sourced by a shell.
+    env[key] = std::move(value);
+  }
+  return env;
+}
+
+std::string DelegateConfig::Dump() const {
+  const std::string& secret = token.reveal();
+  auto line = [&](absl::string_view key, const std::string& value) {
+    std::string out = absl::StrCat(key, " = ", value);
+    auto it = sources.find(std::string(key));
+    if (it != sources.end()) absl::StrAppend(&out, " (", it->second, ")");
+    out += "\n";
+    return out;
+  };
+  auto text = [&](const std::string& v) {
+    return v.empty() ? std::string("<unset>") : Shown(v, secret);
+  };
+  std::string tags_text;
+  if (tags.empty()) {
+    tags_text = "<none>";
+  } else {
+    std::vector<std::string> shown;
+    for (const std::string& t : tags) shown.push_back(Shown(t, secret));
+    tags_text = absl::StrJoin(shown, ",");
+  }
+  std::string out;
+  out += line("account_id", text(account_id));
+  out += line("token", token.empty() ? "<unset>" : "<set>");
+  out += line("manager_url", text(manager_url));
+  out += line("name", text(name));
+  out += line("tags", tags_text);
+  out += line("max_stages", max_stages.has_value() ? absl::StrCat(*max_stages)
+                                                   : std::string("unbounded"));
+  out += line("parallel_workers", absl::StrCat(parallel_workers));
+  out += line("poll_interval", FormatSeconds(poll_interval));
+  out += line("cleanup_grace_period", FormatSeconds(cleanup_grace_period));
+  out += line("workdir", workdir.empty() ? std::string("$TMPDIR or /tmp")
+                                         : Shown(workdir, secret));
+  return out;
+}
+
+absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
+                                          const EnvMap& file, ConfigNeed need) {
+  DelegateConfig cfg;
+  std::vector<std::string>& warnings = cfg.warnings;
+
+  EnvMap env = file;
+  for (const auto& [k, v] : process) env[k] = v;
+
+  // A blank process value overrides the file (the deployment decides) but
+  // that is easy to do by accident with a manifest template, so say so.
+  for (absl::string_view name : AllConfigVariables()) {
+    auto p = process.find(std::string_view(name.data(), name.size()));
+    if (p == process.end() || !Trim(p->second).empty()) continue;
+    if (Lookup(file, name).has_value()) {
+      warnings.push_back(absl::StrCat(
+          name,
+          " is blank in the process environment, which overrides its value "
+          "in the env file"));
+    }
+  }
+
+  // The token first: every later message is scrubbed of it.
+  Pick token = PickAlias(env, kTokenNames, SameText, &warnings);
+  const std::string& secret = token.value;
+  cfg.token = SecretString(token.value);
+  cfg.sources["token"] = token.source;
+
+  Pick account = PickAlias(env, kAccountIdNames, SameText, &warnings);
+  Pick url = PickAlias(env, kUrlNames, SameUrl, &warnings);
+  Pick name = PickAlias(env, kNameNames, SameText, &warnings);
+  Pick tags = PickAlias(env, kTagsNames, SameTags, &warnings);
+
+  // Settings are checked in the header's order and the first problem is
+  // returned, so a user fixes one line at a time.
+  if (account.set()) {
+    if (HasWhitespace(account.value)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          account.source, ": expected an account id without whitespace, got '",
+          Shown(account.value, secret), "'"));
+    }
+  } else if (need == ConfigNeed::kServer) {
+    return MissingError(kAccountIdNames, "the account id from Harness");
+  }
+  cfg.account_id = account.value;
+  cfg.sources["account_id"] = account.source;
+
+  if (!token.set() && need == ConfigNeed::kServer) {
+    return MissingError(kTokenNames, "the delegate token from Harness");
+  }
+
+  if (url.set()) {
+    absl::string_view trimmed = StripTrailingSlashes(url.value);
+    if (!IsManagerUrl(trimmed)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          url.source, ": expected a URL like https://app.harness.io, got '",
+          Shown(url.value, secret), "'"));
+    }
+    cfg.manager_url = std::string(trimmed);
+  } else if (need == ConfigNeed::kServer) {
+    return MissingError(kUrlNames,
+                        "the Harness manager URL, like https://app.harness.io");
+  }
+  cfg.sources["manager_url"] = url.source;
+
+  if (name.set()) cfg.name = name.value;
+  cfg.sources["name"] = name.source;
+
+  cfg.tags = SplitTags(tags.value);
+  cfg.sources["tags"] = tags.source;
+
+  cfg.sources["max_stages"] = std::string(kDefaultSource);
+  if (std::optional<std::string> v = Lookup(env, kMaxStagesVar)) {
+    std::optional<int> n = ParseNonNegativeInt(*v);
+    if (!n.has_value() || *n < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kMaxStagesVar, ": expected a positive integer, got '",
+                       Shown(*v, secret), "'"));
+    }
+    if (*n > kMaxStagesLimit) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kMaxStagesVar, ": expected a positive integer up to ",
+                       kMaxStagesLimit, ", got '", Shown(*v, secret), "'"));
+    }
+    cfg.max_stages = *n;
+    cfg.sources["max_stages"] = std::string(kMaxStagesVar);
+  }
+
+  cfg.sources["parallel_workers"] = std::string(kDefaultSource);
+  if (std::optional<std::string> v = Lookup(env, kParallelWorkersVar)) {
+    std::optional<int> n = ParseNonNegativeInt(*v);
+    if (!n.has_value() || *n < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kParallelWorkersVar, ": expected a positive integer, got '",
+          Shown(*v, secret), "'"));
+    }
+    cfg.parallel_workers = *n;
+    cfg.sources["parallel_workers"] = std::string(kParallelWorkersVar);
+  }
+
+  cfg.sources["poll_interval"] = std::string(kDefaultSource);
+  if (std::optional<std::string> v = Lookup(env, kPollIntervalVar)) {
+    std::optional<int> n = ParseNonNegativeInt(*v);
+    if (!n.has_value() || *n < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kPollIntervalVar,
+                       ": expected a positive integer (milliseconds), got '",
+                       Shown(*v, secret), "'"));
+    }
+    cfg.poll_interval = absl::Milliseconds(*n);
+    cfg.sources["poll_interval"] = std::string(kPollIntervalVar);
+  }
+
+  cfg.sources["cleanup_grace_period"] = std::string(kDefaultSource);
+  if (std::optional<std::string> v = Lookup(env, kGracePeriodVar)) {
+    std::optional<int> n = ParseNonNegativeInt(*v);
+    if (!n.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kGracePeriodVar,
+                       ": expected a whole number of seconds, 0 or more, got '",
+                       Shown(*v, secret), "'"));
+    }
+    cfg.cleanup_grace_period = absl::Seconds(*n);
+    cfg.sources["cleanup_grace_period"] = std::string(kGracePeriodVar);
+  }
+
+  cfg.sources["workdir"] = std::string(kDefaultSource);
+  if (std::optional<std::string> v = Lookup(env, kWorkdirVar)) {
+    cfg.workdir = *v;
+    cfg.sources["workdir"] = std::string(kWorkdirVar);
+  }
+
+  return cfg;
+}
+
+}  // namespace delegate

@@ -1,0 +1,474 @@
+// The host executor: each step is a process group started by /bin/sh (or the
+// step's entrypoint) in a workspace that belongs to the stage.
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <system_error>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "delegate/builtin_executors.h"
+#include "delegate/config.h"
+
+namespace delegate {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr size_t kMaxOutputFileBytes = 1 << 20;
+constexpr const char* kDefaultPath =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+// Variables that carry the delegate's own credentials; steps never see them.
+constexpr std::string_view kHiddenVariables[] = {
+    "HARNESS_TOKEN", "TOKEN", "DELEGATE_TOKEN", "HARNESS_DELEGATE_TOKEN"};
+
+std::string ShellQuote(std::string_view s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'') {
+      out += "'\\''";
+    } else {
+      out += c;
+    }
+  }
+  out += "'";
+  return out;
+}
+
+std::string Describe(const ExitInfo& exit) {
+  if (exit.term_signal != 0) {
+    const char* name = sigabbrev_np(exit.term_signal);
+    return absl::StrCat("killed by signal ", exit.term_signal, " (SIG",
+                        name ? name : "?", ")");
+  }
+  return absl::StrCat("exit status ", exit.exit_code);
+}
+
+std::string SafeFileName(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                    (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
+    out += ok ? c : '_';
+  }
+  if (out.empty() || out[0] == '.') out.insert(out.begin(), '_');
+  return out.substr(0, 64);
+}
+
+// Reads KEY=VALUE lines that a step wrote to HARNESS_OUTPUT_FILE.
+std::map<std::string, std::string> ReadOutputs(const std::string& path) {
+  std::map<std::string, std::string> values;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return values;
+  std::string content(kMaxOutputFileBytes, '\0');
+  in.read(content.data(), kMaxOutputFileBytes);
+  content.resize(in.gcount());
+  for (absl::string_view line : absl::StrSplit(content, '\n')) {
+    absl::ConsumeSuffix(&line, "\r");
+    absl::ConsumePrefix(&line, "export ");
+    size_t eq = line.find('=');
+    if (eq == std::string_view::npos || eq == 0) continue;
+    values[std::string(line.substr(0, eq))] = std::string(line.substr(eq + 1));
+  }
+  return values;
+}
+
+// What every HostExecutor of one registration shares.
+struct HostShared {
+  HostExecutorOptions options;
+  std::vector<std::string> base_env;
+};
+
+class HostExecutor final : public Executor {
+ public:
+  explicit HostExecutor(std::shared_ptr<const HostShared> shared)
+      : shared_(std::move(shared)),
+        options_(shared_->options),
+        base_env_(shared_->base_env) {}
+
+  absl::Status Validate(const Stage& stage) override;
+  absl::Status Initialize(const StageContext& ctx) override;
+  StepResult Execute(const StepContext& ctx) override;
+  absl::Status Cleanup(const StageContext& ctx) override;
+
+ private:
+  absl::StatusOr<std::string> WorkingDir(const Step& step) const;
+  absl::Status MountVolumes(const Stage& stage, const Step& step) const;
+  absl::StatusOr<ProcessSpec> BuildSpec(const StepContext& ctx,
+                                        const std::string& output_file);
+
+  const std::shared_ptr<const HostShared> shared_;
+  const HostExecutorOptions& options_;
+  const std::vector<std::string>& base_env_;
+  fs::path stage_dir_;
+  fs::path workspace_;
+};
+
+absl::Status HostExecutor::Validate(const Stage& stage) {
+  std::vector<std::string> problems;
+  for (size_t i = 0; i < stage.volumes.size(); ++i) {
+    if (std::holds_alternative<EfsVolume>(stage.volumes[i].source)) {
+      problems.push_back(absl::StrCat(
+          "volumes[", i,
+          "].efs: platform host cannot mount EFS; use a container platform "
+          "(docker, ecs-ec2, ecs-fargate)"));
+    }
+  }
+  const uid_t euid = geteuid();
+  for (size_t i = 0; i < stage.steps.size(); ++i) {
+    const Step& step = stage.steps[i];
+    const std::string at = absl::StrCat("steps[", i, "]");
+    const SecurityContext& sc = step.security_context;
+    if (!step.image.empty()) {
+      problems.push_back(absl::StrCat(
+          at, ".image: platform host runs steps as host processes; remove "
+              "the image or use platform docker"));
+    }
+    auto unsupported = [&](const char* field) {
+      problems.push_back(absl::StrCat(
+          at, ".security_context.", field,
+          ": not supported on platform host (steps are host processes); "
+          "use a container platform"));
+    };
+    if (sc.privileged.value_or(false)) unsupported("privileged");
+    if (sc.read_only_root_filesystem.value_or(false)) {
+      unsupported("read_only_root_filesystem");
+    }
+    if (!sc.add_capability.empty()) unsupported("add_capability");
+    if (!sc.drop_capability.empty()) unsupported("drop_capability");
+    if (euid != 0) {
+      if (sc.run_as_user && *sc.run_as_user != static_cast<int64_t>(euid)) {
+        problems.push_back(absl::StrCat(
+            at, ".security_context.run_as_user: the delegate runs as uid ",
+            euid, " and cannot switch users; run it as root or drop the field"));
+      }
+      if (sc.run_as_group && *sc.run_as_group != static_cast<int64_t>(getegid())) {
+        problems.push_back(absl::StrCat(
+            at, ".security_context.run_as_group: the delegate runs as gid ",
+            getegid(),
+            " and cannot switch groups; run it as root or drop the field"));
+      }
+    }
+    for (size_t m = 0; m < step.volume_mounts.size(); ++m) {
+      const VolumeMount& mount = step.volume_mounts[m];
+      const std::string mat = absl::StrCat(at, ".volume_mounts[", m, "]");
+      const Volume* volume = stage.FindVolume(mount.name);
+      if (!volume) {
+        problems.push_back(
+            absl::StrCat(mat, ".name: no volume named '", mount.name, "'"));
+        continue;
+      }
+      if (!fs::path(mount.path).is_absolute()) continue;
+      const auto* host = std::get_if<HostPathVolume>(&volume->source);
+      if (!host || fs::path(host->path).lexically_normal() !=
+                       fs::path(mount.path).lexically_normal()) {
+        problems.push_back(absl::StrCat(
+            mat, ".path: platform host cannot mount at the absolute path ",
+            mount.path,
+            "; use a path relative to the workspace (a link is made there) "
+            "or a container platform"));
+      }
+    }
+    if (!step.working_dir.empty() &&
+        !fs::path(step.working_dir).is_absolute()) {
+      auto norm = fs::path(step.working_dir).lexically_normal().string();
+      if (norm == ".." || absl::StartsWith(norm, "../")) {
+        problems.push_back(absl::StrCat(
+            at, ".working_dir: ", step.working_dir,
+            " leaves the workspace; use a path inside it or an absolute one"));
+      }
+    }
+  }
+  if (problems.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
+}
+
+absl::Status HostExecutor::Initialize(const StageContext& ctx) {
+  std::string root = options_.workdir;
+  if (root.empty()) {
+    const char* tmp = getenv("TMPDIR");
+    root = tmp && *tmp ? tmp : "/tmp";
+  }
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  std::string pattern =
+      (fs::path(root) / ("delegate-" + SafeFileName(ctx.task_id) + "-XXXXXX"))
+          .string();
+  if (mkdtemp(pattern.data()) == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot create the stage directory under ", root, ": ",
+        strerror(errno), "; set HARNESS_WORKDIR to a writable directory"));
+  }
+  stage_dir_ = pattern;
+  workspace_ = stage_dir_ / "workspace";
+  for (const fs::path& dir : {workspace_, stage_dir_ / "engine"}) {
+    if (!fs::create_directory(dir, ec)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
+    }
+  }
+  for (const Volume& volume : ctx.stage.volumes) {
+    if (!std::holds_alternative<EmptyDirVolume>(volume.source)) continue;
+    fs::path dir = stage_dir_ / "volumes" / SafeFileName(volume.name);
+    if (!fs::create_directories(dir, ec)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("volume ", volume.name, ": cannot create ",
+                       dir.string(), ": ", ec.message()));
+    }
+  }
+  ctx.output.SystemLine(absl::StrCat("workspace ", workspace_.string()));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> HostExecutor::WorkingDir(const Step& step) const {
+  fs::path dir = step.working_dir.empty() ? workspace_
+                 : fs::path(step.working_dir).is_absolute()
+                     ? fs::path(step.working_dir)
+                     : workspace_ / step.working_dir;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (!fs::is_directory(dir, ec)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("working_dir ", dir.string(), " is not a directory"));
+  }
+  return dir.string();
+}
+
+absl::Status HostExecutor::MountVolumes(const Stage& stage,
+                                        const Step& step) const {
+  for (const VolumeMount& mount : step.volume_mounts) {
+    if (fs::path(mount.path).is_absolute()) continue;  // host_path as given
+    const Volume* volume = stage.FindVolume(mount.name);
+    if (!volume) continue;  // Validate reported it
+    fs::path source;
+    if (const auto* host = std::get_if<HostPathVolume>(&volume->source)) {
+      source = host->path;
+    } else {
+      source = stage_dir_ / "volumes" / SafeFileName(volume->name);
+    }
+    fs::path link = workspace_ / mount.path;
+    std::error_code ec;
+    if (fs::is_symlink(fs::symlink_status(link, ec))) continue;
+    fs::create_directories(link.parent_path(), ec);
+    fs::create_directory_symlink(source, link, ec);
+    if (ec) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("volume ", mount.name, ": cannot link ", link.string(),
+                       " to ", source.string(), ": ", ec.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ProcessSpec> HostExecutor::BuildSpec(
+    const StepContext& ctx, const std::string& output_file) {
+  const Step& step = ctx.step;
+  ProcessSpec spec;
+  absl::StatusOr<std::string> dir = WorkingDir(step);
+  if (!dir.ok()) return dir.status();
+  spec.working_dir = *std::move(dir);
+  if (!step.commands.empty()) {
+    std::string script = "set -e\n";
+    for (const std::string& command : step.commands) {
+      absl::StrAppend(&script, "printf '+ %s\\n' ", ShellQuote(command), "\n",
+                      command, "\n");
+    }
+    const fs::path script_file =
+        stage_dir_ / "engine" / (SafeFileName(step.id) + ".sh");
+    std::ofstream out(script_file, std::ios::binary | std::ios::trunc);
+    out << script;
+    out.close();
+    if (!out) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot write ", script_file.string()));
+    }
+    spec.argv = {"/bin/sh", script_file.string()};
+  } else if (!step.entrypoint.empty()) {
+    spec.argv = step.entrypoint;
+    spec.argv.insert(spec.argv.end(), step.args.begin(), step.args.end());
+    if (spec.argv[0].find('/') == std::string::npos) {
+      // Let the shell search PATH, with argv passed through unchanged.
+      spec.argv.insert(spec.argv.begin(),
+                       {"/bin/sh", "-c", "exec \"$0\" \"$@\""});
+    }
+  } else {
+    return absl::InvalidArgumentError(
+        "the step has neither commands nor an entrypoint");
+  }
+
+  std::map<std::string, std::string> env;
+  for (const std::string& kv : base_env_) {
+    size_t eq = kv.find('=');
+    if (eq != std::string::npos) env[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  if (!env.contains("PATH")) env["PATH"] = kDefaultPath;
+  for (const auto& [key, value] : step.envs) env[key] = value;
+  env["HARNESS_OUTPUT_FILE"] = output_file;
+  env["DRONE_OUTPUT"] = output_file;
+  env["HARNESS_WORKSPACE"] = workspace_.string();
+  env["HARNESS_STAGE_ID"] = ctx.stage.task_id;
+  env["HARNESS_STEP_ID"] = step.id;
+  for (const auto& [key, value] : env) spec.env.push_back(key + "=" + value);
+
+  const SecurityContext& sc = step.security_context;
+  if (sc.run_as_user) spec.uid = static_cast<uid_t>(*sc.run_as_user);
+  if (sc.run_as_group) spec.gid = static_cast<gid_t>(*sc.run_as_group);
+  if ((spec.uid || spec.gid) && geteuid() == 0) {
+    // The step's user must be able to write its workspace and output file.
+    const uid_t uid = spec.uid.value_or(static_cast<uid_t>(-1));
+    const gid_t gid = spec.gid.value_or(static_cast<gid_t>(-1));
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(workspace_, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (lchown(it->path().c_str(), uid, gid) != 0) break;
+    }
+    if (lchown(workspace_.c_str(), uid, gid) != 0 ||
+        lchown(output_file.c_str(), uid, gid) != 0 ||
+        lchown(spec.working_dir.c_str(), uid, gid) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot hand the workspace to uid ", *sc.run_as_user, ": ",
+          strerror(errno)));
+    }
+  }
+  return spec;
+}
+
+StepResult HostExecutor::Execute(const StepContext& ctx) {
+  const Step& step = ctx.step;
+  StepResult result;
+  auto fail = [&](const absl::Status& status) {
+    result.status = StepStatus::kFailure;
+    result.error = std::string(status.message());
+    return result;
+  };
+  if (stage_dir_.empty()) {
+    return fail(absl::FailedPreconditionError("the stage was not initialized"));
+  }
+  if (absl::Status s = MountVolumes(ctx.stage.stage, step); !s.ok()) {
+    return fail(s);
+  }
+  const std::string output_file =
+      (stage_dir_ / "engine" / (SafeFileName(step.id) + "-output.env"))
+          .string();
+  { std::ofstream touch(output_file, std::ios::trunc); }
+  absl::StatusOr<ProcessSpec> spec = BuildSpec(ctx, output_file);
+  if (!spec.ok()) return fail(spec.status());
+
+  ProcessLauncher& launcher =
+      options_.launcher ? *options_.launcher : ProcessLauncher::Default();
+  absl::StatusOr<std::unique_ptr<Process>> launched = launcher.Launch(
+      *spec, [&ctx](LogStream stream, std::string_view bytes) {
+        ctx.output.Write(stream, bytes);
+      });
+  if (!launched.ok()) return fail(launched.status());
+  Process& process = **launched;
+
+  Clock& clock = ctx.stage.clock;
+  std::stop_callback on_stop(ctx.stop, [&process] { process.Interrupt(); });
+  auto remaining = [&] {
+    if (ctx.deadline == absl::InfiniteFuture()) return absl::InfiniteDuration();
+    return std::max(ctx.deadline - clock.Now(), absl::ZeroDuration());
+  };
+  std::optional<ExitInfo> exit;
+  std::optional<StepStatus> stopped;
+  while (!(exit = process.Wait(remaining()))) {
+    if (ctx.stop.stop_requested()) {
+      stopped = StepStatus::kCancelled;
+      break;
+    }
+    if (clock.Now() >= ctx.deadline) {
+      stopped = StepStatus::kTimeout;
+      break;
+    }
+  }
+  if (stopped) {
+    ctx.output.SystemLine(absl::StrCat(
+        *stopped == StepStatus::kTimeout ? "step timed out" : "step cancelled",
+        "; sending SIGTERM to its processes"));
+    process.Signal(SIGTERM);
+    const absl::Time kill_at = clock.Now() + options_.grace_period;
+    while (!exit && clock.Now() < kill_at) {
+      exit = process.Wait(kill_at - clock.Now());
+    }
+    if (!exit) {
+      ctx.output.SystemLine(
+          absl::StrCat("still running after ",
+                       absl::FormatDuration(options_.grace_period),
+                       "; sending SIGKILL"));
+      process.Signal(SIGKILL);
+      while (!exit) exit = process.Wait(absl::InfiniteDuration());
+    }
+    result.status = *stopped;
+    result.error = *stopped == StepStatus::kTimeout
+                       ? absl::StrCat("timed out (", Describe(*exit), ")")
+                       : absl::StrCat("cancelled (", Describe(*exit), ")");
+    if (exit->term_signal == 0) result.exit_code = exit->exit_code;
+    return result;
+  }
+
+  if (exit->term_signal == 0) result.exit_code = exit->exit_code;
+  if (exit->exit_code != 0 || exit->term_signal != 0) {
+    result.status = StepStatus::kFailure;
+    result.error = Describe(*exit);
+  }
+  if (!step.outputs.empty()) {
+    std::map<std::string, std::string> written = ReadOutputs(output_file);
+    for (const std::string& name : step.outputs) {
+      auto it = written.find(name);
+      if (it != written.end()) {
+        result.outputs[name] = it->second;
+      } else if (result.status == StepStatus::kSuccess) {
+        ctx.output.SystemLine(absl::StrCat(
+            "output ", name, " was declared but not written to ",
+            "$HARNESS_OUTPUT_FILE"));
+      }
+    }
+  }
+  return result;
+}
+
+absl::Status HostExecutor::Cleanup(const StageContext& ctx) {
+  (void)ctx;
+  if (stage_dir_.empty()) return absl::OkStatus();
+  std::error_code ec;
+  fs::remove_all(stage_dir_, ec);
+  if (ec) {
+    return absl::InternalError(absl::StrCat(
+        "cannot remove ", stage_dir_.string(), ": ", ec.message()));
+  }
+  stage_dir_.clear();
+  return absl::OkStatus();
+}
+
+std::vector<std::string> DefaultBaseEnv() {
+  std::vector<std::string> env;
+  for (const auto& [key, value] : ProcessEnvironment()) {
+    bool hidden = false;
+    for (std::string_view name : kHiddenVariables) hidden |= key == name;
+    if (!hidden) env.push_back(key + "=" + value);
+  }
+  return env;
+}
+
+}  // namespace
+
+absl::Status RegisterHostExecutor(ExecutorRegistry& registry,
+                                  HostExecutorOptions options) {
+  auto shared = std::make_shared<HostShared>();
+  shared->base_env =
+      options.base_env ? *options.base_env : DefaultBaseEnv();
+  shared->options = std::move(options);
+  return registry.Register("host", [shared]() -> std::unique_ptr<Executor> {
+    return std::make_unique<HostExecutor>(shared);
+  });
+}
+
+}  // namespace delegate

@@ -1,0 +1,74 @@
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "delegate/executor.h"
+#include "util/strings.h"
+
+namespace delegate {
+
+absl::Status ExecutorRegistry::Register(std::string name,
+                                        ExecutorFactory factory) {
+  if (name.empty()) {
+    return absl::InvalidArgumentError("executor name must not be empty");
+  }
+  if (!factory) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("executor '", name, "': factory must not be empty"));
+  }
+  absl::MutexLock lock(&mu_);
+  auto [it, inserted] = factories_.try_emplace(name, std::move(factory));
+  if (!inserted) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("an executor named '", name, "' is already registered"));
+  }
+  return absl::OkStatus();
+}
+
+std::unique_ptr<Executor> ExecutorRegistry::Create(
+    std::string_view name) const {
+  ExecutorFactory factory;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = factories_.find(AbslView(name));
+    if (it == factories_.end()) return nullptr;
+    factory = it->second;
+  }
+  return factory();
+}
+
+bool ExecutorRegistry::Contains(std::string_view name) const {
+  absl::MutexLock lock(&mu_);
+  return factories_.contains(AbslView(name));
+}
+
+std::vector<std::string> ExecutorRegistry::Names() const {
+  std::vector<std::string> names;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, factory] : factories_) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+}  // namespace delegate
+
+#include "absl/strings/str_join.h"
+#include "scheduler/secrets.h"
+
+namespace delegate {
+
+absl::Status ValidateForPlatform(const ExecutorRegistry& registry,
+                                 const Stage& stage) {
+  std::unique_ptr<Executor> executor = registry.Create(stage.platform);
+  if (!executor) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "platform: no executor is registered for '", stage.platform,
+        "'; registered: ", absl::StrJoin(registry.Names(), ", ")));
+  }
+  Stage resolved = stage;
+  if (absl::Status s = ResolveStage(resolved); !s.ok()) return s;
+  return executor->Validate(resolved);
+}
+
+}  // namespace delegate

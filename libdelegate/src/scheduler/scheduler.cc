@@ -1,0 +1,479 @@
+// The scheduler: a waiting queue by priority, a cached pool of stage threads
+// bounded by MAX_STAGES, and the transaction runner that keeps init, steps and
+// cleanup of one stage on one executor instance.
+#include "delegate/scheduler.h"
+
+#include <atomic>
+#include <deque>
+#include <limits>
+#include <map>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "logs/masker.h"
+#include "logs/output_pipeline.h"
+#include "scheduler/secrets.h"
+#include "util/strings.h"
+
+namespace delegate {
+namespace {
+
+// Why a stage's stop was requested.
+enum class StopCause : int { kNone = 0, kCancel = 1, kShutdown = 2 };
+
+// A worker with nothing to do for this long leaves the pool.
+constexpr absl::Duration kIdleThreadLifetime = absl::Seconds(30);
+
+std::string Readable(absl::Duration d) {
+  return absl::FormatDuration(absl::Trunc(d, absl::Milliseconds(1)));
+}
+
+}  // namespace
+
+class Scheduler::Impl {
+ public:
+  explicit Impl(SchedulerOptions options)
+      : options_(std::move(options)),
+        clock_(options_.clock ? *options_.clock : Clock::Real()) {}
+
+  ~Impl() { Shutdown(absl::ZeroDuration()); }
+
+  absl::Status Submit(StageTask task);
+  absl::Status Cancel(std::string_view task_id);
+  void Shutdown(absl::Duration drain);
+  SchedulerStats stats() const {
+    absl::MutexLock lock(&mu_);
+    return {queued_, running_, completed_};
+  }
+
+ private:
+  struct Entry {
+    explicit Entry(StageTask t) : task(std::move(t)) {}
+    StageTask task;
+    std::stop_source stop;
+    std::atomic<int> cause{0};
+    bool running = false;    // guarded by mu_
+    bool cancelled = false;  // guarded by mu_; a queued entry to skip
+  };
+  using EntryPtr = std::shared_ptr<Entry>;
+
+  void WorkerLoop();
+  std::shared_ptr<Entry> PopRunnable() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SpawnWorker() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Forget(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void JoinExited() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  StageResult RunStage(Entry& entry);
+  static StageResult NotRun(const StageTask& task, StepStatus status,
+                            const std::string& why);
+
+  const SchedulerOptions options_;
+  Clock& clock_;
+
+  mutable absl::Mutex mu_;
+  absl::CondVar work_cv_;  // work queued, or shutdown
+  absl::CondVar done_cv_;  // a stage finished, or a worker left
+  std::deque<EntryPtr> queues_[3] ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, EntryPtr> active_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> finished_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> finished_order_ ABSL_GUARDED_BY(mu_);
+  size_t queued_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t running_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t completed_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t idle_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t starting_ ABSL_GUARDED_BY(mu_) = 0;
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<std::thread::id, std::thread> workers_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> exited_ ABSL_GUARDED_BY(mu_);
+};
+
+absl::Status Scheduler::Impl::Submit(StageTask task) {
+  if (task.id.empty()) {
+    return absl::InvalidArgumentError("task id must not be empty");
+  }
+  if (!options_.registry->Contains(task.stage.platform)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "platform: no executor is registered for '", task.stage.platform,
+        "'; registered: ", absl::StrJoin(options_.registry->Names(), ", ")));
+  }
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) {
+    return absl::UnavailableError(
+        "the delegate is shutting down and takes no new stages");
+  }
+  if (active_.contains(task.id) || finished_.contains(task.id)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("task ", task.id, " was already delivered"));
+  }
+  const int queue = static_cast<int>(task.priority);
+  std::string id = task.id;
+  auto entry = std::make_shared<Entry>(std::move(task));
+  queues_[queue].push_back(entry);
+  active_.emplace(std::move(id), std::move(entry));
+  ++queued_;
+  const bool below_cap =
+      !options_.max_stages ||
+      workers_.size() < static_cast<size_t>(*options_.max_stages);
+  if (queued_ > idle_ + starting_ && below_cap) SpawnWorker();
+  if (idle_ > 0) work_cv_.Signal();
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::Impl::Cancel(std::string_view task_id) {
+  EntryPtr entry;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = active_.find(AbslView(task_id));
+    if (it == active_.end() || it->second->cancelled) {
+      return absl::NotFoundError(
+          absl::StrCat("task ", AbslView(task_id), " is neither queued nor running"));
+    }
+    entry = it->second;
+    if (entry->running) {
+      int none = 0;
+      entry->cause.compare_exchange_strong(
+          none, static_cast<int>(StopCause::kCancel));
+      entry->stop.request_stop();
+      return absl::OkStatus();
+    }
+    entry->cancelled = true;
+    --queued_;
+    ++completed_;
+    Forget(entry->task.id);
+  }
+  if (entry->task.on_done) {
+    entry->task.on_done(
+        NotRun(entry->task, StepStatus::kCancelled, "cancelled while queued"));
+  }
+  return absl::OkStatus();
+}
+
+void Scheduler::Impl::Shutdown(absl::Duration drain) {
+  // Stages that were accepted while a slot was free still run; those waiting
+  // for capacity are cancelled now, and so is whatever remains queued when
+  // the drain ends.
+  auto drop_queued = [this](size_t keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<EntryPtr> dropped;
+    for (auto& queue : queues_) {
+      std::deque<EntryPtr> kept;
+      for (EntryPtr& entry : queue) {
+        if (entry->cancelled) continue;
+        if (keep > 0) {
+          --keep;
+          kept.push_back(std::move(entry));
+          continue;
+        }
+        entry->cancelled = true;
+        --queued_;
+        ++completed_;
+        Forget(entry->task.id);
+        dropped.push_back(std::move(entry));
+      }
+      queue.swap(kept);
+    }
+    return dropped;
+  };
+  auto report = [](const std::vector<EntryPtr>& dropped) {
+    for (const EntryPtr& entry : dropped) {
+      if (entry->task.on_done) {
+        entry->task.on_done(NotRun(entry->task, StepStatus::kCancelled,
+                                   "the delegate shut down before it started"));
+      }
+    }
+  };
+  std::vector<EntryPtr> dropped;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!shutting_down_) {
+      shutting_down_ = true;
+      size_t free_slots = std::numeric_limits<size_t>::max();
+      if (options_.max_stages) {
+        const size_t cap = static_cast<size_t>(*options_.max_stages);
+        free_slots = running_ < cap ? cap - running_ : 0;
+      }
+      dropped = drop_queued(free_slots);
+      work_cv_.SignalAll();
+    }
+  }
+  report(dropped);
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time drain_until = absl::Now() + drain;
+    while ((running_ > 0 || queued_ > 0) && absl::Now() < drain_until) {
+      done_cv_.WaitWithDeadline(&mu_, drain_until);
+    }
+    dropped = drop_queued(0);
+  }
+  report(dropped);
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, entry] : active_) {
+    if (!entry->running) continue;
+    int none = 0;
+    entry->cause.compare_exchange_strong(
+        none, static_cast<int>(StopCause::kShutdown));
+    entry->stop.request_stop();
+  }
+  // Cleanup has no bound here: leaving a stage half cleaned is worse.
+  while (!workers_.empty()) {
+    work_cv_.SignalAll();
+    done_cv_.Wait(&mu_);
+    JoinExited();
+  }
+  JoinExited();
+}
+
+void Scheduler::Impl::SpawnWorker() {
+  JoinExited();
+  ++starting_;
+  std::thread t([this] { WorkerLoop(); });
+  std::thread::id id = t.get_id();
+  workers_.emplace(id, std::move(t));
+}
+
+void Scheduler::Impl::JoinExited() {
+  std::vector<std::thread> exited;
+  exited.swap(exited_);
+  for (std::thread& t : exited) t.join();
+}
+
+void Scheduler::Impl::Forget(const std::string& id) {
+  active_.erase(id);
+  if (options_.dedup_window == 0) return;
+  finished_.insert(id);
+  finished_order_.push_back(id);
+  while (finished_order_.size() > options_.dedup_window) {
+    finished_.erase(finished_order_.front());
+    finished_order_.pop_front();
+  }
+}
+
+Scheduler::Impl::EntryPtr Scheduler::Impl::PopRunnable() {
+  if (options_.max_stages &&
+      running_ >= static_cast<size_t>(*options_.max_stages)) {
+    return nullptr;
+  }
+  for (auto& queue : queues_) {
+    while (!queue.empty()) {
+      EntryPtr entry = std::move(queue.front());
+      queue.pop_front();
+      if (!entry->cancelled) return entry;
+    }
+  }
+  return nullptr;
+}
+
+void Scheduler::Impl::WorkerLoop() {
+  mu_.Lock();
+  --starting_;
+  while (true) {
+    EntryPtr entry = PopRunnable();
+    if (!entry) {
+      if (shutting_down_) break;
+      ++idle_;
+      const bool timed_out =
+          work_cv_.WaitWithTimeout(&mu_, kIdleThreadLifetime);
+      --idle_;
+      if (timed_out && !shutting_down_ && queued_ == 0) break;
+      continue;
+    }
+    --queued_;
+    ++running_;
+    entry->running = true;
+    mu_.Unlock();
+    StageResult result = RunStage(*entry);
+    if (entry->task.on_done) entry->task.on_done(result);
+    mu_.Lock();
+    entry->running = false;
+    --running_;
+    ++completed_;
+    Forget(entry->task.id);
+    if (shutting_down_) done_cv_.SignalAll();
+  }
+  auto self = workers_.find(std::this_thread::get_id());
+  exited_.push_back(std::move(self->second));
+  workers_.erase(self);
+  done_cv_.SignalAll();
+  mu_.Unlock();
+}
+
+StageResult Scheduler::Impl::NotRun(const StageTask& task, StepStatus status,
+                                    const std::string& why) {
+  StageResult result;
+  result.task_id = task.id;
+  result.stage = task.stage.name;
+  result.status = status;
+  result.error = why;
+  for (const Step& step : task.stage.steps) {
+    StepResult r;
+    r.id = step.id;
+    r.status = StepStatus::kSkipped;
+    r.error = why;
+    result.steps.push_back(std::move(r));
+  }
+  return result;
+}
+
+StageResult Scheduler::Impl::RunStage(Entry& entry) {
+  StageTask& task = entry.task;
+  Stage& stage = task.stage;
+  const absl::Time start = clock_.Now();
+  StageResult result;
+  result.task_id = task.id;
+  result.stage = stage.name;
+  auto finish = [&]() -> StageResult {
+    result.duration = clock_.Now() - start;
+    return std::move(result);
+  };
+
+  std::shared_ptr<const logs::SecretMasker> masker;
+  if (!stage.secrets.empty()) {
+    std::vector<std::string> values;
+    for (const auto& [id, value] : stage.secrets) values.push_back(value);
+    masker = std::make_shared<logs::SecretMasker>(values);
+  }
+  auto mask = [&](std::string text) {
+    return masker ? masker->Mask(text) : text;
+  };
+  auto skip_rest = [&](size_t from, const std::string& why) {
+    for (size_t i = from; i < stage.steps.size(); ++i) {
+      StepResult r;
+      r.id = stage.steps[i].id;
+      r.status = StepStatus::kSkipped;
+      r.error = why;
+      result.steps.push_back(std::move(r));
+    }
+  };
+  auto fail_before_start = [&](const std::string& why) {
+    result.status = StepStatus::kFailure;
+    result.error = mask(why);
+    skip_rest(0, "skipped: " + result.error);
+    return finish();
+  };
+
+  if (absl::Status s = ResolveStage(stage); !s.ok()) {
+    return fail_before_start(std::string(s.message()));
+  }
+  std::unique_ptr<Executor> executor =
+      options_.registry->Create(stage.platform);
+  if (!executor) {
+    return fail_before_start(absl::StrCat(
+        "platform: no executor is registered for '", stage.platform, "'"));
+  }
+  if (absl::Status s = executor->Validate(stage); !s.ok()) {
+    return fail_before_start(std::string(s.message()));
+  }
+
+  const absl::Time stage_deadline =
+      stage.timeout ? start + *stage.timeout : absl::InfiniteFuture();
+  logs::StepOutputWriter stage_output(*options_.log_sink, clock_, masker,
+                                      task.id, "", options_.max_line_bytes);
+  const StageContext context{stage,        task.id,
+                             options_.delegate_name,
+                             stage_output, clock_,
+                             entry.stop.get_token(),
+                             stage_deadline};
+
+  auto stop_reason = [&]() -> std::string {
+    return entry.cause.load() == static_cast<int>(StopCause::kShutdown)
+               ? "cancelled: the delegate is shutting down"
+               : "cancelled";
+  };
+  bool stage_timed_out = false;
+  if (absl::Status s = executor->Initialize(context); !s.ok()) {
+    result.status = StepStatus::kFailure;
+    result.error = mask(absl::StrCat("initialize: ", s.message()));
+    skip_rest(0, "skipped: initialize failed");
+  } else {
+    std::string blocked;  // why the remaining steps do not run
+    for (size_t i = 0; i < stage.steps.size(); ++i) {
+      const Step& step = stage.steps[i];
+      if (blocked.empty()) {
+        if (entry.stop.stop_requested()) {
+          result.status = StepStatus::kCancelled;
+          result.error = stop_reason();
+          blocked = "skipped: the stage was " + stop_reason();
+        } else if (clock_.Now() >= stage_deadline) {
+          stage_timed_out = true;
+          blocked = "skipped: the stage timed out";
+        }
+      }
+      if (!blocked.empty()) {
+        skip_rest(i, blocked);
+        break;
+      }
+      const absl::Time step_start = clock_.Now();
+      const absl::Time step_deadline =
+          std::min(step.timeout ? step_start + *step.timeout
+                                : absl::InfiniteFuture(),
+                   stage_deadline);
+      StepResult r;
+      {
+        logs::StepOutputWriter output(*options_.log_sink, clock_, masker,
+                                      task.id, step.id,
+                                      options_.max_line_bytes);
+        const StepContext step_context{context,       step,
+                                       i,             output,
+                                       step_deadline, entry.stop.get_token()};
+        r = executor->Execute(step_context);
+        output.Flush();
+      }
+      r.id = step.id;
+      r.duration = clock_.Now() - step_start;
+      r.error = mask(std::move(r.error));
+      for (auto& [key, value] : r.outputs) value = mask(std::move(value));
+      const StepStatus status = r.status;
+      result.steps.push_back(std::move(r));
+      if (status == StepStatus::kCancelled) {
+        result.status = StepStatus::kCancelled;
+        result.error = stop_reason();
+        blocked = "skipped: the stage was " + stop_reason();
+      } else if (status == StepStatus::kTimeout &&
+                 clock_.Now() >= stage_deadline) {
+        stage_timed_out = true;
+        blocked = "skipped: the stage timed out";
+      } else if ((status == StepStatus::kFailure ||
+                  status == StepStatus::kTimeout) &&
+                 !step.continue_on_error) {
+        if (result.status == StepStatus::kSuccess) result.status = status;
+        blocked = absl::StrCat("skipped: step ", step.id, " failed");
+      }
+    }
+  }
+  if (stage_timed_out && result.status != StepStatus::kCancelled) {
+    result.status = StepStatus::kTimeout;
+    result.error = absl::StrCat("the stage timed out after ",
+                                Readable(*stage.timeout));
+  }
+
+  // Cleanup runs whatever happened, and is not itself cancellable.
+  const StageContext cleanup_context{stage,        task.id,
+                                     options_.delegate_name,
+                                     stage_output, clock_,
+                                     std::stop_token(),
+                                     absl::InfiniteFuture()};
+  if (absl::Status s = executor->Cleanup(cleanup_context); !s.ok()) {
+    const std::string what = mask(absl::StrCat("cleanup: ", s.message()));
+    stage_output.SystemLine(what);
+    result.error = result.error.empty()
+                       ? what
+                       : absl::StrCat(result.error, "; ", what);
+  }
+  return finish();
+}
+
+Scheduler::Scheduler(SchedulerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {}
+Scheduler::~Scheduler() = default;
+absl::Status Scheduler::Submit(StageTask task) {
+  return impl_->Submit(std::move(task));
+}
+absl::Status Scheduler::Cancel(std::string_view task_id) {
+  return impl_->Cancel(task_id);
+}
+void Scheduler::Shutdown(absl::Duration drain) { impl_->Shutdown(drain); }
+SchedulerStats Scheduler::stats() const { return impl_->stats(); }
+
+}  // namespace delegate

@@ -1,0 +1,220 @@
+// The host executor against a scripted process on a fake clock: timeouts,
+// signal escalation and the process spec, without real time or processes.
+#include <signal.h>
+
+#include <future>
+
+#include "absl/strings/match.h"
+#include "delegate/builtin_executors.h"
+#include "delegate/scheduler.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/fakes/fake_clock.h"
+#include "tests/fakes/recording_log_sink.h"
+#include "tests/fakes/scripted_process.h"
+
+namespace delegate {
+namespace {
+
+using ::delegate::testing::FakeClock;
+using ::delegate::testing::ProcessScript;
+using ::delegate::testing::RecordingLogSink;
+using ::delegate::testing::ScriptedLauncher;
+using ::testing::Contains;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+class HostExecutorTest : public ::testing::Test {
+ protected:
+  HostExecutorTest() : launcher_(clock_) {
+    HostExecutorOptions options;
+    options.workdir = ::testing::TempDir() + "/host-executor-test";
+    options.grace_period = absl::Seconds(10);
+    options.launcher = &launcher_;
+    options.base_env = std::vector<std::string>{"PATH=/usr/bin:/bin",
+                                                "HOME=/root"};
+    EXPECT_TRUE(RegisterHostExecutor(registry_, options).ok());
+    SchedulerOptions sched;
+    sched.registry = &registry_;
+    sched.log_sink = &sink_;
+    sched.clock = &clock_;
+    scheduler_ = std::make_unique<Scheduler>(sched);
+  }
+
+  StageResult Run(Stage stage) {
+    std::promise<StageResult> done;
+    StageTask task;
+    task.id = "task-" + std::to_string(next_id_++);
+    task.stage = std::move(stage);
+    task.on_done = [&done](const StageResult& r) { done.set_value(r); };
+    EXPECT_TRUE(scheduler_->Submit(std::move(task)).ok());
+    return done.get_future().get();
+  }
+
+  static Stage OneStep(std::vector<std::string> commands) {
+    Stage stage;
+    stage.name = "s";
+    Step step;
+    step.id = "only";
+    step.commands = std::move(commands);
+    stage.steps.push_back(step);
+    return stage;
+  }
+
+  FakeClock clock_;
+  ScriptedLauncher launcher_;
+  ExecutorRegistry registry_;
+  RecordingLogSink sink_;
+  std::unique_ptr<Scheduler> scheduler_;
+  int next_id_ = 1;
+};
+
+TEST_F(HostExecutorTest, RunsCommandsThroughShellWithMergedEnvironment) {
+  ProcessScript script;
+  script.output = "hi\n";
+  launcher_.set_script(script);
+  Stage stage = OneStep({"make -j2"});
+  stage.env["CI"] = "true";
+  stage.steps[0].envs["MODE"] = "fast";
+  stage.steps[0].working_dir = "src";
+  StageResult r = Run(stage);
+  EXPECT_EQ(r.status, StepStatus::kSuccess);
+  EXPECT_EQ(r.steps[0].exit_code, 0);
+  ASSERT_EQ(launcher_.specs.size(), 1u);
+  const ProcessSpec& spec = launcher_.specs[0];
+  ASSERT_EQ(spec.argv.size(), 2u);
+  EXPECT_EQ(spec.argv[0], "/bin/sh");
+  EXPECT_TRUE(absl::EndsWith(spec.argv[1], "/engine/only.sh"));
+  EXPECT_TRUE(absl::EndsWith(spec.working_dir, "/workspace/src"));
+  EXPECT_THAT(spec.env, Contains("CI=true"));
+  EXPECT_THAT(spec.env, Contains("MODE=fast"));
+  EXPECT_THAT(spec.env, Contains("HOME=/root"));
+  bool has_output_file = false, has_drone_output = false;
+  for (const std::string& kv : spec.env) {
+    has_output_file |= absl::StartsWith(kv, "HARNESS_OUTPUT_FILE=");
+    has_drone_output |= absl::StartsWith(kv, "DRONE_OUTPUT=");
+  }
+  EXPECT_TRUE(has_output_file);
+  EXPECT_TRUE(has_drone_output);
+  EXPECT_THAT(sink_.TextOf("only"), ElementsAre("hi"));
+}
+
+TEST_F(HostExecutorTest, NonZeroExitIsAFailureWithTheExitStatus) {
+  ProcessScript script;
+  script.exit_code = 7;
+  launcher_.set_script(script);
+  StageResult r = Run(OneStep({"false"}));
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  EXPECT_EQ(r.steps[0].exit_code, 7);
+  EXPECT_EQ(r.steps[0].error, "exit status 7");
+}
+
+TEST_F(HostExecutorTest, TimeoutSendsSigtermAndStopsWithinTheGracePeriod) {
+  ProcessScript script;
+  script.runs_for = absl::InfiniteDuration();
+  launcher_.set_script(script);
+  Stage stage = OneStep({"sleep 1000"});
+  stage.steps[0].timeout = absl::Minutes(10);
+  const absl::Time start = clock_.Now();
+  StageResult r = Run(stage);
+  EXPECT_EQ(r.steps[0].status, StepStatus::kTimeout);
+  EXPECT_THAT(r.steps[0].error, HasSubstr("timed out"));
+  EXPECT_THAT(launcher_.signals, ElementsAre(SIGTERM));
+  EXPECT_EQ(clock_.Now() - start, absl::Minutes(10));
+}
+
+TEST_F(HostExecutorTest, TimeoutEscalatesToSigkillWhenSigtermIsIgnored) {
+  ProcessScript script;
+  script.runs_for = absl::InfiniteDuration();
+  script.ignores_sigterm = true;
+  launcher_.set_script(script);
+  Stage stage = OneStep({"trap '' TERM; sleep 1000"});
+  stage.steps[0].timeout = absl::Seconds(30);
+  const absl::Time start = clock_.Now();
+  StageResult r = Run(stage);
+  EXPECT_EQ(r.steps[0].status, StepStatus::kTimeout);
+  EXPECT_THAT(launcher_.signals, ElementsAre(SIGTERM, SIGKILL));
+  EXPECT_EQ(clock_.Now() - start, absl::Seconds(40));
+  EXPECT_THAT(r.steps[0].error, HasSubstr("SIGKILL"));
+  EXPECT_THAT(sink_.TextOf("only"), Contains(HasSubstr("sending SIGKILL")));
+}
+
+TEST_F(HostExecutorTest, ProcessThatFinishesBeforeItsTimeoutSucceeds) {
+  ProcessScript script;
+  script.runs_for = absl::Minutes(9);
+  launcher_.set_script(script);
+  Stage stage = OneStep({"sleep 540"});
+  stage.steps[0].timeout = absl::Minutes(10);
+  StageResult r = Run(stage);
+  EXPECT_EQ(r.steps[0].status, StepStatus::kSuccess);
+  EXPECT_TRUE(launcher_.signals.empty());
+  EXPECT_EQ(r.steps[0].duration, absl::Minutes(9));
+}
+
+TEST_F(HostExecutorTest, EntrypointAndArgsRunWithoutAShell) {
+  Stage stage = OneStep({});
+  stage.steps[0].entrypoint = {"/usr/bin/env"};
+  stage.steps[0].args = {"-u", "X", "printenv"};
+  EXPECT_EQ(Run(stage).status, StepStatus::kSuccess);
+  EXPECT_THAT(launcher_.specs[0].argv,
+              ElementsAre("/usr/bin/env", "-u", "X", "printenv"));
+}
+
+TEST_F(HostExecutorTest, DelegateTokenIsNotPassedToSteps) {
+  HostExecutorOptions options;
+  options.launcher = &launcher_;
+  options.base_env = std::nullopt;
+  setenv("HARNESS_TOKEN", "should-not-leak-0000", 1);
+  setenv("DELEGATE_TOKEN", "should-not-leak-0000", 1);
+  ExecutorRegistry registry;
+  ASSERT_TRUE(RegisterHostExecutor(registry, options).ok());
+  unsetenv("HARNESS_TOKEN");
+  unsetenv("DELEGATE_TOKEN");
+  SchedulerOptions sched;
+  sched.registry = &registry;
+  sched.log_sink = &sink_;
+  sched.clock = &clock_;
+  Scheduler scheduler(sched);
+  std::promise<StageResult> done;
+  StageTask task;
+  task.id = "t";
+  task.stage = OneStep({"env"});
+  task.on_done = [&](const StageResult& r) { done.set_value(r); };
+  ASSERT_TRUE(scheduler.Submit(std::move(task)).ok());
+  done.get_future().get();
+  for (const std::string& kv : launcher_.specs.back().env) {
+    EXPECT_FALSE(absl::StrContains(kv, "should-not-leak")) << kv;
+  }
+}
+
+TEST_F(HostExecutorTest, ValidateNamesEveryUnsupportedField) {
+  Stage stage = OneStep({"true"});
+  stage.steps[0].image = "alpine";
+  stage.steps[0].security_context.privileged = true;
+  stage.steps[0].security_context.add_capability = {"NET_ADMIN"};
+  EfsVolume efs;
+  efs.filesystem_id = "fs-12345678";
+  stage.volumes.push_back({"shared", efs});
+  stage.volumes.push_back({"cache", EmptyDirVolume{}});
+  stage.steps[0].volume_mounts.push_back({"cache", "/cache"});
+  absl::Status s = ValidateForPlatform(registry_, stage);
+  ASSERT_TRUE(absl::IsInvalidArgument(s));
+  EXPECT_THAT(s.message(), HasSubstr("steps[0].image"));
+  EXPECT_THAT(s.message(), HasSubstr("steps[0].security_context.privileged"));
+  EXPECT_THAT(s.message(),
+              HasSubstr("steps[0].security_context.add_capability"));
+  EXPECT_THAT(s.message(), HasSubstr("volumes[0].efs"));
+  EXPECT_THAT(s.message(), HasSubstr("steps[0].volume_mounts[0].path"));
+  EXPECT_TRUE(launcher_.specs.empty());
+}
+
+TEST_F(HostExecutorTest, WorkingDirMayNotLeaveTheWorkspace) {
+  Stage stage = OneStep({"true"});
+  stage.steps[0].working_dir = "../../etc";
+  absl::Status s = ValidateForPlatform(registry_, stage);
+  EXPECT_THAT(s.message(), HasSubstr("steps[0].working_dir"));
+  EXPECT_THAT(s.message(), HasSubstr("leaves the workspace"));
+}
+
+}  // namespace
+}  // namespace delegate

@@ -1,0 +1,291 @@
+// The `delegate` binary as a user runs it: exit codes, what it prints, the
+// result file, signals.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "rapidjson/document.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+struct Outcome {
+  int exit_code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+class Child {
+ public:
+  // Starts the binary with `args`, extra `env` on top of ours, output to a
+  // file.
+  Child(const std::vector<std::string>& args,
+        const std::vector<std::string>& env, const std::string& log)
+      : log_(log) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      for (const std::string& kv : env) putenv(strdup(kv.c_str()));
+      std::vector<char*> argv;
+      argv.push_back(const_cast<char*>(DELEGATE_BINARY));
+      for (const std::string& a : args) argv.push_back(strdup(a.c_str()));
+      argv.push_back(nullptr);
+      execv(DELEGATE_BINARY, argv.data());
+      _exit(127);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  Outcome Wait() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    Outcome o;
+    o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    o.out = Output();
+    return o;
+  }
+  std::string Output() const {
+    std::ifstream in(log_);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+
+ private:
+  pid_t pid_;
+  std::string log_;
+};
+
+class DelegateBinaryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/delegate-binary-" + std::to_string(getpid());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ + "/work");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string Write(const std::string& name, const std::string& content) {
+    std::string path = dir_ + "/" + name;
+    std::ofstream(path, std::ios::binary) << content;
+    return path;
+  }
+
+  Outcome Run(const std::vector<std::string>& args,
+              std::vector<std::string> env = {}) {
+    env.push_back("HARNESS_WORKDIR=" + dir_ + "/work");
+    Child child(args, env, dir_ + "/log");
+    return child.Wait();
+  }
+
+  size_t StageDirs() {
+    size_t n = 0;
+    for (auto& e : fs::directory_iterator(dir_ + "/work")) {
+      (void)e;
+      ++n;
+    }
+    return n;
+  }
+
+  std::string dir_;
+};
+
+TEST_F(DelegateBinaryTest, SampleStageFromTheRepositoryRuns) {
+  const std::string result = dir_ + "/result.json";
+  Outcome o = Run({"exec", std::string(DELEGATE_SOURCE_DIR) +
+                               "/examples/hello.yaml",
+                   "--result", result});
+  EXPECT_EQ(o.exit_code, 0) << o.out;
+  EXPECT_THAT(o.out, HasSubstr("stage hello: SUCCESS"));
+  EXPECT_THAT(o.out, Not(HasSubstr("not-a-real-token-123")));
+  std::ifstream in(result);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  rapidjson::Document doc;
+  doc.Parse(ss.str().c_str());
+  ASSERT_FALSE(doc.HasParseError()) << ss.str();
+  EXPECT_STREQ(doc["stage"].GetString(), "hello");
+  EXPECT_STREQ(doc["status"].GetString(), "SUCCESS");
+  ASSERT_TRUE(doc["steps"].IsArray());
+  EXPECT_EQ(doc["steps"].Size(), 3u);
+  const auto& build = doc["steps"][0];
+  EXPECT_STREQ(build["id"].GetString(), "build");
+  EXPECT_EQ(build["exit_code"].GetInt(), 0);
+  EXPECT_TRUE(absl::StartsWith(build["outputs"]["VERSION"].GetString(), "1.2."));
+  EXPECT_TRUE(build["duration_ms"].IsInt64());
+  EXPECT_EQ(StageDirs(), 0u);
+}
+
+TEST_F(DelegateBinaryTest, FailingStepExitsOneAndReportsIt) {
+  const std::string file = Write("fail.yaml", R"(name: f
+steps:
+  - {id: ok, commands: ["true"]}
+  - {id: broken, commands: ["echo about to fail", "exit 3"]}
+  - {id: after, commands: ["true"]}
+)");
+  const std::string result = dir_ + "/r.json";
+  Outcome o = Run({"exec", file, "--result", result});
+  EXPECT_EQ(o.exit_code, 1) << o.out;
+  EXPECT_THAT(o.out, HasSubstr("broken | about to fail"));
+  std::ifstream in(result);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  rapidjson::Document doc;
+  doc.Parse(ss.str().c_str());
+  ASSERT_FALSE(doc.HasParseError());
+  EXPECT_STREQ(doc["status"].GetString(), "FAILURE");
+  EXPECT_STREQ(doc["steps"][1]["status"].GetString(), "FAILURE");
+  EXPECT_EQ(doc["steps"][1]["exit_code"].GetInt(), 3);
+  EXPECT_STREQ(doc["steps"][1]["error"].GetString(), "exit status 3");
+  EXPECT_STREQ(doc["steps"][2]["status"].GetString(), "SKIPPED");
+  EXPECT_TRUE(doc["steps"][2]["exit_code"].IsNull());
+}
+
+TEST_F(DelegateBinaryTest, InvalidStageExitsTwoNamingFileAndField) {
+  const std::string file = Write("bad.yaml", R"(name: b
+steps:
+  - {id: a, commands: ["true"], timeout: ten}
+)");
+  Outcome o = Run({"exec", file});
+  EXPECT_EQ(o.exit_code, 2) << o.out;
+  EXPECT_THAT(o.out, HasSubstr("bad.yaml"));
+  EXPECT_THAT(o.out, HasSubstr("steps[0].timeout"));
+  EXPECT_THAT(o.out, HasSubstr("expected a duration like 30s"));
+  EXPECT_EQ(StageDirs(), 0u);
+}
+
+TEST_F(DelegateBinaryTest, EmptyAndJunkFilesExitTwo) {
+  EXPECT_EQ(Run({"exec", Write("empty.yaml", "")}).exit_code, 2);
+  EXPECT_EQ(Run({"validate", Write("junk.bin", std::string("\0\xff\xfe{[", 5))})
+                .exit_code,
+            2);
+  Outcome missing = Run({"exec", dir_ + "/nope.yaml"});
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_THAT(missing.out, HasSubstr("nope.yaml"));
+}
+
+TEST_F(DelegateBinaryTest, ValidateReportsEveryPlatformProblemAndRunsNothing) {
+  const std::string marker = dir_ + "/ran";
+  const std::string file = Write("v.yaml", absl::StrCat(R"(name: v
+steps:
+  - id: a
+    image: alpine
+    commands: ["touch )", marker, R"("]
+    security_context: {privileged: true}
+)"));
+  Outcome o = Run({"validate", file});
+  EXPECT_EQ(o.exit_code, 2) << o.out;
+  EXPECT_THAT(o.out, HasSubstr("steps[0].image"));
+  EXPECT_THAT(o.out, HasSubstr("steps[0].security_context.privileged"));
+  EXPECT_EQ(Run({"exec", file}).exit_code, 2);
+  EXPECT_FALSE(fs::exists(marker));
+}
+
+TEST_F(DelegateBinaryTest, ValidateAcceptsAGoodFile) {
+  Outcome o = Run({"validate", std::string(DELEGATE_SOURCE_DIR) +
+                                   "/examples/hello.yaml"});
+  EXPECT_EQ(o.exit_code, 0) << o.out;
+  EXPECT_THAT(o.out, HasSubstr("valid"));
+}
+
+TEST_F(DelegateBinaryTest, VersionPrintsVersionAndCommit) {
+  Outcome o = Run({"version"});
+  EXPECT_EQ(o.exit_code, 0);
+  EXPECT_THAT(o.out, HasSubstr("delegate 0.1.0 (commit "));
+}
+
+TEST_F(DelegateBinaryTest, TokenNeverAppearsInConfigHelpOrErrors) {
+  const std::string token = "d3adb33fd3adb33fd3adb33fd3adb33f";
+  Outcome dump = Run({"config"}, {"HARNESS_TOKEN=" + token,
+                                  "HARNESS_ACCOUNT_ID=acct1"});
+  EXPECT_EQ(dump.exit_code, 0) << dump.out;
+  EXPECT_THAT(dump.out, HasSubstr("token = <set>"));
+  EXPECT_THAT(dump.out, Not(HasSubstr(token)));
+  Outcome help = Run({"--help"}, {"HARNESS_TOKEN=" + token});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out, Not(HasSubstr(token)));
+  Outcome bad = Run({"config"}, {"HARNESS_TOKEN=" + token, "MAX_STAGES=ten"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.out, HasSubstr("MAX_STAGES"));
+  EXPECT_THAT(bad.out, Not(HasSubstr(token)));
+  const std::string env_file =
+      Write("delegate.env", "HARNESS_NAME=from-file\nTOKEN=" + token + "\n");
+  Outcome from_file = Run({"config", "--env-file", env_file});
+  EXPECT_THAT(from_file.out, HasSubstr("from-file"));
+  EXPECT_THAT(from_file.out, Not(HasSubstr(token)));
+}
+
+TEST_F(DelegateBinaryTest, SigtermDuringAStageDrainsThenCleansUp) {
+  const std::string pidfile = dir_ + "/step.pid";
+  const std::string file = Write("long.yaml", absl::StrCat(R"(name: long
+steps:
+  - id: wait
+    commands: ["echo $$ > )", pidfile, R"(", "echo waiting", "sleep 300"]
+  - id: after
+    commands: ["true"]
+)"));
+  const std::string result = dir_ + "/r.json";
+  Child child({"exec", file, "--result", result, "--drain-timeout", "200ms"},
+              {"HARNESS_WORKDIR=" + dir_ + "/work",
+               "CLEANUP_GRACE_PERIOD_SECONDS=1"},
+              dir_ + "/log");
+  for (int i = 0; i < 5000 && !absl::StrContains(child.Output(), "waiting");
+       ++i) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  ASSERT_THAT(child.Output(), HasSubstr("waiting"));
+  EXPECT_EQ(StageDirs(), 1u);
+  kill(child.pid(), SIGTERM);
+  Outcome o = child.Wait();
+  EXPECT_EQ(o.exit_code, 1) << o.out;
+  EXPECT_THAT(o.out, HasSubstr("finishing the stage"));
+  EXPECT_THAT(o.out, HasSubstr("CANCELLED"));
+  pid_t step_pid = 0;
+  std::ifstream(pidfile) >> step_pid;
+  ASSERT_GT(step_pid, 0);
+  std::ifstream stat("/proc/" + std::to_string(step_pid) + "/stat");
+  std::string line;
+  const bool gone = !std::getline(stat, line) ||
+                    line.substr(line.rfind(')') + 2, 1) == "Z";
+  EXPECT_TRUE(gone) << "the step outlived the delegate";
+  EXPECT_EQ(StageDirs(), 0u) << "cleanup did not run";
+  std::ifstream in(result);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EXPECT_THAT(ss.str(), HasSubstr("\"status\":\"CANCELLED\""));
+  EXPECT_THAT(ss.str(), HasSubstr("shutting down"));
+}
+
+TEST_F(DelegateBinaryTest, SigtermLetsAStageThatFinishesInTimeSucceed) {
+  const std::string file = Write("short.yaml", R"(name: short
+steps:
+  - {id: a, commands: ["echo started", "sleep 0.5", "echo finished"]}
+)");
+  Child child({"exec", file, "--drain-timeout", "30s"},
+              {"HARNESS_WORKDIR=" + dir_ + "/work"}, dir_ + "/log");
+  for (int i = 0; i < 5000 && !absl::StrContains(child.Output(), "started");
+       ++i) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  kill(child.pid(), SIGTERM);
+  Outcome o = child.Wait();
+  EXPECT_EQ(o.exit_code, 0) << o.out;
+  EXPECT_THAT(o.out, HasSubstr("a | finished"));
+  EXPECT_EQ(StageDirs(), 0u);
+}
+
+}  // namespace

@@ -1,0 +1,296 @@
+// Host steps with real processes: the scheduler and the host executor as an
+// embedding program would use them.
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "delegate/builtin_executors.h"
+#include "delegate/scheduler.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/fakes/recording_log_sink.h"
+
+namespace delegate {
+namespace {
+
+namespace fs = std::filesystem;
+using ::delegate::testing::RecordingLogSink;
+using ::testing::Contains;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// Counts bytes and lines without keeping them.
+class CountingSink final : public LogSink {
+ public:
+  void Append(const LogLine& line) override {
+    absl::MutexLock lock(&mu_);
+    bytes_ += line.text.size();
+    ++lines_;
+    max_line_ = std::max(max_line_, line.text.size());
+  }
+  size_t bytes() {
+    absl::MutexLock lock(&mu_);
+    return bytes_;
+  }
+  size_t lines() {
+    absl::MutexLock lock(&mu_);
+    return lines_;
+  }
+  size_t max_line() {
+    absl::MutexLock lock(&mu_);
+    return max_line_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  size_t bytes_ = 0, lines_ = 0, max_line_ = 0;
+};
+
+// A zombie counts as gone: it runs nothing, and whether it is reaped depends
+// on the machine's init, not on the delegate.
+bool Alive(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return false;
+  size_t paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() &&
+         stat[paren + 2] != 'Z';
+}
+
+// Peak resident memory of this process since the last ResetPeak().
+int64_t PeakRssKiB() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, "VmHWM:")) {
+      int64_t kib = 0;
+      std::vector<std::string> parts =
+          absl::StrSplit(line, ' ', absl::SkipEmpty());
+      if (parts.size() >= 2 && absl::SimpleAtoi(parts[1], &kib)) return kib;
+    }
+  }
+  return -1;
+}
+void ResetPeak() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+class HostStepsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    workdir_ = ::testing::TempDir() + "/host-steps-" + std::to_string(getpid());
+    fs::create_directories(workdir_);
+    HostExecutorOptions options;
+    options.workdir = workdir_;
+    options.grace_period = absl::Seconds(2);
+    ASSERT_TRUE(RegisterHostExecutor(registry_, options).ok());
+  }
+  void TearDown() override { fs::remove_all(workdir_); }
+
+  std::unique_ptr<Scheduler> Make(LogSink& sink) {
+    SchedulerOptions options;
+    options.registry = &registry_;
+    options.log_sink = &sink;
+    return std::make_unique<Scheduler>(options);
+  }
+
+  std::future<StageResult> Submit(Scheduler& scheduler, const std::string& id,
+                                  Stage stage) {
+    auto done = std::make_shared<std::promise<StageResult>>();
+    StageTask task;
+    task.id = id;
+    task.stage = std::move(stage);
+    task.on_done = [done](const StageResult& r) { done->set_value(r); };
+    EXPECT_TRUE(scheduler.Submit(std::move(task)).ok());
+    return done->get_future();
+  }
+
+  static Stage Commands(std::vector<std::vector<std::string>> steps) {
+    Stage stage;
+    stage.name = "it";
+    for (size_t i = 0; i < steps.size(); ++i) {
+      Step step;
+      step.id = "s" + std::to_string(i);
+      step.commands = std::move(steps[i]);
+      stage.steps.push_back(std::move(step));
+    }
+    return stage;
+  }
+
+  // Stage directories left under the work dir.
+  size_t Leftovers() {
+    size_t n = 0;
+    for (auto& e : fs::directory_iterator(workdir_)) {
+      (void)e;
+      ++n;
+    }
+    return n;
+  }
+
+  std::string workdir_;
+  ExecutorRegistry registry_;
+};
+
+TEST_F(HostStepsTest, RunsStepsInOneWorkspaceAndReturnsOutputs) {
+  RecordingLogSink sink;
+  auto scheduler = Make(sink);
+  Stage stage = Commands({{"echo hello > greeting", "echo out; echo err >&2"},
+                          {"cat greeting", "echo VERSION=1.2 >> $DRONE_OUTPUT",
+                           "echo OTHER=x >> $HARNESS_OUTPUT_FILE"}});
+  stage.steps[1].outputs = {"VERSION", "MISSING"};
+  StageResult r = Submit(*scheduler, "t", stage).get();
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  EXPECT_EQ(r.steps[1].outputs, (std::map<std::string, std::string>{
+                                    {"VERSION", "1.2"}}));
+  EXPECT_THAT(sink.TextOf("s0"), Contains("out"));
+  EXPECT_THAT(sink.TextOf("s0"), Contains("err"));
+  EXPECT_THAT(sink.TextOf("s1"), Contains("hello"));
+  EXPECT_THAT(sink.TextOf("s1"), Contains("+ cat greeting"));
+  EXPECT_THAT(sink.TextOf("s1"),
+              Contains(HasSubstr("output MISSING was declared but not")));
+  EXPECT_EQ(Leftovers(), 0u) << "the stage directory outlived cleanup";
+}
+
+TEST_F(HostStepsTest, StopsAtTheFirstFailingCommand) {
+  RecordingLogSink sink;
+  auto scheduler = Make(sink);
+  StageResult r =
+      Submit(*scheduler, "t",
+             Commands({{"echo one", "exit 4", "echo never"}, {"echo two"}}))
+          .get();
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  EXPECT_EQ(r.steps[0].exit_code, 4);
+  EXPECT_EQ(r.steps[0].error, "exit status 4");
+  EXPECT_EQ(r.steps[1].status, StepStatus::kSkipped);
+  EXPECT_THAT(sink.TextOf("s0"), Not(Contains("never")));
+}
+
+TEST_F(HostStepsTest, TimeoutKillsForkedChildrenSoNoneSurvive) {
+  RecordingLogSink sink;
+  auto scheduler = Make(sink);
+  const std::string pids = workdir_ + "/pids";
+  Stage stage = Commands({{
+      // Children that ignore SIGTERM, a grandchild, and a background job.
+      "(trap '' TERM; sleep 300) & echo $! >> " + pids,
+      "(sh -c 'sleep 300 & echo $! >> " + pids + "; wait') & echo $! >> " +
+          pids,
+      "sleep 300",
+  }});
+  stage.steps[0].timeout = absl::Milliseconds(500);
+  StageResult r = Submit(*scheduler, "t", stage).get();
+  EXPECT_EQ(r.steps[0].status, StepStatus::kTimeout);
+  std::ifstream in(pids);
+  std::vector<pid_t> children;
+  for (pid_t pid; in >> pid;) children.push_back(pid);
+  ASSERT_EQ(children.size(), 3u);
+  for (pid_t pid : children) EXPECT_FALSE(Alive(pid)) << pid << " survived";
+}
+
+TEST_F(HostStepsTest, BackgroundProcessesDoNotOutliveASuccessfulStep) {
+  RecordingLogSink sink;
+  auto scheduler = Make(sink);
+  const std::string pids = workdir_ + "/bg";
+  StageResult r =
+      Submit(*scheduler, "t",
+             Commands({{"sleep 300 & echo $! > " + pids, "echo started"}}))
+          .get();
+  EXPECT_EQ(r.status, StepStatus::kSuccess);
+  pid_t pid = 0;
+  std::ifstream(pids) >> pid;
+  ASSERT_GT(pid, 0);
+  EXPECT_FALSE(Alive(pid));
+}
+
+TEST_F(HostStepsTest, CancelDuringAStepStopsItAndCleansUp) {
+  RecordingLogSink sink;
+  auto scheduler = Make(sink);
+  auto f = Submit(*scheduler, "t",
+                  Commands({{"echo running", "sleep 300"}, {"echo never"}}));
+  for (int i = 0; i < 5000 && !absl::StrContains(sink.All(), "running"); ++i) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  const absl::Time asked = absl::Now();
+  ASSERT_TRUE(scheduler->Cancel("t").ok());
+  StageResult r = f.get();
+  EXPECT_LT(absl::Now() - asked, absl::Seconds(2)) << "cancel was not prompt";
+  EXPECT_EQ(r.status, StepStatus::kCancelled);
+  EXPECT_EQ(r.steps[0].status, StepStatus::kCancelled);
+  EXPECT_EQ(r.steps[1].status, StepStatus::kSkipped);
+  EXPECT_EQ(Leftovers(), 0u);
+}
+
+TEST_F(HostStepsTest, HundredMegabytesOfOutputKeepMemoryBounded) {
+  CountingSink sink;
+  auto scheduler = Make(sink);
+  // 100 MiB: 1,600 lines of 64 KiB - 1 and a newline, then one 1 MiB line.
+  Stage stage = Commands({{
+      "head -c 104857600 /dev/zero | tr '\\0' 'x' | fold -w 65535",
+      "head -c 1048576 /dev/zero | tr '\\0' 'y'; echo",
+  }});
+  ResetPeak();
+  const int64_t before = PeakRssKiB();
+  StageResult r = Submit(*scheduler, "t", stage).get();
+  const int64_t peak = PeakRssKiB();
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  EXPECT_GE(sink.bytes(), 104857600u + 1048576u);
+  EXPECT_LE(sink.max_line(), 64u * 1024u) << "a line beyond the cap";
+#if !defined(__SANITIZE_ADDRESS__)
+  ASSERT_GT(before, 0);
+  EXPECT_LT(peak - before, 32 * 1024) << "peak RSS grew by " << (peak - before)
+                                      << " KiB";
+#endif
+}
+
+TEST_F(HostStepsTest, SecretsAreMaskedInRealOutputIncludingEncodedForms) {
+  RecordingLogSink sink;
+  auto scheduler = Make(sink);
+  Stage stage = Commands({{
+      "echo \"plain $TOKEN\"",
+      "printf '%s' \"$TOKEN\" | base64",
+      "printf 'split %s' \"${TOKEN%????}\"; sleep 0.1; printf '%s\\n' "
+      "\"${TOKEN#${TOKEN%????}}\"",
+  }});
+  stage.secrets["T"] = "sup3r-s3cret-value";
+  stage.steps[0].envs["TOKEN"] = "${{secrets.T}}";
+  StageResult r = Submit(*scheduler, "t", stage).get();
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  const std::string all = sink.All();
+  EXPECT_THAT(all, HasSubstr("plain **************"));
+  EXPECT_THAT(all, HasSubstr("split **************"));
+  EXPECT_THAT(all, Not(HasSubstr("s3cret")));
+  EXPECT_THAT(all, Not(HasSubstr("c3VwM3ItczNjcmV0LXZhbHVl")));  // base64
+}
+
+TEST_F(HostStepsTest, StagesRunConcurrentlyWithoutSharingPipes) {
+  RecordingLogSink sink;
+  auto scheduler = Make(sink);
+  std::vector<std::future<StageResult>> results;
+  for (int i = 0; i < 6; ++i) {
+    results.push_back(Submit(*scheduler, "t" + std::to_string(i),
+                             Commands({{"sleep 0.2", "echo done"}})));
+  }
+  const absl::Time start = absl::Now();
+  for (auto& f : results) EXPECT_EQ(f.get().status, StepStatus::kSuccess);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1.1)) << "stages ran one by one";
+}
+
+TEST_F(HostStepsTest, MissingEntrypointBinaryIsAClearFailure) {
+  RecordingLogSink sink;
+  auto scheduler = Make(sink);
+  Stage stage = Commands({{}});
+  stage.steps[0].entrypoint = {"/nonexistent/tool"};
+  StageResult r = Submit(*scheduler, "t", stage).get();
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  EXPECT_THAT(r.steps[0].error, HasSubstr("/nonexistent/tool"));
+}
+
+}  // namespace
+}  // namespace delegate
