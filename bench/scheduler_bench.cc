@@ -60,7 +60,8 @@ class Countdown {
 void BM_SchedulerDispatch(benchmark::State& state) {
   const int64_t batch = 10000;
   ExecutorRegistry registry;
-  (void)registry.Register("noop", [] { return std::make_unique<NoopExecutor>(); });
+  (void)registry.Register("noop",
+                          [] { return std::make_unique<NoopExecutor>(); });
   NullSink sink;
   SchedulerOptions options;
   options.registry = &registry;
@@ -93,7 +94,11 @@ void BM_SchedulerDispatch(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * batch);
 }
 // 0: MAX_STAGES unset.
-BENCHMARK(BM_SchedulerDispatch)->Arg(0)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_SchedulerDispatch)
+    ->Arg(0)
+    ->Arg(2)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 void BM_HostStepOverhead(benchmark::State& state) {
   ExecutorRegistry registry;

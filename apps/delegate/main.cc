@@ -154,13 +154,15 @@ std::string TaskIdFor(const delegate::Stage& stage) {
 
 int Run(const Args& args) {
   if (args.command == "version") {
-    printf("delegate %s (commit %s)\n", std::string(delegate::Version()).c_str(),
+    printf("delegate %s (commit %s)\n",
+           std::string(delegate::Version()).c_str(),
            std::string(delegate::GitCommit()).c_str());
     return kExitOk;
   }
   absl::StatusOr<delegate::DelegateConfig> config = Configure(args);
   if (!config.ok()) {
-    fprintf(stderr, "delegate: %s\n", std::string(config.status().message()).c_str());
+    fprintf(stderr, "delegate: %s\n",
+            std::string(config.status().message()).c_str());
     return kExitInvalid;
   }
   for (const std::string& warning : config->warnings) {
@@ -242,8 +244,7 @@ int Run(const Args& args) {
         fprintf(stderr,
                 "delegate: %s received: finishing the stage (up to %s), then "
                 "cleaning up; send it again to cancel now\n",
-                strsignal(received),
-                absl::FormatDuration(args.drain).c_str());
+                strsignal(received), absl::FormatDuration(args.drain).c_str());
         drain_thread = std::thread([&] { scheduler.Shutdown(args.drain); });
       } else {
         fprintf(stderr, "delegate: %s received again: cancelling\n",

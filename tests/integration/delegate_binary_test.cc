@@ -54,7 +54,8 @@ class Child {
     int status = 0;
     waitpid(pid_, &status, 0);
     Outcome o;
-    o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    o.exit_code =
+        WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     o.out = Output();
     return o;
   }
@@ -73,7 +74,8 @@ class Child {
 class DelegateBinaryTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = ::testing::TempDir() + "/delegate-binary-" + std::to_string(getpid());
+    dir_ =
+        ::testing::TempDir() + "/delegate-binary-" + std::to_string(getpid());
     fs::remove_all(dir_);
     fs::create_directories(dir_ + "/work");
   }
@@ -106,9 +108,9 @@ class DelegateBinaryTest : public ::testing::Test {
 
 TEST_F(DelegateBinaryTest, SampleStageFromTheRepositoryRuns) {
   const std::string result = dir_ + "/result.json";
-  Outcome o = Run({"exec", std::string(DELEGATE_SOURCE_DIR) +
-                               "/examples/hello.yaml",
-                   "--result", result});
+  Outcome o =
+      Run({"exec", std::string(DELEGATE_SOURCE_DIR) + "/examples/hello.yaml",
+           "--result", result});
   EXPECT_EQ(o.exit_code, 0) << o.out;
   EXPECT_THAT(o.out, HasSubstr("stage hello: SUCCESS"));
   EXPECT_THAT(o.out, Not(HasSubstr("not-a-real-token-123")));
@@ -125,7 +127,8 @@ TEST_F(DelegateBinaryTest, SampleStageFromTheRepositoryRuns) {
   const auto& build = doc["steps"][0];
   EXPECT_STREQ(build["id"].GetString(), "build");
   EXPECT_EQ(build["exit_code"].GetInt(), 0);
-  EXPECT_TRUE(absl::StartsWith(build["outputs"]["VERSION"].GetString(), "1.2."));
+  EXPECT_TRUE(
+      absl::StartsWith(build["outputs"]["VERSION"].GetString(), "1.2."));
   EXPECT_TRUE(build["duration_ms"].IsInt64());
   EXPECT_EQ(StageDirs(), 0u);
 }
@@ -184,7 +187,8 @@ TEST_F(DelegateBinaryTest, ValidateReportsEveryPlatformProblemAndRunsNothing) {
 steps:
   - id: a
     image: alpine
-    commands: ["touch )", marker, R"("]
+    commands: ["touch )",
+                                                        marker, R"("]
     security_context: {privileged: true}
 )"));
   Outcome o = Run({"validate", file});
@@ -196,8 +200,8 @@ steps:
 }
 
 TEST_F(DelegateBinaryTest, ValidateAcceptsAGoodFile) {
-  Outcome o = Run({"validate", std::string(DELEGATE_SOURCE_DIR) +
-                                   "/examples/hello.yaml"});
+  Outcome o = Run(
+      {"validate", std::string(DELEGATE_SOURCE_DIR) + "/examples/hello.yaml"});
   EXPECT_EQ(o.exit_code, 0) << o.out;
   EXPECT_THAT(o.out, HasSubstr("valid"));
 }
@@ -210,8 +214,8 @@ TEST_F(DelegateBinaryTest, VersionPrintsVersionAndCommit) {
 
 TEST_F(DelegateBinaryTest, TokenNeverAppearsInConfigHelpOrErrors) {
   const std::string token = "d3adb33fd3adb33fd3adb33fd3adb33f";
-  Outcome dump = Run({"config"}, {"HARNESS_TOKEN=" + token,
-                                  "HARNESS_ACCOUNT_ID=acct1"});
+  Outcome dump =
+      Run({"config"}, {"HARNESS_TOKEN=" + token, "HARNESS_ACCOUNT_ID=acct1"});
   EXPECT_EQ(dump.exit_code, 0) << dump.out;
   EXPECT_THAT(dump.out, HasSubstr("token = <set>"));
   EXPECT_THAT(dump.out, Not(HasSubstr(token)));
@@ -231,18 +235,20 @@ TEST_F(DelegateBinaryTest, TokenNeverAppearsInConfigHelpOrErrors) {
 
 TEST_F(DelegateBinaryTest, SigtermDuringAStageDrainsThenCleansUp) {
   const std::string pidfile = dir_ + "/step.pid";
-  const std::string file = Write("long.yaml", absl::StrCat(R"(name: long
+  const std::string file = Write(
+      "long.yaml", absl::StrCat(R"(name: long
 steps:
   - id: wait
-    commands: ["echo $$ > )", pidfile, R"(", "echo waiting", "sleep 300"]
+    commands: ["echo $$ > )",
+                                pidfile, R"(", "echo waiting", "sleep 300"]
   - id: after
     commands: ["true"]
 )"));
   const std::string result = dir_ + "/r.json";
-  Child child({"exec", file, "--result", result, "--drain-timeout", "200ms"},
-              {"HARNESS_WORKDIR=" + dir_ + "/work",
-               "CLEANUP_GRACE_PERIOD_SECONDS=1"},
-              dir_ + "/log");
+  Child child(
+      {"exec", file, "--result", result, "--drain-timeout", "200ms"},
+      {"HARNESS_WORKDIR=" + dir_ + "/work", "CLEANUP_GRACE_PERIOD_SECONDS=1"},
+      dir_ + "/log");
   for (int i = 0; i < 5000 && !absl::StrContains(child.Output(), "waiting");
        ++i) {
     absl::SleepFor(absl::Milliseconds(2));
@@ -259,8 +265,8 @@ steps:
   ASSERT_GT(step_pid, 0);
   std::ifstream stat("/proc/" + std::to_string(step_pid) + "/stat");
   std::string line;
-  const bool gone = !std::getline(stat, line) ||
-                    line.substr(line.rfind(')') + 2, 1) == "Z";
+  const bool gone =
+      !std::getline(stat, line) || line.substr(line.rfind(')') + 2, 1) == "Z";
   EXPECT_TRUE(gone) << "the step outlived the delegate";
   EXPECT_EQ(StageDirs(), 0u) << "cleanup did not run";
   std::ifstream in(result);

@@ -148,8 +148,8 @@ TEST_F(HostStepsTest, RunsStepsInOneWorkspaceAndReturnsOutputs) {
   stage.steps[1].outputs = {"VERSION", "MISSING"};
   StageResult r = Submit(*scheduler, "t", stage).get();
   ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
-  EXPECT_EQ(r.steps[1].outputs, (std::map<std::string, std::string>{
-                                    {"VERSION", "1.2"}}));
+  EXPECT_EQ(r.steps[1].outputs,
+            (std::map<std::string, std::string>{{"VERSION", "1.2"}}));
   EXPECT_THAT(sink.TextOf("s0"), Contains("out"));
   EXPECT_THAT(sink.TextOf("s0"), Contains("err"));
   EXPECT_THAT(sink.TextOf("s1"), Contains("hello"));
@@ -244,8 +244,8 @@ TEST_F(HostStepsTest, HundredMegabytesOfOutputKeepMemoryBounded) {
   EXPECT_LE(sink.max_line(), 64u * 1024u) << "a line beyond the cap";
 #if !defined(__SANITIZE_ADDRESS__)
   ASSERT_GT(before, 0);
-  EXPECT_LT(peak - before, 32 * 1024) << "peak RSS grew by " << (peak - before)
-                                      << " KiB";
+  EXPECT_LT(peak - before, 32 * 1024)
+      << "peak RSS grew by " << (peak - before) << " KiB";
 #endif
 }
 

@@ -199,8 +199,8 @@ TEST_F(SchedulerTest, RunsInitStepsAndCleanupOnOneInstanceAndThread) {
   EXPECT_EQ(r.status, StepStatus::kSuccess);
   ASSERT_EQ(r.steps.size(), 2u);
   EXPECT_EQ(r.steps[1].outputs.at("V"), "1.2");
-  EXPECT_THAT(journal_.Calls(), ElementsAre("init:t1", "exec:t1:a",
-                                            "exec:t1:b", "cleanup:t1"));
+  EXPECT_THAT(journal_.Calls(),
+              ElementsAre("init:t1", "exec:t1:a", "exec:t1:b", "cleanup:t1"));
   for (size_t i = 1; i < journal_.instances.size(); ++i) {
     EXPECT_EQ(journal_.instances[i], journal_.instances[0]);
     EXPECT_EQ(journal_.threads[i], journal_.threads[0]);
@@ -232,9 +232,8 @@ TEST_F(SchedulerTest, FailedStepSkipsTheRestUnlessContinueOnError) {
   EXPECT_EQ(r.steps[1].status, StepStatus::kFailure);
   EXPECT_EQ(r.steps[2].status, StepStatus::kSkipped);
   EXPECT_THAT(r.steps[2].error, HasSubstr("step build failed"));
-  EXPECT_THAT(journal_.Calls(),
-              ElementsAre("init:t1", "exec:t1:lint", "exec:t1:build",
-                          "cleanup:t1"));
+  EXPECT_THAT(journal_.Calls(), ElementsAre("init:t1", "exec:t1:lint",
+                                            "exec:t1:build", "cleanup:t1"));
 }
 
 TEST_F(SchedulerTest, OnlyToleratedFailuresMeanSuccess) {
@@ -255,8 +254,8 @@ TEST_F(SchedulerTest, RefusesATaskIdDeliveredTwice) {
   again.stage = MakeStage({MakeStep("a", "ok")});
   absl::Status s = scheduler->Submit(std::move(again));
   EXPECT_TRUE(absl::IsAlreadyExists(s)) << s;
-  EXPECT_THAT(journal_.Calls(), ElementsAre("init:t1", "exec:t1:a",
-                                            "cleanup:t1"));
+  EXPECT_THAT(journal_.Calls(),
+              ElementsAre("init:t1", "exec:t1:a", "cleanup:t1"));
 }
 
 TEST_F(SchedulerTest, RefusesAnUnknownPlatformNamingTheRegisteredOnes) {
@@ -305,7 +304,8 @@ TEST_F(SchedulerTest, UnboundedCapacityRunsStagesAtOnce) {
   WaitForCall("exec:b:x");
   WaitForCall("exec:c:x");
   EXPECT_EQ(scheduler->stats().running, 3u);
-  for (const char* id : {"a", "b", "c"}) EXPECT_TRUE(scheduler->Cancel(id).ok());
+  for (const char* id : {"a", "b", "c"})
+    EXPECT_TRUE(scheduler->Cancel(id).ok());
   EXPECT_EQ(a.get().status, StepStatus::kCancelled);
   EXPECT_EQ(b.get().status, StepStatus::kCancelled);
   EXPECT_EQ(c.get().status, StepStatus::kCancelled);
@@ -398,7 +398,8 @@ TEST_F(SchedulerTest, UnknownSecretFailsBeforeInitialize) {
   stage.secrets["API"] = "x-secret-x";
   StageResult r = Run(*scheduler, "t1", stage).get();
   EXPECT_EQ(r.status, StepStatus::kFailure);
-  EXPECT_THAT(r.error, HasSubstr("steps[0].commands[0]: unknown secret 'NOPE'"));
+  EXPECT_THAT(r.error,
+              HasSubstr("steps[0].commands[0]: unknown secret 'NOPE'"));
   EXPECT_THAT(r.error, Not(HasSubstr("x-secret-x")));
   EXPECT_TRUE(journal_.Calls().empty());
 }
@@ -423,11 +424,10 @@ TEST_F(SchedulerTest, StageEnvIsMergedUnderStepEnvs) {
    private:
     std::map<std::string, std::string>& seen_;
   };
-  ASSERT_TRUE(registry_
-                  .Register("env", [&] {
-                    return std::make_unique<EnvExecutor>(seen);
-                  })
-                  .ok());
+  ASSERT_TRUE(
+      registry_
+          .Register("env", [&] { return std::make_unique<EnvExecutor>(seen); })
+          .ok());
   auto scheduler = Make();
   Stage stage = MakeStage({MakeStep("a", "ok")}, "env");
   stage.env = {{"CI", "true"}, {"MODE", "stage"}};
@@ -474,11 +474,11 @@ TEST_F(SchedulerTest, ShutdownWaitsForAStageThatFinishesInTime) {
    private:
     absl::Notification& n_;
   };
-  ASSERT_TRUE(registry_
-                  .Register("slow", [&] {
-                    return std::make_unique<SlowExecutor>(release);
-                  })
-                  .ok());
+  ASSERT_TRUE(
+      registry_
+          .Register("slow",
+                    [&] { return std::make_unique<SlowExecutor>(release); })
+          .ok());
   auto f = Run(*scheduler, "t1", MakeStage({MakeStep("a", "ok")}, "slow"));
   std::thread releaser([&] {
     absl::SleepFor(absl::Milliseconds(100));

@@ -14,8 +14,9 @@
 
 namespace delegate {
 
-// A string that never prints: no operator<<, and AbslStringify writes
-// "<redacted>". reveal() is the only way to the value.
+// A string that never prints: no operator<< and no conversion, so passing it
+// to a formatter does not compile (or, with an Abseil new enough to honour
+// AbslStringify, writes "<redacted>"). reveal() is the only way to the value.
 class SecretString {
  public:
   SecretString() = default;
@@ -48,8 +49,8 @@ struct DelegateConfig {
   SecretString token;
   std::string manager_url;
   std::string name = "harness-delegate";
-  std::vector<std::string> tags;   // trimmed, empties dropped, order kept
-  std::optional<int> max_stages;   // unset: unbounded
+  std::vector<std::string> tags;  // trimmed, empties dropped, order kept
+  std::optional<int> max_stages;  // unset: unbounded
   int parallel_workers = 100;
   absl::Duration poll_interval = absl::Milliseconds(3000);
   // SIGTERM to SIGKILL on a timed out or cancelled host step.

@@ -69,8 +69,8 @@ struct Resources {
 enum class PullPolicy { kDefault, kAlways, kIfNotPresent, kNever };
 
 struct Step {
-  std::string id;    // unique within the stage: [A-Za-z0-9_.-]{1,128}
-  std::string name;  // for people; defaults to id
+  std::string id;     // unique within the stage: [A-Za-z0-9_.-]{1,128}
+  std::string name;   // for people; defaults to id
   std::string image;  // empty: the step runs on the host
   // Either commands (run by /bin/sh, stopping at the first failure) or
   // entrypoint + args (run as given, no shell).

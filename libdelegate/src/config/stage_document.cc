@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -153,8 +152,7 @@ class TreeBuilder {
   }
 
   void Report(int line, int column, std::string message) {
-    out_->problems.push_back(
-        {line, column, CurrentPath(), std::move(message)});
+    out_->problems.push_back({line, column, CurrentPath(), std::move(message)});
   }
 
   bool Fatal(int line, int column, std::string message) {
@@ -216,8 +214,7 @@ class TreeBuilder {
     if (total_bytes_ > kMaxExpandedTextBytes) {
       return Fatal(line, column,
                    absl::StrCat("aliases expand to more than ",
-                                kMaxExpandedTextBytes >> 20,
-                                " MiB of text"));
+                                kMaxExpandedTextBytes >> 20, " MiB of text"));
     }
     return true;
   }
@@ -250,7 +247,7 @@ class TreeBuilder {
       frame.key_valid = child_is_scalar;
       if (!child_is_scalar) {
         Report(child_line, child_column,
-                "mapping keys must be strings, not lists or mappings");
+               "mapping keys must be strings, not lists or mappings");
       }
     } else {
       if (frame.key_valid) parent.entries.push_back({frame.key, index});
@@ -358,8 +355,8 @@ bool HandleYamlEvent(const yaml_event_t& event, TreeBuilder& builder,
         }
       }
       return builder.Scalar(
-          std::string(reinterpret_cast<const char*>(s.value), s.length),
-          quoted, line, column, AsView(s.anchor), &anchors);
+          std::string(reinterpret_cast<const char*>(s.value), s.length), quoted,
+          line, column, AsView(s.anchor), &anchors);
     }
     case YAML_ALIAS_EVENT: {
       const absl::string_view name = AsView(event.data.alias.anchor);
@@ -408,7 +405,8 @@ class JsonStream {
  public:
   using Ch = char;
   JsonStream(absl::string_view text, size_t start)
-      : begin_(text.data()), cur_(text.data() + start),
+      : begin_(text.data()),
+        cur_(text.data() + start),
         end_(text.data() + text.size()) {}
   Ch Peek() const { return cur_ < end_ ? *cur_ : '\0'; }
   Ch Take() { return cur_ < end_ ? *cur_++ : '\0'; }
@@ -446,7 +444,9 @@ class JsonHandler
     return String(str, length, copy);
   }
   bool StartObject() { return Start(Node::Kind::kMapping); }
-  bool EndObject(rapidjson::SizeType) { return builder_.EndCollection(nullptr); }
+  bool EndObject(rapidjson::SizeType) {
+    return builder_.EndCollection(nullptr);
+  }
   bool StartArray() { return Start(Node::Kind::kSequence); }
   bool EndArray(rapidjson::SizeType) { return builder_.EndCollection(nullptr); }
 
@@ -553,8 +553,7 @@ ParsedDocument ReadJson(absl::string_view content) {
   constexpr unsigned kFlags = rapidjson::kParseIterativeFlag |
                               rapidjson::kParseValidateEncodingFlag |
                               rapidjson::kParseNumbersAsStringsFlag;
-  const rapidjson::ParseResult result =
-      reader.Parse<kFlags>(stream, handler);
+  const rapidjson::ParseResult result = reader.Parse<kFlags>(stream, handler);
   if (result.IsError()) {
     // Termination means the handler stopped the reader and has already said
     // why.

@@ -54,10 +54,10 @@ struct Node {
   bool quoted = false;
   int line = 0;
   int column = 0;
-  std::string text;                // kScalar
-  std::vector<NodeIndex> items;    // kSequence
-  std::vector<MapEntry> entries;   // kMapping, in document order, duplicates
-                                   // kept so that the decoder can report them
+  std::string text;               // kScalar
+  std::vector<NodeIndex> items;   // kSequence
+  std::vector<MapEntry> entries;  // kMapping, in document order, duplicates
+                                  // kept so that the decoder can report them
 
   // Bookkeeping for alias expansion: the size of this subtree counted the
   // way the limits above count, and its height (a scalar has height 0).

@@ -29,6 +29,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "config/stage_document.h"
+#include "logs/masker.h"
+#include "scheduler/secrets.h"
 
 namespace delegate {
 namespace {
@@ -44,12 +46,6 @@ using config::QuoteText;
 constexpr size_t kMaxReportedProblems = 100;
 // Secret ids listed in an "unknown secret" message.
 constexpr size_t kMaxListedSecrets = 20;
-// Replaces secret values in error messages (the same mask the log masker
-// writes).
-constexpr absl::string_view kMask = "**************";
-// Secret values shorter than this are not masked in messages: masking "a"
-// would garble every message, and the log masker draws the same line.
-constexpr size_t kMinMaskedSecretBytes = 3;
 
 using Keys = std::initializer_list<absl::string_view>;
 
@@ -60,17 +56,25 @@ constexpr Keys kEmptyDirKeys = {"size_mib"};
 constexpr Keys kHostPathKeys = {"path", "read_only"};
 constexpr Keys kEfsKeys = {"filesystem_id", "root_directory",
                            "transit_encryption", "access_point_id", "iam"};
-constexpr Keys kStepKeys = {"id",          "name",
-                            "image",       "commands",
-                            "entrypoint",  "args",
-                            "envs",        "working_dir",
-                            "timeout",     "outputs",
-                            "security_context", "volume_mounts",
-                            "resources",   "pull",
+constexpr Keys kStepKeys = {"id",
+                            "name",
+                            "image",
+                            "commands",
+                            "entrypoint",
+                            "args",
+                            "envs",
+                            "working_dir",
+                            "timeout",
+                            "outputs",
+                            "security_context",
+                            "volume_mounts",
+                            "resources",
+                            "pull",
                             "continue_on_error"};
 constexpr Keys kSecurityContextKeys = {
-    "privileged",  "read_only_root_filesystem", "run_as_user",
-    "run_as_group", "add_capability",           "drop_capability"};
+    "privileged",     "read_only_root_filesystem",
+    "run_as_user",    "run_as_group",
+    "add_capability", "drop_capability"};
 constexpr Keys kVolumeMountKeys = {"name", "path"};
 constexpr Keys kResourcesKeys = {"cpus", "memory_mib"};
 
@@ -173,11 +177,12 @@ absl::string_view Suggest(absl::string_view key, Keys known) {
 // ------------------------------------------------------------ scalars
 
 std::optional<int64_t> ParseInt64(absl::string_view text) {
-  if (!text.empty() && text[0] == '+') text.remove_prefix(1);
-  if (text.empty() || text[0] == '+' || (text[0] == '-' && text.data() !=
-                                         text.data())) {
-    return std::nullopt;
+  // from_chars takes no '+'; take one, but not "+-1".
+  if (!text.empty() && text[0] == '+') {
+    text.remove_prefix(1);
+    if (!text.empty() && text[0] == '-') return std::nullopt;
   }
+  if (text.empty()) return std::nullopt;
   int64_t value = 0;
   const auto [end, ec] =
       std::from_chars(text.data(), text.data() + text.size(), value);
@@ -197,7 +202,10 @@ bool LooksLikeInteger(absl::string_view text) {
 }
 
 std::optional<double> ParseDouble(absl::string_view text) {
-  if (!text.empty() && text[0] == '+') text.remove_prefix(1);
+  if (!text.empty() && text[0] == '+') {
+    text.remove_prefix(1);
+    if (!text.empty() && text[0] == '-') return std::nullopt;
+  }
   if (text.empty()) return std::nullopt;
   double value = 0;
   const auto [end, ec] =
@@ -239,8 +247,7 @@ class Decoder {
   // Building one reports duplicate and unknown keys.
   class Fields {
    public:
-    Fields(Decoder& decoder, const Node& mapping, std::string path,
-           Keys known)
+    Fields(Decoder& decoder, const Node& mapping, std::string path, Keys known)
         : mapping_(mapping), path_(std::move(path)) {
       for (const config::MapEntry& entry : mapping.entries) {
         const Node& key = decoder.doc_.node(entry.key);
@@ -311,8 +318,9 @@ class Decoder {
   std::optional<Fields> Mapping(const Node& n, const std::string& path,
                                 Keys known) {
     if (!n.is_mapping()) {
-      Error(n, path, absl::StrCat("expected a mapping with fields like ",
-                                  *known.begin(), ", got ", Describe(n)));
+      Error(n, path,
+            absl::StrCat("expected a mapping with fields like ", *known.begin(),
+                         ", got ", Describe(n)));
       return std::nullopt;
     }
     return Fields(*this, n, path, known);
@@ -370,16 +378,15 @@ class Decoder {
     return std::nullopt;
   }
 
-  std::optional<double> PositiveNumber(const Node& n,
-                                       const std::string& path) {
+  std::optional<double> PositiveNumber(const Node& n, const std::string& path) {
     if (n.is_scalar() && !n.quoted) {
       if (std::optional<double> v = ParseDouble(n.text); v && *v > 0) {
         return v;
       }
     }
-    Error(n, path,
-          absl::StrCat("expected a positive number like 1.5, got ",
-                       Describe(n)));
+    Error(
+        n, path,
+        absl::StrCat("expected a positive number like 1.5, got ", Describe(n)));
     return std::nullopt;
   }
 
@@ -466,27 +473,16 @@ class Decoder {
   }
 
   // Reports each ${{secrets.ID}} in `n`'s text whose ID the stage does not
-  // define. Mirrors the grammar the scheduler substitutes: "${{", then
-  // anything up to the next "}}", which after trimming must start with
-  // "secrets." to be a secret reference.
+  // define, by the grammar the scheduler substitutes.
   void CheckSecretReferences(const Node& n, const std::string& path) {
-    constexpr absl::string_view kOpen = "${{";
-    constexpr absl::string_view kClose = "}}";
-    constexpr absl::string_view kPrefix = "secrets.";
     if (!n.is_scalar()) return;
-    const absl::string_view text = n.text;
-    size_t open = text.find(kOpen);
-    while (open != absl::string_view::npos) {
-      const size_t close = text.find(kClose, open + kOpen.size());
-      if (close == absl::string_view::npos) return;
-      const absl::string_view inner = absl::StripAsciiWhitespace(
-          text.substr(open + kOpen.size(), close - open - kOpen.size()));
-      if (absl::StartsWith(inner, kPrefix)) {
-        const std::string id(inner.substr(kPrefix.size()));
-        if (secret_ids_.count(id) == 0) UnknownSecret(n, path, id);
-      }
-      open = text.find(kOpen, close + kClose.size());
-    }
+    ForEachSecretReference(
+        std::string_view(n.text.data(), n.text.size()),
+        [&](std::string_view id) {
+          if (secret_ids_.count(std::string(id)) == 0) {
+            UnknownSecret(n, path, absl::string_view(id.data(), id.size()));
+          }
+        });
   }
 
   void UnknownSecret(const Node& n, const std::string& path,
@@ -501,8 +497,8 @@ class Decoder {
         if (ids.size() == kMaxListedSecrets) break;
         ids.push_back(known);
       }
-      absl::StrAppend(&message, "the stage defines: ",
-                      absl::StrJoin(ids, ", "));
+      absl::StrAppend(&message,
+                      "the stage defines: ", absl::StrJoin(ids, ", "));
       if (secret_ids_.size() > ids.size()) {
         absl::StrAppend(&message, " and ", secret_ids_.size() - ids.size(),
                         " more");
@@ -512,8 +508,8 @@ class Decoder {
   }
 
   // A list of strings, each checked for secret references.
-  std::optional<std::vector<std::string>> CommandList(
-      const Node& n, const std::string& path) {
+  std::optional<std::vector<std::string>> CommandList(const Node& n,
+                                                      const std::string& path) {
     std::optional<std::vector<std::string>> list = StringList(n, path);
     if (list) {
       for (size_t i = 0; i < n.items.size(); ++i) {
@@ -527,10 +523,8 @@ class Decoder {
   std::optional<Volume> DecodeVolume(const Node& n, const std::string& path);
   std::optional<Step> DecodeStep(const Node& n, const std::string& path,
                                  const Stage& stage);
-  SecurityContext DecodeSecurityContext(const Node& n,
-                                        const std::string& path);
-  std::vector<std::string> Capabilities(const Node& n,
-                                        const std::string& path);
+  SecurityContext DecodeSecurityContext(const Node& n, const std::string& path);
+  std::vector<std::string> Capabilities(const Node& n, const std::string& path);
   std::vector<VolumeMount> VolumeMounts(const Node& n, const std::string& path,
                                         const Stage& stage);
   Resources DecodeResources(const Node& n, const std::string& path);
@@ -686,9 +680,9 @@ std::optional<Volume> Decoder::DecodeVolume(const Node& n,
         ok = ok && s.has_value();
       }
     }
-    for (auto [key, field] : {std::pair{"transit_encryption",
-                                        &efs.transit_encryption},
-                              std::pair{"iam", &efs.iam}}) {
+    for (auto [key, field] :
+         {std::pair{"transit_encryption", &efs.transit_encryption},
+          std::pair{"iam", &efs.iam}}) {
       if (const Node* v = g->Get(key)) {
         std::optional<bool> b = Bool(*v, g->PathOf(key));
         if (b) *field = *b;
@@ -739,8 +733,7 @@ SecurityContext Decoder::DecodeSecurityContext(const Node& n,
     sc.run_as_user = Int(*v, f->PathOf("run_as_user"), 0, "an integer >= 0");
   }
   if (const Node* v = f->Get("run_as_group")) {
-    sc.run_as_group =
-        Int(*v, f->PathOf("run_as_group"), 0, "an integer >= 0");
+    sc.run_as_group = Int(*v, f->PathOf("run_as_group"), 0, "an integer >= 0");
   }
   if (const Node* v = f->Get("add_capability")) {
     sc.add_capability = Capabilities(*v, f->PathOf("add_capability"));
@@ -774,20 +767,20 @@ std::vector<VolumeMount> Decoder::VolumeMounts(const Node& n,
           std::vector<absl::string_view> names;
           for (const Volume& v : stage.volumes) names.push_back(v.name);
           Error(*name, f->PathOf("name"),
-                absl::StrCat("no volume named '", QuoteText(*s),
-                             "' in this stage",
-                             names.empty()
-                                 ? std::string(" (it defines no volumes)")
-                                 : absl::StrCat(" (volumes: ",
-                                                absl::StrJoin(names, ", "),
-                                                ")")));
+                absl::StrCat(
+                    "no volume named '", QuoteText(*s), "' in this stage",
+                    names.empty()
+                        ? std::string(" (it defines no volumes)")
+                        : absl::StrCat(
+                              " (volumes: ", absl::StrJoin(names, ", "), ")")));
         }
       }
     } else {
       Missing(*f, "name");
     }
     if (const Node* p = f->Get("path")) {
-      if (std::optional<std::string> s = NonEmptyString(*p, f->PathOf("path"))) {
+      if (std::optional<std::string> s =
+              NonEmptyString(*p, f->PathOf("path"))) {
         mount.path = *s;
       }
     } else {
@@ -802,7 +795,8 @@ Resources Decoder::DecodeResources(const Node& n, const std::string& path) {
   Resources r;
   std::optional<Fields> f = Mapping(n, path, kResourcesKeys);
   if (!f) return r;
-  if (const Node* v = f->Get("cpus")) r.cpus = PositiveNumber(*v, f->PathOf("cpus"));
+  if (const Node* v = f->Get("cpus"))
+    r.cpus = PositiveNumber(*v, f->PathOf("cpus"));
   if (const Node* v = f->Get("memory_mib")) {
     r.memory_mib = Int(*v, f->PathOf("memory_mib"), 1, "a positive integer");
   }
@@ -839,8 +833,7 @@ std::optional<Step> Decoder::DecodeStep(const Node& n, const std::string& path,
               absl::StrCat("expected an id of 1 to 128 letters, digits, '_', "
                            "'.' or '-', got ",
                            Describe(*id)));
-      } else if (auto [it, inserted] = step_ids_.emplace(*s, path);
-                 !inserted) {
+      } else if (auto [it, inserted] = step_ids_.emplace(*s, path); !inserted) {
         Error(*id, id_path,
               absl::StrCat("duplicate step id '", *s, "' (first at ",
                            it->second, ")"));
@@ -1049,29 +1042,14 @@ Stage Decoder::DecodeStage(const Node& root) {
 
 // ------------------------------------------------------------ reporting
 
-// Replaces every secret value of kMinMaskedSecretBytes or more in `text`,
-// longest first so that a secret containing another is masked whole.
-std::string Mask(std::string text, std::vector<std::string> secrets) {
-  std::sort(secrets.begin(), secrets.end(),
-            [](const std::string& a, const std::string& b) {
-              return a.size() > b.size();
-            });
-  for (const std::string& secret : secrets) {
-    if (secret.size() < kMinMaskedSecretBytes) break;
-    if (absl::StrContains(text, secret)) {
-      text = absl::StrReplaceAll(text, {{secret, kMask}});
-    }
-  }
-  return text;
-}
-
 absl::Status Failure(absl::string_view source, std::vector<Problem> problems,
                      const std::vector<std::string>& secrets) {
-  std::stable_sort(problems.begin(), problems.end(),
-                   [](const Problem& a, const Problem& b) {
-                     return std::pair(a.line, a.column) <
-                            std::pair(b.line, b.column);
-                   });
+  std::stable_sort(
+      problems.begin(), problems.end(), [](const Problem& a, const Problem& b) {
+        return std::pair(a.line, a.column) < std::pair(b.line, b.column);
+      });
+  // Secret values are masked the way log lines are.
+  const logs::SecretMasker masker(secrets);
   std::vector<std::string> lines;
   for (const Problem& p : problems) {
     if (lines.size() == kMaxReportedProblems) {
@@ -1084,7 +1062,7 @@ absl::Status Failure(absl::string_view source, std::vector<Problem> problems,
     if (p.line > 0) absl::StrAppend(&line, ":", p.line, ":", p.column);
     std::string detail =
         p.path.empty() ? p.message : absl::StrCat(p.path, ": ", p.message);
-    absl::StrAppend(&line, ": ", Mask(std::move(detail), secrets));
+    absl::StrAppend(&line, ": ", masker.Mask(detail));
     lines.push_back(std::move(line));
   }
   return absl::InvalidArgumentError(absl::StrJoin(lines, "\n"));
@@ -1133,8 +1111,7 @@ absl::StatusOr<Stage> ParseStage(std::string_view content_in,
   Decoder decoder(doc, parsed.problems);
   Stage stage = decoder.DecodeStage(doc.node(doc.root));
   if (!parsed.problems.empty()) {
-    return Failure(source, std::move(parsed.problems),
-                   decoder.secret_values());
+    return Failure(source, std::move(parsed.problems), decoder.secret_values());
   }
   return stage;
 }

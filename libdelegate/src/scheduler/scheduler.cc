@@ -128,8 +128,8 @@ absl::Status Scheduler::Impl::Cancel(std::string_view task_id) {
     absl::MutexLock lock(&mu_);
     auto it = active_.find(AbslView(task_id));
     if (it == active_.end() || it->second->cancelled) {
-      return absl::NotFoundError(
-          absl::StrCat("task ", AbslView(task_id), " is neither queued nor running"));
+      return absl::NotFoundError(absl::StrCat(
+          "task ", AbslView(task_id), " is neither queued nor running"));
     }
     entry = it->second;
     if (entry->running) {
@@ -370,10 +370,8 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
       stage.timeout ? start + *stage.timeout : absl::InfiniteFuture();
   logs::StepOutputWriter stage_output(*options_.log_sink, clock_, masker,
                                       task.id, "", options_.max_line_bytes);
-  const StageContext context{stage,        task.id,
-                             options_.delegate_name,
-                             stage_output, clock_,
-                             entry.stop.get_token(),
+  const StageContext context{stage,         task.id, options_.delegate_name,
+                             stage_output,  clock_,  entry.stop.get_token(),
                              stage_deadline};
 
   auto stop_reason = [&]() -> std::string {
@@ -405,18 +403,16 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
         break;
       }
       const absl::Time step_start = clock_.Now();
-      const absl::Time step_deadline =
-          std::min(step.timeout ? step_start + *step.timeout
-                                : absl::InfiniteFuture(),
-                   stage_deadline);
+      const absl::Time step_deadline = std::min(
+          step.timeout ? step_start + *step.timeout : absl::InfiniteFuture(),
+          stage_deadline);
       StepResult r;
       {
         logs::StepOutputWriter output(*options_.log_sink, clock_, masker,
                                       task.id, step.id,
                                       options_.max_line_bytes);
-        const StepContext step_context{context,       step,
-                                       i,             output,
-                                       step_deadline, entry.stop.get_token()};
+        const StepContext step_context{
+            context, step, i, output, step_deadline, entry.stop.get_token()};
         r = executor->Execute(step_context);
         output.Flush();
       }
@@ -444,22 +440,19 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
   }
   if (stage_timed_out && result.status != StepStatus::kCancelled) {
     result.status = StepStatus::kTimeout;
-    result.error = absl::StrCat("the stage timed out after ",
-                                Readable(*stage.timeout));
+    result.error =
+        absl::StrCat("the stage timed out after ", Readable(*stage.timeout));
   }
 
   // Cleanup runs whatever happened, and is not itself cancellable.
-  const StageContext cleanup_context{stage,        task.id,
-                                     options_.delegate_name,
-                                     stage_output, clock_,
-                                     std::stop_token(),
-                                     absl::InfiniteFuture()};
+  const StageContext cleanup_context{
+      stage,  task.id,           options_.delegate_name, stage_output,
+      clock_, std::stop_token(), absl::InfiniteFuture()};
   if (absl::Status s = executor->Cleanup(cleanup_context); !s.ok()) {
     const std::string what = mask(absl::StrCat("cleanup: ", s.message()));
     stage_output.SystemLine(what);
-    result.error = result.error.empty()
-                       ? what
-                       : absl::StrCat(result.error, "; ", what);
+    result.error =
+        result.error.empty() ? what : absl::StrCat(result.error, "; ", what);
   }
   return finish();
 }

@@ -1,5 +1,7 @@
 #include "scheduler/secrets.h"
 
+#include <optional>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -19,10 +21,10 @@ absl::Status UnknownSecret(absl::string_view path, absl::string_view id,
   for (const auto& [name, value] : secrets) {
     absl::StrAppend(&known, known.empty() ? "" : ", ", name);
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      path, ": unknown secret '", id, "'; ",
-      known.empty() ? "the stage defines no secrets"
-                    : absl::StrCat("the stage defines: ", known)));
+  return absl::InvalidArgumentError(
+      absl::StrCat(path, ": unknown secret '", id, "'; ",
+                   known.empty() ? "the stage defines no secrets"
+                                 : absl::StrCat("the stage defines: ", known)));
 }
 
 bool HasReference(const Step& step) {
@@ -40,31 +42,59 @@ bool HasReference(const Step& step) {
 
 }  // namespace
 
+namespace {
+
+// One reference: [begin, end) in the text and the id inside it.
+struct Reference {
+  size_t begin;
+  size_t end;
+  std::string_view id;
+};
+
+// The next reference at or after `from`, or nullopt.
+std::optional<Reference> NextReference(std::string_view text, size_t from) {
+  size_t open = text.find(kOpen, from);
+  while (open != std::string_view::npos) {
+    const size_t close = text.find(kClose, open + kOpen.size());
+    if (close == std::string_view::npos) return std::nullopt;
+    std::string_view inner = StdView(absl::StripAsciiWhitespace(AbslView(
+        text.substr(open + kOpen.size(), close - open - kOpen.size()))));
+    if (inner.starts_with(kPrefix)) {
+      return Reference{open, close + kClose.size(),
+                       inner.substr(kPrefix.size())};
+    }
+    open = text.find(kOpen, close + kClose.size());
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+void ForEachSecretReference(
+    std::string_view text,
+    const std::function<void(std::string_view)>& on_reference) {
+  for (auto ref = NextReference(text, 0); ref;
+       ref = NextReference(text, ref->end)) {
+    on_reference(ref->id);
+  }
+}
+
 absl::StatusOr<std::string> SubstituteSecrets(
     std::string_view text, const std::map<std::string, std::string>& secrets,
     std::string_view path) {
-  size_t open = text.find(kOpen);
-  if (open == std::string_view::npos) return std::string(text);
+  std::optional<Reference> ref = NextReference(text, 0);
+  if (!ref) return std::string(text);
   std::string out;
   out.reserve(text.size());
   size_t pos = 0;
-  while (open != std::string_view::npos) {
-    size_t close = text.find(kClose, open + kOpen.size());
-    if (close == std::string_view::npos) break;
-    absl::string_view inner = absl::StripAsciiWhitespace(AbslView(
-        text.substr(open + kOpen.size(), close - open - kOpen.size())));
-    if (!absl::StartsWith(inner, AbslView(kPrefix))) {
-      // Some other expression: left for the step to see as written.
-      out.append(text.substr(pos, close + kClose.size() - pos));
-    } else {
-      absl::string_view id = inner.substr(kPrefix.size());
-      auto it = secrets.find(std::string(id));
-      if (it == secrets.end()) return UnknownSecret(AbslView(path), id, secrets);
-      out.append(text.substr(pos, open - pos));
-      out.append(it->second);
+  for (; ref; ref = NextReference(text, ref->end)) {
+    auto it = secrets.find(std::string(ref->id));
+    if (it == secrets.end()) {
+      return UnknownSecret(AbslView(path), AbslView(ref->id), secrets);
     }
-    pos = close + kClose.size();
-    open = text.find(kOpen, pos);
+    out.append(text.substr(pos, ref->begin - pos));
+    out.append(it->second);
+    pos = ref->end;
   }
   out.append(text.substr(pos));
   return out;
@@ -85,14 +115,13 @@ absl::Status ResolveStage(Stage& stage) {
   for (size_t i = 0; i < out.steps.size(); ++i) {
     Step& step = out.steps[i];
     const std::string at = absl::StrCat("steps[", i, "]");
-    if (stage.env.empty() && stage.secrets.empty() &&
-        !HasReference(step)) {
+    if (stage.env.empty() && stage.secrets.empty() && !HasReference(step)) {
       continue;
     }
     std::map<std::string, std::string> env;
     for (const auto& [key, value] : stage.env) {
-      auto v = SubstituteSecrets(value, stage.secrets,
-                                 absl::StrCat("env.", key));
+      auto v =
+          SubstituteSecrets(value, stage.secrets, absl::StrCat("env.", key));
       if (!v.ok()) return v.status();
       env[key] = *std::move(v);
     }

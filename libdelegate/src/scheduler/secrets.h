@@ -2,6 +2,7 @@
 #ifndef DELEGATE_SCHEDULER_SECRETS_H_
 #define DELEGATE_SCHEDULER_SECRETS_H_
 
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -10,6 +11,13 @@
 #include "delegate/stage.h"
 
 namespace delegate {
+
+// Calls `on_reference(id)` for each ${{secrets.ID}} in `text`, in order: "${{",
+// anything up to the next "}}", which after trimming starts with "secrets.".
+// Other ${{...}} expressions are not references.
+void ForEachSecretReference(
+    std::string_view text,
+    const std::function<void(std::string_view)>& on_reference);
 
 // Replaces each ${{secrets.ID}} (spaces allowed inside the braces) in `text`.
 // An unknown id is InvalidArgument "<path>: unknown secret 'ID'; the stage

@@ -27,8 +27,7 @@ const char* StepStatusName(StepStatus status) {
 
 namespace {
 
-void String(rapidjson::Writer<rapidjson::StringBuffer>& w,
-            std::string_view s) {
+void String(rapidjson::Writer<rapidjson::StringBuffer>& w, std::string_view s) {
   w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
 }
 
@@ -96,23 +95,21 @@ std::string FormatSummary(const StageResult& result) {
   auto seconds = [](absl::Duration d) {
     return absl::StrFormat("%.2fs", absl::ToDoubleSeconds(d));
   };
-  std::string out = absl::StrCat(pad("STEP", id_width), "  ",
-                                 pad("STATUS", 9), "  EXIT  ",
-                                 pad("TIME", 8), "  ERROR\n");
+  std::string out = absl::StrCat(pad("STEP", id_width), "  ", pad("STATUS", 9),
+                                 "  EXIT  ", pad("TIME", 8), "  ERROR\n");
   for (const StepResult& step : result.steps) {
     absl::StrAppend(
-        &out, pad(step.id, id_width), "  ",
-        pad(StepStatusName(step.status), 9), "  ",
-        pad(step.exit_code ? absl::StrCat(*step.exit_code) : "-", 4), "  ",
+        &out, pad(step.id, id_width), "  ", pad(StepStatusName(step.status), 9),
+        "  ", pad(step.exit_code ? absl::StrCat(*step.exit_code) : "-", 4),
+        "  ",
         pad(step.status == StepStatus::kSkipped ? "-" : seconds(step.duration),
             8),
         "  ", step.error, "\n");
   }
-  absl::StrAppend(&out, "stage ", result.stage, ": ",
-                  StepStatusName(result.status), " in ",
-                  seconds(result.duration),
-                  result.error.empty() ? "" : absl::StrCat(" (", result.error, ")"),
-                  "\n");
+  absl::StrAppend(
+      &out, "stage ", result.stage, ": ", StepStatusName(result.status), " in ",
+      seconds(result.duration),
+      result.error.empty() ? "" : absl::StrCat(" (", result.error, ")"), "\n");
   return out;
 }
 

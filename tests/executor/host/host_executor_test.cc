@@ -31,8 +31,8 @@ class HostExecutorTest : public ::testing::Test {
     options.workdir = ::testing::TempDir() + "/host-executor-test";
     options.grace_period = absl::Seconds(10);
     options.launcher = &launcher_;
-    options.base_env = std::vector<std::string>{"PATH=/usr/bin:/bin",
-                                                "HOME=/root"};
+    options.base_env =
+        std::vector<std::string>{"PATH=/usr/bin:/bin", "HOME=/root"};
     EXPECT_TRUE(RegisterHostExecutor(registry_, options).ok());
     SchedulerOptions sched;
     sched.registry = &registry_;

@@ -129,8 +129,9 @@ absl::Status HostExecutor::Validate(const Stage& stage) {
     const SecurityContext& sc = step.security_context;
     if (!step.image.empty()) {
       problems.push_back(absl::StrCat(
-          at, ".image: platform host runs steps as host processes; remove "
-              "the image or use platform docker"));
+          at,
+          ".image: platform host runs steps as host processes; remove "
+          "the image or use platform docker"));
     }
     auto unsupported = [&](const char* field) {
       problems.push_back(absl::StrCat(
@@ -148,9 +149,11 @@ absl::Status HostExecutor::Validate(const Stage& stage) {
       if (sc.run_as_user && *sc.run_as_user != static_cast<int64_t>(euid)) {
         problems.push_back(absl::StrCat(
             at, ".security_context.run_as_user: the delegate runs as uid ",
-            euid, " and cannot switch users; run it as root or drop the field"));
+            euid,
+            " and cannot switch users; run it as root or drop the field"));
       }
-      if (sc.run_as_group && *sc.run_as_group != static_cast<int64_t>(getegid())) {
+      if (sc.run_as_group &&
+          *sc.run_as_group != static_cast<int64_t>(getegid())) {
         problems.push_back(absl::StrCat(
             at, ".security_context.run_as_group: the delegate runs as gid ",
             getegid(),
@@ -204,8 +207,8 @@ absl::Status HostExecutor::Initialize(const StageContext& ctx) {
           .string();
   if (mkdtemp(pattern.data()) == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "cannot create the stage directory under ", root, ": ",
-        strerror(errno), "; set HARNESS_WORKDIR to a writable directory"));
+        "cannot create the stage directory under ", root, ": ", strerror(errno),
+        "; set HARNESS_WORKDIR to a writable directory"));
   }
   stage_dir_ = pattern;
   workspace_ = stage_dir_ / "workspace";
@@ -220,8 +223,8 @@ absl::Status HostExecutor::Initialize(const StageContext& ctx) {
     fs::path dir = stage_dir_ / "volumes" / SafeFileName(volume.name);
     if (!fs::create_directories(dir, ec)) {
       return absl::FailedPreconditionError(
-          absl::StrCat("volume ", volume.name, ": cannot create ",
-                       dir.string(), ": ", ec.message()));
+          absl::StrCat("volume ", volume.name, ": cannot create ", dir.string(),
+                       ": ", ec.message()));
     }
   }
   ctx.output.SystemLine(absl::StrCat("workspace ", workspace_.string()));
@@ -333,9 +336,9 @@ absl::StatusOr<ProcessSpec> HostExecutor::BuildSpec(
     if (lchown(workspace_.c_str(), uid, gid) != 0 ||
         lchown(output_file.c_str(), uid, gid) != 0 ||
         lchown(spec.working_dir.c_str(), uid, gid) != 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "cannot hand the workspace to uid ", *sc.run_as_user, ": ",
-          strerror(errno)));
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot hand the workspace to uid ", *sc.run_as_user,
+                       ": ", strerror(errno)));
     }
   }
   return spec;
@@ -364,8 +367,8 @@ StepResult HostExecutor::Execute(const StepContext& ctx) {
 
   ProcessLauncher& launcher =
       options_.launcher ? *options_.launcher : ProcessLauncher::Default();
-  absl::StatusOr<std::unique_ptr<Process>> launched = launcher.Launch(
-      *spec, [&ctx](LogStream stream, std::string_view bytes) {
+  absl::StatusOr<std::unique_ptr<Process>> launched =
+      launcher.Launch(*spec, [&ctx](LogStream stream, std::string_view bytes) {
         ctx.output.Write(stream, bytes);
       });
   if (!launched.ok()) return fail(launched.status());
@@ -399,10 +402,9 @@ StepResult HostExecutor::Execute(const StepContext& ctx) {
       exit = process.Wait(kill_at - clock.Now());
     }
     if (!exit) {
-      ctx.output.SystemLine(
-          absl::StrCat("still running after ",
-                       absl::FormatDuration(options_.grace_period),
-                       "; sending SIGKILL"));
+      ctx.output.SystemLine(absl::StrCat(
+          "still running after ", absl::FormatDuration(options_.grace_period),
+          "; sending SIGKILL"));
       process.Signal(SIGKILL);
       while (!exit) exit = process.Wait(absl::InfiniteDuration());
     }
@@ -426,9 +428,9 @@ StepResult HostExecutor::Execute(const StepContext& ctx) {
       if (it != written.end()) {
         result.outputs[name] = it->second;
       } else if (result.status == StepStatus::kSuccess) {
-        ctx.output.SystemLine(absl::StrCat(
-            "output ", name, " was declared but not written to ",
-            "$HARNESS_OUTPUT_FILE"));
+        ctx.output.SystemLine(absl::StrCat("output ", name,
+                                           " was declared but not written to ",
+                                           "$HARNESS_OUTPUT_FILE"));
       }
     }
   }
@@ -463,8 +465,7 @@ std::vector<std::string> DefaultBaseEnv() {
 absl::Status RegisterHostExecutor(ExecutorRegistry& registry,
                                   HostExecutorOptions options) {
   auto shared = std::make_shared<HostShared>();
-  shared->base_env =
-      options.base_env ? *options.base_env : DefaultBaseEnv();
+  shared->base_env = options.base_env ? *options.base_env : DefaultBaseEnv();
   shared->options = std::move(options);
   return registry.Register("host", [shared]() -> std::unique_ptr<Executor> {
     return std::make_unique<HostExecutor>(shared);

@@ -256,9 +256,9 @@ class PosixLauncher final : public ProcessLauncher {
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
     if (rc != 0) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "cannot start ", spec.argv[0], " in ", spec.working_dir, ": ",
-          strerror(rc)));
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot start ", spec.argv[0], " in ", spec.working_dir,
+                       ": ", strerror(rc)));
     }
     return absl::OkStatus();
   }
@@ -273,8 +273,8 @@ class PosixLauncher final : public ProcessLauncher {
     if (pipe2(report, O_CLOEXEC) != 0) {
       return absl::InternalError(Errno("pipe2"));
     }
-    const char* dir = spec.working_dir.empty() ? nullptr
-                                               : spec.working_dir.c_str();
+    const char* dir =
+        spec.working_dir.empty() ? nullptr : spec.working_dir.c_str();
     const bool set_gid = spec.gid.has_value();
     const gid_t gid = spec.gid.value_or(0);
     const bool set_uid = spec.uid.has_value();

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what libdelegate needs to build and test, from Debian 12 packages.
+set -euo pipefail
+packages=(
+  cmake g++ make pkg-config git ca-certificates
+  libabsl-dev rapidjson-dev libyaml-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
