@@ -35,26 +35,26 @@ class NoopExecutor final : public Executor {
   }
 };
 
-// Waits until `n` stages have reported.
+// Waits until `n` stages have reported. The count is atomic so that the
+// workers do not contend on a lock the scheduler does not have.
 class Countdown {
  public:
-  void Reset(int64_t n) {
-    absl::MutexLock lock(&mu_);
-    left_ = n;
-  }
+  void Reset(int64_t n) { left_.store(n); }
   void Done() {
-    absl::MutexLock lock(&mu_);
-    --left_;
+    if (left_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      absl::MutexLock lock(&mu_);
+      zero_.SignalAll();
+    }
   }
   void Wait() {
     absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](int64_t* left) { return *left == 0; }, &left_));
+    while (left_.load(std::memory_order_acquire) != 0) zero_.Wait(&mu_);
   }
 
  private:
+  std::atomic<int64_t> left_{0};
   absl::Mutex mu_;
-  int64_t left_ = 0;
+  absl::CondVar zero_;
 };
 
 void BM_SchedulerDispatch(benchmark::State& state) {
@@ -77,6 +77,10 @@ void BM_SchedulerDispatch(benchmark::State& state) {
   stage.steps.push_back(step);
   Countdown countdown;
   int64_t next = 0;
+  // range(1): how many tasks go to the scheduler per call (1: Submit, more:
+  // SubmitAll, as a poll that returns several events would).
+  const int64_t per_call = state.range(1);
+  std::vector<StageTask> tasks;
   for (auto _ : state) {
     countdown.Reset(batch);
     for (int64_t i = 0; i < batch; ++i) {
@@ -84,23 +88,133 @@ void BM_SchedulerDispatch(benchmark::State& state) {
       task.id = absl::StrCat("t", next++);
       task.stage = stage;
       task.on_done = [&countdown](const StageResult&) { countdown.Done(); };
-      if (!scheduler.Submit(std::move(task)).ok()) {
-        state.SkipWithError("submit failed");
-        return;
+      if (per_call == 1) {
+        if (!scheduler.Submit(std::move(task)).ok()) {
+          state.SkipWithError("submit failed");
+          return;
+        }
+        continue;
+      }
+      tasks.push_back(std::move(task));
+      if (static_cast<int64_t>(tasks.size()) == per_call || i + 1 == batch) {
+        for (const absl::Status& s : scheduler.SubmitAll(std::move(tasks))) {
+          if (!s.ok()) {
+            state.SkipWithError("submit failed");
+            return;
+          }
+        }
+        tasks.clear();
       }
     }
     countdown.Wait();
   }
   state.SetItemsProcessed(state.iterations() * batch);
 }
-// 0: MAX_STAGES unset.
+// Args: MAX_STAGES (0: unset), tasks per submit call.
 BENCHMARK(BM_SchedulerDispatch)
-    ->Arg(0)
-    ->Arg(2)
+    ->ArgNames({"max_stages", "per_call"})
+    ->Args({0, 1})
+    ->Args({1, 1})
+    ->Args({2, 1})
+    ->Args({0, 100})
+    ->Args({1, 100})
+    ->Args({2, 100})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+Stage TrueStage(int64_t form) {
+  Stage stage;
+  stage.name = "host";
+  Step step;
+  step.id = "true";
+  if (form == 0) {
+    step.commands = {"true"};
+  } else {
+    step.entrypoint = {"/bin/true"};
+  }
+  stage.steps.push_back(step);
+  return stage;
+}
+
+struct NullOutput final : OutputWriter {
+  void Write(LogStream, std::string_view) override {}
+  void Flush() override {}
+};
+
+// A `true` step on the host executor, on the calling thread, inside a stage
+// that was initialized once: what each further step of a stage costs.
 void BM_HostStepOverhead(benchmark::State& state) {
+  ExecutorRegistry registry;
+  HostExecutorOptions host;
+  host.workdir = std::filesystem::temp_directory_path() / "delegate-bench";
+  (void)RegisterHostExecutor(registry, host);
+  const Stage stage = TrueStage(state.range(0));
+  const std::string task_id = "bench", delegate_name = "bench";
+  NullOutput output;
+  std::unique_ptr<Executor> executor = registry.Create("host");
+  const StageContext ctx{stage,         task_id, delegate_name,         output,
+                         Clock::Real(), {},      absl::InfiniteFuture()};
+  if (!executor->Initialize(ctx).ok()) {
+    state.SkipWithError("init failed");
+    return;
+  }
+  const StepContext step{ctx,    stage.steps[0],         0,
+                         output, absl::InfiniteFuture(), {}};
+  for (auto _ : state) {
+    if (executor->Execute(step).status != StepStatus::kSuccess) {
+      state.SkipWithError("step failed");
+      break;
+    }
+  }
+  (void)executor->Cleanup(ctx);
+  state.SetItemsProcessed(state.iterations());
+}
+// 0: commands: [true] (through /bin/sh); 1: entrypoint: [/bin/true].
+BENCHMARK(BM_HostStepOverhead)
+    ->Arg(0)
+    ->Arg(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// A whole one-step stage on the host executor: initialize (a fresh stage
+// directory), the step, cleanup (removing it), on the calling thread.
+void BM_HostStageOverhead(benchmark::State& state) {
+  ExecutorRegistry registry;
+  HostExecutorOptions host;
+  host.workdir = std::filesystem::temp_directory_path() / "delegate-bench";
+  (void)RegisterHostExecutor(registry, host);
+  const Stage stage = TrueStage(state.range(0));
+  const std::string task_id = "bench", delegate_name = "bench";
+  NullOutput output;
+  for (auto _ : state) {
+    std::unique_ptr<Executor> executor = registry.Create("host");
+    const StageContext ctx{
+        stage,         task_id, delegate_name,         output,
+        Clock::Real(), {},      absl::InfiniteFuture()};
+    if (!executor->Initialize(ctx).ok()) {
+      state.SkipWithError("init failed");
+      return;
+    }
+    const StepContext step{ctx,    stage.steps[0],         0,
+                           output, absl::InfiniteFuture(), {}};
+    StepResult r = executor->Execute(step);
+    (void)executor->Cleanup(ctx);
+    if (r.status != StepStatus::kSuccess) {
+      state.SkipWithError("step failed");
+      return;
+    }
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_HostStageOverhead)
+    ->Arg(0)
+    ->Arg(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// The same, submitted through the scheduler: adds the hand-off to a stage
+// thread and back.
+void BM_HostStepThroughScheduler(benchmark::State& state) {
   ExecutorRegistry registry;
   HostExecutorOptions host;
   host.workdir = std::filesystem::temp_directory_path() / "delegate-bench";
@@ -110,12 +224,7 @@ void BM_HostStepOverhead(benchmark::State& state) {
   options.registry = &registry;
   options.log_sink = &sink;
   Scheduler scheduler(options);
-  Stage stage;
-  stage.name = "host";
-  Step step;
-  step.id = "true";
-  step.commands = {"true"};
-  stage.steps.push_back(step);
+  const Stage stage = TrueStage(0);
   int64_t next = 0;
   for (auto _ : state) {
     std::promise<StageResult> done;
@@ -131,15 +240,19 @@ void BM_HostStepOverhead(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations());
 }
-BENCHMARK(BM_HostStepOverhead)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_HostStepThroughScheduler)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
-// The same command the host step runs, spawned bare: /bin/sh -c true.
+// The same commands spawned bare: 0: /bin/sh -c true; 1: /bin/true.
 void BM_PosixSpawnTrue(benchmark::State& state) {
-  char sh[] = "/bin/sh", c[] = "-c", t[] = "true";
-  char* argv[] = {sh, c, t, nullptr};
+  char sh[] = "/bin/sh", c[] = "-c", t[] = "true", bin_true[] = "/bin/true";
+  char* shell_argv[] = {sh, c, t, nullptr};
+  char* true_argv[] = {bin_true, nullptr};
+  char** argv = state.range(0) == 0 ? shell_argv : true_argv;
   for (auto _ : state) {
     pid_t pid;
-    if (posix_spawn(&pid, sh, nullptr, nullptr, argv, environ) != 0) {
+    if (posix_spawn(&pid, argv[0], nullptr, nullptr, argv, environ) != 0) {
       state.SkipWithError("posix_spawn failed");
       return;
     }
@@ -148,7 +261,11 @@ void BM_PosixSpawnTrue(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations());
 }
-BENCHMARK(BM_PosixSpawnTrue)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_PosixSpawnTrue)
+    ->Arg(0)
+    ->Arg(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace delegate

@@ -258,6 +258,44 @@ TEST_F(SchedulerTest, RefusesATaskIdDeliveredTwice) {
               ElementsAre("init:t1", "exec:t1:a", "cleanup:t1"));
 }
 
+TEST_F(SchedulerTest, SubmitAllQueuesInOrderAndReportsEachTask) {
+  auto scheduler = Make(1);
+  auto blocker = Run(*scheduler, "block", MakeStage({MakeStep("a", "wait")}));
+  WaitForCall("exec:block:a");
+  std::vector<std::future<StageResult>> done;
+  std::vector<StageTask> tasks;
+  for (const char* id : {"b1", "block", "b2", "", "b3"}) {
+    auto promise = std::make_shared<std::promise<StageResult>>();
+    if (std::string(id) != "block" && *id)
+      done.push_back(promise->get_future());
+    StageTask task;
+    task.id = id;
+    task.stage = MakeStage({MakeStep("a", "ok")});
+    task.on_done = [promise](const StageResult& r) { promise->set_value(r); };
+    tasks.push_back(std::move(task));
+  }
+  StageTask bad;
+  bad.id = "b4";
+  bad.stage = MakeStage({MakeStep("a", "ok")}, "nowhere");
+  tasks.push_back(std::move(bad));
+  std::vector<absl::Status> results = scheduler->SubmitAll(std::move(tasks));
+  ASSERT_EQ(results.size(), 6u);
+  EXPECT_TRUE(results[0].ok());
+  EXPECT_TRUE(absl::IsAlreadyExists(results[1]));
+  EXPECT_TRUE(results[2].ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(results[3]));
+  EXPECT_TRUE(results[4].ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(results[5]));
+  ASSERT_TRUE(scheduler->Cancel("block").ok());
+  blocker.get();
+  for (auto& f : done) EXPECT_EQ(f.get().status, StepStatus::kSuccess);
+  std::vector<std::string> inits;
+  for (const std::string& c : journal_.Calls()) {
+    if (absl::StartsWith(c, "init:")) inits.push_back(c.substr(5));
+  }
+  EXPECT_THAT(inits, ElementsAre("block", "b1", "b2", "b3"));
+}
+
 TEST_F(SchedulerTest, RefusesAnUnknownPlatformNamingTheRegisteredOnes) {
   auto scheduler = Make();
   StageTask task;

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -63,6 +64,12 @@ class Scheduler {
   // when no executor is registered for the stage's platform, Unavailable after
   // Shutdown began.
   absl::Status Submit(StageTask task);
+
+  // Submit for several tasks under one lock, for a source that receives them
+  // in batches (a poll that returns many events). Returns one status per task,
+  // in order; a failed task does not stop the others. Within one priority the
+  // tasks queue in the order given.
+  std::vector<absl::Status> SubmitAll(std::vector<StageTask> tasks);
 
   // Cancels a queued or running stage: a queued one finishes CANCELLED at
   // once; a running one has its current step stopped, the rest skipped and

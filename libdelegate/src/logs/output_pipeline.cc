@@ -28,14 +28,14 @@ StepOutputWriter::~StepOutputWriter() {
 
 void StepOutputWriter::Write(LogStream stream, std::string_view bytes) {
   if (bytes.empty()) return;
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   std::optional<Channel>& channel = channels_[static_cast<int>(stream)];
   if (!channel) channel.emplace(this, stream);
   channel->masked.Write(bytes);
 }
 
 void StepOutputWriter::Flush() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   for (std::optional<Channel>& channel : channels_) {
     if (!channel) continue;
     channel->masked.Flush();

@@ -27,6 +27,17 @@ enum class StopCause : int { kNone = 0, kCancel = 1, kShutdown = 2 };
 
 // A worker with nothing to do for this long leaves the pool.
 constexpr absl::Duration kIdleThreadLifetime = absl::Seconds(30);
+// How long an idle worker polls for new work before it sleeps (a few tens of
+// microseconds).
+constexpr int kSpinRounds = 4000;
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 std::string Readable(absl::Duration d) {
   return absl::FormatDuration(absl::Trunc(d, absl::Milliseconds(1)));
@@ -38,11 +49,15 @@ class Scheduler::Impl {
  public:
   explicit Impl(SchedulerOptions options)
       : options_(std::move(options)),
-        clock_(options_.clock ? *options_.clock : Clock::Real()) {}
+        clock_(options_.clock ? *options_.clock : Clock::Real()) {
+    // Views into the ring must stay valid.
+    finished_ring_.reserve(options_.dedup_window);
+  }
 
   ~Impl() { Shutdown(absl::ZeroDuration()); }
 
   absl::Status Submit(StageTask task);
+  std::vector<absl::Status> SubmitAll(std::vector<StageTask> tasks);
   absl::Status Cancel(std::string_view task_id);
   void Shutdown(absl::Duration drain);
   SchedulerStats stats() const {
@@ -61,9 +76,21 @@ class Scheduler::Impl {
   };
   using EntryPtr = std::shared_ptr<Entry>;
 
+  // What Submit checks without the lock. `known_platform` is a platform
+  // already found in the registry, or empty.
+  absl::Status Check(const StageTask& task,
+                     std::string_view* known_platform) const;
+  absl::Status Enqueue(StageTask& task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After `added` stages were queued: a free worker takes them, or one starts.
+  void WakeWorkers(size_t added) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WorkerLoop();
   std::shared_ptr<Entry> PopRunnable() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SpawnWorker() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DecrementQueued() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (--queued_ == 0) has_work_.store(false, std::memory_order_relaxed);
+  }
+  // Starts a worker when work waits and no worker is free or on its way.
+  void MaybeSpawnWorker() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Forget(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void JoinExited() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   StageResult RunStage(Entry& entry);
@@ -73,53 +100,106 @@ class Scheduler::Impl {
   const SchedulerOptions options_;
   Clock& clock_;
 
-  mutable absl::Mutex mu_;
+  alignas(64) mutable absl::Mutex mu_;
   absl::CondVar work_cv_;  // work queued, or shutdown
   absl::CondVar done_cv_;  // a stage finished, or a worker left
   std::deque<EntryPtr> queues_[3] ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, EntryPtr> active_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_set<std::string> finished_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::string> finished_order_ ABSL_GUARDED_BY(mu_);
+  // Queued and running stages, keyed by a view of their own task id.
+  absl::flat_hash_map<absl::string_view, EntryPtr> active_ ABSL_GUARDED_BY(mu_);
+  // The last dedup_window finished ids: a ring of strings, and a set of views
+  // into it.
+  std::vector<std::string> finished_ring_ ABSL_GUARDED_BY(mu_);
+  size_t finished_next_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_set<absl::string_view> finished_ ABSL_GUARDED_BY(mu_);
   size_t queued_ ABSL_GUARDED_BY(mu_) = 0;
   size_t running_ ABSL_GUARDED_BY(mu_) = 0;
   size_t completed_ ABSL_GUARDED_BY(mu_) = 0;
-  size_t idle_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t idle_ ABSL_GUARDED_BY(mu_) = 0;      // blocked on work_cv_
+  size_t spinning_ ABSL_GUARDED_BY(mu_) = 0;  // polling has_work_
   size_t starting_ ABSL_GUARDED_BY(mu_) = 0;
+  // queued_ > 0, readable without the lock by a spinning worker. On a cache
+  // line of its own, so that polling it does not slow down the lock.
+  alignas(64) std::atomic<bool> has_work_{false};
+  char pad_[63];
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::thread::id, std::thread> workers_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> exited_ ABSL_GUARDED_BY(mu_);
 };
 
-absl::Status Scheduler::Impl::Submit(StageTask task) {
+absl::Status Scheduler::Impl::Check(const StageTask& task,
+                                    std::string_view* known_platform) const {
   if (task.id.empty()) {
     return absl::InvalidArgumentError("task id must not be empty");
   }
+  // A batch usually names one platform: look it up once.
+  if (*known_platform == task.stage.platform) return absl::OkStatus();
   if (!options_.registry->Contains(task.stage.platform)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "platform: no executor is registered for '", task.stage.platform,
         "'; registered: ", absl::StrJoin(options_.registry->Names(), ", ")));
   }
-  absl::MutexLock lock(&mu_);
+  *known_platform = task.stage.platform;
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::Impl::Enqueue(StageTask& task) {
   if (shutting_down_) {
     return absl::UnavailableError(
         "the delegate is shutting down and takes no new stages");
   }
-  if (active_.contains(task.id) || finished_.contains(task.id)) {
+  if (active_.contains(AbslView(task.id)) ||
+      finished_.contains(AbslView(task.id))) {
     return absl::AlreadyExistsError(
         absl::StrCat("task ", task.id, " was already delivered"));
   }
   const int queue = static_cast<int>(task.priority);
-  std::string id = task.id;
   auto entry = std::make_shared<Entry>(std::move(task));
   queues_[queue].push_back(entry);
-  active_.emplace(std::move(id), std::move(entry));
+  const absl::string_view key = AbslView(entry->task.id);
+  active_.emplace(key, std::move(entry));
   ++queued_;
-  const bool below_cap =
-      !options_.max_stages ||
-      workers_.size() < static_cast<size_t>(*options_.max_stages);
-  if (queued_ > idle_ + starting_ && below_cap) SpawnWorker();
-  if (idle_ > 0) work_cv_.Signal();
+  has_work_.store(true, std::memory_order_release);
   return absl::OkStatus();
+}
+
+void Scheduler::Impl::WakeWorkers(size_t added) {
+  if (added == 0 || spinning_ > 0) return;
+  if (idle_ > 0) {
+    if (added == 1) {
+      work_cv_.Signal();
+    } else {
+      work_cv_.SignalAll();
+    }
+  } else {
+    MaybeSpawnWorker();
+  }
+}
+
+absl::Status Scheduler::Impl::Submit(StageTask task) {
+  std::string_view platform;
+  if (absl::Status s = Check(task, &platform); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  absl::Status s = Enqueue(task);
+  if (s.ok()) WakeWorkers(1);
+  return s;
+}
+
+std::vector<absl::Status> Scheduler::Impl::SubmitAll(
+    std::vector<StageTask> tasks) {
+  std::vector<absl::Status> results(tasks.size());
+  std::string_view platform;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    results[i] = Check(tasks[i], &platform);
+  }
+  absl::MutexLock lock(&mu_);
+  size_t added = 0;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    if (!results[i].ok()) continue;
+    results[i] = Enqueue(tasks[i]);
+    added += results[i].ok();
+  }
+  WakeWorkers(added);
+  return results;
 }
 
 absl::Status Scheduler::Impl::Cancel(std::string_view task_id) {
@@ -140,7 +220,7 @@ absl::Status Scheduler::Impl::Cancel(std::string_view task_id) {
       return absl::OkStatus();
     }
     entry->cancelled = true;
-    --queued_;
+    DecrementQueued();
     ++completed_;
     Forget(entry->task.id);
   }
@@ -167,7 +247,7 @@ void Scheduler::Impl::Shutdown(absl::Duration drain) {
           continue;
         }
         entry->cancelled = true;
-        --queued_;
+        DecrementQueued();
         ++completed_;
         Forget(entry->task.id);
         dropped.push_back(std::move(entry));
@@ -225,6 +305,18 @@ void Scheduler::Impl::Shutdown(absl::Duration drain) {
   JoinExited();
 }
 
+void Scheduler::Impl::MaybeSpawnWorker() {
+  // One thread starts at a time, and a new one is only needed when every
+  // worker is running a stage: a burst of short stages is served by the
+  // workers there are instead of a thread each.
+  if (queued_ == 0 || idle_ > 0 || spinning_ > 0 || starting_ > 0) return;
+  if (options_.max_stages &&
+      workers_.size() >= static_cast<size_t>(*options_.max_stages)) {
+    return;
+  }
+  SpawnWorker();
+}
+
 void Scheduler::Impl::SpawnWorker() {
   JoinExited();
   ++starting_;
@@ -240,14 +332,19 @@ void Scheduler::Impl::JoinExited() {
 }
 
 void Scheduler::Impl::Forget(const std::string& id) {
-  active_.erase(id);
+  // REQUIRES: the caller holds a reference to the entry that owns `id`.
+  active_.erase(AbslView(id));
   if (options_.dedup_window == 0) return;
-  finished_.insert(id);
-  finished_order_.push_back(id);
-  while (finished_order_.size() > options_.dedup_window) {
-    finished_.erase(finished_order_.front());
-    finished_order_.pop_front();
+  std::string* slot;
+  if (finished_ring_.size() < options_.dedup_window) {
+    slot = &finished_ring_.emplace_back();  // never reallocates: reserved
+  } else {
+    slot = &finished_ring_[finished_next_];
+    finished_.erase(AbslView(*slot));
+    finished_next_ = (finished_next_ + 1) % options_.dedup_window;
   }
+  *slot = id;
+  finished_.insert(AbslView(*slot));
 }
 
 Scheduler::Impl::EntryPtr Scheduler::Impl::PopRunnable() {
@@ -268,10 +365,26 @@ Scheduler::Impl::EntryPtr Scheduler::Impl::PopRunnable() {
 void Scheduler::Impl::WorkerLoop() {
   mu_.Lock();
   --starting_;
+  bool spun = false;  // polled once since the last stage
   while (true) {
     EntryPtr entry = PopRunnable();
     if (!entry) {
       if (shutting_down_) break;
+      if (!spun && spinning_ == 0 && queued_ == 0) {
+        spun = true;
+        // Stages often arrive in bursts: polling a little before sleeping
+        // saves a futex wake per stage for both sides.
+        ++spinning_;
+        mu_.Unlock();
+        for (int i = 0;
+             i < kSpinRounds && !has_work_.load(std::memory_order_acquire);
+             ++i) {
+          CpuRelax();
+        }
+        mu_.Lock();
+        --spinning_;
+        continue;
+      }
       ++idle_;
       const bool timed_out =
           work_cv_.WaitWithTimeout(&mu_, kIdleThreadLifetime);
@@ -279,9 +392,19 @@ void Scheduler::Impl::WorkerLoop() {
       if (timed_out && !shutting_down_ && queued_ == 0) break;
       continue;
     }
-    --queued_;
+    spun = false;
+    DecrementQueued();
     ++running_;
     entry->running = true;
+    // More work behind this one: pass it on rather than leave it waiting
+    // behind a stage that may run for hours.
+    if (queued_ > 0 && spinning_ == 0) {
+      if (idle_ > 0) {
+        work_cv_.Signal();
+      } else {
+        MaybeSpawnWorker();
+      }
+    }
     mu_.Unlock();
     StageResult result = RunStage(*entry);
     if (entry->task.on_done) entry->task.on_done(result);
@@ -462,6 +585,9 @@ Scheduler::Scheduler(SchedulerOptions options)
 Scheduler::~Scheduler() = default;
 absl::Status Scheduler::Submit(StageTask task) {
   return impl_->Submit(std::move(task));
+}
+std::vector<absl::Status> Scheduler::SubmitAll(std::vector<StageTask> tasks) {
+  return impl_->SubmitAll(std::move(tasks));
 }
 absl::Status Scheduler::Cancel(std::string_view task_id) {
   return impl_->Cancel(task_id);

@@ -82,9 +82,10 @@ TEST_F(HostExecutorTest, RunsCommandsThroughShellWithMergedEnvironment) {
   EXPECT_EQ(r.steps[0].exit_code, 0);
   ASSERT_EQ(launcher_.specs.size(), 1u);
   const ProcessSpec& spec = launcher_.specs[0];
-  ASSERT_EQ(spec.argv.size(), 2u);
+  ASSERT_EQ(spec.argv.size(), 4u);
   EXPECT_EQ(spec.argv[0], "/bin/sh");
-  EXPECT_TRUE(absl::EndsWith(spec.argv[1], "/engine/only.sh"));
+  EXPECT_EQ(spec.argv[1], "-c");
+  EXPECT_EQ(spec.argv[2], "set -e\nprintf '+ %s\\n' 'make -j2'\nmake -j2\n");
   EXPECT_TRUE(absl::EndsWith(spec.working_dir, "/workspace/src"));
   EXPECT_THAT(spec.env, Contains("CI=true"));
   EXPECT_THAT(spec.env, Contains("MODE=fast"));

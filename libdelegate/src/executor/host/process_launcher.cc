@@ -105,8 +105,8 @@ class PosixProcess final : public Process {
                 : start + std::chrono::milliseconds(std::max<int64_t>(
                               0, absl::ToInt64Milliseconds(timeout)));
     while (true) {
-      if (exit_ && out_fd_ < 0 && err_fd_ < 0) return exit_;
       if (!exit_) ReapIfExited();
+      if (exit_ && out_fd_ < 0 && err_fd_ < 0) return exit_;
       const auto now = SteadyClock::now();
       auto until = limit;
       if (exit_) until = std::min(until, drain_limit_);
