@@ -35,6 +35,8 @@ Commands:
   exec FILE      run a stage file (YAML or JSON) on this machine
   validate FILE  check a stage file and print every problem; runs nothing
   config         print the effective configuration (the token is never shown)
+  cleanup        remove what earlier runs of this delegate name left on the
+                 Docker Engine (containers, networks, volumes), after a crash
   version        print the version and the build's git commit
 
 Options:
@@ -172,6 +174,22 @@ int Run(const Args& args) {
     fputs(config->Dump().c_str(), stdout);
     return kExitOk;
   }
+  delegate::DockerExecutorOptions docker;
+  docker.grace_period = config->cleanup_grace_period;
+  if (args.command == "cleanup") {
+    auto removed = delegate::ReapDockerLeftovers(docker, config->name);
+    if (!removed.ok()) {
+      fprintf(stderr, "delegate: cleanup: %s\n",
+              std::string(removed.status().message()).c_str());
+      return kExitFailed;
+    }
+    for (const std::string& what : *removed) {
+      printf("removed %s\n", what.c_str());
+    }
+    printf("delegate %s: %zu leftovers removed\n", config->name.c_str(),
+           removed->size());
+    return kExitOk;
+  }
   if (args.command != "exec" && args.command != "validate") {
     return Usage(absl::StrCat("unknown command '", args.command, "'"));
   }
@@ -186,7 +204,8 @@ int Run(const Args& args) {
   host.workdir = config->workdir;
   host.grace_period = config->cleanup_grace_period;
   if (absl::Status s = delegate::RegisterHostExecutor(registry, host);
-      !s.ok()) {
+      !s.ok() ||
+      !(s = delegate::RegisterDockerExecutor(registry, docker)).ok()) {
     fprintf(stderr, "delegate: %s\n", std::string(s.message()).c_str());
     return kExitInvalid;
   }

@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "delegate/clock.h"
 #include "delegate/log_sink.h"
+#include "delegate/policy.h"
 #include "delegate/result.h"
 #include "delegate/stage.h"
 
@@ -103,11 +104,13 @@ class ExecutorRegistry {
 };
 
 // Everything that can be checked before a stage runs: its platform is
-// registered, every ${{secrets.ID}} is defined, and the platform's executor
-// accepts it (Executor::Validate). InvalidArgument lists every problem, one
-// per line.
+// registered, every ${{secrets.ID}} is defined, the volume and security policy
+// of the platform and of the operator allow it (CheckStagePolicy), and the
+// platform's executor accepts it (Executor::Validate). InvalidArgument lists
+// every problem, one per line.
 absl::Status ValidateForPlatform(const ExecutorRegistry& registry,
-                                 const Stage& stage);
+                                 const Stage& stage,
+                                 const OperatorPolicy& policy = {});
 
 }  // namespace delegate
 

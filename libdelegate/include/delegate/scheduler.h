@@ -16,6 +16,7 @@
 #include "delegate/clock.h"
 #include "delegate/executor.h"
 #include "delegate/log_sink.h"
+#include "delegate/policy.h"
 #include "delegate/result.h"
 #include "delegate/stage.h"
 
@@ -32,6 +33,9 @@ struct SchedulerOptions {
   size_t dedup_window = 100000;
   // Longest log line before it is split (bytes).
   size_t max_line_bytes = 64 * 1024;
+  // Narrows what the platforms allow; every stage is checked against it
+  // (with its platform's profile) before anything is created.
+  OperatorPolicy policy;
 };
 
 struct StageTask {

@@ -66,7 +66,17 @@ struct Resources {
   std::optional<int64_t> memory_mib;
 };
 
+// kDefault is kIfNotPresent: a delegate without a registry still runs the
+// images it has.
 enum class PullPolicy { kDefault, kAlways, kIfNotPresent, kNever };
+
+// Credentials for pulling a step's image. The password is usually
+// ${{secrets.ID}}, substituted and masked like any secret.
+struct RegistryCredentials {
+  std::string server;  // "registry.example.com:5000"; empty: the image's
+  std::string username;
+  std::string password;
+};
 
 struct Step {
   std::string id;     // unique within the stage: [A-Za-z0-9_.-]{1,128}
@@ -85,6 +95,7 @@ struct Step {
   std::vector<VolumeMount> volume_mounts;
   Resources resources;
   PullPolicy pull = PullPolicy::kDefault;
+  std::optional<RegistryCredentials> registry;
   bool continue_on_error = false;
 };
 
@@ -100,6 +111,10 @@ struct Stage {
   std::vector<Volume> volumes;
   std::vector<Step> steps;
   std::optional<absl::Duration> timeout;  // the whole stage, init to cleanup
+  // Container platforms: steps with the same image run in one container per
+  // stage, each through exec, instead of a container each. Each step keeps its
+  // own env, working dir, exit code and timeout.
+  bool reuse_containers = false;
 
   const Volume* FindVolume(const std::string& volume_name) const {
     for (const Volume& v : volumes) {

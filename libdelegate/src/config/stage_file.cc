@@ -49,8 +49,10 @@ constexpr size_t kMaxListedSecrets = 20;
 
 using Keys = std::initializer_list<absl::string_view>;
 
-constexpr Keys kStageKeys = {"name",    "platform", "env",    "secrets",
-                             "volumes", "steps",    "timeout"};
+constexpr Keys kStageKeys = {"name",    "platform",        "env",
+                             "secrets", "volumes",         "steps",
+                             "timeout", "reuse_containers"};
+constexpr Keys kRegistryKeys = {"server", "username", "password"};
 constexpr Keys kVolumeKeys = {"name", "empty_dir", "host_path", "efs"};
 constexpr Keys kEmptyDirKeys = {"size_mib"};
 constexpr Keys kHostPathKeys = {"path", "read_only"};
@@ -70,6 +72,7 @@ constexpr Keys kStepKeys = {"id",
                             "volume_mounts",
                             "resources",
                             "pull",
+                            "registry",
                             "continue_on_error"};
 constexpr Keys kSecurityContextKeys = {
     "privileged",     "read_only_root_filesystem",
@@ -942,6 +945,27 @@ std::optional<Step> Decoder::DecodeStep(const Node& n, const std::string& path,
       step.continue_on_error = *b;
     }
   }
+  if (const Node* v = f->Get("registry")) {
+    const std::string p = f->PathOf("registry");
+    if (std::optional<Fields> r = Mapping(*v, p, kRegistryKeys)) {
+      RegistryCredentials creds;
+      auto field = [&](const char* key, std::string& out, bool required) {
+        const Node* node = r->Get(key);
+        if (node == nullptr) {
+          if (required) Missing(*r, key);
+          return;
+        }
+        if (std::optional<std::string> s = String(*node, r->PathOf(key))) {
+          CheckSecretReferences(*node, r->PathOf(key));
+          out = *s;
+        }
+      };
+      field("server", creds.server, false);
+      field("username", creds.username, true);
+      field("password", creds.password, true);
+      step.registry = std::move(creds);
+    }
+  }
   if (problems_.size() != problems_before) return std::nullopt;
   return step;
 }
@@ -983,6 +1007,11 @@ Stage Decoder::DecodeStage(const Node& root) {
   }
   if (const Node* v = f.Get("env")) stage.env = EnvMap(*v, "env");
   if (const Node* v = f.Get("timeout")) stage.timeout = Duration(*v, "timeout");
+  if (const Node* v = f.Get("reuse_containers")) {
+    if (std::optional<bool> b = Bool(*v, "reuse_containers")) {
+      stage.reuse_containers = *b;
+    }
+  }
 
   if (const Node* v = f.Get("volumes")) {
     if (!v->is_sequence()) {

@@ -59,7 +59,8 @@ std::vector<std::string> ExecutorRegistry::Names() const {
 namespace delegate {
 
 absl::Status ValidateForPlatform(const ExecutorRegistry& registry,
-                                 const Stage& stage) {
+                                 const Stage& stage,
+                                 const OperatorPolicy& policy) {
   std::unique_ptr<Executor> executor = registry.Create(stage.platform);
   if (!executor) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -68,7 +69,15 @@ absl::Status ValidateForPlatform(const ExecutorRegistry& registry,
   }
   Stage resolved = stage;
   if (absl::Status s = ResolveStage(resolved); !s.ok()) return s;
-  return executor->Validate(resolved);
+  std::vector<std::string> problems;
+  for (const PolicyViolation& v : CheckStagePolicy(resolved, policy)) {
+    problems.push_back(v.ToString());
+  }
+  if (absl::Status s = executor->Validate(resolved); !s.ok()) {
+    problems.push_back(std::string(s.message()));
+  }
+  if (problems.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
 }
 
 }  // namespace delegate

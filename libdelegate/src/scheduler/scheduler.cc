@@ -451,11 +451,20 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
     return std::move(result);
   };
 
+  // Secret values, and registry passwords even when written in the clear.
   std::shared_ptr<const logs::SecretMasker> masker;
-  if (!stage.secrets.empty()) {
+  {
     std::vector<std::string> values;
     for (const auto& [id, value] : stage.secrets) values.push_back(value);
-    masker = std::make_shared<logs::SecretMasker>(values);
+    for (const Step& step : stage.steps) {
+      if (step.registry &&
+          step.registry->password.find("${{") == std::string::npos) {
+        values.push_back(step.registry->password);
+      }
+    }
+    if (!values.empty()) {
+      masker = std::make_shared<logs::SecretMasker>(values);
+    }
   }
   auto mask = [&](std::string text) {
     return masker ? masker->Mask(text) : text;
@@ -484,6 +493,11 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
   if (!executor) {
     return fail_before_start(absl::StrCat(
         "platform: no executor is registered for '", stage.platform, "'"));
+  }
+  if (std::vector<PolicyViolation> violations =
+          CheckStagePolicy(stage, options_.policy);
+      !violations.empty()) {
+    return fail_before_start(std::string(PolicyStatus(violations).message()));
   }
   if (absl::Status s = executor->Validate(stage); !s.ok()) {
     return fail_before_start(std::string(s.message()));

@@ -37,6 +37,11 @@ bool HasReference(const Step& step) {
   for (const auto& [key, value] : step.envs) {
     if (value.find(kOpen) != std::string::npos) return true;
   }
+  if (step.registry &&
+      (step.registry->username.find(kOpen) != std::string::npos ||
+       step.registry->password.find(kOpen) != std::string::npos)) {
+    return true;
+  }
   return any(step.commands) || any(step.entrypoint) || any(step.args);
 }
 
@@ -142,6 +147,16 @@ absl::Status ResolveStage(Stage& stage) {
     }
     if (absl::Status s = substitute_all(step.args, at + ".args"); !s.ok()) {
       return s;
+    }
+    if (step.registry) {
+      for (auto [field, value] :
+           {std::pair{"username", &step.registry->username},
+            std::pair{"password", &step.registry->password}}) {
+        auto v = SubstituteSecrets(*value, stage.secrets,
+                                   absl::StrCat(at, ".registry.", field));
+        if (!v.ok()) return v.status();
+        *value = *std::move(v);
+      }
     }
   }
   return absl::OkStatus();

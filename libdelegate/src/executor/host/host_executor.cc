@@ -16,6 +16,8 @@
 #include "absl/strings/strip.h"
 #include "delegate/builtin_executors.h"
 #include "delegate/config.h"
+#include "executor/outputs.h"
+#include "executor/shell.h"
 
 namespace delegate {
 namespace {
@@ -32,19 +34,6 @@ constexpr const char* kDefaultPath =
 // Variables that carry the delegate's own credentials; steps never see them.
 constexpr std::string_view kHiddenVariables[] = {
     "HARNESS_TOKEN", "TOKEN", "DELEGATE_TOKEN", "HARNESS_DELEGATE_TOKEN"};
-
-std::string ShellQuote(std::string_view s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      out += "'\\''";
-    } else {
-      out += c;
-    }
-  }
-  out += "'";
-  return out;
-}
 
 std::string Describe(const ExitInfo& exit) {
   if (exit.term_signal != 0) {
@@ -66,22 +55,14 @@ std::string SafeFileName(std::string_view s) {
   return out.substr(0, 64);
 }
 
-// Reads KEY=VALUE lines that a step wrote to HARNESS_OUTPUT_FILE.
+// Reads what a step wrote to HARNESS_OUTPUT_FILE.
 std::map<std::string, std::string> ReadOutputs(const std::string& path) {
-  std::map<std::string, std::string> values;
   std::ifstream in(path, std::ios::binary);
-  if (!in) return values;
+  if (!in) return {};
   std::string content(kMaxOutputFileBytes, '\0');
   in.read(content.data(), kMaxOutputFileBytes);
   content.resize(in.gcount());
-  for (absl::string_view line : absl::StrSplit(content, '\n')) {
-    absl::ConsumeSuffix(&line, "\r");
-    absl::ConsumePrefix(&line, "export ");
-    size_t eq = line.find('=');
-    if (eq == std::string_view::npos || eq == 0) continue;
-    values[std::string(line.substr(0, eq))] = std::string(line.substr(eq + 1));
-  }
-  return values;
+  return ParseOutputs(content);
 }
 
 // What every HostExecutor of one registration shares.
@@ -115,82 +96,25 @@ class HostExecutor final : public Executor {
   fs::path workspace_;
 };
 
+// What the host profile of the policy (CheckStagePolicy) does not know:
+// whether this process can switch to the step's user and group.
 absl::Status HostExecutor::Validate(const Stage& stage) {
-  std::vector<std::string> problems;
-  for (size_t i = 0; i < stage.volumes.size(); ++i) {
-    if (std::holds_alternative<EfsVolume>(stage.volumes[i].source)) {
-      problems.push_back(absl::StrCat(
-          "volumes[", i,
-          "].efs: platform host cannot mount EFS; use a container platform "
-          "(docker, ecs-ec2, ecs-fargate)"));
-    }
-  }
   const uid_t euid = geteuid();
+  if (euid == 0) return absl::OkStatus();
+  std::vector<std::string> problems;
   for (size_t i = 0; i < stage.steps.size(); ++i) {
-    const Step& step = stage.steps[i];
-    const std::string at = absl::StrCat("steps[", i, "]");
-    const SecurityContext& sc = step.security_context;
-    if (!step.image.empty()) {
+    const SecurityContext& sc = stage.steps[i].security_context;
+    const std::string at = absl::StrCat("steps[", i, "].security_context.");
+    if (sc.run_as_user && *sc.run_as_user != static_cast<int64_t>(euid)) {
       problems.push_back(absl::StrCat(
-          at,
-          ".image: platform host runs steps as host processes; remove "
-          "the image or use platform docker"));
+          at, "run_as_user: the delegate runs as uid ", euid,
+          " and cannot switch users; run it as root or drop the field"));
     }
-    auto unsupported = [&](const char* field) {
+    if (sc.run_as_group &&
+        *sc.run_as_group != static_cast<int64_t>(getegid())) {
       problems.push_back(absl::StrCat(
-          at, ".security_context.", field,
-          ": not supported on platform host (steps are host processes); "
-          "use a container platform"));
-    };
-    if (sc.privileged.value_or(false)) unsupported("privileged");
-    if (sc.read_only_root_filesystem.value_or(false)) {
-      unsupported("read_only_root_filesystem");
-    }
-    if (!sc.add_capability.empty()) unsupported("add_capability");
-    if (!sc.drop_capability.empty()) unsupported("drop_capability");
-    if (euid != 0) {
-      if (sc.run_as_user && *sc.run_as_user != static_cast<int64_t>(euid)) {
-        problems.push_back(absl::StrCat(
-            at, ".security_context.run_as_user: the delegate runs as uid ",
-            euid,
-            " and cannot switch users; run it as root or drop the field"));
-      }
-      if (sc.run_as_group &&
-          *sc.run_as_group != static_cast<int64_t>(getegid())) {
-        problems.push_back(absl::StrCat(
-            at, ".security_context.run_as_group: the delegate runs as gid ",
-            getegid(),
-            " and cannot switch groups; run it as root or drop the field"));
-      }
-    }
-    for (size_t m = 0; m < step.volume_mounts.size(); ++m) {
-      const VolumeMount& mount = step.volume_mounts[m];
-      const std::string mat = absl::StrCat(at, ".volume_mounts[", m, "]");
-      const Volume* volume = stage.FindVolume(mount.name);
-      if (!volume) {
-        problems.push_back(
-            absl::StrCat(mat, ".name: no volume named '", mount.name, "'"));
-        continue;
-      }
-      if (!fs::path(mount.path).is_absolute()) continue;
-      const auto* host = std::get_if<HostPathVolume>(&volume->source);
-      if (!host || fs::path(host->path).lexically_normal() !=
-                       fs::path(mount.path).lexically_normal()) {
-        problems.push_back(absl::StrCat(
-            mat, ".path: platform host cannot mount at the absolute path ",
-            mount.path,
-            "; use a path relative to the workspace (a link is made there) "
-            "or a container platform"));
-      }
-    }
-    if (!step.working_dir.empty() &&
-        !fs::path(step.working_dir).is_absolute()) {
-      auto norm = fs::path(step.working_dir).lexically_normal().string();
-      if (norm == ".." || absl::StartsWith(norm, "../")) {
-        problems.push_back(absl::StrCat(
-            at, ".working_dir: ", step.working_dir,
-            " leaves the workspace; use a path inside it or an absolute one"));
-      }
+          at, "run_as_group: the delegate runs as gid ", getegid(),
+          " and cannot switch groups; run it as root or drop the field"));
     }
   }
   if (problems.empty()) return absl::OkStatus();
@@ -282,11 +206,7 @@ absl::StatusOr<ProcessSpec> HostExecutor::BuildSpec(
   if (!dir.ok()) return dir.status();
   spec.working_dir = *std::move(dir);
   if (!step.commands.empty()) {
-    std::string script = "set -e\n";
-    for (const std::string& command : step.commands) {
-      absl::StrAppend(&script, "printf '+ %s\\n' ", ShellQuote(command), "\n",
-                      command, "\n");
-    }
+    const std::string script = CommandScript(step.commands);
     if (script.size() <= kMaxInlineScriptBytes) {
       spec.argv = {"/bin/sh", "-c", script, "sh"};
     } else {

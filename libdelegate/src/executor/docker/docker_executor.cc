@@ -1,0 +1,544 @@
+// The Docker executor: a stage becomes a bridge network, named volumes and
+// one container per step on a Docker Engine, all labelled so that cleanup,
+// and the reaper after a crash, find them again.
+#include <stdlib.h>
+
+#include <algorithm>
+#include <memory>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "delegate/builtin_executors.h"
+#include "executor/docker/docker_client.h"
+#include "executor/outputs.h"
+#include "executor/shell.h"
+#include "util/strings.h"
+
+namespace delegate {
+namespace {
+
+using docker::ContainerSpec;
+using docker::DockerClient;
+using docker::Mount;
+
+constexpr const char* kLabelDelegate = "io.libdelegate.delegate";
+constexpr const char* kLabelTask = "io.libdelegate.task";
+// "<delegate name>/<task id>": what cleanup looks for, so that two delegates
+// on one engine never take each other's objects for their own.
+constexpr const char* kLabelTransaction = "io.libdelegate.transaction";
+constexpr const char* kLabelStage = "io.libdelegate.stage";
+// Where every step of a stage finds the shared workspace and its output file.
+constexpr const char* kWorkspacePath = "/harness";
+constexpr const char* kEnginePath = "/tmp/engine";
+constexpr size_t kMaxOutputFileBytes = 1 << 20;
+
+// A Docker object name: [a-zA-Z0-9][a-zA-Z0-9_.-]*, with a hash of the whole
+// id so that two ids that sanitize alike stay apart.
+std::string ObjectName(std::string_view task_id, std::string_view suffix) {
+  std::string clean;
+  for (char c : task_id.substr(0, 40)) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                    (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
+    clean += ok ? c : '-';
+  }
+  uint32_t hash = 2166136261u;  // FNV-1a
+  for (char c : task_id) hash = (hash ^ static_cast<uint8_t>(c)) * 16777619u;
+  std::string name = absl::StrFormat("delegate-%s-%08x", clean, hash);
+  if (!suffix.empty()) absl::StrAppend(&name, "-", AbslView(suffix));
+  return name;
+}
+
+std::string Transaction(const StageContext& ctx) {
+  return ctx.delegate_name + "/" + ctx.task_id;
+}
+
+std::string SafeSuffix(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                    (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
+    out += ok ? c : '-';
+  }
+  return out.substr(0, 60);
+}
+
+// Removes the containers, networks and volumes that carry `label`
+// ("key=value"), noting each in `removed` when given. What is already gone
+// is not an error.
+absl::Status RemoveLabelled(docker::DockerClient& client,
+                            const std::string& label,
+                            std::vector<std::string>* removed) {
+  std::vector<std::string> problems;
+  auto note = [&](const absl::Status& s, std::string_view what) {
+    if (!s.ok() && !absl::IsNotFound(s)) {
+      problems.push_back(absl::StrCat(AbslView(what), ": ", s.message()));
+    }
+  };
+  if (auto ids = client.ListContainers(label); ids.ok()) {
+    for (const std::string& id : *ids) {
+      absl::Status s = client.RemoveContainer(id, true);
+      note(s, "container " + id.substr(0, 12));
+      if (s.ok() && removed)
+        removed->push_back("container " + id.substr(0, 12));
+    }
+  } else {
+    note(ids.status(), "listing containers");
+  }
+  if (auto ids = client.ListNetworks(label); ids.ok()) {
+    for (const std::string& id : *ids) {
+      absl::Status s = client.RemoveNetwork(id);
+      note(s, "network " + id.substr(0, 12));
+      if (s.ok() && removed) removed->push_back("network " + id.substr(0, 12));
+    }
+  } else {
+    note(ids.status(), "listing networks");
+  }
+  if (auto names = client.ListVolumes(label); names.ok()) {
+    for (const std::string& name : *names) {
+      absl::Status s = client.RemoveVolume(name);
+      note(s, "volume " + name);
+      if (s.ok() && removed) removed->push_back("volume " + name);
+    }
+  } else {
+    note(names.status(), "listing volumes");
+  }
+  if (problems.empty()) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrJoin(problems, "; "));
+}
+
+// What a Docker executor of one registration shares: the options and one
+// client (thread-safe), connected on first use so that registering never
+// fails because the daemon is down.
+class DockerShared {
+ public:
+  explicit DockerShared(DockerExecutorOptions options)
+      : options_(std::move(options)) {}
+
+  const DockerExecutorOptions& options() const { return options_; }
+
+  absl::StatusOr<DockerClient*> Client() {
+    absl::MutexLock lock(&mu_);
+    if (client_) return client_.get();
+    std::string host = options_.docker_host;
+    if (host.empty()) {
+      const char* env = getenv("DOCKER_HOST");
+      host = env ? env : "";
+    }
+    absl::StatusOr<docker::Endpoint> endpoint = docker::ParseDockerHost(host);
+    if (!endpoint.ok()) return endpoint.status();
+    absl::StatusOr<std::unique_ptr<DockerClient>> client =
+        DockerClient::Connect(*endpoint);
+    if (!client.ok()) return client.status();
+    client_ = *std::move(client);
+    return client_.get();
+  }
+
+ private:
+  const DockerExecutorOptions options_;
+  absl::Mutex mu_;
+  std::unique_ptr<DockerClient> client_ ABSL_GUARDED_BY(mu_);
+};
+
+class DockerExecutor final : public Executor {
+ public:
+  explicit DockerExecutor(std::shared_ptr<DockerShared> shared)
+      : shared_(std::move(shared)) {}
+
+  absl::Status Validate(const Stage& stage) override;
+  absl::Status Initialize(const StageContext& ctx) override;
+  StepResult Execute(const StepContext& ctx) override;
+  absl::Status Cleanup(const StageContext& ctx) override;
+
+ private:
+  std::map<std::string, std::string> Labels(const StageContext& ctx) const;
+  absl::Status OpenVolumesToOtherUsers(const StageContext& ctx);
+  absl::Status EnsureImage(const StepContext& ctx, const Step& step);
+  absl::StatusOr<ContainerSpec> BuildSpec(const StepContext& ctx);
+
+  std::shared_ptr<DockerShared> shared_;
+  DockerClient* client_ = nullptr;  // set by a successful Initialize
+  std::string network_;
+  std::string workspace_volume_;
+  std::string engine_volume_;
+  std::map<std::string, std::string> volumes_;  // stage volume -> docker name
+};
+
+absl::Status DockerExecutor::Validate(const Stage& stage) {
+  std::vector<std::string> problems;
+  if (stage.reuse_containers) {
+    problems.push_back(
+        "reuse_containers: platform docker runs one container per step in "
+        "this version; remove the setting");
+  }
+  for (size_t i = 0; i < stage.volumes.size(); ++i) {
+    if (std::holds_alternative<EfsVolume>(stage.volumes[i].source)) {
+      problems.push_back(absl::StrCat(
+          "volumes[", i,
+          "].efs: the docker executor cannot mount EFS (it needs the "
+          "amazon-efs-utils volume driver); use platform ecs-ec2 or "
+          "ecs-fargate"));
+    }
+  }
+  for (size_t i = 0; i < stage.steps.size(); ++i) {
+    if (stage.steps[i].image.empty()) {
+      problems.push_back(absl::StrCat(
+          "steps[", i,
+          "].image: platform docker runs every step in a container; give "
+          "the step an image"));
+    }
+  }
+  if (problems.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
+}
+
+std::map<std::string, std::string> DockerExecutor::Labels(
+    const StageContext& ctx) const {
+  return {{kLabelDelegate, ctx.delegate_name},
+          {kLabelTask, ctx.task_id},
+          {kLabelTransaction, Transaction(ctx)},
+          {kLabelStage, ctx.stage.name}};
+}
+
+absl::Status DockerExecutor::Initialize(const StageContext& ctx) {
+  absl::StatusOr<DockerClient*> client = shared_->Client();
+  if (!client.ok()) return client.status();
+  client_ = *client;
+  const auto labels = Labels(ctx);
+  network_ = ObjectName(Transaction(ctx), "");
+  if (absl::Status s = client_->CreateNetwork(network_, labels); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("creating network ", network_,
+                                               ": ", s.message()));
+  }
+  workspace_volume_ = ObjectName(Transaction(ctx), "workspace");
+  engine_volume_ = ObjectName(Transaction(ctx), "engine");
+  for (const std::string& name : {workspace_volume_, engine_volume_}) {
+    if (absl::Status s = client_->CreateVolume(name, labels); !s.ok()) {
+      return absl::Status(
+          s.code(), absl::StrCat("creating volume ", name, ": ", s.message()));
+    }
+  }
+  for (const Volume& volume : ctx.stage.volumes) {
+    if (!std::holds_alternative<EmptyDirVolume>(volume.source)) continue;
+    const std::string name =
+        ObjectName(Transaction(ctx), "vol-" + SafeSuffix(volume.name));
+    if (absl::Status s = client_->CreateVolume(name, labels); !s.ok()) {
+      return absl::Status(
+          s.code(), absl::StrCat("volume ", volume.name, ": ", s.message()));
+    }
+    volumes_[volume.name] = name;
+  }
+  ctx.output.SystemLine(absl::StrCat("network ", network_, " on Docker API ",
+                                     client_->api_version()));
+  return OpenVolumesToOtherUsers(ctx);
+}
+
+absl::Status DockerExecutor::OpenVolumesToOtherUsers(const StageContext& ctx) {
+  // New volumes belong to root; a step that runs as another user must still
+  // write the shared workspace and its output file. One short root container
+  // of that step's image opens them up (it needs a shell and chmod).
+  const Step* user_step = nullptr;
+  for (const Step& step : ctx.stage.steps) {
+    if (step.security_context.run_as_user.value_or(0) != 0 ||
+        step.security_context.run_as_group.value_or(0) != 0) {
+      user_step = &step;
+      break;
+    }
+  }
+  if (user_step == nullptr) return absl::OkStatus();
+  ContainerSpec spec;
+  spec.name = ObjectName(Transaction(ctx), "init");
+  spec.image = user_step->image;
+  spec.entrypoint = {"/bin/sh", "-c"};
+  spec.cmd = {absl::StrCat("chmod 1777 ", kWorkspacePath, " ", kEnginePath)};
+  spec.user = "0:0";
+  spec.labels = Labels(ctx);
+  spec.mounts = {
+      {Mount::Type::kVolume, workspace_volume_, kWorkspacePath, false},
+      {Mount::Type::kVolume, engine_volume_, kEnginePath, false}};
+  spec.network = network_;
+  std::vector<std::string> env;
+  absl::Status prepared = [&]() -> absl::Status {
+    const StepContext step_ctx{ctx,        *user_step,   0,
+                               ctx.output, ctx.deadline, ctx.stop};
+    if (absl::Status s = EnsureImage(step_ctx, *user_step); !s.ok()) return s;
+    absl::StatusOr<std::string> id = client_->CreateContainer(spec);
+    if (!id.ok()) return id.status();
+    absl::Status s = client_->StartContainer(*id);
+    absl::StatusOr<int> code =
+        s.ok() ? client_->WaitContainer(
+                     *id, [&] { return ctx.stop.stop_requested(); })
+               : absl::StatusOr<int>(s);
+    (void)client_->RemoveContainer(*id, true);
+    if (!code.ok()) return code.status();
+    if (*code != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("chmod exited with status ", *code));
+    }
+    return absl::OkStatus();
+  }();
+  if (!prepared.ok()) {
+    ctx.output.SystemLine(absl::StrCat(
+        "could not open the workspace to uid ",
+        user_step->security_context.run_as_user.value_or(0), " (",
+        prepared.message(), "); steps running as that user may not write it"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DockerExecutor::EnsureImage(const StepContext& ctx,
+                                         const Step& step) {
+  PullPolicy pull =
+      step.pull == PullPolicy::kDefault ? PullPolicy::kIfNotPresent : step.pull;
+  if (pull != PullPolicy::kAlways) {
+    absl::StatusOr<bool> exists = client_->ImageExists(step.image);
+    if (!exists.ok()) return exists.status();
+    if (*exists) return absl::OkStatus();
+    if (pull == PullPolicy::kNever) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "image ", step.image,
+          " is not on this Docker Engine and the step says pull: never"));
+    }
+  }
+  ctx.output.SystemLine(absl::StrCat("pulling ", step.image));
+  docker::RegistryAuth auth;
+  if (step.registry) {
+    auth.server = step.registry->server;
+    auth.username = step.registry->username;
+    auth.password = step.registry->password;
+  }
+  absl::Status pulled =
+      client_->PullImage(step.image, step.registry ? &auth : nullptr,
+                         [&ctx](std::string_view line) {
+                           ctx.output.Write(LogStream::kSystem, line);
+                           ctx.output.Write(LogStream::kSystem, "\n");
+                         });
+  if (!pulled.ok()) {
+    return absl::Status(pulled.code(), absl::StrCat("pulling ", step.image,
+                                                    ": ", pulled.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ContainerSpec> DockerExecutor::BuildSpec(
+    const StepContext& ctx) {
+  const Step& step = ctx.step;
+  ContainerSpec spec;
+  spec.name = ObjectName(Transaction(ctx.stage), SafeSuffix(step.id));
+  spec.image = step.image;
+  const std::string working_dir =
+      step.working_dir.empty() ? kWorkspacePath
+      : absl::StartsWith(step.working_dir, "/")
+          ? step.working_dir
+          : absl::StrCat(kWorkspacePath, "/", step.working_dir);
+  if (!step.commands.empty()) {
+    // The script changes directory itself: Docker resets the mode of a
+    // WorkingDir to 0755, which would lock other users out of the shared
+    // workspace.
+    spec.entrypoint = {"/bin/sh", "-c"};
+    spec.cmd = {absl::StrCat("mkdir -p ", ShellQuote(working_dir), " && cd ",
+                             ShellQuote(working_dir), " || exit 1\n",
+                             CommandScript(step.commands))};
+  } else {
+    spec.entrypoint = step.entrypoint;
+    spec.cmd = step.args;
+    spec.working_dir = working_dir;
+  }
+  const std::string output_file =
+      absl::StrCat(kEnginePath, "/", SafeSuffix(step.id), "-output.env");
+  for (const auto& [key, value] : step.envs) {
+    spec.env.push_back(key + "=" + value);
+  }
+  spec.env.push_back("HARNESS_OUTPUT_FILE=" + output_file);
+  spec.env.push_back("DRONE_OUTPUT=" + output_file);
+  spec.env.push_back(absl::StrCat("HARNESS_WORKSPACE=", kWorkspacePath));
+  spec.env.push_back("HARNESS_STAGE_ID=" + ctx.stage.task_id);
+  spec.env.push_back("HARNESS_STEP_ID=" + step.id);
+  const SecurityContext& sc = step.security_context;
+  if (sc.run_as_user) {
+    spec.user = absl::StrCat(*sc.run_as_user);
+    if (sc.run_as_group) absl::StrAppend(&spec.user, ":", *sc.run_as_group);
+  } else if (sc.run_as_group) {
+    spec.user = absl::StrCat("0:", *sc.run_as_group);
+  }
+  spec.labels = Labels(ctx.stage);
+  spec.labels["io.libdelegate.step"] = step.id;
+  spec.mounts.push_back(
+      {Mount::Type::kVolume, workspace_volume_, kWorkspacePath, false});
+  // Per container, so that a read-only root still lets the step write its
+  // output file; read back through the archive API after the step.
+  spec.mounts.push_back(
+      {Mount::Type::kVolume, engine_volume_, kEnginePath, false});
+  for (const VolumeMount& vm : step.volume_mounts) {
+    const Volume* volume = ctx.stage.stage.FindVolume(vm.name);
+    if (!volume) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("volume_mounts: no volume named ", vm.name));
+    }
+    if (const auto* host = std::get_if<HostPathVolume>(&volume->source)) {
+      spec.mounts.push_back(
+          {Mount::Type::kBind, host->path, vm.path, host->read_only});
+    } else {
+      spec.mounts.push_back(
+          {Mount::Type::kVolume, volumes_.at(vm.name), vm.path, false});
+    }
+  }
+  spec.network = network_;
+  spec.aliases = {step.id};
+  spec.privileged = sc.privileged.value_or(false);
+  spec.read_only_rootfs = sc.read_only_root_filesystem.value_or(false);
+  spec.cap_add = sc.add_capability;
+  spec.cap_drop = sc.drop_capability;
+  if (step.resources.cpus) {
+    spec.nano_cpus = static_cast<int64_t>(*step.resources.cpus * 1e9);
+  }
+  if (step.resources.memory_mib) {
+    spec.memory_bytes = *step.resources.memory_mib * 1024 * 1024;
+  }
+  return spec;
+}
+
+StepResult DockerExecutor::Execute(const StepContext& ctx) {
+  StepResult result;
+  auto fail = [&](const absl::Status& status) {
+    result.status = StepStatus::kFailure;
+    result.error = std::string(status.message());
+    return result;
+  };
+  if (client_ == nullptr) {
+    return fail(absl::FailedPreconditionError("the stage was not initialized"));
+  }
+  if (absl::Status s = EnsureImage(ctx, ctx.step); !s.ok()) return fail(s);
+  absl::StatusOr<ContainerSpec> spec = BuildSpec(ctx);
+  if (!spec.ok()) return fail(spec.status());
+  absl::StatusOr<std::string> id = client_->CreateContainer(*spec);
+  if (!id.ok()) {
+    return fail(absl::Status(
+        id.status().code(),
+        absl::StrCat("creating the container: ", id.status().message())));
+  }
+  if (absl::Status s = client_->StartContainer(*id); !s.ok()) {
+    (void)client_->RemoveContainer(*id, true);
+    return fail(absl::Status(
+        s.code(), absl::StrCat("starting the container: ", s.message())));
+  }
+
+  Clock& clock = ctx.stage.clock;
+  std::optional<StepStatus> stopped;
+  auto should_stop = [&]() {
+    if (stopped) return true;
+    if (ctx.stop.stop_requested()) {
+      stopped = StepStatus::kCancelled;
+    } else if (clock.Now() >= ctx.deadline) {
+      stopped = StepStatus::kTimeout;
+    }
+    return stopped.has_value();
+  };
+  const OutputCallback output = [&ctx](LogStream stream,
+                                       std::string_view bytes) {
+    ctx.output.Write(stream, bytes);
+  };
+  absl::Status followed = client_->FollowLogs(*id, output, should_stop);
+  if (!followed.ok() && !stopped) {
+    ctx.output.SystemLine(
+        absl::StrCat("log stream ended early: ", followed.message()));
+  }
+  absl::StatusOr<int> code = absl::CancelledError();
+  if (!stopped) code = client_->WaitContainer(*id, should_stop);
+  if (stopped) {
+    const absl::Duration grace = shared_->options().grace_period;
+    ctx.output.SystemLine(absl::StrCat(
+        *stopped == StepStatus::kTimeout ? "step timed out" : "step cancelled",
+        "; stopping the container (SIGKILL after ", absl::FormatDuration(grace),
+        ")"));
+    (void)client_->StopContainer(*id, grace);
+    code = client_->WaitContainer(*id, [] { return false; });
+  }
+  absl::StatusOr<docker::ContainerState> state = client_->InspectContainer(*id);
+  std::string outputs_text;
+  if (!ctx.step.outputs.empty() && !stopped) {
+    const std::string file =
+        absl::StrCat(kEnginePath, "/", SafeSuffix(ctx.step.id), "-output.env");
+    if (absl::StatusOr<std::string> text =
+            client_->ReadFile(*id, file, kMaxOutputFileBytes);
+        text.ok()) {
+      outputs_text = *std::move(text);
+    }
+  }
+  (void)client_->RemoveContainer(*id, true);
+
+  if (stopped) {
+    result.status = *stopped;
+    result.error = *stopped == StepStatus::kTimeout ? "timed out" : "cancelled";
+    return result;
+  }
+  if (!code.ok()) return fail(code.status());
+  result.exit_code = *code;
+  if (state.ok() && state->oom_killed) {
+    result.status = StepStatus::kFailure;
+    result.error =
+        absl::StrCat("killed: out of memory",
+                     ctx.step.resources.memory_mib
+                         ? absl::StrCat(" (the step's limit is ",
+                                        *ctx.step.resources.memory_mib, " MiB)")
+                         : "");
+    return result;
+  }
+  if (*code != 0) {
+    result.status = StepStatus::kFailure;
+    result.error = absl::StrCat("exit status ", *code);
+  }
+  std::map<std::string, std::string> written = ParseOutputs(outputs_text);
+  for (const std::string& name : ctx.step.outputs) {
+    auto it = written.find(name);
+    if (it != written.end()) {
+      result.outputs[name] = it->second;
+    } else if (result.status == StepStatus::kSuccess) {
+      ctx.output.SystemLine(absl::StrCat("output ", name,
+                                         " was declared but not written to "
+                                         "$HARNESS_OUTPUT_FILE"));
+    }
+  }
+  return result;
+}
+
+absl::Status DockerExecutor::Cleanup(const StageContext& ctx) {
+  if (client_ == nullptr) {
+    // Initialize may have failed half way, or never connected: find what
+    // carries this task's label, if the daemon can be reached at all.
+    absl::StatusOr<DockerClient*> client = shared_->Client();
+    if (!client.ok()) return absl::OkStatus();
+    client_ = *client;
+  }
+  return RemoveLabelled(*client_,
+                        absl::StrCat(kLabelTransaction, "=", Transaction(ctx)),
+                        nullptr);
+}
+
+}  // namespace
+
+absl::Status RegisterDockerExecutor(ExecutorRegistry& registry,
+                                    DockerExecutorOptions options) {
+  auto shared = std::make_shared<DockerShared>(std::move(options));
+  return registry.Register("docker", [shared]() -> std::unique_ptr<Executor> {
+    return std::make_unique<DockerExecutor>(shared);
+  });
+}
+
+absl::StatusOr<std::vector<std::string>> ReapDockerLeftovers(
+    const DockerExecutorOptions& options, const std::string& delegate_name) {
+  DockerShared shared(options);
+  absl::StatusOr<docker::DockerClient*> client = shared.Client();
+  if (!client.ok()) return client.status();
+  std::vector<std::string> removed;
+  absl::Status s = RemoveLabelled(
+      **client, absl::StrCat(kLabelDelegate, "=", delegate_name), &removed);
+  if (!s.ok()) return s;
+  return removed;
+}
+
+}  // namespace delegate

@@ -1,0 +1,505 @@
+// The platform profiles and CheckStagePolicy. Everything here is pure: no
+// I/O, no clock, no process state, so executors and the scheduler can call it
+// from any thread and tests need no fakes.
+#include "delegate/policy.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
+#include "policy/host_paths.h"
+#include "util/strings.h"
+
+namespace delegate {
+namespace {
+
+namespace fs = std::filesystem;
+
+// ------------------------------------------------------------ profiles
+
+constexpr std::array<std::string_view, 1> kFargateCapabilityAdd = {
+    "SYS_PTRACE"};
+
+constexpr PlatformProfile kHostProfile = {
+    .name = "host",
+    .title = "host",
+    .instead = "docker",
+    .containers = false,
+    .privileged = false,
+    .read_only_root_filesystem = false,
+    .host_path = true,
+    .efs = false,
+    .capability_drop = false,
+    .any_capability_add = false,
+    .capability_add = {},
+};
+
+constexpr PlatformProfile kDockerProfile = {
+    .name = "docker",
+    .title = "Docker",
+    .instead = "",
+};
+
+constexpr PlatformProfile kEcsEc2Profile = {
+    .name = "ecs-ec2",
+    .title = "ECS on EC2",
+    .instead = "",
+};
+
+// Fargate runs tasks on hosts nobody can reach, so nothing may reach the
+// host: no privilege, no host paths, and of the capabilities only SYS_PTRACE
+// (AWS allows it for debuggers and APM agents). Ephemeral storage is
+// 21 GiB to 200 GiB.
+constexpr PlatformProfile kFargateProfile = {
+    .name = "ecs-fargate",
+    .title = "Fargate",
+    .instead = "ecs-ec2",
+    .containers = true,
+    .privileged = false,
+    .read_only_root_filesystem = true,
+    .host_path = false,
+    .efs = true,
+    .capability_drop = true,
+    .any_capability_add = false,
+    .capability_add = kFargateCapabilityAdd,
+    .min_empty_dir_mib = 21504,
+    .max_empty_dir_mib = 204800,
+};
+
+constexpr std::array<const PlatformProfile*, 4> kProfiles = {
+    &kHostProfile, &kDockerProfile, &kEcsEc2Profile, &kFargateProfile};
+
+// include/uapi/linux/capability.h as of Linux 6.x, without CAP_.
+constexpr std::array<std::string_view, 41> kLinuxCapabilities = {
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE"};
+
+// The name without a CAP_ prefix; the parser strips it, other sources (a
+// Harness task, a gRPC request) may not.
+std::string_view BareCapability(std::string_view name) {
+  if (name.size() > 4 && name.substr(0, 4) == "CAP_") name.remove_prefix(4);
+  return name;
+}
+
+bool IsKnownCapability(std::string_view bare) {
+  return bare == "ALL" ||
+         std::find(kLinuxCapabilities.begin(), kLinuxCapabilities.end(),
+                   bare) != kLinuxCapabilities.end();
+}
+
+bool IsLowerHex(absl::string_view s) {
+  for (char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
+// "fs-" and 8 or 17 lowercase hex digits: the old and the current EFS id.
+bool IsFilesystemId(absl::string_view id) {
+  if (!absl::ConsumePrefix(&id, "fs-")) return false;
+  return (id.size() == 8 || id.size() == 17) && IsLowerHex(id);
+}
+
+bool IsAccessPointId(absl::string_view id) {
+  if (!absl::ConsumePrefix(&id, "fsap-")) return false;
+  return id.size() == 17 && IsLowerHex(id);
+}
+
+std::string JoinViews(std::span<const std::string_view> names) {
+  std::string out;
+  for (std::string_view n : names) {
+    if (!out.empty()) out += ", ";
+    out.append(n.data(), n.size());
+  }
+  return out;
+}
+
+// ------------------------------------------------------------ checker
+
+// Collects violations for one stage. `platform` is what violations of the
+// platform and common rules carry; `profile` is null for a custom platform.
+class Checker {
+ public:
+  Checker(const Stage& stage, const PlatformProfile* profile,
+          const OperatorPolicy& policy)
+      : stage_(stage),
+        profile_(profile),
+        policy_(policy),
+        platform_(stage.platform) {}
+
+  std::vector<PolicyViolation> Run() && {
+    for (size_t i = 0; i < stage_.volumes.size(); ++i) {
+      CheckVolume(stage_.volumes[i], absl::StrCat("volumes[", i, "]"));
+    }
+    for (size_t i = 0; i < stage_.steps.size(); ++i) {
+      CheckStep(stage_.steps[i], absl::StrCat("steps[", i, "]"));
+    }
+    return std::move(out_);
+  }
+
+ private:
+  void Platform(std::string field, std::string rule) {
+    out_.push_back({std::move(field), platform_, std::move(rule)});
+  }
+  void Operator(std::string field, std::string rule) {
+    out_.push_back(
+        {std::move(field), std::string(kOperatorPolicyName), std::move(rule)});
+  }
+  // "; use platform X instead", or nothing when the profile names none.
+  std::string Instead() const {
+    if (profile_ == nullptr || profile_->instead.empty()) return "";
+    return absl::StrCat("; use platform ", AbslView(profile_->instead),
+                        " instead");
+  }
+  // " or use platform X", or nothing: ends a suggestion already made.
+  std::string OrInstead() const {
+    if (profile_ == nullptr || profile_->instead.empty()) return "";
+    return absl::StrCat(" or use platform ", AbslView(profile_->instead));
+  }
+  std::string Title() const {
+    return profile_ == nullptr ? platform_ : std::string(profile_->title);
+  }
+
+  void CheckVolume(const Volume& volume, const std::string& at) {
+    if (const auto* empty_dir = std::get_if<EmptyDirVolume>(&volume.source)) {
+      CheckEmptyDir(*empty_dir, at + ".empty_dir");
+    } else if (const auto* host = std::get_if<HostPathVolume>(&volume.source)) {
+      CheckHostPath(*host, at + ".host_path");
+    } else if (const auto* efs = std::get_if<EfsVolume>(&volume.source)) {
+      CheckEfs(*efs, at + ".efs");
+    }
+  }
+
+  void CheckEmptyDir(const EmptyDirVolume& v, const std::string& at) {
+    if (!v.size_mib) return;
+    const int64_t size = *v.size_mib;
+    if (size <= 0) {
+      Platform(at + ".size_mib",
+               absl::StrCat("size_mib must be positive, got ", size));
+      return;
+    }
+    if (profile_ == nullptr) return;
+    const bool too_small =
+        profile_->min_empty_dir_mib && size < *profile_->min_empty_dir_mib;
+    const bool too_large =
+        profile_->max_empty_dir_mib && size > *profile_->max_empty_dir_mib;
+    if (too_small || too_large) {
+      Platform(
+          at + ".size_mib",
+          absl::StrCat("empty_dir size on ", Title(), " must be between ",
+                       profile_->min_empty_dir_mib.value_or(1), " and ",
+                       profile_->max_empty_dir_mib.value_or(INT64_MAX),
+                       " MiB, got ", size, "; omit size_mib for the default"));
+    }
+  }
+
+  void CheckHostPath(const HostPathVolume& v, const std::string& at) {
+    if (profile_ != nullptr && !profile_->host_path) {
+      Platform(at,
+               absl::StrCat("host_path volumes are not allowed on ", Title(),
+                            " (tasks cannot reach the host); "
+                            "use an empty_dir or efs volume",
+                            OrInstead()));
+    }
+    if (!policy_.allowed_host_paths.empty() &&
+        !HostPathAllowed(v.path, policy_.allowed_host_paths)) {
+      Operator(
+          at + ".path",
+          absl::StrCat("host path ", v.path,
+                       " is outside the paths the operator allows (",
+                       absl::StrJoin(policy_.allowed_host_paths, ", "), ")"));
+    }
+  }
+
+  void CheckEfs(const EfsVolume& v, const std::string& at) {
+    if (profile_ == nullptr) return;
+    if (!profile_->efs) {
+      Platform(at, absl::StrCat("EFS volumes cannot be mounted on ", Title(),
+                                "; use a container platform (docker, ecs-ec2, "
+                                "ecs-fargate)"));
+      return;
+    }
+    if (!IsFilesystemId(v.filesystem_id)) {
+      Platform(at + ".filesystem_id",
+               absl::StrCat("expected an EFS file system id like fs-0123abcd "
+                            "(fs- and 8 or 17 lowercase hex digits), got '",
+                            v.filesystem_id, "'"));
+    }
+    if (!v.root_directory.empty()) {
+      if (!absl::StartsWith(v.root_directory, "/")) {
+        Platform(at + ".root_directory",
+                 absl::StrCat("expected an absolute path inside the file "
+                              "system, like /data, got '",
+                              v.root_directory, "'"));
+      } else if (!v.access_point_id.empty() && v.root_directory != "/") {
+        // ECS rejects it: the access point fixes the directory.
+        Platform(at + ".root_directory",
+                 "with an access point, root_directory must be / or omitted "
+                 "(the access point sets the directory)");
+      }
+    }
+    if (!v.access_point_id.empty()) {
+      if (!IsAccessPointId(v.access_point_id)) {
+        Platform(at + ".access_point_id",
+                 absl::StrCat("expected an EFS access point id like "
+                              "fsap-0123456789abcdef0 (fsap- and 17 lowercase "
+                              "hex digits), got '",
+                              v.access_point_id, "'"));
+      }
+      if (!v.transit_encryption) {
+        Platform(at + ".access_point_id",
+                 "an access point needs transit_encryption: true");
+      }
+    }
+    if (v.iam && !v.transit_encryption) {
+      Platform(at + ".iam", "iam authorization needs transit_encryption: true");
+    }
+  }
+
+  void CheckStep(const Step& step, const std::string& at) {
+    const bool host = profile_ != nullptr && !profile_->containers;
+    if (host && !step.image.empty()) {
+      Platform(at + ".image",
+               absl::StrCat("platform host runs steps as host processes; "
+                            "remove the image",
+                            OrInstead()));
+    }
+    CheckSecurityContext(step.security_context, at + ".security_context");
+    for (size_t m = 0; m < step.volume_mounts.size(); ++m) {
+      CheckMount(step.volume_mounts[m],
+                 absl::StrCat(at, ".volume_mounts[", m, "]"));
+    }
+    if (host && !step.working_dir.empty() &&
+        !fs::path(step.working_dir).is_absolute()) {
+      const std::string norm =
+          fs::path(step.working_dir).lexically_normal().generic_string();
+      if (norm == ".." || absl::StartsWith(norm, "../")) {
+        Platform(at + ".working_dir",
+                 absl::StrCat(step.working_dir,
+                              " leaves the workspace; use a path inside it or "
+                              "an absolute one"));
+      }
+    }
+    CheckResources(step.resources, at + ".resources");
+  }
+
+  void CheckSecurityContext(const SecurityContext& sc, const std::string& at) {
+    // Names first: a typo is worth reporting whatever the platform allows.
+    CheckCapabilityNames(sc.add_capability, at + ".add_capability");
+    CheckCapabilityNames(sc.drop_capability, at + ".drop_capability");
+
+    // Only a request counts: privileged: false asks for nothing.
+    const bool privileged = sc.privileged.value_or(false);
+    if (profile_ != nullptr) {
+      const bool host = !profile_->containers;
+      auto deny = [&](const std::string& field, std::string_view what) {
+        if (host) {
+          Platform(at + "." + field,
+                   absl::StrCat("not supported on platform host (steps are "
+                                "host processes, not containers)",
+                                Instead()));
+        } else {
+          Platform(at + "." + field,
+                   absl::StrCat(AbslView(what), " not allowed on ", Title(),
+                                Instead()));
+        }
+      };
+      if (privileged && !profile_->privileged) {
+        deny("privileged", "privileged containers are");
+      }
+      if (sc.read_only_root_filesystem.value_or(false) &&
+          !profile_->read_only_root_filesystem) {
+        deny("read_only_root_filesystem", "a read-only root filesystem is");
+      }
+      if (!sc.drop_capability.empty() && !profile_->capability_drop) {
+        deny("drop_capability", "dropping capabilities is");
+      }
+      if (!sc.add_capability.empty() && !profile_->any_capability_add) {
+        if (host || profile_->capability_add.empty()) {
+          deny("add_capability", "adding capabilities is");
+        } else {
+          for (size_t i = 0; i < sc.add_capability.size(); ++i) {
+            const std::string_view bare = BareCapability(sc.add_capability[i]);
+            if (!IsKnownCapability(bare)) continue;  // reported above
+            const auto& allowed = profile_->capability_add;
+            if (std::find(allowed.begin(), allowed.end(), bare) !=
+                allowed.end()) {
+              continue;
+            }
+            Platform(
+                absl::StrCat(at, ".add_capability[", i, "]"),
+                absl::StrCat("adding ", sc.add_capability[i],
+                             " is not allowed on ", Title(), "; only ",
+                             JoinViews(allowed), " may be added", Instead()));
+          }
+        }
+      }
+    }
+
+    if (policy_.forbid_privileged && privileged) {
+      Operator(at + ".privileged",
+               absl::StrCat("privileged containers are forbidden by the "
+                            "operator (",
+                            AbslView(kPolicyForbidPrivilegedVar), ")"));
+    }
+    if (policy_.forbid_capability_add && !sc.add_capability.empty()) {
+      Operator(at + ".add_capability",
+               absl::StrCat("adding capabilities is forbidden by the "
+                            "operator (",
+                            AbslView(kPolicyForbidCapAddVar),
+                            "); dropping is allowed"));
+    }
+  }
+
+  void CheckCapabilityNames(const std::vector<std::string>& names,
+                            const std::string& at) {
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (IsKnownCapability(BareCapability(names[i]))) continue;
+      Platform(absl::StrCat(at, "[", i, "]"),
+               absl::StrCat("unknown capability '", names[i],
+                            "'; expected a Linux capability name in capitals "
+                            "like NET_ADMIN or SYS_PTRACE, or ALL"));
+    }
+  }
+
+  void CheckMount(const VolumeMount& mount, const std::string& at) {
+    const Volume* volume = stage_.FindVolume(mount.name);
+    if (volume == nullptr) {
+      Platform(at + ".name", absl::StrCat("no volume named '", mount.name,
+                                          "'; declare it under volumes"));
+      return;
+    }
+    if (profile_ == nullptr || profile_->containers) return;
+    // On the host a relative mount becomes a link in the workspace; an
+    // absolute one is the host's own directory, which only a host_path
+    // volume of exactly that path may name.
+    if (!fs::path(mount.path).is_absolute()) return;
+    const auto* host = std::get_if<HostPathVolume>(&volume->source);
+    if (host == nullptr ||
+        NormalizeHostPath(host->path) != NormalizeHostPath(mount.path)) {
+      Platform(at + ".path",
+               absl::StrCat("platform host cannot mount at the absolute path ",
+                            mount.path,
+                            "; use a path relative to the workspace (a link "
+                            "is made there), the host_path volume's own path, "
+                            "or a container platform"));
+    }
+  }
+
+  void CheckResources(const Resources& r, const std::string& at) {
+    if (r.cpus) {
+      if (!(*r.cpus > 0) || !std::isfinite(*r.cpus)) {
+        Platform(at + ".cpus", absl::StrCat("cpus must be a positive number, "
+                                            "got ",
+                                            *r.cpus));
+      } else if (policy_.max_cpus && *r.cpus > *policy_.max_cpus) {
+        Operator(at + ".cpus",
+                 absl::StrCat(*r.cpus,
+                              " cpus is more than the operator's cap "
+                              "of ",
+                              *policy_.max_cpus, " (",
+                              AbslView(kPolicyMaxCpusVar), ")"));
+      }
+    }
+    if (r.memory_mib) {
+      if (*r.memory_mib <= 0) {
+        Platform(
+            at + ".memory_mib",
+            absl::StrCat("memory_mib must be positive, got ", *r.memory_mib));
+      } else if (policy_.max_memory_mib &&
+                 *r.memory_mib > *policy_.max_memory_mib) {
+        Operator(at + ".memory_mib",
+                 absl::StrCat(*r.memory_mib,
+                              " MiB is more than the operator's cap of ",
+                              *policy_.max_memory_mib, " MiB (",
+                              AbslView(kPolicyMaxMemoryMibVar), ")"));
+      }
+    }
+  }
+
+  const Stage& stage_;
+  const PlatformProfile* const profile_;
+  const OperatorPolicy& policy_;
+  const std::string platform_;
+  std::vector<PolicyViolation> out_;
+};
+
+}  // namespace
+
+std::string PolicyViolation::ToString() const {
+  return absl::StrCat(field, ": ", rule, " (platform ", platform, ")");
+}
+
+const PlatformProfile* FindPlatformProfile(std::string_view platform) {
+  for (const PlatformProfile* p : kProfiles) {
+    if (p->name == platform) return p;
+  }
+  return nullptr;
+}
+
+std::vector<PolicyViolation> CheckStagePolicy(const Stage& stage,
+                                              const OperatorPolicy& policy) {
+  return Checker(stage, FindPlatformProfile(stage.platform), policy).Run();
+}
+
+absl::Status PolicyStatus(const std::vector<PolicyViolation>& violations) {
+  if (violations.empty()) return absl::OkStatus();
+  std::string message;
+  for (const PolicyViolation& v : violations) {
+    if (!message.empty()) message += '\n';
+    message += v.ToString();
+  }
+  return absl::InvalidArgumentError(message);
+}
+
+}  // namespace delegate

@@ -1,0 +1,303 @@
+// Container steps on the real Docker Engine, through the scheduler, as a
+// user's stage would run them. The image is the offline busybox one that
+// scripts/docker-test-setup.sh builds.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <future>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "delegate/builtin_executors.h"
+#include "delegate/scheduler.h"
+#include "executor/docker/docker_client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/fakes/recording_log_sink.h"
+
+namespace delegate {
+namespace {
+
+namespace fs = std::filesystem;
+using ::delegate::testing::RecordingLogSink;
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Not;
+
+constexpr const char* kImage = "delegate-test/busybox:latest";
+
+class DockerExecutorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto endpoint = docker::ParseDockerHost(
+        getenv("DOCKER_HOST") ? getenv("DOCKER_HOST") : "");
+    ASSERT_TRUE(endpoint.ok());
+    auto client = docker::DockerClient::Connect(*endpoint, absl::Seconds(5));
+    if (!client.ok()) {
+      if (getenv("DELEGATE_REQUIRE_DOCKER")) {
+        FAIL() << client.status();
+      }
+      GTEST_SKIP() << "no Docker Engine (" << client.status()
+                   << "); run scripts/docker-test-setup.sh";
+    }
+    client_ = *std::move(client);
+    delegate_name_ = "docker-test-" + std::to_string(getpid());
+    DockerExecutorOptions options;
+    options.grace_period = absl::Seconds(2);
+    ASSERT_TRUE(RegisterDockerExecutor(registry_, options).ok());
+    SchedulerOptions sched;
+    sched.registry = &registry_;
+    sched.log_sink = &sink_;
+    sched.delegate_name = delegate_name_;
+    scheduler_ = std::make_unique<Scheduler>(sched);
+  }
+
+  void TearDown() override {
+    if (!client_) return;
+    scheduler_.reset();
+    // Nothing labelled for this delegate survives a stage's cleanup.
+    const std::string label = "io.libdelegate.delegate=" + delegate_name_;
+    EXPECT_THAT(*client_->ListContainers(label), IsEmpty());
+    EXPECT_THAT(*client_->ListNetworks(label), IsEmpty());
+    EXPECT_THAT(*client_->ListVolumes(label), IsEmpty());
+  }
+
+  StageResult Run(Stage stage) {
+    std::promise<StageResult> done;
+    StageTask task;
+    task.id = "task-" + std::to_string(next_++);
+    task.stage = std::move(stage);
+    task.on_done = [&done](const StageResult& r) { done.set_value(r); };
+    absl::Status s = scheduler_->Submit(std::move(task));
+    EXPECT_TRUE(s.ok()) << s;
+    return done.get_future().get();
+  }
+
+  static Stage Steps(std::vector<std::vector<std::string>> commands) {
+    Stage stage;
+    stage.name = "docker-it";
+    stage.platform = "docker";
+    for (size_t i = 0; i < commands.size(); ++i) {
+      Step step;
+      step.id = "s" + std::to_string(i);
+      step.image = kImage;
+      step.commands = std::move(commands[i]);
+      stage.steps.push_back(std::move(step));
+    }
+    return stage;
+  }
+
+  std::string Text(const std::string& step) {
+    std::string out;
+    for (const std::string& line : sink_.TextOf(step)) out += line + "\n";
+    return out;
+  }
+
+  std::unique_ptr<docker::DockerClient> client_;
+  std::string delegate_name_;
+  ExecutorRegistry registry_;
+  RecordingLogSink sink_;
+  std::unique_ptr<Scheduler> scheduler_;
+  int next_ = 1;
+};
+
+TEST_F(DockerExecutorTest, StepsShareAWorkspaceAndReportExitCodes) {
+  Stage stage = Steps({{"echo built > artifact", "echo out; echo err >&2"},
+                       {"cat artifact", "pwd", "exit 5"},
+                       {"echo never"}});
+  stage.env["CI"] = "true";
+  stage.steps[0].envs["MODE"] = "fast";
+  stage.steps[0].commands.push_back("echo CI=$CI MODE=$MODE");
+  StageResult r = Run(stage);
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  EXPECT_EQ(r.steps[0].status, StepStatus::kSuccess);
+  EXPECT_EQ(r.steps[0].exit_code, 0);
+  EXPECT_EQ(r.steps[1].exit_code, 5);
+  EXPECT_EQ(r.steps[1].error, "exit status 5");
+  EXPECT_EQ(r.steps[2].status, StepStatus::kSkipped);
+  EXPECT_THAT(Text("s0"), HasSubstr("out\n"));
+  EXPECT_THAT(Text("s0"), HasSubstr("err\n"));
+  EXPECT_THAT(Text("s0"), HasSubstr("CI=true MODE=fast"));
+  EXPECT_THAT(Text("s1"), HasSubstr("built\n+ pwd\n/harness\n"));
+}
+
+TEST_F(DockerExecutorTest, OutputVariablesComeBackEvenWithAReadOnlyRoot) {
+  Stage stage = Steps({{"echo VERSION=2.0 >> $HARNESS_OUTPUT_FILE",
+                        "echo OTHER=x >> $DRONE_OUTPUT"}});
+  stage.steps[0].outputs = {"VERSION", "MISSING"};
+  stage.steps[0].security_context.read_only_root_filesystem = true;
+  StageResult r = Run(stage);
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  EXPECT_EQ(r.steps[0].outputs,
+            (std::map<std::string, std::string>{{"VERSION", "2.0"}}));
+  EXPECT_THAT(Text("s0"), HasSubstr("output MISSING was declared"));
+}
+
+TEST_F(DockerExecutorTest, RunAsUserAndGroupAreSeenInsideTheStep) {
+  Stage stage = Steps({{"id -u", "id -g", "echo mine > owned",
+                        "echo V=1 >> $HARNESS_OUTPUT_FILE"}});
+  stage.steps[0].security_context.run_as_user = 1000;
+  stage.steps[0].security_context.run_as_group = 1001;
+  stage.steps[0].outputs = {"V"};
+  StageResult r = Run(stage);
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  EXPECT_THAT(Text("s0"), HasSubstr("id -u\n1000\n"));
+  EXPECT_THAT(Text("s0"), HasSubstr("id -g\n1001\n"));
+  EXPECT_EQ(r.steps[0].outputs.at("V"), "1");
+}
+
+TEST_F(DockerExecutorTest, ReadOnlyRootFilesystemRefusesWritesToRoot) {
+  Stage stage = Steps({{"touch /harness/ok-here", "touch /not-here"}});
+  stage.steps[0].security_context.read_only_root_filesystem = true;
+  StageResult r = Run(stage);
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  EXPECT_THAT(Text("s0"), HasSubstr("Read-only file system"));
+  EXPECT_THAT(Text("s0"), Not(HasSubstr("touch /harness/ok-here\ntouch:")));
+}
+
+// The bounding set of this process: a privileged container gets at most it.
+std::string OwnCapBnd() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, "CapBnd:")) return line.substr(8);
+  }
+  return "";
+}
+
+TEST_F(DockerExecutorTest, CapabilityAddAndDropShowInTheCapabilityMask) {
+  Stage stage = Steps({{"grep CapEff /proc/self/status"}});
+  stage.steps[0].security_context.drop_capability = {"ALL"};
+  stage.steps[0].security_context.add_capability = {"NET_ADMIN"};
+  StageResult r = Run(stage);
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  // NET_ADMIN is capability 12.
+  EXPECT_THAT(Text("s0"), HasSubstr("CapEff:\t0000000000001000"));
+}
+
+TEST_F(DockerExecutorTest, DefaultCapabilitiesAreDockersNotAll) {
+  StageResult r = Run(Steps({{"grep CapEff /proc/self/status"}}));
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  EXPECT_THAT(Text("s0"), HasSubstr("CapEff:\t00000000a80425fb"));
+}
+
+TEST_F(DockerExecutorTest, PrivilegedStepGetsEveryCapabilityTheHostHas) {
+  Stage stage = Steps({{"grep CapEff /proc/self/status"}});
+  stage.steps[0].security_context.privileged = true;
+  StageResult r = Run(stage);
+  const std::string bounding = OwnCapBnd();
+  if (bounding == "000001ffffffffff") {
+    ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+    EXPECT_THAT(Text("s0"), HasSubstr("CapEff:\t000001ffffffffff"));
+  } else {
+    // This machine withholds a capability from root (for example a VM
+    // sandbox), so runc cannot start a privileged container: the step fails
+    // with the runtime's words, which shows the request reached it.
+    EXPECT_EQ(r.status, StepStatus::kFailure);
+    EXPECT_THAT(r.steps[0].error, HasSubstr("caps"));
+  }
+}
+
+TEST_F(DockerExecutorTest, VolumesAreSharedAndReadOnlyBindsAreReadOnly) {
+  const std::string host_dir =
+      ::testing::TempDir() + "/docker-bind-" + std::to_string(getpid());
+  fs::create_directories(host_dir);
+  std::ofstream(host_dir + "/input.txt") << "from the host\n";
+  Stage stage = Steps({{"echo cached > /cache/marker", "cat /src/input.txt",
+                        "touch /src/nope || echo bind is read-only"},
+                       {"cat /cache/marker"}});
+  stage.volumes.push_back({"cache", EmptyDirVolume{}});
+  HostPathVolume bind;
+  bind.path = host_dir;
+  bind.read_only = true;
+  stage.volumes.push_back({"src", bind});
+  stage.steps[0].volume_mounts = {{"cache", "/cache"}, {"src", "/src"}};
+  stage.steps[1].volume_mounts = {{"cache", "/cache"}};
+  StageResult r = Run(stage);
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  EXPECT_THAT(Text("s0"), HasSubstr("from the host"));
+  EXPECT_THAT(Text("s0"), HasSubstr("bind is read-only"));
+  EXPECT_THAT(Text("s1"), HasSubstr("cached"));
+  EXPECT_FALSE(fs::exists(host_dir + "/nope"));
+  fs::remove_all(host_dir);
+}
+
+TEST_F(DockerExecutorTest, StepsReachEachOtherOnTheStageNetworkByStepId) {
+  // The network exists for the stage and carries the step's alias.
+  Stage stage = Steps({{"cat /etc/hosts", "hostname -i"}});
+  StageResult r = Run(stage);
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  EXPECT_THAT(Text("s0"), Not(HasSubstr("172.17.")))
+      << "the step ran on the default bridge, not the stage's network";
+}
+
+TEST_F(DockerExecutorTest, TimeoutStopsTheContainerAndTheStageCleansUp) {
+  Stage stage = Steps({{"echo started", "sleep 300"}, {"echo never"}});
+  stage.steps[0].timeout = absl::Seconds(2);
+  const absl::Time start = absl::Now();
+  StageResult r = Run(stage);
+  EXPECT_EQ(r.steps[0].status, StepStatus::kTimeout);
+  EXPECT_EQ(r.steps[1].status, StepStatus::kSkipped);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+  EXPECT_THAT(Text("s0"), HasSubstr("started"));
+}
+
+TEST_F(DockerExecutorTest, CancelStopsARunningContainer) {
+  std::promise<StageResult> done;
+  StageTask task;
+  task.id = "cancel-me";
+  task.stage = Steps({{"echo running", "sleep 300"}});
+  task.on_done = [&done](const StageResult& r) { done.set_value(r); };
+  ASSERT_TRUE(scheduler_->Submit(std::move(task)).ok());
+  for (int i = 0; i < 3000 && !absl::StrContains(Text("s0"), "running"); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_TRUE(scheduler_->Cancel("cancel-me").ok());
+  StageResult r = done.get_future().get();
+  EXPECT_EQ(r.status, StepStatus::kCancelled);
+  EXPECT_EQ(r.steps[0].status, StepStatus::kCancelled);
+}
+
+TEST_F(DockerExecutorTest, OutOfMemoryIsReportedAsSuch) {
+  Stage stage = Steps({{"tail /dev/zero"}});
+  stage.steps[0].resources.memory_mib = 16;
+  StageResult r = Run(stage);
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  EXPECT_THAT(r.steps[0].error, HasSubstr("out of memory"));
+  EXPECT_THAT(r.steps[0].error, HasSubstr("16 MiB"));
+}
+
+TEST_F(DockerExecutorTest, MissingImageWithPullNeverIsAClearError) {
+  Stage stage = Steps({{"true"}});
+  stage.steps[0].image = "delegate-test/no-such-image:1";
+  stage.steps[0].pull = PullPolicy::kNever;
+  StageResult r = Run(stage);
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  EXPECT_THAT(r.steps[0].error, HasSubstr("delegate-test/no-such-image:1"));
+  EXPECT_THAT(r.steps[0].error, HasSubstr("pull: never"));
+}
+
+TEST_F(DockerExecutorTest, SecretsAreMaskedInContainerOutput) {
+  Stage stage =
+      Steps({{"echo \"token=$TOKEN\"", "printf %s \"$TOKEN\" | base64"}});
+  stage.secrets["T"] = "container-s3cret-value";
+  stage.steps[0].envs["TOKEN"] = "${{secrets.T}}";
+  StageResult r = Run(stage);
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  EXPECT_THAT(Text("s0"), HasSubstr("token=**************"));
+  EXPECT_THAT(sink_.All(), Not(HasSubstr("s3cret")));
+}
+
+TEST_F(DockerExecutorTest, ValidateRefusesStepsWithoutAnImage) {
+  Stage stage = Steps({{"true"}});
+  stage.steps[0].image.clear();
+  absl::Status s = ValidateForPlatform(registry_, stage);
+  EXPECT_THAT(s.message(), HasSubstr("steps[0].image"));
+}
+
+}  // namespace
+}  // namespace delegate
