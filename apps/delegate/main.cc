@@ -19,6 +19,7 @@
 #include "delegate/builtin_executors.h"
 #include "delegate/config.h"
 #include "delegate/console_log_sink.h"
+#include "delegate/policy.h"
 #include "delegate/scheduler.h"
 #include "delegate/stage_file.h"
 #include "delegate/version.h"
@@ -199,6 +200,13 @@ int Run(const Args& args) {
     fprintf(stderr, "%s\n", std::string(stage.status().message()).c_str());
     return kExitInvalid;
   }
+  absl::StatusOr<delegate::OperatorPolicy> policy =
+      delegate::LoadOperatorPolicy(delegate::ProcessEnvironment());
+  if (!policy.ok()) {
+    fprintf(stderr, "delegate: %s\n",
+            std::string(policy.status().message()).c_str());
+    return kExitInvalid;
+  }
   delegate::ExecutorRegistry registry;
   delegate::HostExecutorOptions host;
   host.workdir = config->workdir;
@@ -209,7 +217,7 @@ int Run(const Args& args) {
     fprintf(stderr, "delegate: %s\n", std::string(s.message()).c_str());
     return kExitInvalid;
   }
-  if (absl::Status s = delegate::ValidateForPlatform(registry, *stage);
+  if (absl::Status s = delegate::ValidateForPlatform(registry, *stage, *policy);
       !s.ok()) {
     for (absl::string_view line : absl::StrSplit(s.message(), '\n')) {
       fprintf(stderr, "%s: %s\n", args.file.c_str(), std::string(line).c_str());
@@ -239,6 +247,7 @@ int Run(const Args& args) {
   options.log_sink = &sink;
   options.delegate_name = config->name;
   options.max_stages = config->max_stages;
+  options.policy = *policy;
   delegate::Scheduler scheduler(options);
 
   std::promise<delegate::StageResult> done;

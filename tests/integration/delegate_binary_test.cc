@@ -295,3 +295,47 @@ steps:
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(DelegateBinaryTest, ValidateChecksFargateRulesAndOperatorPolicy) {
+  const std::string file = Write("fargate.yaml", R"(name: f
+platform: ecs-fargate
+volumes:
+  - {name: scratch, empty_dir: {size_mib: 1024}}
+  - {name: sock, host_path: {path: /var/run/docker.sock}}
+steps:
+  - id: a
+    image: busybox
+    commands: ["true"]
+    security_context: {privileged: true, add_capability: [NET_ADMIN]}
+    volume_mounts: [{name: scratch, path: /scratch}]
+)");
+  Outcome o = Run({"validate", file});
+  EXPECT_EQ(o.exit_code, 2) << o.out;
+  EXPECT_THAT(o.out, HasSubstr("steps[0].security_context.privileged"));
+  EXPECT_THAT(o.out, HasSubstr("add_capability"));
+  EXPECT_THAT(o.out, HasSubstr("volumes[0].empty_dir.size_mib"));
+  EXPECT_THAT(o.out, HasSubstr("volumes[1]"));
+  EXPECT_THAT(o.out, HasSubstr("ecs-fargate"));
+
+  const std::string docker = Write("docker.yaml", R"(name: d
+platform: docker
+steps:
+  - id: a
+    image: busybox
+    commands: ["true"]
+    security_context: {privileged: true}
+)");
+  EXPECT_EQ(Run({"validate", docker}).exit_code, 0);
+  Outcome narrowed =
+      Run({"validate", docker}, {"DELEGATE_POLICY_FORBID_PRIVILEGED=true"});
+  EXPECT_EQ(narrowed.exit_code, 2) << narrowed.out;
+  EXPECT_THAT(narrowed.out, HasSubstr("steps[0].security_context.privileged"));
+  EXPECT_THAT(narrowed.out, HasSubstr("operator"));
+  Outcome bad = Run({"validate", docker}, {"DELEGATE_POLICY_MAX_CPUS=lots"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.out, HasSubstr("DELEGATE_POLICY_MAX_CPUS"));
+}
+
+}  // namespace

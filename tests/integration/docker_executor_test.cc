@@ -237,7 +237,7 @@ TEST_F(DockerExecutorTest, StepsReachEachOtherOnTheStageNetworkByStepId) {
 
 TEST_F(DockerExecutorTest, TimeoutStopsTheContainerAndTheStageCleansUp) {
   Stage stage = Steps({{"echo started", "sleep 300"}, {"echo never"}});
-  stage.steps[0].timeout = absl::Seconds(2);
+  stage.steps[0].timeout = absl::Seconds(4);
   const absl::Time start = absl::Now();
   StageResult r = Run(stage);
   EXPECT_EQ(r.steps[0].status, StepStatus::kTimeout);
@@ -290,6 +290,44 @@ TEST_F(DockerExecutorTest, SecretsAreMaskedInContainerOutput) {
   ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
   EXPECT_THAT(Text("s0"), HasSubstr("token=**************"));
   EXPECT_THAT(sink_.All(), Not(HasSubstr("s3cret")));
+}
+
+TEST_F(DockerExecutorTest, ReusedContainerKeepsEachStepsEnvExitCodeAndDir) {
+  Stage stage = Steps({{"hostname > /harness/first", "echo MODE=$MODE"},
+                       {"test \"$(hostname)\" = \"$(cat /harness/first)\"",
+                        "echo MODE=$MODE", "pwd"},
+                       {"exit 4"},
+                       {"echo V=9 >> $HARNESS_OUTPUT_FILE"}});
+  stage.reuse_containers = true;
+  stage.steps[0].envs["MODE"] = "one";
+  stage.steps[1].envs["MODE"] = "two";
+  stage.steps[1].working_dir = "sub/dir";
+  stage.steps[2].continue_on_error = true;
+  stage.steps[3].outputs = {"V"};
+  StageResult r = Run(stage);
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  EXPECT_THAT(Text("s0"), HasSubstr("MODE=one"));
+  EXPECT_THAT(Text("s1"), HasSubstr("MODE=two"));
+  EXPECT_THAT(Text("s1"), HasSubstr("/harness/sub/dir"));
+  EXPECT_EQ(r.steps[1].status, StepStatus::kSuccess)
+      << "steps with one image did not share a container";
+  EXPECT_EQ(r.steps[2].exit_code, 4);
+  EXPECT_EQ(r.steps[2].status, StepStatus::kFailure);
+  EXPECT_EQ(r.steps[3].outputs.at("V"), "9");
+  EXPECT_THAT(sink_.All(), HasSubstr("is shared by the steps like this one"));
+}
+
+TEST_F(DockerExecutorTest, ReusedContainerIsReplacedAfterAStepTimesOut) {
+  Stage stage = Steps({{"hostname > /harness/first", "sleep 300"},
+                       {"test \"$(hostname)\" != \"$(cat /harness/first)\"",
+                        "echo fresh container"}});
+  stage.reuse_containers = true;
+  stage.steps[0].timeout = absl::Seconds(2);
+  stage.steps[0].continue_on_error = true;
+  StageResult r = Run(stage);
+  EXPECT_EQ(r.steps[0].status, StepStatus::kTimeout);
+  EXPECT_EQ(r.steps[1].status, StepStatus::kSuccess) << StageResultToJson(r);
+  EXPECT_THAT(Text("s1"), HasSubstr("fresh container"));
 }
 
 TEST_F(DockerExecutorTest, ValidateRefusesStepsWithoutAnImage) {

@@ -61,19 +61,18 @@ namespace delegate {
 absl::Status ValidateForPlatform(const ExecutorRegistry& registry,
                                  const Stage& stage,
                                  const OperatorPolicy& policy) {
-  std::unique_ptr<Executor> executor = registry.Create(stage.platform);
-  if (!executor) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "platform: no executor is registered for '", stage.platform,
-        "'; registered: ", absl::StrJoin(registry.Names(), ", ")));
-  }
   Stage resolved = stage;
   if (absl::Status s = ResolveStage(resolved); !s.ok()) return s;
   std::vector<std::string> problems;
   for (const PolicyViolation& v : CheckStagePolicy(resolved, policy)) {
     problems.push_back(v.ToString());
   }
-  if (absl::Status s = executor->Validate(resolved); !s.ok()) {
+  std::unique_ptr<Executor> executor = registry.Create(stage.platform);
+  if (!executor) {
+    problems.push_back(absl::StrCat(
+        "platform: no executor is registered for '", stage.platform,
+        "'; registered: ", absl::StrJoin(registry.Names(), ", ")));
+  } else if (absl::Status s = executor->Validate(resolved); !s.ok()) {
     problems.push_back(std::string(s.message()));
   }
   if (problems.empty()) return absl::OkStatus();

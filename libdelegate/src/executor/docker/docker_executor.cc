@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -156,6 +157,12 @@ class DockerExecutor final : public Executor {
 
  private:
   std::map<std::string, std::string> Labels(const StageContext& ctx) const;
+  StepResult ExecuteInSharedContainer(const StepContext& ctx,
+                                      ContainerSpec spec);
+  static void CollectOutputs(const StepContext& ctx, std::string_view text,
+                             StepResult& result);
+  static std::string OutputFile(const Step& step);
+  static std::string ContainerKey(const ContainerSpec& spec);
   absl::Status OpenVolumesToOtherUsers(const StageContext& ctx);
   absl::Status EnsureImage(const StepContext& ctx, const Step& step);
   absl::StatusOr<ContainerSpec> BuildSpec(const StepContext& ctx);
@@ -166,15 +173,13 @@ class DockerExecutor final : public Executor {
   std::string workspace_volume_;
   std::string engine_volume_;
   std::map<std::string, std::string> volumes_;  // stage volume -> docker name
+  // reuse_containers: ContainerKey -> the running container steps share.
+  std::map<std::string, std::string> shared_containers_;
+  size_t retired_containers_ = 0;  // stopped ones, for unique names
 };
 
 absl::Status DockerExecutor::Validate(const Stage& stage) {
   std::vector<std::string> problems;
-  if (stage.reuse_containers) {
-    problems.push_back(
-        "reuse_containers: platform docker runs one container per step in "
-        "this version; remove the setting");
-  }
   for (size_t i = 0; i < stage.volumes.size(); ++i) {
     if (std::holds_alternative<EfsVolume>(stage.volumes[i].source)) {
       problems.push_back(absl::StrCat(
@@ -348,8 +353,7 @@ absl::StatusOr<ContainerSpec> DockerExecutor::BuildSpec(
     spec.cmd = step.args;
     spec.working_dir = working_dir;
   }
-  const std::string output_file =
-      absl::StrCat(kEnginePath, "/", SafeSuffix(step.id), "-output.env");
+  const std::string output_file = OutputFile(step);
   for (const auto& [key, value] : step.envs) {
     spec.env.push_back(key + "=" + value);
   }
@@ -415,6 +419,9 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
   if (absl::Status s = EnsureImage(ctx, ctx.step); !s.ok()) return fail(s);
   absl::StatusOr<ContainerSpec> spec = BuildSpec(ctx);
   if (!spec.ok()) return fail(spec.status());
+  if (ctx.stage.stage.reuse_containers && !ctx.step.commands.empty()) {
+    return ExecuteInSharedContainer(ctx, *std::move(spec));
+  }
   absl::StatusOr<std::string> id = client_->CreateContainer(*spec);
   if (!id.ok()) {
     return fail(absl::Status(
@@ -427,42 +434,46 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
         s.code(), absl::StrCat("starting the container: ", s.message())));
   }
 
+  // On timeout or cancel the container is stopped from another thread while
+  // this one keeps reading its logs, so that nothing it printed before it
+  // died is lost; the stream ends when the container does.
   Clock& clock = ctx.stage.clock;
+  const absl::Duration grace = shared_->options().grace_period;
   std::optional<StepStatus> stopped;
-  auto should_stop = [&]() {
-    if (stopped) return true;
+  std::thread stopper;
+  auto watch = [&]() {
+    if (stopped) return false;
     if (ctx.stop.stop_requested()) {
       stopped = StepStatus::kCancelled;
     } else if (clock.Now() >= ctx.deadline) {
       stopped = StepStatus::kTimeout;
+    } else {
+      return false;
     }
-    return stopped.has_value();
+    ctx.output.SystemLine(absl::StrCat(
+        *stopped == StepStatus::kTimeout ? "step timed out" : "step cancelled",
+        "; stopping the container (SIGKILL after ", absl::FormatDuration(grace),
+        ")"));
+    stopper = std::thread([client = client_, container = *id, grace] {
+      (void)client->StopContainer(container, grace);
+    });
+    return false;
   };
   const OutputCallback output = [&ctx](LogStream stream,
                                        std::string_view bytes) {
     ctx.output.Write(stream, bytes);
   };
-  absl::Status followed = client_->FollowLogs(*id, output, should_stop);
-  if (!followed.ok() && !stopped) {
+  absl::Status followed = client_->FollowLogs(*id, output, watch);
+  if (!followed.ok()) {
     ctx.output.SystemLine(
         absl::StrCat("log stream ended early: ", followed.message()));
   }
-  absl::StatusOr<int> code = absl::CancelledError();
-  if (!stopped) code = client_->WaitContainer(*id, should_stop);
-  if (stopped) {
-    const absl::Duration grace = shared_->options().grace_period;
-    ctx.output.SystemLine(absl::StrCat(
-        *stopped == StepStatus::kTimeout ? "step timed out" : "step cancelled",
-        "; stopping the container (SIGKILL after ", absl::FormatDuration(grace),
-        ")"));
-    (void)client_->StopContainer(*id, grace);
-    code = client_->WaitContainer(*id, [] { return false; });
-  }
+  absl::StatusOr<int> code = client_->WaitContainer(*id, watch);
+  if (stopper.joinable()) stopper.join();
   absl::StatusOr<docker::ContainerState> state = client_->InspectContainer(*id);
   std::string outputs_text;
   if (!ctx.step.outputs.empty() && !stopped) {
-    const std::string file =
-        absl::StrCat(kEnginePath, "/", SafeSuffix(ctx.step.id), "-output.env");
+    const std::string file = OutputFile(ctx.step);
     if (absl::StatusOr<std::string> text =
             client_->ReadFile(*id, file, kMaxOutputFileBytes);
         text.ok()) {
@@ -492,7 +503,13 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
     result.status = StepStatus::kFailure;
     result.error = absl::StrCat("exit status ", *code);
   }
-  std::map<std::string, std::string> written = ParseOutputs(outputs_text);
+  CollectOutputs(ctx, outputs_text, result);
+  return result;
+}
+
+void DockerExecutor::CollectOutputs(const StepContext& ctx,
+                                    std::string_view text, StepResult& result) {
+  std::map<std::string, std::string> written = ParseOutputs(text);
   for (const std::string& name : ctx.step.outputs) {
     auto it = written.find(name);
     if (it != written.end()) {
@@ -503,6 +520,133 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
                                          "$HARNESS_OUTPUT_FILE"));
     }
   }
+}
+
+std::string DockerExecutor::OutputFile(const Step& step) {
+  return absl::StrCat(kEnginePath, "/", SafeSuffix(step.id), "-output.env");
+}
+
+// What makes two steps able to share one container: everything that is fixed
+// when a container is created.
+std::string DockerExecutor::ContainerKey(const ContainerSpec& spec) {
+  std::string key = absl::StrCat(
+      spec.image, "|", spec.privileged, "|", spec.read_only_rootfs, "|",
+      spec.nano_cpus.value_or(0), "|", spec.memory_bytes.value_or(0), "|");
+  absl::StrAppend(&key, absl::StrJoin(spec.cap_add, ","), "|",
+                  absl::StrJoin(spec.cap_drop, ","), "|");
+  for (const Mount& m : spec.mounts) {
+    absl::StrAppend(&key, static_cast<int>(m.type), ":", m.source, ":",
+                    m.target, ":", m.read_only, ";");
+  }
+  return key;
+}
+
+StepResult DockerExecutor::ExecuteInSharedContainer(const StepContext& ctx,
+                                                    ContainerSpec spec) {
+  StepResult result;
+  auto fail = [&](const absl::Status& status) {
+    result.status = StepStatus::kFailure;
+    result.error = std::string(status.message());
+    return result;
+  };
+  // The step's own settings go to the exec; the container only idles.
+  docker::DockerClient::ExecSpec exec;
+  exec.cmd = {"/bin/sh", "-c", spec.cmd.at(0)};
+  exec.env = std::move(spec.env);
+  exec.user = spec.user;
+  const std::string key = ContainerKey(spec);
+  auto found = shared_containers_.find(key);
+  if (found == shared_containers_.end()) {
+    spec.name = ObjectName(Transaction(ctx.stage),
+                           absl::StrCat("shared-", shared_containers_.size() +
+                                                       retired_containers_));
+    spec.entrypoint = {"/bin/sh", "-c"};
+    // Idles until stopped; SIGTERM ends it at once.
+    spec.cmd = {"trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"};
+    spec.env.clear();
+    spec.labels.erase("io.libdelegate.step");
+    spec.user = "";
+    absl::StatusOr<std::string> id = client_->CreateContainer(spec);
+    if (!id.ok()) {
+      return fail(absl::Status(id.status().code(),
+                               absl::StrCat("creating the shared container: ",
+                                            id.status().message())));
+    }
+    if (absl::Status s = client_->StartContainer(*id); !s.ok()) {
+      (void)client_->RemoveContainer(*id, true);
+      return fail(absl::Status(
+          s.code(),
+          absl::StrCat("starting the shared container: ", s.message())));
+    }
+    ctx.output.SystemLine(
+        absl::StrCat("container ", id->substr(0, 12), " of ", spec.image,
+                     " is shared by the steps like this one"));
+    found = shared_containers_.emplace(key, *id).first;
+  }
+  const std::string id = found->second;
+
+  Clock& clock = ctx.stage.clock;
+  std::optional<StepStatus> stopped;
+  auto should_stop = [&]() {
+    if (stopped) return true;
+    if (ctx.stop.stop_requested()) {
+      stopped = StepStatus::kCancelled;
+    } else if (clock.Now() >= ctx.deadline) {
+      stopped = StepStatus::kTimeout;
+    }
+    return stopped.has_value();
+  };
+  absl::StatusOr<int> code = client_->Exec(
+      id, exec,
+      [&ctx](LogStream stream, std::string_view bytes) {
+        ctx.output.Write(stream, bytes);
+      },
+      should_stop);
+  if (stopped) {
+    // An exec cannot be signalled on its own: the container goes, with
+    // everything the step started, and the next step like it gets a new one.
+    const absl::Duration grace = shared_->options().grace_period;
+    ctx.output.SystemLine(absl::StrCat(
+        *stopped == StepStatus::kTimeout ? "step timed out" : "step cancelled",
+        "; stopping its shared container (SIGKILL after ",
+        absl::FormatDuration(grace), ")"));
+    (void)client_->StopContainer(id, grace);
+    (void)client_->RemoveContainer(id, true);
+    shared_containers_.erase(found);
+    ++retired_containers_;
+    result.status = *stopped;
+    result.error = *stopped == StepStatus::kTimeout ? "timed out" : "cancelled";
+    return result;
+  }
+  if (!code.ok()) {
+    // The container may have died under the step (out of memory, say).
+    absl::StatusOr<docker::ContainerState> state =
+        client_->InspectContainer(id);
+    if (state.ok() && !state->running) {
+      (void)client_->RemoveContainer(id, true);
+      shared_containers_.erase(found);
+      ++retired_containers_;
+      if (state->oom_killed) {
+        return fail(absl::ResourceExhaustedError(
+            "killed: out of memory (the shared container hit its limit)"));
+      }
+    }
+    return fail(code.status());
+  }
+  result.exit_code = *code;
+  if (*code != 0) {
+    result.status = StepStatus::kFailure;
+    result.error = absl::StrCat("exit status ", *code);
+  }
+  std::string outputs_text;
+  if (!ctx.step.outputs.empty()) {
+    if (absl::StatusOr<std::string> text =
+            client_->ReadFile(id, OutputFile(ctx.step), kMaxOutputFileBytes);
+        text.ok()) {
+      outputs_text = *std::move(text);
+    }
+  }
+  CollectOutputs(ctx, outputs_text, result);
   return result;
 }
 
