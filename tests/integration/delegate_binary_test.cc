@@ -16,60 +16,15 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rapidjson/document.h"
+#include "tests/fakes/delegate_process.h"
 
 namespace {
 
 namespace fs = std::filesystem;
+using ::delegate::testing::DelegateProcess;
+using ::delegate::testing::Outcome;
 using ::testing::HasSubstr;
 using ::testing::Not;
-
-struct Outcome {
-  int exit_code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-class Child {
- public:
-  // Starts the binary with `args`, extra `env` on top of ours, output to a
-  // file.
-  Child(const std::vector<std::string>& args,
-        const std::vector<std::string>& env, const std::string& log)
-      : log_(log) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      for (const std::string& kv : env) putenv(strdup(kv.c_str()));
-      std::vector<char*> argv;
-      argv.push_back(const_cast<char*>(DELEGATE_BINARY));
-      for (const std::string& a : args) argv.push_back(strdup(a.c_str()));
-      argv.push_back(nullptr);
-      execv(DELEGATE_BINARY, argv.data());
-      _exit(127);
-    }
-  }
-  pid_t pid() const { return pid_; }
-  Outcome Wait() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    Outcome o;
-    o.exit_code =
-        WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    o.out = Output();
-    return o;
-  }
-  std::string Output() const {
-    std::ifstream in(log_);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
-
- private:
-  pid_t pid_;
-  std::string log_;
-};
 
 class DelegateBinaryTest : public ::testing::Test {
  protected:
@@ -90,7 +45,7 @@ class DelegateBinaryTest : public ::testing::Test {
   Outcome Run(const std::vector<std::string>& args,
               std::vector<std::string> env = {}) {
     env.push_back("HARNESS_WORKDIR=" + dir_ + "/work");
-    Child child(args, env, dir_ + "/log");
+    DelegateProcess child(args, env, dir_ + "/log");
     return child.Wait();
   }
 
@@ -245,7 +200,7 @@ steps:
     commands: ["true"]
 )"));
   const std::string result = dir_ + "/r.json";
-  Child child(
+  DelegateProcess child(
       {"exec", file, "--result", result, "--drain-timeout", "200ms"},
       {"HARNESS_WORKDIR=" + dir_ + "/work", "CLEANUP_GRACE_PERIOD_SECONDS=1"},
       dir_ + "/log");
@@ -281,8 +236,8 @@ TEST_F(DelegateBinaryTest, SigtermLetsAStageThatFinishesInTimeSucceed) {
 steps:
   - {id: a, commands: ["echo started", "sleep 0.5", "echo finished"]}
 )");
-  Child child({"exec", file, "--drain-timeout", "30s"},
-              {"HARNESS_WORKDIR=" + dir_ + "/work"}, dir_ + "/log");
+  DelegateProcess child({"exec", file, "--drain-timeout", "30s"},
+                        {"HARNESS_WORKDIR=" + dir_ + "/work"}, dir_ + "/log");
   for (int i = 0; i < 5000 && !absl::StrContains(child.Output(), "started");
        ++i) {
     absl::SleepFor(absl::Milliseconds(2));

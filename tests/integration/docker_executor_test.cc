@@ -16,7 +16,7 @@
 #include "executor/docker/docker_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/fakes/recording_log_sink.h"
+#include "tests/fakes/docker_engine.h"
 
 namespace delegate {
 namespace {
@@ -28,55 +28,10 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Not;
 
-constexpr const char* kImage = "delegate-test/busybox:latest";
+using ::delegate::testing::kTestImage;
 
-class DockerExecutorTest : public ::testing::Test {
+class DockerExecutorTest : public ::delegate::testing::DockerStageTest {
  protected:
-  void SetUp() override {
-    auto endpoint = docker::ParseDockerHost(
-        getenv("DOCKER_HOST") ? getenv("DOCKER_HOST") : "");
-    ASSERT_TRUE(endpoint.ok());
-    auto client = docker::DockerClient::Connect(*endpoint, absl::Seconds(5));
-    if (!client.ok()) {
-      if (getenv("DELEGATE_REQUIRE_DOCKER")) {
-        FAIL() << client.status();
-      }
-      GTEST_SKIP() << "no Docker Engine (" << client.status()
-                   << "); run scripts/docker-test-setup.sh";
-    }
-    client_ = *std::move(client);
-    delegate_name_ = "docker-test-" + std::to_string(getpid());
-    DockerExecutorOptions options;
-    options.grace_period = absl::Seconds(2);
-    ASSERT_TRUE(RegisterDockerExecutor(registry_, options).ok());
-    SchedulerOptions sched;
-    sched.registry = &registry_;
-    sched.log_sink = &sink_;
-    sched.delegate_name = delegate_name_;
-    scheduler_ = std::make_unique<Scheduler>(sched);
-  }
-
-  void TearDown() override {
-    if (!client_) return;
-    scheduler_.reset();
-    // Nothing labelled for this delegate survives a stage's cleanup.
-    const std::string label = "io.libdelegate.delegate=" + delegate_name_;
-    EXPECT_THAT(*client_->ListContainers(label), IsEmpty());
-    EXPECT_THAT(*client_->ListNetworks(label), IsEmpty());
-    EXPECT_THAT(*client_->ListVolumes(label), IsEmpty());
-  }
-
-  StageResult Run(Stage stage) {
-    std::promise<StageResult> done;
-    StageTask task;
-    task.id = "task-" + std::to_string(next_++);
-    task.stage = std::move(stage);
-    task.on_done = [&done](const StageResult& r) { done.set_value(r); };
-    absl::Status s = scheduler_->Submit(std::move(task));
-    EXPECT_TRUE(s.ok()) << s;
-    return done.get_future().get();
-  }
-
   static Stage Steps(std::vector<std::vector<std::string>> commands) {
     Stage stage;
     stage.name = "docker-it";
@@ -84,25 +39,12 @@ class DockerExecutorTest : public ::testing::Test {
     for (size_t i = 0; i < commands.size(); ++i) {
       Step step;
       step.id = "s" + std::to_string(i);
-      step.image = kImage;
+      step.image = kTestImage;
       step.commands = std::move(commands[i]);
       stage.steps.push_back(std::move(step));
     }
     return stage;
   }
-
-  std::string Text(const std::string& step) {
-    std::string out;
-    for (const std::string& line : sink_.TextOf(step)) out += line + "\n";
-    return out;
-  }
-
-  std::unique_ptr<docker::DockerClient> client_;
-  std::string delegate_name_;
-  ExecutorRegistry registry_;
-  RecordingLogSink sink_;
-  std::unique_ptr<Scheduler> scheduler_;
-  int next_ = 1;
 };
 
 TEST_F(DockerExecutorTest, StepsShareAWorkspaceAndReportExitCodes) {
@@ -328,6 +270,24 @@ TEST_F(DockerExecutorTest, ReusedContainerIsReplacedAfterAStepTimesOut) {
   EXPECT_EQ(r.steps[0].status, StepStatus::kTimeout);
   EXPECT_EQ(r.steps[1].status, StepStatus::kSuccess) << StageResultToJson(r);
   EXPECT_THAT(Text("s1"), HasSubstr("fresh container"));
+}
+
+TEST_F(DockerExecutorTest, DockerSocketCanBeMountedForDockerInDocker) {
+  // The install guide's Docker-in-Docker on ECS-on-EC2: the engine's socket
+  // through a host_path volume.
+  Stage stage = Steps({{"test -S /var/run/docker.sock && echo socket-ok"}});
+  HostPathVolume sock;
+  sock.path = "/var/run/docker.sock";
+  stage.volumes.push_back({"docker", sock});
+  stage.steps[0].volume_mounts = {{"docker", "/var/run/docker.sock"}};
+  StageResult r = Run(stage);
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  EXPECT_THAT(Text("s0"), HasSubstr("socket-ok"));
+  OperatorPolicy policy;
+  policy.allowed_host_paths = {"/srv/cache"};
+  absl::Status refused = ValidateForPlatform(registry_, stage, policy);
+  EXPECT_THAT(refused.message(), HasSubstr("volumes[0]"));
+  EXPECT_THAT(refused.message(), HasSubstr("operator"));
 }
 
 TEST_F(DockerExecutorTest, ValidateRefusesStepsWithoutAnImage) {

@@ -22,6 +22,7 @@
 #include "executor/docker/docker_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/fakes/docker_engine.h"
 #include "tests/fakes/recording_log_sink.h"
 
 namespace delegate {
@@ -63,65 +64,33 @@ void RemoveLocalImage() {
       absl::StrCat("docker rmi -f ", kImage, " >/dev/null 2>&1").c_str());
 }
 
-class DockerPullTest : public ::testing::Test {
+class DockerPullTest : public ::delegate::testing::DockerStageTest {
  protected:
+  std::string DelegateNamePrefix() const override {
+    return "docker-pull-test-";
+  }
+
   void SetUp() override {
-    auto endpoint = docker::ParseDockerHost(
-        getenv("DOCKER_HOST") ? getenv("DOCKER_HOST") : "");
-    ASSERT_TRUE(endpoint.ok());
-    auto client = docker::DockerClient::Connect(*endpoint, absl::Seconds(5));
-    if (!client.ok()) {
-      if (getenv("DELEGATE_REQUIRE_DOCKER")) {
-        FAIL() << client.status();
-      }
-      GTEST_SKIP() << "no Docker Engine (" << client.status()
-                   << "); run scripts/docker-test-setup.sh";
-    }
+    DockerStageTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     if (!RegistryListens()) {
-      if (getenv("DELEGATE_REQUIRE_DOCKER")) {
+      if (::delegate::testing::DockerRequired()) {
         FAIL() << "no registry on " << kRegistry;
       }
       GTEST_SKIP() << "no registry on " << kRegistry
                    << "; run scripts/docker-test-setup.sh";
     }
-    client_ = *std::move(client);
     RemoveLocalImage();
     absl::StatusOr<bool> exists = client_->ImageExists(kImage);
     ASSERT_TRUE(exists.ok()) << exists.status();
     ASSERT_FALSE(*exists) << "could not remove " << kImage
                           << " before the test (docker rmi -f)";
-    delegate_name_ = "docker-pull-test-" + std::to_string(getpid());
-    DockerExecutorOptions options;
-    options.grace_period = absl::Seconds(2);
-    ASSERT_TRUE(RegisterDockerExecutor(registry_, options).ok());
-    SchedulerOptions sched;
-    sched.registry = &registry_;
-    sched.log_sink = &sink_;
-    sched.delegate_name = delegate_name_;
-    scheduler_ = std::make_unique<Scheduler>(sched);
   }
 
   void TearDown() override {
-    if (!client_) return;
-    scheduler_.reset();
-    // Nothing labelled for this delegate survives a stage's cleanup.
-    const std::string label = "io.libdelegate.delegate=" + delegate_name_;
-    EXPECT_THAT(*client_->ListContainers(label), IsEmpty());
-    EXPECT_THAT(*client_->ListNetworks(label), IsEmpty());
-    EXPECT_THAT(*client_->ListVolumes(label), IsEmpty());
+    DockerStageTest::TearDown();
     // Leave the engine as scripts/docker-test-setup.sh left it.
-    RemoveLocalImage();
-  }
-
-  StageResult Run(Stage stage) {
-    std::promise<StageResult> done;
-    StageTask task;
-    task.id = "pull-" + std::to_string(next_++);
-    task.stage = std::move(stage);
-    task.on_done = [&done](const StageResult& r) { done.set_value(r); };
-    absl::Status s = scheduler_->Submit(std::move(task));
-    EXPECT_TRUE(s.ok()) << s;
-    return done.get_future().get();
+    if (client_) RemoveLocalImage();
   }
 
   // One step in the private image, pull: always, with `credentials` when
@@ -148,12 +117,6 @@ class DockerPullTest : public ::testing::Test {
     return c;
   }
 
-  std::string Text(const std::string& step) {
-    std::string out;
-    for (const std::string& line : sink_.TextOf(step)) out += line + "\n";
-    return out;
-  }
-
   // The registry's refusal, in the words people look for.
   static ::testing::Matcher<std::string> SaysRefused() {
     return AnyOf(HasSubstr("unauthorized"), HasSubstr("authentication"),
@@ -178,13 +141,6 @@ class DockerPullTest : public ::testing::Test {
     ASSERT_TRUE(exists.ok());
     EXPECT_FALSE(*exists) << "a refused pull left the image behind";
   }
-
-  std::unique_ptr<docker::DockerClient> client_;
-  std::string delegate_name_;
-  ExecutorRegistry registry_;
-  RecordingLogSink sink_;
-  std::unique_ptr<Scheduler> scheduler_;
-  int next_ = 1;
 };
 
 TEST_F(DockerPullTest, RightPasswordFromASecretPullsAndRuns) {

@@ -21,98 +21,23 @@
 #include "executor/docker/docker_client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/fakes/delegate_process.h"
+#include "tests/fakes/docker_engine.h"
 
 namespace delegate {
 namespace {
 
 namespace fs = std::filesystem;
+using ::delegate::testing::DelegateProcess;
+using ::delegate::testing::Outcome;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Not;
 
-struct Outcome {
-  int exit_code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-// The binary with `args`, extra `env` on top of ours, output to a file.
-class Child {
- public:
-  Child(const std::vector<std::string>& args,
-        const std::vector<std::string>& env, const std::string& log)
-      : log_(log) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      for (const std::string& kv : env) putenv(strdup(kv.c_str()));
-      std::vector<char*> argv;
-      argv.push_back(const_cast<char*>(DELEGATE_BINARY));
-      for (const std::string& a : args) argv.push_back(strdup(a.c_str()));
-      argv.push_back(nullptr);
-      execv(DELEGATE_BINARY, argv.data());
-      _exit(127);
-    }
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  ~Child() {
-    if (pid_ > 0 && !reaped_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-
-  pid_t pid() const { return pid_; }
-
-  Outcome Wait() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    reaped_ = true;
-    Outcome o;
-    o.exit_code =
-        WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    o.out = Output();
-    return o;
-  }
-
-  // True when the child has exited (and is reaped).
-  bool Exited() {
-    if (reaped_) return true;
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) reaped_ = true;
-    return reaped_;
-  }
-
-  std::string Output() const {
-    std::ifstream in(log_);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
-
- private:
-  pid_t pid_;
-  bool reaped_ = false;
-  std::string log_;
-};
-
 class DockerReapTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto endpoint = docker::ParseDockerHost(
-        getenv("DOCKER_HOST") ? getenv("DOCKER_HOST") : "");
-    ASSERT_TRUE(endpoint.ok());
-    auto client = docker::DockerClient::Connect(*endpoint, absl::Seconds(5));
-    if (!client.ok()) {
-      if (getenv("DELEGATE_REQUIRE_DOCKER")) {
-        FAIL() << client.status();
-      }
-      GTEST_SKIP() << "no Docker Engine (" << client.status()
-                   << "); run scripts/docker-test-setup.sh";
-    }
-    client_ = *std::move(client);
+    DELEGATE_CONNECT_TEST_ENGINE_OR_SKIP(client_);
     name_ = "reap-test-" + std::to_string(getpid()) + "-" +
             ::testing::UnitTest::GetInstance()->current_test_info()->name();
     dir_ = ::testing::TempDir() + "/delegate-reap-" + std::to_string(getpid());
@@ -144,7 +69,7 @@ class DockerReapTest : public ::testing::Test {
   }
 
   Outcome Cleanup() {
-    Child child({"cleanup"}, Env(), dir_ + "/cleanup.log");
+    DelegateProcess child({"cleanup"}, Env(), dir_ + "/cleanup.log");
     return child.Wait();
   }
 
@@ -167,7 +92,7 @@ steps:
     volume_mounts: [{name: cache, path: /cache}]
     commands: ["echo reap-marker-$((6*7))", "sleep 300"]
 )yaml");
-  Child exec({"exec", file}, Env(), dir_ + "/exec.log");
+  DelegateProcess exec({"exec", file}, Env(), dir_ + "/exec.log");
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
   while (!absl::StrContains(exec.Output(), "reap-marker-42") &&
          !exec.Exited() && absl::Now() < deadline) {
@@ -207,9 +132,7 @@ steps:
   EXPECT_THAT(
       o.out, HasSubstr(absl::StrCat(name_, ": ", total, " leftovers removed")));
 
-  EXPECT_THAT(*client_->ListContainers(Label()), IsEmpty());
-  EXPECT_THAT(*client_->ListNetworks(Label()), IsEmpty());
-  EXPECT_THAT(*client_->ListVolumes(Label()), IsEmpty());
+  EXPECT_THAT(::delegate::testing::Labelled(*client_, Label()), IsEmpty());
 
   // A second run finds nothing.
   Outcome again = Cleanup();
