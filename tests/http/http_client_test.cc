@@ -374,7 +374,7 @@ TEST(HttpClientTest, AbortAbandonsAStalledStreamPromptly) {
   stopper.join();
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
   EXPECT_EQ(streamed, "first");
-  EXPECT_LT(returned_at - stopped_at.load(), 200000) << "abandoned too slowly";
+  EXPECT_LT(returned_at - stopped_at.load(), 1000000) << "abandoned too slowly";
 
   // The handle goes back to the pool and works for the next request, on a
   // fresh connection (the abandoned one was closed).
@@ -402,7 +402,7 @@ TEST(HttpClientTest, AbortBeforeAnyResponse) {
   request.abort = [&] { return absl::Now() > deadline; };
   absl::StatusOr<Response> r = client.Perform(request);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled) << r.status();
-  EXPECT_LT(absl::Now() - deadline, absl::Milliseconds(200));
+  EXPECT_LT(absl::Now() - deadline, absl::Seconds(1));
 }
 
 TEST(HttpClientTest, BodyCallbackCanStopTheTransfer) {
