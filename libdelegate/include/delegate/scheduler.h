@@ -80,9 +80,11 @@ class Scheduler {
   // cleanup run. NotFound when the id is neither queued nor running.
   absl::Status Cancel(std::string_view task_id);
 
-  // Graceful drain: takes nothing new, cancels what is still queued, lets
-  // running stages finish for up to `drain`, then cancels them, and returns
-  // when every stage's cleanup has finished. Idempotent.
+  // Graceful drain: takes nothing new; cancels the queued stages that wait
+  // for capacity (those accepted while a slot was free still start); lets
+  // the running ones finish for up to `drain`, then cancels them and whatever
+  // is still queued; returns when every stage's cleanup has finished.
+  // Idempotent.
   void Shutdown(absl::Duration drain);
 
   SchedulerStats stats() const;
