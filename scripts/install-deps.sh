@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   cmake g++ make pkg-config git ca-certificates
   libabsl-dev rapidjson-dev libyaml-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev curl
+  libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev curl libssl-dev
   # The Docker tests: an engine, the test image's rootfs, a loopback registry.
   docker.io iptables busybox-static docker-registry apache2-utils
 )
