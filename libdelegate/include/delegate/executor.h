@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -51,6 +52,11 @@ struct StepContext {
   // and returns kCancelled.
   std::stop_token stop;
 };
+
+// Why a step must stop now: kCancelled when its stop was requested,
+// kTimeout when its deadline has passed on the stage's clock, nullopt while
+// it may go on. What an executor polls while a step runs.
+std::optional<StepStatus> StopReason(const StepContext& ctx);
 
 // One instance runs one stage: the scheduler calls Validate, then
 // Initialize, then Execute once per step in order, then Cleanup. Cleanup is

@@ -54,29 +54,42 @@ std::vector<std::string> ExecutorRegistry::Names() const {
 }  // namespace delegate
 
 #include "absl/strings/str_join.h"
+#include "executor/validation.h"
 #include "scheduler/secrets.h"
 
 namespace delegate {
 
-absl::Status ValidateForPlatform(const ExecutorRegistry& registry,
-                                 const Stage& stage,
-                                 const OperatorPolicy& policy) {
-  Stage resolved = stage;
-  if (absl::Status s = ResolveStage(resolved); !s.ok()) return s;
+std::optional<StepStatus> StopReason(const StepContext& ctx) {
+  if (ctx.stop.stop_requested()) return StepStatus::kCancelled;
+  if (ctx.stage.clock.Now() >= ctx.deadline) return StepStatus::kTimeout;
+  return std::nullopt;
+}
+
+absl::Status CheckResolvedStage(const ExecutorRegistry& registry,
+                                Executor* executor, const Stage& resolved,
+                                const OperatorPolicy& policy) {
   std::vector<std::string> problems;
   for (const PolicyViolation& v : CheckStagePolicy(resolved, policy)) {
     problems.push_back(v.ToString());
   }
-  std::unique_ptr<Executor> executor = registry.Create(stage.platform);
   if (!executor) {
     problems.push_back(absl::StrCat(
-        "platform: no executor is registered for '", stage.platform,
+        "platform: no executor is registered for '", resolved.platform,
         "'; registered: ", absl::StrJoin(registry.Names(), ", ")));
   } else if (absl::Status s = executor->Validate(resolved); !s.ok()) {
     problems.push_back(std::string(s.message()));
   }
   if (problems.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
+}
+
+absl::Status ValidateForPlatform(const ExecutorRegistry& registry,
+                                 const Stage& stage,
+                                 const OperatorPolicy& policy) {
+  Stage resolved = stage;
+  if (absl::Status s = ResolveStage(resolved); !s.ok()) return s;
+  std::unique_ptr<Executor> executor = registry.Create(stage.platform);
+  return CheckResolvedStage(registry, executor.get(), resolved, policy);
 }
 
 }  // namespace delegate

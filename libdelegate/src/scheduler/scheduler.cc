@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "executor/validation.h"
 #include "logs/masker.h"
 #include "logs/output_pipeline.h"
 #include "scheduler/secrets.h"
@@ -490,16 +491,9 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
   }
   std::unique_ptr<Executor> executor =
       options_.registry->Create(stage.platform);
-  if (!executor) {
-    return fail_before_start(absl::StrCat(
-        "platform: no executor is registered for '", stage.platform, "'"));
-  }
-  if (std::vector<PolicyViolation> violations =
-          CheckStagePolicy(stage, options_.policy);
-      !violations.empty()) {
-    return fail_before_start(std::string(PolicyStatus(violations).message()));
-  }
-  if (absl::Status s = executor->Validate(stage); !s.ok()) {
+  if (absl::Status s = CheckResolvedStage(*options_.registry, executor.get(),
+                                          stage, options_.policy);
+      !s.ok()) {
     return fail_before_start(std::string(s.message()));
   }
 

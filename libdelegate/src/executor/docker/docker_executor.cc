@@ -16,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "delegate/builtin_executors.h"
 #include "executor/docker/docker_client.h"
+#include "executor/names.h"
 #include "executor/outputs.h"
 #include "executor/shell.h"
 #include "util/strings.h"
@@ -41,12 +42,7 @@ constexpr size_t kMaxOutputFileBytes = 1 << 20;
 // A Docker object name: [a-zA-Z0-9][a-zA-Z0-9_.-]*, with a hash of the whole
 // id so that two ids that sanitize alike stay apart.
 std::string ObjectName(std::string_view task_id, std::string_view suffix) {
-  std::string clean;
-  for (char c : task_id.substr(0, 40)) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                    (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
-    clean += ok ? c : '-';
-  }
+  const std::string clean = SanitizeName(task_id, '-', 40);
   uint32_t hash = 2166136261u;  // FNV-1a
   for (char c : task_id) hash = (hash ^ static_cast<uint8_t>(c)) * 16777619u;
   std::string name = absl::StrFormat("delegate-%s-%08x", clean, hash);
@@ -58,15 +54,23 @@ std::string Transaction(const StageContext& ctx) {
   return ctx.delegate_name + "/" + ctx.task_id;
 }
 
-std::string SafeSuffix(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                    (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
-    out += ok ? c : '-';
-  }
-  return out.substr(0, 60);
+// "step timed out; stopping WHAT (SIGKILL after 10s)".
+std::string StopLine(StepStatus why, std::string_view what,
+                     absl::Duration grace) {
+  return absl::StrCat(
+      why == StepStatus::kTimeout ? "step timed out" : "step cancelled",
+      "; stopping ", AbslView(what), " (SIGKILL after ",
+      absl::FormatDuration(grace), ")");
 }
+
+// Output of a container or exec, into the step's log.
+OutputCallback ToOutput(const StepContext& ctx) {
+  return [&ctx](LogStream stream, std::string_view bytes) {
+    ctx.output.Write(stream, bytes);
+  };
+}
+
+std::string SafeSuffix(std::string_view s) { return SanitizeName(s, '-', 60); }
 
 // Removes the containers, networks and volumes that carry `label`
 // ("key=value"), noting each in `removed` when given. What is already gone
@@ -437,33 +441,18 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
   // On timeout or cancel the container is stopped from another thread while
   // this one keeps reading its logs, so that nothing it printed before it
   // died is lost; the stream ends when the container does.
-  Clock& clock = ctx.stage.clock;
   const absl::Duration grace = shared_->options().grace_period;
   std::optional<StepStatus> stopped;
   std::thread stopper;
   auto watch = [&]() {
-    if (stopped) return false;
-    if (ctx.stop.stop_requested()) {
-      stopped = StepStatus::kCancelled;
-    } else if (clock.Now() >= ctx.deadline) {
-      stopped = StepStatus::kTimeout;
-    } else {
-      return false;
-    }
-    ctx.output.SystemLine(absl::StrCat(
-        *stopped == StepStatus::kTimeout ? "step timed out" : "step cancelled",
-        "; stopping the container (SIGKILL after ", absl::FormatDuration(grace),
-        ")"));
+    if (stopped || !(stopped = StopReason(ctx))) return false;
+    ctx.output.SystemLine(StopLine(*stopped, "the container", grace));
     stopper = std::thread([client = client_, container = *id, grace] {
       (void)client->StopContainer(container, grace);
     });
     return false;
   };
-  const OutputCallback output = [&ctx](LogStream stream,
-                                       std::string_view bytes) {
-    ctx.output.Write(stream, bytes);
-  };
-  absl::Status followed = client_->FollowLogs(*id, output, watch);
+  absl::Status followed = client_->FollowLogs(*id, ToOutput(ctx), watch);
   if (!followed.ok()) {
     ctx.output.SystemLine(
         absl::StrCat("log stream ended early: ", followed.message()));
@@ -585,31 +574,18 @@ StepResult DockerExecutor::ExecuteInSharedContainer(const StepContext& ctx,
   }
   const std::string id = found->second;
 
-  Clock& clock = ctx.stage.clock;
   std::optional<StepStatus> stopped;
   auto should_stop = [&]() {
-    if (stopped) return true;
-    if (ctx.stop.stop_requested()) {
-      stopped = StepStatus::kCancelled;
-    } else if (clock.Now() >= ctx.deadline) {
-      stopped = StepStatus::kTimeout;
-    }
+    if (!stopped) stopped = StopReason(ctx);
     return stopped.has_value();
   };
-  absl::StatusOr<int> code = client_->Exec(
-      id, exec,
-      [&ctx](LogStream stream, std::string_view bytes) {
-        ctx.output.Write(stream, bytes);
-      },
-      should_stop);
+  absl::StatusOr<int> code =
+      client_->Exec(id, exec, ToOutput(ctx), should_stop);
   if (stopped) {
     // An exec cannot be signalled on its own: the container goes, with
     // everything the step started, and the next step like it gets a new one.
     const absl::Duration grace = shared_->options().grace_period;
-    ctx.output.SystemLine(absl::StrCat(
-        *stopped == StepStatus::kTimeout ? "step timed out" : "step cancelled",
-        "; stopping its shared container (SIGKILL after ",
-        absl::FormatDuration(grace), ")"));
+    ctx.output.SystemLine(StopLine(*stopped, "its shared container", grace));
     (void)client_->StopContainer(id, grace);
     (void)client_->RemoveContainer(id, true);
     shared_containers_.erase(found);

@@ -16,6 +16,7 @@
 #include "absl/strings/strip.h"
 #include "delegate/builtin_executors.h"
 #include "delegate/config.h"
+#include "executor/names.h"
 #include "executor/outputs.h"
 #include "executor/shell.h"
 
@@ -44,13 +45,9 @@ std::string Describe(const ExitInfo& exit) {
   return absl::StrCat("exit status ", exit.exit_code);
 }
 
+// Never empty and never a dot file (".", "..").
 std::string SafeFileName(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                    (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
-    out += ok ? c : '_';
-  }
+  std::string out = SanitizeName(s, '_', 64);
   if (out.empty() || out[0] == '.') out.insert(out.begin(), '_');
   return out.substr(0, 64);
 }
@@ -309,15 +306,7 @@ StepResult HostExecutor::Execute(const StepContext& ctx) {
   };
   std::optional<ExitInfo> exit;
   std::optional<StepStatus> stopped;
-  while (!(exit = process.Wait(remaining()))) {
-    if (ctx.stop.stop_requested()) {
-      stopped = StepStatus::kCancelled;
-      break;
-    }
-    if (clock.Now() >= ctx.deadline) {
-      stopped = StepStatus::kTimeout;
-      break;
-    }
+  while (!(exit = process.Wait(remaining())) && !(stopped = StopReason(ctx))) {
   }
   if (stopped) {
     ctx.output.SystemLine(absl::StrCat(
