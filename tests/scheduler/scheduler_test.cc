@@ -552,5 +552,165 @@ TEST_F(SchedulerTest, ManyStagesFromManyThreadsAllCompleteOnce) {
   EXPECT_EQ(scheduler->stats().completed, 1000u);
 }
 
+// A stage whose steps arrive one at a time, as Harness sends them.
+struct FedStage {
+  std::shared_ptr<StageFeed> feed;
+  std::future<absl::Status> initialized;
+  std::future<StageResult> done;
+};
+
+FedStage OpenFed(Scheduler& scheduler, const std::string& id,
+                 const std::string& platform = "test",
+                 absl::Duration idle = absl::Hours(1)) {
+  auto init = std::make_shared<std::promise<absl::Status>>();
+  auto result = std::make_shared<std::promise<StageResult>>();
+  FedStage fed;
+  fed.initialized = init->get_future();
+  fed.done = result->get_future();
+  fed.feed = std::make_shared<StageFeed>(
+      [init](const absl::Status& s) { init->set_value(s); }, idle);
+  StageTask task;
+  task.id = id;
+  task.stage = MakeStage({}, platform);
+  task.feed = fed.feed;
+  task.on_done = [result](const StageResult& r) { result->set_value(r); };
+  EXPECT_TRUE(scheduler.Submit(std::move(task)).ok());
+  return fed;
+}
+
+std::future<StepResult> PushStep(StageFeed& feed, Step step,
+                                 std::vector<std::string> masks = {}) {
+  auto promise = std::make_shared<std::promise<StepResult>>();
+  auto future = promise->get_future();
+  absl::Status s =
+      feed.Push(std::move(step), std::move(masks),
+                [promise](const StepResult& r) { promise->set_value(r); });
+  if (!s.ok()) {
+    StepResult r;
+    r.status = StepStatus::kSkipped;
+    r.error = std::string(s.message());
+    promise->set_value(r);
+  }
+  return future;
+}
+
+std::future<absl::Status> CloseFed(StageFeed& feed) {
+  auto promise = std::make_shared<std::promise<absl::Status>>();
+  feed.Close([promise](const absl::Status& s) { promise->set_value(s); });
+  return promise->get_future();
+}
+
+TEST_F(SchedulerTest, FedStageRunsStepsAsTheyArriveOnOneInstance) {
+  auto scheduler = Make();
+  FedStage fed = OpenFed(*scheduler, "txn");
+  ASSERT_TRUE(fed.initialized.get().ok());
+  StepResult a = PushStep(*fed.feed, MakeStep("a", "output:V=1")).get();
+  EXPECT_EQ(a.status, StepStatus::kSuccess);
+  EXPECT_EQ(a.outputs.at("V"), "1");
+  // A failed step does not end a fed stage: the manager sends what is next.
+  StepResult b = PushStep(*fed.feed, MakeStep("b", "fail")).get();
+  EXPECT_EQ(b.status, StepStatus::kFailure);
+  EXPECT_EQ(b.exit_code, 3);
+  StepResult c = PushStep(*fed.feed, MakeStep("c", "ok")).get();
+  EXPECT_EQ(c.status, StepStatus::kSuccess);
+  EXPECT_TRUE(CloseFed(*fed.feed).get().ok());
+  StageResult r = fed.done.get();
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  ASSERT_EQ(r.steps.size(), 3u);
+  EXPECT_THAT(journal_.Calls(),
+              ElementsAre("init:txn", "exec:txn:a", "exec:txn:b", "exec:txn:c",
+                          "cleanup:txn"));
+  for (size_t i = 1; i < journal_.instances.size(); ++i) {
+    EXPECT_EQ(journal_.instances[i], journal_.instances[0]);
+  }
+  // Cleanup is idempotent; a step after it is refused.
+  EXPECT_TRUE(CloseFed(*fed.feed).get().ok());
+  EXPECT_THAT(PushStep(*fed.feed, MakeStep("d", "ok")).get().error,
+              HasSubstr("has ended"));
+}
+
+TEST_F(SchedulerTest, FedStageReportsAFailedInitializeAndStillCleansUp) {
+  auto scheduler = Make();
+  FedStage fed = OpenFed(*scheduler, "txn", "broken-init");
+  absl::Status init = fed.initialized.get();
+  EXPECT_THAT(init.message(), HasSubstr("no network today"));
+  EXPECT_EQ(fed.done.get().status, StepStatus::kFailure);
+  EXPECT_THAT(journal_.Calls(), ElementsAre("init:txn", "cleanup:txn"));
+  EXPECT_TRUE(CloseFed(*fed.feed).get().ok());
+}
+
+TEST_F(SchedulerTest, FedStepsAreMaskedAndCheckedAsTheyArrive) {
+  auto scheduler = Make();
+  FedStage fed = OpenFed(*scheduler, "txn");
+  ASSERT_TRUE(fed.initialized.get().ok());
+  StepResult said =
+      PushStep(*fed.feed, MakeStep("a", "say:token=hunter2"), {"hunter2"})
+          .get();
+  EXPECT_EQ(said.status, StepStatus::kSuccess);
+  EXPECT_THAT(sink_.All(), HasSubstr("token="));
+  EXPECT_THAT(sink_.All(), Not(HasSubstr("hunter2")));
+  StepResult unknown =
+      PushStep(*fed.feed, MakeStep("b", "say:${{secrets.nope}}")).get();
+  EXPECT_EQ(unknown.status, StepStatus::kFailure);
+  EXPECT_THAT(unknown.error, HasSubstr("nope"));
+  EXPECT_TRUE(CloseFed(*fed.feed).get().ok());
+  EXPECT_THAT(journal_.Calls(),
+              ElementsAre("init:txn", "exec:txn:a", "cleanup:txn"));
+}
+
+TEST_F(SchedulerTest, CancelOfAFedStageStopsTheStepAndAnswersTheQueued) {
+  auto scheduler = Make();
+  FedStage fed = OpenFed(*scheduler, "txn");
+  ASSERT_TRUE(fed.initialized.get().ok());
+  auto waiting = PushStep(*fed.feed, MakeStep("a", "wait"));
+  auto queued = PushStep(*fed.feed, MakeStep("b", "ok"));
+  WaitForCall("exec:txn:a");
+  ASSERT_TRUE(scheduler->Cancel("txn").ok());
+  EXPECT_EQ(waiting.get().status, StepStatus::kCancelled);
+  EXPECT_EQ(queued.get().status, StepStatus::kCancelled);
+  EXPECT_EQ(fed.done.get().status, StepStatus::kCancelled);
+  EXPECT_THAT(journal_.Calls(),
+              ElementsAre("init:txn", "exec:txn:a", "cleanup:txn"));
+}
+
+TEST_F(SchedulerTest, FedStageHoldsItsCapacitySlotUntilCleanup) {
+  auto scheduler = Make(1);
+  FedStage first = OpenFed(*scheduler, "one");
+  ASSERT_TRUE(first.initialized.get().ok());
+  FedStage second = OpenFed(*scheduler, "two");
+  EXPECT_EQ(second.initialized.wait_for(std::chrono::milliseconds(50)),
+            std::future_status::timeout);
+  EXPECT_EQ(scheduler->stats().queued, 1u);
+  EXPECT_TRUE(CloseFed(*first.feed).get().ok());
+  EXPECT_TRUE(second.initialized.get().ok());
+  EXPECT_TRUE(CloseFed(*second.feed).get().ok());
+}
+
+TEST_F(SchedulerTest, AFedStageThatHearsNothingIsCleanedUp) {
+  auto scheduler = Make();
+  FedStage fed = OpenFed(*scheduler, "txn", "test", absl::Milliseconds(20));
+  ASSERT_TRUE(fed.initialized.get().ok());
+  StageResult r = fed.done.get();
+  EXPECT_EQ(r.status, StepStatus::kCancelled);
+  EXPECT_THAT(r.error, HasSubstr("no step and no cleanup arrived"));
+  EXPECT_THAT(journal_.Calls(), ElementsAre("init:txn", "cleanup:txn"));
+}
+
+TEST_F(SchedulerTest, ShutdownCancelsAFedStageWaitingForCapacity) {
+  auto scheduler = Make(1);
+  FedStage first = OpenFed(*scheduler, "one");
+  ASSERT_TRUE(first.initialized.get().ok());
+  FedStage second = OpenFed(*scheduler, "two");
+  std::thread closer([&] {
+    absl::SleepFor(absl::Milliseconds(20));
+    first.feed->Close(nullptr);
+  });
+  scheduler->Shutdown(absl::Seconds(5));
+  closer.join();
+  EXPECT_THAT(second.initialized.get().message(), HasSubstr("shut down"));
+  EXPECT_EQ(second.done.get().status, StepStatus::kCancelled);
+  EXPECT_EQ(first.done.get().status, StepStatus::kSuccess);
+}
+
 }  // namespace
 }  // namespace delegate

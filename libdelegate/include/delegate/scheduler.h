@@ -3,9 +3,12 @@
 #ifndef DELEGATE_SCHEDULER_H_
 #define DELEGATE_SCHEDULER_H_
 
+#include <condition_variable>
 #include <cstddef>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -38,9 +41,78 @@ struct SchedulerOptions {
   OperatorPolicy policy;
 };
 
+// The steps of a stage that arrive one at a time, for a manager that sends a
+// stage's init, each step and its cleanup as separate tasks (Harness's
+// local_init, local_execute, local_cleanup). Submit the stage with its feed
+// and no steps: the scheduler initializes it, then runs each pushed step as it
+// arrives, on the same executor instance, until Close (or a cancel, a
+// shutdown, the stage deadline or `idle_timeout` without a step) ends it, and
+// then runs cleanup. A failed step does not end the stage: the manager decides
+// what comes next. Thread-safe.
+class StageFeed {
+ public:
+  using StepDone = std::function<void(const StepResult&)>;
+  using Cleaned = std::function<void(const absl::Status&)>;
+
+  // `on_initialized` is called once: with OK when the stage is ready for
+  // steps, or with why it will take none (initialize failed, the stage was
+  // refused, cancelled while queued, the delegate shut down).
+  explicit StageFeed(std::function<void(const absl::Status&)> on_initialized,
+                     absl::Duration idle_timeout = absl::Hours(1));
+  StageFeed(const StageFeed&) = delete;
+  StageFeed& operator=(const StageFeed&) = delete;
+
+  // Queues a step behind those pushed before. `masks` are more values to mask
+  // in its output and result, on top of the stage's secrets. `done` is called
+  // once with the step's result, also when the stage ends before the step
+  // runs (kSkipped, or kCancelled). FailedPrecondition when the stage has
+  // ended or Close was called; `done` is then not called.
+  absl::Status Push(Step step, std::vector<std::string> masks, StepDone done);
+
+  // No more steps: cleanup runs once the queued steps are done. `cleaned` is
+  // called with cleanup's status, at once when the stage has already been
+  // cleaned up (then with that cleanup's status). Idempotent: every call's
+  // `cleaned` is called.
+  void Close(Cleaned cleaned);
+
+  // True once cleanup has run.
+  bool ended() const;
+
+ private:
+  friend class Scheduler;
+  struct Pending {
+    Step step;
+    std::vector<std::string> masks;
+    StepDone done;
+  };
+  // The scheduler's side.
+  void Initialized(const absl::Status& status);
+  // The next step, or nullopt when the stage is over: closed and drained,
+  // stopped, past `deadline` (on `clock`), or idle for idle_timeout.
+  // `idle` is set when the last reason applies.
+  std::optional<Pending> Next(const std::stop_token& stop, Clock& clock,
+                              absl::Time deadline, bool* idle);
+  // Cleanup ran with `status`; queued steps are answered with `leftover`.
+  void Ended(const absl::Status& status, StepStatus leftover,
+             const std::string& why);
+
+  const absl::Duration idle_timeout_;
+  mutable std::mutex mu_;
+  std::condition_variable_any cv_;
+  std::function<void(const absl::Status&)> on_initialized_;  // guarded by mu_
+  std::deque<Pending> queue_;                                // guarded by mu_
+  bool closed_ = false;                                      // guarded by mu_
+  bool ended_ = false;                                       // guarded by mu_
+  absl::Status cleanup_status_;                              // guarded by mu_
+  std::vector<Cleaned> cleaned_;                             // guarded by mu_
+};
+
 struct StageTask {
   std::string id;  // unique per delivery source; a repeat is refused
   Stage stage;
+  // Set for a stage whose steps arrive one by one (stage.steps is then
+  // ignored); see StageFeed.
+  std::shared_ptr<StageFeed> feed;
   Priority priority = Priority::kNormal;
   // Called once with the final result, on the stage's thread (or on the
   // caller's thread when a queued task is cancelled or shut down). Must not

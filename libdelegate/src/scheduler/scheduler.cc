@@ -46,6 +46,113 @@ std::string Readable(absl::Duration d) {
 
 }  // namespace
 
+StageFeed::StageFeed(std::function<void(const absl::Status&)> on_initialized,
+                     absl::Duration idle_timeout)
+    : idle_timeout_(idle_timeout), on_initialized_(std::move(on_initialized)) {}
+
+absl::Status StageFeed::Push(Step step, std::vector<std::string> masks,
+                             StepDone done) {
+  {
+    std::lock_guard lock(mu_);
+    if (ended_) {
+      return absl::FailedPreconditionError(
+          "the stage has ended on this delegate (cleaned up); initialize it "
+          "again");
+    }
+    if (closed_) {
+      return absl::FailedPreconditionError(
+          "the stage's cleanup was already requested");
+    }
+    queue_.push_back({std::move(step), std::move(masks), std::move(done)});
+  }
+  cv_.notify_all();
+  return absl::OkStatus();
+}
+
+void StageFeed::Close(Cleaned cleaned) {
+  absl::Status status;
+  {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+    if (!ended_) {
+      cleaned_.push_back(std::move(cleaned));
+      cv_.notify_all();
+      return;
+    }
+    status = cleanup_status_;
+  }
+  if (cleaned) cleaned(status);
+}
+
+bool StageFeed::ended() const {
+  std::lock_guard lock(mu_);
+  return ended_;
+}
+
+void StageFeed::Initialized(const absl::Status& status) {
+  std::function<void(const absl::Status&)> callback;
+  {
+    std::lock_guard lock(mu_);
+    callback.swap(on_initialized_);
+  }
+  if (callback) callback(status);
+}
+
+std::optional<StageFeed::Pending> StageFeed::Next(const std::stop_token& stop,
+                                                  Clock& clock,
+                                                  absl::Time deadline,
+                                                  bool* idle) {
+  *idle = false;
+  // The stage deadline is on the stage's clock (a fake one in tests), the
+  // idle timeout in real time: wake at least every second to look at both.
+  const auto idle_until = std::chrono::steady_clock::now() +
+                          absl::ToChronoMilliseconds(
+                              std::min(idle_timeout_, absl::Hours(24 * 365)));
+  std::unique_lock lock(mu_);
+  while (true) {
+    if (!queue_.empty()) {
+      Pending next = std::move(queue_.front());
+      queue_.pop_front();
+      return next;
+    }
+    if (closed_ || stop.stop_requested() || clock.Now() >= deadline) {
+      return std::nullopt;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= idle_until) {
+      *idle = true;
+      return std::nullopt;
+    }
+    cv_.wait_until(lock, stop,
+                   std::min(idle_until, now + std::chrono::seconds(1)),
+                   [&] { return !queue_.empty() || closed_; });
+  }
+}
+
+void StageFeed::Ended(const absl::Status& status, StepStatus leftover,
+                      const std::string& why) {
+  std::deque<Pending> left;
+  std::vector<Cleaned> cleaned;
+  {
+    std::lock_guard lock(mu_);
+    ended_ = true;
+    cleanup_status_ = status;
+    left.swap(queue_);
+    cleaned.swap(cleaned_);
+  }
+  Initialized(absl::FailedPreconditionError(why));  // no-op once called
+  for (Pending& p : left) {
+    StepResult r;
+    r.id = p.step.id;
+    r.status = leftover;
+    r.error = why;
+    if (p.done) p.done(r);
+  }
+  for (Cleaned& c : cleaned) {
+    if (c) c(status);
+  }
+}
+
 class Scheduler::Impl {
  public:
   explicit Impl(SchedulerOptions options)
@@ -97,6 +204,12 @@ class Scheduler::Impl {
   StageResult RunStage(Entry& entry);
   static StageResult NotRun(const StageTask& task, StepStatus status,
                             const std::string& why);
+  // A queued stage that will not run: CANCELLED with `why`.
+  static void Abandon(const StageTask& task, const std::string& why) {
+    if (task.on_done) task.on_done(NotRun(task, StepStatus::kCancelled, why));
+    if (task.feed)
+      task.feed->Ended(absl::OkStatus(), StepStatus::kCancelled, why);
+  }
 
   const SchedulerOptions options_;
   Clock& clock_;
@@ -225,10 +338,7 @@ absl::Status Scheduler::Impl::Cancel(std::string_view task_id) {
     ++completed_;
     Forget(entry->task.id);
   }
-  if (entry->task.on_done) {
-    entry->task.on_done(
-        NotRun(entry->task, StepStatus::kCancelled, "cancelled while queued"));
-  }
+  Abandon(entry->task, "cancelled while queued");
   return absl::OkStatus();
 }
 
@@ -259,10 +369,7 @@ void Scheduler::Impl::Shutdown(absl::Duration drain) {
   };
   auto report = [](const std::vector<EntryPtr>& dropped) {
     for (const EntryPtr& entry : dropped) {
-      if (entry->task.on_done) {
-        entry->task.on_done(NotRun(entry->task, StepStatus::kCancelled,
-                                   "the delegate shut down before it started"));
-      }
+      Abandon(entry->task, "the delegate shut down before it started");
     }
   };
   std::vector<EntryPtr> dropped;
@@ -483,6 +590,11 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
     result.status = StepStatus::kFailure;
     result.error = mask(why);
     skip_rest(0, "skipped: " + result.error);
+    if (task.feed) {
+      task.feed->Initialized(absl::FailedPreconditionError(result.error));
+      task.feed->Ended(absl::OkStatus(), StepStatus::kSkipped,
+                       "skipped: " + result.error);
+    }
     return finish();
   };
 
@@ -510,11 +622,107 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
                ? "cancelled: the delegate is shutting down"
                : "cancelled";
   };
+  // Runs one resolved step on the executor.
+  auto run_step = [&](const Step& step, size_t index,
+                      const std::shared_ptr<const logs::SecretMasker>& m) {
+    const absl::Time step_start = clock_.Now();
+    const absl::Time step_deadline = std::min(
+        step.timeout ? step_start + *step.timeout : absl::InfiniteFuture(),
+        stage_deadline);
+    StepResult r;
+    {
+      logs::StepOutputWriter output(*options_.log_sink, clock_, m, task.id,
+                                    step.id, options_.max_line_bytes);
+      const StepContext step_context{
+          context, step, index, output, step_deadline, entry.stop.get_token()};
+      r = executor->Execute(step_context);
+      output.Flush();
+    }
+    r.id = step.id;
+    r.duration = clock_.Now() - step_start;
+    if (m) {
+      r.error = m->Mask(r.error);
+      for (auto& [key, value] : r.outputs) value = m->Mask(value);
+    }
+    return r;
+  };
+
   bool stage_timed_out = false;
-  if (absl::Status s = executor->Initialize(context); !s.ok()) {
+  const absl::Status initialized = executor->Initialize(context);
+  if (task.feed) {
+    task.feed->Initialized(
+        initialized.ok()
+            ? initialized
+            : absl::Status(initialized.code(),
+                           mask(std::string(initialized.message()))));
+  }
+  std::string feed_end;  // why a fed stage's remaining steps do not run
+  if (!initialized.ok()) {
     result.status = StepStatus::kFailure;
-    result.error = mask(absl::StrCat("initialize: ", s.message()));
+    result.error = mask(absl::StrCat("initialize: ", initialized.message()));
     skip_rest(0, "skipped: initialize failed");
+    feed_end = "skipped: initialize failed";
+  } else if (task.feed) {
+    size_t index = 0;
+    bool idle = false;
+    while (std::optional<StageFeed::Pending> next = task.feed->Next(
+               entry.stop.get_token(), clock_, stage_deadline, &idle)) {
+      // Each step is checked as it arrives, as a whole stage is before it
+      // starts: its secrets, the policy, the executor.
+      Stage view = stage;  // steps is empty for a fed stage
+      view.steps.push_back(std::move(next->step));
+      std::shared_ptr<const logs::SecretMasker> step_masker = masker;
+      if (!next->masks.empty()) {
+        std::vector<std::string> values = std::move(next->masks);
+        for (const auto& [id, value] : stage.secrets) values.push_back(value);
+        step_masker = std::make_shared<logs::SecretMasker>(values);
+      }
+      StepResult r;
+      absl::Status checked = ResolveStage(view);
+      if (checked.ok()) {
+        checked = CheckResolvedStage(*options_.registry, executor.get(), view,
+                                     options_.policy);
+      }
+      if (!checked.ok()) {
+        r.id = view.steps[0].id;
+        r.status = StepStatus::kFailure;
+        r.error = std::string(checked.message());
+        if (step_masker) r.error = step_masker->Mask(r.error);
+      } else {
+        r = run_step(view.steps[0], index, step_masker);
+      }
+      ++index;
+      result.steps.push_back(r);
+      if (r.status == StepStatus::kCancelled) {
+        result.status = StepStatus::kCancelled;
+        result.error = stop_reason();
+      } else if (r.status == StepStatus::kTimeout &&
+                 clock_.Now() >= stage_deadline) {
+        stage_timed_out = true;
+      } else if ((r.status == StepStatus::kFailure ||
+                  r.status == StepStatus::kTimeout) &&
+                 result.status == StepStatus::kSuccess) {
+        result.status = r.status;
+      }
+      if (next->done) next->done(r);
+      if (r.status == StepStatus::kCancelled || stage_timed_out) break;
+    }
+    if (entry.stop.stop_requested()) {
+      result.status = StepStatus::kCancelled;
+      result.error = stop_reason();
+      feed_end = "skipped: the stage was " + stop_reason();
+    } else if (clock_.Now() >= stage_deadline) {
+      stage_timed_out = true;
+      feed_end = "skipped: the stage timed out";
+    } else if (idle) {
+      result.status = StepStatus::kCancelled;
+      result.error = absl::StrCat("no step and no cleanup arrived for ",
+                                  Readable(task.feed->idle_timeout_),
+                                  "; the stage was cleaned up");
+      feed_end = "skipped: " + result.error;
+    } else {
+      feed_end = "skipped: the stage was cleaned up";
+    }
   } else {
     std::string blocked;  // why the remaining steps do not run
     for (size_t i = 0; i < stage.steps.size(); ++i) {
@@ -533,24 +741,7 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
         skip_rest(i, blocked);
         break;
       }
-      const absl::Time step_start = clock_.Now();
-      const absl::Time step_deadline = std::min(
-          step.timeout ? step_start + *step.timeout : absl::InfiniteFuture(),
-          stage_deadline);
-      StepResult r;
-      {
-        logs::StepOutputWriter output(*options_.log_sink, clock_, masker,
-                                      task.id, step.id,
-                                      options_.max_line_bytes);
-        const StepContext step_context{
-            context, step, i, output, step_deadline, entry.stop.get_token()};
-        r = executor->Execute(step_context);
-        output.Flush();
-      }
-      r.id = step.id;
-      r.duration = clock_.Now() - step_start;
-      r.error = mask(std::move(r.error));
-      for (auto& [key, value] : r.outputs) value = mask(std::move(value));
+      StepResult r = run_step(step, i, masker);
       const StepStatus status = r.status;
       result.steps.push_back(std::move(r));
       if (status == StepStatus::kCancelled) {
@@ -579,11 +770,20 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
   const StageContext cleanup_context{
       stage,  task.id,           options_.delegate_name, stage_output,
       clock_, std::stop_token(), absl::InfiniteFuture()};
-  if (absl::Status s = executor->Cleanup(cleanup_context); !s.ok()) {
-    const std::string what = mask(absl::StrCat("cleanup: ", s.message()));
+  absl::Status cleaned = executor->Cleanup(cleanup_context);
+  if (!cleaned.ok()) {
+    const std::string what = mask(absl::StrCat("cleanup: ", cleaned.message()));
     stage_output.SystemLine(what);
     result.error =
         result.error.empty() ? what : absl::StrCat(result.error, "; ", what);
+    cleaned = absl::Status(cleaned.code(), what);
+  }
+  if (task.feed) {
+    task.feed->Ended(cleaned,
+                     result.status == StepStatus::kCancelled
+                         ? StepStatus::kCancelled
+                         : StepStatus::kSkipped,
+                     feed_end.empty() ? "skipped: the stage ended" : feed_end);
   }
   return finish();
 }
