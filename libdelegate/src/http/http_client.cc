@@ -1,9 +1,14 @@
 #include "http/http_client.h"
 
 #include <curl/curl.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include <cstring>
 #include <exception>
+#include <iterator>
 #include <mutex>
 #include <utility>
 
@@ -11,6 +16,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "util/strings.h"
 
 namespace delegate::http {
@@ -33,13 +39,78 @@ long ToMillis(absl::Duration d) {
   return ms < 1 ? 1 : static_cast<long>(ms);
 }
 
-// The URL for messages: without its query, which may carry tokens.
+// `url` without "user:password@" before its host.
+std::string WithoutUserinfo(std::string_view url) {
+  size_t scheme = url.find("://");
+  size_t host = scheme == std::string_view::npos ? 0 : scheme + 3;
+  size_t end = url.find_first_of("/?#", host);
+  size_t at = url.substr(0, end).rfind('@');
+  if (at == std::string_view::npos || at < host) return std::string(url);
+  return absl::StrCat(AbslView(url.substr(0, host)),
+                      AbslView(url.substr(at + 1)));
+}
+
+// The URL for messages: without its query, which may carry tokens, nor
+// credentials; likewise the proxy's.
 std::string UrlForMessages(const Request& request) {
-  std::string url = request.url.substr(0, request.url.find('?'));
+  std::string url = WithoutUserinfo(
+      std::string_view(request.url).substr(0, request.url.find_first_of("?#")));
   if (!request.unix_socket.empty()) {
     absl::StrAppend(&url, " (unix socket ", request.unix_socket, ")");
   }
+  if (!request.proxy.empty()) {
+    absl::StrAppend(&url, " via proxy ", WithoutUserinfo(request.proxy));
+  }
   return url;
+}
+
+bool IsTlsError(CURLcode result) {
+  switch (result) {
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_USE_SSL_FAILED:
+#if CURL_AT_LEAST_VERSION(7, 77, 0)
+    case CURLE_SSL_CLIENTCERT:
+#endif
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Adds every certificate in the PEM file `path` to `store`.
+absl::Status AddCertificates(X509_STORE* store, const std::string& path) {
+  ERR_clear_error();
+  BIO* bio = BIO_new_file(path.c_str(), "r");
+  if (bio == nullptr) {
+    const int error = errno;
+    ERR_clear_error();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot read CA file \"", path, "\": ", std::strerror(error)));
+  }
+  int added = 0;
+  while (X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
+    if (X509_STORE_add_cert(store, cert) == 1) ++added;
+    X509_free(cert);
+  }
+  BIO_free(bio);
+  ERR_clear_error();  // the read that ends the loop leaves "no start line"
+  if (added == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("no PEM certificate in CA file \"", path, "\""));
+  }
+  return absl::OkStatus();
 }
 
 // What the callbacks share with Perform for one transfer. Callbacks run on
@@ -53,6 +124,7 @@ struct Transfer {
   bool stopped = false;        // on_body returned false
   bool aborted = false;        // abort returned true
   bool too_big = false;        // max_body_bytes exceeded
+  absl::Status tls_setup;      // adding extra_ca_files failed
   std::string callback_error;  // an exception thrown by a callback
 };
 
@@ -132,6 +204,20 @@ int OnProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
   return 0;
 }
 
+// Called by libcurl with each new connection's SSL_CTX, after it loaded its
+// CA store: the extra CAs join that store rather than replace it.
+CURLcode OnSslContext(CURL*, void* ssl_ctx, void* user) {
+  auto* t = static_cast<Transfer*>(user);
+  X509_STORE* store = SSL_CTX_get_cert_store(static_cast<SSL_CTX*>(ssl_ctx));
+  for (const std::string& file : t->request->tls.extra_ca_files) {
+    if (absl::Status s = AddCertificates(store, file); !s.ok()) {
+      t->tls_setup = s;
+      return CURLE_SSL_CACERT_BADFILE;
+    }
+  }
+  return CURLE_OK;
+}
+
 absl::StatusCode CodeFor(CURLcode result) {
   switch (result) {
     case CURLE_OPERATION_TIMEDOUT:
@@ -139,6 +225,10 @@ absl::StatusCode CodeFor(CURLcode result) {
     case CURLE_URL_MALFORMAT:
     case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_BAD_FUNCTION_ARGUMENT:
+    // The caller's own TLS files are unusable: retrying will not help.
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CRL_BADFILE:
       return absl::StatusCode::kInvalidArgument;
     case CURLE_OUT_OF_MEMORY:
       return absl::StatusCode::kResourceExhausted;
@@ -157,6 +247,7 @@ struct HttpClient::Handle {
   // for socket activity in 100 ms slices and poll `abort` in between; the
   // multi handle also keeps the connection cache between requests.
   CURLM* multi = nullptr;
+  std::string trust_key;  // see Acquire
 
   ~Handle() {
     if (easy != nullptr) curl_easy_cleanup(easy);
@@ -178,16 +269,19 @@ HttpClient::HttpClient(size_t max_idle_handles)
 
 HttpClient::~HttpClient() = default;
 
-std::unique_ptr<HttpClient::Handle> HttpClient::Acquire() {
+std::unique_ptr<HttpClient::Handle> HttpClient::Acquire(
+    const std::string& trust_key) {
   {
     absl::MutexLock lock(&mu_);
-    if (!idle_.empty()) {
-      std::unique_ptr<Handle> handle = std::move(idle_.back());
-      idle_.pop_back();
+    for (auto it = idle_.rbegin(); it != idle_.rend(); ++it) {
+      if ((*it)->trust_key != trust_key) continue;
+      std::unique_ptr<Handle> handle = std::move(*it);
+      idle_.erase(std::next(it).base());
       return handle;
     }
   }
   auto handle = std::make_unique<Handle>();
+  handle->trust_key = trust_key;
   handle->easy = curl_easy_init();
   handle->multi = curl_multi_init();
   if (handle->easy == nullptr || handle->multi == nullptr) return nullptr;
@@ -195,15 +289,22 @@ std::unique_ptr<HttpClient::Handle> HttpClient::Acquire() {
 }
 
 void HttpClient::Release(std::unique_ptr<Handle> handle) {
+  std::unique_ptr<Handle> evicted;  // cleaned up outside the lock
   absl::MutexLock lock(&mu_);
-  if (idle_.size() < max_idle_handles_) idle_.push_back(std::move(handle));
+  if (max_idle_handles_ == 0) return;
+  if (idle_.size() >= max_idle_handles_) {
+    evicted = std::move(idle_.front());  // the least recently used
+    idle_.erase(idle_.begin());
+  }
+  idle_.push_back(std::move(handle));
 }
 
 absl::StatusOr<Response> HttpClient::Perform(const Request& request) {
   if (request.url.empty() || request.method.empty()) {
     return absl::InvalidArgumentError("HTTP request without a URL or method");
   }
-  std::unique_ptr<Handle> handle = Acquire();
+  std::unique_ptr<Handle> handle =
+      Acquire(absl::StrJoin(request.tls.extra_ca_files, "\n"));
   if (handle == nullptr) {
     return absl::ResourceExhaustedError("cannot create a libcurl handle");
   }
@@ -218,7 +319,9 @@ absl::StatusOr<Response> HttpClient::Perform(const Request& request) {
   char error_buffer[CURL_ERROR_SIZE] = {};
 
   curl_slist* headers = nullptr;
+  bool asks_expect = false;
   for (const auto& [name, value] : request.headers) {
+    if (absl::EqualsIgnoreCase(AbslView(name), "expect")) asks_expect = true;
     // "Name;" is libcurl's spelling of a header with an empty value.
     std::string line = value.empty() ? absl::StrCat(name, ";")
                                      : absl::StrCat(name, ": ", value);
@@ -226,7 +329,7 @@ absl::StatusOr<Response> HttpClient::Perform(const Request& request) {
   }
   const bool sends_body = !request.body.empty() || request.method == "POST" ||
                           request.method == "PUT" || request.method == "PATCH";
-  if (sends_body) {
+  if (sends_body && !asks_expect) {
     // libcurl would otherwise wait for a "100 Continue" on larger bodies.
     headers = curl_slist_append(headers, "Expect:");
   }
@@ -248,6 +351,14 @@ absl::StatusOr<Response> HttpClient::Perform(const Request& request) {
     curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, ToMillis(request.timeout));
   }
   curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+  if (!request.proxy.empty()) {
+    curl_easy_setopt(easy, CURLOPT_PROXY, request.proxy.c_str());
+  } else if (!request.use_env_proxy) {
+    curl_easy_setopt(easy, CURLOPT_PROXY, "");  // "": no proxy, env or not
+  }
+  if (!request.no_proxy.empty()) {
+    curl_easy_setopt(easy, CURLOPT_NOPROXY, request.no_proxy.c_str());
+  }
   if (headers != nullptr) curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
 
   if (request.method == "HEAD") {
@@ -277,6 +388,18 @@ absl::StatusOr<Response> HttpClient::Perform(const Request& request) {
                    request.tls.verify_peer ? 1L : 0L);
   curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST,
                    request.tls.verify_peer ? 2L : 0L);
+  if (!request.tls.extra_ca_files.empty()) {
+    curl_easy_setopt(easy, CURLOPT_SSL_CTX_DATA, &transfer);
+    if (curl_easy_setopt(easy, CURLOPT_SSL_CTX_FUNCTION, &OnSslContext) !=
+        CURLE_OK) {
+      curl_slist_free_all(headers);
+      curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, nullptr);
+      Release(std::move(handle));
+      return absl::FailedPreconditionError(absl::StrCat(
+          request.method, " ", UrlForMessages(request),
+          ": TLS: extra_ca_files needs a libcurl built with OpenSSL"));
+    }
+  }
 
   curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, &OnHeader);
   curl_easy_setopt(easy, CURLOPT_HEADERDATA, &transfer);
@@ -331,6 +454,11 @@ absl::StatusOr<Response> HttpClient::Perform(const Request& request) {
 
   const std::string what =
       absl::StrCat(request.method, " ", UrlForMessages(request));
+  if (!transfer.tls_setup.ok()) {
+    return absl::Status(
+        transfer.tls_setup.code(),
+        absl::StrCat(what, ": TLS: ", transfer.tls_setup.message()));
+  }
   if (!transfer.callback_error.empty()) {
     return absl::InternalError(
         absl::StrCat(what, ": callback failed: ", transfer.callback_error));
@@ -364,7 +492,11 @@ absl::StatusOr<Response> HttpClient::Perform(const Request& request) {
                        os_errno != 0 ? std::strerror(static_cast<int>(os_errno))
                                      : curl_easy_strerror(result));
     }
-    return absl::Status(CodeFor(result), absl::StrCat(what, ": ", reason));
+    // A TLS alert after the handshake (a client certificate refused under
+    // TLS 1.3) surfaces as a read error.
+    const bool tls = IsTlsError(result) || absl::StartsWith(reason, "OpenSSL");
+    return absl::Status(CodeFor(result),
+                        absl::StrCat(what, tls ? ": TLS: " : ": ", reason));
   }
   return response;
 }

@@ -20,13 +20,23 @@
 
 namespace delegate::http {
 
-// For https:// URLs. Not exercised yet; kept so that the manager client can
-// fill them in without reshaping the request.
+// For https:// URLs.
 struct TlsOptions {
-  std::string ca_file;      // PEM bundle; empty: the system's
-  std::string client_cert;  // PEM; with client_key for mutual TLS
+  // A PEM bundle of CAs trusted instead of the system's store; empty: the
+  // system's.
+  std::string ca_file;
+  // PEM files of more CAs, trusted on top of the store above (the system's
+  // unless ca_file is set), e.g. a corporate CA next to the public ones.
+  // Each must hold at least one certificate, or the request fails with
+  // InvalidArgument.
+  std::vector<std::string> extra_ca_files;
+  // PEM; with client_key for mutual TLS (client_key may be empty when
+  // client_cert also holds the key). Unencrypted keys only.
+  std::string client_cert;
   std::string client_key;
-  bool verify_peer = true;  // also verifies the host name
+  // Verifies the server's certificate chain and that it names the URL's
+  // host. Off only for tests and diagnostics.
+  bool verify_peer = true;
 };
 
 using Header = std::pair<std::string, std::string>;
@@ -37,8 +47,23 @@ struct Request {
   // host part only fills the Host header.
   std::string url;
   std::vector<Header> headers;  // sent as given; "Name: value"
-  std::string body;             // sent when non-empty, or for POST/PUT/PATCH
-  std::string unix_socket;      // connect to this path instead of the host
+  // Sent when non-empty, or for POST/PUT/PATCH, with a Content-Length and
+  // without "Expect: 100-continue" unless `headers` asks for it.
+  std::string body;
+  std::string unix_socket;  // connect to this path instead of the host
+
+  // A proxy: "http://[user:password@]host:port" (also "https://",
+  // "socks5h://"); https:// URLs go through it with CONNECT. Empty: none,
+  // unless use_env_proxy.
+  std::string proxy;
+  // Hosts reached directly even with a proxy: "localhost,.corp,10.0.0.0/8",
+  // or "*". Empty: none, unless use_env_proxy (then no_proxy/NO_PROXY).
+  std::string no_proxy;
+  // With `proxy` empty, take the proxy from the environment as libcurl does
+  // (http_proxy, https_proxy/HTTPS_PROXY, all_proxy/ALL_PROXY, with
+  // no_proxy/NO_PROXY). Off by default so that no variable the caller did
+  // not choose can send a request, and its credentials, elsewhere.
+  bool use_env_proxy = false;
 
   absl::Duration connect_timeout = absl::Seconds(10);
   // The whole exchange, body included; infinite for long-lived streams,
@@ -75,8 +100,8 @@ struct Response {
 
 // Thread-safe: Perform may be called from many threads at once. Each call
 // takes a libcurl handle from a pool (or makes one) and gives it back when
-// done, so that a kept-alive connection is reused by a later request. The
-// client must outlive every Perform call.
+// done, so that a kept-alive connection is reused by a later request with
+// the same TLS trust. The client must outlive every Perform call.
 class HttpClient {
  public:
   // At most `max_idle_handles` handles (each with its open connections) are
@@ -87,15 +112,23 @@ class HttpClient {
   HttpClient& operator=(const HttpClient&) = delete;
 
   // Returns the response whatever its status (a 404 is a Response, not an
-  // error). Errors are about the transfer only: Unavailable when the
-  // connection cannot be made or breaks, DeadlineExceeded on a timeout,
-  // Cancelled when `abort` or `on_body` stopped it, InvalidArgument for a
-  // malformed request, ResourceExhausted for an oversized kept body.
+  // error; redirects are never followed, so a 302 is one too). Errors are
+  // about the transfer only: Unavailable when the connection cannot be made
+  // or breaks, or the server's certificate is not trusted,
+  // DeadlineExceeded on a timeout, Cancelled when `abort` or `on_body`
+  // stopped it, InvalidArgument for a malformed request or an unusable TLS
+  // file (CA, client certificate or key), ResourceExhausted for an oversized
+  // kept body. Messages name the method and the URL without its query and
+  // credentials (and the proxy, likewise); never headers or bodies. TLS
+  // failures read "TLS: " and libcurl's reason.
   absl::StatusOr<Response> Perform(const Request& request);
 
  private:
   struct Handle;
-  std::unique_ptr<Handle> Acquire();
+  // A pooled handle whose connections were verified with `trust_key` (the
+  // request's extra_ca_files), or a new one: libcurl would otherwise reuse a
+  // connection verified against other CAs.
+  std::unique_ptr<Handle> Acquire(const std::string& trust_key);
   void Release(std::unique_ptr<Handle> handle);
 
   const size_t max_idle_handles_;

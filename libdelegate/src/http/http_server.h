@@ -1,0 +1,176 @@
+// A small HTTP/1.1 server: one thread per connection, keep-alive, request
+// bodies framed by Content-Length or chunked, optional TLS (and mutual TLS)
+// over OpenSSL. It serves the delegate's ops endpoint (/health, /ready,
+// /metrics) and, in tests, a reference manager that answers JSON REST calls
+// and long polls. Every response is sent whole, with a Content-Length: there
+// is no response streaming.
+#ifndef DELEGATE_HTTP_HTTP_SERVER_H_
+#define DELEGATE_HTTP_HTTP_SERVER_H_
+
+#include <atomic>
+#include <cstddef>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "http/http_client.h"  // Header
+
+namespace delegate::http {
+
+struct ServerRequest {
+  std::string method;  // as received, e.g. "GET"
+  // The request target as received: "/a%20b?x=1", or the absolute form
+  // "http://host/a?x=1" that a forward proxy receives.
+  std::string target;
+  // The target's path, percent-decoded, without the query; for the
+  // absolute form, without the scheme and authority ("/a b").
+  std::string path;
+  std::vector<Header> headers;  // names as received, in order
+  std::string body;             // de-chunked
+  std::string peer_address;     // "127.0.0.1:53412", "[::1]:53412"
+  // With mutual TLS, the common name of the verified client certificate's
+  // subject; empty otherwise.
+  std::string client_cert_subject;
+  // True once the server is stopping or the client has closed its end of the
+  // connection: a handler that waits (a long poll) checks it and returns
+  // early. Set on every request the server hands out; valid only while the
+  // handler runs, on its thread.
+  std::function<bool()> cancelled;
+
+  // The first header named `name`, compared case-insensitively; empty when
+  // absent.
+  std::string_view header(std::string_view name) const;
+  // The first query parameter named `name` (compared exactly), with '+' and
+  // percent escapes decoded; nullopt when absent. "?a" and "?a=" give "".
+  std::optional<std::string> query(std::string_view name) const;
+};
+
+struct ServerResponse {
+  int status = 200;  // REQUIRES: 200..599 (anything else answers 500)
+  // Sent as Content-Type unless empty.
+  std::string content_type = "application/json";
+  // Sent as given, after Content-Type. Content-Length and Transfer-Encoding
+  // are the server's and are dropped; "Connection: close" closes the
+  // connection after the response. A name or value with CR, LF or NUL makes
+  // the response a 500.
+  std::vector<Header> headers;
+  // Not sent for 204 and 304, nor in answer to HEAD (whose Content-Length
+  // is still the body's).
+  std::string body;
+};
+
+struct ServerTlsOptions {
+  std::string cert_file;  // PEM: the certificate, then any intermediates
+  std::string key_file;   // PEM private key for cert_file
+  // Non-empty: a PEM bundle of CAs; every client must present a certificate
+  // that one of them signed, or the handshake fails.
+  std::string client_ca_file;
+};
+
+struct ServerOptions {
+  // A numeric IPv4 or IPv6 address (brackets allowed: "[::1]") or a host
+  // name; "0.0.0.0" for every IPv4 interface, "::" for every interface.
+  // Empty: every interface.
+  std::string address = "127.0.0.1";
+  int port = 0;  // 0: an ephemeral port, see HttpServer::port()
+  std::optional<ServerTlsOptions> tls;  // TLS 1.2 or later when set
+
+  // Connections served at once. Beyond it a connection is answered 503 and
+  // closed (a few at a time; past those, closed unanswered).
+  size_t max_connections = 512;
+  // The request line and headers (and a chunked body's trailers); larger is
+  // answered 431.
+  size_t max_header_bytes = size_t{64} << 10;
+  // A request body (after de-chunking); larger is answered 413.
+  size_t max_body_bytes = size_t{64} << 20;
+  // A connection with no request in progress is closed after this long.
+  absl::Duration idle_timeout = absl::Seconds(60);
+  // Bounds the TLS handshake, the receipt of a request's line and headers
+  // from its first byte, and each wait for more of its body. A request not
+  // received in time is answered 408 and its connection closed.
+  absl::Duration read_timeout = absl::Seconds(30);
+  // A response the client does not take within this closes the connection.
+  absl::Duration write_timeout = absl::Seconds(30);
+
+  // Called, from connection threads and possibly at once, with a description
+  // of what the client was not told in detail: a handler's exception, a
+  // failed TLS handshake, an invalid response. May be empty.
+  std::function<void(std::string_view message)> on_error;
+};
+
+// Called on the connection's thread, from many threads at once; returns the
+// response. An exception it throws is answered 500 (and reported to
+// ServerOptions::on_error); the server keeps serving.
+using Handler = std::function<ServerResponse(const ServerRequest&)>;
+
+// Thread-safe. Requests on one connection are handled one after another, in
+// order; requests on different connections concurrently.
+class HttpServer {
+ public:
+  // Listens and starts serving. Fails with the address and port in the
+  // message: Unavailable when the address is in use, InvalidArgument for a
+  // bad address, port or TLS file, PermissionDenied for a privileged port.
+  static absl::StatusOr<std::unique_ptr<HttpServer>> Start(
+      ServerOptions options, Handler handler);
+
+  // Stop()s.
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // The port listened on (the ephemeral one when options.port was 0).
+  int port() const { return port_; }
+  // "http://127.0.0.1:PORT" or "https://...", with the address listened on
+  // ("127.0.0.1" for "0.0.0.0", "[::1]" for "::").
+  std::string url() const;
+
+  // TCP connections accepted since Start, including any answered 503.
+  size_t connections_accepted() const { return accepted_.load(); }
+
+  // Closes the listener and every connection, waiting for handler calls in
+  // flight to return (their responses are sent if the client takes them
+  // within a second). Idempotent; returns promptly whatever the clients do.
+  // REQUIRES: not called from a handler.
+  void Stop();
+
+ private:
+  struct Connection;
+  HttpServer(ServerOptions options, Handler handler);
+  absl::Status Listen();
+  void AcceptLoop();
+  void Serve(Connection* connection);
+  void ReapFinished();
+
+  const ServerOptions options_;
+  const Handler handler_;
+  void* ssl_ctx_ = nullptr;  // SSL_CTX*; kept opaque so that callers need
+                             // no OpenSSL headers
+  int listen_fd_ = -1;
+  int stop_fd_ = -1;  // an eventfd, readable once Stop has begun
+  int port_ = 0;
+  std::string host_for_url_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<size_t> accepted_{0};
+  std::thread acceptor_;
+  std::once_flag stop_once_;
+
+  // A std::mutex rather than an absl::Mutex: ThreadSanitizer understands it
+  // with an uninstrumented Abseil.
+  std::mutex mu_;
+  // Guarded by mu_:
+  std::list<std::unique_ptr<Connection>> connections_;
+  size_t serving_ = 0;    // not yet finished
+  size_t rejecting_ = 0;  // answering 503
+};
+
+}  // namespace delegate::http
+
+#endif  // DELEGATE_HTTP_HTTP_SERVER_H_
