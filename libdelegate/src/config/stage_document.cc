@@ -15,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "rapidjson/error/en.h"
 #include "rapidjson/reader.h"
+#include "util/strings.h"
 
 namespace delegate::config {
 namespace {
@@ -71,17 +72,6 @@ size_t Utf8SequenceLength(absl::string_view text, size_t i) {
     if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80) return 0;
   }
   return n;
-}
-
-bool IsPlainKey(absl::string_view key) {
-  if (key.empty()) return false;
-  for (char c : key) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_' &&
-        c != '-') {
-      return false;
-    }
-  }
-  return true;
 }
 
 // Builds a Document from a stream of events, enforcing the limits of
@@ -606,7 +596,7 @@ std::string QuoteText(absl::string_view text) {
 }
 
 std::string JoinPath(absl::string_view path, absl::string_view key) {
-  if (IsPlainKey(key)) {
+  if (IsPlainKey(StdView(key))) {
     return path.empty() ? std::string(key) : absl::StrCat(path, ".", key);
   }
   return absl::StrCat(path, "[\"", QuoteText(key), "\"]");

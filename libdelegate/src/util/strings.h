@@ -17,6 +17,18 @@ inline std::string_view StdView(absl::string_view s) {
   return std::string_view(s.data(), s.size());
 }
 
+// A map key that can be written as ".key" in a field path: letters, digits,
+// '_' and '-'. Others are written ["key"].
+inline bool IsPlainKey(std::string_view key) {
+  if (key.empty()) return false;
+  for (char c : key) {
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                       (c >= '0' && c <= '9');
+    if (!alnum && c != '_' && c != '-') return false;
+  }
+  return true;
+}
+
 }  // namespace delegate
 
 #endif  // DELEGATE_UTIL_STRINGS_H_
