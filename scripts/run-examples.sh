@@ -20,3 +20,5 @@ container stage (examples/hello-docker.yaml) was not run. To run it:
   ./build/apps/delegate/delegate exec examples/hello-docker.yaml
 MSG
 fi
+echo
+./scripts/harness-demo.sh

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <string>
 #include <thread>
@@ -19,8 +20,11 @@
 #include "delegate/builtin_executors.h"
 #include "delegate/config.h"
 #include "delegate/console_log_sink.h"
+#include "delegate/event_log.h"
+#include "delegate/manager.h"
 #include "delegate/policy.h"
 #include "delegate/scheduler.h"
+#include "delegate/server.h"
 #include "delegate/stage_file.h"
 #include "delegate/version.h"
 
@@ -33,6 +37,9 @@ constexpr int kExitInvalid = 2;
 constexpr const char* kUsage = R"(usage: delegate COMMAND [ARGS]
 
 Commands:
+  server         connect to the manager (HARNESS_URL, or --manager) and run
+                 the stages it sends, until SIGTERM; serves /health, /ready
+                 and /metrics on HTTPS_BIND (default :3000)
   exec FILE      run a stage file (YAML or JSON) on this machine
   validate FILE  check a stage file and print every problem; runs nothing
   config         print the effective configuration (the token is never shown)
@@ -43,16 +50,21 @@ Commands:
 Options:
   --env-file FILE        read KEY=VALUE settings (the environment wins)
   --result OUT.json      exec: write the stage result as JSON
+  --manager URL          server: the manager; default HARNESS_URL (Harness
+                         protocol)
   --drain-timeout DUR    exec: on SIGTERM or SIGINT, let the stage run this
                          long before cancelling it (default 30s); a second
                          signal cancels at once
 
 Environment: HARNESS_ACCOUNT_ID, HARNESS_TOKEN, HARNESS_URL, HARNESS_NAME,
-HARNESS_TAGS, MAX_STAGES, CLEANUP_GRACE_PERIOD_SECONDS, HARNESS_WORKDIR
-(README.md lists every variable and its aliases).
+HARNESS_TAGS, MAX_STAGES, PARALLEL_WORKERS, POLL_INTERVAL_MILLISECS,
+IDLE_WAIT_SECS_BEFORE_STOP, CLEANUP_GRACE_PERIOD_SECONDS, HARNESS_WORKDIR,
+HARNESS_CERTS_DIR, HARNESS_CLIENT_CERT_FILE, HARNESS_CLIENT_KEY_FILE,
+PROXY_HOST/PORT/SCHEME/USER/PASSWORD, NO_PROXY, HTTPS_BIND (README.md lists every variable and its aliases).
 
-Exit status: 0 every step succeeded, 1 a step failed, timed out or was
-cancelled, 2 invalid input or configuration.
+Exit status: 0 every step succeeded (server: drained and unregistered), 1 a
+step failed, timed out or was cancelled (server: the manager refused the
+delegate), 2 invalid input or configuration.
 )";
 
 struct Args {
@@ -60,6 +72,7 @@ struct Args {
   std::string file;
   std::string env_file;
   std::string result_file;
+  std::string manager;
   absl::Duration drain = absl::Seconds(30);
 };
 
@@ -91,6 +104,10 @@ std::optional<int> ParseArgs(int argc, char** argv, Args& args) {
       auto v = value("--result");
       if (!v) return Usage("--result needs a FILE");
       args.result_file = *v;
+    } else if (absl::StartsWith(arg, "--manager")) {
+      auto v = value("--manager");
+      if (!v) return Usage("--manager needs a URL");
+      args.manager = *v;
     } else if (absl::StartsWith(arg, "--drain-timeout")) {
       auto v = value("--drain-timeout");
       if (!v || !absl::ParseDuration(*v, &args.drain) ||
@@ -119,15 +136,15 @@ std::optional<int> ParseArgs(int argc, char** argv, Args& args) {
   return std::nullopt;
 }
 
-absl::StatusOr<delegate::DelegateConfig> Configure(const Args& args) {
+absl::StatusOr<delegate::DelegateConfig> Configure(const Args& args,
+                                                   delegate::ConfigNeed need) {
   delegate::EnvMap file;
   if (!args.env_file.empty()) {
     auto read = delegate::ReadEnvFile(args.env_file);
     if (!read.ok()) return read.status();
     file = *std::move(read);
   }
-  return delegate::LoadConfig(delegate::ProcessEnvironment(), file,
-                              delegate::ConfigNeed::kLocal);
+  return delegate::LoadConfig(delegate::ProcessEnvironment(), file, need);
 }
 
 absl::Status WriteFileAtomically(const std::string& path,
@@ -155,6 +172,91 @@ std::string TaskIdFor(const delegate::Stage& stage) {
                       absl::ToUnixMillis(absl::Now()));
 }
 
+// The operator policy from DELEGATE_POLICY_*, or nullopt after saying why.
+std::optional<delegate::OperatorPolicy> LoadPolicyOrSay() {
+  absl::StatusOr<delegate::OperatorPolicy> policy =
+      delegate::LoadOperatorPolicy(delegate::ProcessEnvironment());
+  if (!policy.ok()) {
+    fprintf(stderr, "delegate: %s\n",
+            std::string(policy.status().message()).c_str());
+    return std::nullopt;
+  }
+  return *policy;
+}
+
+// Blocks SIGTERM and SIGINT in every thread (children reset the mask) and
+// calls `on_signal` with each one from a thread of its own until `stop`.
+class SignalWatcher {
+ public:
+  explicit SignalWatcher(std::function<void(int signal, int count)> on_signal) {
+    sigemptyset(&signals_);
+    sigaddset(&signals_, SIGTERM);
+    sigaddset(&signals_, SIGINT);
+    sigaddset(&signals_, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &signals_, nullptr);
+    thread_ = std::thread([this, on_signal] {
+      int received = 0;
+      for (int count = 0;; ++count) {
+        if (sigwait(&signals_, &received) != 0) continue;
+        if (received == SIGUSR1) return;
+        on_signal(received, count);
+      }
+    });
+  }
+  ~SignalWatcher() {
+    pthread_kill(thread_.native_handle(), SIGUSR1);
+    thread_.join();
+  }
+
+ private:
+  sigset_t signals_;
+  std::thread thread_;
+};
+
+int Serve(const Args& args) {
+  absl::StatusOr<delegate::DelegateConfig> config =
+      Configure(args, args.manager.empty() ? delegate::ConfigNeed::kServer
+                                           : delegate::ConfigNeed::kLocal);
+  if (!config.ok()) {
+    fprintf(stderr, "delegate: %s\n",
+            std::string(config.status().message()).c_str());
+    return kExitInvalid;
+  }
+  std::optional<delegate::OperatorPolicy> policy = LoadPolicyOrSay();
+  if (!policy) return kExitInvalid;
+  delegate::DelegateServerOptions options;
+  options.config = *config;
+  options.policy = *policy;
+  options.manager = args.manager;
+  options.docker.grace_period = config->cleanup_grace_period;
+  delegate::ExecutorRegistry executors;
+  delegate::HostExecutorOptions host;
+  host.workdir = config->workdir;
+  host.grace_period = config->cleanup_grace_period;
+  delegate::ManagerRegistry managers;
+  absl::Status s = delegate::RegisterHostExecutor(executors, host);
+  if (s.ok()) s = delegate::RegisterDockerExecutor(executors, options.docker);
+  if (s.ok()) s = delegate::RegisterLocalExecutor(executors);
+  if (s.ok()) s = delegate::RegisterHarnessManager(managers);
+  if (!s.ok()) {
+    fprintf(stderr, "delegate: %s\n", std::string(s.message()).c_str());
+    return kExitInvalid;
+  }
+  delegate::DelegateServer server(std::move(options), executors, managers);
+  SignalWatcher signals([&](int signal, int count) {
+    delegate::EventLog::Stdout().Info(
+        count == 0 ? "signal received: draining" : "signal received again",
+        {{"signal", strsignal(signal)}});
+    server.Drain();
+  });
+  absl::Status ran = server.Run();
+  if (!ran.ok()) {
+    fprintf(stderr, "delegate: %s\n", std::string(ran.message()).c_str());
+    return absl::IsInvalidArgument(ran) ? kExitInvalid : kExitFailed;
+  }
+  return kExitOk;
+}
+
 int Run(const Args& args) {
   if (args.command == "version") {
     printf("delegate %s (commit %s)\n",
@@ -162,7 +264,9 @@ int Run(const Args& args) {
            std::string(delegate::GitCommit()).c_str());
     return kExitOk;
   }
-  absl::StatusOr<delegate::DelegateConfig> config = Configure(args);
+  if (args.command == "server") return Serve(args);
+  absl::StatusOr<delegate::DelegateConfig> config =
+      Configure(args, delegate::ConfigNeed::kLocal);
   if (!config.ok()) {
     fprintf(stderr, "delegate: %s\n",
             std::string(config.status().message()).c_str());
@@ -200,13 +304,8 @@ int Run(const Args& args) {
     fprintf(stderr, "%s\n", std::string(stage.status().message()).c_str());
     return kExitInvalid;
   }
-  absl::StatusOr<delegate::OperatorPolicy> policy =
-      delegate::LoadOperatorPolicy(delegate::ProcessEnvironment());
-  if (!policy.ok()) {
-    fprintf(stderr, "delegate: %s\n",
-            std::string(policy.status().message()).c_str());
-    return kExitInvalid;
-  }
+  std::optional<delegate::OperatorPolicy> policy = LoadPolicyOrSay();
+  if (!policy) return kExitInvalid;
   delegate::ExecutorRegistry registry;
   delegate::HostExecutorOptions host;
   host.workdir = config->workdir;

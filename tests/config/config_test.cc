@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -448,8 +449,62 @@ TEST(DumpTest, ShowsEachSettingWithSource) {
               HasSubstr("poll_interval = 1.5s (POLL_INTERVAL_MILLISECS)\n"));
   EXPECT_THAT(dump, HasSubstr("cleanup_grace_period = 10s (default)\n"));
   EXPECT_THAT(dump, HasSubstr("workdir = "));
+  EXPECT_THAT(dump, HasSubstr("ops_bind = :3000 (default)\n"));
+  EXPECT_THAT(dump, HasSubstr("proxy = <unset> (default)\n"));
   // One line per setting.
-  EXPECT_EQ(std::count(dump.begin(), dump.end(), '\n'), 10);
+  EXPECT_EQ(std::count(dump.begin(), dump.end(), '\n'), 18);
+}
+
+TEST(ServerSettingsTest, ProxyFromTheProxyKeysKeepsThePasswordSecret) {
+  EnvMap env = ServerEnv();
+  env["PROXY_HOST"] = "proxy.corp";
+  env["PROXY_PORT"] = "3128";
+  env["PROXY_USER"] = "bob";
+  env["PROXY_PASSWORD"] = "p@ss word";
+  env["HTTPS_PROXY"] = "http://other:1";
+  env["NO_PROXY"] = "localhost,.corp";
+  DelegateConfig cfg = LoadOk(env, {}, ConfigNeed::kServer);
+  EXPECT_EQ(cfg.proxy.reveal(), "http://bob:p%40ss%20word@proxy.corp:3128");
+  EXPECT_EQ(cfg.no_proxy, "localhost,.corp");
+  EXPECT_THAT(cfg.Dump(), HasSubstr("proxy = <set> (PROXY_HOST)"));
+  EXPECT_THAT(cfg.Dump(), Not(HasSubstr("p@ss")));
+}
+
+TEST(ServerSettingsTest, ConventionalProxyVariablesApplyWithoutProxyHost) {
+  EnvMap env = ServerEnv();
+  env["https_proxy"] = "http://squid:3128";
+  DelegateConfig cfg = LoadOk(env, {}, ConfigNeed::kServer);
+  EXPECT_EQ(cfg.proxy.reveal(), "http://squid:3128");
+}
+
+TEST(ServerSettingsTest, BadServerSettingsNameTheVariable) {
+  for (auto [var, value, expect] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"HTTPS_BIND", "3000", "HTTPS_BIND: expected [HOST]:PORT"},
+           {"HTTPS_BIND", ":99999", "HTTPS_BIND: expected [HOST]:PORT"},
+           {"IDLE_WAIT_SECS_BEFORE_STOP", "-1", "IDLE_WAIT_SECS_BEFORE_STOP"},
+           {"PROXY_SCHEME", "ftp", "PROXY_SCHEME: expected http"},
+           {"DELEGATE_MANAGER_TIMEOUT_SECS", "0",
+            "DELEGATE_MANAGER_TIMEOUT_SECS"},
+           {"HARNESS_CLIENT_CERT_FILE", "/x.pem",
+            "needs both HARNESS_CLIENT_CERT_FILE"}}) {
+    EnvMap env = ServerEnv();
+    env[var] = value;
+    if (var == "PROXY_SCHEME") env["PROXY_HOST"] = "p";
+    absl::StatusOr<DelegateConfig> cfg =
+        LoadConfig(env, {}, ConfigNeed::kServer);
+    ASSERT_FALSE(cfg.ok()) << var;
+    EXPECT_THAT(cfg.status().message(), HasSubstr(expect)) << var;
+  }
+}
+
+TEST(ServerSettingsTest, IdleWaitAndOpsBindAreRead) {
+  EnvMap env = ServerEnv();
+  env["IDLE_WAIT_SECS_BEFORE_STOP"] = "60";
+  env["HTTPS_BIND"] = "127.0.0.1:3001";
+  DelegateConfig cfg = LoadOk(env, {}, ConfigNeed::kServer);
+  EXPECT_EQ(cfg.idle_wait_before_stop, absl::Seconds(60));
+  EXPECT_EQ(cfg.ops_bind, "127.0.0.1:3001");
 }
 
 TEST(DumpTest, UnsetTokenAndMaxStages) {

@@ -52,24 +52,22 @@ class DelegateProcess {
   pid_t pid() const { return pid_; }
 
   Outcome Wait() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    reaped_ = true;
+    if (!reaped_) {
+      waitpid(pid_, &status_, 0);
+      reaped_ = true;
+    }
     Outcome o;
     o.exit_code =
-        WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        WIFEXITED(status_) ? WEXITSTATUS(status_) : 128 + WTERMSIG(status_);
     o.out = Output();
     return o;
   }
-
-  // True when the child has exited (and is reaped).
+  // Reaps the process if it has exited; Wait then gives its status.
   bool Exited() {
     if (reaped_) return true;
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) reaped_ = true;
+    if (waitpid(pid_, &status_, WNOHANG) == pid_) reaped_ = true;
     return reaped_;
   }
-
   std::string Output() const {
     std::ifstream in(log_);
     std::stringstream ss;
@@ -80,6 +78,7 @@ class DelegateProcess {
  private:
   pid_t pid_;
   bool reaped_ = false;
+  int status_ = 0;
   std::string log_;
 };
 

@@ -47,6 +47,16 @@ struct DockerExecutorOptions {
 absl::Status RegisterDockerExecutor(ExecutorRegistry& registry,
                                     DockerExecutorOptions options);
 
+// Registers "local", Harness's local infrastructure: within one stage, a
+// step with an image runs on the executor registered as `docker_platform`,
+// one without on `host_platform`, each a single instance for the stage. The
+// container side is set up at the stage's first container step, so host
+// steps run on a delegate without a Docker Engine. REQUIRES: `registry`
+// outlives every stage run on "local".
+absl::Status RegisterLocalExecutor(ExecutorRegistry& registry,
+                                   std::string host_platform = "host",
+                                   std::string docker_platform = "docker");
+
 // Removes what an earlier run of the delegate `delegate_name` left on the
 // Docker Engine (after a crash or SIGKILL) and returns what it removed, one
 // "container 0123456789ab" / "network ..." / "volume ..." each.

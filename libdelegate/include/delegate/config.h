@@ -57,6 +57,25 @@ struct DelegateConfig {
   absl::Duration cleanup_grace_period = absl::Seconds(10);
   // Root under which stage workspaces are made; empty: $TMPDIR or /tmp.
   std::string workdir;
+  // After SIGTERM, once the running stages are done: how long to stay
+  // registered with nothing to do before unregistering and exiting.
+  absl::Duration idle_wait_before_stop = absl::ZeroDuration();
+  // The longest any one call to the manager may take (the Harness runner's
+  // are 15 to 30 s; shorter values cap them).
+  absl::Duration manager_timeout = absl::Seconds(30);
+  // Where /health, /ready and /metrics are served: "[HOST]:PORT" (":3000"
+  // listens on every address).
+  std::string ops_bind = ":3000";
+  // Manager TLS: extra CA certificates (every file in the directory), and a
+  // client certificate and key for mutual TLS.
+  std::string certs_dir;
+  std::string client_cert_file;
+  std::string client_key_file;
+  // The proxy for manager and log service calls, "scheme://[user:pw@]host:port"
+  // from PROXY_* or HTTPS_PROXY/HTTP_PROXY; empty: none. Secret, as it may
+  // hold a password.
+  SecretString proxy;
+  std::string no_proxy;
   // Which variable each setting came from, for the dump ("HARNESS_NAME",
   // "default").
   std::map<std::string, std::string> sources;
@@ -73,8 +92,8 @@ enum class ConfigNeed {
   kServer,  // `delegate server`: account id, token and URL are required
 };
 
-// Builds the configuration. Where several names mean the same setting, the
-// first that is set wins, in this order:
+// Builds the configuration (see docs in README "Configuration"). Where several
+// names mean the same setting, the first that is set wins, in this order:
 //   account id  HARNESS_ACCOUNT_ID, ACCOUNT_ID
 //   token       HARNESS_TOKEN, TOKEN, DELEGATE_TOKEN, HARNESS_DELEGATE_TOKEN
 //   URL         HARNESS_URL, URL, MANAGER_HOST_AND_PORT

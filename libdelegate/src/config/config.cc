@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "http/http_client.h"
 
 extern char** environ;
 
@@ -62,6 +64,21 @@ constexpr absl::string_view kParallelWorkersVar = "PARALLEL_WORKERS";
 constexpr absl::string_view kPollIntervalVar = "POLL_INTERVAL_MILLISECS";
 constexpr absl::string_view kGracePeriodVar = "CLEANUP_GRACE_PERIOD_SECONDS";
 constexpr absl::string_view kWorkdirVar = "HARNESS_WORKDIR";
+constexpr absl::string_view kIdleWaitVar = "IDLE_WAIT_SECS_BEFORE_STOP";
+constexpr absl::string_view kOpsBindVar = "HTTPS_BIND";
+constexpr absl::string_view kManagerTimeoutVar =
+    "DELEGATE_MANAGER_TIMEOUT_SECS";
+constexpr absl::string_view kCertsDirVar = "HARNESS_CERTS_DIR";
+constexpr absl::string_view kClientCertVar = "HARNESS_CLIENT_CERT_FILE";
+constexpr absl::string_view kClientKeyVar = "HARNESS_CLIENT_KEY_FILE";
+constexpr absl::string_view kProxyHostVar = "PROXY_HOST";
+constexpr absl::string_view kProxyPortVar = "PROXY_PORT";
+constexpr absl::string_view kProxySchemeVar = "PROXY_SCHEME";
+constexpr absl::string_view kProxyUserVar = "PROXY_USER";
+constexpr absl::string_view kProxyPasswordVar = "PROXY_PASSWORD";
+constexpr absl::string_view kNoProxyNames[] = {"NO_PROXY", "no_proxy"};
+constexpr absl::string_view kProxyUrlNames[] = {"HTTPS_PROXY", "https_proxy",
+                                                "HTTP_PROXY", "http_proxy"};
 
 constexpr absl::string_view kDefaultSource = "default";
 
@@ -269,8 +286,13 @@ std::vector<absl::string_view> AllConfigVariables() {
   for (auto v : kUrlNames) all.push_back(v);
   for (auto v : kNameNames) all.push_back(v);
   for (auto v : kTagsNames) all.push_back(v);
-  for (auto v : {kMaxStagesVar, kParallelWorkersVar, kPollIntervalVar,
-                 kGracePeriodVar, kWorkdirVar}) {
+  for (auto v : kNoProxyNames) all.push_back(v);
+  for (auto v : kProxyUrlNames) all.push_back(v);
+  for (auto v :
+       {kMaxStagesVar, kParallelWorkersVar, kPollIntervalVar, kGracePeriodVar,
+        kWorkdirVar, kIdleWaitVar, kOpsBindVar, kManagerTimeoutVar,
+        kCertsDirVar, kClientCertVar, kClientKeyVar, kProxyHostVar,
+        kProxyPortVar, kProxySchemeVar, kProxyUserVar, kProxyPasswordVar}) {
     all.push_back(v);
   }
   return all;
@@ -443,6 +465,14 @@ std::string DelegateConfig::Dump() const {
   out += line("cleanup_grace_period", FormatSeconds(cleanup_grace_period));
   out += line("workdir", workdir.empty() ? std::string("$TMPDIR or /tmp")
                                          : Shown(workdir, secret));
+  out += line("idle_wait_before_stop", FormatSeconds(idle_wait_before_stop));
+  out += line("manager_timeout", FormatSeconds(manager_timeout));
+  out += line("ops_bind", text(ops_bind));
+  out += line("certs_dir", text(certs_dir));
+  out += line("client_cert_file", text(client_cert_file));
+  out += line("client_key_file", text(client_key_file));
+  out += line("proxy", proxy.empty() ? "<unset>" : "<set>");
+  out += line("no_proxy", text(no_proxy));
   return out;
 }
 
@@ -575,6 +605,114 @@ absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
   if (std::optional<std::string> v = Lookup(env, kWorkdirVar)) {
     cfg.workdir = *v;
     cfg.sources["workdir"] = std::string(kWorkdirVar);
+  }
+
+  cfg.sources["idle_wait_before_stop"] = std::string(kDefaultSource);
+  if (std::optional<std::string> v = Lookup(env, kIdleWaitVar)) {
+    std::optional<int> n = ParseNonNegativeInt(*v);
+    if (!n.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kIdleWaitVar,
+                       ": expected a whole number of seconds, 0 or more, got '",
+                       Shown(*v, secret), "'"));
+    }
+    cfg.idle_wait_before_stop = absl::Seconds(*n);
+    cfg.sources["idle_wait_before_stop"] = std::string(kIdleWaitVar);
+  }
+
+  cfg.sources["manager_timeout"] = std::string(kDefaultSource);
+  if (std::optional<std::string> v = Lookup(env, kManagerTimeoutVar)) {
+    std::optional<int> n = ParseNonNegativeInt(*v);
+    if (!n.has_value() || *n < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kManagerTimeoutVar, ": expected a positive number of seconds, got '",
+          Shown(*v, secret), "'"));
+    }
+    cfg.manager_timeout = absl::Seconds(*n);
+    cfg.sources["manager_timeout"] = std::string(kManagerTimeoutVar);
+  }
+
+  cfg.sources["ops_bind"] = std::string(kDefaultSource);
+  if (std::optional<std::string> v = Lookup(env, kOpsBindVar)) {
+    const size_t colon = v->rfind(':');
+    int port = -1;
+    if (colon != std::string::npos) {
+      port = ParseNonNegativeInt(v->substr(colon + 1)).value_or(-1);
+    }
+    if (port < 0 || port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kOpsBindVar,
+          ": expected [HOST]:PORT like :3000 or 127.0.0.1:3000, got '",
+          Shown(*v, secret), "'"));
+    }
+    cfg.ops_bind = *v;
+    cfg.sources["ops_bind"] = std::string(kOpsBindVar);
+  }
+
+  for (auto [var, field, key] :
+       {std::tuple{kCertsDirVar, &cfg.certs_dir, "certs_dir"},
+        std::tuple{kClientCertVar, &cfg.client_cert_file, "client_cert_file"},
+        std::tuple{kClientKeyVar, &cfg.client_key_file, "client_key_file"}}) {
+    cfg.sources[key] = std::string(kDefaultSource);
+    if (std::optional<std::string> v = Lookup(env, var)) {
+      *field = *v;
+      cfg.sources[key] = std::string(var);
+    }
+  }
+  if (cfg.client_cert_file.empty() != cfg.client_key_file.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        cfg.client_cert_file.empty() ? kClientCertVar : kClientKeyVar,
+        ": mutual TLS needs both ", kClientCertVar, " and ", kClientKeyVar));
+  }
+
+  // The proxy: the PROXY_* keys of the Harness install docs win over the
+  // conventional HTTPS_PROXY/HTTP_PROXY.
+  cfg.sources["proxy"] = std::string(kDefaultSource);
+  if (std::optional<std::string> host = Lookup(env, kProxyHostVar)) {
+    std::string scheme = Lookup(env, kProxySchemeVar).value_or("http");
+    absl::AsciiStrToLower(&scheme);
+    if (scheme != "http" && scheme != "https" && scheme != "socks5" &&
+        scheme != "socks5h") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kProxySchemeVar, ": expected http, https, socks5 or socks5h, got '",
+          Shown(scheme, secret), "'"));
+    }
+    std::string url = scheme + "://";
+    if (std::optional<std::string> user = Lookup(env, kProxyUserVar)) {
+      url += http::UrlEncode(*user);
+      if (std::optional<std::string> pw = Lookup(env, kProxyPasswordVar)) {
+        url += ":" + http::UrlEncode(*pw);
+      }
+      url += "@";
+    }
+    url += *host;
+    if (std::optional<std::string> port = Lookup(env, kProxyPortVar)) {
+      std::optional<int> n = ParseNonNegativeInt(*port);
+      if (!n || *n < 1 || *n > 65535) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(kProxyPortVar, ": expected a port number, got '",
+                         Shown(*port, secret), "'"));
+      }
+      url += absl::StrCat(":", *n);
+    }
+    cfg.proxy = SecretString(std::move(url));
+    cfg.sources["proxy"] = std::string(kProxyHostVar);
+  } else {
+    for (absl::string_view var : kProxyUrlNames) {
+      if (std::optional<std::string> v = Lookup(env, var)) {
+        cfg.proxy = SecretString(*v);
+        cfg.sources["proxy"] = std::string(var);
+        break;
+      }
+    }
+  }
+  cfg.sources["no_proxy"] = std::string(kDefaultSource);
+  for (absl::string_view var : kNoProxyNames) {
+    if (std::optional<std::string> v = Lookup(env, var)) {
+      cfg.no_proxy = *v;
+      cfg.sources["no_proxy"] = std::string(var);
+      break;
+    }
   }
 
   return cfg;

@@ -1,0 +1,840 @@
+// The Harness Delegate 3.x runner loop: register, heartbeat every 10 s, poll
+// runner-events, fetch each task once, route it (local_init, local_execute,
+// local_cleanup into the scheduler as one fed stage per transaction;
+// secret/static), answer task-response, and drain on request.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <future>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "delegate/manager.h"
+#include "delegate/scheduler.h"
+#include "delegate/version.h"
+#include "logs/masker.h"
+#include "manager/harness/harness_client.h"
+#include "manager/harness/log_stream.h"
+#include "manager/harness/payloads.h"
+#include "manager/harness/token.h"
+#include "util/strings.h"
+
+namespace delegate {
+namespace harness {
+namespace {
+
+constexpr absl::Duration kHeartbeatInterval = absl::Seconds(10);
+// Responses kept after they were sent, to answer a task delivered again
+// without running it again.
+constexpr size_t kAnsweredWindow = 10000;
+constexpr const char* kSupportedTypes =
+    "local_init, local_execute, local_cleanup, secret/static";
+
+std::string HostName() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
+  std::string name = buf;
+  for (char& c : name) {
+    if (c == ' ') c = '-';
+  }
+  return name;
+}
+
+// The address outbound traffic leaves from, found as the runner does (a UDP
+// "connect" sends nothing); loopback when there is no route.
+std::string OutboundIp() {
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  if (fd < 0) return "127.0.0.1";
+  sockaddr_in dst{};
+  dst.sin_family = AF_INET;
+  dst.sin_port = htons(80);
+  inet_pton(AF_INET, "8.8.8.8", &dst.sin_addr);
+  std::string ip = "127.0.0.1";
+  if (connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) == 0) {
+    sockaddr_in self{};
+    socklen_t len = sizeof(self);
+    char text[INET_ADDRSTRLEN];
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&self), &len) == 0 &&
+        inet_ntop(AF_INET, &self.sin_addr, text, sizeof(text))) {
+      ip = text;
+    }
+  }
+  close(fd);
+  return ip;
+}
+
+// Removes a stage's host directory, refusing paths no stage should own.
+absl::Status RemoveHostDir(const std::string& raw) {
+  std::filesystem::path p = std::filesystem::path(raw).lexically_normal();
+  const std::string s = p.string();
+  if (!p.is_absolute() || p == p.root_path() || s.size() < 5) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not removing '", raw, "': not a stage directory"));
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(p, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("removing ", s, ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+class HarnessConnection final : public ManagerConnection {
+ public:
+  HarnessConnection(ManagerEnvironment env, SecretString token,
+                    std::string manager_url)
+      : env_(std::move(env)),
+        token_(std::move(token)),
+        manager_url_(std::move(manager_url)),
+        routing_(env_.console) {
+    const LabelValues none;
+    Metrics& m = env_.metrics;
+    const std::vector<std::string> task_labels = {"account_id", "task_type",
+                                                  "runner_name"};
+    m.Define("io_harness_task_completed_total", Metrics::Kind::kCounter,
+             "Tasks answered OK.", task_labels);
+    m.Define("io_harness_task_failed_total", Metrics::Kind::kCounter,
+             "Tasks answered FAILED, or whose step failed.", task_labels);
+    m.Define("io_harness_task_timeout_total", Metrics::Kind::kCounter,
+             "Tasks whose step timed out.", task_labels);
+    m.Define("io_harness_tasks_currently_executing", Metrics::Kind::kGauge,
+             "Tasks being run now.", task_labels);
+    m.Define("io_harness_task_execution_time", Metrics::Kind::kHistogram,
+             "Seconds from fetching a task to its response.", task_labels,
+             {0.01, 0.1, 0.5, 1, 5, 30, 60, 300, 1800, 3600});
+    m.Define("io_harness_runner_heartbeat_failure_count",
+             Metrics::Kind::kCounter, "Heartbeats that failed.",
+             {"account_id", "runner_name"});
+    m.Define("io_harness_runner_error_count", Metrics::Kind::kCounter,
+             "Failed calls to the manager.", {"account_id", "runner_name"});
+    m.Define("io_harness_resource_consumption_above_threshold",
+             Metrics::Kind::kGauge,
+             "1 when the delegate refuses work for lack of resources (never "
+             "set: capacity is MAX_STAGES).",
+             {"account_id", "runner_name"});
+    m.Set("io_harness_resource_consumption_above_threshold", RunnerLabels(), 0);
+  }
+
+  ~HarnessConnection() override { Drain(); }
+
+  absl::Status Run() override;
+  void Drain() override {
+    {
+      std::lock_guard lock(mu_);
+      draining_ = true;
+    }
+    cv_.notify_all();
+  }
+  bool Ready() const override {
+    std::lock_guard lock(mu_);
+    return registered_ && heartbeat_failures_ < 3;
+  }
+
+ private:
+  struct Transaction {
+    std::string scheduler_id;
+    std::shared_ptr<StageFeed> feed;
+    std::vector<HostDir> dirs;
+  };
+  struct Answer {
+    std::string type;
+    bool ok = true;
+    std::string error;
+    std::string data_json;
+  };
+
+  LabelValues RunnerLabels() const {
+    return {env_.config.account_id, env_.config.name};
+  }
+  LabelValues TaskLabels(const std::string& type) const {
+    return {env_.config.account_id, type, env_.config.name};
+  }
+  bool Draining() const {
+    std::lock_guard lock(mu_);
+    return draining_;
+  }
+  RegisterInfo Info() const {
+    RegisterInfo info;
+    info.account_id = env_.config.account_id;
+    info.delegate_name = env_.config.name;
+    info.host_name = host_name_;
+    info.ip = ip_;
+    info.tags = env_.config.tags;
+    info.version = std::string(Version());
+    info.now = absl::Now();
+    std::lock_guard lock(mu_);
+    info.delegate_id = delegate_id_;
+    return info;
+  }
+
+  absl::Status RegisterWithRetry();
+  void HeartbeatLoop();
+  void WorkerLoop();
+  void Handle(const RunnerEvent& event);
+  Answer Route(TaskRequest& request);
+  Answer HandleInit(const TaskRequest& request, const std::string& data,
+                    const std::vector<std::string>& masks);
+  Answer HandleExecute(const TaskRequest& request, const std::string& data,
+                       const std::vector<std::string>& masks);
+  Answer HandleCleanup(const TaskRequest& request, const std::string& data);
+  void SendAnswer(const std::string& task_id, const std::string& body);
+  std::shared_ptr<LogServiceStream> OpenLog(const TaskLogger& logger) {
+    if (logger.address.empty()) return nullptr;
+    return logs_->Open(logger);
+  }
+  // Waits up to `d` or until a drain starts (or, with `wake_on_work`, a
+  // worker frees up). Returns false when draining.
+  void SleepFor(absl::Duration d) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, absl::ToChronoMilliseconds(d),
+                 [&] { return stop_threads_; });
+  }
+
+  ManagerEnvironment env_;
+  const SecretString token_;
+  const std::string manager_url_;
+  const std::string host_name_ = "runner-" + HostName();
+  const std::string ip_ = OutboundIp();
+  http::HttpClient http_{32};
+  std::unique_ptr<HarnessClient> client_;
+  std::unique_ptr<LogService> logs_;
+  RoutingLogSink routing_;
+  std::unique_ptr<Scheduler> scheduler_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool draining_ = false;                  // guarded by mu_
+  bool stop_threads_ = false;              // guarded by mu_
+  bool registered_ = false;                // guarded by mu_
+  int heartbeat_failures_ = 0;             // guarded by mu_
+  std::string delegate_id_;                // guarded by mu_
+  std::deque<RunnerEvent> work_;           // guarded by mu_
+  std::map<std::string, bool> in_flight_;  // task ids; guarded by mu_
+  // task id -> response body, oldest first; guarded by mu_
+  std::list<std::pair<std::string, std::string>> answered_;
+  std::unordered_map<std::string,
+                     std::list<std::pair<std::string, std::string>>::iterator>
+      answered_index_;                               // guarded by mu_
+  std::map<std::string, Transaction> transactions_;  // guarded by mu_
+  uint64_t next_stage_ = 0;                          // guarded by mu_
+  int busy_workers_ = 0;                             // guarded by mu_
+};
+
+absl::Status HarnessConnection::RegisterWithRetry() {
+  RetryPolicy policy;
+  policy.max_elapsed = absl::InfiniteDuration();
+  std::string id;
+  absl::Status s = Retry(
+      policy,
+      [&] {
+        RegisterInfo info = Info();
+        info.max_stages = env_.config.max_stages;  // heartbeats send null
+        absl::StatusOr<std::string> got = client_->Register(info);
+        if (!got.ok()) return got.status();
+        id = *got;
+        return absl::OkStatus();
+      },
+      [this] { return Draining(); },
+      [this](const absl::Status& error, absl::Duration wait) {
+        env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
+        env_.log.Warn("register failed; retrying",
+                      {{"error", error.message()},
+                       {"retry_in", absl::FormatDuration(absl::Trunc(
+                                        wait, absl::Milliseconds(1)))}});
+      });
+  if (!s.ok()) return s;
+  if (id.empty()) return absl::CancelledError("drained before registering");
+  {
+    std::lock_guard lock(mu_);
+    delegate_id_ = id;
+    registered_ = true;
+    heartbeat_failures_ = 0;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HarnessConnection::Run() {
+  absl::StatusOr<Transport> transport = TransportFromConfig(env_.config);
+  if (!transport.ok()) return transport.status();
+  client_ =
+      std::make_unique<HarnessClient>(manager_url_, env_.config.account_id,
+                                      token_, *transport, http_, env_.clock);
+  logs_ = std::make_unique<LogService>(http_, *transport, env_.log);
+  SchedulerOptions options;
+  options.registry = &env_.executors;
+  options.log_sink = &routing_;
+  options.clock = &env_.clock;
+  options.delegate_name = env_.config.name;
+  options.max_stages = env_.config.max_stages;
+  options.policy = env_.policy;
+  scheduler_ = std::make_unique<Scheduler>(options);
+
+  env_.log.Info("connecting", {{"manager", manager_url_},
+                               {"account_id", env_.config.account_id},
+                               {"name", env_.config.name}});
+  if (absl::Status s = RegisterWithRetry(); !s.ok()) {
+    if (absl::IsCancelled(s)) {
+      env_.log.Info("stopped before connecting");
+      return absl::OkStatus();
+    }
+    env_.log.Error("cannot connect", {{"error", s.message()}});
+    return s;
+  }
+  const RegisterInfo info = Info();
+  env_.log.Info("connected", {{"delegate_id", info.delegate_id},
+                              {"manager", manager_url_},
+                              {"name", env_.config.name},
+                              {"tags", absl::StrJoin(env_.config.tags, ",")}});
+
+  std::thread heartbeat([this] { HeartbeatLoop(); });
+  std::vector<std::thread> workers;
+  const int worker_count = std::max(1, env_.config.parallel_workers);
+  for (int i = 0; i < worker_count; ++i) {
+    workers.emplace_back([this] { WorkerLoop(); });
+  }
+
+  // The poll loop. While draining it goes on polling for the steps and
+  // cleanups of open stages, and leaves new stages to other delegates.
+  int failures = 0;
+  absl::Time idle_since = absl::InfiniteFuture();
+  bool drain_logged = false;
+  while (true) {
+    bool draining;
+    {
+      std::lock_guard lock(mu_);
+      draining = draining_;
+    }
+    if (draining) {
+      if (!drain_logged) {
+        drain_logged = true;
+        size_t open;
+        {
+          std::lock_guard lock(mu_);
+          open = transactions_.size();
+        }
+        env_.log.Info("draining: taking no new stages",
+                      {{"open_stages", absl::StrCat(open)}});
+      }
+      bool idle;
+      {
+        std::lock_guard lock(mu_);
+        idle = transactions_.empty() && in_flight_.empty() && work_.empty();
+      }
+      if (!idle) {
+        idle_since = absl::InfiniteFuture();
+      } else if (idle_since == absl::InfiniteFuture()) {
+        idle_since = absl::Now();
+        if (env_.config.idle_wait_before_stop > absl::ZeroDuration()) {
+          env_.log.Info("idle; waiting before stopping",
+                        {{"wait", absl::FormatDuration(
+                                      env_.config.idle_wait_before_stop)}});
+        }
+      }
+      if (idle &&
+          absl::Now() - idle_since >= env_.config.idle_wait_before_stop) {
+        break;
+      }
+    }
+    absl::StatusOr<std::vector<RunnerEvent>> events =
+        client_->PollEvents(info.delegate_id);
+    absl::Duration wait = env_.config.poll_interval;
+    if (!events.ok()) {
+      ++failures;
+      env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
+      // Back off while the manager is unreachable, up to 30 s, and say so
+      // once per outage rather than every poll.
+      wait = std::min(absl::Seconds(30),
+                      env_.config.poll_interval * (1 << std::min(failures, 5)));
+      if (failures == 1 || failures % 20 == 0) {
+        env_.log.Warn("poll failed", {{"error", events.status().message()},
+                                      {"failures", absl::StrCat(failures)}});
+      }
+    } else {
+      if (failures > 0) {
+        env_.log.Info("poll recovered", {{"failures", absl::StrCat(failures)}});
+      }
+      failures = 0;
+      for (const RunnerEvent& event : *events) {
+        std::unique_lock lock(mu_);
+        if (in_flight_.count(event.task_id)) continue;
+        if (auto it = answered_index_.find(event.task_id);
+            it != answered_index_.end()) {
+          // Delivered again after it was answered: the manager may have lost
+          // the answer. Send it again rather than run the task twice.
+          std::string body = it->second->second;
+          in_flight_[event.task_id] = true;
+          lock.unlock();
+          SendAnswer(event.task_id, body);
+          lock.lock();
+          in_flight_.erase(event.task_id);
+          continue;
+        }
+        if (draining_ && event.task_type == "local_init") continue;
+        // Back-pressure: with every worker busy, wait rather than fetch.
+        cv_.wait(lock, [&] {
+          return stop_threads_ || work_.size() + busy_workers_ <
+                                      static_cast<size_t>(worker_count);
+        });
+        in_flight_[event.task_id] = true;
+        work_.push_back(event);
+        cv_.notify_all();
+      }
+    }
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, absl::ToChronoMilliseconds(wait),
+                 [&] { return draining_ != draining; });
+  }
+
+  {
+    std::lock_guard lock(mu_);
+    stop_threads_ = true;
+  }
+  cv_.notify_all();
+  for (std::thread& t : workers) t.join();
+  heartbeat.join();
+  scheduler_->Shutdown(absl::ZeroDuration());
+
+  RetryPolicy policy;
+  absl::Status bye =
+      Retry(policy, [&] { return client_->Unregister(Info()); }, {});
+  if (bye.ok()) {
+    env_.log.Info("unregistered", {{"delegate_id", info.delegate_id}});
+  } else {
+    env_.log.Warn("unregister failed", {{"error", bye.message()}});
+  }
+  return absl::OkStatus();
+}
+
+void HarnessConnection::HeartbeatLoop() {
+  while (true) {
+    {
+      std::unique_lock lock(mu_);
+      if (stop_threads_) return;
+    }
+    absl::Status s = client_->Heartbeat(Info());
+    if (absl::IsNotFound(s)) {
+      // The manager no longer knows this delegate (restarted, or it expired
+      // the registration): register again; the id may change.
+      env_.log.Warn(
+          "the manager does not know this delegate; registering again",
+          {{"error", s.message()}});
+      s = RegisterWithRetry();
+      if (s.ok()) {
+        env_.log.Info("connected", {{"delegate_id", Info().delegate_id},
+                                    {"manager", manager_url_}});
+      }
+    }
+    {
+      std::lock_guard lock(mu_);
+      heartbeat_failures_ = s.ok() ? 0 : heartbeat_failures_ + 1;
+    }
+    if (!s.ok()) {
+      env_.metrics.Add("io_harness_runner_heartbeat_failure_count",
+                       RunnerLabels());
+      env_.log.Warn("heartbeat failed", {{"error", s.message()}});
+    }
+    SleepFor(kHeartbeatInterval);
+  }
+}
+
+void HarnessConnection::WorkerLoop() {
+  std::unique_lock lock(mu_);
+  while (true) {
+    cv_.wait(lock, [&] { return stop_threads_ || !work_.empty(); });
+    if (work_.empty()) return;
+    RunnerEvent event = std::move(work_.front());
+    work_.pop_front();
+    ++busy_workers_;
+    lock.unlock();
+    Handle(event);
+    lock.lock();
+    --busy_workers_;
+    in_flight_.erase(event.task_id);
+    cv_.notify_all();
+  }
+}
+
+void HarnessConnection::Handle(const RunnerEvent& event) {
+  const std::string delegate_id = Info().delegate_id;
+  std::vector<TaskRequest> requests;
+  RetryPolicy policy;
+  absl::Status fetched =
+      Retry(policy,
+            [&] {
+              absl::StatusOr<std::vector<TaskRequest>> got = client_->Acquire(
+                  event.task_id, delegate_id, env_.config.name);
+              if (!got.ok()) return got.status();
+              requests = *std::move(got);
+              return absl::OkStatus();
+            },
+            {});
+  if (!fetched.ok()) {
+    env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
+    env_.log.Warn("fetching the task failed; it stays with the manager",
+                  {{"task_id", event.task_id}, {"error", fetched.message()}});
+    return;
+  }
+  for (TaskRequest& request : requests) {
+    request.task.id = event.task_id;  // as the runner does (§5.2)
+    const absl::Time start = absl::Now();
+    const std::string type = request.task.type;
+    env_.metrics.Add("io_harness_tasks_currently_executing", TaskLabels(type),
+                     1);
+    Answer answer = Route(request);
+    env_.metrics.Add("io_harness_tasks_currently_executing", TaskLabels(type),
+                     -1);
+    env_.metrics.Observe("io_harness_task_execution_time", TaskLabels(type),
+                         absl::ToDoubleSeconds(absl::Now() - start));
+    const bool step_timeout =
+        answer.data_json.find("\"command_execution_status\":\"TIMEOUT\"") !=
+        std::string::npos;
+    const bool step_failed =
+        answer.data_json.find("\"command_execution_status\":\"FAILURE\"") !=
+        std::string::npos;
+    if (step_timeout) {
+      env_.metrics.Add("io_harness_task_timeout_total", TaskLabels(type));
+    }
+    env_.metrics.Add(answer.ok && !step_failed && !step_timeout
+                         ? "io_harness_task_completed_total"
+                         : "io_harness_task_failed_total",
+                     TaskLabels(type));
+    if (!answer.ok) {
+      env_.log.Warn("task failed", {{"task_id", event.task_id},
+                                    {"type", type},
+                                    {"error", answer.error}});
+    }
+    SendAnswer(event.task_id, TaskResponseBody(event.task_id, type, answer.ok,
+                                               answer.error, answer.data_json));
+  }
+}
+
+void HarnessConnection::SendAnswer(const std::string& task_id,
+                                   const std::string& body) {
+  {
+    // Kept before sending: a delivery that comes again while the manager is
+    // away gets this answer, not a second run.
+    std::lock_guard lock(mu_);
+    if (!answered_index_.count(task_id)) {
+      answered_.emplace_back(task_id, body);
+      answered_index_[task_id] = std::prev(answered_.end());
+      if (answered_.size() > kAnsweredWindow) {
+        answered_index_.erase(answered_.front().first);
+        answered_.pop_front();
+      }
+    }
+  }
+  RetryPolicy policy;
+  policy.max_elapsed = absl::Minutes(10);
+  const std::string delegate_id = Info().delegate_id;
+  absl::Status s = Retry(
+      policy, [&] { return client_->SendResponse(task_id, delegate_id, body); },
+      {},
+      [&](const absl::Status& error, absl::Duration) {
+        env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
+        env_.log.Warn("sending the task response failed; retrying",
+                      {{"task_id", task_id}, {"error", error.message()}});
+      });
+  if (!s.ok()) {
+    env_.log.Error(
+        "task response not delivered; it is sent again if the "
+        "manager delivers the task again",
+        {{"task_id", task_id}, {"error", s.message()}});
+  }
+}
+
+HarnessConnection::Answer HarnessConnection::Route(TaskRequest& request) {
+  Answer answer;
+  answer.type = request.task.type;
+  std::vector<std::string> masks = request.task.logger.masks;
+  absl::StatusOr<std::map<std::string, std::string>> secrets =
+      ResolveRequestSecrets(request);
+  if (!secrets.ok()) {
+    answer.ok = false;
+    answer.error = std::string(secrets.status().message());
+    return answer;
+  }
+  for (const auto& [id, value] : *secrets) masks.push_back(value);
+  absl::StatusOr<std::string> data =
+      SubstituteSecrets(request.task.data_json, *secrets);
+  if (!data.ok()) {
+    answer.ok = false;
+    answer.error = std::string(data.status().message());
+    return answer;
+  }
+  const std::string& type = request.task.type;
+  if (type == "local_init") {
+    answer = HandleInit(request, *data, masks);
+  } else if (type == "local_execute") {
+    answer = HandleExecute(request, *data, masks);
+  } else if (type == "local_cleanup") {
+    answer = HandleCleanup(request, *data);
+  } else if (type == "secret/static") {
+    absl::StatusOr<std::string> value = StaticSecretResponseData(request.task);
+    if (value.ok()) {
+      answer.data_json = *value;
+    } else {
+      answer.ok = false;
+      answer.error = std::string(value.status().message());
+    }
+  } else {
+    answer.ok = false;
+    answer.error = absl::StrCat("task type '", type,
+                                "' is not supported by this delegate; it runs ",
+                                kSupportedTypes);
+  }
+  answer.type = type;
+  if (!masks.empty()) {
+    logs::SecretMasker masker(masks);
+    answer.error = masker.Mask(answer.error);
+    // A secret task's answer is the secret: the manager asked for it.
+    if (type != "secret/static")
+      answer.data_json = masker.Mask(answer.data_json);
+  }
+  return answer;
+}
+
+HarnessConnection::Answer HarnessConnection::HandleInit(
+    const TaskRequest& request, const std::string& data,
+    const std::vector<std::string>& masks) {
+  Answer answer;
+  const std::string delegate_id = Info().delegate_id;
+  absl::StatusOr<InitPayload> p = ParseInitPayload(data);
+  if (!p.ok()) {
+    answer.ok = false;
+    answer.error = std::string(p.status().message());
+    answer.data_json = InitResponseData(false, answer.error, delegate_id);
+    return answer;
+  }
+  {
+    std::lock_guard lock(mu_);
+    if (draining_) {
+      answer.ok = false;
+      answer.error = "the delegate is shutting down and takes no new stages";
+      answer.data_json = InitResponseData(false, answer.error, delegate_id);
+      return answer;
+    }
+    auto it = transactions_.find(p->transaction_key);
+    if (it != transactions_.end() && !it->second.feed->ended()) {
+      // The same stage initialized again (a retried init): it is ready.
+      answer.data_json = InitResponseData(true, "", delegate_id);
+      return answer;
+    }
+  }
+  Stage stage = p->stage;
+  for (size_t i = 0; i < masks.size(); ++i) {
+    stage.secrets[absl::StrCat("__task_secret_", i)] = masks[i];
+  }
+  // Nothing is created for a stage the policy refuses.
+  if (absl::Status s = ValidateForPlatform(env_.executors, stage, env_.policy);
+      !s.ok()) {
+    answer.error = absl::StrCat("local_init: ", s.message());
+    answer.data_json = InitResponseData(false, answer.error, delegate_id);
+    return answer;
+  }
+  for (const HostDir& dir : p->host_dirs) {
+    if (!dir.create) continue;
+    std::error_code ec;
+    std::filesystem::create_directories(dir.path, ec);
+    if (ec) {
+      answer.error =
+          absl::StrCat("local_init: creating ", dir.path, ": ", ec.message());
+      answer.data_json = InitResponseData(false, answer.error, delegate_id);
+      return answer;
+    }
+  }
+
+  auto initialized = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> init_done = initialized->get_future();
+  auto feed = std::make_shared<StageFeed>(
+      [initialized](const absl::Status& s) { initialized->set_value(s); });
+  StageTask task;
+  {
+    std::lock_guard lock(mu_);
+    task.id = absl::StrCat(p->transaction_key, "#", ++next_stage_);
+    transactions_[p->transaction_key] = {task.id, feed, p->host_dirs};
+  }
+  const std::string key = p->transaction_key;
+  task.stage = std::move(stage);
+  task.feed = feed;
+  task.on_done = [this, key, feed](const StageResult& result) {
+    env_.log.Info("stage ended", {{"stage", key},
+                                  {"status", StepStatusName(result.status)},
+                                  {"error", result.error}});
+  };
+  std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
+  if (log) routing_.Route(task.id, "", log);
+  const std::string scheduler_id = task.id;
+  if (absl::Status s = scheduler_->Submit(std::move(task)); !s.ok()) {
+    std::lock_guard lock(mu_);
+    transactions_.erase(key);
+    answer.error = absl::StrCat("local_init: ", s.message());
+    answer.data_json = InitResponseData(false, answer.error, delegate_id);
+    if (log) routing_.Unroute(scheduler_id, "");
+    return answer;
+  }
+  absl::Status s = init_done.get();
+  if (log) {
+    routing_.Unroute(scheduler_id, "");
+    log->Close();
+  }
+  env_.log.Info(s.ok() ? "stage initialized" : "stage initialize failed",
+                {{"stage", key}, {"error", s.message()}});
+  // Like lite-engine: a failed setup is an OK task whose body says FAILURE.
+  answer.error = s.ok() ? "" : std::string(s.message());
+  answer.data_json = InitResponseData(s.ok(), answer.error, delegate_id);
+  return answer;
+}
+
+HarnessConnection::Answer HarnessConnection::HandleExecute(
+    const TaskRequest& request, const std::string& data,
+    const std::vector<std::string>& masks) {
+  Answer answer;
+  absl::StatusOr<ExecutePayload> p = ParseExecutePayload(data);
+  if (!p.ok()) {
+    answer.ok = false;
+    answer.error = std::string(p.status().message());
+    return answer;
+  }
+  std::shared_ptr<StageFeed> feed;
+  std::string scheduler_id;
+  {
+    std::lock_guard lock(mu_);
+    auto it = transactions_.find(p->transaction_key);
+    if (it != transactions_.end()) {
+      feed = it->second.feed;
+      scheduler_id = it->second.scheduler_id;
+    }
+  }
+  StepResult failed;
+  failed.id = p->step.id;
+  failed.status = StepStatus::kFailure;
+  if (!feed) {
+    answer.ok = false;
+    answer.error = absl::StrCat(
+        "stage ", p->transaction_key,
+        " is not open on this delegate: its local_init must run here first");
+    failed.error = answer.error;
+    answer.data_json = ExecutionResponseData(failed);
+    return answer;
+  }
+  std::vector<std::string> step_masks = p->masks;
+  step_masks.insert(step_masks.end(), masks.begin(), masks.end());
+  std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
+  if (log) routing_.Route(scheduler_id, p->step.id, log);
+  auto promise = std::make_shared<std::promise<StepResult>>();
+  std::future<StepResult> done = promise->get_future();
+  const std::string step_id = p->step.id;
+  absl::Status pushed =
+      feed->Push(std::move(p->step), std::move(step_masks),
+                 [promise](const StepResult& r) { promise->set_value(r); });
+  StepResult r;
+  if (pushed.ok()) {
+    r = done.get();
+  } else {
+    r = failed;
+    r.error =
+        absl::StrCat("stage ", p->transaction_key, ": ", pushed.message());
+  }
+  if (log) {
+    routing_.Unroute(scheduler_id, step_id);
+    log->Close();
+  }
+  answer.data_json = ExecutionResponseData(r);
+  return answer;
+}
+
+HarnessConnection::Answer HarnessConnection::HandleCleanup(
+    const TaskRequest& request, const std::string& data) {
+  Answer answer;
+  absl::StatusOr<CleanupPayload> p = ParseCleanupPayload(data);
+  if (!p.ok()) {
+    answer.ok = false;
+    answer.error = std::string(p.status().message());
+    answer.data_json = CleanupResponseData(false, answer.error);
+    return answer;
+  }
+  std::optional<Transaction> txn;
+  {
+    std::lock_guard lock(mu_);
+    auto it = transactions_.find(p->transaction_key);
+    if (it != transactions_.end()) txn = it->second;
+  }
+  std::vector<std::string> problems;
+  std::vector<std::string> remove = p->host_paths;
+  if (txn) {
+    std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
+    if (log) routing_.Route(txn->scheduler_id, "", log);
+    auto promise = std::make_shared<std::promise<absl::Status>>();
+    std::future<absl::Status> cleaned = promise->get_future();
+    txn->feed->Close(
+        [promise](const absl::Status& s) { promise->set_value(s); });
+    absl::Status s = cleaned.get();
+    if (log) {
+      routing_.Unroute(txn->scheduler_id, "");
+      log->Close();
+    }
+    if (!s.ok()) problems.push_back(std::string(s.message()));
+    for (const HostDir& dir : txn->dirs) {
+      if (dir.remove) remove.push_back(dir.path);
+    }
+    std::lock_guard lock(mu_);
+    auto it = transactions_.find(p->transaction_key);
+    if (it != transactions_.end() && it->second.feed == txn->feed) {
+      transactions_.erase(it);
+    }
+  }
+  std::sort(remove.begin(), remove.end());
+  remove.erase(std::unique(remove.begin(), remove.end()), remove.end());
+  for (const std::string& path : remove) {
+    if (absl::Status s = RemoveHostDir(path); !s.ok()) {
+      problems.push_back(std::string(s.message()));
+    }
+  }
+  cv_.notify_all();  // the drain waits for open stages
+  answer.error = absl::StrJoin(problems, "; ");
+  answer.data_json = CleanupResponseData(problems.empty(), answer.error);
+  return answer;
+}
+
+}  // namespace
+}  // namespace harness
+
+absl::Status RegisterHarnessManager(ManagerRegistry& registry) {
+  return registry.Register(
+      "harness",
+      [](ManagerEnvironment env)
+          -> absl::StatusOr<std::unique_ptr<ManagerConnection>> {
+        absl::StatusOr<SecretString> token =
+            harness::NormalizeDelegateToken(env.config.token);
+        if (!token.ok()) return token.status();
+        std::string url =
+            env.address.empty() ? env.config.manager_url : env.address;
+        if (url.empty()) {
+          return absl::InvalidArgumentError(
+              "HARNESS_URL: set it to the Harness manager URL, like "
+              "https://app.harness.io");
+        }
+        if (env.config.account_id.empty()) {
+          return absl::InvalidArgumentError(
+              "HARNESS_ACCOUNT_ID: set it to the account id from Harness");
+        }
+        return std::unique_ptr<ManagerConnection>(
+            new harness::HarnessConnection(std::move(env), *std::move(token),
+                                           std::move(url)));
+      });
+}
+
+}  // namespace delegate

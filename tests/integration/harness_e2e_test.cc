@@ -1,0 +1,476 @@
+// The delegate binary against the reference Harness manager over TLS on
+// loopback: whole stages through register, runner-events, task payloads,
+// task-response and the log service, and the faults a real deployment meets.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "http/http_client.h"
+#include "rapidjson/document.h"
+#include "reference_manager.h"
+#include "tests/fakes/delegate_process.h"
+#include "tests/fakes/docker_engine.h"
+#include "tests/fakes/test_ca.h"
+
+namespace delegate {
+namespace {
+
+using ::delegate::reference::Faults;
+using ::delegate::reference::ManagerOptions;
+using ::delegate::reference::ReferenceManager;
+using ::delegate::testing::DelegateProcess;
+using ::delegate::testing::TestCa;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr char kAccount[] = "acct-e2e";
+constexpr char kToken[] = "98d8fedb04c574e68939164bf463e73d";
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class HarnessE2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = absl::StrCat(::testing::TempDir(), "/harness-e2e-", getpid(), "-",
+                        ::testing::UnitTest::GetInstance()->random_seed(), "-",
+                        counter_++);
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_ + "/certs");
+    std::filesystem::create_directories(dir_ + "/work");
+    auto ca = TestCa::Create();
+    ASSERT_TRUE(ca.ok()) << ca.status();
+    ca_ = *std::move(ca);
+    std::filesystem::copy_file(ca_->ca_file(), dir_ + "/certs/ca.crt");
+    std::ofstream(dir_ + "/token") << kToken << "\n";
+  }
+  void TearDown() override {
+    delegate_.reset();
+    manager_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  ManagerOptions Options() {
+    ManagerOptions o;
+    o.account_id = kAccount;
+    o.token = SecretString(kToken);
+    o.tls = http::ServerTlsOptions{ca_->server().cert_file,
+                                   ca_->server().key_file, ""};
+    return o;
+  }
+  void StartManager(ManagerOptions o) {
+    auto m = ReferenceManager::Start(std::move(o));
+    ASSERT_TRUE(m.ok()) << m.status();
+    manager_ = *std::move(m);
+    url_ = manager_->url();
+  }
+
+  std::vector<std::string> DelegateEnv(const std::string& name = "e2e") {
+    return {"HARNESS_ACCOUNT_ID=" + std::string(kAccount),
+            "HARNESS_TOKEN=" + std::string(kToken),
+            "HARNESS_URL=" + url_,
+            "HARNESS_NAME=" + name,
+            "HARNESS_TAGS=e2e,linux",
+            "HARNESS_CERTS_DIR=" + dir_ + "/certs",
+            "HARNESS_WORKDIR=" + dir_ + "/work",
+            "POLL_INTERVAL_MILLISECS=50",
+            "HTTPS_BIND=127.0.0.1:0",
+            "CLEANUP_GRACE_PERIOD_SECONDS=1"};
+  }
+  void StartDelegate(std::vector<std::string> env) {
+    delegate_ = std::make_unique<DelegateProcess>(
+        std::vector<std::string>{"server"}, env, dir_ + "/delegate.log");
+  }
+
+  // Waits for a line of the delegate's log that contains `text`.
+  bool WaitForLog(const std::string& text,
+                  absl::Duration timeout = absl::Seconds(20)) {
+    const absl::Time until = absl::Now() + timeout;
+    while (absl::Now() < until) {
+      if (absl::StrContains(delegate_->Output(), text)) return true;
+      if (delegate_->Exited())
+        return absl::StrContains(delegate_->Output(), text);
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  }
+
+  std::string Submit(const std::string& spec) {
+    absl::StatusOr<std::string> id = manager_->SubmitStage(spec);
+    EXPECT_TRUE(id.ok()) << id.status();
+    return id.value_or("");
+  }
+  // The stage's JSON once it has finished (or after `timeout`).
+  rapidjson::Document WaitStage(const std::string& id,
+                                absl::Duration timeout = absl::Seconds(60)) {
+    const absl::Time until = absl::Now() + timeout;
+    rapidjson::Document d;
+    while (true) {
+      absl::StatusOr<std::string> json = manager_->StageJson(id);
+      d.Parse(json.value_or("{}").c_str());
+      const std::string status =
+          d.HasMember("status") ? d["status"].GetString() : "";
+      if (status == "SUCCESS" || status == "FAILURE" || absl::Now() > until) {
+        return d;
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  }
+  std::string Admin(const std::string& method, const std::string& path,
+                    const std::string& body = "") {
+    http::HttpClient client;
+    http::Request req;
+    req.method = method;
+    req.url = url_ + path;
+    req.body = body;
+    req.tls.ca_file = ca_->ca_file();
+    auto resp = client.Perform(req);
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    return resp.ok() ? resp->body : "";
+  }
+  int OpsPort() {
+    std::smatch m;
+    const std::string out = delegate_->Output();
+    if (std::regex_search(out, m,
+                          std::regex("127\\.0\\.0\\.1:([0-9]+)/health"))) {
+      return std::stoi(m[1]);
+    }
+    return 0;
+  }
+  std::pair<int, std::string> Ops(const std::string& path) {
+    http::HttpClient client;
+    http::Request req;
+    req.url = absl::StrCat("http://127.0.0.1:", OpsPort(), path);
+    auto resp = client.Perform(req);
+    if (!resp.ok()) return {0, std::string(resp.status().message())};
+    return {resp->status, resp->body};
+  }
+
+  static inline int counter_ = 0;
+  std::string dir_;
+  std::unique_ptr<TestCa> ca_;
+  std::unique_ptr<ReferenceManager> manager_;
+  std::string url_;
+  std::unique_ptr<DelegateProcess> delegate_;
+};
+
+// A stage of host steps, as JSON the reference manager turns into tasks.
+std::string HostStage(const std::string& id, const std::string& extra = "") {
+  return absl::StrCat(
+      R"({"id":")", id, R"(","logs":true,"secrets":{"pw":"hunter2-secret"},)",
+      R"("steps":[)",
+      R"({"id":"greet","run":{"commands":["echo hello from greet","echo pw=${{secrets.pw}}"]}},)",
+      R"({"id":"out","run":{"commands":["echo VERSION=1.2.3 > \"$HARNESS_OUTPUT_FILE\""]},"output_vars":["VERSION"]})",
+      extra, "]}");
+}
+
+TEST_F(HarnessE2eTest, RunsAStageEndToEndWithLogsSecretsAndOutputs) {
+  StartManager(Options());
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\"")) << delegate_->Output();
+  const std::string id = Submit(HostStage("build-1"));
+  rapidjson::Document stage = WaitStage(id);
+  ASSERT_STREQ(stage["status"].GetString(), "SUCCESS")
+      << ReadFile(dir_ + "/delegate.log");
+  const auto& tasks = stage["tasks"];
+  ASSERT_EQ(tasks.Size(), 4u);
+  EXPECT_STREQ(tasks[0]["type"].GetString(), "local_init");
+  EXPECT_STREQ(tasks[3]["type"].GetString(), "local_cleanup");
+  for (const auto& t : tasks.GetArray()) {
+    EXPECT_EQ(t["responses"].GetInt(), 1) << t["id"].GetString();
+    EXPECT_STREQ(t["code"].GetString(), "OK");
+  }
+  EXPECT_STREQ(tasks[2]["data"]["output_vars"]["VERSION"].GetString(), "1.2.3");
+
+  // The step's output reached the log service, masked.
+  const std::string logs = Admin("GET", "/admin/logs?key=build-1/step-0");
+  EXPECT_THAT(logs, HasSubstr("hello from greet"));
+  EXPECT_THAT(logs, HasSubstr("pw=***"));
+  EXPECT_THAT(logs, Not(HasSubstr("hunter2-secret")));
+  EXPECT_THAT(delegate_->Output(), Not(HasSubstr("hunter2-secret")));
+  EXPECT_THAT(delegate_->Output(), Not(HasSubstr(kToken)));
+
+  // Registration as §4.1 describes it.
+  const std::string delegates = Admin("GET", "/admin/delegates");
+  EXPECT_THAT(delegates, HasSubstr("\"runner\":true"));
+  EXPECT_THAT(delegates, HasSubstr("\"tags\":[\"e2e\",\"linux\"]"));
+
+  // The ops endpoints.
+  EXPECT_EQ(Ops("/health").first, 200);
+  EXPECT_EQ(Ops("/ready").first, 200);
+  auto [code, metrics] = Ops("/metrics");
+  EXPECT_EQ(code, 200);
+  EXPECT_THAT(
+      metrics,
+      HasSubstr("io_harness_task_completed_total{account_id=\"acct-e2e\",task_"
+                "type=\"local_execute\",runner_name=\"e2e\"} 2"));
+  EXPECT_THAT(metrics, HasSubstr("io_harness_tasks_currently_executing"));
+
+  kill(delegate_->pid(), SIGTERM);
+  auto outcome = delegate_->Wait();
+  EXPECT_EQ(outcome.exit_code, 0) << outcome.out;
+  EXPECT_THAT(outcome.out, HasSubstr("\"msg\":\"unregistered\""));
+  EXPECT_THAT(Admin("GET", "/admin/delegates"),
+              HasSubstr("\"registered\":false"));
+}
+
+TEST_F(HarnessE2eTest, AFailingStepIsReportedAndTheStageStillCleansUp) {
+  StartManager(Options());
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const std::string id = Submit(R"({"id":"fails","steps":[
+      {"id":"bad","run":{"commands":["echo about to fail","exit 7"]}},
+      {"id":"never","run":{"commands":["echo not reached"]}}]})");
+  rapidjson::Document stage = WaitStage(id);
+  ASSERT_STREQ(stage["status"].GetString(), "FAILURE");
+  const auto& tasks = stage["tasks"];
+  ASSERT_EQ(tasks.Size(), 3u);  // init, bad, cleanup
+  EXPECT_STREQ(tasks[1]["data"]["command_execution_status"].GetString(),
+               "FAILURE");
+  EXPECT_THAT(tasks[1]["data"]["error_message"].GetString(),
+              HasSubstr("exit status 7"));
+  EXPECT_STREQ(tasks[2]["type"].GetString(), "local_cleanup");
+  EXPECT_STREQ(tasks[2]["data"]["command_execution_status"].GetString(),
+               "SUCCESS");
+}
+
+TEST_F(HarnessE2eTest, AWrongTokenStopsWithOneClearErrorAndNoRetryStorm) {
+  StartManager(Options());
+  std::vector<std::string> env = DelegateEnv();
+  env[1] = "HARNESS_TOKEN=00000000000000000000000000000001";
+  StartDelegate(env);
+  const absl::Time start = absl::Now();
+  while (!delegate_->Exited() && absl::Now() - start < absl::Seconds(20)) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  auto outcome = delegate_->Wait();
+  EXPECT_EQ(outcome.exit_code, 1) << outcome.out;
+  EXPECT_THAT(outcome.out, HasSubstr("HARNESS_TOKEN"));
+  EXPECT_THAT(outcome.out, HasSubstr(kAccount));
+  EXPECT_THAT(outcome.out, Not(HasSubstr("00000000000000000000000000000001")));
+  EXPECT_THAT(outcome.out, Not(HasSubstr("retrying")));
+  EXPECT_EQ(Admin("GET", "/admin/delegates"), "[]");
+}
+
+TEST_F(HarnessE2eTest, WithoutTheManagersCaTheDelegateRefusesToConnect) {
+  StartManager(Options());
+  std::vector<std::string> env = DelegateEnv();
+  env[5] = "HARNESS_CERTS_DIR=" + dir_ + "/work";  // no CA there
+  StartDelegate(env);
+  ASSERT_TRUE(WaitForLog("register failed; retrying"));
+  EXPECT_THAT(delegate_->Output(), HasSubstr("certificate"));
+  EXPECT_EQ(Ops("/ready").first, 503);
+  EXPECT_EQ(Admin("GET", "/admin/delegates"), "[]");
+}
+
+TEST_F(HarnessE2eTest, MutualTlsWithAClientCertificate) {
+  ManagerOptions o = Options();
+  o.tls->client_ca_file = ca_->ca_file();
+  StartManager(o);
+  std::vector<std::string> env = DelegateEnv();
+  env.push_back("HARNESS_CLIENT_CERT_FILE=" + ca_->client().cert_file);
+  env.push_back("HARNESS_CLIENT_KEY_FILE=" + ca_->client().key_file);
+  StartDelegate(env);
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\"")) << delegate_->Output();
+  const std::string id = Submit(HostStage("mtls"));
+  EXPECT_STREQ(WaitStage(id)["status"].GetString(), "SUCCESS");
+}
+
+TEST_F(HarnessE2eTest, ManagerErrorsAndTimeoutsAreRetriedAndNoResponseIsLost) {
+  StartManager(Options());
+  std::vector<std::string> env = DelegateEnv();
+  env.push_back("DELEGATE_MANAGER_TIMEOUT_SECS=1");
+  StartDelegate(env);
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  Faults faults;
+  faults.fail_next = 6;
+  faults.fail_status = 503;
+  faults.delay = absl::Milliseconds(1500);  // past the 1 s call timeout
+  faults.delay_next = 4;
+  manager_->SetFaults(faults);
+  const std::string id = Submit(HostStage("flaky"));
+  rapidjson::Document stage = WaitStage(id);
+  ASSERT_STREQ(stage["status"].GetString(), "SUCCESS") << delegate_->Output();
+  for (const auto& t : stage["tasks"].GetArray()) {
+    EXPECT_GE(t["responses"].GetInt(), 1) << t["id"].GetString();
+  }
+  EXPECT_THAT(delegate_->Output(), HasSubstr("poll failed"));
+}
+
+TEST_F(HarnessE2eTest, ATaskDeliveredTwiceRunsOnce) {
+  StartManager(Options());
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  Faults faults;
+  faults.duplicate_events = true;
+  manager_->SetFaults(faults);
+  const std::string marker = dir_ + "/runs.txt";
+  const std::string id = Submit(absl::StrCat(
+      R"({"id":"twice","steps":[{"id":"count","run":{"commands":["echo ran >> )",
+      marker, R"(","sleep 0.3"]}}]})"));
+  rapidjson::Document stage = WaitStage(id);
+  ASSERT_STREQ(stage["status"].GetString(), "SUCCESS");
+  EXPECT_EQ(ReadFile(marker), "ran\n");
+  for (const auto& t : stage["tasks"].GetArray()) {
+    EXPECT_EQ(t["responses"].GetInt(), 1) << t["type"].GetString();
+  }
+}
+
+TEST_F(HarnessE2eTest, UnknownTaskTypesAnswerFailedNamingTheType) {
+  StartManager(Options());
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const std::string id = Submit(R"({"id":"vm","type":"vm_init","data":{}})");
+  rapidjson::Document stage = WaitStage(id);
+  ASSERT_STREQ(stage["status"].GetString(), "FAILURE");
+  const auto& t = stage["tasks"][0];
+  EXPECT_STREQ(t["code"].GetString(), "FAILED");
+  EXPECT_THAT(t["error"].GetString(), HasSubstr("'vm_init' is not supported"));
+  EXPECT_THAT(t["data"]["error_message"].GetString(), HasSubstr("vm_init"));
+}
+
+TEST_F(HarnessE2eTest, InlineTaskDataIsAcceptedToo) {
+  ManagerOptions o = Options();
+  o.base64_data = false;
+  StartManager(o);
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  EXPECT_STREQ(WaitStage(Submit(HostStage("inline")))["status"].GetString(),
+               "SUCCESS");
+}
+
+TEST_F(HarnessE2eTest, SigtermMidStageFinishesTheStageThenUnregisters) {
+  StartManager(Options());
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const std::string id = Submit(R"({"id":"long","steps":[
+      {"id":"slow","run":{"commands":["sleep 1.5","echo slept"]}},
+      {"id":"after","run":{"commands":["echo after the signal"]}}]})");
+  ASSERT_TRUE(WaitForLog("stage initialized"));
+  absl::SleepFor(absl::Milliseconds(300));
+  kill(delegate_->pid(), SIGTERM);
+  // A new stage is left for other delegates while this one drains.
+  const std::string later = Submit(HostStage("later"));
+  rapidjson::Document stage = WaitStage(id);
+  EXPECT_STREQ(stage["status"].GetString(), "SUCCESS") << delegate_->Output();
+  auto outcome = delegate_->Wait();
+  EXPECT_EQ(outcome.exit_code, 0) << outcome.out;
+  EXPECT_THAT(outcome.out, HasSubstr("draining"));
+  EXPECT_THAT(outcome.out, HasSubstr("\"msg\":\"unregistered\""));
+  EXPECT_STREQ(WaitStage(later, absl::Milliseconds(1))["status"].GetString(),
+               "QUEUED");
+}
+
+TEST_F(HarnessE2eTest, TheManagerRestartingMidStageLosesNothing) {
+  // The manager as a separate process with its state on disk, killed while
+  // a step runs and started again on the same port.
+  const std::string state = dir_ + "/manager-state.json";
+  auto start_manager = [&](int port) {
+    std::vector<std::string> args = {REFERENCE_MANAGER_BINARY,
+                                     "--account",
+                                     kAccount,
+                                     "--token-file",
+                                     dir_ + "/token",
+                                     "--listen",
+                                     absl::StrCat("127.0.0.1:", port),
+                                     "--tls-cert",
+                                     ca_->server().cert_file,
+                                     "--tls-key",
+                                     ca_->server().key_file,
+                                     "--state",
+                                     state};
+    const std::string out = dir_ + "/manager.out";
+    pid_t pid = fork();
+    if (pid == 0) {
+      freopen(out.c_str(), "w", stdout);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    for (int i = 0; i < 200 && !absl::StrContains(ReadFile(out), "listening");
+         ++i) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return std::pair{pid, ReadFile(out)};
+  };
+  auto [pid, line] = start_manager(0);
+  std::smatch m;
+  ASSERT_TRUE(
+      std::regex_search(line, m, std::regex("https://127.0.0.1:([0-9]+)")))
+      << line;
+  const int port = std::stoi(m[1]);
+  url_ = m[0];
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const std::string marker = dir_ + "/runs.txt";
+  const std::string spec = absl::StrCat(
+      R"({"id":"restart","steps":[{"id":"slow","run":{"commands":["echo ran >> )",
+      marker,
+      R"(","sleep 2"]}},{"id":"next","run":{"commands":["echo next"]}}]})");
+  ASSERT_THAT(Admin("POST", "/admin/stages", spec), HasSubstr("restart"));
+  for (int i = 0; i < 500 && ReadFile(marker).empty(); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_EQ(ReadFile(marker), "ran\n");
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  absl::SleepFor(absl::Seconds(3));  // the step ends while the manager is down
+  auto restarted = start_manager(port);
+  ASSERT_THAT(restarted.second, HasSubstr("listening"));
+  std::string json;
+  const absl::Time until = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < until) {
+    json = Admin("GET", "/admin/stages/restart");
+    if (absl::StrContains(json, "\"status\":\"SUCCESS\"") ||
+        absl::StrContains(json, "\"status\":\"FAILURE\"")) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  kill(restarted.first, SIGTERM);
+  waitpid(restarted.first, nullptr, 0);
+  EXPECT_THAT(json, HasSubstr("\"status\":\"SUCCESS\"")) << delegate_->Output();
+  EXPECT_EQ(ReadFile(marker), "ran\n");  // the slow step ran once
+  EXPECT_THAT(json, Not(HasSubstr("\"responses\":0")));
+}
+
+TEST_F(HarnessE2eTest, ContainerAndHostStepsShareOneStage) {
+  std::unique_ptr<docker::DockerClient> docker_client;
+  DELEGATE_CONNECT_TEST_ENGINE_OR_SKIP(docker_client);
+  StartManager(Options());
+  StartDelegate(DelegateEnv("e2e-docker"));
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const std::string id = Submit(absl::StrCat(
+      R"({"id":"mixed","steps":[)", R"({"id":"in-container","image":")",
+      testing::kTestImage,
+      R"(","pull":"Never","run":{"commands":["echo inside; cat /etc/hostname >/dev/null"]}},)",
+      R"({"id":"on-host","run":{"commands":["echo on the host"]}}]})"));
+  rapidjson::Document stage = WaitStage(id, absl::Seconds(120));
+  EXPECT_STREQ(stage["status"].GetString(), "SUCCESS") << delegate_->Output();
+  EXPECT_THAT(delegate_->Output(), HasSubstr("inside"));
+  EXPECT_THAT(delegate_->Output(), HasSubstr("on the host"));
+  // Cleanup removed the stage's containers and network.
+  EXPECT_THAT(
+      testing::Labelled(*docker_client, "io.libdelegate.delegate=e2e-docker"),
+      ::testing::IsEmpty());
+}
+
+}  // namespace
+}  // namespace delegate
