@@ -395,6 +395,7 @@ TEST_F(HarnessE2eTest, TheManagerRestartingMidStageLosesNothing) {
                                      "--state",
                                      state};
     const std::string out = dir_ + "/manager.out";
+    std::filesystem::remove(out);  // "listening" must be the new process's
     pid_t pid = fork();
     if (pid == 0) {
       freopen(out.c_str(), "w", stdout);

@@ -124,6 +124,7 @@ absl::StatusOr<std::string> HarnessClient::Call(
   }
   const std::string detail =
       resp->body.empty() ? "" : absl::StrCat(": ", Excerpt(resp->body));
+  if (code == 404) return absl::NotFoundError(absl::StrCat(where, detail));
   if (code >= 500 || code == 429 || code == 408) {
     return absl::UnavailableError(absl::StrCat(where, detail));
   }

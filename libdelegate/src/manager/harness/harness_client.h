@@ -48,7 +48,8 @@ class HarnessClient {
   // Errors, for every call: Unauthenticated for 401 and PermissionDenied for
   // 403, with a message that points at the token and account id;
   // Unavailable for a connection failure or a 5xx and 429; DeadlineExceeded
-  // for a timeout; FailedPrecondition for other statuses. Messages name the
+  // for a timeout; NotFound for 404 (a heartbeat's: the manager does not know
+  // the delegate); FailedPrecondition for other statuses. Messages name the
   // call and the URL path, never a token.
   absl::StatusOr<std::string> Register(
       const RegisterInfo& info);  // delegate id

@@ -370,19 +370,12 @@ absl::Status HarnessConnection::Run() {
       for (const RunnerEvent& event : *events) {
         std::unique_lock lock(mu_);
         if (in_flight_.count(event.task_id)) continue;
-        if (auto it = answered_index_.find(event.task_id);
-            it != answered_index_.end()) {
-          // Delivered again after it was answered: the manager may have lost
-          // the answer. Send it again rather than run the task twice.
-          std::string body = it->second->second;
-          in_flight_[event.task_id] = true;
-          lock.unlock();
-          SendAnswer(event.task_id, body);
-          lock.lock();
-          in_flight_.erase(event.task_id);
+        // A task answered before is queued too: its worker sends the
+        // recorded answer again (Handle), without blocking the poll.
+        const bool answered = answered_index_.count(event.task_id) > 0;
+        if (!answered && draining_ && event.task_type == "local_init") {
           continue;
         }
-        if (draining_ && event.task_type == "local_init") continue;
         // Back-pressure: with every worker busy, wait rather than fetch.
         cv_.wait(lock, [&] {
           return stop_threads_ || work_.size() + busy_workers_ <
@@ -468,6 +461,18 @@ void HarnessConnection::WorkerLoop() {
 }
 
 void HarnessConnection::Handle(const RunnerEvent& event) {
+  {
+    // Delivered again after it was answered: the manager may have lost the
+    // answer. Send it again rather than run the task twice.
+    std::unique_lock lock(mu_);
+    if (auto it = answered_index_.find(event.task_id);
+        it != answered_index_.end()) {
+      std::string body = it->second->second;
+      lock.unlock();
+      SendAnswer(event.task_id, body);
+      return;
+    }
+  }
   const std::string delegate_id = Info().delegate_id;
   std::vector<TaskRequest> requests;
   RetryPolicy policy;
