@@ -376,6 +376,24 @@ TEST_F(HarnessE2eTest, SigtermMidStageFinishesTheStageThenUnregisters) {
                "QUEUED");
 }
 
+TEST_F(HarnessE2eTest, IdleWaitKeepsTheDelegateRegisteredBeforeItStops) {
+  StartManager(Options());
+  std::vector<std::string> env = DelegateEnv();
+  env.push_back("IDLE_WAIT_SECS_BEFORE_STOP=1");
+  StartDelegate(env);
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const absl::Time signalled = absl::Now();
+  kill(delegate_->pid(), SIGTERM);
+  ASSERT_TRUE(WaitForLog("idle; waiting before stopping"));
+  EXPECT_THAT(Admin("GET", "/admin/delegates"),
+              HasSubstr("\"registered\":true"));
+  auto outcome = delegate_->Wait();
+  EXPECT_EQ(outcome.exit_code, 0) << outcome.out;
+  EXPECT_GE(absl::Now() - signalled, absl::Seconds(1));
+  EXPECT_THAT(Admin("GET", "/admin/delegates"),
+              HasSubstr("\"registered\":false"));
+}
+
 TEST_F(HarnessE2eTest, TheManagerRestartingMidStageLosesNothing) {
   // The manager as a separate process with its state on disk, killed while
   // a step runs and started again on the same port.
