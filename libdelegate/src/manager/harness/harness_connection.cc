@@ -208,7 +208,11 @@ class HarnessConnection final : public ManagerConnection {
   const std::string manager_url_;
   const std::string host_name_ = "runner-" + HostName();
   const std::string ip_ = OutboundIp();
-  http::HttpClient http_{32};
+  // One idle connection per worker, so that busy workers do not reconnect.
+  http::HttpClient http_{
+      static_cast<size_t>(std::max(32, env_.config.parallel_workers + 8))};
+  const absl::Duration resend_after_ =
+      std::max(absl::Seconds(10), 3 * env_.config.poll_interval);
   std::unique_ptr<HarnessClient> client_;
   std::unique_ptr<LogService> logs_;
   RoutingLogSink routing_;
@@ -223,10 +227,14 @@ class HarnessConnection final : public ManagerConnection {
   std::string delegate_id_;                // guarded by mu_
   std::deque<RunnerEvent> work_;           // guarded by mu_
   std::map<std::string, bool> in_flight_;  // task ids; guarded by mu_
-  // task id -> response body, oldest first; guarded by mu_
-  std::list<std::pair<std::string, std::string>> answered_;
-  std::unordered_map<std::string,
-                     std::list<std::pair<std::string, std::string>>::iterator>
+  // Answers kept after they were sent, oldest first; guarded by mu_.
+  struct Answered {
+    std::string task_id;
+    std::string body;
+    absl::Time sent = absl::InfinitePast();  // last accepted by the manager
+  };
+  std::list<Answered> answered_;
+  std::unordered_map<std::string, std::list<Answered>::iterator>
       answered_index_;                               // guarded by mu_
   std::map<std::string, Transaction> transactions_;  // guarded by mu_
   uint64_t next_stage_ = 0;                          // guarded by mu_
@@ -372,8 +380,13 @@ absl::Status HarnessConnection::Run() {
         if (in_flight_.count(event.task_id)) continue;
         // A task answered before is queued too: its worker sends the
         // recorded answer again (Handle), without blocking the poll.
-        const bool answered = answered_index_.count(event.task_id) > 0;
-        if (!answered && draining_ && event.task_type == "local_init") {
+        auto answered = answered_index_.find(event.task_id);
+        if (answered != answered_index_.end()) {
+          // Listed again right after its answer went out: the manager has
+          // not caught up yet. Only a task still listed a while after its
+          // answer was accepted is answered again.
+          if (absl::Now() - answered->second->sent < resend_after_) continue;
+        } else if (draining_ && event.task_type == "local_init") {
           continue;
         }
         // Back-pressure: with every worker busy, wait rather than fetch.
@@ -467,7 +480,7 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
     std::unique_lock lock(mu_);
     if (auto it = answered_index_.find(event.task_id);
         it != answered_index_.end()) {
-      std::string body = it->second->second;
+      std::string body = it->second->body;
       lock.unlock();
       SendAnswer(event.task_id, body);
       return;
@@ -533,10 +546,10 @@ void HarnessConnection::SendAnswer(const std::string& task_id,
     // away gets this answer, not a second run.
     std::lock_guard lock(mu_);
     if (!answered_index_.count(task_id)) {
-      answered_.emplace_back(task_id, body);
+      answered_.push_back({task_id, body});
       answered_index_[task_id] = std::prev(answered_.end());
       if (answered_.size() > kAnsweredWindow) {
-        answered_index_.erase(answered_.front().first);
+        answered_index_.erase(answered_.front().task_id);
         answered_.pop_front();
       }
     }
