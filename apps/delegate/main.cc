@@ -38,8 +38,9 @@ constexpr const char* kUsage = R"(usage: delegate COMMAND [ARGS]
 
 Commands:
   server         connect to the manager (HARNESS_URL, or --manager) and run
-                 the stages it sends, until SIGTERM; serves /health, /ready
-                 and /metrics on HTTPS_BIND (default :3000)
+                 the stages it sends, until SIGTERM (a second one cancels the
+                 open stages); serves /health, /ready and /metrics on
+                 HTTPS_BIND (default :3000)
   exec FILE      run a stage file (YAML or JSON) on this machine
   validate FILE  check a stage file and print every problem; runs nothing
   config         print the effective configuration (the token is never shown)

@@ -344,6 +344,67 @@ TEST_F(HarnessE2eTest, UnknownTaskTypesAnswerFailedNamingTheType) {
   EXPECT_THAT(t["data"]["error_message"].GetString(), HasSubstr("vm_init"));
 }
 
+TEST_F(HarnessE2eTest, AnUnusablePayloadIsAnsweredFailedOnceNotFetchedForever) {
+  StartManager(Options());
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const std::string id =
+      Submit(R"({"id":"junk","type":"my/cgi_task","data":"not-an-object"})");
+  rapidjson::Document stage = WaitStage(id);
+  ASSERT_STREQ(stage["status"].GetString(), "FAILURE");
+  const auto& t = stage["tasks"][0];
+  EXPECT_STREQ(t["code"].GetString(), "FAILED");
+  EXPECT_THAT(t["error"].GetString(), HasSubstr("payload is not usable"));
+  EXPECT_EQ(t["deliveries"].GetInt(), 1);
+  EXPECT_EQ(t["responses"].GetInt(), 1);
+}
+
+TEST_F(HarnessE2eTest,
+       AManagerThatForgetsTheDelegateGetsItBackAndItsStagesEnd) {
+  // The manager restarted without its state: the heartbeat's 404 makes the
+  // delegate register again, poll under its new id, and cancel (and clean
+  // up) the stage the manager no longer knows, so a drain is not held up.
+  StartManager(Options());
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const int port = manager_->port();
+  Submit(
+      R"({"id":"lost","steps":[{"id":"long","run":{"commands":["sleep 60"]}}]})");
+  ASSERT_TRUE(WaitForLog("stage initialized"));
+  manager_.reset();
+  ManagerOptions o = Options();
+  o.port = port;
+  StartManager(o);
+  ASSERT_TRUE(WaitForLog("registering again", absl::Seconds(30)));
+  ASSERT_TRUE(WaitForLog("\"stage\":\"lost\",\"status\":\"CANCELLED\"",
+                         absl::Seconds(30)))
+      << delegate_->Output();
+  EXPECT_STREQ(WaitStage(Submit(HostStage("after")))["status"].GetString(),
+               "SUCCESS");
+  kill(delegate_->pid(), SIGTERM);
+  auto outcome = delegate_->Wait();
+  EXPECT_EQ(outcome.exit_code, 0) << outcome.out;
+}
+
+TEST_F(HarnessE2eTest, ASecondSigtermCancelsTheOpenStagesAndExits) {
+  StartManager(Options());
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const std::string id = Submit(
+      R"({"id":"stuck","steps":[{"id":"long","run":{"commands":["sleep 60"]}}]})");
+  ASSERT_TRUE(WaitForLog("stage initialized"));
+  absl::SleepFor(absl::Milliseconds(200));
+  kill(delegate_->pid(), SIGTERM);
+  ASSERT_TRUE(WaitForLog("draining"));
+  kill(delegate_->pid(), SIGTERM);
+  const absl::Time start = absl::Now();
+  auto outcome = delegate_->Wait();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+  EXPECT_EQ(outcome.exit_code, 0) << outcome.out;
+  EXPECT_THAT(outcome.out, HasSubstr("drain cut short"));
+  EXPECT_THAT(outcome.out, HasSubstr("\"msg\":\"unregistered\""));
+}
+
 TEST_F(HarnessE2eTest, InlineTaskDataIsAcceptedToo) {
   ManagerOptions o = Options();
   o.base64_data = false;

@@ -148,13 +148,15 @@ absl::Status DelegateServer::Run() {
   }
   current = connection->get();
   absl::Status s = (*connection)->Run();
+  // The ops endpoints stop before the connection goes: a /ready in flight
+  // may still be asking it.
+  (*server)->Stop();
   current = nullptr;
   {
     std::lock_guard lock(mu_);
     connection_ = nullptr;
   }
   connection->reset();
-  (*server)->Stop();
   return s;
 }
 

@@ -131,16 +131,20 @@ class HarnessConnection final : public ManagerConnection {
   ~HarnessConnection() override { Drain(); }
 
   absl::Status Run() override;
+  // A second Drain stops waiting for the open stages: they are cancelled
+  // and cleaned up, and the delegate unregisters.
   void Drain() override {
     {
       std::lock_guard lock(mu_);
+      if (draining_) forced_ = true;
       draining_ = true;
     }
     cv_.notify_all();
   }
+  // Not while draining: a readiness probe should stop routing to it.
   bool Ready() const override {
     std::lock_guard lock(mu_);
-    return registered_ && heartbeat_failures_ < 3;
+    return registered_ && !draining_ && heartbeat_failures_ < 3;
   }
 
  private:
@@ -161,6 +165,27 @@ class HarnessConnection final : public ManagerConnection {
   }
   LabelValues TaskLabels(const std::string& type) const {
     return {env_.config.account_id, type, env_.config.name};
+  }
+  // Stages still open on this delegate. One that ended here without a
+  // local_cleanup (init failed, cancelled, timed out, idle) no longer counts;
+  // its entry stays so that a late cleanup still removes its directories.
+  size_t OpenStagesLocked() const {
+    size_t open = 0;
+    for (const auto& [key, txn] : transactions_) open += !txn.feed->ended();
+    return open;
+  }
+  void CancelOpenStages(std::string_view why) {
+    std::vector<std::pair<std::string, std::string>> open;
+    {
+      std::lock_guard lock(mu_);
+      for (const auto& [key, txn] : transactions_) {
+        if (!txn.feed->ended()) open.emplace_back(key, txn.scheduler_id);
+      }
+    }
+    for (const auto& [key, id] : open) {
+      env_.log.Warn("cancelling a stage", {{"stage", key}, {"why", why}});
+      (void)scheduler_->Cancel(id);
+    }
   }
   bool Draining() const {
     std::lock_guard lock(mu_);
@@ -221,6 +246,7 @@ class HarnessConnection final : public ManagerConnection {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool draining_ = false;                  // guarded by mu_
+  bool forced_ = false;                    // guarded by mu_
   bool stop_threads_ = false;              // guarded by mu_
   bool registered_ = false;                // guarded by mu_
   int heartbeat_failures_ = 0;             // guarded by mu_
@@ -331,15 +357,21 @@ absl::Status HarnessConnection::Run() {
         size_t open;
         {
           std::lock_guard lock(mu_);
-          open = transactions_.size();
+          open = OpenStagesLocked();
         }
         env_.log.Info("draining: taking no new stages",
                       {{"open_stages", absl::StrCat(open)}});
       }
       bool idle;
+      bool forced;
       {
         std::lock_guard lock(mu_);
-        idle = transactions_.empty() && in_flight_.empty() && work_.empty();
+        forced = forced_;
+        idle = OpenStagesLocked() == 0 && in_flight_.empty() && work_.empty();
+      }
+      if (forced) {
+        env_.log.Warn("drain cut short: cancelling the open stages");
+        break;
       }
       if (!idle) {
         idle_since = absl::InfiniteFuture();
@@ -356,8 +388,9 @@ absl::Status HarnessConnection::Run() {
         break;
       }
     }
+    // The id may change when the heartbeat had to register again.
     absl::StatusOr<std::vector<RunnerEvent>> events =
-        client_->PollEvents(info.delegate_id);
+        client_->PollEvents(Info().delegate_id);
     absl::Duration wait = env_.config.poll_interval;
     if (!events.ok()) {
       ++failures;
@@ -404,20 +437,23 @@ absl::Status HarnessConnection::Run() {
                  [&] { return draining_ != draining; });
   }
 
+  // Open stages (only after a forced drain) are cancelled and cleaned up
+  // first: their workers wait for them.
+  scheduler_->Shutdown(absl::ZeroDuration());
   {
     std::lock_guard lock(mu_);
     stop_threads_ = true;
+    registered_ = false;
   }
   cv_.notify_all();
   for (std::thread& t : workers) t.join();
   heartbeat.join();
-  scheduler_->Shutdown(absl::ZeroDuration());
 
   RetryPolicy policy;
   absl::Status bye =
       Retry(policy, [&] { return client_->Unregister(Info()); }, {});
   if (bye.ok()) {
-    env_.log.Info("unregistered", {{"delegate_id", info.delegate_id}});
+    env_.log.Info("unregistered", {{"delegate_id", Info().delegate_id}});
   } else {
     env_.log.Warn("unregister failed", {{"error", bye.message()}});
   }
@@ -431,16 +467,22 @@ void HarnessConnection::HeartbeatLoop() {
       if (stop_threads_) return;
     }
     absl::Status s = client_->Heartbeat(Info());
-    if (absl::IsNotFound(s)) {
+    if (absl::IsNotFound(s) && !Draining()) {
       // The manager no longer knows this delegate (restarted, or it expired
       // the registration): register again; the id may change.
       env_.log.Warn(
           "the manager does not know this delegate; registering again",
           {{"error", s.message()}});
+      const std::string old_id = Info().delegate_id;
       s = RegisterWithRetry();
       if (s.ok()) {
         env_.log.Info("connected", {{"delegate_id", Info().delegate_id},
                                     {"manager", manager_url_}});
+        // A manager that forgot this delegate forgot its stages too: no step
+        // or cleanup of theirs will come. Cancel them so that they are
+        // cleaned up now, not after the idle timeout.
+        if (Info().delegate_id != old_id)
+          CancelOpenStages("the manager lost them");
       }
     }
     {
@@ -499,6 +541,21 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
               return absl::OkStatus();
             },
             {});
+  if (absl::IsInvalidArgument(fetched)) {
+    // The payload itself is unusable: fetching it again would not help, so
+    // answer FAILED (with the event's type) rather than leave it to be
+    // delivered on every poll.
+    env_.metrics.Add("io_harness_task_failed_total",
+                     TaskLabels(event.task_type));
+    const std::string error =
+        absl::StrCat("the task's payload is not usable: ", fetched.message());
+    env_.log.Warn("task failed", {{"task_id", event.task_id},
+                                  {"type", event.task_type},
+                                  {"error", error}});
+    SendAnswer(event.task_id, TaskResponseBody(event.task_id, event.task_type,
+                                               false, error, ""));
+    return;
+  }
   if (!fetched.ok()) {
     env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
     env_.log.Warn("fetching the task failed; it stays with the manager",
@@ -559,7 +616,10 @@ void HarnessConnection::SendAnswer(const std::string& task_id,
   const std::string delegate_id = Info().delegate_id;
   absl::Status s = Retry(
       policy, [&] { return client_->SendResponse(task_id, delegate_id, body); },
-      {},
+      [this] {
+        std::lock_guard lock(mu_);
+        return forced_;
+      },
       [&](const absl::Status& error, absl::Duration) {
         env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
         env_.log.Warn("sending the task response failed; retrying",
@@ -681,6 +741,13 @@ HarnessConnection::Answer HarnessConnection::HandleInit(
   StageTask task;
   {
     std::lock_guard lock(mu_);
+    // Checked again: two init tasks of one stage may have got this far at
+    // once, and only one may open it.
+    auto it = transactions_.find(p->transaction_key);
+    if (it != transactions_.end() && !it->second.feed->ended()) {
+      answer.data_json = InitResponseData(true, "", delegate_id);
+      return answer;
+    }
     task.id = absl::StrCat(p->transaction_key, "#", ++next_stage_);
     transactions_[p->transaction_key] = {task.id, feed, p->host_dirs};
   }
@@ -791,7 +858,9 @@ HarnessConnection::Answer HarnessConnection::HandleCleanup(
     if (it != transactions_.end()) txn = it->second;
   }
   std::vector<std::string> problems;
-  std::vector<std::string> remove = p->host_paths;
+  // Only directories this stage's local_init declared are removed: a
+  // cleanup payload cannot make the delegate delete other host paths.
+  std::vector<std::string> remove;
   if (txn) {
     std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
     if (log) routing_.Route(txn->scheduler_id, "", log);
@@ -806,13 +875,22 @@ HarnessConnection::Answer HarnessConnection::HandleCleanup(
     }
     if (!s.ok()) problems.push_back(std::string(s.message()));
     for (const HostDir& dir : txn->dirs) {
-      if (dir.remove) remove.push_back(dir.path);
+      const bool listed = std::find(p->host_paths.begin(), p->host_paths.end(),
+                                    dir.path) != p->host_paths.end();
+      if (dir.remove || listed) remove.push_back(dir.path);
     }
     std::lock_guard lock(mu_);
     auto it = transactions_.find(p->transaction_key);
     if (it != transactions_.end() && it->second.feed == txn->feed) {
       transactions_.erase(it);
     }
+  }
+  if (!txn && !p->host_paths.empty()) {
+    env_.log.Warn(
+        "cleanup of a stage this delegate does not know: its host "
+        "directories are left in place",
+        {{"stage", p->transaction_key},
+         {"paths", absl::StrJoin(p->host_paths, ",")}});
   }
   std::sort(remove.begin(), remove.end());
   remove.erase(std::unique(remove.begin(), remove.end()), remove.end());
