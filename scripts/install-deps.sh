@@ -5,6 +5,10 @@ packages=(
   cmake g++ make pkg-config git ca-certificates
   libabsl-dev rapidjson-dev libyaml-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev curl libssl-dev
+  # The gRPC contracts (proto/): C++ code generation and runtime, and Python
+  # for the contract tests.
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  python3-grpcio python3-protobuf
   # The Docker tests: an engine, the test image's rootfs, a loopback registry.
   docker.io iptables busybox-static docker-registry apache2-utils
 )
