@@ -68,10 +68,6 @@ class EventLogSink final : public LogSink {
   EventLog& log_;
 };
 
-// Appends `s` to `out` as a JSON string body (no quotes): control characters,
-// quotes and backslashes escaped, invalid UTF-8 bytes replaced by U+FFFD.
-void AppendJsonEscaped(std::string& out, std::string_view s);
-
 }  // namespace delegate
 
 #endif  // DELEGATE_EVENT_LOG_H_

@@ -24,8 +24,9 @@ namespace delegate {
 struct DelegateServerOptions {
   DelegateConfig config;
   OperatorPolicy policy;
-  // The manager: "grpc://HOST:PORT" picks the "grpc" connection; anything
-  // else (or empty: config.manager_url) the "harness" one.
+  // The manager: "SCHEME://..." picks the connection registered as SCHEME
+  // in the ManagerRegistry ("grpc://HOST:PORT"); an http(s) URL, or empty
+  // (config.manager_url), the "harness" one.
   std::string manager;
   // Removes containers, networks and volumes an earlier run of this
   // delegate name left behind (after a crash) before connecting.

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "util/json_escape.h"
 #include "util/strings.h"
 
 namespace delegate::harness {
