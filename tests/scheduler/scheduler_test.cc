@@ -207,6 +207,34 @@ TEST_F(SchedulerTest, RunsInitStepsAndCleanupOnOneInstanceAndThread) {
   }
 }
 
+TEST_F(SchedulerTest, ProgressHooksReportStartStepsAndResultsInOrder) {
+  auto scheduler = Make();
+  auto events = std::make_shared<std::vector<std::string>>();
+  auto promise = std::make_shared<std::promise<StageResult>>();
+  StageTask task;
+  task.id = "t1";
+  task.stage = MakeStage({MakeStep("a", "ok"), MakeStep("b", "fail"),
+                          MakeStep("c", "ok")});
+  task.on_started = [events] { events->push_back("started"); };
+  task.on_step_started = [events](const Step& step, size_t index) {
+    events->push_back(absl::StrCat("step:", step.id, ":", index));
+  };
+  task.on_step_done = [events](const StepResult& r) {
+    events->push_back(absl::StrCat("done:", r.id, ":", StepStatusName(r.status)));
+  };
+  task.on_done = [events, promise](const StageResult& r) {
+    events->push_back("finished");
+    promise->set_value(r);
+  };
+  ASSERT_TRUE(scheduler->Submit(std::move(task)).ok());
+  StageResult r = promise->get_future().get();
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  // c is skipped after b failed: it never starts and has no step hook.
+  EXPECT_THAT(*events,
+              ElementsAre("started", "step:a:0", "done:a:SUCCESS", "step:b:1",
+                          "done:b:FAILURE", "finished"));
+}
+
 TEST_F(SchedulerTest, CleanupRunsOnceWhenInitFails) {
   auto scheduler = Make();
   StageResult r =

@@ -118,6 +118,16 @@ struct StageTask {
   // caller's thread when a queued task is cancelled or shut down). Must not
   // call back into the scheduler's Shutdown.
   std::function<void(const StageResult&)> on_done;
+  // Progress, for a watcher (RuntimeService, a manager session). Each is
+  // optional and called on the stage's thread, in order, before on_done:
+  // on_started when the stage leaves the queue (before initialize; not for a
+  // stage that never leaves it), on_step_started before a step runs (with the
+  // step as resolved, secrets still as references), on_step_done with the
+  // result of each step that ran or was refused (the skipped ones appear only
+  // in the final StageResult).
+  std::function<void()> on_started;
+  std::function<void(const Step& step, size_t index)> on_step_started;
+  std::function<void(const StepResult&)> on_step_done;
 };
 
 struct SchedulerStats {

@@ -598,6 +598,7 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
     return finish();
   };
 
+  if (task.on_started) task.on_started();
   if (absl::Status s = ResolveStage(stage); !s.ok()) {
     return fail_before_start(std::string(s.message()));
   }
@@ -629,6 +630,7 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
     const absl::Time step_deadline = std::min(
         step.timeout ? step_start + *step.timeout : absl::InfiniteFuture(),
         stage_deadline);
+    if (task.on_step_started) task.on_step_started(step, index);
     StepResult r;
     {
       logs::StepOutputWriter output(*options_.log_sink, clock_, m, task.id,
@@ -692,6 +694,7 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
         r = run_step(view.steps[0], index, step_masker);
       }
       ++index;
+      if (task.on_step_done) task.on_step_done(r);
       result.steps.push_back(r);
       if (r.status == StepStatus::kCancelled) {
         result.status = StepStatus::kCancelled;
@@ -742,6 +745,7 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
         break;
       }
       StepResult r = run_step(step, i, masker);
+      if (task.on_step_done) task.on_step_done(r);
       const StepStatus status = r.status;
       result.steps.push_back(std::move(r));
       if (status == StepStatus::kCancelled) {
