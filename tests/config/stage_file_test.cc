@@ -25,6 +25,7 @@ namespace delegate {
 namespace {
 
 using ::testing::AllOf;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -319,6 +320,15 @@ TEST(ParseStageTest, CustomPlatformNamesAreAccepted) {
   EXPECT_EQ(stage->platform, "my-executor_2");
   EXPECT_THAT(ErrorOf(Minimal("", "platform: Docker\n")),
               HasSubstr("stage.yaml:2:11: platform: expected a platform name"));
+}
+
+TEST(ParseStageTest, DelegateTagsAreAListOfStrings) {
+  absl::StatusOr<Stage> stage =
+      ParseStage(Minimal("", "tags: [linux, gpu]\n"));
+  ASSERT_TRUE(stage.ok()) << stage.status();
+  EXPECT_THAT(stage->tags, ElementsAre("linux", "gpu"));
+  EXPECT_THAT(ErrorOf(Minimal("", "tags: linux\n")),
+              HasSubstr("tags: expected a list of strings"));
 }
 
 TEST(ParseStageTest, SecretReferenceWithSpacesIsAccepted) {

@@ -115,6 +115,10 @@ struct Stage {
   // stage, each through exec, instead of a container each. Each step keeps its
   // own env, working dir, exit code and timeout.
   bool reuse_containers = false;
+  // Delegate tags (Harness's delegate selectors): a manager hands the stage
+  // only to a delegate that has every one of them. A delegate that runs the
+  // stage does not look at them.
+  std::vector<std::string> tags;
 
   const Volume* FindVolume(const std::string& volume_name) const {
     for (const Volume& v : volumes) {

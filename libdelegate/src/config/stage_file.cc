@@ -51,7 +51,7 @@ using Keys = std::initializer_list<absl::string_view>;
 
 constexpr Keys kStageKeys = {"name",    "platform",        "env",
                              "secrets", "volumes",         "steps",
-                             "timeout", "reuse_containers"};
+                             "timeout", "reuse_containers", "tags"};
 constexpr Keys kRegistryKeys = {"server", "username", "password"};
 constexpr Keys kVolumeKeys = {"name", "empty_dir", "host_path", "efs"};
 constexpr Keys kEmptyDirKeys = {"size_mib"};
@@ -1011,6 +1011,9 @@ Stage Decoder::DecodeStage(const Node& root) {
     if (std::optional<bool> b = Bool(*v, "reuse_containers")) {
       stage.reuse_containers = *b;
     }
+  }
+  if (const Node* v = f.Get("tags")) {
+    if (auto list = StringList(*v, "tags")) stage.tags = std::move(*list);
   }
 
   if (const Node* v = f.Get("volumes")) {

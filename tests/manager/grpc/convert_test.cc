@@ -102,6 +102,7 @@ void ExpectSameStage(const Stage& a, const Stage& b) {
   }
   EXPECT_EQ(a.timeout, b.timeout);
   EXPECT_EQ(a.reuse_containers, b.reuse_containers);
+  EXPECT_EQ(a.tags, b.tags);
 }
 
 void ExpectSameStepResult(const StepResult& a, const StepResult& b) {
@@ -185,6 +186,7 @@ Stage FullStage() {
 
   stage.timeout = absl::Minutes(30);
   stage.reuse_containers = true;
+  stage.tags = {"linux", "gpu"};
   return stage;
 }
 

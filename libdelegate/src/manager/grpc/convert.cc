@@ -549,6 +549,7 @@ v1::Stage ToProto(const Stage& stage) {
   for (const Step& s : stage.steps) *out.add_steps() = ToProto(s);
   if (stage.timeout) *out.mutable_timeout() = DurationToProto(*stage.timeout);
   out.set_reuse_containers(stage.reuse_containers);
+  for (const std::string& tag : stage.tags) out.add_tags(tag);
   return out;
 }
 
@@ -578,6 +579,7 @@ absl::StatusOr<Stage> FromProto(const v1::Stage& stage, std::string_view path) {
     out.timeout = *d;
   }
   out.reuse_containers = stage.reuse_containers();
+  out.tags.assign(stage.tags().begin(), stage.tags().end());
   return out;
 }
 
