@@ -38,8 +38,9 @@ constexpr const char* kUsage = R"(usage: delegate COMMAND [ARGS]
 
 Commands:
   server         connect to the manager (HARNESS_URL, or --manager) and run
-                 the stages it sends, until SIGTERM (a second one cancels the
-                 open stages); serves /health, /ready and /metrics on
+                 the stages it sends, and with --runtime-listen serve
+                 RuntimeService (gRPC), until SIGTERM (a second one cancels
+                 the open stages); serves /health, /ready and /metrics on
                  HTTPS_BIND (default :3000)
   exec FILE      run a stage file (YAML or JSON) on this machine
   validate FILE  check a stage file and print every problem; runs nothing
@@ -52,7 +53,20 @@ Options:
   --env-file FILE        read KEY=VALUE settings (the environment wins)
   --result OUT.json      exec: write the stage result as JSON
   --manager URL          server: the manager; default HARNESS_URL (Harness
-                         protocol)
+                         protocol); 'none': no manager (and no Harness
+                         credentials needed), only --runtime-listen
+  --runtime-listen ADDR  server: serve RuntimeService (proto/delegate/v1/
+                         runtime.proto) on ADDR: HOST:PORT on a loopback
+                         address (port 0: a free one) or unix:PATH; the bound
+                         address is logged ("serving RuntimeService"). Its
+                         stages get MAX_STAGES slots of their own
+  --runtime-tls-cert FILE, --runtime-tls-key FILE
+                         server: serve RuntimeService over TLS with this PEM
+                         certificate and key (needed on an address that is
+                         not loopback)
+  --runtime-client-ca FILE
+                         server: with TLS, require client certificates
+                         signed by this PEM CA (mutual TLS)
   --drain-timeout DUR    exec: on SIGTERM or SIGINT, let the stage run this
                          long before cancelling it (default 30s); a second
                          signal cancels at once
@@ -74,7 +88,28 @@ struct Args {
   std::string env_file;
   std::string result_file;
   std::string manager;
+  std::string runtime_listen;
+  std::string runtime_tls_cert;
+  std::string runtime_tls_key;
+  std::string runtime_client_ca;
   absl::Duration drain = absl::Seconds(30);
+};
+
+// The options that take a string, as --NAME VALUE or --NAME=VALUE.
+struct StringFlag {
+  const char* name;
+  const char* needs;  // for the error when the value is missing
+  std::string Args::*field;
+};
+constexpr StringFlag kStringFlags[] = {
+    {"--env-file", "a FILE", &Args::env_file},
+    {"--result", "a FILE", &Args::result_file},
+    {"--manager", "a URL (or none)", &Args::manager},
+    {"--runtime-listen", "an ADDR (127.0.0.1:7000, unix:PATH)",
+     &Args::runtime_listen},
+    {"--runtime-tls-cert", "a FILE", &Args::runtime_tls_cert},
+    {"--runtime-tls-key", "a FILE", &Args::runtime_tls_key},
+    {"--runtime-client-ca", "a FILE", &Args::runtime_client_ca},
 };
 
 int Usage(const std::string& problem) {
@@ -97,18 +132,17 @@ std::optional<int> ParseArgs(int argc, char** argv, Args& args) {
       fputs(kUsage, stdout);
       return kExitOk;
     }
-    if (absl::StartsWith(arg, "--env-file")) {
-      auto v = value("--env-file");
-      if (!v) return Usage("--env-file needs a FILE");
-      args.env_file = *v;
-    } else if (absl::StartsWith(arg, "--result")) {
-      auto v = value("--result");
-      if (!v) return Usage("--result needs a FILE");
-      args.result_file = *v;
-    } else if (absl::StartsWith(arg, "--manager")) {
-      auto v = value("--manager");
-      if (!v) return Usage("--manager needs a URL");
-      args.manager = *v;
+    const StringFlag* string_flag = nullptr;
+    for (const StringFlag& f : kStringFlags) {
+      if (absl::StartsWith(arg, f.name)) string_flag = &f;
+    }
+    if (string_flag != nullptr) {
+      auto v = value(string_flag->name);
+      if (!v || v->empty()) {
+        return Usage(
+            absl::StrCat(string_flag->name, " needs ", string_flag->needs));
+      }
+      args.*(string_flag->field) = *v;
     } else if (absl::StartsWith(arg, "--drain-timeout")) {
       auto v = value("--drain-timeout");
       if (!v || !absl::ParseDuration(*v, &args.drain) ||
@@ -134,6 +168,16 @@ std::optional<int> ParseArgs(int argc, char** argv, Args& args) {
     return Usage(absl::StrCat("unexpected argument ", positional[1]));
   }
   if (wants_file) args.file = positional[1];
+  const bool runtime_tls = !args.runtime_tls_cert.empty() ||
+                           !args.runtime_tls_key.empty() ||
+                           !args.runtime_client_ca.empty();
+  if ((!args.runtime_listen.empty() || runtime_tls) &&
+      args.command != "server") {
+    return Usage("--runtime-* options go with the server command");
+  }
+  if (runtime_tls && args.runtime_listen.empty()) {
+    return Usage("--runtime-tls-*/--runtime-client-ca need --runtime-listen");
+  }
   return std::nullopt;
 }
 
@@ -229,6 +273,10 @@ int Serve(const Args& args) {
   options.config = *config;
   options.policy = *policy;
   options.manager = args.manager;
+  options.runtime_listen = args.runtime_listen;
+  options.runtime_tls_cert_file = args.runtime_tls_cert;
+  options.runtime_tls_key_file = args.runtime_tls_key;
+  options.runtime_client_ca_file = args.runtime_client_ca;
   options.docker.grace_period = config->cleanup_grace_period;
   delegate::ExecutorRegistry executors;
   delegate::HostExecutorOptions host;

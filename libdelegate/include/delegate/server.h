@@ -1,11 +1,13 @@
 // `delegate server` as a library call: serves /health, /ready and /metrics,
-// clears what a crashed run left on Docker, and runs a manager connection
-// until it is drained. A host program that embeds the runtime builds the same
-// thing from its own ExecutorRegistry and ManagerRegistry.
+// clears what a crashed run left on Docker, runs a manager connection and,
+// when asked, serves RuntimeService (runtime_service.h), until it is drained.
+// A host program that embeds the runtime builds the same thing from its own
+// ExecutorRegistry and ManagerRegistry.
 #ifndef DELEGATE_SERVER_H_
 #define DELEGATE_SERVER_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -18,6 +20,7 @@
 #include "delegate/manager.h"
 #include "delegate/metrics.h"
 #include "delegate/policy.h"
+#include "delegate/runtime_service.h"
 
 namespace delegate {
 
@@ -26,8 +29,21 @@ struct DelegateServerOptions {
   OperatorPolicy policy;
   // The manager: "SCHEME://..." picks the connection registered as SCHEME
   // in the ManagerRegistry ("grpc://HOST:PORT"); an http(s) URL, or empty
-  // (config.manager_url), the "harness" one.
+  // (config.manager_url), the "harness" one; "none": no manager connection
+  // at all, only RuntimeService (runtime_listen is then required).
   std::string manager;
+  // Serves RuntimeService here ("HOST:PORT" on a loopback address, port 0
+  // for a free one, or "unix:PATH"); empty: not served. Its stages run on a
+  // scheduler of their own over the same executors, with MAX_STAGES slots of
+  // their own, apart from the manager connection's: the delegate may run up
+  // to twice MAX_STAGES stages when both are busy. The bound address is
+  // logged as {"msg":"serving RuntimeService","address":...}.
+  std::string runtime_listen;
+  // PEM files for RuntimeService; both set: TLS (needed on an address that
+  // is not loopback). With runtime_client_ca_file too: mutual TLS.
+  std::string runtime_tls_cert_file;
+  std::string runtime_tls_key_file;
+  std::string runtime_client_ca_file;
   // Removes containers, networks and volumes an earlier run of this
   // delegate name left behind (after a crash) before connecting.
   bool reap_docker_leftovers = true;
@@ -46,12 +62,17 @@ class DelegateServer {
   DelegateServer& operator=(const DelegateServer&) = delete;
 
   // Runs until a drain has finished (OK) or the manager connection gives up
-  // (its error, such as Unauthenticated for a refused token). The ops
-  // endpoints answer from the start: /health 200 while the process serves,
-  // /ready 200 only while the connection is in good standing, /metrics the
-  // Prometheus text.
+  // (its error, such as Unauthenticated for a refused token; RuntimeService
+  // then drains too). InvalidArgument naming the option for an unusable
+  // runtime_listen, or manager "none" without it. The ops endpoints answer
+  // from the start: /health 200 while the process serves, /ready 200 only
+  // while the connection is in good standing and RuntimeService (when
+  // served) takes stages, /metrics the Prometheus text.
   absl::Status Run();
-  // SIGTERM: see ManagerConnection::Drain. Thread-safe; idempotent; may be
+  // SIGTERM: see ManagerConnection::Drain. RuntimeService answers SubmitStage
+  // with UNAVAILABLE and GetHealth with DRAINING, its running stages finish
+  // (watchers see them end), then it stops serving. A second call cancels
+  // those stages (each is cleaned up). Thread-safe; returns at once; may be
   // called before Run.
   void Drain();
   // The port /health is served on, once Run has started it (0 before).
@@ -66,9 +87,19 @@ class DelegateServer {
   Metrics metrics_;
   EventLogSink log_sink_{log_};
   std::atomic<int> ops_port_{0};
+  // With runtime_listen: from Run's start to its end.
+  absl::Status StartRuntime();
+  // Waits for a drain, then drains the runtime and stops serving it.
+  void DrainRuntime();
+
   std::mutex mu_;
+  std::condition_variable cv_;
   bool drain_requested_ = false;             // guarded by mu_
+  bool drain_forced_ = false;                // guarded by mu_; a second Drain
+  bool runtime_drained_ = false;             // guarded by mu_
   ManagerConnection* connection_ = nullptr;  // guarded by mu_
+  std::unique_ptr<SchedulerStageRunner> runtime_runner_;
+  std::unique_ptr<RuntimeServer> runtime_server_;
 };
 
 }  // namespace delegate

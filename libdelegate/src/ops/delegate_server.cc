@@ -1,7 +1,11 @@
+#include <chrono>
+#include <thread>
+
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "delegate/event_log.h"
 #include "delegate/server.h"
 #include "delegate/version.h"
@@ -21,13 +25,96 @@ DelegateServer::DelegateServer(DelegateServerOptions options,
 DelegateServer::~DelegateServer() = default;
 
 void DelegateServer::Drain() {
-  std::lock_guard lock(mu_);
-  drain_requested_ = true;
-  if (connection_) connection_->Drain();
+  {
+    std::lock_guard lock(mu_);
+    if (drain_requested_) drain_forced_ = true;
+    drain_requested_ = true;
+    if (connection_) connection_->Drain();
+  }
+  cv_.notify_all();
+}
+
+absl::Status DelegateServer::StartRuntime() {
+  SchedulerStageRunnerOptions runner;
+  runner.executors = &executors_;
+  runner.delegate_name = options_.config.name;
+  runner.max_stages = options_.config.max_stages;
+  runner.policy = options_.policy;
+  runner.also_log_to = &log_sink_;
+  runtime_runner_ = std::make_unique<SchedulerStageRunner>(std::move(runner));
+  RuntimeServerOptions server;
+  server.listen = options_.runtime_listen;
+  server.tls_cert_file = options_.runtime_tls_cert_file;
+  server.tls_key_file = options_.runtime_tls_key_file;
+  server.client_ca_file = options_.runtime_client_ca_file;
+  absl::StatusOr<std::unique_ptr<RuntimeServer>> started =
+      RuntimeServer::Start(std::move(server), *runtime_runner_);
+  if (!started.ok()) {
+    runtime_runner_.reset();
+    // Start's messages begin with the option; here it is a flag.
+    absl::string_view message = started.status().message();
+    std::string_view flag = "--runtime-listen";
+    for (const auto& [option, name] :
+         {std::pair{"listen: ", "--runtime-listen"},
+          {"tls_cert_file: ", "--runtime-tls-cert"},
+          {"tls_key_file: ", "--runtime-tls-key"},
+          {"client_ca_file: ", "--runtime-client-ca"}}) {
+      if (absl::ConsumePrefix(&message, option)) {
+        flag = name;
+        break;
+      }
+    }
+    return absl::Status(started.status().code(),
+                        absl::StrCat(AbslView(flag), ": ", message));
+  }
+  runtime_server_ = *std::move(started);
+  log_.Info("serving RuntimeService",
+            {{"address", runtime_server_->address()}});
+  return absl::OkStatus();
+}
+
+void DelegateServer::DrainRuntime() {
+  {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return drain_requested_; });
+  }
+  // The graceful drain waits for the running stages; a second Drain cuts it
+  // short from this thread.
+  std::thread graceful([this] {
+    runtime_runner_->Drain(absl::InfiniteDuration());
+    {
+      std::lock_guard lock(mu_);
+      runtime_drained_ = true;
+    }
+    cv_.notify_all();
+  });
+  // Refusing new stages is the drain's first act: say so once it is done.
+  while (runtime_runner_->Health().state == RuntimeHealth::State::kServing) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  log_.Info("RuntimeService draining: no new stages",
+            {{"address", runtime_server_->address()}});
+  bool forced = false;
+  {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return runtime_drained_ || drain_forced_; });
+    forced = !runtime_drained_;
+  }
+  if (forced) runtime_runner_->Drain(absl::ZeroDuration());
+  graceful.join();
+  // Watchers have seen their stages end by now.
+  runtime_server_->Shutdown();
+  log_.Info("RuntimeService stopped");
 }
 
 absl::Status DelegateServer::Run() {
   const DelegateConfig& config = options_.config;
+  const bool no_manager = options_.manager == "none";
+  if (no_manager && options_.runtime_listen.empty()) {
+    return absl::InvalidArgumentError(
+        "--manager none: nothing to serve without a manager; give "
+        "--runtime-listen ADDR too (RuntimeService), or a manager URL");
+  }
   for (const std::string& w : config.warnings) log_.Warn(w);
 
   // The ops endpoints first, so that a liveness probe passes while the
@@ -46,6 +133,7 @@ absl::Status DelegateServer::Run() {
     log_.Warn("ops endpoint", {{"error", m}});
   };
   std::atomic<ManagerConnection*> current{nullptr};
+  std::atomic<SchedulerStageRunner*> runtime{nullptr};
   absl::StatusOr<std::unique_ptr<http::HttpServer>> server =
       http::HttpServer::Start(ops, [&](const http::ServerRequest& req) {
         http::ServerResponse resp;
@@ -57,9 +145,15 @@ absl::Status DelegateServer::Run() {
           resp.body = "ok\n";
         } else if (req.path == "/ready") {
           ManagerConnection* c = current.load();
-          const bool ready = c && c->Ready();
-          resp.status = ready ? 200 : 503;
-          resp.body = ready ? "ready\n" : "not connected to the manager\n";
+          SchedulerStageRunner* r = runtime.load();
+          const bool manager_ready = no_manager || (c && c->Ready());
+          const bool runtime_ready =
+              options_.runtime_listen.empty() ||
+              (r && r->Health().state == RuntimeHealth::State::kServing);
+          resp.status = manager_ready && runtime_ready ? 200 : 503;
+          resp.body = !manager_ready   ? "not connected to the manager\n"
+                      : !runtime_ready ? "RuntimeService takes no stages\n"
+                                       : "ready\n";
         } else if (req.path == "/metrics") {
           resp.content_type = "text/plain; version=0.0.4; charset=utf-8";
           resp.body = metrics_.RenderPrometheus();
@@ -95,37 +189,64 @@ absl::Status DelegateServer::Run() {
 
   // The --manager URL's scheme names the connection ("grpc://..."); an
   // http(s) URL, or none, is a Harness manager.
-  std::string scheme = "harness";
-  if (const size_t colon = options_.manager.find("://");
-      colon != std::string::npos) {
-    std::string given = options_.manager.substr(0, colon);
-    if (given != "http" && given != "https") scheme = std::move(given);
+  std::unique_ptr<ManagerConnection> connection;
+  if (!no_manager) {
+    std::string scheme = "harness";
+    if (const size_t colon = options_.manager.find("://");
+        colon != std::string::npos) {
+      std::string given = options_.manager.substr(0, colon);
+      if (given != "http" && given != "https") scheme = std::move(given);
+    }
+    ManagerEnvironment env{config,        executors_,      options_.policy,
+                           log_,          metrics_,        log_sink_,
+                           Clock::Real(), options_.manager};
+    absl::StatusOr<std::unique_ptr<ManagerConnection>> created =
+        managers_.Create(scheme, env);
+    if (!created.ok()) {
+      (*server)->Stop();
+      return created.status();
+    }
+    connection = *std::move(created);
   }
-  ManagerEnvironment env{config,        executors_,      options_.policy,
-                         log_,          metrics_,        log_sink_,
-                         Clock::Real(), options_.manager};
-  absl::StatusOr<std::unique_ptr<ManagerConnection>> connection =
-      managers_.Create(scheme, env);
-  if (!connection.ok()) {
-    (*server)->Stop();
-    return connection.status();
+  std::thread runtime_drainer;
+  if (!options_.runtime_listen.empty()) {
+    if (absl::Status s = StartRuntime(); !s.ok()) {
+      (*server)->Stop();
+      return s;
+    }
+    runtime = runtime_runner_.get();
+    runtime_drainer = std::thread([this] { DrainRuntime(); });
   }
-  {
-    std::lock_guard lock(mu_);
-    connection_ = connection->get();
-    if (drain_requested_) connection_->Drain();
+
+  absl::Status s;
+  if (connection) {
+    {
+      std::lock_guard lock(mu_);
+      connection_ = connection.get();
+      if (drain_requested_) connection_->Drain();
+    }
+    current = connection.get();
+    s = connection->Run();
+    // RuntimeService drains with the connection, also when it gave up.
+    {
+      std::lock_guard lock(mu_);
+      drain_requested_ = true;
+    }
+    cv_.notify_all();
   }
-  current = connection->get();
-  absl::Status s = (*connection)->Run();
-  // The ops endpoints stop before the connection goes: a /ready in flight
-  // may still be asking it.
+  if (runtime_drainer.joinable()) runtime_drainer.join();
+  // The ops endpoints stop before the connection and the runtime go: a
+  // /ready in flight may still be asking them.
   (*server)->Stop();
   current = nullptr;
+  runtime = nullptr;
   {
     std::lock_guard lock(mu_);
     connection_ = nullptr;
   }
-  connection->reset();
+  connection.reset();
+  runtime_server_.reset();
+  runtime_runner_.reset();
   return s;
 }
 

@@ -559,20 +559,9 @@ StageResult Scheduler::Impl::RunStage(Entry& entry) {
     return std::move(result);
   };
 
-  // Secret values, and registry passwords even when written in the clear.
   std::shared_ptr<const logs::SecretMasker> masker;
-  {
-    std::vector<std::string> values;
-    for (const auto& [id, value] : stage.secrets) values.push_back(value);
-    for (const Step& step : stage.steps) {
-      if (step.registry &&
-          step.registry->password.find("${{") == std::string::npos) {
-        values.push_back(step.registry->password);
-      }
-    }
-    if (!values.empty()) {
-      masker = std::make_shared<logs::SecretMasker>(values);
-    }
+  if (std::vector<std::string> values = SecretValues(stage); !values.empty()) {
+    masker = std::make_shared<logs::SecretMasker>(values);
   }
   auto mask = [&](std::string text) {
     return masker ? masker->Mask(text) : text;

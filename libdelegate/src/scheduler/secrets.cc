@@ -105,6 +105,18 @@ absl::StatusOr<std::string> SubstituteSecrets(
   return out;
 }
 
+std::vector<std::string> SecretValues(const Stage& stage) {
+  std::vector<std::string> values;
+  for (const auto& [id, value] : stage.secrets) values.push_back(value);
+  for (const Step& step : stage.steps) {
+    if (step.registry &&
+        step.registry->password.find("${{") == std::string::npos) {
+      values.push_back(step.registry->password);
+    }
+  }
+  return values;
+}
+
 absl::Status ResolveStage(Stage& stage) {
   Stage& out = stage;
   auto substitute_all = [&](std::vector<std::string>& values,

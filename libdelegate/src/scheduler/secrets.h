@@ -6,6 +6,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "delegate/stage.h"
@@ -25,6 +26,11 @@ void ForEachSecretReference(
 absl::StatusOr<std::string> SubstituteSecrets(
     std::string_view text, const std::map<std::string, std::string>& secrets,
     std::string_view path);
+
+// What is masked in a stage's logs, errors and results: its secret values,
+// and registry passwords written in the clear (a reference is masked as the
+// secret it names).
+std::vector<std::string> SecretValues(const Stage& stage);
 
 // Turns `stage` into what executors see: in every step, the stage env merged
 // under the step's envs, and secrets substituted in envs, commands, entrypoint
