@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "benchmark/benchmark.h"
+#include "bench_support.h"
 #include "delegate/config.h"
 #include "delegate/event_log.h"
 #include "delegate/executor.h"
@@ -28,20 +29,13 @@
 namespace delegate {
 namespace {
 
+using bench::QuantileMs;
+
 constexpr char kAccount[] = "acct-bench";
 constexpr char kToken[] = "98d8fedb04c574e68939164bf463e73d";
 // One secret/static task: the delegate answers it from the task's own data.
 constexpr char kNoopTask[] =
     R"({"type":"secret/static","data":{"secrets":[{"id":"s","value":"v"}]}})";
-
-// The q-quantile (0..1) of sorted durations, in milliseconds.
-double QuantileMs(const std::vector<absl::Duration>& sorted, double q) {
-  if (sorted.empty()) return 0;
-  const size_t i =
-      std::min(sorted.size() - 1,
-               static_cast<size_t>(q * static_cast<double>(sorted.size())));
-  return absl::ToDoubleMilliseconds(sorted[i]);
-}
 
 std::vector<absl::Duration> SortedLatencies(
     const reference::ReferenceManager& manager) {

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "benchmark/benchmark.h"
+#include "bench_support.h"
 #include "delegate/builtin_executors.h"
 #include "delegate/scheduler.h"
 
@@ -19,21 +20,8 @@ extern char** environ;
 namespace delegate {
 namespace {
 
-class NullSink final : public LogSink {
- public:
-  void Append(const LogLine&) override {}
-};
-
-class NoopExecutor final : public Executor {
- public:
-  absl::Status Initialize(const StageContext&) override {
-    return absl::OkStatus();
-  }
-  StepResult Execute(const StepContext&) override { return {}; }
-  absl::Status Cleanup(const StageContext&) override {
-    return absl::OkStatus();
-  }
-};
+using bench::NoopExecutor;
+using bench::NullSink;
 
 // Waits until `n` stages have reported. The count is atomic so that the
 // workers do not contend on a lock the scheduler does not have.
@@ -68,13 +56,7 @@ void BM_SchedulerDispatch(benchmark::State& state) {
   options.log_sink = &sink;
   if (state.range(0) > 0) options.max_stages = static_cast<int>(state.range(0));
   Scheduler scheduler(options);
-  Stage stage;
-  stage.name = "noop";
-  stage.platform = "noop";
-  Step step;
-  step.id = "step";
-  step.commands = {"true"};
-  stage.steps.push_back(step);
+  const Stage stage = bench::NoopStage();
   Countdown countdown;
   int64_t next = 0;
   // range(1): how many tasks go to the scheduler per call (1: Submit, more:

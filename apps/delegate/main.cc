@@ -287,6 +287,7 @@ int Serve(const Args& args) {
   if (s.ok()) s = delegate::RegisterDockerExecutor(executors, options.docker);
   if (s.ok()) s = delegate::RegisterLocalExecutor(executors);
   if (s.ok()) s = delegate::RegisterHarnessManager(managers);
+  if (s.ok()) s = delegate::RegisterGrpcManager(managers);
   if (!s.ok()) {
     fprintf(stderr, "delegate: %s\n", std::string(s.message()).c_str());
     return kExitInvalid;

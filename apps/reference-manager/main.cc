@@ -1,11 +1,16 @@
-// reference-manager: the reference Harness manager as a program, for tests,
-// benchmarks and trying the delegate locally.
+// reference-manager: the reference manager as a program, for tests,
+// benchmarks and trying the delegate locally. It speaks the Harness REST
+// protocol (with --token-file), DelegateSession and RuntimeService (with
+// --grpc-listen), or both.
 //
-//   reference-manager --account ACCOUNT --token-file FILE [--listen HOST:PORT]
+//   reference-manager [--account ACCOUNT --token-file FILE] [--listen HOST:PORT]
 //       [--tls-cert PEM --tls-key PEM [--client-ca PEM]] [--state FILE]
 //       [--inline-data]
+//       [--grpc-listen HOST:PORT [--lease-seconds N] [--stage FILE]...]
 //
-// Prints "listening URL" once it serves, then runs until SIGTERM or SIGINT.
+// Prints "listening URL" (Harness) and "grpc-listening HOST:PORT" once it
+// serves, one "stage ID STATUS" line as each --stage stage finishes, then runs
+// until SIGTERM or SIGINT.
 #include <signal.h>
 
 #include <cstdio>
@@ -17,7 +22,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "delegate/stage_file.h"
 #include "reference_manager.h"
+#include "session_manager.h"
 
 namespace {
 
@@ -26,11 +33,32 @@ int Fail(const std::string& message) {
   return 2;
 }
 
+// Prints one line when a --stage stage finishes.
+class PrintFinished final : public delegate::StageEvents {
+ public:
+  explicit PrintFinished(std::string id) : id_(std::move(id)) {}
+  void Started(std::string_view, std::string_view) override {}
+  void StepStarted(std::string_view, std::string_view) override {}
+  void StepFinished(const delegate::StepResult&) override {}
+  void Log(const delegate::LogLine&) override {}
+  void Finished(const delegate::StageResult& result) override {
+    printf("stage %s %s%s%s\n", id_.c_str(),
+           delegate::StepStatusName(result.status),
+           result.error.empty() ? "" : ": ", result.error.c_str());
+    fflush(stdout);
+  }
+
+ private:
+  const std::string id_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
   delegate::reference::ManagerOptions options;
-  std::string token_file, cert, key, client_ca;
+  delegate::reference::SessionManagerOptions grpc_options;
+  std::string token_file, cert, key, client_ca, grpc_listen;
+  std::vector<std::string> stage_files;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -56,37 +84,84 @@ int main(int argc, char** argv) {
       options.state_file = next();
     } else if (arg == "--inline-data") {
       options.base64_data = false;
+    } else if (arg == "--grpc-listen") {
+      grpc_listen = next();
+      if (grpc_listen.rfind(':') == std::string::npos) {
+        return Fail("--grpc-listen: expected HOST:PORT");
+      }
+    } else if (arg == "--lease-seconds") {
+      double seconds = 0;
+      if (!absl::SimpleAtod(next(), &seconds) || seconds <= 0) {
+        return Fail("--lease-seconds: expected a positive number of seconds");
+      }
+      grpc_options.lease_duration = absl::Seconds(seconds);
+    } else if (arg == "--stage") {
+      stage_files.push_back(next());
     } else {
       return Fail(absl::StrCat("unknown argument ", arg));
     }
   }
-  if (token_file.empty()) return Fail("--token-file is required");
-  std::ifstream in(token_file);
-  if (!in) return Fail(absl::StrCat("--token-file: cannot read ", token_file));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  options.token =
-      delegate::SecretString(std::string(absl::StripAsciiWhitespace(ss.str())));
+  if (token_file.empty() && grpc_listen.empty()) {
+    return Fail(
+        "nothing to serve: give --token-file (the Harness protocol), "
+        "--grpc-listen (DelegateSession and RuntimeService), or both");
+  }
+  if (!stage_files.empty() && grpc_listen.empty()) {
+    return Fail("--stage needs --grpc-listen: stage files go to gRPC delegates");
+  }
   if (!cert.empty() || !key.empty()) {
     if (cert.empty() || key.empty()) {
       return Fail("--tls-cert and --tls-key go together");
     }
     options.tls = delegate::http::ServerTlsOptions{cert, key, client_ca};
   }
-
+  std::vector<std::pair<std::string, delegate::Stage>> stages;
+  for (const std::string& file : stage_files) {
+    absl::StatusOr<delegate::Stage> stage = delegate::LoadStageFile(file);
+    if (!stage.ok()) return Fail(std::string(stage.status().message()));
+    stages.emplace_back(absl::StrCat("file-", stages.size() + 1), *stage);
+  }
+  if (!token_file.empty()) {
+    std::ifstream in(token_file);
+    if (!in) return Fail(absl::StrCat("--token-file: cannot read ", token_file));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    options.token = delegate::SecretString(
+        std::string(absl::StripAsciiWhitespace(ss.str())));
+  }
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  auto manager = delegate::reference::ReferenceManager::Start(options);
-  if (!manager.ok()) {
-    return Fail(std::string(manager.status().message()));
+  std::unique_ptr<delegate::reference::ReferenceManager> harness;
+  if (!token_file.empty()) {
+    auto started = delegate::reference::ReferenceManager::Start(options);
+    if (!started.ok()) return Fail(std::string(started.status().message()));
+    harness = *std::move(started);
+    printf("listening %s\n", harness->url().c_str());
   }
-  printf("listening %s\n", (*manager)->url().c_str());
+  std::unique_ptr<delegate::reference::SessionManager> sessions;
+  if (!grpc_listen.empty()) {
+    grpc_options.listen = grpc_listen;
+    grpc_options.tls_cert_file = cert;
+    grpc_options.tls_key_file = key;
+    grpc_options.client_ca_file = client_ca;
+    auto started = delegate::reference::SessionManager::Start(grpc_options);
+    if (!started.ok()) return Fail(std::string(started.status().message()));
+    sessions = *std::move(started);
+    printf("grpc-listening %s\n", sessions->address().c_str());
+    for (auto& [id, stage] : stages) {
+      absl::Status s = sessions->Submit(id, std::move(stage),
+                                        delegate::Priority::kNormal,
+                                        std::make_shared<PrintFinished>(id));
+      if (!s.ok()) return Fail(std::string(s.message()));
+    }
+  }
   fflush(stdout);
   int received = 0;
   sigwait(&signals, &received);
-  (*manager)->Stop();
+  if (sessions) sessions->Stop();
+  if (harness) harness->Stop();
   return 0;
 }

@@ -79,6 +79,16 @@ class ManagerRegistry {
 // heartbeat, runner-events, task payloads, task-response, the log service).
 absl::Status RegisterHarnessManager(ManagerRegistry& registry);
 
+// Registers "grpc" (plaintext: loopback or a private network only) and
+// "grpcs" (TLS, trusting the system store plus HARNESS_CERTS_DIR, with
+// HARNESS_CLIENT_CERT_FILE/KEY for mutual TLS): the DelegateSession push
+// protocol of proto/delegate/v1/session.proto, for --manager
+// grpc://HOST:PORT. Pushed stages, credit flow control (MAX_STAGES slots, or
+// PARALLEL_WORKERS when unset), leases renewed on the stream with fencing,
+// reports resent until acknowledged, logs resent from the acknowledged
+// offsets after a reconnect.
+absl::Status RegisterGrpcManager(ManagerRegistry& registry);
+
 }  // namespace delegate
 
 #endif  // DELEGATE_MANAGER_H_

@@ -39,6 +39,11 @@ struct SchedulerOptions {
   // Narrows what the platforms allow; every stage is checked against it
   // (with its platform's profile) before anything is created.
   OperatorPolicy policy;
+  // An idle worker polls briefly for the next stage before it sleeps, which
+  // saves both sides a futex wake when stages come in a tight stream from
+  // one thread. Turn it off when the submitting side needs the CPU (a
+  // network reader on a small machine).
+  bool spin_when_idle = true;
 };
 
 // The steps of a stage that arrive one at a time, for a manager that sends a

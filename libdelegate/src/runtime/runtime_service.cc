@@ -27,6 +27,7 @@
 #include "delegate/version.h"
 #include "manager/grpc/convert.h"
 #include "runtime/stage_journal.h"
+#include "util/files.h"
 #include "util/strings.h"
 
 namespace delegate {
@@ -459,14 +460,9 @@ bool IsLoopback(const std::string& host) {
 // secret: the content never appears in a message.
 absl::StatusOr<std::string> ReadPem(const std::string& path,
                                     std::string_view option, bool key) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream content;
-  content << in.rdbuf();
-  if (!in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(AbslView(option), ": cannot read ", path));
-  }
-  std::string pem = content.str();
+  absl::StatusOr<std::string> read = ReadSettingFile(path, option);
+  if (!read.ok()) return read.status();
+  std::string pem = *std::move(read);
   BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
   bool parsed = false;
   if (key) {

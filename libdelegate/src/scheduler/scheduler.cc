@@ -478,7 +478,8 @@ void Scheduler::Impl::WorkerLoop() {
     EntryPtr entry = PopRunnable();
     if (!entry) {
       if (shutting_down_) break;
-      if (!spun && spinning_ == 0 && queued_ == 0) {
+      if (options_.spin_when_idle && !spun && spinning_ == 0 &&
+          queued_ == 0) {
         spun = true;
         // Stages often arrive in bursts: polling a little before sleeping
         // saves a futex wake per stage for both sides.
