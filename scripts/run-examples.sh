@@ -22,3 +22,4 @@ MSG
 fi
 echo
 ./scripts/harness-demo.sh
+./scripts/grpc-demo.sh

@@ -9,12 +9,14 @@
 //       [--grpc-listen HOST:PORT [--lease-seconds N] [--stage FILE]...]
 //
 // Prints "listening URL" (Harness) and "grpc-listening HOST:PORT" once it
-// serves, one "stage ID STATUS" line as each --stage stage finishes, then runs
+// serves, "stage ID STATUS on DELEGATE" and the stage's log as each --stage
+// stage finishes, then runs
 // until SIGTERM or SIGINT.
 #include <signal.h>
 
 #include <cstdio>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <string>
 
@@ -23,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "delegate/stage_file.h"
+#include "util/strings.h"
 #include "reference_manager.h"
 #include "session_manager.h"
 
@@ -33,23 +36,37 @@ int Fail(const std::string& message) {
   return 2;
 }
 
-// Prints one line when a --stage stage finishes.
+// Prints each --stage stage when it finishes: "stage ID STATUS on DELEGATE",
+// then its log lines indented.
 class PrintFinished final : public delegate::StageEvents {
  public:
   explicit PrintFinished(std::string id) : id_(std::move(id)) {}
-  void Started(std::string_view, std::string_view) override {}
+  void Started(std::string_view, std::string_view delegate_name) override {
+    std::lock_guard lock(mu_);
+    delegate_ = std::string(delegate_name);
+  }
   void StepStarted(std::string_view, std::string_view) override {}
   void StepFinished(const delegate::StepResult&) override {}
-  void Log(const delegate::LogLine&) override {}
+  void Log(const delegate::LogLine& line) override {
+    std::lock_guard lock(mu_);
+    lines_.push_back(absl::StrCat("  | ", delegate::AbslView(line.text)));
+  }
   void Finished(const delegate::StageResult& result) override {
-    printf("stage %s %s%s%s\n", id_.c_str(),
-           delegate::StepStatusName(result.status),
-           result.error.empty() ? "" : ": ", result.error.c_str());
+    std::lock_guard lock(mu_);
+    std::string out = absl::StrCat(
+        "stage ", id_, " ", delegate::StepStatusName(result.status),
+        result.error.empty() ? "" : ": ", result.error, " on ", delegate_,
+        "\n");
+    for (const std::string& line : lines_) absl::StrAppend(&out, line, "\n");
+    fputs(out.c_str(), stdout);
     fflush(stdout);
   }
 
  private:
   const std::string id_;
+  std::mutex mu_;
+  std::string delegate_;            // guarded by mu_
+  std::vector<std::string> lines_;  // guarded by mu_
 };
 
 }  // namespace
