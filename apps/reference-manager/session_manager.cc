@@ -304,31 +304,28 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
   session->tags.assign(hello.tags().begin(), hello.tags().end());
   session->context = context;
   v1::ManagerMessage ack_message;
+  bool stopping = false;
   {
     std::lock_guard lock(mu_);
-    if (stopping_) {
-      // Not Reject: that takes mu_.
-      v1::ManagerMessage m;
-      m.mutable_hello_reject()->set_reason(
-          v1::HelloReject::REASON_UNAVAILABLE);
-      m.mutable_hello_reject()->set_message("the manager is shutting down");
-      stream->Write(m);
-      return grpc::Status::OK;
-    }
-    if (sessions_.contains(session->name)) {
-      const std::string message = absl::StrCat(
-          "another live session has the name ", session->name,
-          ": give each delegate its own HARNESS_NAME");
-      rejections_.push_back(message);
-      v1::ManagerMessage m;
-      m.mutable_hello_reject()->set_reason(
-          v1::HelloReject::REASON_DUPLICATE_NAME);
-      m.mutable_hello_reject()->set_message(message);
-      for (uint32_t v : options_.supported_versions) {
-        m.mutable_hello_reject()->add_supported_versions(v);
-      }
-      stream->Write(m);
-      return grpc::Status::OK;
+    stopping = stopping_;
+  }
+  if (stopping) {
+    Reject(stream, v1::HelloReject::REASON_UNAVAILABLE,
+           "the manager is shutting down");
+    return grpc::Status::OK;
+  }
+  {
+    std::lock_guard lock(mu_);
+    // A delegate that comes back under its name replaces its old session
+    // (which may not have noticed yet that the connection is gone).
+    if (auto old = sessions_.find(session->name); old != sessions_.end()) {
+      log_.Warn("a new session replaces the delegate's old one",
+                {{"delegate", session->name},
+                 {"old_session", old->second->id}});
+      old->second->ended = true;
+      old->second->cv.notify_all();
+      if (old->second->context) old->second->context->TryCancel();
+      sessions_.erase(old);
     }
     session->id = absl::StrCat("session-", next_session_++);
     session->last_heard = absl::Now();
@@ -350,6 +347,13 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
         if (rec->state == State::kLeased) {
           rec->lease_end = now + options_.lease_duration;
           session->leased.insert(rec->id);
+          if (!rec->cancel_reason.empty()) {  // asked while it was away
+            v1::ManagerMessage m;
+            m.mutable_cancel()->set_stage_id(rec->id);
+            m.mutable_cancel()->set_lease_id(rec->lease_id);
+            m.mutable_cancel()->set_reason(rec->cancel_reason);
+            session->outbox.push_back(std::move(m));
+          }
         }
         v1::LeaseRenewed& resumed = *ack.add_resumed();
         resumed.set_stage_id(rec->id);
@@ -382,6 +386,15 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
         lost.set_message("the stage was dispatched again");
       }
     }
+    // What was leased to this delegate and it does not hold (in flight when
+    // its stream broke) goes to the queue at once, not at the lease's end.
+    std::vector<RecPtr> not_held;
+    for (const RecPtr& rec : leased_) {
+      if (rec->delegate == session->name && rec->session != session) {
+        not_held.push_back(rec);
+      }
+    }
+    for (const RecPtr& rec : not_held) LapseLocked(rec, now);
     log_.Info("delegate connected",
               {{"delegate", session->name},
                {"session", session->id},
@@ -390,7 +403,14 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
   }
   if (!stream->Write(ack_message)) {
     std::lock_guard lock(mu_);
-    sessions_.erase(session->name);
+    auto it = sessions_.find(session->name);
+    if (it != sessions_.end() && it->second == session) sessions_.erase(it);
+    for (const std::string& id : session->leased) {
+      auto rec = stages_.find(id);
+      if (rec != stages_.end() && rec->second->session == session) {
+        rec->second->session = nullptr;  // its lease runs down as usual
+      }
+    }
     return grpc::Status::OK;
   }
 
@@ -415,17 +435,22 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
         if (session->outbox.empty()) return;
         batch.swap(session->outbox);
       }
-      for (size_t i = 0; i < batch.size(); ++i) {
-        grpc::WriteOptions options;
-        if (i + 1 < batch.size()) options.set_buffer_hint();
-        if (!stream->Write(batch[i], options)) {
-          session->context->TryCancel();
-          std::lock_guard lock(mu_);
-          session->ended = true;
-          return;
+      // One message on the stream for all that is due (ManagerBatch).
+      v1::ManagerMessage packed;
+      if (batch.size() == 1) {
+        packed.Swap(&batch[0]);
+      } else {
+        for (v1::ManagerMessage& m : batch) {
+          packed.mutable_batch()->add_messages()->Swap(&m);
         }
       }
       batch.clear();
+      if (!stream->Write(packed)) {
+        session->context->TryCancel();
+        std::lock_guard lock(mu_);
+        session->ended = true;
+        return;
+      }
     }
   });
 
@@ -439,7 +464,18 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
         protocol_error = true;
         break;
       }
-      HandleLocked(*session, message);
+      if (message.has_batch()) {
+        for (const v1::DelegateMessage& m : message.batch().messages()) {
+          if (m.has_hello() || m.has_batch()) {
+            protocol_error = true;
+            break;
+          }
+          HandleLocked(*session, m);
+        }
+        if (protocol_error) break;
+      } else {
+        HandleLocked(*session, message);
+      }
     }
     FlushEvents();
   }
@@ -455,7 +491,10 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
     auto it = sessions_.find(session->name);
     if (it != sessions_.end() && it->second == session) sessions_.erase(it);
     const absl::Time now = absl::Now();
-    for (const std::string& id : session->leased) {
+    // LapseLocked erases from session->leased: walk a copy.
+    const std::vector<std::string> leased(session->leased.begin(),
+                                          session->leased.end());
+    for (const std::string& id : leased) {
       auto rec = stages_.find(id);
       if (rec == stages_.end() || rec->second->session != session) continue;
       rec->second->session = nullptr;
@@ -525,6 +564,8 @@ void SessionManager::Impl::DispatchLocked() {
       rec->state = State::kLeased;
       ++rec->attempts;
       ++rec->token;
+      rec->logs.clear();  // each attempt's log starts at offset 0
+      rec->steps_finished.clear();
       rec->lease_id = absl::StrCat(rec->id, "-lease-", rec->token);
       rec->lease_end = now + options_.lease_duration;
       rec->session = sessions_.at(chosen->name);
@@ -569,8 +610,6 @@ void SessionManager::Impl::LapseLocked(const RecPtr& rec, absl::Time now) {
   }
   rec->lapsed_token = rec->token;
   rec->lapsed_on = rec->delegate;
-  rec->logs.clear();  // the next attempt's log starts again at 0
-  rec->steps_finished.clear();
   if (!rec->cancel_reason.empty()) {
     StageResult result;
     result.task_id = rec->id;
@@ -783,7 +822,9 @@ void SessionManager::Impl::HandleLocked(Session& session,
       const v1::LogChunk& chunk = report.chunk();
       auto it = stages_.find(chunk.task_id());
       if (it == stages_.end() || report.fencing_token() != it->second->token ||
-          report.lease_id() != it->second->lease_id) {
+          report.lease_id() != it->second->lease_id ||
+          it->second->state != State::kLeased ||
+          it->second->lapsed_token == it->second->token) {
         return;  // not kept; a renewal or report tells the delegate why
       }
       const RecPtr& rec = it->second;

@@ -118,6 +118,17 @@ class GrpcSessionTest : public ::testing::Test {
     return out + manager_log_text_;
   }
 
+  // Waits until the stage has been dispatched.
+  bool WaitLeased(const std::string& id) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < deadline) {
+      absl::StatusOr<StageSnapshot> s = manager_->Snapshot(id);
+      if (s.ok() && s->state == StageSnapshot::State::kLeased) return true;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return false;
+  }
+
   StageSnapshot Snap(const std::string& id) {
     absl::StatusOr<StageSnapshot> s = manager_->Snapshot(id);
     EXPECT_TRUE(s.ok()) << s.status();
@@ -231,11 +242,7 @@ TEST_F(GrpcSessionTest, CancelStopsARunningStageWithTheReason) {
                   ->Submit("long", HostStage("long", {"sleep 30"}),
                            Priority::kNormal, nullptr)
                   .ok());
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (Snap("long").state != StageSnapshot::State::kLeased &&
-         absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  ASSERT_TRUE(WaitLeased("long")) << Logs();
   absl::SleepFor(absl::Milliseconds(300));  // the step is running
   const absl::Time asked = absl::Now();
   ASSERT_TRUE(manager_->Cancel("long", "superseded by a newer commit").ok());
@@ -328,16 +335,12 @@ TEST_F(GrpcSessionTest, ALateDelegateIsFencedOffAndItsResultRefused) {
                            HostStage("f", {"sleep 1.5", "echo finished"}),
                            Priority::kNormal, nullptr)
                   .ok());
-  absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (Snap("fenced").state != StageSnapshot::State::kLeased &&
-         absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  ASSERT_TRUE(WaitLeased("fenced")) << Logs();
   absl::SleepFor(absl::Milliseconds(200));
   // Frozen: no renewals. The lease lapses; a second delegate takes it.
   kill(first.pid(), SIGSTOP);
   StartDelegate("late-comer");
-  deadline = absl::Now() + absl::Seconds(20);
+  absl::Time deadline = absl::Now() + absl::Seconds(20);
   while (Snap("fenced").attempts < 2 && absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(20));
   }
@@ -386,6 +389,55 @@ TEST_F(GrpcSessionTest, AReconnectResumesTheLeaseAndLosesNoLogLine) {
   EXPECT_EQ(std::count(log.begin(), log.end(), "before"), 1);
   EXPECT_EQ(std::count(log.begin(), log.end(), "after"), 1);
   EXPECT_THAT(delegates_[0]->Output(), HasSubstr("disconnected; reconnecting"));
+}
+
+TEST_F(GrpcSessionTest, ARestartedDelegateGetsItsLostStageBackAtOnce) {
+  StartManager();  // 30 s leases: waiting one out would fail the test
+  DelegateProcess& first = StartDelegate("phoenix");
+  ASSERT_TRUE(WaitDelegates(1)) << Logs();
+  ASSERT_TRUE(manager_
+                  ->Submit("again", HostStage("a", {"sleep 1", "echo done"}),
+                           Priority::kNormal, nullptr)
+                  .ok());
+  ASSERT_TRUE(WaitLeased("again")) << Logs();
+  kill(first.pid(), SIGKILL);
+  first.Wait();
+  const absl::Time restarted = absl::Now();
+  StartDelegate("phoenix");  // same name, holds nothing
+  ASSERT_TRUE(manager_->WaitAllDone(absl::Seconds(20))) << Logs();
+  EXPECT_LT(absl::Now() - restarted, absl::Seconds(15));
+  StageSnapshot s = Snap("again");
+  EXPECT_EQ(s.result->status, StepStatus::kSuccess);
+  EXPECT_EQ(s.attempts, 2u);
+  EXPECT_EQ(s.results_applied, 1u);
+  EXPECT_THAT(StepLog(s, "run"), Contains("done"));
+}
+
+TEST_F(GrpcSessionTest, ACancelAskedWhileDisconnectedReachesTheDelegate) {
+  StartManager();
+  const std::vector<std::string> host_port =
+      absl::StrSplit(manager_->address(), ':');
+  TcpProxy proxy(std::stoi(host_port.back()));
+  StartDelegate("away", {}, proxy.address());
+  ASSERT_TRUE(WaitDelegates(1)) << Logs();
+  ASSERT_TRUE(manager_
+                  ->Submit("stop-me", HostStage("s", {"sleep 30"}),
+                           Priority::kNormal, nullptr)
+                  .ok());
+  ASSERT_TRUE(WaitLeased("stop-me")) << Logs();
+  proxy.Refuse(true);
+  proxy.Cut();
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (!manager_->Delegates().empty() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_TRUE(manager_->Cancel("stop-me", "not needed any more").ok());
+  proxy.Refuse(false);
+  ASSERT_TRUE(manager_->WaitAllDone(absl::Seconds(20))) << Logs();
+  StageSnapshot s = Snap("stop-me");
+  EXPECT_EQ(s.result->status, StepStatus::kCancelled);
+  EXPECT_EQ(s.result->error, "not needed any more");
+  EXPECT_EQ(s.attempts, 1u);
 }
 
 // The manager side alone, driven by a hand-written delegate: what a

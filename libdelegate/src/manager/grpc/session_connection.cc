@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -57,6 +58,13 @@ constexpr size_t kMaxChunkLines = 1000;
 constexpr absl::Duration kLeaseScan = absl::Milliseconds(50);
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(200);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(30);
+// A manager that does not answer Hello, or does not end the stream after the
+// delegate closed its side, is given up on after this.
+constexpr absl::Duration kHandshakeTimeout = absl::Seconds(10);
+constexpr absl::Duration kCloseTimeout = absl::Seconds(5);
+// After a second Drain, results the manager has not acknowledged are given
+// up on after this.
+constexpr absl::Duration kForcedAckWait = absl::Seconds(5);
 // Step reports wait this long before they go out: a stage that ends by then
 // sends its result alone (it holds every step's result), so a burst of short
 // stages costs one report each, not three.
@@ -240,6 +248,7 @@ class SessionConnection final : public ManagerConnection, public LogSink {
     {
       std::lock_guard lock(mu_);
       if (draining_) {
+        if (!forced_) forced_at_ = env_.clock.Now();
         forced_ = true;
         for (auto& [id, run] : runs_) {
           if (run->running) cancels.push_back(id);
@@ -290,10 +299,19 @@ class SessionConnection final : public ManagerConnection, public LogSink {
                      std::vector<std::string>* cancels);
   void CollectRunLocked(StageRun& run, std::vector<v1::DelegateMessage>* out,
                         absl::Time now);
-  void LeaseScanLocked(absl::Time now, std::vector<v1::DelegateMessage>* out,
-                       std::vector<std::string>* cancels);
+  // LeaseRenews for the leases due one.
+  void RenewalsLocked(absl::Time now, std::vector<v1::DelegateMessage>* out);
+  // Lease expiry by the delegate's clock, a quiet manager, a handshake or a
+  // close that takes too long: what must happen whatever the stream does.
+  void TickerLoop();
   void Handle(const v1::ManagerMessage& message);
-  void HandleDispatch(const v1::Dispatch& dispatch);
+  // A dispatched stage as a scheduler task (nullopt: nothing to run; a stage
+  // that cannot run is reported so). SubmitDispatched queues a batch of them
+  // at once.
+  std::optional<StageTask> PrepareDispatch(const v1::Dispatch& dispatch);
+  void SubmitDispatched(std::vector<StageTask> tasks);
+  // Reports the stage FAILURE without running it.
+  void NotRun(const RunPtr& run, std::string why);
   // REQUIRES: mu_ held.
   void AddReportLocked(const RunPtr& run, Report::Kind kind, std::string key,
                        v1::DelegateMessage message);
@@ -346,6 +364,10 @@ class SessionConnection final : public ManagerConnection, public LogSink {
   bool connected_ = false;       // guarded by mu_
   bool stream_up_ = false;       // guarded by mu_: the writer may write
   bool closing_ = false;         // guarded by mu_: WritesDone was sent
+  bool stop_ticker_ = false;     // guarded by mu_
+  absl::Time dialled_at_;        // guarded by mu_: when Hello went out
+  absl::Time closing_at_;        // guarded by mu_
+  absl::Time forced_at_;         // guarded by mu_
   grpc::ClientContext* context_ = nullptr;  // guarded by mu_
   absl::Duration ping_interval_ = absl::Seconds(10);  // guarded by mu_
   absl::Time last_heard_;                             // guarded by mu_
@@ -381,6 +403,19 @@ absl::Status SessionConnection::Run() {
   env_.log.Info("connecting", {{"manager", env_.address},
                                {"protocol", "delegate.v1.DelegateSession"},
                                {"name", env_.config.name}});
+  std::thread ticker([this] { TickerLoop(); });
+  struct StopTicker {
+    SessionConnection* self;
+    std::thread* thread;
+    ~StopTicker() {
+      {
+        std::lock_guard lock(self->mu_);
+        self->stop_ticker_ = true;
+      }
+      self->cv_.notify_all();
+      thread->join();
+    }
+  } stop_ticker{this, &ticker};
   absl::Duration backoff = kFirstBackoff;
   std::mt19937_64 jitter(std::random_device{}());
   bool outage_logged = false;
@@ -415,16 +450,6 @@ absl::Status SessionConnection::Run() {
     while (!DrainedLocked()) {
       const absl::Time now = env_.clock.Now();
       if (now >= until) break;
-      // The channel redials on its own backoff: go as soon as it is up.
-      std::vector<v1::DelegateMessage> unused;
-      std::vector<std::string> cancels;
-      LeaseScanLocked(now, &unused, &cancels);
-      if (!cancels.empty()) {
-        lock.unlock();
-        Cancel(cancels);
-        lock.lock();
-        continue;
-      }
       cv_.wait_for(lock, absl::ToChronoMilliseconds(
                              std::min(until - now, kLeaseScan)));
     }
@@ -443,6 +468,7 @@ absl::Status SessionConnection::Session(bool* established) {
   {
     std::lock_guard lock(mu_);
     context_ = &context;
+    dialled_at_ = env_.clock.Now();
     v1::Hello& hello = *hello_message.mutable_hello();
     hello.set_protocol_version(kProtocolVersion);
     hello.set_delegate_name(env_.config.name);
@@ -482,6 +508,7 @@ absl::Status SessionConnection::Session(bool* established) {
   }
   if (first.has_hello_reject()) {
     const v1::HelloReject& reject = first.hello_reject();
+    context.TryCancel();  // the manager ends it; do not wait on that
     (void)end_stream();
     std::vector<std::string> versions;
     for (uint32_t v : reject.supported_versions()) {
@@ -505,6 +532,7 @@ absl::Status SessionConnection::Session(bool* established) {
     }
   }
   if (!first.has_hello_ack()) {
+    context.TryCancel();
     (void)end_stream();
     env_.log.Warn("the manager's first message was not HelloAck; retrying",
                   {{"manager", env_.address}});
@@ -542,24 +570,24 @@ absl::Status SessionConnection::Session(bool* established) {
         LoseLocked(it->second, lost.message(), &cancels);
       }
     }
+    std::vector<RunPtr> unanswered;  // LoseLocked may erase from runs_
     for (auto& [id, run] : runs_) {
-      if (!run->lost && !answered.contains(id)) {
-        LoseLocked(run, "the manager did not resume its lease", &cancels);
-      }
+      if (!run->lost && !answered.contains(id)) unanswered.push_back(run);
     }
-    for (auto& [id, run] : runs_) {  // resend from what the manager keeps
+    for (const RunPtr& run : unanswered) {
+      LoseLocked(run, "the manager did not resume its lease", &cancels);
+    }
+    for (auto& [id, run] : runs_) {  // resend what the manager lacks
       if (run->lost) continue;
       for (auto& [step, buf] : run->logs) {
-        buf.sent = std::max(buf.acked, buf.base);
+        buf.sent = buf.base;  // log_acks below move it up to what it keeps
         buf.close_sent = false;
       }
       for (Report& r : run->reports) r.sent = false;
       MarkDirty(run);
     }
     for (const v1::LogAck& log_ack : ack.log_acks()) {
-      if (LogBuffer* b = ApplyLogAckLocked(log_ack)) {
-        b->sent = std::max(b->acked, b->base);  // resend from there
-      }
+      ApplyLogAckLocked(log_ack);
     }
     // A slot is busy while a stage runs, lease or not.
     size_t busy = 0;
@@ -585,7 +613,25 @@ absl::Status SessionConnection::Session(bool* established) {
   std::thread writer([&] { WriterLoop(stream.get(), &context); });
   v1::ManagerMessage message;
   while (stream->Read(&message)) {
-    Handle(message);
+    if (!message.has_batch()) {
+      Handle(message);
+      continue;
+    }
+    // The stages of one batch go to the scheduler together, in order with
+    // what else the batch holds.
+    std::vector<StageTask> tasks;
+    for (const v1::ManagerMessage& m : message.batch().messages()) {
+      if (m.has_dispatch()) {
+        if (std::optional<StageTask> t = PrepareDispatch(m.dispatch())) {
+          tasks.push_back(*std::move(t));
+        }
+        continue;
+      }
+      SubmitDispatched(std::move(tasks));
+      tasks.clear();
+      if (!m.has_batch()) Handle(m);
+    }
+    SubmitDispatched(std::move(tasks));
   }
   {
     std::lock_guard lock(mu_);
@@ -623,18 +669,13 @@ void SessionConnection::WriterLoop(Stream* stream,
       while (true) {
         if (!stream_up_) return;
         const absl::Time now = env_.clock.Now();
-        if (now - last_heard_ > 3 * ping_interval_) {
-          env_.log.Warn("the manager went quiet; reconnecting",
-                        {{"manager", env_.address}});
-          context->TryCancel();
-          return;
-        }
         CollectLocked(now, &batch, &cancels);
         if (!batch.empty() || !cancels.empty()) break;
         if (DrainedLocked()) {
           if (drained_at_ == absl::InfiniteFuture()) drained_at_ = now;
           if (now >= drained_at_ + env_.config.idle_wait_before_stop) {
             closing_ = true;
+            closing_at_ = now;
             writes_done = true;
             break;
           }
@@ -652,16 +693,23 @@ void SessionConnection::WriterLoop(Stream* stream,
     }
     Cancel(cancels);
     cancels.clear();
-    for (size_t i = 0; i < batch.size(); ++i) {
-      grpc::WriteOptions options;
-      if (i + 1 < batch.size()) options.set_buffer_hint();
-      if (!stream->Write(batch[i], options)) {
+    if (!batch.empty()) {
+      // One message on the stream for all that is due (DelegateBatch).
+      v1::DelegateMessage packed;
+      if (batch.size() == 1) {
+        packed.Swap(&batch[0]);
+      } else {
+        for (v1::DelegateMessage& m : batch) {
+          packed.mutable_batch()->add_messages()->Swap(&m);
+        }
+      }
+      batch.clear();
+      if (!stream->Write(packed)) {
         // The reader sees the end too and reconnects.
         context->TryCancel();
         return;
       }
     }
-    batch.clear();
     if (writes_done) {
       env_.log.Info("drained: closing the session",
                     {{"manager", env_.address}});
@@ -678,7 +726,7 @@ void SessionConnection::CollectLocked(absl::Time now,
   outbox_.clear();
   if (now >= next_scan_) {
     next_scan_ = now + kLeaseScan;
-    LeaseScanLocked(now, out, cancels);
+    RenewalsLocked(now, out);
     if (now - last_sent_ >= ping_interval_ && out->empty()) {
       out->emplace_back().mutable_ping()->set_nonce(++ping_nonce_);
       *out->back().mutable_ping()->mutable_time() = TimeToProto(now);
@@ -766,15 +814,11 @@ void SessionConnection::CollectRunLocked(
   }
 }
 
-void SessionConnection::LeaseScanLocked(absl::Time now,
-                                        std::vector<v1::DelegateMessage>* out,
-                                        std::vector<std::string>* cancels) {
-  std::vector<RunPtr> expired;
+void SessionConnection::RenewalsLocked(absl::Time now,
+                                       std::vector<v1::DelegateMessage>* out) {
   for (const auto& [id, run] : runs_) {
-    if (run->lost || run->result_accepted) continue;
-    if (now >= run->lease_end) {
-      expired.push_back(run);
-    } else if (now >= run->next_renew && stream_up_) {
+    if (run->lost || run->result_accepted || now >= run->lease_end) continue;
+    if (now >= run->next_renew && stream_up_) {
       v1::LeaseRenew& renew = *out->emplace_back().mutable_lease_renew();
       renew.set_stage_id(run->stage_id);
       renew.set_lease_id(run->lease_id);
@@ -782,9 +826,56 @@ void SessionConnection::LeaseScanLocked(absl::Time now,
       run->next_renew = now + run->lease_duration / 3;
     }
   }
-  for (const RunPtr& run : expired) {
-    LoseLocked(run, "its lease lapsed without a renewal from the manager",
-               cancels);
+}
+
+void SessionConnection::TickerLoop() {
+  std::unique_lock lock(mu_);
+  while (!stop_ticker_) {
+    cv_.wait_for(lock, absl::ToChronoMilliseconds(kLeaseScan));
+    const absl::Time now = env_.clock.Now();
+    std::vector<std::string> cancels;
+    std::vector<RunPtr> expired;
+    for (const auto& [id, run] : runs_) {
+      if (!run->lost && !run->result_accepted && now >= run->lease_end) {
+        expired.push_back(run);
+      }
+    }
+    for (const RunPtr& run : expired) {
+      LoseLocked(run, "its lease lapsed without a renewal from the manager",
+                 &cancels);
+    }
+    if (forced_ && now - forced_at_ >= kForcedAckWait) {
+      // Second SIGTERM: stop waiting for acknowledgements.
+      std::vector<RunPtr> waiting;
+      for (const auto& [id, run] : runs_) {
+        if (!run->running && !run->lost) waiting.push_back(run);
+      }
+      for (const RunPtr& run : waiting) {
+        LoseLocked(run, "the delegate is stopping", &cancels);
+      }
+    }
+    if (context_ != nullptr) {
+      const char* why = nullptr;
+      if (connected_ && now - last_heard_ > 3 * ping_interval_) {
+        why = "the manager went quiet; reconnecting";
+      } else if (!connected_ && now - dialled_at_ > kHandshakeTimeout) {
+        why = "the manager did not answer Hello; reconnecting";
+      } else if (!connected_ && DrainedLocked()) {
+        why = "drained while connecting";
+      } else if (closing_ && now - closing_at_ > kCloseTimeout) {
+        why = "the manager did not end the closed session";
+      }
+      if (why != nullptr) {
+        env_.log.Warn(why, {{"manager", env_.address}});
+        context_->TryCancel();
+        context_ = nullptr;  // once per stream
+      }
+    }
+    if (!cancels.empty()) {
+      lock.unlock();
+      Cancel(cancels);
+      lock.lock();
+    }
   }
 }
 
@@ -837,6 +928,15 @@ LogBuffer* SessionConnection::ApplyLogAckLocked(const v1::LogAck& ack) {
     ++b.base;
   }
   b.acked = std::max<uint64_t>(b.acked, ack.offset());
+  // Resend from what the manager keeps when that is below what went out
+  // (it refused a gap); never from below what is still held.
+  const uint64_t resend = std::max(std::min(b.sent, ack.offset()), b.base);
+  if (resend < b.sent) {
+    b.sent = resend;
+    b.close_sent = false;
+    MarkDirty(it->second);
+  }
+  b.sent = std::max(b.sent, b.base);
   return &b;
 }
 
@@ -860,10 +960,16 @@ void SessionConnection::Handle(const v1::ManagerMessage& message) {
   std::unique_lock lock(mu_);
   last_heard_ = env_.clock.Now();
   switch (message.body_case()) {
-    case v1::ManagerMessage::kDispatch:
+    case v1::ManagerMessage::kDispatch: {
       lock.unlock();
-      HandleDispatch(message.dispatch());
+      std::optional<StageTask> task = PrepareDispatch(message.dispatch());
+      if (task) {
+        std::vector<StageTask> tasks;
+        tasks.push_back(*std::move(task));
+        SubmitDispatched(std::move(tasks));
+      }
       return;
+    }
     case v1::ManagerMessage::kLeaseRenewed: {
       const v1::LeaseRenewed& renewed = message.lease_renewed();
       auto it = by_stage_.find(renewed.stage_id());
@@ -952,7 +1058,8 @@ void SessionConnection::Handle(const v1::ManagerMessage& message) {
   Cancel(cancels);
 }
 
-void SessionConnection::HandleDispatch(const v1::Dispatch& dispatch) {
+std::optional<StageTask> SessionConnection::PrepareDispatch(
+    const v1::Dispatch& dispatch) {
   auto run = std::make_shared<StageRun>();
   run->stage_id = dispatch.stage_id();
   run->lease_id = dispatch.lease_id();
@@ -968,8 +1075,13 @@ void SessionConnection::HandleDispatch(const v1::Dispatch& dispatch) {
   std::vector<std::string> cancels;
   {
     std::lock_guard lock(mu_);
+    if (closing_ || forced_ || runs_.contains(run->scheduler_id)) {
+      // Not run (the stream is closing, or a repeat): the slot stays free;
+      // the manager re-queues what a closed session held.
+      if (!closing_ && !forced_) SlotFreedLocked();
+      return std::nullopt;
+    }
     env_.metrics.Add("delegate_session_dispatches_total", Labels());
-    if (closing_ || runs_.contains(run->scheduler_id)) return;
     const absl::Time now = env_.clock.Now();
     run->lease_end = now + run->lease_duration;
     run->next_renew = now + run->lease_duration / 3;
@@ -981,23 +1093,9 @@ void SessionConnection::HandleDispatch(const v1::Dispatch& dispatch) {
     by_stage_[run->stage_id] = run;
   }
   Cancel(cancels);
-  auto report_failure = [&](std::string why) {
-    StageResult result;
-    result.task_id = run->stage_id;
-    result.status = StepStatus::kFailure;
-    result.error = std::move(why);
-    std::lock_guard lock(mu_);
-    run->running = false;
-    SlotFreedLocked();
-    v1::DelegateMessage m;
-    const std::string key = ReportKey(*run, "stage");
-    FillHeader(*run, key, m.mutable_stage_result()->mutable_header());
-    *m.mutable_stage_result()->mutable_result() = ToProto(result);
-    AddReportLocked(run, Report::Kind::kStageResult, key, std::move(m));
-  };
   if (!stage.ok()) {
-    report_failure(std::string(stage.status().message()));
-    return;
+    NotRun(run, std::string(stage.status().message()));
+    return std::nullopt;
   }
   StageTask task;
   task.id = run->scheduler_id;
@@ -1040,8 +1138,39 @@ void SessionConnection::HandleDispatch(const v1::Dispatch& dispatch) {
     *m.mutable_stage_result()->mutable_result() = ToProto(result);
     AddReportLocked(run, Report::Kind::kStageResult, key, std::move(m));
   };
-  if (absl::Status s = scheduler_->Submit(std::move(task)); !s.ok()) {
-    report_failure(std::string(s.message()));
+  return task;
+}
+
+void SessionConnection::NotRun(const RunPtr& run, std::string why) {
+  StageResult result;
+  result.task_id = run->stage_id;
+  result.status = StepStatus::kFailure;
+  result.error = std::move(why);
+  std::lock_guard lock(mu_);
+  run->running = false;
+  SlotFreedLocked();
+  v1::DelegateMessage m;
+  const std::string key = ReportKey(*run, "stage");
+  FillHeader(*run, key, m.mutable_stage_result()->mutable_header());
+  *m.mutable_stage_result()->mutable_result() = ToProto(result);
+  AddReportLocked(run, Report::Kind::kStageResult, key, std::move(m));
+}
+
+void SessionConnection::SubmitDispatched(std::vector<StageTask> tasks) {
+  if (tasks.empty()) return;
+  std::vector<std::string> ids;
+  ids.reserve(tasks.size());
+  for (const StageTask& t : tasks) ids.push_back(t.id);
+  std::vector<absl::Status> statuses = scheduler_->SubmitAll(std::move(tasks));
+  for (size_t i = 0; i < statuses.size(); ++i) {
+    if (statuses[i].ok()) continue;
+    RunPtr run;
+    {
+      std::lock_guard lock(mu_);
+      auto it = runs_.find(ids[i]);
+      if (it != runs_.end()) run = it->second;
+    }
+    if (run) NotRun(run, std::string(statuses[i].message()));
   }
 }
 
