@@ -24,7 +24,9 @@
 #include "manager/grpc/convert.h"
 #include "session_manager.h"
 #include "tests/fakes/delegate_process.h"
+#include "delegate/v1/runtime.grpc.pb.h"
 #include "tests/fakes/tcp_proxy.h"
+#include "tests/fakes/test_ca.h"
 
 namespace delegate {
 namespace {
@@ -86,7 +88,8 @@ class GrpcSessionTest : public ::testing::Test {
 
   DelegateProcess& StartDelegate(const std::string& name,
                                  std::vector<std::string> extra_env = {},
-                                 std::string address = "") {
+                                 std::string address = "",
+                                 const std::string& scheme = "grpc://") {
     std::vector<std::string> env = {
         "HARNESS_NAME=" + name,
         "HARNESS_WORKDIR=" + (dir_ / name).string(),
@@ -97,7 +100,7 @@ class GrpcSessionTest : public ::testing::Test {
     env.insert(env.end(), extra_env.begin(), extra_env.end());
     if (address.empty()) address = manager_->address();
     delegates_.push_back(std::make_unique<DelegateProcess>(
-        std::vector<std::string>{"server", "--manager", "grpc://" + address},
+        std::vector<std::string>{"server", "--manager", scheme + address},
         env, (dir_ / (name + ".log")).string()));
     return *delegates_.back();
   }
@@ -438,6 +441,120 @@ TEST_F(GrpcSessionTest, ACancelAskedWhileDisconnectedReachesTheDelegate) {
   EXPECT_EQ(s.result->status, StepStatus::kCancelled);
   EXPECT_EQ(s.result->error, "not needed any more");
   EXPECT_EQ(s.attempts, 1u);
+}
+
+TEST_F(GrpcSessionTest, MutualTlsWithTheCertsDirAndAClientCertificate) {
+  absl::StatusOr<std::unique_ptr<testing::TestCa>> ca = testing::TestCa::Create();
+  ASSERT_TRUE(ca.ok()) << ca.status();
+  const std::filesystem::path certs = dir_ / "certs";
+  std::filesystem::create_directories(certs);
+  std::filesystem::copy_file((*ca)->ca_file(), certs / "ca.pem");
+  SessionManagerOptions options;
+  options.tls_cert_file = (*ca)->server().cert_file;
+  options.tls_key_file = (*ca)->server().key_file;
+  options.client_ca_file = (*ca)->ca_file();
+  StartManager(options);
+  StartDelegate("trusted",
+                {"HARNESS_CERTS_DIR=" + certs.string(),
+                 "HARNESS_CLIENT_CERT_FILE=" + (*ca)->client().cert_file,
+                 "HARNESS_CLIENT_KEY_FILE=" + (*ca)->client().key_file},
+                "", "grpcs://");
+  // Without a client certificate the manager does not let it in; without
+  // the CA it does not trust the manager.
+  DelegateProcess& anonymous = StartDelegate(
+      "anonymous", {"HARNESS_CERTS_DIR=" + certs.string()}, "", "grpcs://");
+  DelegateProcess& trusting_nobody = StartDelegate("no-ca", {}, "", "grpcs://");
+  ASSERT_TRUE(WaitDelegates(1)) << Logs();
+  ASSERT_TRUE(manager_
+                  ->Submit("tls-1", HostStage("t", {"echo over tls"}),
+                           Priority::kNormal, nullptr)
+                  .ok());
+  ASSERT_TRUE(manager_->WaitAllDone(absl::Seconds(30))) << Logs();
+  StageSnapshot s = Snap("tls-1");
+  EXPECT_EQ(s.result->status, StepStatus::kSuccess);
+  EXPECT_THAT(s.delegates, ElementsAre("trusted"));
+  EXPECT_THAT(StepLog(s, "run"), Contains("over tls"));
+  std::vector<reference::DelegateSnapshot> d = manager_->Delegates();
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[0].name, "trusted");
+  for (DelegateProcess* p : {&anonymous, &trusting_nobody}) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (!absl::StrContains(p->Output(), "manager unreachable") &&
+           absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    EXPECT_THAT(p->Output(), HasSubstr("manager unreachable"));
+  }
+  EXPECT_EQ(manager_->Delegates().size(), 1u);
+}
+
+// A controller submits through the manager's RuntimeService (the same gRPC
+// port as DelegateSession) and watches the stage run on a delegate.
+TEST_F(GrpcSessionTest, RuntimeServiceOnTheManagerRunsTheStageOnADelegate) {
+  StartManager();
+  StartDelegate("worker");
+  ASSERT_TRUE(WaitDelegates(1)) << Logs();
+  auto stub = v1::RuntimeService::NewStub(grpc::CreateChannel(
+      manager_->address(), grpc::InsecureChannelCredentials()));
+  v1::SubmitStageRequest submit;
+  submit.set_task_id("via-runtime");
+  *submit.mutable_stage() =
+      grpcv1::ToProto(HostStage("rt", {"echo through the manager"}));
+  v1::SubmitStageResponse submitted;
+  {
+    grpc::ClientContext context;
+    grpc::Status st = stub->SubmitStage(&context, submit, &submitted);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  EXPECT_TRUE(submitted.created());
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(30));
+  v1::WatchStageRequest watch;
+  watch.set_task_id("via-runtime");
+  auto reader = stub->WatchStage(&context, watch);
+  std::vector<std::string> kinds;
+  std::vector<std::string> lines;
+  std::string delegate_name;
+  v1::StageEvent event;
+  uint64_t sequence = 0;
+  std::optional<v1::StageResult> finished;
+  while (reader->Read(&event)) {
+    EXPECT_EQ(event.sequence(), ++sequence);
+    switch (event.event_case()) {
+      case v1::StageEvent::kStageStarted:
+        kinds.push_back("stage_started");
+        delegate_name = event.stage_started().delegate_name();
+        break;
+      case v1::StageEvent::kStepStarted:
+        kinds.push_back("step_started");
+        break;
+      case v1::StageEvent::kStepFinished:
+        kinds.push_back("step_finished");
+        break;
+      case v1::StageEvent::kLog:
+        for (const v1::LogLine& l : event.log().lines()) {
+          lines.push_back(l.text());
+        }
+        break;
+      case v1::StageEvent::kStageFinished:
+        kinds.push_back("stage_finished");
+        finished = event.stage_finished();
+        break;
+      default:
+        break;
+    }
+  }
+  grpc::Status st = reader->Finish();
+  ASSERT_TRUE(st.ok()) << st.error_message() << Logs();
+  EXPECT_EQ(delegate_name, "worker");
+  ASSERT_FALSE(kinds.empty());
+  EXPECT_EQ(kinds.front(), "stage_started");
+  EXPECT_EQ(kinds.back(), "stage_finished");
+  EXPECT_THAT(kinds, Contains("step_finished"));
+  EXPECT_THAT(lines, Contains("through the manager"));
+  ASSERT_TRUE(finished.has_value());
+  EXPECT_EQ(finished->status(), v1::STEP_STATUS_SUCCESS);
 }
 
 // The manager side alone, driven by a hand-written delegate: what a
