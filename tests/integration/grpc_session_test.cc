@@ -335,14 +335,16 @@ TEST_F(GrpcSessionTest, ALateDelegateIsFencedOffAndItsResultRefused) {
   ASSERT_TRUE(WaitDelegates(1)) << Logs();
   ASSERT_TRUE(manager_
                   ->Submit("fenced",
-                           HostStage("f", {"sleep 1.5", "echo finished"}),
+                           HostStage("f", {"sleep 4", "echo finished"}),
                            Priority::kNormal, nullptr)
                   .ok());
   ASSERT_TRUE(WaitLeased("fenced")) << Logs();
-  absl::SleepFor(absl::Milliseconds(200));
-  // Frozen: no renewals. The lease lapses; a second delegate takes it.
-  kill(first.pid(), SIGSTOP);
+  // A second delegate is there to take the stage over.
   StartDelegate("late-comer");
+  ASSERT_TRUE(WaitDelegates(2)) << Logs();
+  ASSERT_EQ(Snap("fenced").delegate, "early");
+  // Frozen: no renewals. The lease lapses; the other delegate takes it.
+  kill(first.pid(), SIGSTOP);
   absl::Time deadline = absl::Now() + absl::Seconds(20);
   while (Snap("fenced").attempts < 2 && absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(20));
