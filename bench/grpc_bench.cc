@@ -95,6 +95,14 @@ class GrpcRig {
 
   reference::SessionManager& manager() { return *manager_; }
 
+  // Moves the latencies of the stages done so far to `out` and forgets
+  // those stages (so that rounds do not pile up in the manager).
+  void TakeLatencies(std::vector<absl::Duration>* out) {
+    std::vector<absl::Duration> round = manager_->Latencies();
+    out->insert(out->end(), round.begin(), round.end());
+    manager_->ForgetDone();
+  }
+
   // Waits (in 200 µs steps, so that the waiting costs the measured path
   // nothing) until `completed` stages have finished since the start.
   bool WaitCompleted(uint64_t completed, absl::Duration timeout) {
@@ -162,9 +170,7 @@ void BM_GrpcDispatch(benchmark::State& state) {
       return;
     }
     state.PauseTiming();
-    std::vector<absl::Duration> round = manager.Latencies();
-    latencies.insert(latencies.end(), round.begin(), round.end());
-    manager.ForgetDone();
+    rig->TakeLatencies(&latencies);
     state.ResumeTiming();
   }
   state.SetItemsProcessed(state.iterations() * batch);
@@ -207,9 +213,7 @@ void BM_GrpcDispatchPaced(benchmark::State& state) {
       state.SkipWithError("stages were not all done in time");
       return;
     }
-    std::vector<absl::Duration> round = manager.Latencies();
-    latencies.insert(latencies.end(), round.begin(), round.end());
-    manager.ForgetDone();
+    rig->TakeLatencies(&latencies);
   }
   state.SetItemsProcessed(state.iterations() * rate);
   ReportLatencies(state, std::move(latencies));

@@ -5,13 +5,11 @@
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
-#include <fstream>
 #include <functional>
 #include <list>
 #include <map>
 #include <mutex>
 #include <set>
-#include <sstream>
 #include <thread>
 #include <utility>
 
@@ -21,7 +19,8 @@
 #include "absl/strings/str_join.h"
 #include "delegate/v1/session.grpc.pb.h"
 #include "manager/grpc/convert.h"
-#include "util/files.h"
+#include "manager/grpc/session_batch.h"
+#include "manager/grpc/tls.h"
 #include "util/strings.h"
 
 namespace delegate::reference {
@@ -91,14 +90,13 @@ class SessionManager::Impl final : public v1::DelegateSession::Service {
     std::vector<std::string> tags;
     Priority priority = Priority::kNormal;
     State state = State::kQueued;
-    uint32_t attempts = 0;
     uint64_t token = 0;
     uint64_t lapsed_token = 0;  // the last token whose lease lapsed
-    std::string lapsed_on;      // the delegate that held it
     std::string lease_id;
     absl::Time lease_end;
     std::shared_ptr<Session> session;  // holding the lease, while connected
-    std::string delegate;
+    // The delegate of each dispatch, in order: its size is the attempt
+    // count, its back the latest.
     std::vector<std::string> delegates;
     uint32_t results_applied = 0;
     std::optional<StageResult> result;
@@ -136,7 +134,7 @@ class SessionManager::Impl final : public v1::DelegateSession::Service {
     session.outbox.push_back(std::move(message));
     if (session.writer_waiting) session.cv.notify_one();
   }
-  void LapseLocked(const RecPtr& rec, absl::Time now);
+  void LapseLocked(const RecPtr& rec);
   void FinishLocked(const RecPtr& rec, StageResult result);
   void EmitLocked(const RecPtr& rec, std::function<void(StageEvents&)> event);
   // Runs the events EmitLocked queued. REQUIRES: mu_ not held.
@@ -144,6 +142,14 @@ class SessionManager::Impl final : public v1::DelegateSession::Service {
   void HandleLocked(Session& session, const v1::DelegateMessage& message);
   // The stage a report is for, or the Ack that answers it at once.
   RecPtr CheckReportLocked(const v1::ReportHeader& header, v1::Ack* answer);
+  // Turns an accepted answer into a refusal of a malformed report; returns
+  // the null stage AnswerLocked then takes.
+  static RecPtr RefuseInvalid(const absl::Status& why, v1::Ack* ack) {
+    ack->set_accepted(false);
+    ack->set_refusal(v1::Ack::REFUSAL_INVALID);
+    ack->set_message(std::string(why.message()));
+    return nullptr;
+  }
   void AnswerLocked(Session& session, const RecPtr& rec, v1::Ack ack) {
     if (rec && ack.accepted()) rec->acks[ack.idempotency_key()] = ack;
     v1::ManagerMessage m;
@@ -181,31 +187,19 @@ class SessionManager::Impl final : public v1::DelegateSession::Service {
 
 absl::Status SessionManager::Impl::Serve(StageRunner& runner) {
   runtime_service_ = NewRuntimeService(runner);
-  std::shared_ptr<grpc::ServerCredentials> credentials;
-  if (!options_.tls_cert_file.empty() || !options_.tls_key_file.empty()) {
-    if (options_.tls_cert_file.empty() || options_.tls_key_file.empty()) {
-      return absl::InvalidArgumentError(
-          "--tls-cert and --tls-key go together: set both or neither");
-    }
-    absl::StatusOr<std::string> cert =
-        ReadSettingFile(options_.tls_cert_file, "--tls-cert");
-    if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key =
-        ReadSettingFile(options_.tls_key_file, "--tls-key");
-    if (!key.ok()) return key.status();
-    grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({*key, *cert});
-    if (!options_.client_ca_file.empty()) {
-      absl::StatusOr<std::string> ca =
-          ReadSettingFile(options_.client_ca_file, "--client-ca");
-      if (!ca.ok()) return ca.status();
-      ssl.pem_root_certs = *ca;
-      ssl.client_certificate_request =
-          GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-    }
-    credentials = grpc::SslServerCredentials(ssl);
-  } else {
-    credentials = grpc::InsecureServerCredentials();
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      grpc::InsecureServerCredentials();
+  const grpcv1::ServerTlsFiles files{options_.tls_cert_file,
+                                     options_.tls_key_file,
+                                     options_.client_ca_file,
+                                     "--tls-cert",
+                                     "--tls-key",
+                                     "--client-ca"};
+  if (grpcv1::WantsTls(files)) {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
+        grpcv1::TlsServerCredentials(files);
+    if (!tls.ok()) return tls.status();
+    credentials = *std::move(tls);
   }
   grpc::ServerBuilder builder;
   int port = 0;
@@ -390,11 +384,11 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
     // its stream broke) goes to the queue at once, not at the lease's end.
     std::vector<RecPtr> not_held;
     for (const RecPtr& rec : leased_) {
-      if (rec->delegate == session->name && rec->session != session) {
+      if (rec->delegates.back() == session->name && rec->session != session) {
         not_held.push_back(rec);
       }
     }
-    for (const RecPtr& rec : not_held) LapseLocked(rec, now);
+    for (const RecPtr& rec : not_held) LapseLocked(rec);
     log_.Info("delegate connected",
               {{"delegate", session->name},
                {"session", session->id},
@@ -435,17 +429,7 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
         if (session->outbox.empty()) return;
         batch.swap(session->outbox);
       }
-      // One message on the stream for all that is due (ManagerBatch).
-      v1::ManagerMessage packed;
-      if (batch.size() == 1) {
-        packed.Swap(&batch[0]);
-      } else {
-        for (v1::ManagerMessage& m : batch) {
-          packed.mutable_batch()->add_messages()->Swap(&m);
-        }
-      }
-      batch.clear();
-      if (!stream->Write(packed)) {
+      if (!stream->Write(grpcv1::PackBatch(batch))) {
         session->context->TryCancel();
         std::lock_guard lock(mu_);
         session->ended = true;
@@ -490,7 +474,6 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
     std::lock_guard lock(mu_);
     auto it = sessions_.find(session->name);
     if (it != sessions_.end() && it->second == session) sessions_.erase(it);
-    const absl::Time now = absl::Now();
     // LapseLocked erases from session->leased: walk a copy.
     const std::vector<std::string> leased(session->leased.begin(),
                                           session->leased.end());
@@ -501,7 +484,7 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
       // A delegate that closes its stream cleanly holds nothing: what was
       // leased to it was still on the way and can go elsewhere at once.
       if (clean && rec->second->state == State::kLeased) {
-        LapseLocked(rec->second, now);
+        LapseLocked(rec->second);
       }
     }
     log_.Info(clean ? "delegate disconnected" : "delegate connection lost",
@@ -528,10 +511,10 @@ bool SessionManager::Impl::EligibleLocked(const Session& session,
 
 void SessionManager::Impl::DispatchLocked() {
   if (sessions_.empty()) return;
-  std::vector<Session*> sessions;
+  std::vector<SessionPtr> sessions;
   uint64_t credit = 0;
   for (auto& [name, s] : sessions_) {
-    sessions.push_back(s.get());
+    sessions.push_back(s);
     credit += s->ended ? 0 : s->credit;
   }
   const absl::Time now = absl::Now();
@@ -540,14 +523,15 @@ void SessionManager::Impl::DispatchLocked() {
       const RecPtr& rec = *it;
       // Not back to a delegate that let this stage's lease lapse, while
       // another one can take it.
-      Session* chosen = nullptr;
+      const std::string* avoid =
+          !rec->delegates.empty() && rec->lapsed_token == rec->token
+              ? &rec->delegates.back()
+              : nullptr;
+      SessionPtr chosen;
       for (int pass = 0; pass < 2 && chosen == nullptr; ++pass) {
         for (size_t i = 0; i < sessions.size(); ++i) {
-          Session* s = sessions[(round_robin_ + i) % sessions.size()];
-          if (pass == 0 && !rec->lapsed_on.empty() &&
-              s->name == rec->lapsed_on) {
-            continue;
-          }
+          const SessionPtr& s = sessions[(round_robin_ + i) % sessions.size()];
+          if (pass == 0 && avoid != nullptr && s->name == *avoid) continue;
           if (EligibleLocked(*s, *rec)) {
             chosen = s;
             round_robin_ = (round_robin_ + i + 1) % sessions.size();
@@ -562,14 +546,12 @@ void SessionManager::Impl::DispatchLocked() {
       --chosen->credit;
       --credit;
       rec->state = State::kLeased;
-      ++rec->attempts;
       ++rec->token;
       rec->logs.clear();  // each attempt's log starts at offset 0
       rec->steps_finished.clear();
       rec->lease_id = absl::StrCat(rec->id, "-lease-", rec->token);
       rec->lease_end = now + options_.lease_duration;
-      rec->session = sessions_.at(chosen->name);
-      rec->delegate = chosen->name;
+      rec->session = chosen;
       rec->delegates.push_back(chosen->name);
       chosen->leased.insert(rec->id);
       leased_.insert(rec);
@@ -580,9 +562,9 @@ void SessionManager::Impl::DispatchLocked() {
       d.set_fencing_token(rec->token);
       *d.mutable_lease_duration() = DurationToProto(options_.lease_duration);
       *d.mutable_stage() = rec->proto;
-      d.set_attempt(rec->attempts);
+      d.set_attempt(static_cast<uint32_t>(rec->delegates.size()));
       SendLocked(*chosen, std::move(m));
-      if (rec->attempts == 1) {
+      if (rec->delegates.size() == 1) {
         EmitLocked(rec, [platform = rec->platform,
                          name = chosen->name](StageEvents& e) {
           e.Started(platform, name);
@@ -593,8 +575,7 @@ void SessionManager::Impl::DispatchLocked() {
   }
 }
 
-void SessionManager::Impl::LapseLocked(const RecPtr& rec, absl::Time now) {
-  (void)now;
+void SessionManager::Impl::LapseLocked(const RecPtr& rec) {
   leased_.erase(rec);
   if (rec->session) {
     rec->session->leased.erase(rec->id);
@@ -609,7 +590,6 @@ void SessionManager::Impl::LapseLocked(const RecPtr& rec, absl::Time now) {
     rec->session = nullptr;
   }
   rec->lapsed_token = rec->token;
-  rec->lapsed_on = rec->delegate;
   if (!rec->cancel_reason.empty()) {
     StageResult result;
     result.task_id = rec->id;
@@ -622,7 +602,7 @@ void SessionManager::Impl::LapseLocked(const RecPtr& rec, absl::Time now) {
   }
   log_.Warn("lease lapsed; queueing the stage again",
             {{"stage", rec->id},
-             {"delegate", rec->delegate},
+             {"delegate", rec->delegates.back()},
              {"fencing_token", absl::StrCat(rec->token)}});
   rec->state = State::kQueued;
   queues_[static_cast<int>(rec->priority)].push_front(rec);
@@ -775,10 +755,7 @@ void SessionManager::Impl::HandleLocked(Session& session,
         absl::StatusOr<StepResult> result =
             FromProto(report.result(), "step_result.result");
         if (!result.ok()) {
-          ack.set_accepted(false);
-          ack.set_refusal(v1::Ack::REFUSAL_INVALID);
-          ack.set_message(std::string(result.status().message()));
-          rec = nullptr;
+          rec = RefuseInvalid(result.status(), &ack);
         } else {
           rec->steps_finished.insert(result->id);
           EmitLocked(rec,
@@ -798,10 +775,7 @@ void SessionManager::Impl::HandleLocked(Session& session,
         absl::StatusOr<StageResult> result =
             FromProto(report.result(), "stage_result.result");
         if (!result.ok()) {
-          ack.set_accepted(false);
-          ack.set_refusal(v1::Ack::REFUSAL_INVALID);
-          ack.set_message(std::string(result.status().message()));
-          rec = nullptr;
+          rec = RefuseInvalid(result.status(), &ack);
         } else if (rec->state != State::kDone) {
           result->task_id = rec->id;
           for (const StepResult& step : result->steps) {
@@ -823,8 +797,7 @@ void SessionManager::Impl::HandleLocked(Session& session,
       auto it = stages_.find(chunk.task_id());
       if (it == stages_.end() || report.fencing_token() != it->second->token ||
           report.lease_id() != it->second->lease_id ||
-          it->second->state != State::kLeased ||
-          it->second->lapsed_token == it->second->token) {
+          it->second->state != State::kLeased) {
         return;  // not kept; a renewal or report tells the delegate why
       }
       const RecPtr& rec = it->second;
@@ -892,7 +865,7 @@ void SessionManager::Impl::Ticker() {
         lapsed.push_back(rec);
       }
     }
-    for (const RecPtr& rec : lapsed) LapseLocked(rec, now);
+    for (const RecPtr& rec : lapsed) LapseLocked(rec);
     for (auto& [name, session] : sessions_) {
       if (now - session->last_heard > 3 * options_.ping_interval &&
           session->context) {
@@ -1011,9 +984,9 @@ StageSnapshot SessionManager::Impl::SnapshotLocked(const StageRec& rec) const {
   s.state = rec.state == State::kQueued   ? StageSnapshot::State::kQueued
             : rec.state == State::kLeased ? StageSnapshot::State::kLeased
                                           : StageSnapshot::State::kDone;
-  s.attempts = rec.attempts;
+  s.attempts = static_cast<uint32_t>(rec.delegates.size());
   s.fencing_token = rec.token;
-  s.delegate = rec.delegate;
+  if (!rec.delegates.empty()) s.delegate = rec.delegates.back();
   s.delegates = rec.delegates;
   s.results_applied = rec.results_applied;
   s.result = rec.result;

@@ -188,7 +188,7 @@ absl::Status DelegateServer::Run() {
   }
 
   // The --manager URL's scheme names the connection ("grpc://..."); an
-  // http(s) URL, or none, is a Harness manager.
+  // http(s) URL, or an empty one (HARNESS_URL), is a Harness manager.
   std::unique_ptr<ManagerConnection> connection;
   if (!no_manager) {
     std::string scheme = "harness";

@@ -4,15 +4,11 @@
 #include "delegate/runtime_service.h"
 
 #include <grpcpp/grpcpp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
 
 #include <atomic>
 #include <chrono>
 #include <deque>
-#include <fstream>
 #include <mutex>
-#include <sstream>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -26,8 +22,8 @@
 #include "delegate/v1/runtime.grpc.pb.h"
 #include "delegate/version.h"
 #include "manager/grpc/convert.h"
+#include "manager/grpc/tls.h"
 #include "runtime/stage_journal.h"
-#include "util/files.h"
 #include "util/strings.h"
 
 namespace delegate {
@@ -456,75 +452,26 @@ bool IsLoopback(const std::string& host) {
          absl::StartsWith(host, "127.");
 }
 
-// The file's content, or InvalidArgument naming `option`. PEM keys are
-// secret: the content never appears in a message.
-absl::StatusOr<std::string> ReadPem(const std::string& path,
-                                    std::string_view option, bool key) {
-  absl::StatusOr<std::string> read = ReadSettingFile(path, option);
-  if (!read.ok()) return read.status();
-  std::string pem = *std::move(read);
-  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
-  bool parsed = false;
-  if (key) {
-    EVP_PKEY* pkey = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
-    parsed = pkey != nullptr;
-    EVP_PKEY_free(pkey);
-  } else {
-    X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
-    parsed = cert != nullptr;
-    X509_free(cert);
-  }
-  BIO_free(bio);
-  if (!parsed) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(AbslView(option), ": ", path, " holds no PEM ",
-                     key ? "private key (unencrypted)" : "certificate"));
-  }
-  return pem;
-}
-
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(
     const RuntimeServerOptions& options, const ListenAddress& address) {
-  const bool cert = !options.tls_cert_file.empty();
-  const bool key = !options.tls_key_file.empty();
-  if (cert != key) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(cert ? "tls_key_file" : "tls_cert_file",
-                     ": not set; TLS needs both the certificate and its key"));
-  }
-  if (!cert) {
-    if (!options.client_ca_file.empty()) {
-      return absl::InvalidArgumentError(
-          "client_ca_file: mutual TLS needs the server's certificate and key "
-          "too");
-    }
-    if (!address.unix_socket && !IsLoopback(address.host)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "listen: ", address.host,
-          " is not a loopback address: without TLS RuntimeService serves "
-          "only on 127.0.0.1, [::1], localhost or a Unix socket, as its "
-          "requests hold secret values; give a TLS certificate and key to "
-          "serve there"));
-    }
-    return grpc::InsecureServerCredentials();
-  }
-  grpc::SslServerCredentialsOptions ssl;
-  absl::StatusOr<std::string> cert_pem =
-      ReadPem(options.tls_cert_file, "tls_cert_file", false);
-  if (!cert_pem.ok()) return cert_pem.status();
-  absl::StatusOr<std::string> key_pem =
-      ReadPem(options.tls_key_file, "tls_key_file", true);
-  if (!key_pem.ok()) return key_pem.status();
-  ssl.pem_key_cert_pairs.push_back({*std::move(key_pem), *std::move(cert_pem)});
+  const grpcv1::ServerTlsFiles files{options.tls_cert_file,
+                                     options.tls_key_file,
+                                     options.client_ca_file};
+  if (grpcv1::WantsTls(files)) return grpcv1::TlsServerCredentials(files);
   if (!options.client_ca_file.empty()) {
-    absl::StatusOr<std::string> ca =
-        ReadPem(options.client_ca_file, "client_ca_file", false);
-    if (!ca.ok()) return ca.status();
-    ssl.pem_root_certs = *std::move(ca);
-    ssl.client_certificate_request =
-        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    return absl::InvalidArgumentError(
+        "client_ca_file: mutual TLS needs the server's certificate and key "
+        "too");
   }
-  return grpc::SslServerCredentials(ssl);
+  if (!address.unix_socket && !IsLoopback(address.host)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "listen: ", address.host,
+        " is not a loopback address: without TLS RuntimeService serves "
+        "only on 127.0.0.1, [::1], localhost or a Unix socket, as its "
+        "requests hold secret values; give a TLS certificate and key to "
+        "serve there"));
+  }
+  return grpc::InsecureServerCredentials();
 }
 
 class GrpcRuntimeServer final : public RuntimeServer {

@@ -16,18 +16,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
-#include <atomic>
 #include <condition_variable>
 #include <deque>
-#include <filesystem>
-#include <fstream>
 #include <list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -35,7 +31,6 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -44,6 +39,8 @@
 #include "delegate/v1/session.grpc.pb.h"
 #include "delegate/version.h"
 #include "manager/grpc/convert.h"
+#include "manager/grpc/session_batch.h"
+#include "manager/tls_config.h"
 #include "util/files.h"
 #include "util/strings.h"
 
@@ -83,7 +80,6 @@ struct BufferedLine {
 // One step's log (or the stage's own, with an empty step id) from the
 // manager's last acknowledgement on.
 struct LogBuffer {
-  uint64_t acked = 0;  // the manager keeps the lines below this index
   uint64_t base = 0;   // the index of lines.front()
   uint64_t sent = 0;   // lines below this went out on the current stream
   std::deque<BufferedLine> lines;
@@ -106,7 +102,6 @@ struct StageRun {
   std::string stage_id;
   std::string lease_id;
   uint64_t token = 0;
-  uint32_t attempt = 0;
   std::string scheduler_id;  // STAGE_ID#TOKEN: unique per dispatch
   absl::Duration lease_duration;
   absl::Time lease_end;   // by the delegate's clock
@@ -160,37 +155,26 @@ absl::StatusOr<Target> ParseTarget(const std::string& url,
     target.credentials = grpc::InsecureChannelCredentials();
     return target;
   }
-  grpc::SslCredentialsOptions ssl;
-  if (!config.certs_dir.empty()) {
-    std::error_code ec;
-    std::vector<std::string> files;
-    for (const auto& entry :
-         std::filesystem::directory_iterator(config.certs_dir, ec)) {
-      if (entry.is_regular_file()) files.push_back(entry.path().string());
-    }
-    if (ec) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "HARNESS_CERTS_DIR: cannot list ", config.certs_dir, ": ",
-          ec.message()));
-    }
-    std::sort(files.begin(), files.end());
-    for (const std::string& file : files) {
-      absl::StatusOr<std::string> pem = ReadSettingFile(file, "HARNESS_CERTS_DIR");
-      if (!pem.ok()) return pem.status();
-      absl::StrAppend(&ssl.pem_root_certs, *pem, "\n");
-    }
+  absl::StatusOr<http::TlsOptions> tls_files = TlsFromConfig(config);
+  if (!tls_files.ok()) return tls_files.status();
+  if (tls_files->client_cert.empty() != tls_files->client_key.empty()) {
+    return absl::InvalidArgumentError(
+        "HARNESS_CLIENT_CERT_FILE and HARNESS_CLIENT_KEY_FILE go together: "
+        "set both or neither");
   }
-  if (!config.client_cert_file.empty() || !config.client_key_file.empty()) {
-    if (config.client_cert_file.empty() || config.client_key_file.empty()) {
-      return absl::InvalidArgumentError(
-          "HARNESS_CLIENT_CERT_FILE and HARNESS_CLIENT_KEY_FILE go together: "
-          "set both or neither");
-    }
+  grpc::SslCredentialsOptions ssl;
+  for (const std::string& file : tls_files->extra_ca_files) {
+    absl::StatusOr<std::string> pem =
+        ReadSettingFile(file, "HARNESS_CERTS_DIR");
+    if (!pem.ok()) return pem.status();
+    absl::StrAppend(&ssl.pem_root_certs, *pem, "\n");
+  }
+  if (!tls_files->client_cert.empty()) {
     absl::StatusOr<std::string> cert =
-        ReadSettingFile(config.client_cert_file, "HARNESS_CLIENT_CERT_FILE");
+        ReadSettingFile(tls_files->client_cert, "HARNESS_CLIENT_CERT_FILE");
     if (!cert.ok()) return cert.status();
     absl::StatusOr<std::string> key =
-        ReadSettingFile(config.client_key_file, "HARNESS_CLIENT_KEY_FILE");
+        ReadSettingFile(tls_files->client_key, "HARNESS_CLIENT_KEY_FILE");
     if (!key.ok()) return key.status();
     ssl.pem_cert_chain = *std::move(cert);
     ssl.pem_private_key = *std::move(key);
@@ -295,8 +279,7 @@ class SessionConnection final : public ManagerConnection, public LogSink {
   absl::Status Session(bool* established);
   void WriterLoop(Stream* stream, grpc::ClientContext* context);
   // REQUIRES: mu_ held. Appends what is due to `out`.
-  void CollectLocked(absl::Time now, std::vector<v1::DelegateMessage>* out,
-                     std::vector<std::string>* cancels);
+  void CollectLocked(absl::Time now, std::vector<v1::DelegateMessage>* out);
   void CollectRunLocked(StageRun& run, std::vector<v1::DelegateMessage>* out,
                         absl::Time now);
   // LeaseRenews for the leases due one.
@@ -318,10 +301,10 @@ class SessionConnection final : public ManagerConnection, public LogSink {
   void LoseLocked(const RunPtr& run, std::string_view why,
                   std::vector<std::string>* cancels);
   void MaybeRetireLocked(const RunPtr& run);
-  // The manager keeps a step's lines below ack.offset: they are dropped.
-  // Returns the step's buffer, or nullptr when the ack is not for a current
-  // lease's step.
-  LogBuffer* ApplyLogAckLocked(const v1::LogAck& ack);
+  // The manager keeps a step's lines below ack.offset: they are dropped
+  // (and resent from there when it keeps fewer than went out). An ack that
+  // is not for a current lease's step is ignored.
+  void ApplyLogAckLocked(const v1::LogAck& ack);
   // A stage stopped running: its slot goes back to the manager.
   void SlotFreedLocked();
   void MarkDirty(const RunPtr& run) {
@@ -654,7 +637,6 @@ absl::Status SessionConnection::Session(bool* established) {
 void SessionConnection::WriterLoop(Stream* stream,
                                    grpc::ClientContext* context) {
   std::vector<v1::DelegateMessage> batch;
-  std::vector<std::string> cancels;
   absl::Time previous_write = absl::InfinitePast();
   while (true) {
     bool writes_done = false;
@@ -669,8 +651,8 @@ void SessionConnection::WriterLoop(Stream* stream,
       while (true) {
         if (!stream_up_) return;
         const absl::Time now = env_.clock.Now();
-        CollectLocked(now, &batch, &cancels);
-        if (!batch.empty() || !cancels.empty()) break;
+        CollectLocked(now, &batch);
+        if (!batch.empty()) break;
         if (DrainedLocked()) {
           if (drained_at_ == absl::InfiniteFuture()) drained_at_ = now;
           if (now >= drained_at_ + env_.config.idle_wait_before_stop) {
@@ -691,20 +673,8 @@ void SessionConnection::WriterLoop(Stream* stream,
       }
       last_sent_ = env_.clock.Now();
     }
-    Cancel(cancels);
-    cancels.clear();
     if (!batch.empty()) {
-      // One message on the stream for all that is due (DelegateBatch).
-      v1::DelegateMessage packed;
-      if (batch.size() == 1) {
-        packed.Swap(&batch[0]);
-      } else {
-        for (v1::DelegateMessage& m : batch) {
-          packed.mutable_batch()->add_messages()->Swap(&m);
-        }
-      }
-      batch.clear();
-      if (!stream->Write(packed)) {
+      if (!stream->Write(PackBatch(batch))) {
         // The reader sees the end too and reconnects.
         context->TryCancel();
         return;
@@ -720,8 +690,7 @@ void SessionConnection::WriterLoop(Stream* stream,
 }
 
 void SessionConnection::CollectLocked(absl::Time now,
-                                      std::vector<v1::DelegateMessage>* out,
-                                      std::vector<std::string>* cancels) {
+                                      std::vector<v1::DelegateMessage>* out) {
   for (v1::DelegateMessage& m : outbox_) out->push_back(std::move(m));
   outbox_.clear();
   if (now >= next_scan_) {
@@ -915,19 +884,18 @@ void SessionConnection::LoseLocked(const RunPtr& run, std::string_view why,
   }
 }
 
-LogBuffer* SessionConnection::ApplyLogAckLocked(const v1::LogAck& ack) {
+void SessionConnection::ApplyLogAckLocked(const v1::LogAck& ack) {
   auto it = by_stage_.find(ack.stage_id());
   if (it == by_stage_.end() || it->second->token != ack.fencing_token()) {
-    return nullptr;
+    return;
   }
   auto buf = it->second->logs.find(ack.step_id());
-  if (buf == it->second->logs.end()) return nullptr;
+  if (buf == it->second->logs.end()) return;
   LogBuffer& b = buf->second;
   while (b.base < ack.offset() && !b.lines.empty()) {  // kept: drop them
     b.lines.pop_front();
     ++b.base;
   }
-  b.acked = std::max<uint64_t>(b.acked, ack.offset());
   // Resend from what the manager keeps when that is below what went out
   // (it refused a gap); never from below what is still held.
   const uint64_t resend = std::max(std::min(b.sent, ack.offset()), b.base);
@@ -937,7 +905,6 @@ LogBuffer* SessionConnection::ApplyLogAckLocked(const v1::LogAck& ack) {
     MarkDirty(it->second);
   }
   b.sent = std::max(b.sent, b.base);
-  return &b;
 }
 
 void SessionConnection::MaybeRetireLocked(const RunPtr& run) {
@@ -1064,7 +1031,6 @@ std::optional<StageTask> SessionConnection::PrepareDispatch(
   run->stage_id = dispatch.stage_id();
   run->lease_id = dispatch.lease_id();
   run->token = dispatch.fencing_token();
-  run->attempt = dispatch.attempt();
   run->scheduler_id = absl::StrCat(run->stage_id, "#", run->token);
   absl::StatusOr<absl::Duration> lease =
       DurationFromProto(dispatch.lease_duration(), "dispatch.lease_duration");

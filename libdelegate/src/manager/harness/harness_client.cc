@@ -1,26 +1,18 @@
 #include "manager/harness/harness_client.h"
 
-#include <dirent.h>
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "manager/tls_config.h"
 #include "util/strings.h"
 
 namespace delegate::harness {
 namespace {
 
 std::string Enc(const std::string& s) { return http::UrlEncode(s); }
-
-bool Readable(const std::string& path) {
-  struct stat st;
-  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
-         access(path.c_str(), R_OK) == 0;
-}
 
 // The first part of a response body, for an error message: a manager error
 // document says what it rejected. Bodies of manager errors hold no secrets.
@@ -36,34 +28,9 @@ std::string Excerpt(const std::string& body) {
 
 absl::StatusOr<Transport> TransportFromConfig(const DelegateConfig& config) {
   Transport t;
-  if (!config.certs_dir.empty()) {
-    DIR* dir = opendir(config.certs_dir.c_str());
-    if (dir == nullptr) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("HARNESS_CERTS_DIR: cannot read directory ",
-                       config.certs_dir, ": ", strerror(errno)));
-    }
-    std::vector<std::string> files;
-    while (dirent* e = readdir(dir)) {
-      std::string name = e->d_name;
-      if (name.empty() || name[0] == '.') continue;
-      std::string path = absl::StrCat(config.certs_dir, "/", name);
-      if (Readable(path)) files.push_back(path);
-    }
-    closedir(dir);
-    std::sort(files.begin(), files.end());
-    t.tls.extra_ca_files = std::move(files);
-  }
-  for (const auto& [var, path] :
-       {std::pair{"HARNESS_CLIENT_CERT_FILE", &config.client_cert_file},
-        std::pair{"HARNESS_CLIENT_KEY_FILE", &config.client_key_file}}) {
-    if (!path->empty() && !Readable(*path)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          var, ": cannot read ", *path, "; give a readable PEM file"));
-    }
-  }
-  t.tls.client_cert = config.client_cert_file;
-  t.tls.client_key = config.client_key_file;
+  absl::StatusOr<http::TlsOptions> tls = TlsFromConfig(config);
+  if (!tls.ok()) return tls.status();
+  t.tls = *std::move(tls);
   t.proxy = config.proxy.reveal();
   t.no_proxy = config.no_proxy;
   t.max_timeout = config.manager_timeout;
