@@ -630,6 +630,13 @@ void HarnessConnection::SendAnswer(const std::string& task_id,
         "task response not delivered; it is sent again if the "
         "manager delivers the task again",
         {{"task_id", task_id}, {"error", s.message()}});
+    return;
+  }
+  // Accepted now: a listing that still shows the task within resend_after_
+  // is the manager catching up, not a lost answer.
+  std::lock_guard lock(mu_);
+  if (auto it = answered_index_.find(task_id); it != answered_index_.end()) {
+    it->second->sent = absl::Now();
   }
 }
 
