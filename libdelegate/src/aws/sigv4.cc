@@ -139,7 +139,8 @@ std::string CanonicalRequest(const SignableRequest& request,
   // Query: each name and value decoded, encoded the AWS way, sorted.
   std::vector<std::pair<std::string, std::string>> params;
   if (!request.query.empty()) {
-    for (absl::string_view part : absl::StrSplit(AbslView(request.query), '&')) {
+    for (absl::string_view part :
+         absl::StrSplit(AbslView(request.query), '&')) {
       if (part.empty()) continue;
       const size_t eq = part.find('=');
       std::string_view name = StdView(part.substr(0, eq));
@@ -169,8 +170,8 @@ std::string CanonicalRequest(const SignableRequest& request,
   }
   *signed_headers = absl::StrJoin(names, ";");
   return absl::StrCat(request.method, "\n", UriEncode(path, true), "\n",
-                      absl::StrJoin(query, "&"), "\n", canonical_headers,
-                      "\n", *signed_headers, "\n", HexSha256(request.body));
+                      absl::StrJoin(query, "&"), "\n", canonical_headers, "\n",
+                      *signed_headers, "\n", HexSha256(request.body));
 }
 
 std::string StringToSign(const std::string& canonical_request,
