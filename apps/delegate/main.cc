@@ -258,6 +258,16 @@ class SignalWatcher {
   std::thread thread_;
 };
 
+// "ecs-fargate" and "ecs-ec2", configured from DELEGATE_ECS_* and AWS_*.
+absl::Status RegisterEcs(delegate::ExecutorRegistry& registry,
+                         absl::Duration grace_period) {
+  absl::StatusOr<delegate::EcsExecutorOptions> ecs =
+      delegate::LoadEcsExecutorOptions(delegate::ProcessEnvironment());
+  if (!ecs.ok()) return ecs.status();
+  ecs->grace_period = grace_period;
+  return delegate::RegisterEcsExecutors(registry, *std::move(ecs));
+}
+
 int Serve(const Args& args) {
   absl::StatusOr<delegate::DelegateConfig> config =
       Configure(args, args.manager.empty() ? delegate::ConfigNeed::kServer
@@ -286,6 +296,7 @@ int Serve(const Args& args) {
   absl::Status s = delegate::RegisterHostExecutor(executors, host);
   if (s.ok()) s = delegate::RegisterDockerExecutor(executors, options.docker);
   if (s.ok()) s = delegate::RegisterLocalExecutor(executors);
+  if (s.ok()) s = RegisterEcs(executors, config->cleanup_grace_period);
   if (s.ok()) s = delegate::RegisterHarnessManager(managers);
   if (s.ok()) s = delegate::RegisterGrpcManager(managers);
   if (!s.ok()) {
@@ -362,7 +373,8 @@ int Run(const Args& args) {
   host.grace_period = config->cleanup_grace_period;
   if (absl::Status s = delegate::RegisterHostExecutor(registry, host);
       !s.ok() ||
-      !(s = delegate::RegisterDockerExecutor(registry, docker)).ok()) {
+      !(s = delegate::RegisterDockerExecutor(registry, docker)).ok() ||
+      !(s = RegisterEcs(registry, config->cleanup_grace_period)).ok()) {
     fprintf(stderr, "delegate: %s\n", std::string(s.message()).c_str());
     return kExitInvalid;
   }

@@ -1,0 +1,1104 @@
+// The "ecs-fargate" and "ecs-ec2" executors. Each step is one ECS task: the
+// stage registers the task definitions its steps need (tagged with the
+// delegate, its instance and the stage), runs each step with RunTask (a
+// client token per attempt, so a retried call cannot start it twice), follows
+// it with DescribeTasks (one call for every running step of the delegate)
+// and reads its output back from CloudWatch Logs while it runs. Timeout and
+// cancel stop it with StopTask; cleanup stops stragglers and deregisters and
+// deletes the stage's task definitions, and the first stage removes what a
+// crashed earlier run of the same instance left.
+#include <unistd.h>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "aws/credentials.h"
+#include "aws/endpoints.h"
+#include "aws/json_client.h"
+#include "aws/logs_client.h"
+#include "aws/sigv4.h"
+#include "aws/task_metadata.h"
+#include "delegate/builtin_executors.h"
+#include "executor/ecs/task_definition.h"
+#include "http/http_client.h"
+#include "rapidjson/document.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
+#include "util/strings.h"
+
+namespace delegate {
+namespace {
+
+using ecs::LaunchType;
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+
+constexpr char kTagDelegate[] = "libdelegate:delegate";
+constexpr char kTagInstance[] = "libdelegate:instance";
+constexpr char kTagStage[] = "libdelegate:stage";
+constexpr char kTagStep[] = "libdelegate:step";
+
+void Str(Writer& w, std::string_view s) {
+  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void Key(Writer& w, std::string_view s) {
+  w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void WriteTags(Writer& w,
+               const std::vector<std::pair<std::string, std::string>>& t) {
+  w.StartArray();
+  for (const auto& [k, v] : t) {
+    w.StartObject();
+    Key(w, "key");
+    Str(w, k);
+    Key(w, "value");
+    Str(w, v);
+    w.EndObject();
+  }
+  w.EndArray();
+}
+
+std::string GetStr(const rapidjson::Value& v, const char* name) {
+  if (!v.IsObject()) return "";
+  auto it = v.FindMember(name);
+  if (it == v.MemberEnd() || !it->value.IsString()) return "";
+  return std::string(it->value.GetString(), it->value.GetStringLength());
+}
+
+const rapidjson::Value* GetArray(const rapidjson::Value& v, const char* name) {
+  if (!v.IsObject()) return nullptr;
+  auto it = v.FindMember(name);
+  return it != v.MemberEnd() && it->value.IsArray() ? &it->value : nullptr;
+}
+
+absl::StatusOr<rapidjson::Document> ParseJson(const std::string& body,
+                                              std::string_view what) {
+  rapidjson::Document doc;
+  doc.Parse(body.data(), body.size());
+  if (doc.HasParseError() || !doc.IsObject()) {
+    return absl::InternalError(
+        absl::StrCat("ECS ", AbslView(what), ": the answer is not JSON"));
+  }
+  return doc;
+}
+
+std::map<std::string, std::string> TagMap(const rapidjson::Value& v) {
+  std::map<std::string, std::string> out;
+  if (const rapidjson::Value* tags = GetArray(v, "tags")) {
+    for (const rapidjson::Value& t : tags->GetArray()) {
+      out[GetStr(t, "key")] = GetStr(t, "value");
+    }
+  }
+  return out;
+}
+
+std::string HostName() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "unknown-host";
+  return buf;
+}
+
+std::string TaskId(const std::string& arn) {
+  return arn.substr(arn.rfind('/') + 1);
+}
+
+// What DescribeTasks last said about a task.
+struct TaskState {
+  uint64_t version = 0;  // bumped at every change
+  std::string last_status;
+  std::string stop_code;
+  std::string stopped_reason;
+  std::optional<int> exit_code;
+  std::string container_reason;
+  std::string missing;  // a failure reason ("MISSING") instead of a task
+};
+
+// ------------------------------------------------------------ runtime
+
+// What every stage of the delegate shares: the AWS clients, the resolved
+// settings and the DescribeTasks poller. Thread-safe.
+class EcsRuntime {
+ public:
+  explicit EcsRuntime(EcsExecutorOptions options)
+      : options_(std::move(options)),
+        clock_(options_.clock ? *options_.clock : Clock::Real()) {}
+
+  ~EcsRuntime() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    if (poller_.joinable()) poller_.join();
+  }
+
+  struct Resolved {
+    std::string region;
+    std::string cluster;
+    std::vector<std::string> subnets;
+    std::string instance;
+  };
+
+  // Connects, discovers what is not configured and, the first time, reaps
+  // what an earlier run of this instance left. Retried at the next stage
+  // when it fails.
+  absl::Status Ready(const std::string& delegate_name, OutputWriter& out)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  const EcsExecutorOptions& options() const { return options_; }
+  Clock& clock() { return clock_; }
+  aws::JsonClient& ecs() { return *ecs_; }
+  aws::LogsClient& logs() { return *logs_; }
+  const Resolved& resolved() const { return resolved_; }
+
+  // The poller follows `arn` until Unwatch.
+  void Watch(const std::string& arn) ABSL_LOCKS_EXCLUDED(mu_);
+  void Unwatch(const std::string& arn) ABSL_LOCKS_EXCLUDED(mu_);
+  // The task's state once its version passes `seen`, or after `wait`.
+  TaskState WaitForChange(const std::string& arn, uint64_t seen,
+                          absl::Duration wait) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // DescribeTasks of up to 100 ARNs; states by ARN, tags when asked.
+  absl::StatusOr<std::map<
+      std::string, std::pair<TaskState, std::map<std::string, std::string>>>>
+  Describe(const std::vector<std::string>& arns, bool tags,
+           const std::string& cluster);
+
+  absl::Status StopTask(const std::string& arn, const std::string& reason,
+                        const std::string& cluster);
+
+  // Deregisters, then deletes, task definition revisions; returns those
+  // deregistered (an already missing one counts), with failures in
+  // `errors`.
+  std::vector<std::string> RemoveTaskDefinitions(
+      const std::vector<std::string>& arns, std::vector<std::string>* errors);
+
+  // Removes this delegate's leftovers: tasks still running and ACTIVE task
+  // definitions whose instance tag is `instance` (or an ECS task that no
+  // longer runs). With `stage`, only that stage's tasks of this instance.
+  // Returns what it removed.
+  std::vector<std::string> Reap(const std::string& delegate_name,
+                                const std::string& stage,
+                                std::vector<std::string>* errors);
+
+ private:
+  void PollLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<std::vector<std::string>> ListTaskArns(
+      const std::string& started_by);
+
+  const EcsExecutorOptions options_;
+  Clock& clock_;
+  http::HttpClient http_;
+
+  absl::Mutex ready_mu_;  // one Ready at a time
+  bool ready_ ABSL_GUARDED_BY(ready_mu_) = false;
+  // Set once by Ready (under ready_mu_), read-only after.
+  std::unique_ptr<aws::CredentialsProvider> credentials_;
+  std::unique_ptr<aws::JsonClient> ecs_;
+  std::unique_ptr<aws::JsonClient> logs_json_;
+  std::unique_ptr<aws::LogsClient> logs_;
+  Resolved resolved_;
+
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<std::string, TaskState> watched_ ABSL_GUARDED_BY(mu_);
+  std::thread poller_;
+};
+
+absl::Status EcsRuntime::Ready(const std::string& delegate_name,
+                               OutputWriter& out) {
+  absl::MutexLock lock(&ready_mu_);
+  if (ready_) return absl::OkStatus();
+  const EnvMap env = options_.env ? *options_.env : ProcessEnvironment();
+
+  std::optional<aws::TaskMetadata> self;
+  if (auto it = env.find(aws::kMetadataUriVar);
+      it != env.end() && !it->second.empty()) {
+    absl::StatusOr<aws::TaskMetadata> m =
+        aws::FetchTaskMetadata(http_, it->second);
+    if (!m.ok()) return m.status();
+    self = *m;
+  }
+  absl::StatusOr<std::string> region =
+      aws::ResolveRegion(env, self ? self->task_arn : "");
+  if (!region.ok()) return region.status();
+  resolved_.region = *region;
+  resolved_.cluster = !options_.cluster.empty() ? options_.cluster
+                      : self                    ? self->cluster
+                                                : "";
+  if (resolved_.cluster.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "ECS: no cluster: set DELEGATE_ECS_CLUSTER, or run the delegate as "
+        "an ECS task (",
+        aws::kMetadataUriVar, " tells it its cluster)"));
+  }
+  resolved_.instance = !options_.instance.empty() ? options_.instance
+                       : self                     ? self->task_arn
+                                                  : HostName();
+
+  if (!credentials_) {
+    absl::StatusOr<std::unique_ptr<aws::CredentialsProvider>> creds =
+        aws::DefaultCredentialsChain(env, {}, http_, clock_);
+    if (!creds.ok()) return creds.status();
+    credentials_ = *std::move(creds);
+  }
+  absl::StatusOr<std::string> ecs_url =
+      aws::ResolveEndpoint(aws::kEcs, resolved_.region, env);
+  if (!ecs_url.ok()) return ecs_url.status();
+  absl::StatusOr<std::string> logs_url =
+      aws::ResolveEndpoint(aws::kCloudWatchLogs, resolved_.region, env);
+  if (!logs_url.ok()) return logs_url.status();
+  auto client = [&](const aws::ServiceSpec& spec, const std::string& url) {
+    aws::JsonClientOptions o;
+    o.service = spec;
+    o.endpoint = url;
+    o.region = resolved_.region;
+    o.credentials = credentials_.get();
+    o.http = &http_;
+    o.clock = &clock_;
+    return std::make_unique<aws::JsonClient>(std::move(o));
+  };
+  ecs_ = client(aws::kEcs, *ecs_url);
+  logs_json_ = client(aws::kCloudWatchLogs, *logs_url);
+  aws::LogsRateLimits limits;
+  limits.get_log_events_per_s = options_.log_reads_per_second;
+  logs_ = std::make_unique<aws::LogsClient>(*logs_json_, limits, &clock_);
+
+  resolved_.subnets = options_.subnets;
+  if (resolved_.subnets.empty() && self && !self->task_arn.empty()) {
+    // The delegate's own subnet, as Harness's runner does.
+    std::string body = absl::StrCat(R"({"cluster":")", self->cluster,
+                                    R"(","tasks":[")", self->task_arn, "\"]}");
+    absl::StatusOr<std::string> answer = ecs_->Call("DescribeTasks", body);
+    if (!answer.ok()) return answer.status();
+    absl::StatusOr<rapidjson::Document> doc =
+        ParseJson(*answer, "DescribeTasks");
+    if (!doc.ok()) return doc.status();
+    if (const rapidjson::Value* tasks = GetArray(*doc, "tasks")) {
+      for (const rapidjson::Value& t : tasks->GetArray()) {
+        const rapidjson::Value* attachments = GetArray(t, "attachments");
+        if (!attachments) continue;
+        for (const rapidjson::Value& a : attachments->GetArray()) {
+          if (GetStr(a, "type") != "ElasticNetworkInterface") continue;
+          if (const rapidjson::Value* details = GetArray(a, "details")) {
+            for (const rapidjson::Value& d : details->GetArray()) {
+              if (GetStr(d, "name") == "subnetId") {
+                resolved_.subnets.push_back(GetStr(d, "value"));
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  if (absl::Status s = logs_->EnsureLogGroup(options_.log_group); !s.ok()) {
+    return s;
+  }
+  std::vector<std::string> errors;
+  for (const std::string& removed : Reap(delegate_name, "", &errors)) {
+    out.SystemLine(absl::StrCat("ECS: removed ", removed,
+                                ", left by an earlier run of this delegate"));
+  }
+  for (const std::string& e : errors) out.SystemLine("ECS: " + e);
+  ready_ = true;
+  return absl::OkStatus();
+}
+
+void EcsRuntime::Watch(const std::string& arn) {
+  absl::MutexLock lock(&mu_);
+  watched_.emplace(arn, TaskState{});
+  if (!poller_.joinable()) poller_ = std::thread([this] { PollLoop(); });
+}
+
+void EcsRuntime::Unwatch(const std::string& arn) {
+  absl::MutexLock lock(&mu_);
+  watched_.erase(arn);
+}
+
+TaskState EcsRuntime::WaitForChange(const std::string& arn, uint64_t seen,
+                                    absl::Duration wait) {
+  absl::MutexLock lock(&mu_);
+  auto changed = [&] {
+    auto it = watched_.find(arn);
+    return stopping_ || it == watched_.end() || it->second.version > seen;
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&changed), wait);
+  auto it = watched_.find(arn);
+  return it == watched_.end() ? TaskState{} : it->second;
+}
+
+absl::StatusOr<std::map<
+    std::string, std::pair<TaskState, std::map<std::string, std::string>>>>
+EcsRuntime::Describe(const std::vector<std::string>& arns, bool tags,
+                     const std::string& cluster) {
+  rapidjson::StringBuffer b;
+  Writer w(b);
+  w.StartObject();
+  Key(w, "cluster");
+  Str(w, cluster);
+  Key(w, "tasks");
+  w.StartArray();
+  for (const std::string& a : arns) Str(w, a);
+  w.EndArray();
+  if (tags) {
+    Key(w, "include");
+    w.StartArray();
+    Str(w, "TAGS");
+    w.EndArray();
+  }
+  w.EndObject();
+  absl::StatusOr<std::string> answer =
+      ecs_->Call("DescribeTasks", b.GetString());
+  if (!answer.ok()) return answer.status();
+  absl::StatusOr<rapidjson::Document> doc = ParseJson(*answer, "DescribeTasks");
+  if (!doc.ok()) return doc.status();
+  std::map<std::string,
+           std::pair<TaskState, std::map<std::string, std::string>>>
+      out;
+  if (const rapidjson::Value* tasks = GetArray(*doc, "tasks")) {
+    for (const rapidjson::Value& t : tasks->GetArray()) {
+      TaskState s;
+      s.last_status = GetStr(t, "lastStatus");
+      s.stop_code = GetStr(t, "stopCode");
+      s.stopped_reason = GetStr(t, "stoppedReason");
+      if (const rapidjson::Value* containers = GetArray(t, "containers")) {
+        for (const rapidjson::Value& c : containers->GetArray()) {
+          if (GetStr(c, "name") != ecs::kStepContainer &&
+              containers->Size() > 1) {
+            continue;
+          }
+          auto code = c.FindMember("exitCode");
+          if (code != c.MemberEnd() && code->value.IsInt()) {
+            s.exit_code = code->value.GetInt();
+          }
+          s.container_reason = GetStr(c, "reason");
+        }
+      }
+      out[GetStr(t, "taskArn")] = {s, TagMap(t)};
+    }
+  }
+  if (const rapidjson::Value* failures = GetArray(*doc, "failures")) {
+    for (const rapidjson::Value& f : failures->GetArray()) {
+      TaskState s;
+      s.missing = GetStr(f, "reason");
+      out[GetStr(f, "arn")] = {s, {}};
+    }
+  }
+  return out;
+}
+
+void EcsRuntime::PollLoop() {
+  absl::Duration interval = options_.poll_interval;
+  for (;;) {
+    std::vector<std::string> arns;
+    {
+      absl::MutexLock lock(&mu_);
+      auto stop = [this] { return stopping_; };
+      mu_.AwaitWithTimeout(absl::Condition(&stop), interval);
+      if (stopping_) return;
+      for (const auto& [arn, state] : watched_) arns.push_back(arn);
+    }
+    bool failed = false;
+    for (size_t i = 0; i < arns.size(); i += 100) {
+      std::vector<std::string> chunk(
+          arns.begin() + i, arns.begin() + std::min(arns.size(), i + 100));
+      auto states = Describe(chunk, false, resolved_.cluster);
+      if (!states.ok()) {
+        failed = true;
+        continue;
+      }
+      absl::MutexLock lock(&mu_);
+      for (auto& [arn, pair] : *states) {
+        auto it = watched_.find(arn);
+        if (it == watched_.end()) continue;
+        TaskState& old = it->second;
+        TaskState& now = pair.first;
+        if (now.last_status != old.last_status ||
+            now.exit_code != old.exit_code || now.missing != old.missing ||
+            old.version == 0) {
+          now.version = old.version + 1;
+          old = now;
+        }
+      }
+    }
+    // Back off while ECS refuses or cannot be reached, up to 30 s.
+    interval = failed ? std::min(interval * 2, absl::Seconds(30))
+                      : options_.poll_interval;
+  }
+}
+
+absl::Status EcsRuntime::StopTask(const std::string& arn,
+                                  const std::string& reason,
+                                  const std::string& cluster) {
+  rapidjson::StringBuffer b;
+  Writer w(b);
+  w.StartObject();
+  Key(w, "cluster");
+  Str(w, cluster);
+  Key(w, "task");
+  Str(w, arn);
+  Key(w, "reason");
+  Str(w, reason.substr(0, 255));
+  w.EndObject();
+  absl::StatusOr<std::string> r = ecs_->Call("StopTask", b.GetString());
+  return r.ok() ? absl::OkStatus() : r.status();
+}
+
+std::vector<std::string> EcsRuntime::RemoveTaskDefinitions(
+    const std::vector<std::string>& arns, std::vector<std::string>* errors) {
+  std::vector<std::string> deregistered;
+  for (const std::string& arn : arns) {
+    absl::StatusOr<std::string> gone =
+        ecs_->Call("DeregisterTaskDefinition",
+                   absl::StrCat(R"({"taskDefinition":")", arn, "\"}"));
+    if (!gone.ok() && !absl::IsNotFound(gone.status())) {
+      errors->push_back(std::string(gone.status().message()));
+      continue;
+    }
+    deregistered.push_back(arn);
+  }
+  // DeleteTaskDefinitions takes at most 10 at a time.
+  for (size_t i = 0; i < deregistered.size(); i += 10) {
+    rapidjson::StringBuffer b;
+    Writer w(b);
+    w.StartObject();
+    Key(w, "taskDefinitions");
+    w.StartArray();
+    for (size_t j = i; j < std::min(deregistered.size(), i + 10); ++j) {
+      Str(w, deregistered[j]);
+    }
+    w.EndArray();
+    w.EndObject();
+    absl::StatusOr<std::string> deleted =
+        ecs_->Call("DeleteTaskDefinitions", b.GetString());
+    if (!deleted.ok())
+      errors->push_back(std::string(deleted.status().message()));
+  }
+  return deregistered;
+}
+
+absl::StatusOr<std::vector<std::string>> EcsRuntime::ListTaskArns(
+    const std::string& started_by) {
+  std::vector<std::string> arns;
+  std::string token;
+  do {
+    rapidjson::StringBuffer b;
+    Writer w(b);
+    w.StartObject();
+    Key(w, "cluster");
+    Str(w, resolved_.cluster);
+    Key(w, "startedBy");
+    Str(w, started_by);
+    if (!token.empty()) {
+      Key(w, "nextToken");
+      Str(w, token);
+    }
+    w.EndObject();
+    absl::StatusOr<std::string> answer = ecs_->Call("ListTasks", b.GetString());
+    if (!answer.ok()) return answer.status();
+    absl::StatusOr<rapidjson::Document> doc = ParseJson(*answer, "ListTasks");
+    if (!doc.ok()) return doc.status();
+    if (const rapidjson::Value* list = GetArray(*doc, "taskArns")) {
+      for (const rapidjson::Value& a : list->GetArray()) {
+        if (a.IsString()) arns.push_back(a.GetString());
+      }
+    }
+    token = GetStr(*doc, "nextToken");
+  } while (!token.empty());
+  return arns;
+}
+
+std::string StartedBy(const std::string& delegate_name) {
+  return "libdelegate-" + ecs::EcsName(delegate_name, 100);
+}
+
+std::vector<std::string> EcsRuntime::Reap(const std::string& delegate_name,
+                                          const std::string& stage,
+                                          std::vector<std::string>* errors) {
+  std::vector<std::string> removed;
+  const std::string& me = resolved_.instance;
+  // Instances other than this one that are ECS tasks which no longer run:
+  // their leftovers are orphans too (a replaced delegate task).
+  std::map<std::string, bool> dead;
+  auto is_dead = [&](const std::string& instance) {
+    if (instance == me) return true;
+    if (!stage.empty() || !absl::StrContains(instance, ":task/")) return false;
+    auto it = dead.find(instance);
+    if (it != dead.end()) return it->second;
+    // arn:aws:ecs:REGION:ACCOUNT:task/CLUSTER/ID
+    std::vector<std::string> parts = absl::StrSplit(instance, '/');
+    bool gone = false;
+    if (parts.size() == 3) {
+      auto states = Describe({instance}, false, parts[1]);
+      if (states.ok()) {
+        auto s = states->find(instance);
+        gone = s == states->end() || !s->second.first.missing.empty() ||
+               s->second.first.last_status == "STOPPED";
+      }
+    }
+    dead[instance] = gone;
+    return gone;
+  };
+  auto ours = [&](const std::map<std::string, std::string>& tags) {
+    auto d = tags.find(kTagDelegate);
+    auto i = tags.find(kTagInstance);
+    auto s = tags.find(kTagStage);
+    if (d == tags.end() || d->second != ecs::EcsTagValue(delegate_name) ||
+        i == tags.end()) {
+      return false;
+    }
+    if (!stage.empty()) {
+      return s != tags.end() && s->second == ecs::EcsTagValue(stage) &&
+             i->second == ecs::EcsTagValue(me);
+    }
+    return i->second == ecs::EcsTagValue(me) || is_dead(i->second);
+  };
+
+  absl::StatusOr<std::vector<std::string>> arns =
+      ListTaskArns(StartedBy(delegate_name));
+  if (!arns.ok()) {
+    errors->push_back(
+        absl::StrCat("cannot list tasks: ", arns.status().message()));
+  } else {
+    for (size_t i = 0; i < arns->size(); i += 100) {
+      std::vector<std::string> chunk(
+          arns->begin() + i, arns->begin() + std::min(arns->size(), i + 100));
+      auto states = Describe(chunk, true, resolved_.cluster);
+      if (!states.ok()) {
+        errors->push_back(std::string(states.status().message()));
+        continue;
+      }
+      for (const auto& [arn, pair] : *states) {
+        if (pair.first.last_status == "STOPPED" ||
+            !pair.first.missing.empty() || !ours(pair.second)) {
+          continue;
+        }
+        if (absl::Status s = StopTask(arn, "stage cleanup by the delegate",
+                                      resolved_.cluster);
+            !s.ok()) {
+          errors->push_back(std::string(s.message()));
+        } else {
+          removed.push_back("task " + TaskId(arn));
+        }
+      }
+    }
+  }
+
+  // Task definitions: the delegate's family, ACTIVE revisions. A stage's
+  // own are deregistered by its Cleanup, which knows them.
+  if (!stage.empty()) return removed;
+  std::string token;
+  std::vector<std::string> defs;
+  do {
+    rapidjson::StringBuffer b;
+    Writer w(b);
+    w.StartObject();
+    Key(w, "familyPrefix");
+    Str(w, ecs::TaskFamily(delegate_name));
+    Key(w, "status");
+    Str(w, "ACTIVE");
+    if (!token.empty()) {
+      Key(w, "nextToken");
+      Str(w, token);
+    }
+    w.EndObject();
+    absl::StatusOr<std::string> answer =
+        ecs_->Call("ListTaskDefinitions", b.GetString());
+    if (!answer.ok()) {
+      errors->push_back(absl::StrCat("cannot list task definitions: ",
+                                     answer.status().message()));
+      break;
+    }
+    absl::StatusOr<rapidjson::Document> doc =
+        ParseJson(*answer, "ListTaskDefinitions");
+    if (!doc.ok()) break;
+    if (const rapidjson::Value* list = GetArray(*doc, "taskDefinitionArns")) {
+      for (const rapidjson::Value& a : list->GetArray()) {
+        if (a.IsString()) defs.push_back(a.GetString());
+      }
+    }
+    token = GetStr(*doc, "nextToken");
+  } while (!token.empty());
+  std::vector<std::string> to_delete;
+  for (const std::string& arn : defs) {
+    absl::StatusOr<std::string> answer = ecs_->Call(
+        "DescribeTaskDefinition", absl::StrCat(R"({"taskDefinition":")", arn,
+                                               R"(","include":["TAGS"]})"));
+    if (!answer.ok()) {
+      errors->push_back(std::string(answer.status().message()));
+      continue;
+    }
+    absl::StatusOr<rapidjson::Document> doc =
+        ParseJson(*answer, "DescribeTaskDefinition");
+    if (!doc.ok() || !ours(TagMap(*doc))) continue;
+    to_delete.push_back(arn);
+  }
+  for (const std::string& arn : RemoveTaskDefinitions(to_delete, errors)) {
+    removed.push_back("task definition " + arn.substr(arn.rfind('/') + 1));
+  }
+  return removed;
+}
+
+// ------------------------------------------------------------ executor
+
+class EcsExecutor final : public Executor {
+ public:
+  EcsExecutor(std::shared_ptr<EcsRuntime> runtime, LaunchType launch)
+      : runtime_(std::move(runtime)), launch_(launch) {
+    std::random_device rd;
+    nonce_ = absl::StrCat(rd(), rd());
+  }
+
+  absl::Status Validate(const Stage& stage) override {
+    std::vector<std::string> problems = ecs::CheckStageForEcs(stage, launch_);
+    if (launch_ == LaunchType::kFargate &&
+        runtime_->options().execution_role_arn.empty()) {
+      problems.push_back(
+          "DELEGATE_ECS_EXECUTION_ROLE_ARN is not set: Fargate needs an "
+          "execution role to write the steps' output to CloudWatch Logs "
+          "(and to read their secrets)");
+    }
+    if (problems.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
+  }
+
+  absl::Status Initialize(const StageContext& ctx) override {
+    if (absl::Status s = runtime_->Ready(ctx.delegate_name, ctx.output);
+        !s.ok()) {
+      return s;
+    }
+    const EcsRuntime::Resolved& r = runtime_->resolved();
+    if (launch_ == LaunchType::kFargate && r.subnets.empty()) {
+      return absl::FailedPreconditionError(
+          "ECS: Fargate steps need subnets: set DELEGATE_ECS_SUBNETS, or run "
+          "the delegate as an awsvpc ECS task (its subnet is then used)");
+    }
+    initialized_ = true;
+    return absl::OkStatus();
+  }
+
+  StepResult Execute(const StepContext& ctx) override;
+  absl::Status Cleanup(const StageContext& ctx) override;
+
+ private:
+  std::vector<std::pair<std::string, std::string>> Tags(
+      const StageContext& ctx) const {
+    return {{kTagDelegate, ecs::EcsTagValue(ctx.delegate_name)},
+            {kTagInstance, ecs::EcsTagValue(runtime_->resolved().instance)},
+            {kTagStage, ecs::EcsTagValue(ctx.task_id)}};
+  }
+  absl::StatusOr<std::string> TaskDefinitionFor(const StepContext& ctx,
+                                                const ecs::StepTask& task);
+  absl::StatusOr<std::string> RunTask(const StepContext& ctx,
+                                      const std::string& definition,
+                                      const ecs::StepTask& task);
+
+  std::shared_ptr<EcsRuntime> runtime_;
+  const LaunchType launch_;
+  std::string nonce_;
+  bool initialized_ = false;
+  std::map<std::string, std::string> definitions_;  // key -> ARN
+  std::vector<std::string> registered_;             // ARNs, in order
+  std::map<std::string, std::string> started_;      // task ARN -> last status
+};
+
+absl::StatusOr<std::string> EcsExecutor::TaskDefinitionFor(
+    const StepContext& ctx, const ecs::StepTask& task) {
+  if (auto it = definitions_.find(task.definition_key);
+      it != definitions_.end()) {
+    return it->second;
+  }
+  absl::StatusOr<std::string> answer =
+      runtime_->ecs().Call("RegisterTaskDefinition", task.register_json,
+                           [&] { return ctx.stop.stop_requested(); });
+  if (!answer.ok()) return answer.status();
+  absl::StatusOr<rapidjson::Document> doc =
+      ParseJson(*answer, "RegisterTaskDefinition");
+  if (!doc.ok()) return doc.status();
+  auto td = doc->FindMember("taskDefinition");
+  const std::string arn =
+      td == doc->MemberEnd() ? "" : GetStr(td->value, "taskDefinitionArn");
+  if (arn.empty()) {
+    return absl::InternalError(
+        "ECS RegisterTaskDefinition: the answer has no taskDefinitionArn");
+  }
+  definitions_[task.definition_key] = arn;
+  registered_.push_back(arn);
+  return arn;
+}
+
+absl::StatusOr<std::string> EcsExecutor::RunTask(const StepContext& ctx,
+                                                 const std::string& definition,
+                                                 const ecs::StepTask& task) {
+  const EcsRuntime::Resolved& r = runtime_->resolved();
+  const EcsExecutorOptions& o = runtime_->options();
+  std::vector<std::pair<std::string, std::string>> tags = Tags(ctx.stage);
+  tags.push_back({kTagStep, ecs::EcsTagValue(ctx.step.id)});
+  rapidjson::StringBuffer b;
+  Writer w(b);
+  w.StartObject();
+  Key(w, "cluster");
+  Str(w, r.cluster);
+  Key(w, "taskDefinition");
+  Str(w, definition);
+  Key(w, "count");
+  w.Int(1);
+  Key(w, "launchType");
+  Str(w, launch_ == LaunchType::kFargate ? "FARGATE" : "EC2");
+  if (launch_ == LaunchType::kFargate) {
+    Key(w, "platformVersion");
+    Str(w, o.platform_version);
+  }
+  if (!r.subnets.empty()) {
+    Key(w, "networkConfiguration");
+    w.StartObject();
+    Key(w, "awsvpcConfiguration");
+    w.StartObject();
+    Key(w, "subnets");
+    w.StartArray();
+    for (const std::string& s : r.subnets) Str(w, s);
+    w.EndArray();
+    if (!o.security_groups.empty()) {
+      Key(w, "securityGroups");
+      w.StartArray();
+      for (const std::string& s : o.security_groups) Str(w, s);
+      w.EndArray();
+    }
+    Key(w, "assignPublicIp");
+    Str(w, o.assign_public_ip ? "ENABLED" : "DISABLED");
+    w.EndObject();
+    w.EndObject();
+  }
+  if (!task.overrides_json.empty()) {
+    Key(w, "overrides");
+    w.RawValue(task.overrides_json.data(), task.overrides_json.size(),
+               rapidjson::kObjectType);
+  }
+  Key(w, "startedBy");
+  Str(w, StartedBy(ctx.stage.delegate_name));
+  Key(w, "tags");
+  WriteTags(w, tags);
+  // The same token for every retry of this call, a new one per stage run.
+  Key(w, "clientToken");
+  Str(w, "ld" + aws::HexSha256(absl::StrCat(r.instance, "|", ctx.stage.task_id,
+                                            "|", ctx.index, "|", nonce_))
+                    .substr(0, 62));
+  w.EndObject();
+  absl::StatusOr<std::string> answer = runtime_->ecs().Call(
+      "RunTask", b.GetString(), [&] { return ctx.stop.stop_requested(); });
+  if (!answer.ok()) return answer.status();
+  absl::StatusOr<rapidjson::Document> doc = ParseJson(*answer, "RunTask");
+  if (!doc.ok()) return doc.status();
+  if (const rapidjson::Value* failures = GetArray(*doc, "failures");
+      failures && !failures->Empty()) {
+    const rapidjson::Value& f = (*failures)[0];
+    return absl::UnavailableError(absl::StrCat(
+        "ECS could not start the step's task: ", GetStr(f, "reason"),
+        GetStr(f, "detail").empty() ? "" : ": ", GetStr(f, "detail")));
+  }
+  const rapidjson::Value* tasks = GetArray(*doc, "tasks");
+  if (!tasks || tasks->Empty()) {
+    return absl::InternalError("ECS RunTask: the answer names no task");
+  }
+  return GetStr((*tasks)[0], "taskArn");
+}
+
+StepResult EcsExecutor::Execute(const StepContext& ctx) {
+  StepResult result;
+  result.status = StepStatus::kFailure;
+  const EcsRuntime::Resolved& r = runtime_->resolved();
+  const EcsExecutorOptions& o = runtime_->options();
+  if (!initialized_) {
+    result.error = "ECS: the stage was not initialized";
+    return result;
+  }
+  ecs::StepTaskInputs in;
+  in.launch = launch_;
+  in.region = r.region;
+  in.network_mode = launch_ == LaunchType::kFargate || !r.subnets.empty()
+                        ? "awsvpc"
+                        : "bridge";
+  in.family = ecs::TaskFamily(ctx.stage.delegate_name);
+  in.options = &o;
+  in.tags = Tags(ctx.stage);
+  absl::StatusOr<ecs::StepTask> task =
+      ecs::BuildStepTask(ctx.stage.stage, ctx.step, in);
+  if (!task.ok()) {
+    result.error = std::string(task.status().message());
+    return result;
+  }
+  absl::StatusOr<std::string> definition = TaskDefinitionFor(ctx, *task);
+  if (!definition.ok()) {
+    result.status = absl::IsCancelled(definition.status())
+                        ? StepStatus::kCancelled
+                        : StepStatus::kFailure;
+    result.error = std::string(definition.status().message());
+    return result;
+  }
+  absl::StatusOr<std::string> arn = RunTask(ctx, *definition, *task);
+  if (!arn.ok()) {
+    result.status = absl::IsCancelled(arn.status()) ? StepStatus::kCancelled
+                                                    : StepStatus::kFailure;
+    result.error = std::string(arn.status().message());
+    return result;
+  }
+  started_[*arn] = "PROVISIONING";
+  Clock& clock = runtime_->clock();
+  const std::string stream = absl::StrCat(
+      o.log_stream_prefix, "/", ecs::kStepContainer, "/", TaskId(*arn));
+  ctx.output.SystemLine(
+      absl::StrCat("ECS task ", TaskId(*arn), " (",
+                   definition->substr(definition->rfind('/') + 1), "), log ",
+                   o.log_group, " ", stream));
+  aws::LogTailer tailer(runtime_->logs(), o.log_group, stream);
+  auto tail = [&] {
+    absl::StatusOr<std::vector<aws::LogEvent>> events = tailer.Poll();
+    if (!events.ok()) return size_t{0};
+    for (const aws::LogEvent& e : *events) {
+      ctx.output.Write(LogStream::kStdout, e.message);
+      if (e.message.empty() || e.message.back() != '\n') {
+        ctx.output.Write(LogStream::kStdout, "\n");
+      }
+    }
+    return events->size();
+  };
+
+  runtime_->Watch(*arn);
+  const absl::Time run_at = clock.Now();
+  std::optional<StepStatus> stopped_for;
+  std::string stopped_why;
+  absl::Time give_up = absl::InfiniteFuture();
+  TaskState state;
+  bool started = false;
+  absl::Time last_tail = absl::InfinitePast();
+  for (;;) {
+    state = runtime_->WaitForChange(*arn, state.version, o.poll_interval);
+    if (!state.last_status.empty()) started_[*arn] = state.last_status;
+    const bool stopped = state.last_status == "STOPPED";
+    if (state.last_status == "RUNNING" || state.last_status == "DEACTIVATING" ||
+        state.last_status == "STOPPING" ||
+        state.last_status == "DEPROVISIONING") {
+      started = true;
+    }
+    const absl::Time now = clock.Now();
+    if (!stopped && now - last_tail >= o.poll_interval) {
+      tail();
+      last_tail = now;
+    }
+    if (stopped) break;
+    if (!stopped_for) {
+      std::optional<StepStatus> why = StopReason(ctx);
+      if (!why && !started && now - run_at > o.start_timeout) {
+        why = StepStatus::kFailure;
+        stopped_why = absl::StrCat(
+            "the task did not start within ",
+            absl::FormatDuration(o.start_timeout), " (still ",
+            state.last_status.empty() ? "unknown" : state.last_status,
+            "); stopped it. Check the cluster's capacity, the subnets' route "
+            "to the image registry, and the task's events in the ECS console");
+      }
+      if (why) {
+        stopped_for = why;
+        const std::string reason =
+            *why == StepStatus::kCancelled ? "cancelled by the delegate"
+            : *why == StepStatus::kTimeout ? "step timed out"
+                                           : "did not start in time";
+        if (absl::Status s = runtime_->StopTask(*arn, reason, r.cluster);
+            !s.ok()) {
+          ctx.output.SystemLine(absl::StrCat("ECS: ", s.message()));
+        }
+        give_up = now + o.grace_period + absl::Seconds(60);
+      }
+    } else if (now > give_up) {
+      break;  // cleanup stops it again
+    }
+  }
+  runtime_->Unwatch(*arn);
+  // awslogs delivers a little after the container ends: read until quiet.
+  for (int quiet = 0, polls = 0; quiet < 2 && polls < 20; ++polls) {
+    quiet = tail() == 0 ? quiet + 1 : 0;
+    if (quiet < 2) clock.SleepFor(std::min(o.poll_interval, absl::Seconds(1)));
+  }
+  ctx.output.Flush();
+
+  if (stopped_for == StepStatus::kCancelled ||
+      stopped_for == StepStatus::kTimeout) {
+    result.status = *stopped_for;
+    result.error =
+        *stopped_for == StepStatus::kTimeout ? "timed out" : "cancelled";
+    return result;
+  }
+  if (stopped_for == StepStatus::kFailure) {
+    result.error = stopped_why;
+    return result;
+  }
+  if (state.last_status != "STOPPED") {
+    result.error = "ECS did not report the task as stopped";
+    return result;
+  }
+  if (state.exit_code) {
+    result.exit_code = state.exit_code;
+    if (*state.exit_code == 0) {
+      result.status = StepStatus::kSuccess;
+    } else {
+      result.error = absl::StrCat("exit status ", *state.exit_code);
+      if (!state.container_reason.empty()) {
+        absl::StrAppend(&result.error, " (", state.container_reason, ")");
+      }
+    }
+    return result;
+  }
+  result.error =
+      absl::StrCat("the step never ran: ECS stopped its task (",
+                   state.stop_code.empty() ? "no stop code" : state.stop_code,
+                   "): ", state.stopped_reason,
+                   state.container_reason.empty() ||
+                           state.container_reason == state.stopped_reason
+                       ? ""
+                       : "; " + state.container_reason);
+  return result;
+}
+
+absl::Status EcsExecutor::Cleanup(const StageContext& ctx) {
+  if (!initialized_) return absl::OkStatus();
+  const EcsRuntime::Resolved& r = runtime_->resolved();
+  std::vector<std::string> errors;
+  for (const auto& [arn, status] : started_) {
+    if (status == "STOPPED") continue;
+    auto states = runtime_->Describe({arn}, false, r.cluster);
+    if (states.ok()) {
+      auto it = states->find(arn);
+      if (it != states->end() && (it->second.first.last_status == "STOPPED" ||
+                                  !it->second.first.missing.empty())) {
+        continue;
+      }
+    }
+    if (absl::Status s = runtime_->StopTask(arn, "stage cleanup", r.cluster);
+        !s.ok()) {
+      errors.push_back(std::string(s.message()));
+    } else {
+      ctx.output.SystemLine("ECS: stopped task " + TaskId(arn));
+    }
+  }
+  // Also what this stage started that this instance lost track of.
+  runtime_->Reap(ctx.delegate_name, ctx.task_id, &errors);
+  runtime_->RemoveTaskDefinitions(registered_, &errors);
+  if (errors.empty()) return absl::OkStatus();
+  return absl::UnavailableError(
+      absl::StrCat("ECS cleanup: ", absl::StrJoin(errors, "; ")));
+}
+
+std::optional<std::string> Var(const EnvMap& env, std::string_view name) {
+  auto it = env.find(name);
+  if (it == env.end()) return std::nullopt;
+  std::string v(absl::StripAsciiWhitespace(it->second));
+  if (v.empty()) return std::nullopt;
+  return v;
+}
+
+std::vector<std::string> List(const std::string& v) {
+  std::vector<std::string> out;
+  for (absl::string_view part : absl::StrSplit(v, ',')) {
+    part = absl::StripAsciiWhitespace(part);
+    if (!part.empty()) out.emplace_back(part);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(const EnvMap& env) {
+  EcsExecutorOptions o;
+  o.env = env;
+  if (auto v = Var(env, "DELEGATE_ECS_CLUSTER")) o.cluster = *v;
+  if (auto v = Var(env, "DELEGATE_ECS_SUBNETS")) {
+    o.subnets = List(*v);
+    for (const std::string& s : o.subnets) {
+      if (!absl::StartsWith(s, "subnet-")) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "DELEGATE_ECS_SUBNETS: '", s, "' is not a subnet id (subnet-...)"));
+      }
+    }
+  }
+  if (auto v = Var(env, "DELEGATE_ECS_SECURITY_GROUPS")) {
+    o.security_groups = List(*v);
+    for (const std::string& s : o.security_groups) {
+      if (!absl::StartsWith(s, "sg-")) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("DELEGATE_ECS_SECURITY_GROUPS: '", s,
+                         "' is not a security group id (sg-...)"));
+      }
+    }
+  }
+  if (auto v = Var(env, "DELEGATE_ECS_ASSIGN_PUBLIC_IP")) {
+    if (*v != "ENABLED" && *v != "DISABLED") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "DELEGATE_ECS_ASSIGN_PUBLIC_IP: expected ENABLED or DISABLED, got '",
+          *v, "'"));
+    }
+    o.assign_public_ip = *v == "ENABLED";
+  }
+  for (auto [var, field] :
+       {std::pair{"DELEGATE_ECS_EXECUTION_ROLE_ARN", &o.execution_role_arn},
+        std::pair{"DELEGATE_ECS_TASK_ROLE_ARN", &o.task_role_arn}}) {
+    if (auto v = Var(env, var)) {
+      absl::StatusOr<aws::Arn> arn = aws::ParseArn(*v);
+      if (!arn.ok() || arn->service != "iam") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            var, ": expected a role ARN (arn:aws:iam::ACCOUNT:role/NAME)"));
+      }
+      *field = *v;
+    }
+  }
+  if (auto v = Var(env, "DELEGATE_ECS_LOG_GROUP")) o.log_group = *v;
+  if (auto v = Var(env, "DELEGATE_ECS_PLATFORM_VERSION"))
+    o.platform_version = *v;
+  for (auto [var, field] :
+       {std::pair{"DELEGATE_ECS_POLL_SECONDS", &o.poll_interval},
+        std::pair{"DELEGATE_ECS_START_TIMEOUT_SECONDS", &o.start_timeout}}) {
+    if (auto v = Var(env, var)) {
+      double seconds = 0;
+      if (!absl::SimpleAtod(*v, &seconds) || seconds <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            var, ": expected a positive number of seconds, got '", *v, "'"));
+      }
+      *field = absl::Seconds(seconds);
+    }
+  }
+  if (auto v = Var(env, "DELEGATE_ECS_LOG_READS_PER_SECOND")) {
+    if (!absl::SimpleAtod(*v, &o.log_reads_per_second) ||
+        o.log_reads_per_second <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "DELEGATE_ECS_LOG_READS_PER_SECOND: expected a positive number, "
+          "got '",
+          *v, "'"));
+    }
+  }
+  return o;
+}
+
+absl::Status RegisterEcsExecutors(ExecutorRegistry& registry,
+                                  EcsExecutorOptions options) {
+  auto runtime = std::make_shared<EcsRuntime>(std::move(options));
+  absl::Status s = registry.Register("ecs-fargate", [runtime] {
+    return std::make_unique<EcsExecutor>(runtime, LaunchType::kFargate);
+  });
+  if (!s.ok()) return s;
+  return registry.Register("ecs-ec2", [runtime] {
+    return std::make_unique<EcsExecutor>(runtime, LaunchType::kEc2);
+  });
+}
+
+}  // namespace delegate

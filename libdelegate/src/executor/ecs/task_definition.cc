@@ -1,0 +1,573 @@
+#include "executor/ecs/task_definition.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "aws/endpoints.h"
+#include "aws/sigv4.h"
+#include "executor/shell.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
+#include "util/strings.h"
+
+namespace delegate::ecs {
+namespace {
+
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+
+void Str(Writer& w, std::string_view s) {
+  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void Key(Writer& w, std::string_view s) {
+  w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+void StrList(Writer& w, const std::vector<std::string>& list) {
+  w.StartArray();
+  for (const std::string& s : list) Str(w, s);
+  w.EndArray();
+}
+
+// ECS's overrides limit.
+constexpr size_t kMaxOverrides = 8192;
+
+// Fargate's task sizes: cpu units -> memory MiB (min, max, step).
+struct FargateRow {
+  int cpu;
+  std::vector<int> memory;
+};
+
+std::vector<int> Range(int from, int to, int step) {
+  std::vector<int> out;
+  for (int m = from; m <= to; m += step) out.push_back(m);
+  return out;
+}
+
+const std::vector<FargateRow>& FargateTable() {
+  static const std::vector<FargateRow>* table = new std::vector<FargateRow>{
+      {256, {512, 1024, 2048}},
+      {512, {1024, 2048, 3072, 4096}},
+      {1024, Range(2048, 8192, 1024)},
+      {2048, Range(4096, 16384, 1024)},
+      {4096, Range(8192, 30720, 1024)},
+      {8192, Range(16384, 61440, 4096)},
+      {16384, Range(32768, 122880, 8192)},
+  };
+  return *table;
+}
+
+std::string Vcpus(int units) {
+  return absl::StrCat(static_cast<double>(units) / 1024.0);
+}
+
+std::string ListMemory(const std::vector<int>& memory) {
+  if (memory.size() <= 4) return absl::StrJoin(memory, ", ");
+  return absl::StrCat(memory.front(), " to ", memory.back(), " in steps of ",
+                      memory[1] - memory[0]);
+}
+
+std::string Field(size_t index, std::string_view rest) {
+  return absl::StrCat("steps[", index, "].", AbslView(rest));
+}
+
+// The container path of a mount, made absolute under the workspace.
+std::string MountPath(const std::string& path) {
+  if (absl::StartsWith(path, "/")) return path;
+  return absl::StrCat(kWorkspacePath, "/", path);
+}
+
+std::string VolumeName(const std::string& name) {
+  return "v-" + EcsName(name, 200);
+}
+
+std::string CapabilityName(std::string_view cap) {
+  std::string c = absl::AsciiStrToUpper(AbslView(cap));
+  if (absl::StartsWith(c, "CAP_")) c.erase(0, 4);
+  return c;
+}
+
+}  // namespace
+
+std::string EcsName(std::string_view s, size_t max) {
+  std::string out;
+  for (char c : s) {
+    if (out.size() >= max) break;
+    out += absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' ||
+                   c == '-'
+               ? c
+               : '-';
+  }
+  return out;
+}
+
+std::string TaskFamily(std::string_view delegate_name) {
+  return "libdelegate-" + EcsName(delegate_name, 200);
+}
+
+std::string EcsTagValue(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (out.size() >= 256) break;
+    const bool ok =
+        absl::ascii_isalnum(static_cast<unsigned char>(c)) ||
+        std::string_view("_.:/=+-@ ").find(c) != std::string_view::npos;
+    out += ok ? c : '_';
+  }
+  return out;
+}
+
+bool IsSecretArn(std::string_view value) {
+  absl::StatusOr<aws::Arn> arn = aws::ParseArn(value);
+  return arn.ok() && (arn->service == "secretsmanager" ||
+                      (arn->service == "ssm" &&
+                       absl::StartsWith(arn->resource, "parameter")));
+}
+
+absl::StatusOr<TaskSize> FargateTaskSize(const Resources& resources,
+                                         const std::string& field) {
+  const auto& table = FargateTable();
+  if (!resources.cpus && !resources.memory_mib) return TaskSize{1024, 2048};
+  const FargateRow* row = nullptr;
+  if (resources.cpus) {
+    const double units = *resources.cpus * 1024.0;
+    for (const FargateRow& r : table) {
+      if (std::fabs(r.cpu - units) < 0.5) row = &r;
+    }
+    if (!row) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".cpus: Fargate has no task size of ", *resources.cpus,
+          " vCPU; use 0.25, 0.5, 1, 2, 4, 8 or 16"));
+    }
+  }
+  if (!resources.memory_mib) return TaskSize{row->cpu, row->memory.front()};
+  const int64_t memory = *resources.memory_mib;
+  if (row) {
+    if (std::find(row->memory.begin(), row->memory.end(), memory) ==
+        row->memory.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".memory_mib: ", memory, " MiB does not go with ",
+                       Vcpus(row->cpu), " vCPU on Fargate; use ",
+                       ListMemory(row->memory), " MiB"));
+    }
+    return TaskSize{row->cpu, static_cast<int>(memory)};
+  }
+  for (const FargateRow& r : table) {
+    if (std::find(r.memory.begin(), r.memory.end(), memory) != r.memory.end()) {
+      return TaskSize{r.cpu, static_cast<int>(memory)};
+    }
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ".memory_mib: Fargate has no task size with ", memory,
+      " MiB; use 512, 1024, 2048, ... (multiples of 1024 up to 30720 for 4 "
+      "vCPU; see the Fargate task size table)"));
+}
+
+std::vector<std::string> CheckStageForEcs(const Stage& stage,
+                                          LaunchType launch) {
+  std::vector<std::string> problems;
+  std::vector<std::string> secret_values;
+  for (const auto& [id, value] : stage.secrets) {
+    if (!value.empty()) secret_values.push_back(value);
+  }
+  auto holds_secret = [&](std::string_view text) {
+    for (const std::string& s : secret_values) {
+      if (text.find(s) != std::string_view::npos) return true;
+    }
+    return false;
+  };
+  constexpr char kSecretAdvice[] =
+      " holds a secret value, which ECS would show in the task's overrides "
+      "and CloudTrail; store it in AWS Secrets Manager and set the variable "
+      "to the secret's ARN (arn:aws:secretsmanager:...), which the step then "
+      "sees as the value";
+  for (size_t i = 0; i < stage.steps.size(); ++i) {
+    const Step& step = stage.steps[i];
+    for (const auto& [name, value] : step.envs) {
+      if (holds_secret(value)) {
+        problems.push_back(
+            absl::StrCat(Field(i, absl::StrCat("envs.", name)), kSecretAdvice));
+      }
+    }
+    auto check_list = [&](const std::vector<std::string>& list,
+                          std::string_view what) {
+      for (size_t j = 0; j < list.size(); ++j) {
+        if (holds_secret(list[j])) {
+          problems.push_back(absl::StrCat(
+              Field(i, absl::StrCat(AbslView(what), "[", j, "]")),
+              " holds a secret value, which ECS would show in the task's "
+              "overrides and CloudTrail; pass it through an environment "
+              "variable set to a Secrets Manager ARN instead"));
+        }
+      }
+    };
+    check_list(step.commands, "commands");
+    check_list(step.entrypoint, "entrypoint");
+    check_list(step.args, "args");
+    if (step.registry && !step.registry->password.empty() &&
+        !IsSecretArn(step.registry->password)) {
+      problems.push_back(absl::StrCat(
+          Field(i, "registry.password"),
+          ": ECS reads registry credentials from AWS Secrets Manager; store "
+          "{\"username\",\"password\"} there and give the secret's ARN as the "
+          "password (ECR images need no credentials: the execution role "
+          "pulls them)"));
+    }
+    if (!step.outputs.empty()) {
+      problems.push_back(absl::StrCat(
+          Field(i, "outputs"),
+          ": output variables are not read back from ECS tasks yet; print "
+          "them to the log or write them to an EFS volume"));
+    }
+    if (step.image.empty()) {
+      problems.push_back(absl::StrCat(Field(i, "image"),
+                                      ": every step on ECS needs an image"));
+    }
+    if (launch == LaunchType::kFargate) {
+      absl::StatusOr<TaskSize> size =
+          FargateTaskSize(step.resources, Field(i, "resources"));
+      if (!size.ok()) problems.push_back(std::string(size.status().message()));
+      int64_t ephemeral = 0;
+      for (const VolumeMount& m : step.volume_mounts) {
+        const Volume* v = stage.FindVolume(m.name);
+        if (!v) continue;
+        if (const auto* e = std::get_if<EmptyDirVolume>(&v->source)) {
+          ephemeral += e->size_mib.value_or(0);
+        }
+      }
+      if (ephemeral > 200 * 1024) {
+        problems.push_back(
+            absl::StrCat(Field(i, "volume_mounts"),
+                         ": the step's empty_dir volumes add up "
+                         "to ",
+                         ephemeral,
+                         " MiB; a Fargate task has at most 204800 MiB "
+                         "(200 GiB) of ephemeral storage"));
+      }
+    }
+  }
+  return problems;
+}
+
+absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
+                                       const StepTaskInputs& in) {
+  const EcsExecutorOptions& options = *in.options;
+  const bool fargate = in.launch == LaunchType::kFargate;
+
+  // What the container runs, and with which variables.
+  std::vector<std::string> entry_point;
+  std::vector<std::string> command;
+  const std::string working_dir =
+      step.working_dir.empty() ? kWorkspacePath : MountPath(step.working_dir);
+  if (!step.commands.empty()) {
+    entry_point = {"/bin/sh", "-c"};
+    command = {absl::StrCat("mkdir -p ", ShellQuote(working_dir), " && cd ",
+                            ShellQuote(working_dir), " || exit 1\n",
+                            CommandScript(step.commands))};
+  } else {
+    entry_point = step.entrypoint;
+    command = step.args;
+  }
+  std::map<std::string, std::string> plain_env;
+  std::map<std::string, std::string> secrets;
+  for (const auto& [name, value] : step.envs) {
+    (IsSecretArn(value) ? secrets : plain_env)[name] = value;
+  }
+  plain_env["HARNESS_WORKSPACE"] = kWorkspacePath;
+
+  auto write_env = [&](Writer& w) {
+    w.StartArray();
+    for (const auto& [name, value] : plain_env) {
+      w.StartObject();
+      Key(w, "name");
+      Str(w, name);
+      Key(w, "value");
+      Str(w, value);
+      w.EndObject();
+    }
+    w.EndArray();
+  };
+
+  // The overrides, unless they are too long for ECS.
+  std::string overrides;
+  {
+    rapidjson::StringBuffer b;
+    Writer w(b);
+    w.StartObject();
+    Key(w, "containerOverrides");
+    w.StartArray();
+    w.StartObject();
+    Key(w, "name");
+    Str(w, kStepContainer);
+    if (!command.empty()) {
+      Key(w, "command");
+      StrList(w, command);
+    }
+    Key(w, "environment");
+    write_env(w);
+    w.EndObject();
+    w.EndArray();
+    w.EndObject();
+    overrides = b.GetString();
+  }
+  const bool inline_run = overrides.size() > kMaxOverrides;
+  if (inline_run) overrides.clear();
+
+  // The volumes this step mounts, plus its scratch workspace.
+  std::set<std::string> mounted;
+  for (const VolumeMount& m : step.volume_mounts) mounted.insert(m.name);
+  int64_t ephemeral_mib = 0;
+
+  rapidjson::StringBuffer b;
+  Writer w(b);
+  w.StartObject();
+  Key(w, "family");
+  Str(w, in.family);
+  Key(w, "requiresCompatibilities");
+  StrList(w, {fargate ? "FARGATE" : "EC2"});
+  Key(w, "networkMode");
+  Str(w, in.network_mode);
+  if (fargate) {
+    absl::StatusOr<TaskSize> size =
+        FargateTaskSize(step.resources, "step " + step.id + " resources");
+    if (!size.ok()) return size.status();
+    Key(w, "cpu");
+    Str(w, absl::StrCat(size->cpu_units));
+    Key(w, "memory");
+    Str(w, absl::StrCat(size->memory_mib));
+    Key(w, "runtimePlatform");
+    w.StartObject();
+    Key(w, "operatingSystemFamily");
+    Str(w, "LINUX");
+    w.EndObject();
+  }
+  if (!options.execution_role_arn.empty()) {
+    Key(w, "executionRoleArn");
+    Str(w, options.execution_role_arn);
+  }
+  if (!options.task_role_arn.empty()) {
+    Key(w, "taskRoleArn");
+    Str(w, options.task_role_arn);
+  }
+  Key(w, "volumes");
+  w.StartArray();
+  w.StartObject();
+  Key(w, "name");
+  Str(w, "workspace");
+  w.EndObject();
+  for (const Volume& v : stage.volumes) {
+    if (!mounted.contains(v.name)) continue;
+    w.StartObject();
+    Key(w, "name");
+    Str(w, VolumeName(v.name));
+    if (const auto* e = std::get_if<EmptyDirVolume>(&v.source)) {
+      ephemeral_mib += e->size_mib.value_or(0);
+    } else if (const auto* h = std::get_if<HostPathVolume>(&v.source)) {
+      Key(w, "host");
+      w.StartObject();
+      Key(w, "sourcePath");
+      Str(w, h->path);
+      w.EndObject();
+    } else if (const auto* efs = std::get_if<EfsVolume>(&v.source)) {
+      Key(w, "efsVolumeConfiguration");
+      w.StartObject();
+      Key(w, "fileSystemId");
+      Str(w, efs->filesystem_id);
+      if (!efs->root_directory.empty()) {
+        Key(w, "rootDirectory");
+        Str(w, efs->root_directory);
+      }
+      Key(w, "transitEncryption");
+      Str(w, efs->transit_encryption ? "ENABLED" : "DISABLED");
+      if (!efs->access_point_id.empty() || efs->iam) {
+        Key(w, "authorizationConfig");
+        w.StartObject();
+        if (!efs->access_point_id.empty()) {
+          Key(w, "accessPointId");
+          Str(w, efs->access_point_id);
+        }
+        Key(w, "iam");
+        Str(w, efs->iam ? "ENABLED" : "DISABLED");
+        w.EndObject();
+      }
+      w.EndObject();
+    }
+    w.EndObject();
+  }
+  w.EndArray();
+  if (fargate && ephemeral_mib > 0) {
+    Key(w, "ephemeralStorage");
+    w.StartObject();
+    Key(w, "sizeInGiB");
+    w.Int64(std::clamp<int64_t>((ephemeral_mib + 1023) / 1024, 21, 200));
+    w.EndObject();
+  }
+
+  Key(w, "containerDefinitions");
+  w.StartArray();
+  w.StartObject();
+  Key(w, "name");
+  Str(w, kStepContainer);
+  Key(w, "image");
+  Str(w, step.image);
+  Key(w, "essential");
+  w.Bool(true);
+  if (!entry_point.empty()) {
+    Key(w, "entryPoint");
+    StrList(w, entry_point);
+  }
+  if (inline_run) {
+    if (!command.empty()) {
+      Key(w, "command");
+      StrList(w, command);
+    }
+    Key(w, "environment");
+    write_env(w);
+  }
+  Key(w, "workingDirectory");
+  Str(w, step.commands.empty() ? working_dir : kWorkspacePath);
+  if (!fargate) {
+    Key(w, "memory");
+    w.Int64(step.resources.memory_mib.value_or(512));
+    if (step.resources.cpus) {
+      Key(w, "cpu");
+      w.Int64(static_cast<int64_t>(std::llround(*step.resources.cpus * 1024)));
+    }
+  }
+  const SecurityContext& sc = step.security_context;
+  if (sc.run_as_user || sc.run_as_group) {
+    Key(w, "user");
+    Str(w, sc.run_as_group
+               ? absl::StrCat(sc.run_as_user.value_or(0), ":", *sc.run_as_group)
+               : absl::StrCat(*sc.run_as_user));
+  }
+  if (sc.privileged) {
+    Key(w, "privileged");
+    w.Bool(*sc.privileged);
+  }
+  if (sc.read_only_root_filesystem) {
+    Key(w, "readonlyRootFilesystem");
+    w.Bool(*sc.read_only_root_filesystem);
+  }
+  Key(w, "linuxParameters");
+  w.StartObject();
+  // The shell gets the stop signal and reaps orphans, as under Docker's
+  // --init.
+  Key(w, "initProcessEnabled");
+  w.Bool(true);
+  if (!sc.add_capability.empty() || !sc.drop_capability.empty()) {
+    Key(w, "capabilities");
+    w.StartObject();
+    if (!sc.add_capability.empty()) {
+      Key(w, "add");
+      w.StartArray();
+      for (const std::string& c : sc.add_capability) Str(w, CapabilityName(c));
+      w.EndArray();
+    }
+    if (!sc.drop_capability.empty()) {
+      Key(w, "drop");
+      w.StartArray();
+      for (const std::string& c : sc.drop_capability) Str(w, CapabilityName(c));
+      w.EndArray();
+    }
+    w.EndObject();
+  }
+  w.EndObject();
+  Key(w, "mountPoints");
+  w.StartArray();
+  w.StartObject();
+  Key(w, "sourceVolume");
+  Str(w, "workspace");
+  Key(w, "containerPath");
+  Str(w, kWorkspacePath);
+  w.EndObject();
+  for (const VolumeMount& m : step.volume_mounts) {
+    const Volume* v = stage.FindVolume(m.name);
+    if (!v) continue;
+    w.StartObject();
+    Key(w, "sourceVolume");
+    Str(w, VolumeName(v->name));
+    Key(w, "containerPath");
+    Str(w, MountPath(m.path));
+    if (const auto* h = std::get_if<HostPathVolume>(&v->source);
+        h && h->read_only) {
+      Key(w, "readOnly");
+      w.Bool(true);
+    }
+    w.EndObject();
+  }
+  w.EndArray();
+  if (!secrets.empty()) {
+    Key(w, "secrets");
+    w.StartArray();
+    for (const auto& [name, arn] : secrets) {
+      w.StartObject();
+      Key(w, "name");
+      Str(w, name);
+      Key(w, "valueFrom");
+      Str(w, arn);
+      w.EndObject();
+    }
+    w.EndArray();
+  }
+  if (step.registry && !step.registry->password.empty()) {
+    Key(w, "repositoryCredentials");
+    w.StartObject();
+    Key(w, "credentialsParameter");
+    Str(w, step.registry->password);
+    w.EndObject();
+  }
+  Key(w, "stopTimeout");
+  w.Int64(
+      std::clamp<int64_t>(absl::ToInt64Seconds(options.grace_period), 2, 120));
+  Key(w, "logConfiguration");
+  w.StartObject();
+  Key(w, "logDriver");
+  Str(w, "awslogs");
+  Key(w, "options");
+  w.StartObject();
+  Key(w, "awslogs-group");
+  Str(w, options.log_group);
+  Key(w, "awslogs-region");
+  Str(w, in.region);
+  Key(w, "awslogs-stream-prefix");
+  Str(w, options.log_stream_prefix);
+  // Completeness over availability: a CI log with holes is worse than a
+  // step that waits for CloudWatch.
+  Key(w, "mode");
+  Str(w, "blocking");
+  w.EndObject();
+  w.EndObject();
+  w.EndObject();
+  w.EndArray();
+
+  // Everything above decides whether two steps can share a revision; the
+  // tags (which name the stage) do not.
+  StepTask out;
+  const std::string untagged = std::string(b.GetString()) + "}";
+  out.definition_key = aws::HexSha256(untagged);
+  if (!in.tags.empty()) {
+    Key(w, "tags");
+    w.StartArray();
+    for (const auto& [key, value] : in.tags) {
+      w.StartObject();
+      Key(w, "key");
+      Str(w, key);
+      Key(w, "value");
+      Str(w, value);
+      w.EndObject();
+    }
+    w.EndArray();
+  }
+  w.EndObject();
+  out.register_json = b.GetString();
+  out.overrides_json = std::move(overrides);
+  return out;
+}
+
+}  // namespace delegate::ecs

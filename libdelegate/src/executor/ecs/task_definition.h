@@ -1,0 +1,81 @@
+// How one step becomes an ECS task: the task definition it needs (image,
+// security context, mounts, volumes, size, logging), the per-run overrides
+// (command, environment), and the checks of what ECS cannot or must not be
+// given. Pure functions: no I/O, no clock.
+#ifndef DELEGATE_EXECUTOR_ECS_TASK_DEFINITION_H_
+#define DELEGATE_EXECUTOR_ECS_TASK_DEFINITION_H_
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "delegate/builtin_executors.h"
+#include "delegate/stage.h"
+
+namespace delegate::ecs {
+
+enum class LaunchType { kFargate, kEc2 };
+
+// The container of every step task.
+inline constexpr char kStepContainer[] = "step";
+// Where each step task has a scratch volume of its own, as on Docker.
+inline constexpr char kWorkspacePath[] = "/harness";
+
+struct TaskSize {
+  int cpu_units = 0;  // 1024 per vCPU
+  int memory_mib = 0;
+};
+
+// The Fargate task size for `resources`: the given pair when Fargate offers
+// it; with only cpus, the least memory that goes with it; with only memory,
+// the least cpu that allows it; with neither, 1 vCPU and 2 GiB.
+// InvalidArgument naming `field` ("steps[0].resources") and the valid values.
+absl::StatusOr<TaskSize> FargateTaskSize(const Resources& resources,
+                                         const std::string& field);
+
+// Every reason `stage` cannot run on ECS beyond the platform policy, one
+// "FIELD: what is wrong; what to do" each: secret values in a step's
+// environment or commands (ECS would show them in the task's overrides and
+// CloudTrail), registry passwords that are not Secrets Manager ARNs,
+// outputs, Fargate sizes, ephemeral storage over 200 GiB.
+std::vector<std::string> CheckStageForEcs(const Stage& stage,
+                                          LaunchType launch);
+
+struct StepTaskInputs {
+  LaunchType launch = LaunchType::kFargate;
+  std::string region;
+  std::string network_mode;  // "awsvpc" or "bridge"
+  std::string family;        // the task definition family (TaskFamily)
+  const EcsExecutorOptions* options = nullptr;
+  // Tags of the task definition (and of the task).
+  std::vector<std::pair<std::string, std::string>> tags;
+};
+
+struct StepTask {
+  // Equal for two steps that can share one task definition revision.
+  std::string definition_key;
+  std::string register_json;   // RegisterTaskDefinition input
+  std::string overrides_json;  // RunTask `overrides`, or "" for none
+};
+
+// REQUIRES: CheckStageForEcs(stage) found nothing. Command and environment
+// go in the overrides unless those would pass ECS's 8,192 characters; then
+// they are part of the definition.
+absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
+                                       const StepTaskInputs& inputs);
+
+// The family of every task definition a delegate registers.
+std::string TaskFamily(std::string_view delegate_name);
+
+// `s` cut to `max` characters of [A-Za-z0-9_-] (others become '-'): for
+// families, startedBy and client tokens.
+std::string EcsName(std::string_view s, size_t max);
+// `s` reduced to what a tag value may hold.
+std::string EcsTagValue(std::string_view s);
+// Whether `value` is a Secrets Manager secret or SSM parameter ARN.
+bool IsSecretArn(std::string_view value);
+
+}  // namespace delegate::ecs
+
+#endif  // DELEGATE_EXECUTOR_ECS_TASK_DEFINITION_H_

@@ -1,0 +1,259 @@
+// How a step becomes an ECS task definition and overrides, checked against
+// the ECS API model, and what the ECS executors refuse before any AWS call.
+#include "executor/ecs/task_definition.h"
+
+#include <string>
+
+#include "absl/strings/str_join.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "rapidjson/document.h"
+#include "tests/fakes/aws_fake.h"
+#include "tests/fakes/aws_model.h"
+
+namespace delegate::ecs {
+namespace {
+
+using ::testing::Contains;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::Not;
+
+rapidjson::Document Parse(const std::string& json) {
+  rapidjson::Document d;
+  d.Parse(json.c_str());
+  EXPECT_FALSE(d.HasParseError()) << json;
+  return d;
+}
+
+const testing::AwsModel& EcsModel() {
+  static const testing::AwsModel* model = [] {
+    auto m = testing::AwsModel::Load(testing::AwsTestdataDir() +
+                                     "/ecs-model/service-2.json");
+    EXPECT_TRUE(m.ok()) << m.status();
+    return new testing::AwsModel(*std::move(m));
+  }();
+  return *model;
+}
+
+class TaskDefinitionTest : public ::testing::Test {
+ protected:
+  StepTaskInputs Inputs(LaunchType launch) {
+    StepTaskInputs in;
+    in.launch = launch;
+    in.region = "eu-west-1";
+    in.network_mode = launch == LaunchType::kFargate ? "awsvpc" : "bridge";
+    in.family = TaskFamily("ci delegate");
+    in.options = &options_;
+    in.tags = {{"libdelegate:stage", "task-1"}};
+    return in;
+  }
+  EcsExecutorOptions options_;
+};
+
+TEST(FargateTaskSizeTest, FollowsTheFargateTable) {
+  auto size = [](std::optional<double> cpus, std::optional<int64_t> mem) {
+    return FargateTaskSize(Resources{cpus, mem}, "steps[0].resources");
+  };
+  EXPECT_EQ(size(std::nullopt, std::nullopt)->cpu_units, 1024);
+  EXPECT_EQ(size(std::nullopt, std::nullopt)->memory_mib, 2048);
+  EXPECT_EQ(size(0.25, std::nullopt)->memory_mib, 512);
+  EXPECT_EQ(size(std::nullopt, 3072)->cpu_units, 512);
+  EXPECT_EQ(size(2, 16384)->memory_mib, 16384);
+  EXPECT_EQ(size(8, 20480)->cpu_units, 8192);
+
+  absl::StatusOr<TaskSize> bad = size(0.25, 4096);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message(),
+            "steps[0].resources.memory_mib: 4096 MiB does not go with 0.25 "
+            "vCPU on Fargate; use 512, 1024, 2048 MiB");
+  bad = size(3, std::nullopt);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("no task size of 3 vCPU"));
+  bad = size(8, 18000);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(),
+              HasSubstr("16384 to 61440 in steps of 4096"));
+}
+
+TEST(CheckStageForEcsTest, SecretValuesNeverGoToTheEcsApi) {
+  Stage stage;
+  stage.secrets = {{"token", "s3cr3t-value"}};
+  Step step;
+  step.id = "build";
+  step.image = "alpine";
+  step.envs = {
+      {"TOKEN", "s3cr3t-value"},
+      {"DB_PASSWORD",
+       "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"}};
+  step.commands = {"echo s3cr3t-value | login"};
+  stage.steps = {step};
+  std::vector<std::string> problems = CheckStageForEcs(stage, LaunchType::kEc2);
+  ASSERT_EQ(problems.size(), 2u) << absl::StrJoin(problems, "\n");
+  EXPECT_THAT(problems[0],
+              HasSubstr("steps[0].envs.TOKEN holds a secret value"));
+  EXPECT_THAT(problems[0], HasSubstr("Secrets Manager"));
+  EXPECT_THAT(problems[1], HasSubstr("steps[0].commands[0]"));
+  for (const std::string& p : problems) {
+    EXPECT_THAT(p, Not(HasSubstr("s3cr3t-value")));
+  }
+}
+
+TEST(CheckStageForEcsTest, RegistryPasswordMustBeASecretArn) {
+  Stage stage;
+  Step step;
+  step.id = "s";
+  step.image = "registry.example.com/app";
+  step.registry = RegistryCredentials{"registry.example.com", "me", "hunter2"};
+  stage.steps = {step};
+  EXPECT_THAT(CheckStageForEcs(stage, LaunchType::kFargate),
+              Contains(HasSubstr("steps[0].registry.password")));
+  stage.steps[0].registry->password =
+      "arn:aws:secretsmanager:eu-west-1:123456789012:secret:registry-AbCdEf";
+  EXPECT_THAT(CheckStageForEcs(stage, LaunchType::kFargate), IsEmpty());
+}
+
+TEST(CheckStageForEcsTest, FargateSizesAndStorageAreChecked) {
+  Stage stage;
+  stage.volumes = {{"a", EmptyDirVolume{150 * 1024}},
+                   {"b", EmptyDirVolume{60 * 1024}}};
+  Step step;
+  step.id = "s";
+  step.image = "alpine";
+  step.resources = {0.5, 8192};
+  step.volume_mounts = {{"a", "/a"}, {"b", "/b"}};
+  stage.steps = {step};
+  std::vector<std::string> problems =
+      CheckStageForEcs(stage, LaunchType::kFargate);
+  EXPECT_THAT(problems, ElementsAre(HasSubstr("steps[0].resources.memory_mib"),
+                                    HasSubstr("at most 204800 MiB")));
+  EXPECT_THAT(CheckStageForEcs(stage, LaunchType::kEc2), IsEmpty());
+}
+
+TEST_F(TaskDefinitionTest, FargateStepIsAValidRegistrationAndRun) {
+  options_.execution_role_arn = "arn:aws:iam::123456789012:role/ci-exec";
+  Stage stage;
+  stage.volumes = {{"cache", EfsVolume{"fs-12345678", "/", true,
+                                       "fsap-0123456789abcdef0", true}},
+                   {"scratch", EmptyDirVolume{30 * 1024}}};
+  Step step;
+  step.id = "build";
+  step.image = "public.ecr.aws/docker/library/alpine:3.20";
+  step.commands = {"make", "make test"};
+  step.envs = {
+      {"MODE", "release"},
+      {"NPM_TOKEN",
+       "arn:aws:secretsmanager:eu-west-1:123456789012:secret:npm-AbCdEf"}};
+  step.security_context.run_as_user = 1000;
+  step.security_context.run_as_group = 1000;
+  step.security_context.read_only_root_filesystem = true;
+  step.security_context.add_capability = {"CAP_SYS_PTRACE"};
+  step.security_context.drop_capability = {"ALL"};
+  step.volume_mounts = {{"cache", "/cache"}, {"scratch", "tmp"}};
+  step.resources = {2, 4096};
+  stage.steps = {step};
+
+  absl::StatusOr<StepTask> task =
+      BuildStepTask(stage, step, Inputs(LaunchType::kFargate));
+  ASSERT_TRUE(task.ok()) << task.status();
+  EXPECT_THAT(
+      EcsModel().ValidateInput("RegisterTaskDefinition", task->register_json),
+      IsEmpty());
+
+  rapidjson::Document def = Parse(task->register_json);
+  EXPECT_STREQ(def["family"].GetString(), "libdelegate-ci-delegate");
+  EXPECT_STREQ(def["networkMode"].GetString(), "awsvpc");
+  EXPECT_STREQ(def["cpu"].GetString(), "2048");
+  EXPECT_STREQ(def["memory"].GetString(), "4096");
+  EXPECT_EQ(def["ephemeralStorage"]["sizeInGiB"].GetInt(), 30);
+  const auto& c = def["containerDefinitions"][0];
+  EXPECT_STREQ(c["user"].GetString(), "1000:1000");
+  EXPECT_TRUE(c["readonlyRootFilesystem"].GetBool());
+  EXPECT_STREQ(c["linuxParameters"]["capabilities"]["add"][0].GetString(),
+               "SYS_PTRACE");
+  EXPECT_STREQ(c["secrets"][0]["name"].GetString(), "NPM_TOKEN");
+  EXPECT_STREQ(c["logConfiguration"]["options"]["awslogs-group"].GetString(),
+               "/ecs/harness-delegates");
+  EXPECT_STREQ(c["mountPoints"][2]["containerPath"].GetString(),
+               "/harness/tmp");
+  const auto& efs = def["volumes"][1]["efsVolumeConfiguration"];
+  EXPECT_STREQ(efs["fileSystemId"].GetString(), "fs-12345678");
+  EXPECT_STREQ(efs["authorizationConfig"]["iam"].GetString(), "ENABLED");
+
+  // The run: the command and plain variables, never the secret's ARN.
+  ASSERT_FALSE(task->overrides_json.empty());
+  EXPECT_THAT(task->overrides_json, HasSubstr("make test"));
+  EXPECT_THAT(task->overrides_json, HasSubstr("release"));
+  EXPECT_THAT(task->overrides_json, Not(HasSubstr("secretsmanager")));
+  const std::string run = absl::StrCat(
+      R"({"cluster":"ci","taskDefinition":"libdelegate-ci-delegate:1",)",
+      R"("launchType":"FARGATE","networkConfiguration":{"awsvpcConfiguration":)",
+      R"({"subnets":["subnet-0123456789abcdef0"]}},"overrides":)",
+      task->overrides_json, "}");
+  EXPECT_THAT(EcsModel().ValidateInput("RunTask", run), IsEmpty());
+}
+
+TEST_F(TaskDefinitionTest, StepsThatDifferOnlyInCommandShareADefinition) {
+  Stage stage;
+  Step a;
+  a.id = "a";
+  a.image = "alpine";
+  a.commands = {"echo a"};
+  Step b = a;
+  b.id = "b";
+  b.commands = {"echo b"};
+  b.envs = {{"X", "1"}};
+  Step c = a;
+  c.image = "busybox";
+  stage.steps = {a, b, c};
+  auto key = [&](const Step& s) {
+    return BuildStepTask(stage, s, Inputs(LaunchType::kEc2))->definition_key;
+  };
+  EXPECT_EQ(key(a), key(b));
+  EXPECT_NE(key(a), key(c));
+}
+
+TEST_F(TaskDefinitionTest, Ec2StepWithHostPathAndPrivilegeIsValid) {
+  Stage stage;
+  stage.volumes = {{"docker", HostPathVolume{"/var/run/docker.sock", true}}};
+  Step step;
+  step.id = "dind";
+  step.image = "docker:cli";
+  step.entrypoint = {"docker"};
+  step.args = {"version"};
+  step.security_context.privileged = true;
+  step.volume_mounts = {{"docker", "/var/run/docker.sock"}};
+  stage.steps = {step};
+  absl::StatusOr<StepTask> task =
+      BuildStepTask(stage, step, Inputs(LaunchType::kEc2));
+  ASSERT_TRUE(task.ok()) << task.status();
+  EXPECT_THAT(
+      EcsModel().ValidateInput("RegisterTaskDefinition", task->register_json),
+      IsEmpty());
+  rapidjson::Document def = Parse(task->register_json);
+  const auto& c = def["containerDefinitions"][0];
+  EXPECT_TRUE(c["privileged"].GetBool());
+  EXPECT_EQ(c["memory"].GetInt(), 512);
+  EXPECT_STREQ(def["volumes"][1]["host"]["sourcePath"].GetString(),
+               "/var/run/docker.sock");
+  EXPECT_TRUE(c["mountPoints"][1]["readOnly"].GetBool());
+  EXPECT_STREQ(c["entryPoint"][0].GetString(), "docker");
+}
+
+TEST_F(TaskDefinitionTest, LongCommandsMoveIntoTheDefinition) {
+  Stage stage;
+  Step step;
+  step.id = "long";
+  step.image = "alpine";
+  step.commands = {std::string(9000, 'x')};
+  stage.steps = {step};
+  absl::StatusOr<StepTask> task =
+      BuildStepTask(stage, step, Inputs(LaunchType::kEc2));
+  ASSERT_TRUE(task.ok()) << task.status();
+  EXPECT_EQ(task->overrides_json, "");
+  EXPECT_THAT(task->register_json, HasSubstr(std::string(9000, 'x')));
+}
+
+}  // namespace
+}  // namespace delegate::ecs
