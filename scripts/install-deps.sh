@@ -11,6 +11,8 @@ packages=(
   python3-grpcio python3-protobuf
   # The Docker tests: an engine, the test image's rootfs, a loopback registry.
   docker.io iptables busybox-static docker-registry apache2-utils
+  # The delegate's image (scripts/build-delegate-image.sh): its base images.
+  mmdebstrap
 )
 missing=()
 for p in "${packages[@]}"; do
