@@ -425,7 +425,10 @@ TEST_F(HarnessE2eTest, SigtermMidStageFinishesTheStageThenUnregisters) {
   ASSERT_TRUE(WaitForLog("stage initialized"));
   absl::SleepFor(absl::Milliseconds(300));
   kill(delegate_->pid(), SIGTERM);
-  // A new stage is left for other delegates while this one drains.
+  // A new stage is left for other delegates while this one drains (once it
+  // says so: a poll already under way when the signal came may still take
+  // one).
+  ASSERT_TRUE(WaitForLog("draining: taking no new stages"));
   const std::string later = Submit(HostStage("later"));
   rapidjson::Document stage = WaitStage(id);
   EXPECT_STREQ(stage["status"].GetString(), "SUCCESS") << delegate_->Output();
