@@ -177,6 +177,9 @@ class AwsFakeTest : public ::testing::Test {
 
   http::HttpClient http_;
   Clock* clock_ = nullptr;
+  // For tests that move time by hand; declared before fake_, whose
+  // lifecycle thread reads it until the fake is destroyed.
+  FakeClock fake_clock_{absl::Now()};
   std::unique_ptr<FakeAws> fake_;
   std::unique_ptr<FakeAwsClient> client_;
 };
@@ -809,7 +812,7 @@ TEST_F(AwsFakeTest, InjectedErrorsAreAnsweredThenCleared) {
 }
 
 TEST_F(AwsFakeTest, LifecycleOnAFakeClock) {
-  FakeClock clock(absl::Now());
+  FakeClock& clock = fake_clock_;
   FakeAwsOptions options;
   options.clock = &clock;
   options.provisioning_for = absl::Seconds(10);
@@ -1059,7 +1062,7 @@ TEST_F(AwsFakeLogsTest, GetLogEventsPagesForwardAndBackward) {
 // ------------------------------------------- credentials and task metadata
 
 TEST_F(AwsFakeTest, ContainerCredentialsEndpoint) {
-  FakeClock clock(absl::Now());
+  FakeClock& clock = fake_clock_;
   FakeAwsOptions options;
   options.clock = &clock;
   Start(options);
