@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "delegate/builtin_executors.h"
 #include "delegate/config.h"
+#include "executor/ecs/task_definition.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rapidjson/document.h"
@@ -132,30 +133,12 @@ std::string ArnProblem(const std::string& arn, const std::string& service) {
   return "";
 }
 
-// The Fargate task sizes (cpu units -> memory MiB), from the
-// RegisterTaskDefinitionRequest.memory documentation of the ECS model.
+// Whether Fargate offers a task of `cpu` units and `memory` MiB (the
+// executor's table, which its own tests check against the ECS model's).
 bool FargateSizeValid(int cpu, int memory) {
-  auto steps = [memory](int from, int to, int step) {
-    return memory >= from && memory <= to && (memory - from) % step == 0;
-  };
-  switch (cpu) {
-    case 256:
-      return memory == 512 || memory == 1024 || memory == 2048;
-    case 512:
-      return steps(1024, 4096, 1024);
-    case 1024:
-      return steps(2048, 8192, 1024);
-    case 2048:
-      return steps(4096, 16384, 1024);
-    case 4096:
-      return steps(8192, 30720, 1024);
-    case 8192:
-      return steps(16384, 61440, 4096);
-    case 16384:
-      return steps(32768, 122880, 8192);
-    default:
-      return false;
-  }
+  absl::StatusOr<ecs::TaskSize> size =
+      ecs::FargateTaskSize(Resources{cpu / 1024.0, memory}, "task");
+  return size.ok() && size->cpu_units == cpu && size->memory_mib == memory;
 }
 
 int Int(const std::string& s) {

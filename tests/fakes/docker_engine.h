@@ -15,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fakes/recording_log_sink.h"
+#include "tests/fakes/stage_run.h"
 
 namespace delegate::testing {
 
@@ -97,14 +98,8 @@ class DockerStageTest : public ::testing::Test {
   virtual std::string DelegateNamePrefix() const { return "docker-test-"; }
 
   StageResult Run(Stage stage) {
-    std::promise<StageResult> done;
-    StageTask task;
-    task.id = "task-" + std::to_string(next_++);
-    task.stage = std::move(stage);
-    task.on_done = [&done](const StageResult& r) { done.set_value(r); };
-    absl::Status s = scheduler_->Submit(std::move(task));
-    EXPECT_TRUE(s.ok()) << s;
-    return done.get_future().get();
+    return RunStage(*scheduler_, "task-" + std::to_string(next_++),
+                    std::move(stage));
   }
 
   // The lines of one step, each with its newline.

@@ -191,17 +191,14 @@ TEST_F(DockerExecutorTest, TimeoutStopsTheContainerAndTheStageCleansUp) {
 }
 
 TEST_F(DockerExecutorTest, CancelStopsARunningContainer) {
-  std::promise<StageResult> done;
-  StageTask task;
-  task.id = "cancel-me";
-  task.stage = Steps({{"echo running", "sleep 300"}});
-  task.on_done = [&done](const StageResult& r) { done.set_value(r); };
-  ASSERT_TRUE(scheduler_->Submit(std::move(task)).ok());
+  testing::StageRun run(*scheduler_, "cancel-me",
+                        Steps({{"echo running", "sleep 300"}}));
+  ASSERT_TRUE(run.submitted().ok());
   for (int i = 0; i < 3000 && !absl::StrContains(Text("s0"), "running"); ++i) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   ASSERT_TRUE(scheduler_->Cancel("cancel-me").ok());
-  StageResult r = done.get_future().get();
+  StageResult r = run.Wait();
   EXPECT_EQ(r.status, StepStatus::kCancelled);
   EXPECT_EQ(r.steps[0].status, StepStatus::kCancelled);
 }

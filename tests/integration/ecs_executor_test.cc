@@ -24,6 +24,7 @@
 #include "tests/fakes/aws_fake.h"
 #include "tests/fakes/docker_engine.h"
 #include "tests/fakes/recording_log_sink.h"
+#include "tests/fakes/stage_run.h"
 
 namespace delegate::testing {
 namespace {
@@ -56,16 +57,22 @@ class EcsExecutorTest : public ::testing::Test {
             {"AWS_ENDPOINT_URL", fake_->url()}};
   }
 
-  void StartScheduler(EnvMap env, std::string cluster = "ci") {
+  // Cluster "ci", one subnet, quick polls.
+  static EcsExecutorOptions Options(EnvMap env) {
     EcsExecutorOptions options;
     options.env = std::move(env);
-    options.cluster = std::move(cluster);
+    options.cluster = "ci";
     options.subnets = {"subnet-0123456789abcdef0"};
     options.execution_role_arn = kExecRole;
     options.poll_interval = absl::Milliseconds(50);
     options.start_timeout = absl::Seconds(30);
     options.grace_period = absl::Seconds(2);
     options.instance = "test-instance-" + std::to_string(getpid());
+    return options;
+  }
+
+  void StartScheduler(EnvMap env) { StartScheduler(Options(std::move(env))); }
+  void StartScheduler(EcsExecutorOptions options) {
     ASSERT_TRUE(RegisterEcsExecutors(registry_, std::move(options)).ok());
     SchedulerOptions sched;
     sched.registry = &registry_;
@@ -102,14 +109,8 @@ class EcsExecutorTest : public ::testing::Test {
   }
 
   StageResult Run(Stage stage) {
-    std::promise<StageResult> done;
-    StageTask task;
-    task.id = "task-" + std::to_string(next_++);
-    task.stage = std::move(stage);
-    task.on_done = [&done](const StageResult& r) { done.set_value(r); };
-    absl::Status s = scheduler_->Submit(std::move(task));
-    EXPECT_TRUE(s.ok()) << s;
-    return done.get_future().get();
+    return RunStage(*scheduler_, "task-" + std::to_string(next_++),
+                    std::move(stage));
   }
 
   // Every container of every task does `b`.
@@ -259,19 +260,15 @@ TEST_F(EcsExecutorTest, CancelStopsTheRunningTask) {
   Stage stage;
   stage.platform = "ecs-ec2";
   stage.steps = {Shell("long", {"sleep 600"})};
-  std::promise<StageResult> done;
-  StageTask task;
-  task.id = "cancel-me";
-  task.stage = stage;
-  task.on_done = [&done](const StageResult& r) { done.set_value(r); };
-  ASSERT_TRUE(scheduler_->Submit(std::move(task)).ok());
+  StageRun run(*scheduler_, "cancel-me", stage);
+  ASSERT_TRUE(run.submitted().ok());
   for (int i = 0; i < 200; ++i) {
     std::vector<FakeTask> tasks = fake_->Tasks();
     if (!tasks.empty() && tasks[0].last_status == "RUNNING") break;
     absl::SleepFor(absl::Milliseconds(25));
   }
   ASSERT_TRUE(scheduler_->Cancel("cancel-me").ok());
-  StageResult result = done.get_future().get();
+  StageResult result = run.Wait();
   EXPECT_EQ(result.status, StepStatus::kCancelled);
   ASSERT_EQ(fake_->Tasks().size(), 1u);
   EXPECT_EQ(fake_->Tasks()[0].stopped_reason, "cancelled by the delegate");
@@ -318,16 +315,10 @@ TEST_F(EcsExecutorTest, OwnClusterAndSubnetComeFromTheTaskMetadata) {
                           "sg-0bbbbbbbbbbbbbbbb");
   EnvMap env = Env();
   env["ECS_CONTAINER_METADATA_URI_V4"] = metadata;
-  EcsExecutorOptions options;
-  options.env = env;
-  options.execution_role_arn = kExecRole;
-  options.poll_interval = absl::Milliseconds(50);
-  ASSERT_TRUE(RegisterEcsExecutors(registry_, std::move(options)).ok());
-  SchedulerOptions sched;
-  sched.registry = &registry_;
-  sched.log_sink = &sink_;
-  sched.delegate_name = "ecs-test";
-  scheduler_ = std::make_unique<Scheduler>(sched);
+  EcsExecutorOptions options = Options(env);
+  options.cluster.clear();  // both from the metadata
+  options.subnets.clear();
+  StartScheduler(std::move(options));
   Stage stage;
   stage.platform = "ecs-fargate";
   stage.steps = {Shell("s", {"true"})};

@@ -8,7 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "rapidjson/document.h"
+#include "util/env.h"
 #include "util/files.h"
+#include "util/json.h"
 #include "util/strings.h"
 
 namespace delegate::aws {
@@ -18,12 +20,6 @@ constexpr char kRelativeUriVar[] = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI";
 constexpr char kFullUriVar[] = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
 constexpr char kTokenVar[] = "AWS_CONTAINER_AUTHORIZATION_TOKEN";
 constexpr char kTokenFileVar[] = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE";
-
-std::optional<std::string> Var(const EnvMap& env, std::string_view name) {
-  auto it = env.find(name);
-  if (it == env.end() || it->second.empty()) return std::nullopt;
-  return it->second;
-}
 
 bool IsTrue(const std::optional<std::string>& v) {
   return v && absl::AsciiStrToLower(AbslView(*v)) == "true";
@@ -52,18 +48,6 @@ bool AllowedPlainHost(const std::string& host) {
          host == "fd00:ec2::23";
 }
 
-const rapidjson::Value* Member(const rapidjson::Value& v, const char* name) {
-  if (!v.IsObject()) return nullptr;
-  auto it = v.FindMember(name);
-  return it == v.MemberEnd() ? nullptr : &it->value;
-}
-
-std::string StringMember(const rapidjson::Value& v, const char* name) {
-  const rapidjson::Value* m = Member(v, name);
-  return m && m->IsString() ? std::string(m->GetString(), m->GetStringLength())
-                            : std::string();
-}
-
 // {"AccessKeyId","SecretAccessKey","Token","Expiration"}: the container
 // endpoint's and IMDS's shape.
 absl::StatusOr<TimedCredentials> ParseCredentialsDocument(
@@ -74,24 +58,25 @@ absl::StatusOr<TimedCredentials> ParseCredentialsDocument(
     return absl::UnavailableError(
         absl::StrCat(source, ": the answer is not a JSON object"));
   }
-  if (const std::string code = StringMember(doc, "Code");
+  if (const std::string code = json::StringMember(doc, "Code");
       !code.empty() && code != "Success") {
-    return absl::UnavailableError(
-        absl::StrCat(source, ": ", code, ": ", StringMember(doc, "Message")));
+    return absl::UnavailableError(absl::StrCat(
+        source, ": ", code, ": ", json::StringMember(doc, "Message")));
   }
   TimedCredentials out;
   out.source = source;
-  out.credentials.access_key_id = StringMember(doc, "AccessKeyId");
+  out.credentials.access_key_id = json::StringMember(doc, "AccessKeyId");
   out.credentials.secret_access_key =
-      SecretString(StringMember(doc, "SecretAccessKey"));
-  out.credentials.session_token = SecretString(StringMember(doc, "Token"));
+      SecretString(json::StringMember(doc, "SecretAccessKey"));
+  out.credentials.session_token =
+      SecretString(json::StringMember(doc, "Token"));
   for (const char* required : {"AccessKeyId", "SecretAccessKey", "Token"}) {
-    if (StringMember(doc, required).empty()) {
+    if (json::StringMember(doc, required).empty()) {
       return absl::UnavailableError(
           absl::StrCat(source, ": the answer has no ", required));
     }
   }
-  const std::string expiration = StringMember(doc, "Expiration");
+  const std::string expiration = json::StringMember(doc, "Expiration");
   if (!expiration.empty()) {
     absl::StatusOr<absl::Time> t = ParseIso8601(expiration);
     if (!t.ok()) {
@@ -156,8 +141,9 @@ void RefreshingCredentialsProvider::Invalidate() {
 // ------------------------------------------------------------ sources
 
 absl::StatusOr<TimedCredentials> EnvironmentCredentials(const EnvMap& env) {
-  const std::optional<std::string> key = Var(env, "AWS_ACCESS_KEY_ID");
-  const std::optional<std::string> secret = Var(env, "AWS_SECRET_ACCESS_KEY");
+  const std::optional<std::string> key = EnvValue(env, "AWS_ACCESS_KEY_ID");
+  const std::optional<std::string> secret =
+      EnvValue(env, "AWS_SECRET_ACCESS_KEY");
   if (!key && !secret) {
     return absl::NotFoundError("AWS_ACCESS_KEY_ID is not set");
   }
@@ -173,7 +159,7 @@ absl::StatusOr<TimedCredentials> EnvironmentCredentials(const EnvMap& env) {
   out.credentials.access_key_id = *key;
   out.credentials.secret_access_key = SecretString(*secret);
   out.credentials.session_token =
-      SecretString(Var(env, "AWS_SESSION_TOKEN").value_or(""));
+      SecretString(EnvValue(env, "AWS_SESSION_TOKEN").value_or(""));
   return out;
 }
 
@@ -182,11 +168,11 @@ absl::StatusOr<TimedCredentials> FetchContainerCredentials(
     http::HttpClient& http, Clock& clock) {
   std::string url;
   std::string var;
-  if (std::optional<std::string> rel = Var(env, kRelativeUriVar)) {
+  if (std::optional<std::string> rel = EnvValue(env, kRelativeUriVar)) {
     var = kRelativeUriVar;
     if (rel->front() != '/') rel->insert(0, "/");
     url = options.container_endpoint + *rel;
-  } else if (std::optional<std::string> full = Var(env, kFullUriVar)) {
+  } else if (std::optional<std::string> full = EnvValue(env, kFullUriVar)) {
     var = kFullUriVar;
     url = *full;
     const bool https = absl::StartsWithIgnoreCase(url, "https://");
@@ -215,16 +201,16 @@ absl::StatusOr<TimedCredentials> FetchContainerCredentials(
   request.timeout = options.container_timeout;
   // Re-read at each fetch: EKS and ECS Anywhere rotate the file.
   std::string token;
-  if (std::optional<std::string> file = Var(env, kTokenFileVar)) {
+  if (std::optional<std::string> file = EnvValue(env, kTokenFileVar)) {
     absl::StatusOr<std::string> content = ReadSettingFile(*file, kTokenFileVar);
     if (!content.ok()) return content.status();
     token = std::string(absl::StripAsciiWhitespace(*content));
-  } else if (std::optional<std::string> t = Var(env, kTokenVar)) {
+  } else if (std::optional<std::string> t = EnvValue(env, kTokenVar)) {
     token = *t;
   }
   if (token.find_first_of("\r\n") != std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat(
-        Var(env, kTokenFileVar) ? kTokenFileVar : kTokenVar,
+        EnvValue(env, kTokenFileVar) ? kTokenFileVar : kTokenVar,
         ": the authorization token holds a line break; it must be one line"));
   }
   if (!token.empty()) request.headers.push_back({"Authorization", token});
@@ -253,10 +239,10 @@ absl::StatusOr<TimedCredentials> FetchContainerCredentials(
 absl::StatusOr<TimedCredentials> FetchImdsCredentials(
     const EnvMap& env, const CredentialsOptions& options,
     http::HttpClient& http, Clock& clock) {
-  const std::string base = std::string(
-      absl::StripSuffix(AbslView(Var(env, "AWS_EC2_METADATA_SERVICE_ENDPOINT")
-                                     .value_or(options.imds_endpoint)),
-                        "/"));
+  const std::string base = std::string(absl::StripSuffix(
+      AbslView(EnvValue(env, "AWS_EC2_METADATA_SERVICE_ENDPOINT")
+                   .value_or(options.imds_endpoint)),
+      "/"));
   const std::string source = "EC2 instance metadata (" + base + ")";
   auto perform = [&](http::Request r) {
     r.connect_timeout = options.imds_timeout;
@@ -333,11 +319,11 @@ absl::StatusOr<std::unique_ptr<CredentialsProvider>> DefaultCredentialsChain(
   if (!absl::IsNotFound(from_env.status())) return from_env.status();
 
   RefreshingCredentialsProvider::Fetch fetch;
-  if (Var(env, kRelativeUriVar) || Var(env, kFullUriVar)) {
+  if (EnvValue(env, kRelativeUriVar) || EnvValue(env, kFullUriVar)) {
     fetch = [env, options, &http, &clock] {
       return FetchContainerCredentials(env, options, http, clock);
     };
-  } else if (IsTrue(Var(env, "AWS_EC2_METADATA_DISABLED"))) {
+  } else if (IsTrue(EnvValue(env, "AWS_EC2_METADATA_DISABLED"))) {
     return absl::FailedPreconditionError(
         "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
         "or give the ECS task a task role (which sets "

@@ -8,21 +8,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "util/env.h"
 #include "util/strings.h"
 
 namespace delegate::aws {
 namespace {
 
-std::optional<std::string> Var(const EnvMap& env, std::string_view name) {
-  auto it = env.find(name);
-  if (it == env.end()) return std::nullopt;
-  std::string v(absl::StripAsciiWhitespace(it->second));
-  if (v.empty()) return std::nullopt;
-  return v;
-}
-
 bool IsTrue(const EnvMap& env, std::string_view name) {
-  std::optional<std::string> v = Var(env, name);
+  std::optional<std::string> v = EnvValue(env, name);
   return v && absl::AsciiStrToLower(AbslView(*v)) == "true";
 }
 
@@ -66,10 +59,10 @@ absl::StatusOr<std::string> ResolveEndpoint(const ServiceSpec& service,
   if (!IsTrue(env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")) {
     const std::string own =
         absl::StrCat("AWS_ENDPOINT_URL_", AbslView(service.env_id));
-    if (std::optional<std::string> url = Var(env, own)) {
+    if (std::optional<std::string> url = EnvValue(env, own)) {
       return CheckUrl(*url, own);
     }
-    if (std::optional<std::string> url = Var(env, "AWS_ENDPOINT_URL")) {
+    if (std::optional<std::string> url = EnvValue(env, "AWS_ENDPOINT_URL")) {
       return CheckUrl(*url, "AWS_ENDPOINT_URL");
     }
   }
@@ -101,7 +94,7 @@ absl::StatusOr<Arn> ParseArn(std::string_view arn) {
 absl::StatusOr<std::string> ResolveRegion(const EnvMap& env,
                                           std::string_view task_arn) {
   for (const char* var : {"AWS_REGION", "AWS_DEFAULT_REGION"}) {
-    if (std::optional<std::string> region = Var(env, var)) {
+    if (std::optional<std::string> region = EnvValue(env, var)) {
       if (!ValidRegion(*region)) {
         return absl::InvalidArgumentError(absl::StrCat(
             var, ": '", *region, "' is not a region name like us-east-1"));

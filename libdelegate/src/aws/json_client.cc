@@ -14,6 +14,7 @@
 #include "aws/sigv4.h"
 #include "delegate/version.h"
 #include "rapidjson/document.h"
+#include "util/json.h"
 #include "util/strings.h"
 
 namespace delegate::aws {
@@ -24,12 +25,6 @@ constexpr char kPayloadUrl[] = "type.libdelegate/aws.error";
 double ThreadRandom() {
   thread_local std::mt19937_64 engine{std::random_device{}()};
   return std::uniform_real_distribution<double>(0.0, 1.0)(engine);
-}
-
-std::string Str(const rapidjson::Value& v, const char* name) {
-  auto it = v.FindMember(name);
-  if (it == v.MemberEnd() || !it->value.IsString()) return "";
-  return std::string(it->value.GetString(), it->value.GetStringLength());
 }
 
 absl::StatusCode CodeFor(const AwsError& e) {
@@ -117,10 +112,10 @@ AwsError ParseAwsError(int http_status, std::string_view body) {
     e.message = std::string(absl::StripAsciiWhitespace(AbslView(body)));
     return e;
   }
-  e.message = Str(doc, "message");
-  if (e.message.empty()) e.message = Str(doc, "Message");
-  std::string code = Str(doc, "__type");
-  if (code.empty()) code = Str(doc, "code");
+  e.message = json::StringMember(doc, "message");
+  if (e.message.empty()) e.message = json::StringMember(doc, "Message");
+  std::string code = json::StringMember(doc, "__type");
+  if (code.empty()) code = json::StringMember(doc, "code");
   if (code.empty()) code = absl::StrCat(http_status);
   if (const size_t colon = code.find(':'); colon != std::string::npos) {
     code.resize(colon);

@@ -9,12 +9,13 @@
 #include "rapidjson/document.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
+#include "util/json.h"
 #include "util/strings.h"
 
 namespace delegate::aws {
 namespace {
 
-using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+using JsonWriter = json::Writer;
 
 constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
@@ -85,16 +86,6 @@ void SanitizeUtf8(std::string& s) {
 
 // ------------------------------------------------------------ JSON
 
-void String(JsonWriter& w, std::string_view s) {
-  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-
-std::string Member(const rapidjson::Value& v, const char* name) {
-  auto it = v.FindMember(name);
-  if (it == v.MemberEnd() || !it->value.IsString()) return "";
-  return std::string(it->value.GetString(), it->value.GetStringLength());
-}
-
 // An integer member, or -1 when absent or not an integer.
 int64_t IntMember(const rapidjson::Value& v, const char* name) {
   auto it = v.FindMember(name);
@@ -113,7 +104,7 @@ std::string GroupBody(const std::string& group) {
   JsonWriter w(buffer);
   w.StartObject();
   w.Key("logGroupName");
-  String(w, group);
+  json::String(w, group);
   w.EndObject();
   return Finish(buffer);
 }
@@ -121,9 +112,9 @@ std::string GroupBody(const std::string& group) {
 void GroupAndStream(JsonWriter& w, const std::string& group,
                     const std::string& stream) {
   w.Key("logGroupName");
-  String(w, group);
+  json::String(w, group);
   w.Key("logStreamName");
-  String(w, stream);
+  json::String(w, stream);
 }
 
 std::string StreamBody(const std::string& group, const std::string& stream) {
@@ -152,13 +143,13 @@ std::string PutBody(const std::string& group, const std::string& stream,
     w.Key("timestamp");
     w.Int64(e.timestamp_ms);
     w.Key("message");
-    String(w, e.message);
+    json::String(w, e.message);
     w.EndObject();
   }
   w.EndArray();
   if (!sequence_token.empty()) {
     w.Key("sequenceToken");
-    String(w, sequence_token);
+    json::String(w, sequence_token);
   }
   w.EndObject();
   return Finish(buffer);
@@ -176,7 +167,7 @@ std::string GetBody(const std::string& group, const std::string& stream,
   w.Int(std::clamp(limit, 1, static_cast<int>(kMaxLogBatchEvents)));
   if (!next_token.empty()) {
     w.Key("nextToken");
-    String(w, next_token);
+    json::String(w, next_token);
   }
   w.EndObject();
   return Finish(buffer);
@@ -190,7 +181,7 @@ std::string ExpectedSequenceToken(const absl::Status& status) {
   rapidjson::Document doc;
   doc.Parse(e->body.data(), e->body.size());
   if (doc.HasParseError() || !doc.IsObject()) return "";
-  return Member(doc, "expectedSequenceToken");
+  return json::StringMember(doc, "expectedSequenceToken");
 }
 
 // Counts a PutLogEvents answer for a batch of `n` events into `out`. While
@@ -204,7 +195,7 @@ void ReadPutAnswer(std::string_view answer, int64_t n, PutLogEventsResult& out,
   doc.Parse(answer.data(), answer.size());
   if (doc.HasParseError() || !doc.IsObject()) return;
   const rapidjson::Value& root = doc;
-  if (!token.empty()) token = Member(root, "nextSequenceToken");
+  if (!token.empty()) token = json::StringMember(root, "nextSequenceToken");
   auto info = root.FindMember("rejectedLogEventsInfo");
   if (info == root.MemberEnd() || !info->value.IsObject()) return;
   // The old-end indexes are exclusive, the new start inclusive.
@@ -538,7 +529,7 @@ absl::StatusOr<LogPage> LogsClient::GetLogEvents(const std::string& group,
   }
   const rapidjson::Value& root = doc;
   LogPage page;
-  page.next_forward_token = Member(root, "nextForwardToken");
+  page.next_forward_token = json::StringMember(root, "nextForwardToken");
   if (page.next_forward_token.empty()) page.next_forward_token = next_token;
   auto events = root.FindMember("events");
   if (events != root.MemberEnd() && events->value.IsArray()) {
@@ -546,7 +537,7 @@ absl::StatusOr<LogPage> LogsClient::GetLogEvents(const std::string& group,
     for (const rapidjson::Value& e : events->value.GetArray()) {
       if (!e.IsObject()) continue;
       page.events.push_back({std::max<int64_t>(IntMember(e, "timestamp"), 0),
-                             Member(e, "message")});
+                             json::StringMember(e, "message")});
     }
   }
   return page;

@@ -3,18 +3,9 @@
 #include "absl/strings/str_cat.h"
 #include "aws/endpoints.h"
 #include "rapidjson/document.h"
+#include "util/json.h"
 
 namespace delegate::aws {
-namespace {
-
-std::string Str(const rapidjson::Value& v, const char* name) {
-  auto it = v.FindMember(name);
-  if (it == v.MemberEnd() || !it->value.IsString()) return "";
-  return std::string(it->value.GetString(), it->value.GetStringLength());
-}
-
-}  // namespace
-
 absl::StatusOr<TaskMetadata> FetchTaskMetadata(http::HttpClient& http,
                                                const std::string& base_uri) {
   std::string url = base_uri;
@@ -41,12 +32,12 @@ absl::StatusOr<TaskMetadata> FetchTaskMetadata(http::HttpClient& http,
         absl::StrCat("ECS task metadata: GET ", url, ": not a JSON object"));
   }
   TaskMetadata out;
-  out.cluster = Str(doc, "Cluster");
-  out.task_arn = Str(doc, "TaskARN");
-  out.family = Str(doc, "Family");
-  out.revision = Str(doc, "Revision");
-  out.launch_type = Str(doc, "LaunchType");
-  out.availability_zone = Str(doc, "AvailabilityZone");
+  out.cluster = json::StringMember(doc, "Cluster");
+  out.task_arn = json::StringMember(doc, "TaskARN");
+  out.family = json::StringMember(doc, "Family");
+  out.revision = json::StringMember(doc, "Revision");
+  out.launch_type = json::StringMember(doc, "LaunchType");
+  out.availability_zone = json::StringMember(doc, "AvailabilityZone");
   absl::StatusOr<Arn> arn = ParseArn(out.task_arn);
   if (out.cluster.empty() || !arn.ok()) {
     return absl::InvalidArgumentError(

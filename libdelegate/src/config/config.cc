@@ -27,6 +27,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "http/http_client.h"
+#include "util/env.h"
 
 extern char** environ;
 
@@ -128,11 +129,7 @@ std::string Shown(absl::string_view value, const std::string& token) {
 // The value of `name` trimmed, or nullopt when absent or blank: a blank value
 // counts as not set, so the next alias (or the default) applies.
 std::optional<std::string> Lookup(const EnvMap& env, absl::string_view name) {
-  auto it = env.find(std::string_view(name.data(), name.size()));
-  if (it == env.end()) return std::nullopt;
-  absl::string_view v = Trim(it->second);
-  if (v.empty()) return std::nullopt;
-  return std::string(v);
+  return EnvValue(env, std::string_view(name.data(), name.size()));
 }
 
 std::vector<std::string> SplitTags(absl::string_view raw) {

@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
+#include "util/json.h"
 
 namespace delegate {
 
@@ -25,13 +26,7 @@ const char* StepStatusName(StepStatus status) {
   return "FAILURE";
 }
 
-namespace {
-
-void String(rapidjson::Writer<rapidjson::StringBuffer>& w, std::string_view s) {
-  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-
-}  // namespace
+using json::String;
 
 std::string StageResultToJson(const StageResult& result) {
   rapidjson::StringBuffer buffer;

@@ -12,6 +12,7 @@
 #include "tests/fakes/fake_clock.h"
 #include "tests/fakes/recording_log_sink.h"
 #include "tests/fakes/scripted_process.h"
+#include "tests/fakes/stage_run.h"
 
 namespace delegate {
 namespace {
@@ -42,13 +43,8 @@ class HostExecutorTest : public ::testing::Test {
   }
 
   StageResult Run(Stage stage) {
-    std::promise<StageResult> done;
-    StageTask task;
-    task.id = "task-" + std::to_string(next_id_++);
-    task.stage = std::move(stage);
-    task.on_done = [&done](const StageResult& r) { done.set_value(r); };
-    EXPECT_TRUE(scheduler_->Submit(std::move(task)).ok());
-    return done.get_future().get();
+    return testing::RunStage(*scheduler_, "task-" + std::to_string(next_id_++),
+                             std::move(stage));
   }
 
   static Stage OneStep(std::vector<std::string> commands) {
@@ -176,13 +172,7 @@ TEST_F(HostExecutorTest, DelegateTokenIsNotPassedToSteps) {
   sched.log_sink = &sink_;
   sched.clock = &clock_;
   Scheduler scheduler(sched);
-  std::promise<StageResult> done;
-  StageTask task;
-  task.id = "t";
-  task.stage = OneStep({"env"});
-  task.on_done = [&](const StageResult& r) { done.set_value(r); };
-  ASSERT_TRUE(scheduler.Submit(std::move(task)).ok());
-  done.get_future().get();
+  testing::RunStage(scheduler, "t", OneStep({"env"}));
   for (const std::string& kv : launcher_.specs.back().env) {
     EXPECT_FALSE(absl::StrContains(kv, "should-not-leak")) << kv;
   }

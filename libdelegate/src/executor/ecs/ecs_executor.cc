@@ -37,51 +37,20 @@
 #include "rapidjson/document.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
+#include "util/env.h"
+#include "util/json.h"
 #include "util/strings.h"
 
 namespace delegate {
 namespace {
 
 using ecs::LaunchType;
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+using json::Writer;
 
 constexpr char kTagDelegate[] = "libdelegate:delegate";
 constexpr char kTagInstance[] = "libdelegate:instance";
 constexpr char kTagStage[] = "libdelegate:stage";
 constexpr char kTagStep[] = "libdelegate:step";
-
-void Str(Writer& w, std::string_view s) {
-  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void Key(Writer& w, std::string_view s) {
-  w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void WriteTags(Writer& w,
-               const std::vector<std::pair<std::string, std::string>>& t) {
-  w.StartArray();
-  for (const auto& [k, v] : t) {
-    w.StartObject();
-    Key(w, "key");
-    Str(w, k);
-    Key(w, "value");
-    Str(w, v);
-    w.EndObject();
-  }
-  w.EndArray();
-}
-
-std::string GetStr(const rapidjson::Value& v, const char* name) {
-  if (!v.IsObject()) return "";
-  auto it = v.FindMember(name);
-  if (it == v.MemberEnd() || !it->value.IsString()) return "";
-  return std::string(it->value.GetString(), it->value.GetStringLength());
-}
-
-const rapidjson::Value* GetArray(const rapidjson::Value& v, const char* name) {
-  if (!v.IsObject()) return nullptr;
-  auto it = v.FindMember(name);
-  return it != v.MemberEnd() && it->value.IsArray() ? &it->value : nullptr;
-}
 
 absl::StatusOr<rapidjson::Document> ParseJson(const std::string& body,
                                               std::string_view what) {
@@ -96,18 +65,23 @@ absl::StatusOr<rapidjson::Document> ParseJson(const std::string& body,
 
 std::map<std::string, std::string> TagMap(const rapidjson::Value& v) {
   std::map<std::string, std::string> out;
-  if (const rapidjson::Value* tags = GetArray(v, "tags")) {
+  if (const rapidjson::Value* tags = json::ArrayMember(v, "tags")) {
     for (const rapidjson::Value& t : tags->GetArray()) {
-      out[GetStr(t, "key")] = GetStr(t, "value");
+      out[json::StringMember(t, "key")] = json::StringMember(t, "value");
     }
   }
   return out;
 }
 
-std::string HostName() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof(buf) - 1) != 0) return "unknown-host";
-  return buf;
+// `items` in pieces of at most `n` (the API's limits per call).
+std::vector<std::vector<std::string>> Chunks(
+    const std::vector<std::string>& items, size_t n) {
+  std::vector<std::vector<std::string>> out;
+  for (size_t i = 0; i < items.size(); i += n) {
+    out.emplace_back(items.begin() + i,
+                     items.begin() + std::min(items.size(), i + n));
+  }
+  return out;
 }
 
 std::string TaskId(const std::string& arn) {
@@ -123,7 +97,11 @@ struct TaskState {
   std::optional<int> exit_code;
   std::string container_reason;
   std::string missing;  // a failure reason ("MISSING") instead of a task
+  // Only from Describe: the tags (when asked for) and the awsvpc subnets.
+  std::map<std::string, std::string> tags;
+  std::vector<std::string> subnets;
 };
+using TaskStates = std::map<std::string, TaskState>;  // by task ARN
 
 // ------------------------------------------------------------ runtime
 
@@ -169,11 +147,9 @@ class EcsRuntime {
   TaskState WaitForChange(const std::string& arn, uint64_t seen,
                           absl::Duration wait) ABSL_LOCKS_EXCLUDED(mu_);
 
-  // DescribeTasks of up to 100 ARNs; states by ARN, tags when asked.
-  absl::StatusOr<std::map<
-      std::string, std::pair<TaskState, std::map<std::string, std::string>>>>
-  Describe(const std::vector<std::string>& arns, bool tags,
-           const std::string& cluster);
+  // DescribeTasks of up to 100 ARNs, with their tags when asked.
+  absl::StatusOr<TaskStates> Describe(const std::vector<std::string>& arns,
+                                      bool tags, const std::string& cluster);
 
   absl::Status StopTask(const std::string& arn, const std::string& reason,
                         const std::string& cluster);
@@ -278,28 +254,11 @@ absl::Status EcsRuntime::Ready(const std::string& delegate_name,
   resolved_.subnets = options_.subnets;
   if (resolved_.subnets.empty() && self && !self->task_arn.empty()) {
     // The delegate's own subnet, as Harness's runner does.
-    std::string body = absl::StrCat(R"({"cluster":")", self->cluster,
-                                    R"(","tasks":[")", self->task_arn, "\"]}");
-    absl::StatusOr<std::string> answer = ecs_->Call("DescribeTasks", body);
-    if (!answer.ok()) return answer.status();
-    absl::StatusOr<rapidjson::Document> doc =
-        ParseJson(*answer, "DescribeTasks");
-    if (!doc.ok()) return doc.status();
-    if (const rapidjson::Value* tasks = GetArray(*doc, "tasks")) {
-      for (const rapidjson::Value& t : tasks->GetArray()) {
-        const rapidjson::Value* attachments = GetArray(t, "attachments");
-        if (!attachments) continue;
-        for (const rapidjson::Value& a : attachments->GetArray()) {
-          if (GetStr(a, "type") != "ElasticNetworkInterface") continue;
-          if (const rapidjson::Value* details = GetArray(a, "details")) {
-            for (const rapidjson::Value& d : details->GetArray()) {
-              if (GetStr(d, "name") == "subnetId") {
-                resolved_.subnets.push_back(GetStr(d, "value"));
-              }
-            }
-          }
-        }
-      }
+    absl::StatusOr<TaskStates> own =
+        Describe({self->task_arn}, false, self->cluster);
+    if (!own.ok()) return own.status();
+    if (auto it = own->find(self->task_arn); it != own->end()) {
+      resolved_.subnets = it->second.subnets;
     }
   }
 
@@ -339,24 +298,19 @@ TaskState EcsRuntime::WaitForChange(const std::string& arn, uint64_t seen,
   return it == watched_.end() ? TaskState{} : it->second;
 }
 
-absl::StatusOr<std::map<
-    std::string, std::pair<TaskState, std::map<std::string, std::string>>>>
-EcsRuntime::Describe(const std::vector<std::string>& arns, bool tags,
-                     const std::string& cluster) {
+absl::StatusOr<TaskStates> EcsRuntime::Describe(
+    const std::vector<std::string>& arns, bool tags,
+    const std::string& cluster) {
   rapidjson::StringBuffer b;
   Writer w(b);
   w.StartObject();
-  Key(w, "cluster");
-  Str(w, cluster);
-  Key(w, "tasks");
-  w.StartArray();
-  for (const std::string& a : arns) Str(w, a);
-  w.EndArray();
+  json::Key(w, "cluster");
+  json::String(w, cluster);
+  json::Key(w, "tasks");
+  json::StringList(w, arns);
   if (tags) {
-    Key(w, "include");
-    w.StartArray();
-    Str(w, "TAGS");
-    w.EndArray();
+    json::Key(w, "include");
+    json::StringList(w, {"TAGS"});
   }
   w.EndObject();
   absl::StatusOr<std::string> answer =
@@ -364,18 +318,17 @@ EcsRuntime::Describe(const std::vector<std::string>& arns, bool tags,
   if (!answer.ok()) return answer.status();
   absl::StatusOr<rapidjson::Document> doc = ParseJson(*answer, "DescribeTasks");
   if (!doc.ok()) return doc.status();
-  std::map<std::string,
-           std::pair<TaskState, std::map<std::string, std::string>>>
-      out;
-  if (const rapidjson::Value* tasks = GetArray(*doc, "tasks")) {
+  TaskStates out;
+  if (const rapidjson::Value* tasks = json::ArrayMember(*doc, "tasks")) {
     for (const rapidjson::Value& t : tasks->GetArray()) {
       TaskState s;
-      s.last_status = GetStr(t, "lastStatus");
-      s.stop_code = GetStr(t, "stopCode");
-      s.stopped_reason = GetStr(t, "stoppedReason");
-      if (const rapidjson::Value* containers = GetArray(t, "containers")) {
+      s.last_status = json::StringMember(t, "lastStatus");
+      s.stop_code = json::StringMember(t, "stopCode");
+      s.stopped_reason = json::StringMember(t, "stoppedReason");
+      if (const rapidjson::Value* containers =
+              json::ArrayMember(t, "containers")) {
         for (const rapidjson::Value& c : containers->GetArray()) {
-          if (GetStr(c, "name") != ecs::kStepContainer &&
+          if (json::StringMember(c, "name") != ecs::kStepContainer &&
               containers->Size() > 1) {
             continue;
           }
@@ -383,17 +336,33 @@ EcsRuntime::Describe(const std::vector<std::string>& arns, bool tags,
           if (code != c.MemberEnd() && code->value.IsInt()) {
             s.exit_code = code->value.GetInt();
           }
-          s.container_reason = GetStr(c, "reason");
+          s.container_reason = json::StringMember(c, "reason");
         }
       }
-      out[GetStr(t, "taskArn")] = {s, TagMap(t)};
+      s.tags = TagMap(t);
+      if (const rapidjson::Value* attachments =
+              json::ArrayMember(t, "attachments")) {
+        for (const rapidjson::Value& a : attachments->GetArray()) {
+          const rapidjson::Value* details = json::ArrayMember(a, "details");
+          if (json::StringMember(a, "type") != "ElasticNetworkInterface" ||
+              !details) {
+            continue;
+          }
+          for (const rapidjson::Value& d : details->GetArray()) {
+            if (json::StringMember(d, "name") == "subnetId") {
+              s.subnets.push_back(json::StringMember(d, "value"));
+            }
+          }
+        }
+      }
+      out[json::StringMember(t, "taskArn")] = std::move(s);
     }
   }
-  if (const rapidjson::Value* failures = GetArray(*doc, "failures")) {
+  if (const rapidjson::Value* failures = json::ArrayMember(*doc, "failures")) {
     for (const rapidjson::Value& f : failures->GetArray()) {
       TaskState s;
-      s.missing = GetStr(f, "reason");
-      out[GetStr(f, "arn")] = {s, {}};
+      s.missing = json::StringMember(f, "reason");
+      out[json::StringMember(f, "arn")] = std::move(s);
     }
   }
   return out;
@@ -411,20 +380,17 @@ void EcsRuntime::PollLoop() {
       for (const auto& [arn, state] : watched_) arns.push_back(arn);
     }
     bool failed = false;
-    for (size_t i = 0; i < arns.size(); i += 100) {
-      std::vector<std::string> chunk(
-          arns.begin() + i, arns.begin() + std::min(arns.size(), i + 100));
+    for (const std::vector<std::string>& chunk : Chunks(arns, 100)) {
       auto states = Describe(chunk, false, resolved_.cluster);
       if (!states.ok()) {
         failed = true;
         continue;
       }
       absl::MutexLock lock(&mu_);
-      for (auto& [arn, pair] : *states) {
+      for (auto& [arn, now] : *states) {
         auto it = watched_.find(arn);
         if (it == watched_.end()) continue;
         TaskState& old = it->second;
-        TaskState& now = pair.first;
         if (now.last_status != old.last_status ||
             now.exit_code != old.exit_code || now.missing != old.missing ||
             old.version == 0) {
@@ -445,12 +411,12 @@ absl::Status EcsRuntime::StopTask(const std::string& arn,
   rapidjson::StringBuffer b;
   Writer w(b);
   w.StartObject();
-  Key(w, "cluster");
-  Str(w, cluster);
-  Key(w, "task");
-  Str(w, arn);
-  Key(w, "reason");
-  Str(w, reason.substr(0, 255));
+  json::Key(w, "cluster");
+  json::String(w, cluster);
+  json::Key(w, "task");
+  json::String(w, arn);
+  json::Key(w, "reason");
+  json::String(w, reason.substr(0, 255));
   w.EndObject();
   absl::StatusOr<std::string> r = ecs_->Call("StopTask", b.GetString());
   return r.ok() ? absl::OkStatus() : r.status();
@@ -470,16 +436,12 @@ std::vector<std::string> EcsRuntime::RemoveTaskDefinitions(
     deregistered.push_back(arn);
   }
   // DeleteTaskDefinitions takes at most 10 at a time.
-  for (size_t i = 0; i < deregistered.size(); i += 10) {
+  for (const std::vector<std::string>& chunk : Chunks(deregistered, 10)) {
     rapidjson::StringBuffer b;
     Writer w(b);
     w.StartObject();
-    Key(w, "taskDefinitions");
-    w.StartArray();
-    for (size_t j = i; j < std::min(deregistered.size(), i + 10); ++j) {
-      Str(w, deregistered[j]);
-    }
-    w.EndArray();
+    json::Key(w, "taskDefinitions");
+    json::StringList(w, chunk);
     w.EndObject();
     absl::StatusOr<std::string> deleted =
         ecs_->Call("DeleteTaskDefinitions", b.GetString());
@@ -497,25 +459,25 @@ absl::StatusOr<std::vector<std::string>> EcsRuntime::ListTaskArns(
     rapidjson::StringBuffer b;
     Writer w(b);
     w.StartObject();
-    Key(w, "cluster");
-    Str(w, resolved_.cluster);
-    Key(w, "startedBy");
-    Str(w, started_by);
+    json::Key(w, "cluster");
+    json::String(w, resolved_.cluster);
+    json::Key(w, "startedBy");
+    json::String(w, started_by);
     if (!token.empty()) {
-      Key(w, "nextToken");
-      Str(w, token);
+      json::Key(w, "nextToken");
+      json::String(w, token);
     }
     w.EndObject();
     absl::StatusOr<std::string> answer = ecs_->Call("ListTasks", b.GetString());
     if (!answer.ok()) return answer.status();
     absl::StatusOr<rapidjson::Document> doc = ParseJson(*answer, "ListTasks");
     if (!doc.ok()) return doc.status();
-    if (const rapidjson::Value* list = GetArray(*doc, "taskArns")) {
+    if (const rapidjson::Value* list = json::ArrayMember(*doc, "taskArns")) {
       for (const rapidjson::Value& a : list->GetArray()) {
         if (a.IsString()) arns.push_back(a.GetString());
       }
     }
-    token = GetStr(*doc, "nextToken");
+    token = json::StringMember(*doc, "nextToken");
   } while (!token.empty());
   return arns;
 }
@@ -544,8 +506,8 @@ std::vector<std::string> EcsRuntime::Reap(const std::string& delegate_name,
       auto states = Describe({instance}, false, parts[1]);
       if (states.ok()) {
         auto s = states->find(instance);
-        gone = s == states->end() || !s->second.first.missing.empty() ||
-               s->second.first.last_status == "STOPPED";
+        gone = s == states->end() || !s->second.missing.empty() ||
+               s->second.last_status == "STOPPED";
       }
     }
     dead[instance] = gone;
@@ -572,17 +534,15 @@ std::vector<std::string> EcsRuntime::Reap(const std::string& delegate_name,
     errors->push_back(
         absl::StrCat("cannot list tasks: ", arns.status().message()));
   } else {
-    for (size_t i = 0; i < arns->size(); i += 100) {
-      std::vector<std::string> chunk(
-          arns->begin() + i, arns->begin() + std::min(arns->size(), i + 100));
+    for (const std::vector<std::string>& chunk : Chunks(*arns, 100)) {
       auto states = Describe(chunk, true, resolved_.cluster);
       if (!states.ok()) {
         errors->push_back(std::string(states.status().message()));
         continue;
       }
-      for (const auto& [arn, pair] : *states) {
-        if (pair.first.last_status == "STOPPED" ||
-            !pair.first.missing.empty() || !ours(pair.second)) {
+      for (const auto& [arn, state] : *states) {
+        if (state.last_status == "STOPPED" || !state.missing.empty() ||
+            !ours(state.tags)) {
           continue;
         }
         if (absl::Status s = StopTask(arn, "stage cleanup by the delegate",
@@ -605,13 +565,13 @@ std::vector<std::string> EcsRuntime::Reap(const std::string& delegate_name,
     rapidjson::StringBuffer b;
     Writer w(b);
     w.StartObject();
-    Key(w, "familyPrefix");
-    Str(w, ecs::TaskFamily(delegate_name));
-    Key(w, "status");
-    Str(w, "ACTIVE");
+    json::Key(w, "familyPrefix");
+    json::String(w, ecs::TaskFamily(delegate_name));
+    json::Key(w, "status");
+    json::String(w, "ACTIVE");
     if (!token.empty()) {
-      Key(w, "nextToken");
-      Str(w, token);
+      json::Key(w, "nextToken");
+      json::String(w, token);
     }
     w.EndObject();
     absl::StatusOr<std::string> answer =
@@ -624,12 +584,13 @@ std::vector<std::string> EcsRuntime::Reap(const std::string& delegate_name,
     absl::StatusOr<rapidjson::Document> doc =
         ParseJson(*answer, "ListTaskDefinitions");
     if (!doc.ok()) break;
-    if (const rapidjson::Value* list = GetArray(*doc, "taskDefinitionArns")) {
+    if (const rapidjson::Value* list =
+            json::ArrayMember(*doc, "taskDefinitionArns")) {
       for (const rapidjson::Value& a : list->GetArray()) {
         if (a.IsString()) defs.push_back(a.GetString());
       }
     }
-    token = GetStr(*doc, "nextToken");
+    token = json::StringMember(*doc, "nextToken");
   } while (!token.empty());
   std::vector<std::string> to_delete;
   for (const std::string& arn : defs) {
@@ -709,6 +670,7 @@ class EcsExecutor final : public Executor {
   const LaunchType launch_;
   std::string nonce_;
   bool initialized_ = false;
+  bool unanswered_run_ = false;  // a RunTask call ended without an answer
   std::map<std::string, std::string> definitions_;  // key -> ARN
   std::vector<std::string> registered_;             // ARNs, in order
   std::map<std::string, std::string> started_;      // task ARN -> last status
@@ -729,7 +691,9 @@ absl::StatusOr<std::string> EcsExecutor::TaskDefinitionFor(
   if (!doc.ok()) return doc.status();
   auto td = doc->FindMember("taskDefinition");
   const std::string arn =
-      td == doc->MemberEnd() ? "" : GetStr(td->value, "taskDefinitionArn");
+      td == doc->MemberEnd()
+          ? ""
+          : json::StringMember(td->value, "taskDefinitionArn");
   if (arn.empty()) {
     return absl::InternalError(
         "ECS RegisterTaskDefinition: the answer has no taskDefinitionArn");
@@ -749,70 +713,78 @@ absl::StatusOr<std::string> EcsExecutor::RunTask(const StepContext& ctx,
   rapidjson::StringBuffer b;
   Writer w(b);
   w.StartObject();
-  Key(w, "cluster");
-  Str(w, r.cluster);
-  Key(w, "taskDefinition");
-  Str(w, definition);
-  Key(w, "count");
+  json::Key(w, "cluster");
+  json::String(w, r.cluster);
+  json::Key(w, "taskDefinition");
+  json::String(w, definition);
+  json::Key(w, "count");
   w.Int(1);
-  Key(w, "launchType");
-  Str(w, launch_ == LaunchType::kFargate ? "FARGATE" : "EC2");
+  json::Key(w, "launchType");
+  json::String(w, launch_ == LaunchType::kFargate ? "FARGATE" : "EC2");
   if (launch_ == LaunchType::kFargate) {
-    Key(w, "platformVersion");
-    Str(w, o.platform_version);
+    json::Key(w, "platformVersion");
+    json::String(w, o.platform_version);
   }
   if (!r.subnets.empty()) {
-    Key(w, "networkConfiguration");
+    json::Key(w, "networkConfiguration");
     w.StartObject();
-    Key(w, "awsvpcConfiguration");
+    json::Key(w, "awsvpcConfiguration");
     w.StartObject();
-    Key(w, "subnets");
-    w.StartArray();
-    for (const std::string& s : r.subnets) Str(w, s);
-    w.EndArray();
+    json::Key(w, "subnets");
+    json::StringList(w, r.subnets);
     if (!o.security_groups.empty()) {
-      Key(w, "securityGroups");
-      w.StartArray();
-      for (const std::string& s : o.security_groups) Str(w, s);
-      w.EndArray();
+      json::Key(w, "securityGroups");
+      json::StringList(w, o.security_groups);
     }
-    Key(w, "assignPublicIp");
-    Str(w, o.assign_public_ip ? "ENABLED" : "DISABLED");
+    json::Key(w, "assignPublicIp");
+    json::String(w, o.assign_public_ip ? "ENABLED" : "DISABLED");
     w.EndObject();
     w.EndObject();
   }
   if (!task.overrides_json.empty()) {
-    Key(w, "overrides");
+    json::Key(w, "overrides");
     w.RawValue(task.overrides_json.data(), task.overrides_json.size(),
                rapidjson::kObjectType);
   }
-  Key(w, "startedBy");
-  Str(w, StartedBy(ctx.stage.delegate_name));
-  Key(w, "tags");
-  WriteTags(w, tags);
+  json::Key(w, "startedBy");
+  json::String(w, StartedBy(ctx.stage.delegate_name));
+  json::Key(w, "tags");
+  ecs::WriteTags(w, tags);
   // The same token for every retry of this call, a new one per stage run.
-  Key(w, "clientToken");
-  Str(w, "ld" + aws::HexSha256(absl::StrCat(r.instance, "|", ctx.stage.task_id,
+  json::Key(w, "clientToken");
+  json::String(
+      w, "ld" + aws::HexSha256(absl::StrCat(r.instance, "|", ctx.stage.task_id,
                                             "|", ctx.index, "|", nonce_))
                     .substr(0, 62));
   w.EndObject();
   absl::StatusOr<std::string> answer = runtime_->ecs().Call(
       "RunTask", b.GetString(), [&] { return ctx.stop.stop_requested(); });
-  if (!answer.ok()) return answer.status();
+  if (!answer.ok()) {
+    // Without an answer (no connection, throttled to the end, cancelled in
+    // flight) ECS may have started the task all the same.
+    const absl::StatusCode code = answer.status().code();
+    unanswered_run_ |= code != absl::StatusCode::kInvalidArgument &&
+                       code != absl::StatusCode::kPermissionDenied &&
+                       code != absl::StatusCode::kUnauthenticated &&
+                       code != absl::StatusCode::kNotFound;
+    return answer.status();
+  }
   absl::StatusOr<rapidjson::Document> doc = ParseJson(*answer, "RunTask");
   if (!doc.ok()) return doc.status();
-  if (const rapidjson::Value* failures = GetArray(*doc, "failures");
+  if (const rapidjson::Value* failures = json::ArrayMember(*doc, "failures");
       failures && !failures->Empty()) {
     const rapidjson::Value& f = (*failures)[0];
-    return absl::UnavailableError(absl::StrCat(
-        "ECS could not start the step's task: ", GetStr(f, "reason"),
-        GetStr(f, "detail").empty() ? "" : ": ", GetStr(f, "detail")));
+    return absl::UnavailableError(
+        absl::StrCat("ECS could not start the step's task: ",
+                     json::StringMember(f, "reason"),
+                     json::StringMember(f, "detail").empty() ? "" : ": ",
+                     json::StringMember(f, "detail")));
   }
-  const rapidjson::Value* tasks = GetArray(*doc, "tasks");
+  const rapidjson::Value* tasks = json::ArrayMember(*doc, "tasks");
   if (!tasks || tasks->Empty()) {
     return absl::InternalError("ECS RunTask: the answer names no task");
   }
-  return GetStr((*tasks)[0], "taskArn");
+  return json::StringMember((*tasks)[0], "taskArn");
 }
 
 StepResult EcsExecutor::Execute(const StepContext& ctx) {
@@ -980,8 +952,8 @@ absl::Status EcsExecutor::Cleanup(const StageContext& ctx) {
     auto states = runtime_->Describe({arn}, false, r.cluster);
     if (states.ok()) {
       auto it = states->find(arn);
-      if (it != states->end() && (it->second.first.last_status == "STOPPED" ||
-                                  !it->second.first.missing.empty())) {
+      if (it != states->end() && (it->second.last_status == "STOPPED" ||
+                                  !it->second.missing.empty())) {
         continue;
       }
     }
@@ -992,29 +964,12 @@ absl::Status EcsExecutor::Cleanup(const StageContext& ctx) {
       ctx.output.SystemLine("ECS: stopped task " + TaskId(arn));
     }
   }
-  // Also what this stage started that this instance lost track of.
-  runtime_->Reap(ctx.delegate_name, ctx.task_id, &errors);
+  // What a RunTask without an answer may have started: found by its tags.
+  if (unanswered_run_) runtime_->Reap(ctx.delegate_name, ctx.task_id, &errors);
   runtime_->RemoveTaskDefinitions(registered_, &errors);
   if (errors.empty()) return absl::OkStatus();
   return absl::UnavailableError(
       absl::StrCat("ECS cleanup: ", absl::StrJoin(errors, "; ")));
-}
-
-std::optional<std::string> Var(const EnvMap& env, std::string_view name) {
-  auto it = env.find(name);
-  if (it == env.end()) return std::nullopt;
-  std::string v(absl::StripAsciiWhitespace(it->second));
-  if (v.empty()) return std::nullopt;
-  return v;
-}
-
-std::vector<std::string> List(const std::string& v) {
-  std::vector<std::string> out;
-  for (absl::string_view part : absl::StrSplit(v, ',')) {
-    part = absl::StripAsciiWhitespace(part);
-    if (!part.empty()) out.emplace_back(part);
-  }
-  return out;
 }
 
 }  // namespace
@@ -1022,9 +977,9 @@ std::vector<std::string> List(const std::string& v) {
 absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(const EnvMap& env) {
   EcsExecutorOptions o;
   o.env = env;
-  if (auto v = Var(env, "DELEGATE_ECS_CLUSTER")) o.cluster = *v;
-  if (auto v = Var(env, "DELEGATE_ECS_SUBNETS")) {
-    o.subnets = List(*v);
+  if (auto v = EnvValue(env, "DELEGATE_ECS_CLUSTER")) o.cluster = *v;
+  if (auto v = EnvValue(env, "DELEGATE_ECS_SUBNETS")) {
+    o.subnets = SplitList(*v);
     for (const std::string& s : o.subnets) {
       if (!absl::StartsWith(s, "subnet-")) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -1032,8 +987,8 @@ absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(const EnvMap& env) {
       }
     }
   }
-  if (auto v = Var(env, "DELEGATE_ECS_SECURITY_GROUPS")) {
-    o.security_groups = List(*v);
+  if (auto v = EnvValue(env, "DELEGATE_ECS_SECURITY_GROUPS")) {
+    o.security_groups = SplitList(*v);
     for (const std::string& s : o.security_groups) {
       if (!absl::StartsWith(s, "sg-")) {
         return absl::InvalidArgumentError(
@@ -1042,7 +997,7 @@ absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(const EnvMap& env) {
       }
     }
   }
-  if (auto v = Var(env, "DELEGATE_ECS_ASSIGN_PUBLIC_IP")) {
+  if (auto v = EnvValue(env, "DELEGATE_ECS_ASSIGN_PUBLIC_IP")) {
     if (*v != "ENABLED" && *v != "DISABLED") {
       return absl::InvalidArgumentError(absl::StrCat(
           "DELEGATE_ECS_ASSIGN_PUBLIC_IP: expected ENABLED or DISABLED, got '",
@@ -1053,7 +1008,7 @@ absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(const EnvMap& env) {
   for (auto [var, field] :
        {std::pair{"DELEGATE_ECS_EXECUTION_ROLE_ARN", &o.execution_role_arn},
         std::pair{"DELEGATE_ECS_TASK_ROLE_ARN", &o.task_role_arn}}) {
-    if (auto v = Var(env, var)) {
+    if (auto v = EnvValue(env, var)) {
       absl::StatusOr<aws::Arn> arn = aws::ParseArn(*v);
       if (!arn.ok() || arn->service != "iam") {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -1062,13 +1017,13 @@ absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(const EnvMap& env) {
       *field = *v;
     }
   }
-  if (auto v = Var(env, "DELEGATE_ECS_LOG_GROUP")) o.log_group = *v;
-  if (auto v = Var(env, "DELEGATE_ECS_PLATFORM_VERSION"))
+  if (auto v = EnvValue(env, "DELEGATE_ECS_LOG_GROUP")) o.log_group = *v;
+  if (auto v = EnvValue(env, "DELEGATE_ECS_PLATFORM_VERSION"))
     o.platform_version = *v;
   for (auto [var, field] :
        {std::pair{"DELEGATE_ECS_POLL_SECONDS", &o.poll_interval},
         std::pair{"DELEGATE_ECS_START_TIMEOUT_SECONDS", &o.start_timeout}}) {
-    if (auto v = Var(env, var)) {
+    if (auto v = EnvValue(env, var)) {
       double seconds = 0;
       if (!absl::SimpleAtod(*v, &seconds) || seconds <= 0) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -1077,7 +1032,7 @@ absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(const EnvMap& env) {
       *field = absl::Seconds(seconds);
     }
   }
-  if (auto v = Var(env, "DELEGATE_ECS_LOG_READS_PER_SECOND")) {
+  if (auto v = EnvValue(env, "DELEGATE_ECS_LOG_READS_PER_SECOND")) {
     if (!absl::SimpleAtod(*v, &o.log_reads_per_second) ||
         o.log_reads_per_second <= 0) {
       return absl::InvalidArgumentError(absl::StrCat(

@@ -15,24 +15,13 @@
 #include "executor/shell.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
+#include "util/json.h"
 #include "util/strings.h"
 
 namespace delegate::ecs {
 namespace {
 
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
-
-void Str(Writer& w, std::string_view s) {
-  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void Key(Writer& w, std::string_view s) {
-  w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-void StrList(Writer& w, const std::vector<std::string>& list) {
-  w.StartArray();
-  for (const std::string& s : list) Str(w, s);
-  w.EndArray();
-}
+using json::Writer;
 
 // ECS's overrides limit.
 constexpr size_t kMaxOverrides = 8192;
@@ -104,6 +93,20 @@ std::string EcsName(std::string_view s, size_t max) {
                : '-';
   }
   return out;
+}
+
+void WriteTags(json::Writer& w,
+               const std::vector<std::pair<std::string, std::string>>& tags) {
+  w.StartArray();
+  for (const auto& [key, value] : tags) {
+    w.StartObject();
+    json::Key(w, "key");
+    json::String(w, key);
+    json::Key(w, "value");
+    json::String(w, value);
+    w.EndObject();
+  }
+  w.EndArray();
 }
 
 std::string TaskFamily(std::string_view delegate_name) {
@@ -284,10 +287,10 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
     w.StartArray();
     for (const auto& [name, value] : plain_env) {
       w.StartObject();
-      Key(w, "name");
-      Str(w, name);
-      Key(w, "value");
-      Str(w, value);
+      json::Key(w, "name");
+      json::String(w, name);
+      json::Key(w, "value");
+      json::String(w, value);
       w.EndObject();
     }
     w.EndArray();
@@ -299,16 +302,16 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
     rapidjson::StringBuffer b;
     Writer w(b);
     w.StartObject();
-    Key(w, "containerOverrides");
+    json::Key(w, "containerOverrides");
     w.StartArray();
     w.StartObject();
-    Key(w, "name");
-    Str(w, kStepContainer);
+    json::Key(w, "name");
+    json::String(w, kStepContainer);
     if (!command.empty()) {
-      Key(w, "command");
-      StrList(w, command);
+      json::Key(w, "command");
+      json::StringList(w, command);
     }
-    Key(w, "environment");
+    json::Key(w, "environment");
     write_env(w);
     w.EndObject();
     w.EndArray();
@@ -326,73 +329,73 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
   rapidjson::StringBuffer b;
   Writer w(b);
   w.StartObject();
-  Key(w, "family");
-  Str(w, in.family);
-  Key(w, "requiresCompatibilities");
-  StrList(w, {fargate ? "FARGATE" : "EC2"});
-  Key(w, "networkMode");
-  Str(w, in.network_mode);
+  json::Key(w, "family");
+  json::String(w, in.family);
+  json::Key(w, "requiresCompatibilities");
+  json::StringList(w, {fargate ? "FARGATE" : "EC2"});
+  json::Key(w, "networkMode");
+  json::String(w, in.network_mode);
   if (fargate) {
     absl::StatusOr<TaskSize> size =
         FargateTaskSize(step.resources, "step " + step.id + " resources");
     if (!size.ok()) return size.status();
-    Key(w, "cpu");
-    Str(w, absl::StrCat(size->cpu_units));
-    Key(w, "memory");
-    Str(w, absl::StrCat(size->memory_mib));
-    Key(w, "runtimePlatform");
+    json::Key(w, "cpu");
+    json::String(w, absl::StrCat(size->cpu_units));
+    json::Key(w, "memory");
+    json::String(w, absl::StrCat(size->memory_mib));
+    json::Key(w, "runtimePlatform");
     w.StartObject();
-    Key(w, "operatingSystemFamily");
-    Str(w, "LINUX");
+    json::Key(w, "operatingSystemFamily");
+    json::String(w, "LINUX");
     w.EndObject();
   }
   if (!options.execution_role_arn.empty()) {
-    Key(w, "executionRoleArn");
-    Str(w, options.execution_role_arn);
+    json::Key(w, "executionRoleArn");
+    json::String(w, options.execution_role_arn);
   }
   if (!options.task_role_arn.empty()) {
-    Key(w, "taskRoleArn");
-    Str(w, options.task_role_arn);
+    json::Key(w, "taskRoleArn");
+    json::String(w, options.task_role_arn);
   }
-  Key(w, "volumes");
+  json::Key(w, "volumes");
   w.StartArray();
   w.StartObject();
-  Key(w, "name");
-  Str(w, "workspace");
+  json::Key(w, "name");
+  json::String(w, "workspace");
   w.EndObject();
   for (const Volume& v : stage.volumes) {
     if (!mounted.contains(v.name)) continue;
     w.StartObject();
-    Key(w, "name");
-    Str(w, VolumeName(v.name));
+    json::Key(w, "name");
+    json::String(w, VolumeName(v.name));
     if (const auto* e = std::get_if<EmptyDirVolume>(&v.source)) {
       ephemeral_mib += e->size_mib.value_or(0);
     } else if (const auto* h = std::get_if<HostPathVolume>(&v.source)) {
-      Key(w, "host");
+      json::Key(w, "host");
       w.StartObject();
-      Key(w, "sourcePath");
-      Str(w, h->path);
+      json::Key(w, "sourcePath");
+      json::String(w, h->path);
       w.EndObject();
     } else if (const auto* efs = std::get_if<EfsVolume>(&v.source)) {
-      Key(w, "efsVolumeConfiguration");
+      json::Key(w, "efsVolumeConfiguration");
       w.StartObject();
-      Key(w, "fileSystemId");
-      Str(w, efs->filesystem_id);
+      json::Key(w, "fileSystemId");
+      json::String(w, efs->filesystem_id);
       if (!efs->root_directory.empty()) {
-        Key(w, "rootDirectory");
-        Str(w, efs->root_directory);
+        json::Key(w, "rootDirectory");
+        json::String(w, efs->root_directory);
       }
-      Key(w, "transitEncryption");
-      Str(w, efs->transit_encryption ? "ENABLED" : "DISABLED");
+      json::Key(w, "transitEncryption");
+      json::String(w, efs->transit_encryption ? "ENABLED" : "DISABLED");
       if (!efs->access_point_id.empty() || efs->iam) {
-        Key(w, "authorizationConfig");
+        json::Key(w, "authorizationConfig");
         w.StartObject();
         if (!efs->access_point_id.empty()) {
-          Key(w, "accessPointId");
-          Str(w, efs->access_point_id);
+          json::Key(w, "accessPointId");
+          json::String(w, efs->access_point_id);
         }
-        Key(w, "iam");
-        Str(w, efs->iam ? "ENABLED" : "DISABLED");
+        json::Key(w, "iam");
+        json::String(w, efs->iam ? "ENABLED" : "DISABLED");
         w.EndObject();
       }
       w.EndObject();
@@ -401,146 +404,142 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
   }
   w.EndArray();
   if (fargate && ephemeral_mib > 0) {
-    Key(w, "ephemeralStorage");
+    json::Key(w, "ephemeralStorage");
     w.StartObject();
-    Key(w, "sizeInGiB");
+    json::Key(w, "sizeInGiB");
     w.Int64(std::clamp<int64_t>((ephemeral_mib + 1023) / 1024, 21, 200));
     w.EndObject();
   }
 
-  Key(w, "containerDefinitions");
+  json::Key(w, "containerDefinitions");
   w.StartArray();
   w.StartObject();
-  Key(w, "name");
-  Str(w, kStepContainer);
-  Key(w, "image");
-  Str(w, step.image);
-  Key(w, "essential");
+  json::Key(w, "name");
+  json::String(w, kStepContainer);
+  json::Key(w, "image");
+  json::String(w, step.image);
+  json::Key(w, "essential");
   w.Bool(true);
   if (!entry_point.empty()) {
-    Key(w, "entryPoint");
-    StrList(w, entry_point);
+    json::Key(w, "entryPoint");
+    json::StringList(w, entry_point);
   }
   if (inline_run) {
     if (!command.empty()) {
-      Key(w, "command");
-      StrList(w, command);
+      json::Key(w, "command");
+      json::StringList(w, command);
     }
-    Key(w, "environment");
+    json::Key(w, "environment");
     write_env(w);
   }
-  Key(w, "workingDirectory");
-  Str(w, step.commands.empty() ? working_dir : kWorkspacePath);
+  json::Key(w, "workingDirectory");
+  json::String(w, step.commands.empty() ? working_dir : kWorkspacePath);
   if (!fargate) {
-    Key(w, "memory");
+    json::Key(w, "memory");
     w.Int64(step.resources.memory_mib.value_or(512));
     if (step.resources.cpus) {
-      Key(w, "cpu");
+      json::Key(w, "cpu");
       w.Int64(static_cast<int64_t>(std::llround(*step.resources.cpus * 1024)));
     }
   }
   const SecurityContext& sc = step.security_context;
   if (sc.run_as_user || sc.run_as_group) {
-    Key(w, "user");
-    Str(w, sc.run_as_group
-               ? absl::StrCat(sc.run_as_user.value_or(0), ":", *sc.run_as_group)
-               : absl::StrCat(*sc.run_as_user));
+    json::Key(w, "user");
+    json::String(w, sc.run_as_group ? absl::StrCat(sc.run_as_user.value_or(0),
+                                                   ":", *sc.run_as_group)
+                                    : absl::StrCat(*sc.run_as_user));
   }
   if (sc.privileged) {
-    Key(w, "privileged");
+    json::Key(w, "privileged");
     w.Bool(*sc.privileged);
   }
   if (sc.read_only_root_filesystem) {
-    Key(w, "readonlyRootFilesystem");
+    json::Key(w, "readonlyRootFilesystem");
     w.Bool(*sc.read_only_root_filesystem);
   }
-  Key(w, "linuxParameters");
+  json::Key(w, "linuxParameters");
   w.StartObject();
   // The shell gets the stop signal and reaps orphans, as under Docker's
   // --init.
-  Key(w, "initProcessEnabled");
+  json::Key(w, "initProcessEnabled");
   w.Bool(true);
   if (!sc.add_capability.empty() || !sc.drop_capability.empty()) {
-    Key(w, "capabilities");
+    json::Key(w, "capabilities");
     w.StartObject();
-    if (!sc.add_capability.empty()) {
-      Key(w, "add");
+    for (const auto& [key, names] : {std::pair{"add", &sc.add_capability},
+                                     std::pair{"drop", &sc.drop_capability}}) {
+      if (names->empty()) continue;
+      json::Key(w, key);
       w.StartArray();
-      for (const std::string& c : sc.add_capability) Str(w, CapabilityName(c));
-      w.EndArray();
-    }
-    if (!sc.drop_capability.empty()) {
-      Key(w, "drop");
-      w.StartArray();
-      for (const std::string& c : sc.drop_capability) Str(w, CapabilityName(c));
+      for (const std::string& c : *names) json::String(w, CapabilityName(c));
       w.EndArray();
     }
     w.EndObject();
   }
   w.EndObject();
-  Key(w, "mountPoints");
+  json::Key(w, "mountPoints");
   w.StartArray();
   w.StartObject();
-  Key(w, "sourceVolume");
-  Str(w, "workspace");
-  Key(w, "containerPath");
-  Str(w, kWorkspacePath);
+  json::Key(w, "sourceVolume");
+  json::String(w, "workspace");
+  json::Key(w, "containerPath");
+  json::String(w, kWorkspacePath);
   w.EndObject();
   for (const VolumeMount& m : step.volume_mounts) {
     const Volume* v = stage.FindVolume(m.name);
     if (!v) continue;
     w.StartObject();
-    Key(w, "sourceVolume");
-    Str(w, VolumeName(v->name));
-    Key(w, "containerPath");
-    Str(w, MountPath(m.path));
+    json::Key(w, "sourceVolume");
+    json::String(w, VolumeName(v->name));
+    json::Key(w, "containerPath");
+    json::String(w, MountPath(m.path));
     if (const auto* h = std::get_if<HostPathVolume>(&v->source);
         h && h->read_only) {
-      Key(w, "readOnly");
+      json::Key(w, "readOnly");
       w.Bool(true);
     }
     w.EndObject();
   }
   w.EndArray();
   if (!secrets.empty()) {
-    Key(w, "secrets");
+    json::Key(w, "secrets");
     w.StartArray();
     for (const auto& [name, arn] : secrets) {
       w.StartObject();
-      Key(w, "name");
-      Str(w, name);
-      Key(w, "valueFrom");
-      Str(w, arn);
+      json::Key(w, "name");
+      json::String(w, name);
+      json::Key(w, "valueFrom");
+      json::String(w, arn);
       w.EndObject();
     }
     w.EndArray();
   }
   if (step.registry && !step.registry->password.empty()) {
-    Key(w, "repositoryCredentials");
+    json::Key(w, "repositoryCredentials");
     w.StartObject();
-    Key(w, "credentialsParameter");
-    Str(w, step.registry->password);
+    json::Key(w, "credentialsParameter");
+    json::String(w, step.registry->password);
     w.EndObject();
   }
-  Key(w, "stopTimeout");
+  json::Key(w, "stopTimeout");
   w.Int64(
       std::clamp<int64_t>(absl::ToInt64Seconds(options.grace_period), 2, 120));
-  Key(w, "logConfiguration");
+  json::Key(w, "logConfiguration");
   w.StartObject();
-  Key(w, "logDriver");
-  Str(w, "awslogs");
-  Key(w, "options");
+  json::Key(w, "logDriver");
+  json::String(w, "awslogs");
+  json::Key(w, "options");
   w.StartObject();
-  Key(w, "awslogs-group");
-  Str(w, options.log_group);
-  Key(w, "awslogs-region");
-  Str(w, in.region);
-  Key(w, "awslogs-stream-prefix");
-  Str(w, options.log_stream_prefix);
+  json::Key(w, "awslogs-group");
+  json::String(w, options.log_group);
+  json::Key(w, "awslogs-region");
+  json::String(w, in.region);
+  json::Key(w, "awslogs-stream-prefix");
+  json::String(w, options.log_stream_prefix);
   // Completeness over availability: a CI log with holes is worse than a
   // step that waits for CloudWatch.
-  Key(w, "mode");
-  Str(w, "blocking");
+  json::Key(w, "mode");
+  json::String(w, "blocking");
   w.EndObject();
   w.EndObject();
   w.EndObject();
@@ -552,17 +551,8 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
   const std::string untagged = std::string(b.GetString()) + "}";
   out.definition_key = aws::HexSha256(untagged);
   if (!in.tags.empty()) {
-    Key(w, "tags");
-    w.StartArray();
-    for (const auto& [key, value] : in.tags) {
-      w.StartObject();
-      Key(w, "key");
-      Str(w, key);
-      Key(w, "value");
-      Str(w, value);
-      w.EndObject();
-    }
-    w.EndArray();
+    json::Key(w, "tags");
+    WriteTags(w, in.tags);
   }
   w.EndObject();
   out.register_json = b.GetString();

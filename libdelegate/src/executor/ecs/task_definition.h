@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "delegate/builtin_executors.h"
 #include "delegate/stage.h"
+#include "util/json.h"
 
 namespace delegate::ecs {
 
@@ -71,6 +72,11 @@ std::string TaskFamily(std::string_view delegate_name);
 // `s` cut to `max` characters of [A-Za-z0-9_-] (others become '-'): for
 // families, startedBy and client tokens.
 std::string EcsName(std::string_view s, size_t max);
+// [{"key": K, "value": V}, ...], as RegisterTaskDefinition and RunTask take
+// them.
+void WriteTags(json::Writer& w,
+               const std::vector<std::pair<std::string, std::string>>& tags);
+
 // `s` reduced to what a tag value may hold.
 std::string EcsTagValue(std::string_view s);
 // Whether `value` is a Secrets Manager secret or SSM parameter ARN.

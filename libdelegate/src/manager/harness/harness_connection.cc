@@ -29,6 +29,7 @@
 #include "manager/harness/log_stream.h"
 #include "manager/harness/payloads.h"
 #include "manager/harness/token.h"
+#include "util/env.h"
 #include "util/strings.h"
 
 namespace delegate {
@@ -42,10 +43,9 @@ constexpr size_t kAnsweredWindow = 10000;
 constexpr const char* kSupportedTypes =
     "local_init, local_execute, local_cleanup, secret/static";
 
-std::string HostName() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
-  std::string name = buf;
+// The host name as the manager shows it: no spaces.
+std::string RunnerHostName() {
+  std::string name = HostName();
   for (char& c : name) {
     if (c == ' ') c = '-';
   }
@@ -231,7 +231,7 @@ class HarnessConnection final : public ManagerConnection {
   ManagerEnvironment env_;
   const SecretString token_;
   const std::string manager_url_;
-  const std::string host_name_ = "runner-" + HostName();
+  const std::string host_name_ = "runner-" + RunnerHostName();
   const std::string ip_ = OutboundIp();
   // One idle connection per worker, so that busy workers do not reconnect.
   http::HttpClient http_{

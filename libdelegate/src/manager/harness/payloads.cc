@@ -15,13 +15,14 @@
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
 #include "scheduler/secrets.h"
+#include "util/json.h"
 #include "util/strings.h"
 
 namespace delegate::harness {
 namespace {
 
 using Value = rapidjson::Value;
-using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+using JsonWriter = json::Writer;
 
 // Iterative parsing keeps deep input off the stack; the depth limit then
 // bounds the recursive walks and writers that follow.
@@ -228,13 +229,8 @@ absl::StatusOr<Fields> TopObject(std::string_view text, std::string_view what,
 
 // ------------------------------------------------------------ JSON out
 
-void String(JsonWriter& w, std::string_view s) {
-  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
-
-void Key(JsonWriter& w, std::string_view s) {
-  w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size()));
-}
+using json::Key;
+using json::String;
 
 std::string Serialize(const Value& v) {
   rapidjson::StringBuffer buffer;
