@@ -17,8 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "benchmark/benchmark.h"
 #include "bench_support.h"
+#include "benchmark/benchmark.h"
 #include "delegate/config.h"
 #include "delegate/event_log.h"
 #include "delegate/executor.h"
@@ -93,7 +93,7 @@ class Harness {
     options.config.name = "bench";
     options.config.poll_interval = poll_interval;
     options.config.ops_bind = "127.0.0.1:0";
-    options.reap_docker_leftovers = false;
+    options.start_executors = false;
     options.log = &log_;
     server_ = std::make_unique<DelegateServer>(std::move(options), executors_,
                                                managers_);

@@ -287,14 +287,15 @@ int Serve(const Args& args) {
   options.runtime_tls_cert_file = args.runtime_tls_cert;
   options.runtime_tls_key_file = args.runtime_tls_key;
   options.runtime_client_ca_file = args.runtime_client_ca;
-  options.docker.grace_period = config->cleanup_grace_period;
+  delegate::DockerExecutorOptions docker;
+  docker.grace_period = config->cleanup_grace_period;
   delegate::ExecutorRegistry executors;
   delegate::HostExecutorOptions host;
   host.workdir = config->workdir;
   host.grace_period = config->cleanup_grace_period;
   delegate::ManagerRegistry managers;
   absl::Status s = delegate::RegisterHostExecutor(executors, host);
-  if (s.ok()) s = delegate::RegisterDockerExecutor(executors, options.docker);
+  if (s.ok()) s = delegate::RegisterDockerExecutor(executors, docker);
   if (s.ok()) s = delegate::RegisterLocalExecutor(executors);
   if (s.ok()) s = RegisterEcs(executors, config->cleanup_grace_period);
   if (s.ok()) s = delegate::RegisterHarnessManager(managers);

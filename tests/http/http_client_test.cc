@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "util/url.h"
 
 namespace delegate::http {
 namespace {

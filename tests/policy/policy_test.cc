@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "delegate/builtin_executors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -68,9 +69,26 @@ std::vector<std::string> Where(const std::vector<PolicyViolation>& vs) {
   return out;
 }
 
+// The built-in executors as the delegate registers them, each with its
+// platform's profile.
+const ExecutorRegistry& Builtins() {
+  static const ExecutorRegistry* registry = [] {
+    auto* r = new ExecutorRegistry;
+    EXPECT_TRUE(RegisterHostExecutor(*r, {}).ok());
+    EXPECT_TRUE(RegisterDockerExecutor(*r, {}).ok());
+    EXPECT_TRUE(RegisterEcsExecutors(*r, {}).ok());
+    return r;
+  }();
+  return *registry;
+}
+
+const PlatformProfile* FindPlatformProfile(std::string_view name) {
+  return Builtins().Profile(name);
+}
+
 std::vector<PolicyViolation> Check(const Stage& stage,
                                    const OperatorPolicy& policy = {}) {
-  return CheckStagePolicy(stage, policy);
+  return CheckStagePolicy(stage, policy, FindPlatformProfile(stage.platform));
 }
 
 // ------------------------------------------------------------ basics

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "delegate/env.h"
 
 namespace delegate {
 
@@ -31,18 +32,6 @@ class SecretString {
  private:
   std::string value_;
 };
-
-// Variables as name -> value. Lookup of a name that is absent gives nullopt.
-using EnvMap = std::map<std::string, std::string, std::less<>>;
-
-// The process environment (environ) as a map.
-EnvMap ProcessEnvironment();
-
-// Reads KEY=VALUE lines: blank lines and lines starting with '#' are skipped,
-// an optional leading "export " is dropped, values may be wrapped in single or
-// double quotes. Errors name the file and line number and never echo the
-// line's value.
-absl::StatusOr<EnvMap> ReadEnvFile(const std::string& path);
 
 struct DelegateConfig {
   std::string account_id;

@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "delegate/clock.h"
+#include "delegate/event_log.h"
 #include "delegate/log_sink.h"
 #include "delegate/policy.h"
 #include "delegate/result.h"
@@ -88,6 +89,25 @@ class Executor {
 
 using ExecutorFactory = std::function<std::unique_ptr<Executor>()>;
 
+// What an executor's start-up hook is told.
+struct ExecutorStartup {
+  std::string delegate_name;
+  EventLog* log = nullptr;  // never null
+};
+
+// What a platform registers beside its factory.
+struct ExecutorTraits {
+  // What the platform can run at all (volumes, security contexts, capability
+  // names), checked against every stage before anything starts
+  // (CheckStagePolicy). nullptr: only the rules common to every platform;
+  // Executor::Validate checks the rest. REQUIRES: outlives the registry.
+  const PlatformProfile* profile = nullptr;
+  // Run once by ExecutorRegistry::Start, before the delegate takes stages:
+  // for example removing what a crashed earlier run left behind. It reports
+  // through startup.log; its failures are its own to log.
+  std::function<void(const ExecutorStartup& startup)> on_start;
+};
+
 // Executors by platform name. Thread-safe.
 class ExecutorRegistry {
  public:
@@ -96,24 +116,38 @@ class ExecutorRegistry {
   ExecutorRegistry& operator=(const ExecutorRegistry&) = delete;
 
   // AlreadyExists when the name is taken; InvalidArgument for an empty name.
-  absl::Status Register(std::string name, ExecutorFactory factory);
+  absl::Status Register(std::string name, ExecutorFactory factory,
+                        ExecutorTraits traits = {});
   // A new executor, or nullptr when no factory has that name.
   std::unique_ptr<Executor> Create(std::string_view name) const;
   bool Contains(std::string_view name) const;
+  // The platform's profile, or nullptr (unregistered, or registered without
+  // one).
+  const PlatformProfile* Profile(std::string_view name) const;
   // Sorted.
   std::vector<std::string> Names() const;
+  // Runs each on_start hook of the executors registered so far, once each
+  // over the registry's life, in the order they were registered.
+  void Start(const ExecutorStartup& startup);
 
  private:
+  struct Entry {
+    ExecutorFactory factory;
+    ExecutorTraits traits;
+    size_t order = 0;
+    bool started = false;
+  };
   mutable absl::Mutex mu_;
-  absl::flat_hash_map<std::string, ExecutorFactory> factories_
-      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);
 };
 
 // Everything that can be checked before a stage runs: its platform is
 // registered, every ${{secrets.ID}} is defined, the volume and security policy
-// of the platform and of the operator allow it (CheckStagePolicy), and the
-// platform's executor accepts it (Executor::Validate). InvalidArgument lists
-// every problem, one per line.
+// of the platform and of the operator allow it (CheckStagePolicy with the
+// platform's registered profile), and the platform's executor accepts it
+// (Executor::Validate). InvalidArgument lists every problem, one per line,
+// with the stage's secret values masked. Scheduler::Submit runs the same
+// check; this is for checking without running (`delegate validate`).
 absl::Status ValidateForPlatform(const ExecutorRegistry& registry,
                                  const Stage& stage,
                                  const OperatorPolicy& policy = {});

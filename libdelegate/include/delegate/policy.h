@@ -18,7 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "delegate/config.h"
+#include "delegate/env.h"
 #include "delegate/stage.h"
 
 namespace delegate {
@@ -93,16 +93,20 @@ inline constexpr std::string_view kPolicyMaxMemoryMibVar =
 // file, for a value from it) and what to set it to.
 absl::StatusOr<OperatorPolicy> LoadOperatorPolicy(const EnvMap& env);
 
-// What a built-in platform accepts beyond the rules common to every platform
-// (mounts name declared volumes, capability names are real, resources are
-// positive). Run-as user and group are accepted everywhere.
+// What a platform accepts beyond the rules common to every platform (mounts
+// name declared volumes, capability names are real, resources are positive).
+// Run-as user and group are accepted everywhere. An executor registers its
+// platform's profile with it (ExecutorTraits::profile).
 struct PlatformProfile {
   std::string_view name;   // the Stage::platform value, "ecs-fargate"
   std::string_view title;  // for messages, "Fargate"
   // The platform suggested when one of its rules denies something.
   std::string_view instead;
-  // False for host: steps are host processes, so a step has no image, a
-  // relative working_dir must stay inside the workspace, and a mount at an
+  // What to use for EFS when `efs` is false, for example "a container
+  // platform (docker)".
+  std::string_view efs_instead;
+  // False for platforms whose steps are host processes: a step has no image,
+  // a relative working_dir must stay inside the workspace, and a mount at an
   // absolute path must be the host_path volume's own path.
   bool containers = true;
   bool privileged = true;  // security_context.privileged: true
@@ -119,16 +123,12 @@ struct PlatformProfile {
   std::optional<int64_t> max_empty_dir_mib = std::nullopt;
 };
 
-// The profile of "host", "docker", "ecs-ec2" or "ecs-fargate"; nullptr for any
-// other name (a custom executor's platform, whose executor checks the rest in
-// Executor::Validate). The pointer is to static storage.
-const PlatformProfile* FindPlatformProfile(std::string_view platform);
-
-// Every violation of stage.platform's profile, of the rules common to every
-// platform and of `policy`, in stage order (volumes, then steps); where the
-// platform and the operator both reject a field, both are reported, the
-// platform's first. An unknown platform gets only the common rules and the
-// operator's. Empty when the stage is acceptable.
+// Every violation of `profile` (the stage's platform's; nullptr for a
+// platform without one, whose executor checks the rest in
+// Executor::Validate), of the rules common to every platform and of
+// `policy`, in stage order (volumes, then steps); where the platform and the
+// operator both reject a field, both are reported, the platform's first.
+// Empty when the stage is acceptable.
 //
 // Common to every platform: each volume_mounts[].name names a declared
 // volume; capability names are Linux capabilities (NET_ADMIN, SYS_PTRACE, ...)
@@ -140,7 +140,8 @@ const PlatformProfile* FindPlatformProfile(std::string_view platform);
 // and 17 lowercase hex digits; iam and access_point_id need
 // transit_encryption.
 std::vector<PolicyViolation> CheckStagePolicy(const Stage& stage,
-                                              const OperatorPolicy& policy);
+                                              const OperatorPolicy& policy,
+                                              const PlatformProfile* profile);
 
 // OK for no violations; otherwise InvalidArgument with each violation's
 // ToString(), one per line.

@@ -13,7 +13,6 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "delegate/builtin_executors.h"
 #include "delegate/config.h"
 #include "delegate/event_log.h"
 #include "delegate/executor.h"
@@ -44,10 +43,10 @@ struct DelegateServerOptions {
   std::string runtime_tls_cert_file;
   std::string runtime_tls_key_file;
   std::string runtime_client_ca_file;
-  // Removes containers, networks and volumes an earlier run of this
-  // delegate name left behind (after a crash) before connecting.
-  bool reap_docker_leftovers = true;
-  DockerExecutorOptions docker;
+  // Runs the executors' start-up hooks (ExecutorRegistry::Start) before
+  // connecting: "docker" removes what an earlier, crashed run of this
+  // delegate name left on the engine.
+  bool start_executors = true;
   // nullptr: EventLog::Stdout().
   EventLog* log = nullptr;
 };

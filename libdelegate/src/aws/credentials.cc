@@ -12,6 +12,7 @@
 #include "util/files.h"
 #include "util/json.h"
 #include "util/strings.h"
+#include "util/url.h"
 
 namespace delegate::aws {
 namespace {
@@ -296,7 +297,7 @@ absl::StatusOr<TimedCredentials> FetchImdsCredentials(
     return absl::UnavailableError(
         absl::StrCat(source, ": no instance profile role; attach an IAM role"));
   }
-  absl::StatusOr<http::Response> creds = get(prefix + http::UrlEncode(role));
+  absl::StatusOr<http::Response> creds = get(prefix + UrlEncode(role));
   if (!creds.ok()) {
     return absl::UnavailableError(
         absl::StrCat(source, ": ", creds.status().message()));

@@ -30,7 +30,7 @@
 #include "absl/time/time.h"
 #include "config/stage_document.h"
 #include "logs/masker.h"
-#include "scheduler/secrets.h"
+#include "stage/secrets.h"
 
 namespace delegate {
 namespace {
@@ -49,8 +49,8 @@ constexpr size_t kMaxListedSecrets = 20;
 
 using Keys = std::initializer_list<absl::string_view>;
 
-constexpr Keys kStageKeys = {"name",    "platform",        "env",
-                             "secrets", "volumes",         "steps",
+constexpr Keys kStageKeys = {"name",    "platform",         "env",
+                             "secrets", "volumes",          "steps",
                              "timeout", "reuse_containers", "tags"};
 constexpr Keys kRegistryKeys = {"server", "username", "password"};
 constexpr Keys kVolumeKeys = {"name", "empty_dir", "host_path", "efs"};

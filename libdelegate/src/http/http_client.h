@@ -136,10 +136,6 @@ class HttpClient {
   std::vector<std::unique_ptr<Handle>> idle_ ABSL_GUARDED_BY(mu_);
 };
 
-// Percent-encodes everything but RFC 3986 unreserved characters and those
-// in `keep` (e.g. "/" for a path).
-std::string UrlEncode(std::string_view s, std::string_view keep = "");
-
 }  // namespace delegate::http
 
 #endif  // DELEGATE_HTTP_HTTP_CLIENT_H_

@@ -174,17 +174,8 @@ absl::Status DelegateServer::Run() {
                         {"version", Version()},
                         {"commit", GitCommit()}});
 
-  if (options_.reap_docker_leftovers && executors_.Contains("docker")) {
-    absl::StatusOr<std::vector<std::string>> reaped =
-        ReapDockerLeftovers(options_.docker, config.name);
-    if (reaped.ok()) {
-      for (const std::string& what : *reaped) {
-        log_.Info("removed a leftover of an earlier run", {{"what", what}});
-      }
-    } else if (!absl::IsUnavailable(reaped.status())) {
-      log_.Warn("could not look for leftovers on Docker",
-                {{"error", reaped.status().message()}});
-    }
+  if (options_.start_executors) {
+    executors_.Start({.delegate_name = config.name, .log = &log_});
   }
 
   // The --manager URL's scheme names the connection ("grpc://..."); an

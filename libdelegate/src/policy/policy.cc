@@ -1,4 +1,4 @@
-// The platform profiles and CheckStagePolicy. Everything here is pure: no
+// CheckStagePolicy against a platform profile. Everything here is pure: no
 // I/O, no clock, no process state, so executors and the scheduler can call it
 // from any thread and tests need no fakes.
 #include "delegate/policy.h"
@@ -25,60 +25,6 @@ namespace delegate {
 namespace {
 
 namespace fs = std::filesystem;
-
-// ------------------------------------------------------------ profiles
-
-constexpr std::array<std::string_view, 1> kFargateCapabilityAdd = {
-    "SYS_PTRACE"};
-
-constexpr PlatformProfile kHostProfile = {
-    .name = "host",
-    .title = "host",
-    .instead = "docker",
-    .containers = false,
-    .privileged = false,
-    .read_only_root_filesystem = false,
-    .host_path = true,
-    .efs = false,
-    .capability_drop = false,
-    .any_capability_add = false,
-    .capability_add = {},
-};
-
-constexpr PlatformProfile kDockerProfile = {
-    .name = "docker",
-    .title = "Docker",
-    .instead = "",
-};
-
-constexpr PlatformProfile kEcsEc2Profile = {
-    .name = "ecs-ec2",
-    .title = "ECS on EC2",
-    .instead = "",
-};
-
-// Fargate runs tasks on hosts nobody can reach, so nothing may reach the
-// host: no privilege, no host paths, and of the capabilities only SYS_PTRACE
-// (AWS allows it for debuggers and APM agents). Ephemeral storage is
-// 21 GiB to 200 GiB.
-constexpr PlatformProfile kFargateProfile = {
-    .name = "ecs-fargate",
-    .title = "Fargate",
-    .instead = "ecs-ec2",
-    .containers = true,
-    .privileged = false,
-    .read_only_root_filesystem = true,
-    .host_path = false,
-    .efs = true,
-    .capability_drop = true,
-    .any_capability_add = false,
-    .capability_add = kFargateCapabilityAdd,
-    .min_empty_dir_mib = 21504,
-    .max_empty_dir_mib = 204800,
-};
-
-constexpr std::array<const PlatformProfile*, 4> kProfiles = {
-    &kHostProfile, &kDockerProfile, &kEcsEc2Profile, &kFargateProfile};
 
 // include/uapi/linux/capability.h as of Linux 6.x, without CAP_.
 constexpr std::array<std::string_view, 41> kLinuxCapabilities = {
@@ -264,9 +210,12 @@ class Checker {
   void CheckEfs(const EfsVolume& v, const std::string& at) {
     if (profile_ == nullptr) return;
     if (!profile_->efs) {
-      Platform(at, absl::StrCat("EFS volumes cannot be mounted on ", Title(),
-                                "; use a container platform (docker, ecs-ec2, "
-                                "ecs-fargate)"));
+      std::string message =
+          absl::StrCat("EFS volumes cannot be mounted on ", Title());
+      if (!profile_->efs_instead.empty()) {
+        absl::StrAppend(&message, "; use ", AbslView(profile_->efs_instead));
+      }
+      Platform(at, message);
       return;
     }
     if (!IsFilesystemId(v.filesystem_id)) {
@@ -310,8 +259,8 @@ class Checker {
     const bool host = profile_ != nullptr && !profile_->containers;
     if (host && !step.image.empty()) {
       Platform(at + ".image",
-               absl::StrCat("platform host runs steps as host processes; "
-                            "remove the image",
+               absl::StrCat("platform ", AbslView(profile_->name),
+                            " runs steps as host processes; remove the image",
                             OrInstead()));
     }
     CheckSecurityContext(step.security_context, at + ".security_context");
@@ -345,8 +294,9 @@ class Checker {
       auto deny = [&](const std::string& field, std::string_view what) {
         if (host) {
           Platform(at + "." + field,
-                   absl::StrCat("not supported on platform host (steps are "
-                                "host processes, not containers)",
+                   absl::StrCat("not supported on platform ",
+                                AbslView(profile_->name),
+                                " (steps are host processes, not containers)",
                                 Instead()));
         } else {
           Platform(at + "." + field,
@@ -428,8 +378,8 @@ class Checker {
     if (host == nullptr ||
         NormalizeHostPath(host->path) != NormalizeHostPath(mount.path)) {
       Platform(at + ".path",
-               absl::StrCat("platform host cannot mount at the absolute path ",
-                            mount.path,
+               absl::StrCat("platform ", AbslView(profile_->name),
+                            " cannot mount at the absolute path ", mount.path,
                             "; use a path relative to the workspace (a link "
                             "is made there), the host_path volume's own path, "
                             "or a container platform"));
@@ -480,16 +430,10 @@ std::string PolicyViolation::ToString() const {
   return absl::StrCat(field, ": ", rule, " (platform ", platform, ")");
 }
 
-const PlatformProfile* FindPlatformProfile(std::string_view platform) {
-  for (const PlatformProfile* p : kProfiles) {
-    if (p->name == platform) return p;
-  }
-  return nullptr;
-}
-
 std::vector<PolicyViolation> CheckStagePolicy(const Stage& stage,
-                                              const OperatorPolicy& policy) {
-  return Checker(stage, FindPlatformProfile(stage.platform), policy).Run();
+                                              const OperatorPolicy& policy,
+                                              const PlatformProfile* profile) {
+  return Checker(stage, profile, policy).Run();
 }
 
 absl::Status PolicyStatus(const std::vector<PolicyViolation>& violations) {

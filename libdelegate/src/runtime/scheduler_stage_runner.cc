@@ -17,7 +17,7 @@
 #include "delegate/runtime_service.h"
 #include "delegate/scheduler.h"
 #include "logs/masker.h"
-#include "scheduler/secrets.h"
+#include "stage/secrets.h"
 #include "util/strings.h"
 
 namespace delegate {
@@ -46,12 +46,6 @@ struct Counts {
   size_t running = 0;
   uint64_t completed = 0;
 };
-
-std::shared_ptr<const logs::SecretMasker> MaskerFor(const Stage& stage) {
-  std::vector<std::string> values = SecretValues(stage);
-  if (values.empty()) return nullptr;
-  return std::make_shared<logs::SecretMasker>(values);
-}
 
 std::string Masked(const std::shared_ptr<const logs::SecretMasker>& masker,
                    std::string_view text) {

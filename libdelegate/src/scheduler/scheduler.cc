@@ -14,10 +14,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
-#include "executor/validation.h"
 #include "logs/masker.h"
 #include "logs/output_pipeline.h"
-#include "scheduler/secrets.h"
+#include "stage/check.h"
+#include "stage/secrets.h"
 #include "util/strings.h"
 
 namespace delegate {
@@ -478,8 +478,7 @@ void Scheduler::Impl::WorkerLoop() {
     EntryPtr entry = PopRunnable();
     if (!entry) {
       if (shutting_down_) break;
-      if (options_.spin_when_idle && !spun && spinning_ == 0 &&
-          queued_ == 0) {
+      if (options_.spin_when_idle && !spun && spinning_ == 0 && queued_ == 0) {
         spun = true;
         // Stages often arrive in bursts: polling a little before sleeping
         // saves a futex wake per stage for both sides.

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "delegate/config.h"
+#include "delegate/env.h"
 
 namespace delegate {
 

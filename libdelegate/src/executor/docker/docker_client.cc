@@ -19,6 +19,7 @@
 #include "executor/docker/docker_stream.h"
 #include "http/http_client.h"
 #include "util/strings.h"
+#include "util/url.h"
 
 namespace delegate::docker {
 namespace {
@@ -227,12 +228,11 @@ std::string LabelFilter(const std::string& label) {
   WriteString(w, label);
   w.EndArray();
   w.EndObject();
-  return http::UrlEncode(
-      std::string_view(buffer.GetString(), buffer.GetSize()));
+  return UrlEncode(std::string_view(buffer.GetString(), buffer.GetSize()));
 }
 
 // Container ids and names, network and volume names in a URL path.
-std::string PathPart(std::string_view s) { return http::UrlEncode(s); }
+std::string PathPart(std::string_view s) { return UrlEncode(s); }
 
 // --- The client -----------------------------------------------------------
 
@@ -292,7 +292,7 @@ class EngineClient final : public DockerClient {
     const std::string what = absl::StrCat("read ", path, " from ", id);
     absl::StatusOr<http::Response> r =
         Call("GET", absl::StrCat("/containers/", PathPart(id),
-                                 "/archive?path=", http::UrlEncode(path, "")));
+                                 "/archive?path=", UrlEncode(path, "")));
     if (!r.ok()) return Transport(r.status(), what);
     if (r->status == 404) {
       return absl::NotFoundError(absl::StrCat(what, ": no such file"));
@@ -321,8 +321,7 @@ class EngineClient final : public DockerClient {
   absl::StatusOr<bool> ImageExists(const std::string& image) override {
     const std::string what = absl::StrCat("inspect image ", image);
     absl::StatusOr<http::Response> r =
-        Call("GET",
-             absl::StrCat("/images/", http::UrlEncode(image, "/:@"), "/json"));
+        Call("GET", absl::StrCat("/images/", UrlEncode(image, "/:@"), "/json"));
     if (!r.ok()) return Transport(r.status(), what);
     if (r->status == 200) return true;
     if (r->status == 404) return false;
@@ -335,8 +334,8 @@ class EngineClient final : public DockerClient {
     const std::string what = absl::StrCat("pull image ", image);
     auto [name, tag] = SplitReference(image);
     http::Request request = NewRequest(
-        "POST", absl::StrCat("/images/create?fromImage=", http::UrlEncode(name),
-                             "&tag=", http::UrlEncode(tag)));
+        "POST", absl::StrCat("/images/create?fromImage=", UrlEncode(name),
+                             "&tag=", UrlEncode(tag)));
     request.timeout = kPullTimeout;
     if (auth != nullptr) {
       request.headers.emplace_back("X-Registry-Auth", EncodeAuth(*auth, name));
@@ -488,7 +487,7 @@ class EngineClient final : public DockerClient {
 
     std::string path = "/containers/create";
     if (!spec.name.empty()) {
-      absl::StrAppend(&path, "?name=", http::UrlEncode(spec.name));
+      absl::StrAppend(&path, "?name=", UrlEncode(spec.name));
     }
     const std::string what = absl::StrCat(
         "create container ", spec.name.empty() ? spec.image : spec.name);

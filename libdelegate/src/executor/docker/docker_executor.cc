@@ -1,6 +1,8 @@
 // The Docker executor: a stage becomes a bridge network, named volumes and
 // one container per step on a Docker Engine, all labelled so that cleanup,
 // and the reaper after a crash, find them again.
+#include "delegate/docker_executor.h"
+
 #include <stdlib.h>
 
 #include <algorithm>
@@ -14,7 +16,6 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
-#include "delegate/builtin_executors.h"
 #include "executor/docker/docker_client.h"
 #include "executor/names.h"
 #include "executor/outputs.h"
@@ -643,10 +644,40 @@ absl::Status DockerExecutor::Cleanup(const StageContext& ctx) {
 
 absl::Status RegisterDockerExecutor(ExecutorRegistry& registry,
                                     DockerExecutorOptions options) {
-  auto shared = std::make_shared<DockerShared>(std::move(options));
-  return registry.Register("docker", [shared]() -> std::unique_ptr<Executor> {
-    return std::make_unique<DockerExecutor>(shared);
-  });
+  auto shared = std::make_shared<DockerShared>(options);
+  ExecutorTraits traits;
+  traits.profile = &DockerPlatformProfile();
+  // What a crashed earlier run of this delegate name left on the engine goes
+  // before the first stage. No engine is no error: the delegate may run host
+  // steps only.
+  traits.on_start = [options](const ExecutorStartup& startup) {
+    absl::StatusOr<std::vector<std::string>> reaped =
+        ReapDockerLeftovers(options, startup.delegate_name);
+    if (reaped.ok()) {
+      for (const std::string& what : *reaped) {
+        startup.log->Info("removed a leftover of an earlier run",
+                          {{"what", what}});
+      }
+    } else if (!absl::IsUnavailable(reaped.status())) {
+      startup.log->Warn("could not look for leftovers on Docker",
+                        {{"error", reaped.status().message()}});
+    }
+  };
+  return registry.Register(
+      "docker",
+      [shared]() -> std::unique_ptr<Executor> {
+        return std::make_unique<DockerExecutor>(shared);
+      },
+      std::move(traits));
+}
+
+const PlatformProfile& DockerPlatformProfile() {
+  static constexpr PlatformProfile kProfile = {
+      .name = "docker",
+      .title = "Docker",
+      .instead = "",
+  };
+  return kProfile;
 }
 
 absl::StatusOr<std::vector<std::string>> ReapDockerLeftovers(

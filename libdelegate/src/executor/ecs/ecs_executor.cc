@@ -7,6 +7,8 @@
 // cancel stop it with StopTask; cleanup stops stragglers and deregisters and
 // deletes the stage's task definitions, and the first stage removes what a
 // crashed earlier run of the same instance left.
+#include "delegate/ecs_executor.h"
+
 #include <unistd.h>
 
 #include <atomic>
@@ -31,7 +33,6 @@
 #include "aws/logs_client.h"
 #include "aws/sigv4.h"
 #include "aws/task_metadata.h"
-#include "delegate/builtin_executors.h"
 #include "executor/ecs/task_definition.h"
 #include "http/http_client.h"
 #include "rapidjson/document.h"
@@ -1047,13 +1048,19 @@ absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(const EnvMap& env) {
 absl::Status RegisterEcsExecutors(ExecutorRegistry& registry,
                                   EcsExecutorOptions options) {
   auto runtime = std::make_shared<EcsRuntime>(std::move(options));
-  absl::Status s = registry.Register("ecs-fargate", [runtime] {
-    return std::make_unique<EcsExecutor>(runtime, LaunchType::kFargate);
-  });
+  absl::Status s = registry.Register("ecs-fargate",
+                                     [runtime] {
+                                       return std::make_unique<EcsExecutor>(
+                                           runtime, LaunchType::kFargate);
+                                     },
+                                     {.profile = &FargatePlatformProfile()});
   if (!s.ok()) return s;
-  return registry.Register("ecs-ec2", [runtime] {
-    return std::make_unique<EcsExecutor>(runtime, LaunchType::kEc2);
-  });
+  return registry.Register("ecs-ec2",
+                           [runtime] {
+                             return std::make_unique<EcsExecutor>(
+                                 runtime, LaunchType::kEc2);
+                           },
+                           {.profile = &EcsEc2PlatformProfile()});
 }
 
 }  // namespace delegate

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "delegate/builtin_executors.h"
+#include "delegate/ecs_executor.h"
 #include "delegate/stage.h"
 #include "util/json.h"
 

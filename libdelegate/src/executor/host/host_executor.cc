@@ -1,5 +1,7 @@
 // The host executor: each step is a process group started by /bin/sh (or the
 // step's entrypoint) in a workspace that belongs to the stage.
+#include "delegate/host_executor.h"
+
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "delegate/builtin_executors.h"
-#include "delegate/config.h"
+#include "delegate/env.h"
 #include "executor/names.h"
 #include "executor/outputs.h"
 #include "executor/shell.h"
@@ -383,9 +384,29 @@ absl::Status RegisterHostExecutor(ExecutorRegistry& registry,
   auto shared = std::make_shared<HostShared>();
   shared->base_env = options.base_env ? *options.base_env : DefaultBaseEnv();
   shared->options = std::move(options);
-  return registry.Register("host", [shared]() -> std::unique_ptr<Executor> {
-    return std::make_unique<HostExecutor>(shared);
-  });
+  return registry.Register("host",
+                           [shared]() -> std::unique_ptr<Executor> {
+                             return std::make_unique<HostExecutor>(shared);
+                           },
+                           {.profile = &HostPlatformProfile()});
+}
+
+const PlatformProfile& HostPlatformProfile() {
+  static constexpr PlatformProfile kProfile = {
+      .name = "host",
+      .title = "host",
+      .instead = "docker",
+      .efs_instead = "a container platform (docker, ecs-ec2, ecs-fargate)",
+      .containers = false,
+      .privileged = false,
+      .read_only_root_filesystem = false,
+      .host_path = true,
+      .efs = false,
+      .capability_drop = false,
+      .any_capability_add = false,
+      .capability_add = {},
+  };
+  return kProfile;
 }
 
 }  // namespace delegate

@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "delegate/builtin_executors.h"
+#include "delegate/host_executor.h"
 #include "delegate/policy.h"
 
 namespace delegate {
@@ -34,7 +34,8 @@ class LocalExecutor final : public Executor {
       // The platform's own profile, then its executor's checks. The rules
       // common to every platform and the operator's were applied to the
       // whole stage already; the indexes here are the part's.
-      for (const PolicyViolation& v : CheckStagePolicy(part, {})) {
+      for (const PolicyViolation& v :
+           CheckStagePolicy(part, {}, registry_.Profile(platform))) {
         if (v.platform == platform) problems.push_back(v.ToString());
       }
       std::unique_ptr<Executor> e = registry_.Create(platform);

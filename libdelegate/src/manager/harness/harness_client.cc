@@ -8,11 +8,12 @@
 #include "absl/time/clock.h"
 #include "manager/tls_config.h"
 #include "util/strings.h"
+#include "util/url.h"
 
 namespace delegate::harness {
 namespace {
 
-std::string Enc(const std::string& s) { return http::UrlEncode(s); }
+std::string Enc(const std::string& s) { return UrlEncode(s); }
 
 // The first part of a response body, for an error message: a manager error
 // document says what it rejected. Bodies of manager errors hold no secrets.

@@ -4,6 +4,7 @@
 #include "absl/time/clock.h"
 #include "util/json_escape.h"
 #include "util/strings.h"
+#include "util/url.h"
 
 namespace delegate::harness {
 namespace {
@@ -29,8 +30,8 @@ std::string LineJson(std::string_view level, uint64_t pos, std::string_view out,
 
 LogServiceStream::LogServiceStream(LogService& service, TaskLogger logger)
     : service_(service), logger_(std::move(logger)) {
-  query_ = absl::StrCat("?accountID=", http::UrlEncode(logger_.account),
-                        "&key=", http::UrlEncode(logger_.key));
+  query_ = absl::StrCat("?accountID=", UrlEncode(logger_.account),
+                        "&key=", UrlEncode(logger_.key));
 }
 
 void LogServiceStream::Append(const LogLine& line) {

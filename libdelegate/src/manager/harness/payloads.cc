@@ -14,7 +14,7 @@
 #include "rapidjson/error/en.h"
 #include "rapidjson/stringbuffer.h"
 #include "rapidjson/writer.h"
-#include "scheduler/secrets.h"
+#include "stage/secrets.h"
 #include "util/json.h"
 #include "util/strings.h"
 

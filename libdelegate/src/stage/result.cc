@@ -1,4 +1,4 @@
-#include "delegate/result.h"
+#include "stage/result.h"
 
 #include <algorithm>
 
@@ -106,6 +106,25 @@ std::string FormatSummary(const StageResult& result) {
       seconds(result.duration),
       result.error.empty() ? "" : absl::StrCat(" (", result.error, ")"), "\n");
   return out;
+}
+
+StageResult NotRunResult(std::string task_id, const Stage& stage,
+                         StepStatus status, std::string why,
+                         const std::string& step_why) {
+  StageResult result;
+  result.task_id = std::move(task_id);
+  result.stage = stage.name;
+  result.status = status;
+  result.error = std::move(why);
+  result.steps.reserve(stage.steps.size());
+  for (const Step& step : stage.steps) {
+    StepResult r;
+    r.id = step.id;
+    r.status = StepStatus::kSkipped;
+    r.error = step_why;
+    result.steps.push_back(std::move(r));
+  }
+  return result;
 }
 
 }  // namespace delegate

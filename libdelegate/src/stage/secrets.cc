@@ -1,4 +1,4 @@
-#include "scheduler/secrets.h"
+#include "stage/secrets.h"
 
 #include <optional>
 
@@ -172,6 +172,12 @@ absl::Status ResolveStage(Stage& stage) {
     }
   }
   return absl::OkStatus();
+}
+
+std::shared_ptr<const logs::SecretMasker> MaskerFor(const Stage& stage) {
+  std::vector<std::string> values = SecretValues(stage);
+  if (values.empty()) return nullptr;
+  return std::make_shared<logs::SecretMasker>(values);
 }
 
 }  // namespace delegate

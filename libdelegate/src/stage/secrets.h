@@ -1,15 +1,17 @@
 // ${{secrets.ID}} references in step fields.
-#ifndef DELEGATE_SCHEDULER_SECRETS_H_
-#define DELEGATE_SCHEDULER_SECRETS_H_
+#ifndef DELEGATE_STAGE_SECRETS_H_
+#define DELEGATE_STAGE_SECRETS_H_
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "delegate/stage.h"
+#include "logs/masker.h"
 
 namespace delegate {
 
@@ -32,6 +34,9 @@ absl::StatusOr<std::string> SubstituteSecrets(
 // secret it names).
 std::vector<std::string> SecretValues(const Stage& stage);
 
+// A masker of SecretValues(stage), or null when there are none.
+std::shared_ptr<const logs::SecretMasker> MaskerFor(const Stage& stage);
+
 // Turns `stage` into what executors see: in every step, the stage env merged
 // under the step's envs, and secrets substituted in envs, commands, entrypoint
 // and args. On error `stage` may be partly resolved.
@@ -39,4 +44,4 @@ absl::Status ResolveStage(Stage& stage);
 
 }  // namespace delegate
 
-#endif  // DELEGATE_SCHEDULER_SECRETS_H_
+#endif  // DELEGATE_STAGE_SECRETS_H_

@@ -1,0 +1,43 @@
+// The "docker" executor (target delegate::docker): every step in a container
+// on a Docker Engine.
+#ifndef DELEGATE_DOCKER_EXECUTOR_H_
+#define DELEGATE_DOCKER_EXECUTOR_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "delegate/executor.h"
+#include "delegate/policy.h"
+
+namespace delegate {
+
+struct DockerExecutorOptions {
+  // Where the Docker Engine listens: "unix:///path" or "tcp://host:port".
+  // Empty: $DOCKER_HOST, or unix:///var/run/docker.sock.
+  std::string docker_host;
+  // A stopped step's container gets SIGTERM, then SIGKILL after this long.
+  absl::Duration grace_period = absl::Seconds(10);
+};
+
+// Registers "docker": every step runs in a container of its image, on a
+// network of the stage's own, with the stage's volumes; all of it labelled
+// with the delegate name, stage and task id, and removed at cleanup. The
+// daemon is contacted at the first stage, not here.
+absl::Status RegisterDockerExecutor(ExecutorRegistry& registry,
+                                    DockerExecutorOptions options);
+
+// Removes what an earlier run of the delegate `delegate_name` left on the
+// Docker Engine (after a crash or SIGKILL) and returns what it removed, one
+// "container 0123456789ab" / "network ..." / "volume ..." each.
+absl::StatusOr<std::vector<std::string>> ReapDockerLeftovers(
+    const DockerExecutorOptions& options, const std::string& delegate_name);
+
+// What "docker" runs: everything the policy knows.
+const PlatformProfile& DockerPlatformProfile();
+
+}  // namespace delegate
+
+#endif  // DELEGATE_DOCKER_EXECUTOR_H_

@@ -1,0 +1,66 @@
+#include "stage/check.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "stage/secrets.h"
+#include "util/strings.h"
+
+namespace delegate {
+namespace {
+
+absl::Status Masked(const absl::Status& status,
+                    const std::shared_ptr<const logs::SecretMasker>& masker) {
+  if (status.ok() || masker == nullptr) return status;
+  return absl::Status(status.code(), masker->Mask(StdView(status.message())));
+}
+
+}  // namespace
+
+absl::Status CheckResolvedStage(const ExecutorRegistry& registry,
+                                Executor* executor, const Stage& resolved,
+                                const OperatorPolicy& policy) {
+  std::vector<std::string> problems;
+  for (const PolicyViolation& v : CheckStagePolicy(
+           resolved, policy, registry.Profile(resolved.platform))) {
+    problems.push_back(v.ToString());
+  }
+  if (!executor) {
+    problems.push_back(absl::StrCat(
+        "platform: no executor is registered for '", resolved.platform,
+        "'; registered: ", absl::StrJoin(registry.Names(), ", ")));
+  } else if (absl::Status s = executor->Validate(resolved); !s.ok()) {
+    problems.push_back(std::string(s.message()));
+  }
+  if (problems.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
+}
+
+absl::StatusOr<PreparedStage> PrepareStage(const ExecutorRegistry& registry,
+                                           Stage stage,
+                                           const OperatorPolicy& policy) {
+  PreparedStage prepared;
+  prepared.masker = MaskerFor(stage);
+  if (absl::Status s = ResolveStage(stage); !s.ok()) {
+    return Masked(s, prepared.masker);
+  }
+  prepared.executor = registry.Create(stage.platform);
+  if (absl::Status s =
+          CheckResolvedStage(registry, prepared.executor.get(), stage, policy);
+      !s.ok()) {
+    return Masked(s, prepared.masker);
+  }
+  prepared.stage = std::move(stage);
+  return prepared;
+}
+
+absl::Status ValidateForPlatform(const ExecutorRegistry& registry,
+                                 const Stage& stage,
+                                 const OperatorPolicy& policy) {
+  return PrepareStage(registry, stage, policy).status();
+}
+
+}  // namespace delegate
