@@ -100,10 +100,8 @@ void RunStages(benchmark::State& state, const Stage& stage) {
     state.SkipWithError(std::string(s.message()).c_str());
     return;
   }
-  NullSink sink;
   SchedulerOptions options;
   options.registry = &registry;
-  options.log_sink = &sink;
   options.delegate_name = "docker-bench-" + std::to_string(getpid());
   Scheduler scheduler(options);
   int64_t next = 0;
@@ -112,7 +110,8 @@ void RunStages(benchmark::State& state, const Stage& stage) {
     StageTask task;
     task.id = absl::StrCat("bench-", next++);
     task.stage = stage;
-    task.on_done = [&done](const StageResult& r) { done.set_value(r); };
+    task.observer = ObserveWith(
+        {.done = [&done](const StageResult& r) { done.set_value(r); }});
     if (absl::Status s = scheduler.Submit(std::move(task)); !s.ok()) {
       state.SkipWithError(std::string(s.message()).c_str());
       break;

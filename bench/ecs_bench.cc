@@ -77,7 +77,6 @@ void BM_EcsStep(benchmark::State& state) {
   FirstLineSink sink;
   SchedulerOptions sched;
   sched.registry = &registry;
-  sched.log_sink = &sink;
   sched.delegate_name = "bench";
   Scheduler scheduler(sched);
 
@@ -101,10 +100,12 @@ void BM_EcsStep(benchmark::State& state) {
       task.id = "bench-" + std::to_string(next++);
       ids.push_back(task.id);
       task.stage = stage;
-      task.on_done = [&done, i](const StageResult& r) {
-        (void)r;
-        done[i].set_value(absl::Now());
-      };
+      task.observer = ObserveWith({.done =
+                                       [&done, i](const StageResult& r) {
+                                         (void)r;
+                                         done[i].set_value(absl::Now());
+                                       },
+                                   .log = &sink});
       if (!scheduler.Submit(std::move(task)).ok()) {
         state.SkipWithError("Submit");
         return;

@@ -23,6 +23,7 @@
 #include "bench_support.h"
 #include "benchmark/benchmark.h"
 #include "delegate/config.h"
+#include "delegate/delegate_session.h"
 #include "delegate/event_log.h"
 #include "delegate/executor.h"
 #include "delegate/manager.h"
@@ -63,9 +64,19 @@ class GrpcRig {
       DelegateConfig& config = configs_.emplace_back();
       config.name = absl::StrCat("bench-", i);
       config.parallel_workers = kCreditPerDelegate;
-      ManagerEnvironment env{config,   executors_, OperatorPolicy{},
-                             quiet_,   metrics_.emplace_back(),
-                             console_, Clock::Real(),
+      // Each delegate's own scheduler, as DelegateServer makes one.
+      SchedulerOptions scheduling;
+      scheduling.registry = &executors_;
+      scheduling.delegate_name = config.name;
+      scheduling.spin_when_idle = false;
+      Scheduler& scheduler = schedulers_.emplace_back(scheduling);
+      ManagerEnvironment env{config,
+                             executors_,
+                             scheduler,
+                             quiet_,
+                             metrics_.emplace_back(),
+                             console_,
+                             Clock::Real(),
                              "grpc://" + manager_->address()};
       absl::StatusOr<std::unique_ptr<ManagerConnection>> c =
           managers_.Create("grpc", env);
@@ -121,6 +132,7 @@ class GrpcRig {
   ManagerRegistry managers_;
   std::deque<DelegateConfig> configs_;
   std::deque<Metrics> metrics_;
+  std::deque<Scheduler> schedulers_;  // outlive the connections
   std::unique_ptr<reference::SessionManager> manager_;
   std::vector<std::unique_ptr<ManagerConnection>> connections_;
   std::vector<std::thread> threads_;

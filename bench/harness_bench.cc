@@ -22,6 +22,7 @@
 #include "delegate/config.h"
 #include "delegate/event_log.h"
 #include "delegate/executor.h"
+#include "delegate/harness.h"
 #include "delegate/manager.h"
 #include "delegate/server.h"
 #include "reference_manager.h"

@@ -10,8 +10,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "benchmark/benchmark.h"
 #include "bench_support.h"
+#include "benchmark/benchmark.h"
 #include "delegate/builtin_executors.h"
 #include "delegate/scheduler.h"
 
@@ -50,14 +50,15 @@ void BM_SchedulerDispatch(benchmark::State& state) {
   ExecutorRegistry registry;
   (void)registry.Register("noop",
                           [] { return std::make_unique<NoopExecutor>(); });
-  NullSink sink;
   SchedulerOptions options;
   options.registry = &registry;
-  options.log_sink = &sink;
   if (state.range(0) > 0) options.max_stages = static_cast<int>(state.range(0));
   Scheduler scheduler(options);
   const Stage stage = bench::NoopStage();
   Countdown countdown;
+  // One observer for every stage, as a source that counts results would.
+  const std::shared_ptr<StageObserver> observer = ObserveWith(
+      {.done = [&countdown](const StageResult&) { countdown.Done(); }});
   int64_t next = 0;
   // range(1): how many tasks go to the scheduler per call (1: Submit, more:
   // SubmitAll, as a poll that returns several events would).
@@ -69,7 +70,7 @@ void BM_SchedulerDispatch(benchmark::State& state) {
       StageTask task;
       task.id = absl::StrCat("t", next++);
       task.stage = stage;
-      task.on_done = [&countdown](const StageResult&) { countdown.Done(); };
+      task.observer = observer;
       if (per_call == 1) {
         if (!scheduler.Submit(std::move(task)).ok()) {
           state.SkipWithError("submit failed");
@@ -201,10 +202,8 @@ void BM_HostStepThroughScheduler(benchmark::State& state) {
   HostExecutorOptions host;
   host.workdir = std::filesystem::temp_directory_path() / "delegate-bench";
   (void)RegisterHostExecutor(registry, host);
-  NullSink sink;
   SchedulerOptions options;
   options.registry = &registry;
-  options.log_sink = &sink;
   Scheduler scheduler(options);
   const Stage stage = TrueStage(0);
   int64_t next = 0;
@@ -213,7 +212,8 @@ void BM_HostStepThroughScheduler(benchmark::State& state) {
     StageTask task;
     task.id = absl::StrCat("h", next++);
     task.stage = stage;
-    task.on_done = [&done](const StageResult& r) { done.set_value(r); };
+    task.observer = ObserveWith(
+        {.done = [&done](const StageResult& r) { done.set_value(r); }});
     (void)scheduler.Submit(std::move(task));
     if (done.get_future().get().status != StepStatus::kSuccess) {
       state.SkipWithError("step failed");

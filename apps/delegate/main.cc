@@ -3,12 +3,12 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <future>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "delegate/builtin_executors.h"
+#include "delegate/builtins.h"
 #include "delegate/config.h"
 #include "delegate/console_log_sink.h"
 #include "delegate/event_log.h"
@@ -26,6 +27,7 @@
 #include "delegate/scheduler.h"
 #include "delegate/server.h"
 #include "delegate/stage_file.h"
+#include "delegate/stage_run.h"
 #include "delegate/version.h"
 
 namespace {
@@ -258,16 +260,6 @@ class SignalWatcher {
   std::thread thread_;
 };
 
-// "ecs-fargate" and "ecs-ec2", configured from DELEGATE_ECS_* and AWS_*.
-absl::Status RegisterEcs(delegate::ExecutorRegistry& registry,
-                         absl::Duration grace_period) {
-  absl::StatusOr<delegate::EcsExecutorOptions> ecs =
-      delegate::LoadEcsExecutorOptions(delegate::ProcessEnvironment());
-  if (!ecs.ok()) return ecs.status();
-  ecs->grace_period = grace_period;
-  return delegate::RegisterEcsExecutors(registry, *std::move(ecs));
-}
-
 int Serve(const Args& args) {
   absl::StatusOr<delegate::DelegateConfig> config =
       Configure(args, args.manager.empty() ? delegate::ConfigNeed::kServer
@@ -287,20 +279,11 @@ int Serve(const Args& args) {
   options.runtime_tls_cert_file = args.runtime_tls_cert;
   options.runtime_tls_key_file = args.runtime_tls_key;
   options.runtime_client_ca_file = args.runtime_client_ca;
-  delegate::DockerExecutorOptions docker;
-  docker.grace_period = config->cleanup_grace_period;
   delegate::ExecutorRegistry executors;
-  delegate::HostExecutorOptions host;
-  host.workdir = config->workdir;
-  host.grace_period = config->cleanup_grace_period;
   delegate::ManagerRegistry managers;
-  absl::Status s = delegate::RegisterHostExecutor(executors, host);
-  if (s.ok()) s = delegate::RegisterDockerExecutor(executors, docker);
-  if (s.ok()) s = delegate::RegisterLocalExecutor(executors);
-  if (s.ok()) s = RegisterEcs(executors, config->cleanup_grace_period);
-  if (s.ok()) s = delegate::RegisterHarnessManager(managers);
-  if (s.ok()) s = delegate::RegisterGrpcManager(managers);
-  if (!s.ok()) {
+  if (absl::Status s = delegate::RegisterBuiltins(
+          *config, delegate::ProcessEnvironment(), executors, &managers);
+      !s.ok()) {
     fprintf(stderr, "delegate: %s\n", std::string(s.message()).c_str());
     return kExitInvalid;
   }
@@ -369,85 +352,71 @@ int Run(const Args& args) {
   std::optional<delegate::OperatorPolicy> policy = LoadPolicyOrSay();
   if (!policy) return kExitInvalid;
   delegate::ExecutorRegistry registry;
-  delegate::HostExecutorOptions host;
-  host.workdir = config->workdir;
-  host.grace_period = config->cleanup_grace_period;
-  if (absl::Status s = delegate::RegisterHostExecutor(registry, host);
-      !s.ok() ||
-      !(s = delegate::RegisterDockerExecutor(registry, docker)).ok() ||
-      !(s = RegisterEcs(registry, config->cleanup_grace_period)).ok()) {
+  if (absl::Status s = delegate::RegisterBuiltins(
+          *config, delegate::ProcessEnvironment(), registry, nullptr);
+      !s.ok()) {
     fprintf(stderr, "delegate: %s\n", std::string(s.message()).c_str());
     return kExitInvalid;
   }
-  if (absl::Status s = delegate::ValidateForPlatform(registry, *stage, *policy);
-      !s.ok()) {
+  auto refused = [&](const absl::Status& s) {
     for (absl::string_view line : absl::StrSplit(s.message(), '\n')) {
       fprintf(stderr, "%s: %s\n", args.file.c_str(), std::string(line).c_str());
     }
     return kExitInvalid;
-  }
+  };
   if (args.command == "validate") {
+    if (absl::Status s =
+            delegate::ValidateForPlatform(registry, *stage, *policy);
+        !s.ok()) {
+      return refused(s);
+    }
     printf("%s: stage %s is valid for platform %s (%zu steps)\n",
            args.file.c_str(), stage->name.c_str(), stage->platform.c_str(),
            stage->steps.size());
     return kExitOk;
   }
 
-  // SIGTERM and SIGINT are taken by one thread with sigwait; every other
-  // thread, and so every child, starts with them blocked (children reset it).
-  // SIGUSR1 tells that thread the stage is over.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Every thread but the watcher's, and so every child, starts with SIGTERM
+  // and SIGINT blocked (children reset it): made before the scheduler.
+  std::atomic<delegate::StageRun*> current{nullptr};
+  std::optional<SignalWatcher> signals;
+  signals.emplace([&](int signal, int count) {
+    delegate::StageRun* run = current.load();
+    if (run == nullptr) return;
+    if (count == 0) {
+      fprintf(stderr,
+              "delegate: %s received: finishing the stage (up to %s), then "
+              "cleaning up; send it again to cancel now\n",
+              strsignal(signal), absl::FormatDuration(args.drain).c_str());
+    } else {
+      fprintf(stderr, "delegate: %s received again: cancelling\n",
+              strsignal(signal));
+    }
+    run->Interrupt(args.drain);
+  });
 
   delegate::ConsoleLogSink sink(stdout);
   delegate::SchedulerOptions options;
   options.registry = &registry;
-  options.log_sink = &sink;
   options.delegate_name = config->name;
   options.max_stages = config->max_stages;
   options.policy = *policy;
   delegate::Scheduler scheduler(options);
 
-  std::promise<delegate::StageResult> done;
-  std::future<delegate::StageResult> result = done.get_future();
   delegate::StageTask task;
   task.id = TaskIdFor(*stage);
-  const std::string task_id = task.id;
   task.stage = *std::move(stage);
-  task.on_done = [&done](const delegate::StageResult& r) { done.set_value(r); };
-  if (absl::Status s = scheduler.Submit(std::move(task)); !s.ok()) {
-    fprintf(stderr, "delegate: %s\n", std::string(s.message()).c_str());
-    return kExitInvalid;
+  task.observer = delegate::ObserveWith({.log = &sink});
+  delegate::StageResult final_result;
+  {
+    // The stage is checked (policy included) when it is submitted.
+    delegate::StageRun run(scheduler, std::move(task));
+    if (!run.submitted().ok()) return refused(run.submitted());
+    current = &run;
+    final_result = run.Wait();
+    signals.reset();  // no signal reaches `run` from here on
   }
-
-  std::thread drain_thread;
-  std::thread signal_thread([&, signals] {
-    int received = 0;
-    for (int count = 0;; ++count) {
-      if (sigwait(&signals, &received) != 0) continue;
-      if (received == SIGUSR1) return;
-      if (count == 0) {
-        fprintf(stderr,
-                "delegate: %s received: finishing the stage (up to %s), then "
-                "cleaning up; send it again to cancel now\n",
-                strsignal(received), absl::FormatDuration(args.drain).c_str());
-        drain_thread = std::thread([&] { scheduler.Shutdown(args.drain); });
-      } else {
-        fprintf(stderr, "delegate: %s received again: cancelling\n",
-                strsignal(received));
-        (void)scheduler.Cancel(task_id);
-      }
-    }
-  });
-  delegate::StageResult final_result = result.get();
   scheduler.Shutdown(absl::ZeroDuration());
-  pthread_kill(signal_thread.native_handle(), SIGUSR1);
-  signal_thread.join();
-  if (drain_thread.joinable()) drain_thread.join();
 
   fputs("\n", stdout);
   fputs(delegate::FormatSummary(final_result).c_str(), stdout);

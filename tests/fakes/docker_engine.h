@@ -83,7 +83,6 @@ class DockerStageTest : public ::testing::Test {
     ASSERT_TRUE(RegisterDockerExecutor(registry_, options).ok());
     SchedulerOptions sched;
     sched.registry = &registry_;
-    sched.log_sink = &sink_;
     sched.delegate_name = delegate_name_;
     scheduler_ = std::make_unique<Scheduler>(sched);
   }
@@ -99,7 +98,7 @@ class DockerStageTest : public ::testing::Test {
 
   StageResult Run(Stage stage) {
     return RunStage(*scheduler_, "task-" + std::to_string(next_++),
-                    std::move(stage));
+                    std::move(stage), &sink_);
   }
 
   // The lines of one step, each with its newline.

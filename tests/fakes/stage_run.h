@@ -1,43 +1,32 @@
-// A stage submitted to a Scheduler, and its result once it is done: what
-// every test that runs stages through the scheduler needs.
+// A stage run to its end through a Scheduler, for tests: the library's
+// StageRun, with the test failing when the stage is refused.
 #ifndef DELEGATE_TESTS_FAKES_STAGE_RUN_H_
 #define DELEGATE_TESTS_FAKES_STAGE_RUN_H_
 
-#include <future>
-#include <memory>
 #include <string>
+#include <utility>
 
 #include "delegate/scheduler.h"
+#include "delegate/stage_run.h"
 #include "gtest/gtest.h"
 
 namespace delegate::testing {
 
-class StageRun {
- public:
-  StageRun(Scheduler& scheduler, std::string id, Stage stage)
-      : done_(std::make_shared<std::promise<StageResult>>()),
-        result_(done_->get_future()) {
-    StageTask task;
-    task.id = std::move(id);
-    task.stage = std::move(stage);
-    task.on_done = [done = done_](const StageResult& r) { done->set_value(r); };
-    submitted_ = scheduler.Submit(std::move(task));
-  }
-
-  const absl::Status& submitted() const { return submitted_; }
-  // REQUIRES: submitted().ok().
-  StageResult Wait() { return result_.get(); }
-
- private:
-  std::shared_ptr<std::promise<StageResult>> done_;
-  std::future<StageResult> result_;
-  absl::Status submitted_;
-};
+// The task for `stage`, its lines going to `lines` when it is set.
+inline StageTask TaskFor(std::string id, Stage stage,
+                         LogSink* lines = nullptr) {
+  StageTask task;
+  task.id = std::move(id);
+  task.stage = std::move(stage);
+  if (lines != nullptr) task.observer = ObserveWith({.log = lines});
+  return task;
+}
 
 // Submits the stage and waits for its result; a refused submission fails
 // the test.
-inline StageResult RunStage(Scheduler& scheduler, std::string id, Stage stage) {
-  StageRun run(scheduler, std::move(id), std::move(stage));
+inline StageResult RunStage(Scheduler& scheduler, std::string id, Stage stage,
+                            LogSink* lines = nullptr) {
+  StageRun run(scheduler, TaskFor(std::move(id), std::move(stage), lines));
   EXPECT_TRUE(run.submitted().ok()) << run.submitted();
   if (!run.submitted().ok()) return {};
   return run.Wait();

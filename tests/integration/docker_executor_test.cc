@@ -191,8 +191,10 @@ TEST_F(DockerExecutorTest, TimeoutStopsTheContainerAndTheStageCleansUp) {
 }
 
 TEST_F(DockerExecutorTest, CancelStopsARunningContainer) {
-  testing::StageRun run(*scheduler_, "cancel-me",
-                        Steps({{"echo running", "sleep 300"}}));
+  StageRun run(
+      *scheduler_,
+      testing::TaskFor("cancel-me", Steps({{"echo running", "sleep 300"}}),
+                       &sink_));
   ASSERT_TRUE(run.submitted().ok());
   for (int i = 0; i < 3000 && !absl::StrContains(Text("s0"), "running"); ++i) {
     absl::SleepFor(absl::Milliseconds(10));

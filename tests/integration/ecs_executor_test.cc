@@ -76,7 +76,6 @@ class EcsExecutorTest : public ::testing::Test {
     ASSERT_TRUE(RegisterEcsExecutors(registry_, std::move(options)).ok());
     SchedulerOptions sched;
     sched.registry = &registry_;
-    sched.log_sink = &sink_;
     sched.delegate_name = "ecs-test";
     scheduler_ = std::make_unique<Scheduler>(sched);
   }
@@ -110,7 +109,7 @@ class EcsExecutorTest : public ::testing::Test {
 
   StageResult Run(Stage stage) {
     return RunStage(*scheduler_, "task-" + std::to_string(next_++),
-                    std::move(stage));
+                    std::move(stage), &sink_);
   }
 
   // Every container of every task does `b`.
@@ -193,11 +192,14 @@ TEST_F(EcsExecutorTest, PolicyIsCheckedBeforeAnyAwsCall) {
   step.security_context.add_capability = {"NET_ADMIN"};
   step.resources = {0.25, 4096};
   stage.steps = {step};
-  StageResult result = Run(stage);
-  EXPECT_EQ(result.status, StepStatus::kFailure);
-  EXPECT_THAT(result.error, HasSubstr("steps[0].security_context.privileged"));
-  EXPECT_THAT(result.error, HasSubstr("NET_ADMIN"));
-  EXPECT_THAT(result.error, HasSubstr("steps[0].resources.memory_mib"));
+  // Submit refuses the stage: the scheduler checks it before it queues it.
+  StageRun run(*scheduler_, testing::TaskFor("refused", stage, &sink_));
+  const absl::Status& refused = run.submitted();
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  EXPECT_THAT(refused.message(),
+              HasSubstr("steps[0].security_context.privileged"));
+  EXPECT_THAT(refused.message(), HasSubstr("NET_ADMIN"));
+  EXPECT_THAT(refused.message(), HasSubstr("steps[0].resources.memory_mib"));
   EXPECT_THAT(fake_->Calls(), IsEmpty());
 }
 
@@ -260,7 +262,7 @@ TEST_F(EcsExecutorTest, CancelStopsTheRunningTask) {
   Stage stage;
   stage.platform = "ecs-ec2";
   stage.steps = {Shell("long", {"sleep 600"})};
-  StageRun run(*scheduler_, "cancel-me", stage);
+  StageRun run(*scheduler_, testing::TaskFor("cancel-me", stage, &sink_));
   ASSERT_TRUE(run.submitted().ok());
   for (int i = 0; i < 200; ++i) {
     std::vector<FakeTask> tasks = fake_->Tasks();

@@ -95,10 +95,11 @@ class HostStepsTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(workdir_); }
 
+  // A scheduler whose stages (submitted with Submit) write to `sink`.
   std::unique_ptr<Scheduler> Make(LogSink& sink) {
+    lines_ = &sink;
     SchedulerOptions options;
     options.registry = &registry_;
-    options.log_sink = &sink;
     return std::make_unique<Scheduler>(options);
   }
 
@@ -108,7 +109,9 @@ class HostStepsTest : public ::testing::Test {
     StageTask task;
     task.id = id;
     task.stage = std::move(stage);
-    task.on_done = [done](const StageResult& r) { done->set_value(r); };
+    task.observer = ObserveWith(
+        {.done = [done](const StageResult& r) { done->set_value(r); },
+         .log = lines_});
     EXPECT_TRUE(scheduler.Submit(std::move(task)).ok());
     return done->get_future();
   }
@@ -137,6 +140,7 @@ class HostStepsTest : public ::testing::Test {
 
   std::string workdir_;
   ExecutorRegistry registry_;
+  LogSink* lines_ = nullptr;
 };
 
 TEST_F(HostStepsTest, RunsStepsInOneWorkspaceAndReturnsOutputs) {

@@ -120,12 +120,14 @@ class RuntimeServiceTest : public ::testing::Test {
     host.workdir = ::testing::TempDir() + "/runtime-service-test";
     host.grace_period = absl::Seconds(1);
     ASSERT_TRUE(RegisterHostExecutor(executors_, host).ok());
+    SchedulerOptions scheduling;
+    scheduling.registry = &executors_;
+    scheduling.delegate_name = "test-delegate";
+    scheduling.max_stages = 1;
+    scheduler_ = std::make_unique<Scheduler>(scheduling);
     SchedulerStageRunnerOptions options;
-    options.executors = &executors_;
-    options.delegate_name = "test-delegate";
-    options.max_stages = 1;
     options.also_log_to = &console_;
-    runner_ = std::make_unique<SchedulerStageRunner>(options);
+    runner_ = std::make_unique<SchedulerStageRunner>(*scheduler_, options);
     StartServer("127.0.0.1:0");
   }
 
@@ -226,6 +228,7 @@ class RuntimeServiceTest : public ::testing::Test {
 
   ExecutorRegistry executors_;
   RecordingLogSink console_;
+  std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<SchedulerStageRunner> runner_;
   std::unique_ptr<RuntimeServer> server_;
   std::unique_ptr<v1::RuntimeService::Stub> stub_;

@@ -154,7 +154,6 @@ class SchedulerTest : public ::testing::Test {
   std::unique_ptr<Scheduler> Make(std::optional<int> max_stages = {}) {
     SchedulerOptions options;
     options.registry = &registry_;
-    options.log_sink = &sink_;
     options.clock = &clock_;
     options.max_stages = max_stages;
     return std::make_unique<Scheduler>(options);
@@ -169,7 +168,9 @@ class SchedulerTest : public ::testing::Test {
     task.id = id;
     task.stage = std::move(stage);
     task.priority = priority;
-    task.on_done = [promise](const StageResult& r) { promise->set_value(r); };
+    task.observer = ObserveWith(
+        {.done = [promise](const StageResult& r) { promise->set_value(r); },
+         .log = &sink_});
     EXPECT_TRUE(scheduler.Submit(std::move(task)).ok());
     return promise->get_future();
   }
@@ -213,26 +214,31 @@ TEST_F(SchedulerTest, ProgressHooksReportStartStepsAndResultsInOrder) {
   auto promise = std::make_shared<std::promise<StageResult>>();
   StageTask task;
   task.id = "t1";
-  task.stage = MakeStage({MakeStep("a", "ok"), MakeStep("b", "fail"),
-                          MakeStep("c", "ok")});
-  task.on_started = [events] { events->push_back("started"); };
-  task.on_step_started = [events](const Step& step, size_t index) {
-    events->push_back(absl::StrCat("step:", step.id, ":", index));
-  };
-  task.on_step_done = [events](const StepResult& r) {
-    events->push_back(absl::StrCat("done:", r.id, ":", StepStatusName(r.status)));
-  };
-  task.on_done = [events, promise](const StageResult& r) {
-    events->push_back("finished");
-    promise->set_value(r);
-  };
+  task.stage = MakeStage(
+      {MakeStep("a", "ok"), MakeStep("b", "fail"), MakeStep("c", "ok")});
+  task.observer = ObserveWith({
+      .started = [events] { events->push_back("started"); },
+      .step_started =
+          [events](const Step& step, size_t index) {
+            events->push_back(absl::StrCat("step:", step.id, ":", index));
+          },
+      .step_done =
+          [events](const StepResult& r) {
+            events->push_back(
+                absl::StrCat("done:", r.id, ":", StepStatusName(r.status)));
+          },
+      .done =
+          [events, promise](const StageResult& r) {
+            events->push_back("finished");
+            promise->set_value(r);
+          },
+  });
   ASSERT_TRUE(scheduler->Submit(std::move(task)).ok());
   StageResult r = promise->get_future().get();
   EXPECT_EQ(r.status, StepStatus::kFailure);
   // c is skipped after b failed: it never starts and has no step hook.
-  EXPECT_THAT(*events,
-              ElementsAre("started", "step:a:0", "done:a:SUCCESS", "step:b:1",
-                          "done:b:FAILURE", "finished"));
+  EXPECT_THAT(*events, ElementsAre("started", "step:a:0", "done:a:SUCCESS",
+                                   "step:b:1", "done:b:FAILURE", "finished"));
 }
 
 TEST_F(SchedulerTest, CleanupRunsOnceWhenInitFails) {
@@ -299,7 +305,8 @@ TEST_F(SchedulerTest, SubmitAllQueuesInOrderAndReportsEachTask) {
     StageTask task;
     task.id = id;
     task.stage = MakeStage({MakeStep("a", "ok")});
-    task.on_done = [promise](const StageResult& r) { promise->set_value(r); };
+    task.observer = ObserveWith(
+        {.done = [promise](const StageResult& r) { promise->set_value(r); }});
     tasks.push_back(std::move(task));
   }
   StageTask bad;
@@ -462,11 +469,15 @@ TEST_F(SchedulerTest, UnknownSecretFailsBeforeInitialize) {
   auto scheduler = Make();
   Stage stage = MakeStage({MakeStep("a", "say:${{secrets.NOPE}}")});
   stage.secrets["API"] = "x-secret-x";
-  StageResult r = Run(*scheduler, "t1", stage).get();
-  EXPECT_EQ(r.status, StepStatus::kFailure);
-  EXPECT_THAT(r.error,
+  // Refused by Submit, which checks the whole stage before it queues it.
+  StageTask task;
+  task.id = "t1";
+  task.stage = stage;
+  absl::Status refused = scheduler->Submit(std::move(task));
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  EXPECT_THAT(refused.message(),
               HasSubstr("steps[0].commands[0]: unknown secret 'NOPE'"));
-  EXPECT_THAT(r.error, Not(HasSubstr("x-secret-x")));
+  EXPECT_THAT(refused.message(), Not(HasSubstr("x-secret-x")));
   EXPECT_TRUE(journal_.Calls().empty());
 }
 
@@ -565,9 +576,9 @@ TEST_F(SchedulerTest, ManyStagesFromManyThreadsAllCompleteOnce) {
         StageTask task;
         task.id = absl::StrCat(t, "-", i);
         task.stage = MakeStage({MakeStep("a", "ok")});
-        task.on_done = [&](const StageResult& r) {
+        task.observer = ObserveWith({.done = [&](const StageResult& r) {
           if (r.status == StepStatus::kSuccess) done.fetch_add(1);
-        };
+        }});
         ASSERT_TRUE(scheduler->Submit(std::move(task)).ok());
       }
     });
@@ -587,7 +598,7 @@ struct FedStage {
   std::future<StageResult> done;
 };
 
-FedStage OpenFed(Scheduler& scheduler, const std::string& id,
+FedStage OpenFed(Scheduler& scheduler, LogSink* lines, const std::string& id,
                  const std::string& platform = "test",
                  absl::Duration idle = absl::Hours(1)) {
   auto init = std::make_shared<std::promise<absl::Status>>();
@@ -601,7 +612,9 @@ FedStage OpenFed(Scheduler& scheduler, const std::string& id,
   task.id = id;
   task.stage = MakeStage({}, platform);
   task.feed = fed.feed;
-  task.on_done = [result](const StageResult& r) { result->set_value(r); };
+  task.observer = ObserveWith(
+      {.done = [result](const StageResult& r) { result->set_value(r); },
+       .log = lines});
   EXPECT_TRUE(scheduler.Submit(std::move(task)).ok());
   return fed;
 }
@@ -630,7 +643,7 @@ std::future<absl::Status> CloseFed(StageFeed& feed) {
 
 TEST_F(SchedulerTest, FedStageRunsStepsAsTheyArriveOnOneInstance) {
   auto scheduler = Make();
-  FedStage fed = OpenFed(*scheduler, "txn");
+  FedStage fed = OpenFed(*scheduler, &sink_, "txn");
   ASSERT_TRUE(fed.initialized.get().ok());
   StepResult a = PushStep(*fed.feed, MakeStep("a", "output:V=1")).get();
   EXPECT_EQ(a.status, StepStatus::kSuccess);
@@ -659,7 +672,7 @@ TEST_F(SchedulerTest, FedStageRunsStepsAsTheyArriveOnOneInstance) {
 
 TEST_F(SchedulerTest, FedStageReportsAFailedInitializeAndStillCleansUp) {
   auto scheduler = Make();
-  FedStage fed = OpenFed(*scheduler, "txn", "broken-init");
+  FedStage fed = OpenFed(*scheduler, &sink_, "txn", "broken-init");
   absl::Status init = fed.initialized.get();
   EXPECT_THAT(init.message(), HasSubstr("no network today"));
   EXPECT_EQ(fed.done.get().status, StepStatus::kFailure);
@@ -669,7 +682,7 @@ TEST_F(SchedulerTest, FedStageReportsAFailedInitializeAndStillCleansUp) {
 
 TEST_F(SchedulerTest, FedStepsAreMaskedAndCheckedAsTheyArrive) {
   auto scheduler = Make();
-  FedStage fed = OpenFed(*scheduler, "txn");
+  FedStage fed = OpenFed(*scheduler, &sink_, "txn");
   ASSERT_TRUE(fed.initialized.get().ok());
   StepResult said =
       PushStep(*fed.feed, MakeStep("a", "say:token=hunter2"), {"hunter2"})
@@ -688,7 +701,7 @@ TEST_F(SchedulerTest, FedStepsAreMaskedAndCheckedAsTheyArrive) {
 
 TEST_F(SchedulerTest, CancelOfAFedStageStopsTheStepAndAnswersTheQueued) {
   auto scheduler = Make();
-  FedStage fed = OpenFed(*scheduler, "txn");
+  FedStage fed = OpenFed(*scheduler, &sink_, "txn");
   ASSERT_TRUE(fed.initialized.get().ok());
   auto waiting = PushStep(*fed.feed, MakeStep("a", "wait"));
   auto queued = PushStep(*fed.feed, MakeStep("b", "ok"));
@@ -703,9 +716,9 @@ TEST_F(SchedulerTest, CancelOfAFedStageStopsTheStepAndAnswersTheQueued) {
 
 TEST_F(SchedulerTest, FedStageHoldsItsCapacitySlotUntilCleanup) {
   auto scheduler = Make(1);
-  FedStage first = OpenFed(*scheduler, "one");
+  FedStage first = OpenFed(*scheduler, &sink_, "one");
   ASSERT_TRUE(first.initialized.get().ok());
-  FedStage second = OpenFed(*scheduler, "two");
+  FedStage second = OpenFed(*scheduler, &sink_, "two");
   EXPECT_EQ(second.initialized.wait_for(std::chrono::milliseconds(50)),
             std::future_status::timeout);
   EXPECT_EQ(scheduler->stats().queued, 1u);
@@ -716,7 +729,8 @@ TEST_F(SchedulerTest, FedStageHoldsItsCapacitySlotUntilCleanup) {
 
 TEST_F(SchedulerTest, AFedStageThatHearsNothingIsCleanedUp) {
   auto scheduler = Make();
-  FedStage fed = OpenFed(*scheduler, "txn", "test", absl::Milliseconds(20));
+  FedStage fed =
+      OpenFed(*scheduler, &sink_, "txn", "test", absl::Milliseconds(20));
   ASSERT_TRUE(fed.initialized.get().ok());
   StageResult r = fed.done.get();
   EXPECT_EQ(r.status, StepStatus::kCancelled);
@@ -726,9 +740,9 @@ TEST_F(SchedulerTest, AFedStageThatHearsNothingIsCleanedUp) {
 
 TEST_F(SchedulerTest, ShutdownCancelsAFedStageWaitingForCapacity) {
   auto scheduler = Make(1);
-  FedStage first = OpenFed(*scheduler, "one");
+  FedStage first = OpenFed(*scheduler, &sink_, "one");
   ASSERT_TRUE(first.initialized.get().ok());
-  FedStage second = OpenFed(*scheduler, "two");
+  FedStage second = OpenFed(*scheduler, &sink_, "two");
   std::thread closer([&] {
     absl::SleepFor(absl::Milliseconds(20));
     first.feed->Close(nullptr);

@@ -9,12 +9,13 @@
 #include <cstdio>
 #include <functional>
 #include <initializer_list>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "delegate/log_sink.h"
 
 namespace delegate {
@@ -52,8 +53,9 @@ class EventLog {
             std::initializer_list<Field> fields);
 
  private:
-  std::function<void(std::string_view)> write_;
-  std::mutex mu_;
+  // Called under mu_: lines from many threads never interleave.
+  std::function<void(std::string_view)> write_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex mu_;
 };
 
 // A LogSink that writes each step output line as an event ("msg":"output",

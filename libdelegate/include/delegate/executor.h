@@ -105,7 +105,7 @@ struct ExecutorTraits {
   // Run once by ExecutorRegistry::Start, before the delegate takes stages:
   // for example removing what a crashed earlier run left behind. It reports
   // through startup.log; its failures are its own to log.
-  std::function<void(const ExecutorStartup& startup)> on_start;
+  std::function<void(const ExecutorStartup& startup)> on_start = nullptr;
 };
 
 // Executors by platform name. Thread-safe.

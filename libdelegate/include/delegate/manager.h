@@ -22,16 +22,19 @@
 #include "delegate/executor.h"
 #include "delegate/log_sink.h"
 #include "delegate/metrics.h"
-#include "delegate/policy.h"
+#include "delegate/scheduler.h"
 
 namespace delegate {
 
-// What a connection builds its runtime from. References outlive the
-// connection.
+// What a connection works with. References outlive the connection.
 struct ManagerEnvironment {
   const DelegateConfig& config;
   ExecutorRegistry& executors;
-  OperatorPolicy policy;
+  // The delegate's one scheduler, shared with RuntimeService: MAX_STAGES
+  // holds for the whole delegate, and the operator policy is applied there.
+  // A connection submits through a StageGroup of its own, and cancels and
+  // waits for its own stages before it returns from Run or is destroyed.
+  Scheduler& scheduler;
   EventLog& log;
   Metrics& metrics;
   // Where step output goes when no log service takes it.
@@ -74,20 +77,6 @@ class ManagerRegistry {
   absl::flat_hash_map<std::string, ManagerFactory> factories_
       ABSL_GUARDED_BY(mu_);
 };
-
-// Registers "harness": the Harness Delegate 3.x REST protocol (register,
-// heartbeat, runner-events, task payloads, task-response, the log service).
-absl::Status RegisterHarnessManager(ManagerRegistry& registry);
-
-// Registers "grpc" (plaintext: loopback or a private network only) and
-// "grpcs" (TLS, trusting the system store plus HARNESS_CERTS_DIR, with
-// HARNESS_CLIENT_CERT_FILE/KEY for mutual TLS): the DelegateSession push
-// protocol of proto/delegate/v1/session.proto, for --manager
-// grpc://HOST:PORT. Pushed stages, credit flow control (MAX_STAGES slots, or
-// PARALLEL_WORKERS when unset), leases renewed on the stream with fencing,
-// reports resent until acknowledged, logs resent from the acknowledged
-// offsets after a reconnect.
-absl::Status RegisterGrpcManager(ManagerRegistry& registry);
 
 }  // namespace delegate
 

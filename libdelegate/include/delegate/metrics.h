@@ -5,10 +5,12 @@
 #define DELEGATE_METRICS_H_
 
 #include <map>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace delegate {
 
@@ -57,10 +59,10 @@ class Metrics {
     std::map<LabelValues, Series> series;
   };
   Series* Find(std::string_view name, const LabelValues& labels, Kind kind)
-      /* REQUIRES: mu_ held */;
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  mutable std::mutex mu_;
-  std::map<std::string, Family, std::less<>> families_;  // guarded by mu_
+  mutable absl::Mutex mu_;
+  std::map<std::string, Family, std::less<>> families_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace delegate

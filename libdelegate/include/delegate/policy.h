@@ -98,13 +98,13 @@ absl::StatusOr<OperatorPolicy> LoadOperatorPolicy(const EnvMap& env);
 // Run-as user and group are accepted everywhere. An executor registers its
 // platform's profile with it (ExecutorTraits::profile).
 struct PlatformProfile {
-  std::string_view name;   // the Stage::platform value, "ecs-fargate"
-  std::string_view title;  // for messages, "Fargate"
+  std::string_view name = {};   // the Stage::platform value, "ecs-fargate"
+  std::string_view title = {};  // for messages, "Fargate"
   // The platform suggested when one of its rules denies something.
-  std::string_view instead;
+  std::string_view instead = {};
   // What to use for EFS when `efs` is false, for example "a container
   // platform (docker)".
-  std::string_view efs_instead;
+  std::string_view efs_instead = {};
   // False for platforms whose steps are host processes: a step has no image,
   // a relative working_dir must stay inside the workspace, and a mount at an
   // absolute path must be the host_path volume's own path.

@@ -27,6 +27,7 @@
 #include "delegate/log_sink.h"
 #include "delegate/policy.h"
 #include "delegate/result.h"
+#include "delegate/scheduler.h"
 #include "delegate/stage.h"
 
 namespace grpc {
@@ -97,22 +98,19 @@ class StageRunner {
 };
 
 struct SchedulerStageRunnerOptions {
-  ExecutorRegistry* executors = nullptr;  // REQUIRES: non-null, outlives
-  std::string delegate_name = "harness-delegate";
-  std::optional<int> max_stages;  // MAX_STAGES
-  OperatorPolicy policy;
-  Clock* clock = nullptr;  // nullptr: Clock::Real()
   // Also receives every log line (the console), or nullptr.
   LogSink* also_log_to = nullptr;
 };
 
-// A StageRunner over a Scheduler of its own, whose MAX_STAGES slots are its
-// own too. Submit checks the stage as `delegate validate` does
-// (ValidateForPlatform) before it queues it. Log lines go to the stage's
-// StageEvents and to also_log_to.
+// A StageRunner over a Scheduler, which it may share with a manager
+// connection (its MAX_STAGES then holds for both). Submit is the scheduler's:
+// it checks the stage as `delegate validate` does before it queues it. Log
+// lines go to the stage's StageEvents and to also_log_to.
 class SchedulerStageRunner : public StageRunner {
  public:
-  explicit SchedulerStageRunner(SchedulerStageRunnerOptions options);
+  // REQUIRES: `scheduler` outlives the runner.
+  SchedulerStageRunner(Scheduler& scheduler,
+                       SchedulerStageRunnerOptions options = {});
   ~SchedulerStageRunner() override;  // Drain(absl::ZeroDuration())
 
   absl::Status Submit(std::string task_id, Stage stage, Priority priority,
@@ -121,9 +119,10 @@ class SchedulerStageRunner : public StageRunner {
                       std::string_view reason) override;
   RuntimeCapacity Capacity() const override;
   RuntimeHealth Health() const override;
-  // Takes nothing new (Submit answers Unavailable, Health kDraining), lets
-  // running stages finish for up to `drain`, then cancels them; returns once
-  // every cleanup has run. Idempotent.
+  // Takes nothing new (Submit answers Unavailable, Health kDraining),
+  // cancels its stages that wait for a slot, lets the running ones finish
+  // for up to `drain`, then cancels them; returns once every cleanup has
+  // run. Other users of the scheduler are not touched. Idempotent.
   void Drain(absl::Duration drain);
 
  private:

@@ -3,18 +3,20 @@
 #ifndef DELEGATE_SCHEDULER_H_
 #define DELEGATE_SCHEDULER_H_
 
-#include <condition_variable>
 #include <cstddef>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "delegate/clock.h"
 #include "delegate/executor.h"
@@ -27,7 +29,6 @@ namespace delegate {
 
 struct SchedulerOptions {
   ExecutorRegistry* registry = nullptr;  // REQUIRES: non-null, outlives
-  LogSink* log_sink = nullptr;           // REQUIRES: non-null, outlives
   Clock* clock = nullptr;                // nullptr: Clock::Real()
   std::string delegate_name = "harness-delegate";
   // Stages that may run at once (MAX_STAGES); unset: no limit.
@@ -84,6 +85,7 @@ class StageFeed {
   bool ended() const;
 
  private:
+  friend class StageTransaction;
   friend class Scheduler;
   struct Pending {
     Step step;
@@ -102,37 +104,83 @@ class StageFeed {
              const std::string& why);
 
   const absl::Duration idle_timeout_;
-  mutable std::mutex mu_;
-  std::condition_variable_any cv_;
-  std::function<void(const absl::Status&)> on_initialized_;  // guarded by mu_
-  std::deque<Pending> queue_;                                // guarded by mu_
-  bool closed_ = false;                                      // guarded by mu_
-  bool ended_ = false;                                       // guarded by mu_
-  absl::Status cleanup_status_;                              // guarded by mu_
-  std::vector<Cleaned> cleaned_;                             // guarded by mu_
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::function<void(const absl::Status&)> on_initialized_ ABSL_GUARDED_BY(mu_);
+  std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status cleanup_status_ ABSL_GUARDED_BY(mu_);
+  std::vector<Cleaned> cleaned_ ABSL_GUARDED_BY(mu_);
 };
 
+// Hears what happens to one submitted stage: its progress, its result and
+// every log line it writes (init, steps, cleanup), already masked. The
+// progress calls come in order from the stage's thread; Append and Close
+// (LogSink) also come from the threads that read a step's output, so they
+// are thread-safe and quick. Done comes last, exactly once: on the stage's
+// thread, or on the caller's when a queued stage is cancelled or shut down;
+// it must not call Scheduler::Shutdown. Not called at all when Submit
+// refuses the stage. One observer may serve many stages (LogLine::task_id
+// and StageResult::task_id tell them apart); its calls then come from many
+// threads at once.
+class StageObserver : public LogSink {
+ public:
+  // The stage left the queue and is about to initialize (not called for a
+  // stage that never leaves it).
+  virtual void Started() {}
+  // Before a step runs, with the step as it runs (secrets substituted, stage
+  // env merged) and its position.
+  virtual void StepStarted(const Step& step, size_t index) {
+    (void)step;
+    (void)index;
+  }
+  // After each step that ran or was refused; the skipped ones appear only in
+  // the final StageResult.
+  virtual void StepDone(const StepResult& result) { (void)result; }
+  virtual void Done(const StageResult& result) = 0;
+  // LogSink: lines are dropped unless a subclass keeps them.
+  void Append(const LogLine& line) override { (void)line; }
+};
+
+// Forwards every call to another observer (none when null): the base of an
+// observer that adds to what a stage's own observer hears. Override what
+// you add to, and call the base there too.
+class ForwardingObserver : public StageObserver {
+ public:
+  explicit ForwardingObserver(std::shared_ptr<StageObserver> inner)
+      : inner_(std::move(inner)) {}
+  void Started() override;
+  void StepStarted(const Step& step, size_t index) override;
+  void StepDone(const StepResult& result) override;
+  void Done(const StageResult& result) override;
+  void Append(const LogLine& line) override;
+  void Close(std::string_view task_id, std::string_view step_id) override;
+
+ private:
+  const std::shared_ptr<StageObserver> inner_;
+};
+
+// A StageObserver from functions, each optional; lines also go to `log`
+// when it is set. REQUIRES: `log` outlives the stage.
+struct StageCallbacks {
+  std::function<void()> started = nullptr;
+  std::function<void(const Step& step, size_t index)> step_started = nullptr;
+  std::function<void(const StepResult&)> step_done = nullptr;
+  std::function<void(const StageResult&)> done = nullptr;
+  LogSink* log = nullptr;
+};
+std::shared_ptr<StageObserver> ObserveWith(StageCallbacks callbacks);
+
 struct StageTask {
-  std::string id;  // unique per delivery source; a repeat is refused
+  std::string id;  // unique among the scheduler's recent ids; see Submit
   Stage stage;
   // Set for a stage whose steps arrive one by one (stage.steps is then
   // ignored); see StageFeed.
   std::shared_ptr<StageFeed> feed;
   Priority priority = Priority::kNormal;
-  // Called once with the final result, on the stage's thread (or on the
-  // caller's thread when a queued task is cancelled or shut down). Must not
-  // call back into the scheduler's Shutdown.
-  std::function<void(const StageResult&)> on_done;
-  // Progress, for a watcher (RuntimeService, a manager session). Each is
-  // optional and called on the stage's thread, in order, before on_done:
-  // on_started when the stage leaves the queue (before initialize; not for a
-  // stage that never leaves it), on_step_started before a step runs (with the
-  // step as resolved, secrets still as references), on_step_done with the
-  // result of each step that ran or was refused (the skipped ones appear only
-  // in the final StageResult).
-  std::function<void()> on_started;
-  std::function<void(const Step& step, size_t index)> on_step_started;
-  std::function<void(const StepResult&)> on_step_done;
+  // Hears the stage's progress, result and log lines; null: nobody does.
+  std::shared_ptr<StageObserver> observer;
 };
 
 struct SchedulerStats {
@@ -150,10 +198,14 @@ class Scheduler {
   // Shutdown(absl::ZeroDuration()) if it was not called.
   ~Scheduler();
 
-  // Queues a stage. Returns AlreadyExists when the task id was seen before
-  // (running, queued or among the last dedup_window finished), InvalidArgument
-  // when no executor is registered for the stage's platform, Unavailable after
-  // Shutdown began.
+  // Checks the stage and queues it. The check is the whole one a stage
+  // passes before anything of it is created (PrepareStage): its platform is
+  // registered, every ${{secrets.ID}} is defined, the platform's profile and
+  // the operator policy allow it, and its executor's Validate accepts it;
+  // InvalidArgument lists every problem, one per line, with secret values
+  // masked. AlreadyExists when the task id was seen before (running, queued
+  // or among the last dedup_window finished), Unavailable after Shutdown
+  // began. A refused stage's observer is not called.
   absl::Status Submit(StageTask task);
 
   // Submit for several tasks under one lock, for a source that receives them
@@ -162,10 +214,16 @@ class Scheduler {
   // tasks queue in the order given.
   std::vector<absl::Status> SubmitAll(std::vector<StageTask> tasks);
 
+  // Why a stage is cancelled, for its result's error.
+  enum class CancelKind {
+    kCancel,    // "cancelled"
+    kShutdown,  // "cancelled: the delegate is shutting down"
+  };
   // Cancels a queued or running stage: a queued one finishes CANCELLED at
   // once; a running one has its current step stopped, the rest skipped and
   // cleanup run. NotFound when the id is neither queued nor running.
-  absl::Status Cancel(std::string_view task_id);
+  absl::Status Cancel(std::string_view task_id,
+                      CancelKind kind = CancelKind::kCancel);
 
   // Graceful drain: takes nothing new; cancels the queued stages that wait
   // for capacity (those accepted while a slot was free still start); lets
@@ -175,10 +233,51 @@ class Scheduler {
   void Shutdown(absl::Duration drain);
 
   SchedulerStats stats() const;
+  // What the scheduler was built with.
+  const SchedulerOptions& options() const;
 
  private:
   class Impl;
   std::unique_ptr<Impl> impl_;
+};
+
+// The stages one source (a manager connection, a RuntimeService) submitted to
+// a Scheduler it shares with others: each counts from its Submit until its
+// observer's Done, so that the source can cancel its own and wait for them
+// without touching anyone else's. Thread-safe.
+class StageGroup {
+ public:
+  // REQUIRES: `scheduler` outlives the group.
+  explicit StageGroup(Scheduler& scheduler);
+  // CancelAll(kShutdown), then waits for every stage of the group.
+  ~StageGroup();
+  StageGroup(const StageGroup&) = delete;
+  StageGroup& operator=(const StageGroup&) = delete;
+
+  // Scheduler::Submit and SubmitAll for stages of this group.
+  absl::Status Submit(StageTask task);
+  std::vector<absl::Status> SubmitAll(std::vector<StageTask> tasks);
+  // Scheduler::Cancel, for a stage of this group only (NotFound otherwise).
+  absl::Status Cancel(
+      std::string_view task_id,
+      Scheduler::CancelKind kind = Scheduler::CancelKind::kCancel);
+  // Cancels every stage of the group that has not finished.
+  void CancelAll(Scheduler::CancelKind kind = Scheduler::CancelKind::kCancel);
+  // Blocks until no stage of the group is left, or `deadline` passes (real
+  // time). True when none is left.
+  bool WaitUntilEmpty(absl::Time deadline = absl::InfiniteFuture());
+  // Stages submitted and not yet done.
+  size_t size() const;
+  Scheduler& scheduler() { return scheduler_; }
+
+ private:
+  class Tracker;
+  StageTask Track(StageTask task);
+  void Untrack(const std::string& task_id);
+
+  Scheduler& scheduler_;
+  mutable absl::Mutex mu_;
+  absl::flat_hash_set<std::string> open_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace delegate

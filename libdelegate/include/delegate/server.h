@@ -1,18 +1,20 @@
 // `delegate server` as a library call: serves /health, /ready and /metrics,
-// clears what a crashed run left on Docker, runs a manager connection and,
-// when asked, serves RuntimeService (runtime_service.h), until it is drained.
-// A host program that embeds the runtime builds the same thing from its own
-// ExecutorRegistry and ManagerRegistry.
+// runs the executors' start-up hooks, runs a manager connection and, when
+// asked, serves RuntimeService (runtime_service.h), until it is drained. The
+// server owns the delegate's one Scheduler: the connection and RuntimeService
+// both submit to it, so MAX_STAGES and the operator policy hold for the whole
+// delegate. A host program that embeds the runtime builds the same thing from
+// its own ExecutorRegistry and ManagerRegistry.
 #ifndef DELEGATE_SERVER_H_
 #define DELEGATE_SERVER_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "delegate/config.h"
 #include "delegate/event_log.h"
 #include "delegate/executor.h"
@@ -20,6 +22,7 @@
 #include "delegate/metrics.h"
 #include "delegate/policy.h"
 #include "delegate/runtime_service.h"
+#include "delegate/scheduler.h"
 
 namespace delegate {
 
@@ -32,11 +35,9 @@ struct DelegateServerOptions {
   // at all, only RuntimeService (runtime_listen is then required).
   std::string manager;
   // Serves RuntimeService here ("HOST:PORT" on a loopback address, port 0
-  // for a free one, or "unix:PATH"); empty: not served. Its stages run on a
-  // scheduler of their own over the same executors, with MAX_STAGES slots of
-  // their own, apart from the manager connection's: the delegate may run up
-  // to twice MAX_STAGES stages when both are busy. The bound address is
-  // logged as {"msg":"serving RuntimeService","address":...}.
+  // for a free one, or "unix:PATH"); empty: not served. Its stages share the
+  // delegate's MAX_STAGES slots with the manager connection's. The bound
+  // address is logged as {"msg":"serving RuntimeService","address":...}.
   std::string runtime_listen;
   // PEM files for RuntimeService; both set: TLS (needed on an address that
   // is not loopback). With runtime_client_ca_file too: mutual TLS.
@@ -91,12 +92,14 @@ class DelegateServer {
   // Waits for a drain, then drains the runtime and stops serving it.
   void DrainRuntime();
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool drain_requested_ = false;             // guarded by mu_
-  bool drain_forced_ = false;                // guarded by mu_; a second Drain
-  bool runtime_drained_ = false;             // guarded by mu_
-  ManagerConnection* connection_ = nullptr;  // guarded by mu_
+  // Waits are Mutex::Await on these: no condition variable to signal.
+  absl::Mutex mu_;
+  bool drain_requested_ ABSL_GUARDED_BY(mu_) = false;
+  bool drain_forced_ ABSL_GUARDED_BY(mu_) = false;  // a second Drain
+  bool runtime_drained_ ABSL_GUARDED_BY(mu_) = false;
+  ManagerConnection* connection_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // Made by Run, before anything that submits to it, and gone after them.
+  std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<SchedulerStageRunner> runtime_runner_;
   std::unique_ptr<RuntimeServer> runtime_server_;
 };

@@ -5,6 +5,8 @@ namespace delegate::logs {
 StepOutputWriter::Channel::Channel(StepOutputWriter* owner, LogStream stream)
     : lines(owner->max_line_bytes_,
             [owner, stream](std::string_view line, bool partial) {
+              // Lines come out of Write and Flush, under the lock.
+              owner->mu_.AssertHeld();
               owner->Emit(stream, line, partial);
             }),
       masked(owner->masker_,
@@ -28,14 +30,14 @@ StepOutputWriter::~StepOutputWriter() {
 
 void StepOutputWriter::Write(LogStream stream, std::string_view bytes) {
   if (bytes.empty()) return;
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   std::optional<Channel>& channel = channels_[static_cast<int>(stream)];
   if (!channel) channel.emplace(this, stream);
   channel->masked.Write(bytes);
 }
 
 void StepOutputWriter::Flush() {
-  std::lock_guard<std::mutex> lock(mu_);
+  StdMutexLock lock(&mu_);
   for (std::optional<Channel>& channel : channels_) {
     if (!channel) continue;
     channel->masked.Flush();

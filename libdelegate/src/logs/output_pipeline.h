@@ -4,13 +4,13 @@
 #define DELEGATE_LOGS_OUTPUT_PIPELINE_H_
 
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 
 #include "delegate/clock.h"
 #include "delegate/log_sink.h"
 #include "logs/masker.h"
+#include "util/mutex.h"
 
 namespace delegate::logs {
 
@@ -36,8 +36,8 @@ class StepOutputWriter final : public OutputWriter {
     MaskingStream masked;
   };
 
-  // REQUIRES: mu_ held.
-  void Emit(LogStream stream, std::string_view line, bool partial);
+  void Emit(LogStream stream, std::string_view line, bool partial)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   LogSink& sink_;
   Clock& clock_;
@@ -47,10 +47,10 @@ class StepOutputWriter final : public OutputWriter {
   const size_t max_line_bytes_;
   // A std::mutex: one is made per step, and absl::Mutex's bookkeeping on
   // destruction shows in dispatch throughput.
-  std::mutex mu_;
-  uint64_t line_number_ = 0;  // guarded by mu_
-  // Made on first use: most no-op steps never write. Guarded by mu_.
-  std::optional<Channel> channels_[3];
+  StdMutex mu_;
+  uint64_t line_number_ ABSL_GUARDED_BY(mu_) = 0;
+  // Made on first use: most no-op steps never write.
+  std::optional<Channel> channels_[3] ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace delegate::logs

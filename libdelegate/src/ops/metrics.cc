@@ -53,7 +53,7 @@ std::string Labels(const std::vector<std::string>& names,
 void Metrics::Define(std::string name, Kind kind, std::string help,
                      std::vector<std::string> label_names,
                      std::vector<double> buckets) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (families_.count(name)) return;
   families_.emplace(std::move(name), Family{kind,
                                             std::move(help),
@@ -78,7 +78,7 @@ Metrics::Series* Metrics::Find(std::string_view name, const LabelValues& labels,
 
 void Metrics::Add(std::string_view name, const LabelValues& labels,
                   double delta) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   Series* s = Find(name, labels, Kind::kCounter);
   if (!s) s = Find(name, labels, Kind::kGauge);
   if (s) s->value += delta;
@@ -86,13 +86,13 @@ void Metrics::Add(std::string_view name, const LabelValues& labels,
 
 void Metrics::Set(std::string_view name, const LabelValues& labels,
                   double value) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (Series* s = Find(name, labels, Kind::kGauge)) s->value = value;
 }
 
 void Metrics::Observe(std::string_view name, const LabelValues& labels,
                       double value) {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   Series* s = Find(name, labels, Kind::kHistogram);
   if (!s) return;
   const std::vector<double>& buckets = families_.find(name)->second.buckets;
@@ -107,7 +107,7 @@ void Metrics::Observe(std::string_view name, const LabelValues& labels,
 }
 
 double Metrics::Value(std::string_view name, const LabelValues& labels) const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = families_.find(name);
   if (it == families_.end()) return 0;
   auto s = it->second.series.find(labels);
@@ -115,7 +115,7 @@ double Metrics::Value(std::string_view name, const LabelValues& labels) const {
 }
 
 std::string Metrics::RenderPrometheus() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   std::string out;
   for (const auto& [name, family] : families_) {
     const char* type = family.kind == Kind::kCounter ? "counter"

@@ -15,7 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
-#include "delegate/config.h"
+#include "delegate/env.h"
 #include "delegate/policy.h"
 #include "policy/host_paths.h"
 #include "util/strings.h"

@@ -1,10 +1,9 @@
-// SchedulerStageRunner: a Scheduler of its own whose progress hooks and log
-// lines go to each stage's StageEvents.
+// SchedulerStageRunner: RuntimeService's stages on the delegate's scheduler,
+// each with an observer that tells its StageEvents.
 #include <algorithm>
 #include <atomic>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -23,21 +22,17 @@
 namespace delegate {
 namespace {
 
-// One stage's way to its StageEvents. Every call to `events` is made under
-// `mu`, so that calls for one stage never overlap, whichever thread (the
-// stage's, one reading a step's output, a canceller's) makes them.
-struct Route {
-  std::shared_ptr<StageEvents> events;
-  // The stage's secret values, for the cancel reason; null without secrets.
-  std::shared_ptr<const logs::SecretMasker> masker;
-  std::mutex mu;
-  // Steps whose StepFinished has been sent; the rest of StageResult.steps
-  // (skipped ones) are sent before Finished.
-  size_t steps_reported = 0;          // guarded by mu
-  std::optional<std::string> reason;  // Cancel's; guarded by mu
-  bool started = false;               // guarded by mu
-  bool finished = false;              // guarded by mu
-};
+// RuntimeService's clients choose task ids, and may use one again once the
+// service has forgotten it. On the scheduler, which may be shared with a
+// manager connection and remembers the ids it ran, each submission gets an
+// id of its own: this prefix, the task id and a number. Nothing outside
+// the runner sees it.
+constexpr std::string_view kIdPrefix = "runtime:";
+
+std::string Masked(const std::shared_ptr<const logs::SecretMasker>& masker,
+                   std::string_view text) {
+  return masker ? masker->Mask(text) : std::string(text);
+}
 
 // Stages by state, as their events tell it: a watcher that has seen
 // stage_finished finds the stage counted as completed.
@@ -47,46 +42,22 @@ struct Counts {
   uint64_t completed = 0;
 };
 
-std::string Masked(const std::shared_ptr<const logs::SecretMasker>& masker,
-                   std::string_view text) {
-  return masker ? masker->Mask(text) : std::string(text);
-}
-
 }  // namespace
 
-class SchedulerStageRunner::Impl final : public LogSink {
+class SchedulerStageRunner::Impl {
  public:
-  explicit Impl(SchedulerStageRunnerOptions options)
-      : options_(std::move(options)), scheduler_(SchedulerOptionsFor(this)) {}
+  Impl(Scheduler& scheduler, SchedulerStageRunnerOptions options)
+      : options_(std::move(options)), group_(scheduler) {}
 
   absl::Status Submit(std::string task_id, Stage stage, Priority priority,
                       std::shared_ptr<StageEvents> events);
   absl::Status Cancel(std::string_view task_id, std::string_view reason);
   RuntimeCapacity Capacity() const;
   RuntimeHealth Health() const;
-  void Drain(absl::Duration drain) {
-    draining_ = true;
-    scheduler_.Shutdown(drain);
-  }
-
-  void Append(const LogLine& line) override;
-  void Close(std::string_view task_id, std::string_view step_id) override {
-    if (options_.also_log_to) options_.also_log_to->Close(task_id, step_id);
-  }
+  void Drain(absl::Duration drain);
 
  private:
-  SchedulerOptions SchedulerOptionsFor(LogSink* sink) const {
-    SchedulerOptions s;
-    s.registry = options_.executors;
-    s.log_sink = sink;
-    s.clock = options_.clock;
-    s.delegate_name = options_.delegate_name;
-    s.max_stages = options_.max_stages;
-    s.policy = options_.policy;
-    // RuntimeService makes task ids unique and remembers the finished ones.
-    s.dedup_window = 0;
-    return s;
-  }
+  class Route;
   std::shared_ptr<Route> Find(std::string_view task_id) const {
     absl::ReaderMutexLock lock(&mu_);
     auto it = routes_.find(AbslView(task_id));
@@ -97,65 +68,91 @@ class SchedulerStageRunner::Impl final : public LogSink {
     auto it = routes_.find(task_id);
     if (it != routes_.end() && it->second.get() == route) routes_.erase(it);
   }
-  StageTask TaskFor(std::string task_id, Stage stage, Priority priority,
-                    const std::shared_ptr<Route>& route);
   template <typename F>
   void Count(F change) {
-    std::lock_guard lock(counts_mu_);
+    absl::MutexLock lock(&counts_mu_);
     change(counts_);
+  }
+  const SchedulerOptions& scheduler_options() const {
+    return group_.scheduler().options();
   }
 
   const SchedulerStageRunnerOptions options_;
   std::atomic<bool> draining_{false};
+  std::atomic<uint64_t> submissions_{0};
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Route>> routes_
       ABSL_GUARDED_BY(mu_);
-  mutable std::mutex counts_mu_;
-  Counts counts_;  // guarded by counts_mu_
-  // Last: it goes first, while the routes it calls into are still there.
-  Scheduler scheduler_;
+  mutable absl::Mutex counts_mu_;
+  Counts counts_ ABSL_GUARDED_BY(counts_mu_);
+  // Last: it goes first, cancelling and waiting for the stages whose
+  // observers use the members above.
+  mutable StageGroup group_;
 };
 
-StageTask SchedulerStageRunner::Impl::TaskFor(
-    std::string task_id, Stage stage, Priority priority,
-    const std::shared_ptr<Route>& route) {
-  StageTask task;
-  task.id = std::move(task_id);
-  task.priority = priority;
-  task.on_started = [this, route, platform = stage.platform,
-                     name = options_.delegate_name] {
-    std::lock_guard lock(route->mu);
-    route->started = true;
-    Count([](Counts& c) {
+// One stage's way to its StageEvents. Every call to `events` is made under
+// `mu_`, so that calls for one stage never overlap, whichever thread (the
+// stage's, one reading a step's output, a canceller's) makes them.
+class SchedulerStageRunner::Impl::Route final : public StageObserver {
+ public:
+  Route(Impl& runner, std::string task_id, uint64_t submission,
+        std::string platform, std::shared_ptr<StageEvents> events,
+        std::shared_ptr<const logs::SecretMasker> masker)
+      : runner_(runner),
+        task_id_(std::move(task_id)),
+        scheduler_id_(
+            absl::StrCat(AbslView(kIdPrefix), task_id_, "#", submission)),
+        platform_(std::move(platform)),
+        events_(std::move(events)),
+        masker_(std::move(masker)) {}
+
+  void Started() override {
+    absl::MutexLock lock(&mu_);
+    started_ = true;
+    runner_.Count([](Counts& c) {
       --c.queued;
       ++c.running;
     });
-    route->events->Started(platform, name);
-  };
-  task.on_step_started = [route](const Step& step, size_t) {
-    std::lock_guard lock(route->mu);
-    route->events->StepStarted(step.id,
-                               step.name.empty() ? step.id : step.name);
-  };
-  task.on_step_done = [route](const StepResult& result) {
-    std::lock_guard lock(route->mu);
-    route->events->StepFinished(result);
-    ++route->steps_reported;
-  };
-  task.on_done = [this, route, id = task.id](const StageResult& done) {
-    // No line comes after on_done; a new stage may take the id at once.
-    Unroute(id, route.get());
+    events_->Started(platform_, runner_.scheduler_options().delegate_name);
+  }
+  void StepStarted(const Step& step, size_t) override {
+    absl::MutexLock lock(&mu_);
+    events_->StepStarted(step.id, step.name.empty() ? step.id : step.name);
+  }
+  void StepDone(const StepResult& result) override {
+    absl::MutexLock lock(&mu_);
+    events_->StepFinished(result);
+    ++steps_reported_;
+  }
+  void Append(const LogLine& line) override {
+    LogLine own = line;
+    own.task_id = task_id_;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!finished_) events_->Log(own);
+    }
+    if (runner_.options_.also_log_to) runner_.options_.also_log_to->Append(own);
+  }
+  void Close(std::string_view, std::string_view step_id) override {
+    if (runner_.options_.also_log_to) {
+      runner_.options_.also_log_to->Close(task_id_, step_id);
+    }
+  }
+  void Done(const StageResult& done) override {
+    // No line comes after Done; a new stage may take the id at once.
+    runner_.Unroute(task_id_, this);
     StageResult result = done;
-    std::lock_guard lock(route->mu);
+    result.task_id = task_id_;
+    absl::MutexLock lock(&mu_);
     // The scheduler reports steps that ran in order, then the skipped ones.
-    for (size_t i = route->steps_reported; i < result.steps.size(); ++i) {
-      route->events->StepFinished(result.steps[i]);
+    for (size_t i = steps_reported_; i < result.steps.size(); ++i) {
+      events_->StepFinished(result.steps[i]);
     }
-    if (result.status == StepStatus::kCancelled && route->reason) {
-      result.error = *route->reason;
+    if (result.status == StepStatus::kCancelled && reason_) {
+      result.error = *reason_;
     }
-    route->finished = true;
-    Count([started = route->started](Counts& c) {
+    finished_ = true;
+    runner_.Count([started = started_](Counts& c) {
       if (started) {
         --c.running;
       } else {
@@ -163,11 +160,41 @@ StageTask SchedulerStageRunner::Impl::TaskFor(
       }
       ++c.completed;
     });
-    route->events->Finished(result);
-  };
-  task.stage = std::move(stage);
-  return task;
-}
+    events_->Finished(result);
+  }
+
+  // Keeps the first reason given; false once the stage has finished.
+  bool SetReason(std::string_view reason) {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return false;
+    if (!reason_) {
+      reason_ =
+          reason.empty() ? std::string("cancelled") : Masked(masker_, reason);
+    }
+    return true;
+  }
+  bool started() const {
+    absl::MutexLock lock(&mu_);
+    return started_;
+  }
+  const std::string& scheduler_id() const { return scheduler_id_; }
+
+ private:
+  Impl& runner_;
+  const std::string task_id_;
+  const std::string scheduler_id_;
+  const std::string platform_;
+  const std::shared_ptr<StageEvents> events_;
+  // The stage's secret values, for the cancel reason; null without secrets.
+  const std::shared_ptr<const logs::SecretMasker> masker_;
+  mutable absl::Mutex mu_;
+  // Steps whose StepFinished has been sent; the rest of StageResult.steps
+  // (skipped ones) are sent before Finished.
+  size_t steps_reported_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<std::string> reason_ ABSL_GUARDED_BY(mu_);  // Cancel's
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
 
 absl::Status SchedulerStageRunner::Impl::Submit(
     std::string task_id, Stage stage, Priority priority,
@@ -177,15 +204,9 @@ absl::Status SchedulerStageRunner::Impl::Submit(
         "the runtime is draining: it finishes the stages it has and takes no "
         "new ones");
   }
-  auto route = std::make_shared<Route>();
-  route->events = std::move(events);
-  route->masker = MaskerFor(stage);
-  // Refused here rather than failed after it started: nothing is created.
-  if (absl::Status s =
-          ValidateForPlatform(*options_.executors, stage, options_.policy);
-      !s.ok()) {
-    return absl::Status(s.code(), Masked(route->masker, StdView(s.message())));
-  }
+  auto route = std::make_shared<Route>(
+      *this, task_id, submissions_.fetch_add(1), stage.platform,
+      std::move(events), MaskerFor(stage));
   {
     absl::MutexLock lock(&mu_);
     if (!routes_.try_emplace(task_id, route).second) {
@@ -193,14 +214,19 @@ absl::Status SchedulerStageRunner::Impl::Submit(
           absl::StrCat("task_id: ", task_id, " is queued or running already"));
     }
   }
-  const std::string id = task_id;
+  StageTask task;
+  task.id = route->scheduler_id();
+  task.stage = std::move(stage);
+  task.priority = priority;
+  task.observer = route;
   // Counted first: a stage may start before Submit returns.
   Count([](Counts& c) { ++c.queued; });
-  absl::Status s = scheduler_.Submit(
-      TaskFor(std::move(task_id), std::move(stage), priority, route));
+  // The scheduler checks the stage as `delegate validate` does and refuses
+  // it before anything is created.
+  absl::Status s = group_.Submit(std::move(task));
   if (!s.ok()) {
     Count([](Counts& c) { --c.queued; });
-    Unroute(id, route.get());
+    Unroute(task_id, route.get());
   }
   return s;
 }
@@ -208,45 +234,58 @@ absl::Status SchedulerStageRunner::Impl::Submit(
 absl::Status SchedulerStageRunner::Impl::Cancel(std::string_view task_id,
                                                 std::string_view reason) {
   std::shared_ptr<Route> route = Find(task_id);
-  if (route) {
-    std::lock_guard lock(route->mu);
-    if (route->finished) {
-      route = nullptr;
-    } else if (!route->reason) {
-      route->reason = reason.empty() ? std::string("cancelled")
-                                     : Masked(route->masker, reason);
-    }
-  }
-  if (!route) {
+  if (!route || !route->SetReason(reason)) {
     return absl::NotFoundError(absl::StrCat("task_id: ", AbslView(task_id),
                                             " is neither queued nor running"));
   }
-  // Not under route->mu: a queued stage finishes inside this call.
-  return scheduler_.Cancel(task_id);
+  // Not under the route's lock: a queued stage finishes inside this call.
+  return group_.Cancel(route->scheduler_id());
+}
+
+void SchedulerStageRunner::Impl::Drain(absl::Duration drain) {
+  draining_ = true;
+  // The stages that wait for a slot do not start now; the running ones get
+  // `drain` to finish.
+  std::vector<std::shared_ptr<Route>> routes;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [id, route] : routes_) routes.push_back(route);
+  }
+  for (const std::shared_ptr<Route>& route : routes) {
+    if (!route->started()) {
+      (void)group_.Cancel(route->scheduler_id(),
+                          Scheduler::CancelKind::kShutdown);
+    }
+  }
+  if (!group_.WaitUntilEmpty(absl::Now() + drain)) {
+    group_.CancelAll(Scheduler::CancelKind::kShutdown);
+    group_.WaitUntilEmpty();
+  }
 }
 
 RuntimeCapacity SchedulerStageRunner::Impl::Capacity() const {
   Counts counts;
   {
-    std::lock_guard lock(counts_mu_);
+    absl::MutexLock lock(&counts_mu_);
     counts = counts_;
   }
   constexpr size_t kMax = std::numeric_limits<uint32_t>::max();
   RuntimeCapacity capacity;
-  if (options_.max_stages && *options_.max_stages > 0) {
-    capacity.max_stages = static_cast<uint32_t>(*options_.max_stages);
+  const std::optional<int>& max_stages = scheduler_options().max_stages;
+  if (max_stages && *max_stages > 0) {
+    capacity.max_stages = static_cast<uint32_t>(*max_stages);
   }
   capacity.running = static_cast<uint32_t>(std::min(counts.running, kMax));
   capacity.queued = static_cast<uint32_t>(std::min(counts.queued, kMax));
   capacity.completed = counts.completed;
-  capacity.platforms = options_.executors->Names();
+  capacity.platforms = scheduler_options().registry->Names();
   capacity.draining = draining_;
   return capacity;
 }
 
 RuntimeHealth SchedulerStageRunner::Impl::Health() const {
   RuntimeHealth health;
-  health.delegate_name = options_.delegate_name;
+  health.delegate_name = scheduler_options().delegate_name;
   if (draining_) {
     health.state = RuntimeHealth::State::kDraining;
     health.message =
@@ -255,16 +294,9 @@ RuntimeHealth SchedulerStageRunner::Impl::Health() const {
   return health;
 }
 
-void SchedulerStageRunner::Impl::Append(const LogLine& line) {
-  if (std::shared_ptr<Route> route = Find(line.task_id)) {
-    std::lock_guard lock(route->mu);
-    if (!route->finished) route->events->Log(line);
-  }
-  if (options_.also_log_to) options_.also_log_to->Append(line);
-}
-
-SchedulerStageRunner::SchedulerStageRunner(SchedulerStageRunnerOptions options)
-    : impl_(std::make_unique<Impl>(std::move(options))) {}
+SchedulerStageRunner::SchedulerStageRunner(Scheduler& scheduler,
+                                           SchedulerStageRunnerOptions options)
+    : impl_(std::make_unique<Impl>(scheduler, std::move(options))) {}
 
 SchedulerStageRunner::~SchedulerStageRunner() {
   impl_->Drain(absl::ZeroDuration());

@@ -39,41 +39,41 @@ v1::StageEvent& StageJournal::Add() {
 void StageJournal::Started(std::string_view platform,
                            std::string_view delegate_name) {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (finished_) return;
     v1::StageStarted* started = Add().mutable_stage_started();
     started->set_stage(stage_name_);
     started->set_platform(std::string(platform));
     started->set_delegate_name(std::string(delegate_name));
+    cv_.SignalAll();
   }
-  cv_.notify_all();
 }
 
 void StageJournal::StepStarted(std::string_view step_id,
                                std::string_view name) {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (finished_) return;
     v1::StepStarted* started = Add().mutable_step_started();
     started->set_step_id(std::string(step_id));
     started->set_name(std::string(name.empty() ? step_id : name));
+    cv_.SignalAll();
   }
-  cv_.notify_all();
 }
 
 void StageJournal::StepFinished(const StepResult& result) {
   v1::StepResult proto = grpcv1::ToProto(result);
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (finished_) return;
     *Add().mutable_step_finished() = std::move(proto);
+    cv_.SignalAll();
   }
-  cv_.notify_all();
 }
 
 void StageJournal::Log(const LogLine& line) {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (finished_) return;
     if (tail_open_) {
       v1::LogChunk* chunk = events_.back().mutable_log();
@@ -89,15 +89,15 @@ void StageJournal::Log(const LogLine& line) {
     grpcv1::AppendToChunk(line, event.mutable_log());
     tail_open_ = true;
     tail_bytes_ = line.text.size();
+    cv_.SignalAll();
   }
-  cv_.notify_all();
 }
 
 void StageJournal::Finished(const StageResult& result) {
   v1::StageResult proto = grpcv1::ToProto(result);
   std::function<void(const StageJournal*)> on_finished;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (finished_) return;
     finished_ = true;
     on_finished.swap(on_finished_);
@@ -106,20 +106,19 @@ void StageJournal::Finished(const StageResult& result) {
   // stages finds the bookkeeping done.
   if (on_finished) on_finished(this);
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     *Add().mutable_stage_finished() = std::move(proto);
     published_ = true;
+    cv_.SignalAll();
   }
-  cv_.notify_all();
 }
 
 StageJournal::Batch StageJournal::Read(uint64_t after, bool skip_logs,
                                        size_t max_events, absl::Duration wait) {
   Batch batch;
   batch.after = after;
-  const auto deadline =
-      std::chrono::steady_clock::now() + absl::ToChronoMilliseconds(wait);
-  std::unique_lock lock(mu_);
+  const absl::Time deadline = absl::Now() + wait;
+  absl::MutexLock lock(&mu_);
   while (true) {
     if (closed_) {
       batch.closed = true;
@@ -137,22 +136,20 @@ StageJournal::Batch StageJournal::Read(uint64_t after, bool skip_logs,
     }
     batch.done = published_ && batch.after + 1 >= next_sequence_;
     if (!batch.events.empty() || batch.done) return batch;
-    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) {
-      return batch;
-    }
+    if (cv_.WaitWithDeadline(&mu_, deadline)) return batch;
   }
 }
 
 void StageJournal::Close() {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     closed_ = true;
+    cv_.SignalAll();
   }
-  cv_.notify_all();
 }
 
 bool StageJournal::finished() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return finished_;
 }
 

@@ -5,16 +5,16 @@
 #ifndef DELEGATE_RUNTIME_STAGE_JOURNAL_H_
 #define DELEGATE_RUNTIME_STAGE_JOURNAL_H_
 
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "delegate/runtime_service.h"
 #include "delegate/v1/runtime.pb.h"
@@ -65,24 +65,23 @@ class StageJournal final : public StageEvents {
   bool finished() const;
 
  private:
-  // REQUIRES: mu_ held.
-  v1::StageEvent& Add();
+  v1::StageEvent& Add() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string task_id_;
   const std::string stage_name_;
   const size_t max_events_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<v1::StageEvent> events_;  // guarded by mu_
-  uint64_t next_sequence_ = 1;         // guarded by mu_
+  mutable absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::deque<v1::StageEvent> events_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 1;
   // The last event is a log chunk that may still grow: no reader has it.
-  bool tail_open_ = false;  // guarded by mu_
-  size_t tail_bytes_ = 0;   // guarded by mu_
+  bool tail_open_ ABSL_GUARDED_BY(mu_) = false;
+  size_t tail_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // Finished was called; then its event is in.
-  bool finished_ = false;                                 // guarded by mu_
-  bool published_ = false;                                // guarded by mu_
-  bool closed_ = false;                                   // guarded by mu_
-  std::function<void(const StageJournal*)> on_finished_;  // guarded by mu_
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool published_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void(const StageJournal*)> on_finished_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace delegate::runtime

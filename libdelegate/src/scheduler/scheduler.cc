@@ -7,24 +7,22 @@
 #include <deque>
 #include <limits>
 #include <map>
+#include <memory>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
-#include "logs/masker.h"
-#include "logs/output_pipeline.h"
+#include "scheduler/stage_transaction.h"
 #include "stage/check.h"
-#include "stage/secrets.h"
 #include "util/strings.h"
 
 namespace delegate {
 namespace {
-
-// Why a stage's stop was requested.
-enum class StopCause : int { kNone = 0, kCancel = 1, kShutdown = 2 };
 
 // A worker with nothing to do for this long leaves the pool.
 constexpr absl::Duration kIdleThreadLifetime = absl::Seconds(30);
@@ -40,118 +38,7 @@ inline void CpuRelax() {
 #endif
 }
 
-std::string Readable(absl::Duration d) {
-  return absl::FormatDuration(absl::Trunc(d, absl::Milliseconds(1)));
-}
-
 }  // namespace
-
-StageFeed::StageFeed(std::function<void(const absl::Status&)> on_initialized,
-                     absl::Duration idle_timeout)
-    : idle_timeout_(idle_timeout), on_initialized_(std::move(on_initialized)) {}
-
-absl::Status StageFeed::Push(Step step, std::vector<std::string> masks,
-                             StepDone done) {
-  {
-    std::lock_guard lock(mu_);
-    if (ended_) {
-      return absl::FailedPreconditionError(
-          "the stage has ended on this delegate (cleaned up); initialize it "
-          "again");
-    }
-    if (closed_) {
-      return absl::FailedPreconditionError(
-          "the stage's cleanup was already requested");
-    }
-    queue_.push_back({std::move(step), std::move(masks), std::move(done)});
-  }
-  cv_.notify_all();
-  return absl::OkStatus();
-}
-
-void StageFeed::Close(Cleaned cleaned) {
-  absl::Status status;
-  {
-    std::lock_guard lock(mu_);
-    closed_ = true;
-    if (!ended_) {
-      cleaned_.push_back(std::move(cleaned));
-      cv_.notify_all();
-      return;
-    }
-    status = cleanup_status_;
-  }
-  if (cleaned) cleaned(status);
-}
-
-bool StageFeed::ended() const {
-  std::lock_guard lock(mu_);
-  return ended_;
-}
-
-void StageFeed::Initialized(const absl::Status& status) {
-  std::function<void(const absl::Status&)> callback;
-  {
-    std::lock_guard lock(mu_);
-    callback.swap(on_initialized_);
-  }
-  if (callback) callback(status);
-}
-
-std::optional<StageFeed::Pending> StageFeed::Next(const std::stop_token& stop,
-                                                  Clock& clock,
-                                                  absl::Time deadline,
-                                                  bool* idle) {
-  *idle = false;
-  // The stage deadline is on the stage's clock (a fake one in tests), the
-  // idle timeout in real time: wake at least every second to look at both.
-  const auto idle_until = std::chrono::steady_clock::now() +
-                          absl::ToChronoMilliseconds(
-                              std::min(idle_timeout_, absl::Hours(24 * 365)));
-  std::unique_lock lock(mu_);
-  while (true) {
-    if (!queue_.empty()) {
-      Pending next = std::move(queue_.front());
-      queue_.pop_front();
-      return next;
-    }
-    if (closed_ || stop.stop_requested() || clock.Now() >= deadline) {
-      return std::nullopt;
-    }
-    const auto now = std::chrono::steady_clock::now();
-    if (now >= idle_until) {
-      *idle = true;
-      return std::nullopt;
-    }
-    cv_.wait_until(lock, stop,
-                   std::min(idle_until, now + std::chrono::seconds(1)),
-                   [&] { return !queue_.empty() || closed_; });
-  }
-}
-
-void StageFeed::Ended(const absl::Status& status, StepStatus leftover,
-                      const std::string& why) {
-  std::deque<Pending> left;
-  std::vector<Cleaned> cleaned;
-  {
-    std::lock_guard lock(mu_);
-    ended_ = true;
-    cleanup_status_ = status;
-    left.swap(queue_);
-    cleaned.swap(cleaned_);
-  }
-  Initialized(absl::FailedPreconditionError(why));  // no-op once called
-  for (Pending& p : left) {
-    StepResult r;
-    r.id = p.step.id;
-    r.status = leftover;
-    r.error = why;
-    if (p.done) p.done(r);
-  }
-  for (Cleaned& c : cleaned) {
-    if (c) c(status);
-  }
-}
 
 class Scheduler::Impl {
  public:
@@ -166,29 +53,22 @@ class Scheduler::Impl {
 
   absl::Status Submit(StageTask task);
   std::vector<absl::Status> SubmitAll(std::vector<StageTask> tasks);
-  absl::Status Cancel(std::string_view task_id);
+  absl::Status Cancel(std::string_view task_id, CancelKind kind);
   void Shutdown(absl::Duration drain);
+  const SchedulerOptions& options() const { return options_; }
   SchedulerStats stats() const {
     absl::MutexLock lock(&mu_);
     return {queued_, running_, completed_};
   }
 
  private:
-  struct Entry {
-    explicit Entry(StageTask t) : task(std::move(t)) {}
-    StageTask task;
-    std::stop_source stop;
-    std::atomic<int> cause{0};
-    bool running = false;    // guarded by mu_
-    bool cancelled = false;  // guarded by mu_; a queued entry to skip
-  };
+  using Entry = AcceptedStage;
   using EntryPtr = std::shared_ptr<Entry>;
 
-  // What Submit checks without the lock. `known_platform` is a platform
-  // already found in the registry, or empty.
-  absl::Status Check(const StageTask& task,
-                     std::string_view* known_platform) const;
-  absl::Status Enqueue(StageTask& task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What Submit checks without the lock: the task id, then the stage
+  // (PrepareStage). Returns the accepted stage, or why it is refused.
+  absl::StatusOr<EntryPtr> Check(StageTask& task) const;
+  absl::Status Enqueue(EntryPtr& entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After `added` stages were queued: a free worker takes them, or one starts.
   void WakeWorkers(size_t added) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WorkerLoop();
@@ -201,16 +81,6 @@ class Scheduler::Impl {
   void MaybeSpawnWorker() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Forget(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void JoinExited() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  StageResult RunStage(Entry& entry);
-  static StageResult NotRun(const StageTask& task, StepStatus status,
-                            const std::string& why);
-  // A queued stage that will not run: CANCELLED with `why`.
-  static void Abandon(const StageTask& task, const std::string& why) {
-    if (task.on_done) task.on_done(NotRun(task, StepStatus::kCancelled, why));
-    if (task.feed)
-      task.feed->Ended(absl::OkStatus(), StepStatus::kCancelled, why);
-  }
-
   const SchedulerOptions options_;
   Clock& clock_;
 
@@ -234,41 +104,34 @@ class Scheduler::Impl {
   // queued_ > 0, readable without the lock by a spinning worker. On a cache
   // line of its own, so that polling it does not slow down the lock.
   alignas(64) std::atomic<bool> has_work_{false};
-  char pad_[63];
+  [[maybe_unused]] char pad_[63];
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::thread::id, std::thread> workers_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> exited_ ABSL_GUARDED_BY(mu_);
 };
 
-absl::Status Scheduler::Impl::Check(const StageTask& task,
-                                    std::string_view* known_platform) const {
+absl::StatusOr<Scheduler::Impl::EntryPtr> Scheduler::Impl::Check(
+    StageTask& task) const {
   if (task.id.empty()) {
     return absl::InvalidArgumentError("task id must not be empty");
   }
-  // A batch usually names one platform: look it up once.
-  if (*known_platform == task.stage.platform) return absl::OkStatus();
-  if (!options_.registry->Contains(task.stage.platform)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "platform: no executor is registered for '", task.stage.platform,
-        "'; registered: ", absl::StrJoin(options_.registry->Names(), ", ")));
-  }
-  *known_platform = task.stage.platform;
-  return absl::OkStatus();
+  absl::StatusOr<PreparedStage> prepared =
+      PrepareStage(*options_.registry, std::move(task.stage), options_.policy);
+  if (!prepared.ok()) return prepared.status();
+  return std::make_shared<Entry>(std::move(task), *std::move(prepared));
 }
 
-absl::Status Scheduler::Impl::Enqueue(StageTask& task) {
+absl::Status Scheduler::Impl::Enqueue(EntryPtr& entry) {
   if (shutting_down_) {
     return absl::UnavailableError(
         "the delegate is shutting down and takes no new stages");
   }
-  if (active_.contains(AbslView(task.id)) ||
-      finished_.contains(AbslView(task.id))) {
+  const std::string& id = entry->task.id;
+  if (active_.contains(AbslView(id)) || finished_.contains(AbslView(id))) {
     return absl::AlreadyExistsError(
-        absl::StrCat("task ", task.id, " was already delivered"));
+        absl::StrCat("task ", id, " was already delivered"));
   }
-  const int queue = static_cast<int>(task.priority);
-  auto entry = std::make_shared<Entry>(std::move(task));
-  queues_[queue].push_back(entry);
+  queues_[static_cast<int>(entry->task.priority)].push_back(entry);
   const absl::string_view key = AbslView(entry->task.id);
   active_.emplace(key, std::move(entry));
   ++queued_;
@@ -290,10 +153,10 @@ void Scheduler::Impl::WakeWorkers(size_t added) {
 }
 
 absl::Status Scheduler::Impl::Submit(StageTask task) {
-  std::string_view platform;
-  if (absl::Status s = Check(task, &platform); !s.ok()) return s;
+  absl::StatusOr<EntryPtr> entry = Check(task);
+  if (!entry.ok()) return entry.status();
   absl::MutexLock lock(&mu_);
-  absl::Status s = Enqueue(task);
+  absl::Status s = Enqueue(*entry);
   if (s.ok()) WakeWorkers(1);
   return s;
 }
@@ -301,22 +164,28 @@ absl::Status Scheduler::Impl::Submit(StageTask task) {
 std::vector<absl::Status> Scheduler::Impl::SubmitAll(
     std::vector<StageTask> tasks) {
   std::vector<absl::Status> results(tasks.size());
-  std::string_view platform;
+  std::vector<EntryPtr> entries(tasks.size());
   for (size_t i = 0; i < tasks.size(); ++i) {
-    results[i] = Check(tasks[i], &platform);
+    absl::StatusOr<EntryPtr> entry = Check(tasks[i]);
+    if (entry.ok()) {
+      entries[i] = *std::move(entry);
+    } else {
+      results[i] = entry.status();
+    }
   }
   absl::MutexLock lock(&mu_);
   size_t added = 0;
   for (size_t i = 0; i < tasks.size(); ++i) {
-    if (!results[i].ok()) continue;
-    results[i] = Enqueue(tasks[i]);
+    if (!entries[i]) continue;
+    results[i] = Enqueue(entries[i]);
     added += results[i].ok();
   }
   WakeWorkers(added);
   return results;
 }
 
-absl::Status Scheduler::Impl::Cancel(std::string_view task_id) {
+absl::Status Scheduler::Impl::Cancel(std::string_view task_id,
+                                     CancelKind kind) {
   EntryPtr entry;
   {
     absl::MutexLock lock(&mu_);
@@ -327,10 +196,8 @@ absl::Status Scheduler::Impl::Cancel(std::string_view task_id) {
     }
     entry = it->second;
     if (entry->running) {
-      int none = 0;
-      entry->cause.compare_exchange_strong(
-          none, static_cast<int>(StopCause::kCancel));
-      entry->stop.request_stop();
+      entry->RequestStop(kind == CancelKind::kShutdown ? StopCause::kShutdown
+                                                       : StopCause::kCancel);
       return absl::OkStatus();
     }
     entry->cancelled = true;
@@ -338,7 +205,9 @@ absl::Status Scheduler::Impl::Cancel(std::string_view task_id) {
     ++completed_;
     Forget(entry->task.id);
   }
-  Abandon(entry->task, "cancelled while queued");
+  AbandonQueuedStage(*entry, kind == CancelKind::kShutdown
+                                 ? "the delegate shut down before it started"
+                                 : "cancelled while queued");
   return absl::OkStatus();
 }
 
@@ -369,7 +238,7 @@ void Scheduler::Impl::Shutdown(absl::Duration drain) {
   };
   auto report = [](const std::vector<EntryPtr>& dropped) {
     for (const EntryPtr& entry : dropped) {
-      Abandon(entry->task, "the delegate shut down before it started");
+      AbandonQueuedStage(*entry, "the delegate shut down before it started");
     }
   };
   std::vector<EntryPtr> dropped;
@@ -399,10 +268,7 @@ void Scheduler::Impl::Shutdown(absl::Duration drain) {
   absl::MutexLock lock(&mu_);
   for (auto& [id, entry] : active_) {
     if (!entry->running) continue;
-    int none = 0;
-    entry->cause.compare_exchange_strong(
-        none, static_cast<int>(StopCause::kShutdown));
-    entry->stop.request_stop();
+    entry->RequestStop(StopCause::kShutdown);
   }
   // Cleanup has no bound here: leaving a stage half cleaned is worse.
   while (!workers_.empty()) {
@@ -514,8 +380,10 @@ void Scheduler::Impl::WorkerLoop() {
       }
     }
     mu_.Unlock();
-    StageResult result = RunStage(*entry);
-    if (entry->task.on_done) entry->task.on_done(result);
+    {
+      StageResult result = RunStageTransaction(options_, clock_, *entry);
+      if (entry->task.observer) entry->task.observer->Done(result);
+    }
     mu_.Lock();
     entry->running = false;
     --running_;
@@ -530,257 +398,6 @@ void Scheduler::Impl::WorkerLoop() {
   mu_.Unlock();
 }
 
-StageResult Scheduler::Impl::NotRun(const StageTask& task, StepStatus status,
-                                    const std::string& why) {
-  StageResult result;
-  result.task_id = task.id;
-  result.stage = task.stage.name;
-  result.status = status;
-  result.error = why;
-  for (const Step& step : task.stage.steps) {
-    StepResult r;
-    r.id = step.id;
-    r.status = StepStatus::kSkipped;
-    r.error = why;
-    result.steps.push_back(std::move(r));
-  }
-  return result;
-}
-
-StageResult Scheduler::Impl::RunStage(Entry& entry) {
-  StageTask& task = entry.task;
-  Stage& stage = task.stage;
-  const absl::Time start = clock_.Now();
-  StageResult result;
-  result.task_id = task.id;
-  result.stage = stage.name;
-  auto finish = [&]() -> StageResult {
-    result.duration = clock_.Now() - start;
-    return std::move(result);
-  };
-
-  std::shared_ptr<const logs::SecretMasker> masker;
-  if (std::vector<std::string> values = SecretValues(stage); !values.empty()) {
-    masker = std::make_shared<logs::SecretMasker>(values);
-  }
-  auto mask = [&](std::string text) {
-    return masker ? masker->Mask(text) : text;
-  };
-  auto skip_rest = [&](size_t from, const std::string& why) {
-    for (size_t i = from; i < stage.steps.size(); ++i) {
-      StepResult r;
-      r.id = stage.steps[i].id;
-      r.status = StepStatus::kSkipped;
-      r.error = why;
-      result.steps.push_back(std::move(r));
-    }
-  };
-  auto fail_before_start = [&](const std::string& why) {
-    result.status = StepStatus::kFailure;
-    result.error = mask(why);
-    skip_rest(0, "skipped: " + result.error);
-    if (task.feed) {
-      task.feed->Initialized(absl::FailedPreconditionError(result.error));
-      task.feed->Ended(absl::OkStatus(), StepStatus::kSkipped,
-                       "skipped: " + result.error);
-    }
-    return finish();
-  };
-
-  if (task.on_started) task.on_started();
-  if (absl::Status s = ResolveStage(stage); !s.ok()) {
-    return fail_before_start(std::string(s.message()));
-  }
-  std::unique_ptr<Executor> executor =
-      options_.registry->Create(stage.platform);
-  if (absl::Status s = CheckResolvedStage(*options_.registry, executor.get(),
-                                          stage, options_.policy);
-      !s.ok()) {
-    return fail_before_start(std::string(s.message()));
-  }
-
-  const absl::Time stage_deadline =
-      stage.timeout ? start + *stage.timeout : absl::InfiniteFuture();
-  logs::StepOutputWriter stage_output(*options_.log_sink, clock_, masker,
-                                      task.id, "", options_.max_line_bytes);
-  const StageContext context{stage,         task.id, options_.delegate_name,
-                             stage_output,  clock_,  entry.stop.get_token(),
-                             stage_deadline};
-
-  auto stop_reason = [&]() -> std::string {
-    return entry.cause.load() == static_cast<int>(StopCause::kShutdown)
-               ? "cancelled: the delegate is shutting down"
-               : "cancelled";
-  };
-  // Runs one resolved step on the executor.
-  auto run_step = [&](const Step& step, size_t index,
-                      const std::shared_ptr<const logs::SecretMasker>& m) {
-    const absl::Time step_start = clock_.Now();
-    const absl::Time step_deadline = std::min(
-        step.timeout ? step_start + *step.timeout : absl::InfiniteFuture(),
-        stage_deadline);
-    if (task.on_step_started) task.on_step_started(step, index);
-    StepResult r;
-    {
-      logs::StepOutputWriter output(*options_.log_sink, clock_, m, task.id,
-                                    step.id, options_.max_line_bytes);
-      const StepContext step_context{
-          context, step, index, output, step_deadline, entry.stop.get_token()};
-      r = executor->Execute(step_context);
-      output.Flush();
-    }
-    r.id = step.id;
-    r.duration = clock_.Now() - step_start;
-    if (m) {
-      r.error = m->Mask(r.error);
-      for (auto& [key, value] : r.outputs) value = m->Mask(value);
-    }
-    return r;
-  };
-
-  bool stage_timed_out = false;
-  const absl::Status initialized = executor->Initialize(context);
-  if (task.feed) {
-    task.feed->Initialized(
-        initialized.ok()
-            ? initialized
-            : absl::Status(initialized.code(),
-                           mask(std::string(initialized.message()))));
-  }
-  std::string feed_end;  // why a fed stage's remaining steps do not run
-  if (!initialized.ok()) {
-    result.status = StepStatus::kFailure;
-    result.error = mask(absl::StrCat("initialize: ", initialized.message()));
-    skip_rest(0, "skipped: initialize failed");
-    feed_end = "skipped: initialize failed";
-  } else if (task.feed) {
-    size_t index = 0;
-    bool idle = false;
-    while (std::optional<StageFeed::Pending> next = task.feed->Next(
-               entry.stop.get_token(), clock_, stage_deadline, &idle)) {
-      // Each step is checked as it arrives, as a whole stage is before it
-      // starts: its secrets, the policy, the executor.
-      Stage view = stage;  // steps is empty for a fed stage
-      view.steps.push_back(std::move(next->step));
-      std::shared_ptr<const logs::SecretMasker> step_masker = masker;
-      if (!next->masks.empty()) {
-        std::vector<std::string> values = std::move(next->masks);
-        for (const auto& [id, value] : stage.secrets) values.push_back(value);
-        step_masker = std::make_shared<logs::SecretMasker>(values);
-      }
-      StepResult r;
-      absl::Status checked = ResolveStage(view);
-      if (checked.ok()) {
-        checked = CheckResolvedStage(*options_.registry, executor.get(), view,
-                                     options_.policy);
-      }
-      if (!checked.ok()) {
-        r.id = view.steps[0].id;
-        r.status = StepStatus::kFailure;
-        r.error = std::string(checked.message());
-        if (step_masker) r.error = step_masker->Mask(r.error);
-      } else {
-        r = run_step(view.steps[0], index, step_masker);
-      }
-      ++index;
-      if (task.on_step_done) task.on_step_done(r);
-      result.steps.push_back(r);
-      if (r.status == StepStatus::kCancelled) {
-        result.status = StepStatus::kCancelled;
-        result.error = stop_reason();
-      } else if (r.status == StepStatus::kTimeout &&
-                 clock_.Now() >= stage_deadline) {
-        stage_timed_out = true;
-      } else if ((r.status == StepStatus::kFailure ||
-                  r.status == StepStatus::kTimeout) &&
-                 result.status == StepStatus::kSuccess) {
-        result.status = r.status;
-      }
-      if (next->done) next->done(r);
-      if (r.status == StepStatus::kCancelled || stage_timed_out) break;
-    }
-    if (entry.stop.stop_requested()) {
-      result.status = StepStatus::kCancelled;
-      result.error = stop_reason();
-      feed_end = "skipped: the stage was " + stop_reason();
-    } else if (clock_.Now() >= stage_deadline) {
-      stage_timed_out = true;
-      feed_end = "skipped: the stage timed out";
-    } else if (idle) {
-      result.status = StepStatus::kCancelled;
-      result.error = absl::StrCat("no step and no cleanup arrived for ",
-                                  Readable(task.feed->idle_timeout_),
-                                  "; the stage was cleaned up");
-      feed_end = "skipped: " + result.error;
-    } else {
-      feed_end = "skipped: the stage was cleaned up";
-    }
-  } else {
-    std::string blocked;  // why the remaining steps do not run
-    for (size_t i = 0; i < stage.steps.size(); ++i) {
-      const Step& step = stage.steps[i];
-      if (blocked.empty()) {
-        if (entry.stop.stop_requested()) {
-          result.status = StepStatus::kCancelled;
-          result.error = stop_reason();
-          blocked = "skipped: the stage was " + stop_reason();
-        } else if (clock_.Now() >= stage_deadline) {
-          stage_timed_out = true;
-          blocked = "skipped: the stage timed out";
-        }
-      }
-      if (!blocked.empty()) {
-        skip_rest(i, blocked);
-        break;
-      }
-      StepResult r = run_step(step, i, masker);
-      if (task.on_step_done) task.on_step_done(r);
-      const StepStatus status = r.status;
-      result.steps.push_back(std::move(r));
-      if (status == StepStatus::kCancelled) {
-        result.status = StepStatus::kCancelled;
-        result.error = stop_reason();
-        blocked = "skipped: the stage was " + stop_reason();
-      } else if (status == StepStatus::kTimeout &&
-                 clock_.Now() >= stage_deadline) {
-        stage_timed_out = true;
-        blocked = "skipped: the stage timed out";
-      } else if ((status == StepStatus::kFailure ||
-                  status == StepStatus::kTimeout) &&
-                 !step.continue_on_error) {
-        if (result.status == StepStatus::kSuccess) result.status = status;
-        blocked = absl::StrCat("skipped: step ", step.id, " failed");
-      }
-    }
-  }
-  if (stage_timed_out && result.status != StepStatus::kCancelled) {
-    result.status = StepStatus::kTimeout;
-    result.error =
-        absl::StrCat("the stage timed out after ", Readable(*stage.timeout));
-  }
-
-  // Cleanup runs whatever happened, and is not itself cancellable.
-  const StageContext cleanup_context{
-      stage,  task.id,           options_.delegate_name, stage_output,
-      clock_, std::stop_token(), absl::InfiniteFuture()};
-  absl::Status cleaned = executor->Cleanup(cleanup_context);
-  if (!cleaned.ok()) {
-    const std::string what = mask(absl::StrCat("cleanup: ", cleaned.message()));
-    stage_output.SystemLine(what);
-    result.error =
-        result.error.empty() ? what : absl::StrCat(result.error, "; ", what);
-    cleaned = absl::Status(cleaned.code(), what);
-  }
-  if (task.feed) {
-    task.feed->Ended(cleaned,
-                     result.status == StepStatus::kCancelled
-                         ? StepStatus::kCancelled
-                         : StepStatus::kSkipped,
-                     feed_end.empty() ? "skipped: the stage ended" : feed_end);
-  }
-  return finish();
-}
-
 Scheduler::Scheduler(SchedulerOptions options)
     : impl_(std::make_unique<Impl>(std::move(options))) {}
 Scheduler::~Scheduler() = default;
@@ -790,10 +407,11 @@ absl::Status Scheduler::Submit(StageTask task) {
 std::vector<absl::Status> Scheduler::SubmitAll(std::vector<StageTask> tasks) {
   return impl_->SubmitAll(std::move(tasks));
 }
-absl::Status Scheduler::Cancel(std::string_view task_id) {
-  return impl_->Cancel(task_id);
+absl::Status Scheduler::Cancel(std::string_view task_id, CancelKind kind) {
+  return impl_->Cancel(task_id, kind);
 }
 void Scheduler::Shutdown(absl::Duration drain) { impl_->Shutdown(drain); }
 SchedulerStats Scheduler::stats() const { return impl_->stats(); }
+const SchedulerOptions& Scheduler::options() const { return impl_->options(); }
 
 }  // namespace delegate

@@ -37,14 +37,13 @@ class HostExecutorTest : public ::testing::Test {
     EXPECT_TRUE(RegisterHostExecutor(registry_, options).ok());
     SchedulerOptions sched;
     sched.registry = &registry_;
-    sched.log_sink = &sink_;
     sched.clock = &clock_;
     scheduler_ = std::make_unique<Scheduler>(sched);
   }
 
   StageResult Run(Stage stage) {
     return testing::RunStage(*scheduler_, "task-" + std::to_string(next_id_++),
-                             std::move(stage));
+                             std::move(stage), &sink_);
   }
 
   static Stage OneStep(std::vector<std::string> commands) {
@@ -169,10 +168,9 @@ TEST_F(HostExecutorTest, DelegateTokenIsNotPassedToSteps) {
   unsetenv("DELEGATE_TOKEN");
   SchedulerOptions sched;
   sched.registry = &registry;
-  sched.log_sink = &sink_;
   sched.clock = &clock_;
   Scheduler scheduler(sched);
-  testing::RunStage(scheduler, "t", OneStep({"env"}));
+  testing::RunStage(scheduler, "t", OneStep({"env"}), &sink_);
   for (const std::string& kv : launcher_.specs.back().env) {
     EXPECT_FALSE(absl::StrContains(kv, "should-not-leak")) << kv;
   }

@@ -129,7 +129,7 @@ TEST(LogServiceTest, LongLinesAreCutAndAFullBufferSaysWhatItDropped) {
   for (const std::string& l : lines) EXPECT_LE(l.size(), 200u);
 }
 
-TEST(RoutingLogSinkTest, RoutedStepsGoToTheirStreamOthersToTheFallback) {
+TEST(StageLogRouterTest, RoutedStepsGoToTheirStreamOthersToTheFallback) {
   struct Recorder : LogSink {
     void Append(const LogLine& l) override { seen.emplace_back(l.text); }
     std::vector<std::string> seen;
@@ -138,9 +138,9 @@ TEST(RoutingLogSinkTest, RoutedStepsGoToTheirStreamOthersToTheFallback) {
   http::HttpClient http;
   EventLog log([](std::string_view) {});
   LogService service(http, {}, log);
-  RoutingLogSink sink(fallback);
+  StageLogRouter sink(fallback);
   auto stream = service.Open(fake.Logger());
-  sink.Route("stage#1", "build", stream);
+  sink.Route("build", stream);
   LogLine routed = Line("to the service");
   routed.task_id = "stage#1";
   routed.step_id = "build";
@@ -149,7 +149,7 @@ TEST(RoutingLogSinkTest, RoutedStepsGoToTheirStreamOthersToTheFallback) {
   other.step_id = "test";
   sink.Append(routed);
   sink.Append(other);
-  EXPECT_EQ(sink.Unroute("stage#1", "build"), stream);
+  EXPECT_EQ(sink.Unroute("build"), stream);
   sink.Append(routed);
   stream->Close();
   EXPECT_THAT(fake.lines(), ElementsAre("to the service\n"));

@@ -38,9 +38,10 @@
 #include "delegate/scheduler.h"
 #include "delegate/v1/session.grpc.pb.h"
 #include "delegate/version.h"
+#include "http/tls_config.h"
 #include "manager/grpc/convert.h"
 #include "manager/grpc/session_batch.h"
-#include "manager/tls_config.h"
+#include "stage/result.h"
 #include "util/files.h"
 #include "util/strings.h"
 
@@ -80,8 +81,8 @@ struct BufferedLine {
 // One step's log (or the stage's own, with an empty step id) from the
 // manager's last acknowledgement on.
 struct LogBuffer {
-  uint64_t base = 0;   // the index of lines.front()
-  uint64_t sent = 0;   // lines below this went out on the current stream
+  uint64_t base = 0;  // the index of lines.front()
+  uint64_t sent = 0;  // lines below this went out on the current stream
   std::deque<BufferedLine> lines;
   bool closed = false;      // the step writes no more
   bool close_sent = false;  // a chunk with `closed` went out on this stream
@@ -116,7 +117,8 @@ struct StageRun {
 };
 
 using RunPtr = std::shared_ptr<StageRun>;
-using Stream = grpc::ClientReaderWriter<v1::DelegateMessage, v1::ManagerMessage>;
+using Stream =
+    grpc::ClientReaderWriter<v1::DelegateMessage, v1::ManagerMessage>;
 
 // The target and credentials from a grpc:// or grpcs:// address.
 struct Target {
@@ -136,15 +138,15 @@ absl::StatusOr<Target> ParseTarget(const std::string& url,
     tls = true;
   } else {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--manager: expected grpc://HOST:PORT or grpcs://HOST:PORT, got '",
-        url, "'"));
+        "--manager: expected grpc://HOST:PORT or grpcs://HOST:PORT, got '", url,
+        "'"));
   }
   while (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
   const size_t colon = rest.rfind(':');
   int port = 0;
   if (rest.empty() || colon == std::string_view::npos || colon == 0 ||
-      !absl::SimpleAtoi(AbslView(rest.substr(colon + 1)), &port) ||
-      port <= 0 || port > 65535 || rest.find('/') != std::string_view::npos) {
+      !absl::SimpleAtoi(AbslView(rest.substr(colon + 1)), &port) || port <= 0 ||
+      port > 65535 || rest.find('/') != std::string_view::npos) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--manager: expected grpc://HOST:PORT (a host and a port from 1 to "
         "65535, nothing after them), got '",
@@ -199,13 +201,14 @@ void FillHeader(const StageRun& run, const std::string& key,
   header->set_idempotency_key(key);
 }
 
-class SessionConnection final : public ManagerConnection, public LogSink {
+class SessionConnection final : public ManagerConnection {
  public:
   SessionConnection(ManagerEnvironment env, Target target)
       : env_(std::move(env)),
         target_(std::move(target)),
         capacity_(static_cast<uint32_t>(std::max(
-            1, env_.config.max_stages.value_or(env_.config.parallel_workers)))) {
+            1,
+            env_.config.max_stages.value_or(env_.config.parallel_workers)))) {
     Metrics& m = env_.metrics;
     m.Define("delegate_session_connected", Metrics::Kind::kGauge,
              "1 while the DelegateSession stream is up.", {"runner_name"});
@@ -219,10 +222,8 @@ class SessionConnection final : public ManagerConnection, public LogSink {
     m.Set("delegate_session_connected", {env_.config.name}, 0);
   }
 
-  ~SessionConnection() override {
-    Drain();
-    if (scheduler_) scheduler_->Shutdown(absl::ZeroDuration());
-  }
+  // Its stages are cancelled and waited for (group_ goes first).
+  ~SessionConnection() override { Drain(); }
 
   absl::Status Run() override;
 
@@ -249,31 +250,19 @@ class SessionConnection final : public ManagerConnection, public LogSink {
     return connected_ && !draining_;
   }
 
-  // LogSink, for the scheduler: lines go to their stage's buffers.
-  void Append(const LogLine& line) override {
-    std::lock_guard lock(mu_);
-    auto it = runs_.find(AbslView(line.task_id));
-    if (it == runs_.end() || it->second->lost) return;
-    StageRun& run = *it->second;
-    auto buf = run.logs.find(line.step_id);
-    if (buf == run.logs.end()) {
-      buf = run.logs.emplace(std::string(line.step_id), LogBuffer{}).first;
-    }
-    buf->second.lines.push_back(BufferedLine{
-        line.time, std::string(line.text), line.stream, line.partial});
-    MarkDirty(it->second);
-  }
-  void Close(std::string_view task_id, std::string_view step_id) override {
-    std::lock_guard lock(mu_);
-    auto it = runs_.find(AbslView(task_id));
-    if (it == runs_.end() || it->second->lost) return;
-    auto buf = it->second->logs.find(step_id);
-    if (buf == it->second->logs.end()) return;  // no lines: nothing to close
-    buf->second.closed = true;
-    MarkDirty(it->second);
-  }
-
  private:
+  class RunObserver;
+  // A line of `run`'s log, from the scheduler.
+  void AppendLine(const RunPtr& run, const LogLine& line);
+  void CloseLog(const RunPtr& run, std::string_view step_id);
+  void StepStarted(const RunPtr& run, const Step& step);
+  void StepDone(const RunPtr& run, const StepResult& result);
+  void StageDone(const RunPtr& run, const StageResult& done);
+  // Cancels this connection's stages and waits for their cleanup.
+  void StopStages() {
+    group_.CancelAll(Scheduler::CancelKind::kShutdown);
+    group_.WaitUntilEmpty();
+  }
   // One stream, from Hello to its end. Returns why the session cannot go on
   // (a HelloReject that retrying will not fix), OK otherwise.
   absl::Status Session(bool* established);
@@ -293,8 +282,9 @@ class SessionConnection final : public ManagerConnection, public LogSink {
   // at once.
   std::optional<StageTask> PrepareDispatch(const v1::Dispatch& dispatch);
   void SubmitDispatched(std::vector<StageTask> tasks);
-  // Reports the stage FAILURE without running it.
-  void NotRun(const RunPtr& run, std::string why);
+  // Reports the stage FAILURE without running it (its steps skipped, when
+  // `stage` is given).
+  void NotRun(const RunPtr& run, std::string why, const Stage* stage = nullptr);
   // REQUIRES: mu_ held.
   void AddReportLocked(const RunPtr& run, Report::Kind kind, std::string key,
                        v1::DelegateMessage message);
@@ -318,9 +308,9 @@ class SessionConnection final : public ManagerConnection, public LogSink {
     if (writer_waiting_) cv_.notify_all();
   }
   // Cancels scheduler stages; REQUIRES: mu_ not held (a queued stage's
-  // on_done runs on this thread).
+  // Done runs on this thread).
   void Cancel(const std::vector<std::string>& scheduler_ids) {
-    for (const std::string& id : scheduler_ids) (void)scheduler_->Cancel(id);
+    for (const std::string& id : scheduler_ids) (void)group_.Cancel(id);
   }
   bool DrainedLocked() const { return draining_ && runs_.empty(); }
   void Dial() {
@@ -328,8 +318,8 @@ class SessionConnection final : public ManagerConnection, public LogSink {
     args.SetMaxReceiveMessageSize(64 << 20);
     // Each channel gets a unique subchannel pool: a new one really dials.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    stub_ = v1::DelegateSession::NewStub(grpc::CreateCustomChannel(
-        target_.address, target_.credentials, args));
+    stub_ = v1::DelegateSession::NewStub(
+        grpc::CreateCustomChannel(target_.address, target_.credentials, args));
   }
   LabelValues Labels() const { return {env_.config.name}; }
 
@@ -337,7 +327,6 @@ class SessionConnection final : public ManagerConnection, public LogSink {
   const Target target_;
   const uint32_t capacity_;
   std::unique_ptr<v1::DelegateSession::Stub> stub_;
-  std::unique_ptr<Scheduler> scheduler_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -351,7 +340,7 @@ class SessionConnection final : public ManagerConnection, public LogSink {
   absl::Time dialled_at_;        // guarded by mu_: when Hello went out
   absl::Time closing_at_;        // guarded by mu_
   absl::Time forced_at_;         // guarded by mu_
-  grpc::ClientContext* context_ = nullptr;  // guarded by mu_
+  grpc::ClientContext* context_ = nullptr;            // guarded by mu_
   absl::Duration ping_interval_ = absl::Seconds(10);  // guarded by mu_
   absl::Time last_heard_;                             // guarded by mu_
   absl::Time last_sent_;                              // guarded by mu_
@@ -359,7 +348,7 @@ class SessionConnection final : public ManagerConnection, public LogSink {
   absl::Time drained_at_ = absl::InfiniteFuture();    // guarded by mu_
   uint64_t ping_nonce_ = 0;                           // guarded by mu_
   std::string last_error_;  // guarded by mu_: why the last dial failed
-  uint32_t credit_ = 0;  // guarded by mu_: slots to grant on this stream
+  uint32_t credit_ = 0;     // guarded by mu_: slots to grant on this stream
   std::vector<v1::DelegateMessage> outbox_;  // guarded by mu_
   std::vector<RunPtr> dirty_;                // guarded by mu_
   // Runs with step reports that become due, in due order.
@@ -368,19 +357,39 @@ class SessionConnection final : public ManagerConnection, public LogSink {
   absl::flat_hash_map<std::string, RunPtr> runs_;      // guarded by mu_
   absl::flat_hash_map<std::string, RunPtr> by_stage_;  // guarded by mu_
   absl::flat_hash_map<std::string, RunPtr> by_key_;    // guarded by mu_
+  // Last: destroyed first, it cancels and waits for the stages, whose
+  // observers use everything above.
+  StageGroup group_{env_.scheduler};
+};
+
+// The scheduler's side of a dispatched stage: its lines go to the run's
+// buffers, its progress and result become reports.
+class SessionConnection::RunObserver final : public StageObserver {
+ public:
+  RunObserver(SessionConnection* connection, RunPtr run)
+      : connection_(connection), run_(std::move(run)) {}
+  void Append(const LogLine& line) override {
+    connection_->AppendLine(run_, line);
+  }
+  void Close(std::string_view, std::string_view step_id) override {
+    connection_->CloseLog(run_, step_id);
+  }
+  void StepStarted(const Step& step, size_t) override {
+    connection_->StepStarted(run_, step);
+  }
+  void StepDone(const StepResult& result) override {
+    connection_->StepDone(run_, result);
+  }
+  void Done(const StageResult& result) override {
+    connection_->StageDone(run_, result);
+  }
+
+ private:
+  SessionConnection* const connection_;
+  const RunPtr run_;
 };
 
 absl::Status SessionConnection::Run() {
-  SchedulerOptions options;
-  options.registry = &env_.executors;
-  options.log_sink = this;
-  options.clock = &env_.clock;
-  options.delegate_name = env_.config.name;
-  options.max_stages = env_.config.max_stages;
-  options.policy = env_.policy;
-  options.spin_when_idle = false;  // the stream's reader needs the CPU
-  scheduler_ = std::make_unique<Scheduler>(options);
-
   Dial();
 
   env_.log.Info("connecting", {{"manager", env_.address},
@@ -407,7 +416,7 @@ absl::Status SessionConnection::Run() {
     absl::Status s = Session(&established);
     if (!s.ok()) {
       env_.log.Error("cannot connect", {{"error", s.message()}});
-      scheduler_->Shutdown(absl::ZeroDuration());
+      StopStages();
       return s;
     }
     std::unique_lock lock(mu_);
@@ -433,14 +442,14 @@ absl::Status SessionConnection::Run() {
     while (!DrainedLocked()) {
       const absl::Time now = env_.clock.Now();
       if (now >= until) break;
-      cv_.wait_for(lock, absl::ToChronoMilliseconds(
-                             std::min(until - now, kLeaseScan)));
+      cv_.wait_for(
+          lock, absl::ToChronoMilliseconds(std::min(until - now, kLeaseScan)));
     }
     if (DrainedLocked()) break;
     backoff = std::min(backoff * 2, kMaxBackoff);
   }
   env_.log.Info("disconnected: drained", {{"manager", env_.address}});
-  scheduler_->Shutdown(absl::ZeroDuration());
+  StopStages();
   return absl::OkStatus();
 }
 
@@ -529,9 +538,8 @@ absl::Status SessionConnection::Session(bool* established) {
     const absl::Time now = env_.clock.Now();
     absl::StatusOr<absl::Duration> ping =
         DurationFromProto(ack.ping_interval(), "hello_ack.ping_interval");
-    ping_interval_ = ping.ok() && *ping > absl::ZeroDuration()
-                         ? *ping
-                         : absl::Seconds(10);
+    ping_interval_ =
+        ping.ok() && *ping > absl::ZeroDuration() ? *ping : absl::Seconds(10);
     absl::flat_hash_map<std::string, bool> answered;
     for (const v1::LeaseRenewed& resumed : ack.resumed()) {
       auto it = by_stage_.find(resumed.stage_id());
@@ -717,8 +725,9 @@ void SessionConnection::CollectLocked(absl::Time now,
   credit_ = 0;
 }
 
-void SessionConnection::CollectRunLocked(
-    StageRun& run, std::vector<v1::DelegateMessage>* out, absl::Time now) {
+void SessionConnection::CollectRunLocked(StageRun& run,
+                                         std::vector<v1::DelegateMessage>* out,
+                                         absl::Time now) {
   // Logs first: the manager has a step's lines before its result.
   for (auto& [step_id, buf] : run.logs) {
     // A chunk of this step from `offset`, in a new message.
@@ -760,9 +769,8 @@ void SessionConnection::CollectRunLocked(
   }
   // A stage result holds every step's result: the step reports not yet
   // sent would tell the manager nothing new.
-  const bool finished =
-      !run.reports.empty() &&
-      run.reports.back().kind == Report::Kind::kStageResult;
+  const bool finished = !run.reports.empty() &&
+                        run.reports.back().kind == Report::Kind::kStageResult;
   for (auto it = run.reports.begin(); it != run.reports.end();) {
     if (it->sent) {
       ++it;
@@ -1034,9 +1042,8 @@ std::optional<StageTask> SessionConnection::PrepareDispatch(
   run->scheduler_id = absl::StrCat(run->stage_id, "#", run->token);
   absl::StatusOr<absl::Duration> lease =
       DurationFromProto(dispatch.lease_duration(), "dispatch.lease_duration");
-  run->lease_duration = lease.ok() && *lease > absl::ZeroDuration()
-                            ? *lease
-                            : absl::Seconds(30);
+  run->lease_duration =
+      lease.ok() && *lease > absl::ZeroDuration() ? *lease : absl::Seconds(30);
   absl::StatusOr<Stage> stage = FromProto(dispatch.stage(), "dispatch.stage");
   std::vector<std::string> cancels;
   {
@@ -1066,52 +1073,78 @@ std::optional<StageTask> SessionConnection::PrepareDispatch(
   StageTask task;
   task.id = run->scheduler_id;
   task.stage = *std::move(stage);
-  task.on_step_started = [this, run](const Step& step, size_t) {
-    v1::DelegateMessage m;
-    std::lock_guard lock(mu_);
-    const std::string key = ReportKey(*run, "started", step.id);
-    v1::StepStartedReport& report = *m.mutable_step_started();
-    FillHeader(*run, key, report.mutable_header());
-    report.set_step_id(step.id);
-    *report.mutable_time() = TimeToProto(env_.clock.Now());
-    AddReportLocked(run, Report::Kind::kStepStarted, key, std::move(m));
-  };
-  task.on_step_done = [this, run](const StepResult& result) {
-    v1::DelegateMessage m;
-    *m.mutable_step_result()->mutable_result() = ToProto(result);
-    std::lock_guard lock(mu_);
-    const std::string key = ReportKey(*run, "step", result.id);
-    FillHeader(*run, key, m.mutable_step_result()->mutable_header());
-    AddReportLocked(run, Report::Kind::kStepResult, key, std::move(m));
-  };
-  task.on_done = [this, run](const StageResult& done) {
-    StageResult result = done;
-    result.task_id = run->stage_id;
-    std::lock_guard lock(mu_);
-    run->running = false;
-    SlotFreedLocked();
-    if (result.status == StepStatus::kCancelled &&
-        !run->cancel_reason.empty()) {
-      result.error = run->cancel_reason;
-    }
-    if (run->lost) {
-      MaybeRetireLocked(run);
-      return;
-    }
-    v1::DelegateMessage m;
-    const std::string key = ReportKey(*run, "stage");
-    FillHeader(*run, key, m.mutable_stage_result()->mutable_header());
-    *m.mutable_stage_result()->mutable_result() = ToProto(result);
-    AddReportLocked(run, Report::Kind::kStageResult, key, std::move(m));
-  };
+  task.observer = std::make_shared<RunObserver>(this, run);
   return task;
 }
 
-void SessionConnection::NotRun(const RunPtr& run, std::string why) {
-  StageResult result;
+void SessionConnection::AppendLine(const RunPtr& run, const LogLine& line) {
+  std::lock_guard lock(mu_);
+  if (run->lost) return;
+  auto buf = run->logs.find(line.step_id);
+  if (buf == run->logs.end()) {
+    buf = run->logs.emplace(std::string(line.step_id), LogBuffer{}).first;
+  }
+  buf->second.lines.push_back(BufferedLine{line.time, std::string(line.text),
+                                           line.stream, line.partial});
+  MarkDirty(run);
+}
+
+void SessionConnection::CloseLog(const RunPtr& run, std::string_view step_id) {
+  std::lock_guard lock(mu_);
+  if (run->lost) return;
+  auto buf = run->logs.find(step_id);
+  if (buf == run->logs.end()) return;  // no lines: nothing to close
+  buf->second.closed = true;
+  MarkDirty(run);
+}
+
+void SessionConnection::StepStarted(const RunPtr& run, const Step& step) {
+  v1::DelegateMessage m;
+  std::lock_guard lock(mu_);
+  const std::string key = ReportKey(*run, "started", step.id);
+  v1::StepStartedReport& report = *m.mutable_step_started();
+  FillHeader(*run, key, report.mutable_header());
+  report.set_step_id(step.id);
+  *report.mutable_time() = TimeToProto(env_.clock.Now());
+  AddReportLocked(run, Report::Kind::kStepStarted, key, std::move(m));
+}
+
+void SessionConnection::StepDone(const RunPtr& run, const StepResult& result) {
+  v1::DelegateMessage m;
+  *m.mutable_step_result()->mutable_result() = ToProto(result);
+  std::lock_guard lock(mu_);
+  const std::string key = ReportKey(*run, "step", result.id);
+  FillHeader(*run, key, m.mutable_step_result()->mutable_header());
+  AddReportLocked(run, Report::Kind::kStepResult, key, std::move(m));
+}
+
+void SessionConnection::StageDone(const RunPtr& run, const StageResult& done) {
+  StageResult result = done;
   result.task_id = run->stage_id;
-  result.status = StepStatus::kFailure;
-  result.error = std::move(why);
+  std::lock_guard lock(mu_);
+  run->running = false;
+  SlotFreedLocked();
+  if (result.status == StepStatus::kCancelled && !run->cancel_reason.empty()) {
+    result.error = run->cancel_reason;
+  }
+  if (run->lost) {
+    MaybeRetireLocked(run);
+    return;
+  }
+  v1::DelegateMessage m;
+  const std::string key = ReportKey(*run, "stage");
+  FillHeader(*run, key, m.mutable_stage_result()->mutable_header());
+  *m.mutable_stage_result()->mutable_result() = ToProto(result);
+  AddReportLocked(run, Report::Kind::kStageResult, key, std::move(m));
+}
+
+void SessionConnection::NotRun(const RunPtr& run, std::string why,
+                               const Stage* stage) {
+  StageResult result =
+      stage ? NotRunResult(run->stage_id, *stage, StepStatus::kFailure, why,
+                           "skipped: " + why)
+            : NotRunResult(run->stage_id, Stage{}, StepStatus::kFailure,
+                           std::move(why), "");
   std::lock_guard lock(mu_);
   run->running = false;
   SlotFreedLocked();
@@ -1124,19 +1157,28 @@ void SessionConnection::NotRun(const RunPtr& run, std::string why) {
 
 void SessionConnection::SubmitDispatched(std::vector<StageTask> tasks) {
   if (tasks.empty()) return;
-  std::vector<std::string> ids;
-  ids.reserve(tasks.size());
-  for (const StageTask& t : tasks) ids.push_back(t.id);
-  std::vector<absl::Status> statuses = scheduler_->SubmitAll(std::move(tasks));
+  // What a refused stage's result names: its id and its steps' ids.
+  std::vector<std::pair<std::string, Stage>> outlines;
+  outlines.reserve(tasks.size());
+  for (const StageTask& t : tasks) {
+    Stage outline;
+    outline.name = t.stage.name;
+    for (const Step& step : t.stage.steps)
+      outline.steps.emplace_back().id = step.id;
+    outlines.emplace_back(t.id, std::move(outline));
+  }
+  std::vector<absl::Status> statuses = group_.SubmitAll(std::move(tasks));
   for (size_t i = 0; i < statuses.size(); ++i) {
     if (statuses[i].ok()) continue;
     RunPtr run;
     {
       std::lock_guard lock(mu_);
-      auto it = runs_.find(ids[i]);
+      auto it = runs_.find(outlines[i].first);
       if (it != runs_.end()) run = it->second;
     }
-    if (run) NotRun(run, std::string(statuses[i].message()));
+    if (run) {
+      NotRun(run, std::string(statuses[i].message()), &outlines[i].second);
+    }
   }
 }
 

@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "manager/tls_config.h"
+#include "http/tls_config.h"
 #include "util/strings.h"
 #include "util/url.h"
 

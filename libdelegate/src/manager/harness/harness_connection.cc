@@ -21,7 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
-#include "delegate/manager.h"
+#include "delegate/harness.h"
 #include "delegate/scheduler.h"
 #include "delegate/version.h"
 #include "logs/masker.h"
@@ -75,6 +75,20 @@ std::string OutboundIp() {
   return ip;
 }
 
+// Makes the directories a stage's local_init asks for.
+absl::Status MakeHostDirs(const std::vector<HostDir>& dirs) {
+  for (const HostDir& dir : dirs) {
+    if (!dir.create) continue;
+    std::error_code ec;
+    std::filesystem::create_directories(dir.path, ec);
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("creating ", dir.path, ": ", ec.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Removes a stage's host directory, refusing paths no stage should own.
 absl::Status RemoveHostDir(const std::string& raw) {
   std::filesystem::path p = std::filesystem::path(raw).lexically_normal();
@@ -98,8 +112,7 @@ class HarnessConnection final : public ManagerConnection {
                     std::string manager_url)
       : env_(std::move(env)),
         token_(std::move(token)),
-        manager_url_(std::move(manager_url)),
-        routing_(env_.console) {
+        manager_url_(std::move(manager_url)) {
     const LabelValues none;
     Metrics& m = env_.metrics;
     const std::vector<std::string> task_labels = {"account_id", "task_type",
@@ -128,6 +141,7 @@ class HarnessConnection final : public ManagerConnection {
     m.Set("io_harness_resource_consumption_above_threshold", RunnerLabels(), 0);
   }
 
+  // Its stages are cancelled and waited for (group_ goes first).
   ~HarnessConnection() override { Drain(); }
 
   absl::Status Run() override;
@@ -148,10 +162,31 @@ class HarnessConnection final : public ManagerConnection {
   }
 
  private:
+  // The scheduler's side of one stage: its lines go to the log stream of
+  // the task running for it, and its end is logged.
+  class StageObserverImpl final : public StageObserver {
+   public:
+    StageObserverImpl(HarnessConnection& connection, std::string key)
+        : router(connection.env_.console),
+          log_(connection.env_.log),
+          key_(std::move(key)) {}
+    void Append(const LogLine& line) override { router.Append(line); }
+    void Done(const StageResult& result) override {
+      log_.Info("stage ended", {{"stage", key_},
+                                {"status", StepStatusName(result.status)},
+                                {"error", result.error}});
+    }
+    StageLogRouter router;
+
+   private:
+    EventLog& log_;
+    const std::string key_;
+  };
   struct Transaction {
     std::string scheduler_id;
     std::shared_ptr<StageFeed> feed;
     std::vector<HostDir> dirs;
+    std::shared_ptr<StageObserverImpl> observer;
   };
   struct Answer {
     std::string type;
@@ -184,7 +219,7 @@ class HarnessConnection final : public ManagerConnection {
     }
     for (const auto& [key, id] : open) {
       env_.log.Warn("cancelling a stage", {{"stage", key}, {"why", why}});
-      (void)scheduler_->Cancel(id);
+      (void)group_.Cancel(id);
     }
   }
   bool Draining() const {
@@ -240,8 +275,6 @@ class HarnessConnection final : public ManagerConnection {
       std::max(absl::Seconds(10), 3 * env_.config.poll_interval);
   std::unique_ptr<HarnessClient> client_;
   std::unique_ptr<LogService> logs_;
-  RoutingLogSink routing_;
-  std::unique_ptr<Scheduler> scheduler_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -265,6 +298,9 @@ class HarnessConnection final : public ManagerConnection {
   std::map<std::string, Transaction> transactions_;  // guarded by mu_
   uint64_t next_stage_ = 0;                          // guarded by mu_
   int busy_workers_ = 0;                             // guarded by mu_
+  // Last: destroyed first, it cancels and waits for the stages, whose
+  // observers use the event log.
+  StageGroup group_{env_.scheduler};
 };
 
 absl::Status HarnessConnection::RegisterWithRetry() {
@@ -307,14 +343,6 @@ absl::Status HarnessConnection::Run() {
       std::make_unique<HarnessClient>(manager_url_, env_.config.account_id,
                                       token_, *transport, http_, env_.clock);
   logs_ = std::make_unique<LogService>(http_, *transport, env_.log);
-  SchedulerOptions options;
-  options.registry = &env_.executors;
-  options.log_sink = &routing_;
-  options.clock = &env_.clock;
-  options.delegate_name = env_.config.name;
-  options.max_stages = env_.config.max_stages;
-  options.policy = env_.policy;
-  scheduler_ = std::make_unique<Scheduler>(options);
 
   env_.log.Info("connecting", {{"manager", manager_url_},
                                {"account_id", env_.config.account_id},
@@ -439,7 +467,8 @@ absl::Status HarnessConnection::Run() {
 
   // Open stages (only after a forced drain) are cancelled and cleaned up
   // first: their workers wait for them.
-  scheduler_->Shutdown(absl::ZeroDuration());
+  group_.CancelAll(Scheduler::CancelKind::kShutdown);
+  group_.WaitUntilEmpty();
   {
     std::lock_guard lock(mu_);
     stop_threads_ = true;
@@ -722,29 +751,12 @@ HarnessConnection::Answer HarnessConnection::HandleInit(
   for (size_t i = 0; i < masks.size(); ++i) {
     stage.secrets[absl::StrCat("__task_secret_", i)] = masks[i];
   }
-  // Nothing is created for a stage the policy refuses.
-  if (absl::Status s = ValidateForPlatform(env_.executors, stage, env_.policy);
-      !s.ok()) {
-    answer.error = absl::StrCat("local_init: ", s.message());
-    answer.data_json = InitResponseData(false, answer.error, delegate_id);
-    return answer;
-  }
-  for (const HostDir& dir : p->host_dirs) {
-    if (!dir.create) continue;
-    std::error_code ec;
-    std::filesystem::create_directories(dir.path, ec);
-    if (ec) {
-      answer.error =
-          absl::StrCat("local_init: creating ", dir.path, ": ", ec.message());
-      answer.data_json = InitResponseData(false, answer.error, delegate_id);
-      return answer;
-    }
-  }
-
   auto initialized = std::make_shared<std::promise<absl::Status>>();
   std::future<absl::Status> init_done = initialized->get_future();
   auto feed = std::make_shared<StageFeed>(
       [initialized](const absl::Status& s) { initialized->set_value(s); });
+  const std::string key = p->transaction_key;
+  auto observer = std::make_shared<StageObserverImpl>(*this, key);
   StageTask task;
   {
     std::lock_guard lock(mu_);
@@ -756,30 +768,43 @@ HarnessConnection::Answer HarnessConnection::HandleInit(
       return answer;
     }
     task.id = absl::StrCat(p->transaction_key, "#", ++next_stage_);
-    transactions_[p->transaction_key] = {task.id, feed, p->host_dirs};
+    transactions_[p->transaction_key] = {task.id, feed, p->host_dirs, observer};
   }
-  const std::string key = p->transaction_key;
+  const std::string task_id = task.id;
   task.stage = std::move(stage);
   task.feed = feed;
-  task.on_done = [this, key, feed](const StageResult& result) {
-    env_.log.Info("stage ended", {{"stage", key},
-                                  {"status", StepStatusName(result.status)},
-                                  {"error", result.error}});
-  };
+  task.observer = observer;
   std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
-  if (log) routing_.Route(task.id, "", log);
-  const std::string scheduler_id = task.id;
-  if (absl::Status s = scheduler_->Submit(std::move(task)); !s.ok()) {
+  if (log) observer->router.Route("", log);
+  // Submit checks the stage (secrets, policy, the executor) before anything
+  // of it exists: a refused stage gets no directories either. They are
+  // needed by the steps only, which come after this task's answer.
+  absl::Status s = group_.Submit(std::move(task));
+  std::string refused;
+  if (!s.ok()) {
+    refused = absl::StrCat("local_init: ", s.message());
+  } else if (absl::Status made = MakeHostDirs(p->host_dirs); !made.ok()) {
+    refused = absl::StrCat("local_init: ", made.message());
+    (void)group_.Cancel(task_id);
+    (void)init_done.get();  // the stage ends without running a step
+  }
+  if (!refused.empty()) {
     std::lock_guard lock(mu_);
-    transactions_.erase(key);
-    answer.error = absl::StrCat("local_init: ", s.message());
+    auto it = transactions_.find(key);
+    if (it != transactions_.end() && it->second.feed == feed) {
+      transactions_.erase(it);
+    }
+    answer.error = refused;
     answer.data_json = InitResponseData(false, answer.error, delegate_id);
-    if (log) routing_.Unroute(scheduler_id, "");
+    if (log) {
+      observer->router.Unroute("");
+      log->Close();
+    }
     return answer;
   }
-  absl::Status s = init_done.get();
+  s = init_done.get();
   if (log) {
-    routing_.Unroute(scheduler_id, "");
+    observer->router.Unroute("");
     log->Close();
   }
   env_.log.Info(s.ok() ? "stage initialized" : "stage initialize failed",
@@ -801,13 +826,13 @@ HarnessConnection::Answer HarnessConnection::HandleExecute(
     return answer;
   }
   std::shared_ptr<StageFeed> feed;
-  std::string scheduler_id;
+  std::shared_ptr<StageObserverImpl> observer;
   {
     std::lock_guard lock(mu_);
     auto it = transactions_.find(p->transaction_key);
     if (it != transactions_.end()) {
       feed = it->second.feed;
-      scheduler_id = it->second.scheduler_id;
+      observer = it->second.observer;
     }
   }
   StepResult failed;
@@ -825,7 +850,7 @@ HarnessConnection::Answer HarnessConnection::HandleExecute(
   std::vector<std::string> step_masks = p->masks;
   step_masks.insert(step_masks.end(), masks.begin(), masks.end());
   std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
-  if (log) routing_.Route(scheduler_id, p->step.id, log);
+  if (log) observer->router.Route(p->step.id, log);
   auto promise = std::make_shared<std::promise<StepResult>>();
   std::future<StepResult> done = promise->get_future();
   const std::string step_id = p->step.id;
@@ -841,7 +866,7 @@ HarnessConnection::Answer HarnessConnection::HandleExecute(
         absl::StrCat("stage ", p->transaction_key, ": ", pushed.message());
   }
   if (log) {
-    routing_.Unroute(scheduler_id, step_id);
+    observer->router.Unroute(step_id);
     log->Close();
   }
   answer.data_json = ExecutionResponseData(r);
@@ -870,14 +895,14 @@ HarnessConnection::Answer HarnessConnection::HandleCleanup(
   std::vector<std::string> remove;
   if (txn) {
     std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
-    if (log) routing_.Route(txn->scheduler_id, "", log);
+    if (log) txn->observer->router.Route("", log);
     auto promise = std::make_shared<std::promise<absl::Status>>();
     std::future<absl::Status> cleaned = promise->get_future();
     txn->feed->Close(
         [promise](const absl::Status& s) { promise->set_value(s); });
     absl::Status s = cleaned.get();
     if (log) {
-      routing_.Unroute(txn->scheduler_id, "");
+      txn->observer->router.Unroute("");
       log->Close();
     }
     if (!s.ok()) problems.push_back(std::string(s.message()));

@@ -45,7 +45,7 @@ void LogServiceStream::Append(const LogLine& line) {
   }
   const std::string_view level =
       line.stream == delegate::LogStream::kStderr ? "error" : "info";
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (closed_) return;
   std::string json = LineJson(
       level, position_++,
@@ -65,7 +65,7 @@ void LogServiceStream::FlushLocked() {
   uint64_t newly_dropped = 0;
   uint64_t pos = 0;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     lines.swap(pending_);
     pending_bytes_ = 0;
     newly_dropped = dropped_ - dropped_reported_;
@@ -97,11 +97,11 @@ void LogServiceStream::FlushLocked() {
 
 void LogServiceStream::Close() {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (closed_) return;
     closed_ = true;
   }
-  std::lock_guard send(send_mu_);
+  absl::MutexLock send(&send_mu_);
   FlushLocked();
   if (logger_.skip_closing_stream) return;
   std::string query = query_;
@@ -114,7 +114,7 @@ void LogServiceStream::Close() {
 }
 
 uint64_t LogServiceStream::dropped() const {
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   return dropped_;
 }
 
@@ -128,10 +128,10 @@ LogService::LogService(http::HttpClient& http, Transport transport,
 
 LogService::~LogService() {
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     stopping_ = true;
+    cv_.SignalAll();
   }
-  cv_.notify_all();
   flusher_.join();
 }
 
@@ -173,7 +173,7 @@ std::shared_ptr<LogServiceStream> LogService::Open(const TaskLogger& logger) {
     absl::Status s = Retry(
         policy, [&] { return Send(logger, "POST", stream->query_, ""); },
         [this] {
-          std::lock_guard lock(mu_);
+          absl::MutexLock lock(&mu_);
           return stopping_;
         });
     if (!s.ok()) {
@@ -182,16 +182,16 @@ std::shared_ptr<LogServiceStream> LogService::Open(const TaskLogger& logger) {
     }
   }
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     streams_.push_back(stream);
   }
   return stream;
 }
 
 void LogService::FlusherLoop() {
-  std::unique_lock lock(mu_);
+  absl::MutexLock lock(&mu_);
   while (!stopping_) {
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(limits_.flush_interval));
+    cv_.WaitWithTimeout(&mu_, limits_.flush_interval);
     if (stopping_) break;
     std::vector<std::shared_ptr<LogServiceStream>> live;
     std::vector<std::weak_ptr<LogServiceStream>> kept;
@@ -202,42 +202,40 @@ void LogService::FlusherLoop() {
       }
     }
     streams_.swap(kept);
-    lock.unlock();
+    mu_.Unlock();
     for (auto& s : live) {
       // A Close in progress flushes itself.
-      std::unique_lock send(s->send_mu_, std::try_to_lock);
-      if (send.owns_lock()) s->FlushLocked();
+      if (s->send_mu_.TryLock()) {
+        s->FlushLocked();
+        s->send_mu_.Unlock();
+      }
     }
-    lock.lock();
+    mu_.Lock();
   }
 }
 
-void RoutingLogSink::Route(const std::string& task_id,
-                           const std::string& step_id,
+void StageLogRouter::Route(const std::string& step_id,
                            std::shared_ptr<LogServiceStream> stream) {
-  std::lock_guard lock(mu_);
-  routes_[{task_id, step_id}] = std::move(stream);
+  absl::MutexLock lock(&mu_);
+  routes_[step_id] = std::move(stream);
 }
 
-std::shared_ptr<LogServiceStream> RoutingLogSink::Unroute(
-    const std::string& task_id, const std::string& step_id) {
-  std::lock_guard lock(mu_);
-  auto it = routes_.find(std::pair{task_id, step_id});
+std::shared_ptr<LogServiceStream> StageLogRouter::Unroute(
+    const std::string& step_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = routes_.find(step_id);
   if (it == routes_.end()) return nullptr;
-  std::shared_ptr<LogServiceStream> s = std::move(it->second);
+  std::shared_ptr<LogServiceStream> stream = std::move(it->second);
   routes_.erase(it);
-  return s;
+  return stream;
 }
 
-void RoutingLogSink::Append(const LogLine& line) {
+void StageLogRouter::Append(const LogLine& line) {
   std::shared_ptr<LogServiceStream> stream;
   {
-    std::lock_guard lock(mu_);
-    if (!routes_.empty()) {
-      auto it = routes_.find(
-          std::pair{std::string(line.task_id), std::string(line.step_id)});
-      if (it != routes_.end()) stream = it->second;
-    }
+    absl::MutexLock lock(&mu_);
+    auto it = routes_.find(AbslView(line.step_id));
+    if (it != routes_.end()) stream = it->second;
   }
   if (stream) {
     stream->Append(line);

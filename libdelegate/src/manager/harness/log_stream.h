@@ -6,18 +6,18 @@
 #ifndef DELEGATE_MANAGER_HARNESS_LOG_STREAM_H_
 #define DELEGATE_MANAGER_HARNESS_LOG_STREAM_H_
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "delegate/event_log.h"
 #include "delegate/log_sink.h"
@@ -50,20 +50,21 @@ class LogServiceStream {
  private:
   friend class LogService;
   LogServiceStream(LogService& service, TaskLogger logger);
-  // Sends the buffered lines; REQUIRES: send_mu_ held.
-  void FlushLocked();
+  // Sends the buffered lines.
+  void FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(send_mu_);
 
   LogService& service_;
   const TaskLogger logger_;
   std::string query_;  // "?accountID=..&key=.."
-  mutable std::mutex mu_;
-  std::deque<std::string> pending_;  // JSON objects; guarded by mu_
-  size_t pending_bytes_ = 0;         // guarded by mu_
-  uint64_t position_ = 0;            // guarded by mu_
-  uint64_t dropped_ = 0;             // guarded by mu_
-  uint64_t dropped_reported_ = 0;    // guarded by mu_
-  bool closed_ = false;              // guarded by mu_
-  std::mutex send_mu_;               // one PUT at a time, in order
+  mutable absl::Mutex mu_;
+  std::deque<std::string> pending_ ABSL_GUARDED_BY(mu_);  // JSON objects
+  size_t pending_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t position_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t dropped_reported_ ABSL_GUARDED_BY(mu_) = 0;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  // One PUT at a time, in order; taken before mu_.
+  absl::Mutex send_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 };
 
 class LogService {
@@ -90,32 +91,33 @@ class LogService {
   const Transport transport_;
   EventLog& log_;
   const LogStreamLimits limits_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::weak_ptr<LogServiceStream>> streams_;  // guarded by mu_
-  bool stopping_ = false;                                 // guarded by mu_
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::vector<std::weak_ptr<LogServiceStream>> streams_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread flusher_;
 };
 
-// A LogSink that sends the lines of registered (task, step) pairs to their
-// log service stream and every other line to `fallback`.
-class RoutingLogSink final : public LogSink {
+// The log of one stage on its way to the log service. A Harness stage is
+// several tasks (its init, each step, its cleanup), each naming its own
+// stream: while a task runs, the lines with its step id ("" for init and
+// cleanup) go to its stream; lines nobody routes go to `fallback` (the
+// console). Thread-safe.
+class StageLogRouter {
  public:
-  explicit RoutingLogSink(LogSink& fallback) : fallback_(fallback) {}
-  void Route(const std::string& task_id, const std::string& step_id,
+  // REQUIRES: `fallback` outlives the router.
+  explicit StageLogRouter(LogSink& fallback) : fallback_(fallback) {}
+  void Route(const std::string& step_id,
              std::shared_ptr<LogServiceStream> stream);
-  // Stops routing the pair and returns its stream (or nullptr).
-  std::shared_ptr<LogServiceStream> Unroute(const std::string& task_id,
-                                            const std::string& step_id);
-  void Append(const LogLine& line) override;
+  // Stops routing the step and returns its stream (or nullptr).
+  std::shared_ptr<LogServiceStream> Unroute(const std::string& step_id);
+  void Append(const LogLine& line);
 
  private:
   LogSink& fallback_;
-  std::mutex mu_;
-  std::map<std::pair<std::string, std::string>,
-           std::shared_ptr<LogServiceStream>,
-           std::less<>>
-      routes_;  // guarded by mu_
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<LogServiceStream>> routes_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace delegate::harness

@@ -1,8 +1,8 @@
 // The TLS settings every manager connection takes from the delegate's
 // configuration: the CAs in HARNESS_CERTS_DIR (trusted on top of the
 // system's store) and the client certificate for mutual TLS.
-#ifndef DELEGATE_MANAGER_TLS_CONFIG_H_
-#define DELEGATE_MANAGER_TLS_CONFIG_H_
+#ifndef DELEGATE_HTTP_TLS_CONFIG_H_
+#define DELEGATE_HTTP_TLS_CONFIG_H_
 
 #include "absl/status/statusor.h"
 #include "delegate/config.h"
@@ -18,4 +18,4 @@ absl::StatusOr<http::TlsOptions> TlsFromConfig(const DelegateConfig& config);
 
 }  // namespace delegate
 
-#endif  // DELEGATE_MANAGER_TLS_CONFIG_H_
+#endif  // DELEGATE_HTTP_TLS_CONFIG_H_

@@ -39,7 +39,7 @@ void EventLog::Emit(std::string_view level, std::string_view msg,
     line += '"';
   }
   line += '}';
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   write_(line);
 }
 

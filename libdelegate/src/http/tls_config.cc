@@ -1,4 +1,4 @@
-#include "manager/tls_config.h"
+#include "http/tls_config.h"
 
 #include <dirent.h>
 #include <sys/stat.h>

@@ -25,23 +25,17 @@ DelegateServer::DelegateServer(DelegateServerOptions options,
 DelegateServer::~DelegateServer() = default;
 
 void DelegateServer::Drain() {
-  {
-    std::lock_guard lock(mu_);
-    if (drain_requested_) drain_forced_ = true;
-    drain_requested_ = true;
-    if (connection_) connection_->Drain();
-  }
-  cv_.notify_all();
+  absl::MutexLock lock(&mu_);
+  if (drain_requested_) drain_forced_ = true;
+  drain_requested_ = true;
+  if (connection_) connection_->Drain();
 }
 
 absl::Status DelegateServer::StartRuntime() {
   SchedulerStageRunnerOptions runner;
-  runner.executors = &executors_;
-  runner.delegate_name = options_.config.name;
-  runner.max_stages = options_.config.max_stages;
-  runner.policy = options_.policy;
   runner.also_log_to = &log_sink_;
-  runtime_runner_ = std::make_unique<SchedulerStageRunner>(std::move(runner));
+  runtime_runner_ =
+      std::make_unique<SchedulerStageRunner>(*scheduler_, std::move(runner));
   RuntimeServerOptions server;
   server.listen = options_.runtime_listen;
   server.tls_cert_file = options_.runtime_tls_cert_file;
@@ -75,18 +69,15 @@ absl::Status DelegateServer::StartRuntime() {
 
 void DelegateServer::DrainRuntime() {
   {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [this] { return drain_requested_; });
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&drain_requested_));
   }
   // The graceful drain waits for the running stages; a second Drain cuts it
   // short from this thread.
   std::thread graceful([this] {
     runtime_runner_->Drain(absl::InfiniteDuration());
-    {
-      std::lock_guard lock(mu_);
-      runtime_drained_ = true;
-    }
-    cv_.notify_all();
+    absl::MutexLock lock(&mu_);
+    runtime_drained_ = true;
   });
   // Refusing new stages is the drain's first act: say so once it is done.
   while (runtime_runner_->Health().state == RuntimeHealth::State::kServing) {
@@ -96,8 +87,11 @@ void DelegateServer::DrainRuntime() {
             {{"address", runtime_server_->address()}});
   bool forced = false;
   {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [this] { return runtime_drained_ || drain_forced_; });
+    absl::MutexLock lock(&mu_);
+    auto drained_or_forced = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return runtime_drained_ || drain_forced_;
+    };
+    mu_.Await(absl::Condition(&drained_or_forced));
     forced = !runtime_drained_;
   }
   if (forced) runtime_runner_->Drain(absl::ZeroDuration());
@@ -177,6 +171,15 @@ absl::Status DelegateServer::Run() {
   if (options_.start_executors) {
     executors_.Start({.delegate_name = config.name, .log = &log_});
   }
+  SchedulerOptions scheduling;
+  scheduling.registry = &executors_;
+  scheduling.delegate_name = config.name;
+  scheduling.max_stages = config.max_stages;
+  scheduling.policy = options_.policy;
+  // Stages come from the network: its reader threads need the CPU more than
+  // an idle worker needs to spin for the next stage.
+  scheduling.spin_when_idle = false;
+  scheduler_ = std::make_unique<Scheduler>(scheduling);
 
   // The --manager URL's scheme names the connection ("grpc://..."); an
   // http(s) URL, or an empty one (HARNESS_URL), is a Harness manager.
@@ -188,7 +191,7 @@ absl::Status DelegateServer::Run() {
       std::string given = options_.manager.substr(0, colon);
       if (given != "http" && given != "https") scheme = std::move(given);
     }
-    ManagerEnvironment env{config,        executors_,      options_.policy,
+    ManagerEnvironment env{config,        executors_,      *scheduler_,
                            log_,          metrics_,        log_sink_,
                            Clock::Real(), options_.manager};
     absl::StatusOr<std::unique_ptr<ManagerConnection>> created =
@@ -212,7 +215,7 @@ absl::Status DelegateServer::Run() {
   absl::Status s;
   if (connection) {
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       connection_ = connection.get();
       if (drain_requested_) connection_->Drain();
     }
@@ -220,10 +223,9 @@ absl::Status DelegateServer::Run() {
     s = connection->Run();
     // RuntimeService drains with the connection, also when it gave up.
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       drain_requested_ = true;
     }
-    cv_.notify_all();
   }
   if (runtime_drainer.joinable()) runtime_drainer.join();
   // The ops endpoints stop before the connection and the runtime go: a
@@ -232,12 +234,14 @@ absl::Status DelegateServer::Run() {
   current = nullptr;
   runtime = nullptr;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     connection_ = nullptr;
   }
   connection.reset();
   runtime_server_.reset();
   runtime_runner_.reset();
+  scheduler_->Shutdown(absl::ZeroDuration());
+  scheduler_.reset();
   return s;
 }
 
