@@ -21,37 +21,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "http/http_client.h"  // Header
+#include "http/http_client.h"     // Header
+#include "http/server_request.h"  // ServerRequest
+#include "http/tls_stream.h"      // ServerTlsOptions
 
 namespace delegate::http {
-
-struct ServerRequest {
-  std::string method;  // as received, e.g. "GET"
-  // The request target as received: "/a%20b?x=1", or the absolute form
-  // "http://host/a?x=1" that a forward proxy receives.
-  std::string target;
-  // The target's path, percent-decoded, without the query; for the
-  // absolute form, without the scheme and authority ("/a b").
-  std::string path;
-  std::vector<Header> headers;  // names as received, in order
-  std::string body;             // de-chunked
-  std::string peer_address;     // "127.0.0.1:53412", "[::1]:53412"
-  // With mutual TLS, the common name of the verified client certificate's
-  // subject; empty otherwise.
-  std::string client_cert_subject;
-  // True once the server is stopping or the client has closed its end of the
-  // connection: a handler that waits (a long poll) checks it and returns
-  // early. Set on every request the server hands out; valid only while the
-  // handler runs, on its thread.
-  std::function<bool()> cancelled;
-
-  // The first header named `name`, compared case-insensitively; empty when
-  // absent.
-  std::string_view header(std::string_view name) const;
-  // The first query parameter named `name` (compared exactly), with '+' and
-  // percent escapes decoded; nullopt when absent. "?a" and "?a=" give "".
-  std::optional<std::string> query(std::string_view name) const;
-};
 
 struct ServerResponse {
   int status = 200;  // REQUIRES: 200..599 (anything else answers 500)
@@ -65,14 +39,6 @@ struct ServerResponse {
   // Not sent for 204 and 304, nor in answer to HEAD (whose Content-Length
   // is still the body's).
   std::string body;
-};
-
-struct ServerTlsOptions {
-  std::string cert_file;  // PEM: the certificate, then any intermediates
-  std::string key_file;   // PEM private key for cert_file
-  // Non-empty: a PEM bundle of CAs; every client must present a certificate
-  // that one of them signed, or the handshake fails.
-  std::string client_ca_file;
 };
 
 struct ServerOptions {
@@ -151,8 +117,7 @@ class HttpServer {
 
   const ServerOptions options_;
   const Handler handler_;
-  void* ssl_ctx_ = nullptr;  // SSL_CTX*; kept opaque so that callers need
-                             // no OpenSSL headers
+  std::unique_ptr<ServerTlsContext> tls_;  // null without TLS
   int listen_fd_ = -1;
   int stop_fd_ = -1;  // an eventfd, readable once Stop has begun
   int port_ = 0;
