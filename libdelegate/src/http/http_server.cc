@@ -15,7 +15,6 @@
 #include <cerrno>
 #include <cstring>
 #include <exception>
-#include <mutex>
 #include <system_error>
 #include <utility>
 
@@ -363,7 +362,6 @@ struct HttpServer::Connection {
   std::string peer;
   bool reject = false;  // answers 503 only
   std::thread thread;
-  bool finished = false;  // guarded by the server's mu_
 };
 
 HttpServer::HttpServer(ServerOptions options, Handler handler)
@@ -514,7 +512,7 @@ void HttpServer::AcceptLoop() {
     auto connection = std::make_unique<Connection>();
     connection->fd = fd;
     connection->peer = PeerAddress(addr, len);
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (serving_ < options_.max_connections) {
       ++serving_;
     } else if (rejecting_ < kMaxRejecting) {
@@ -557,22 +555,22 @@ void HttpServer::Serve(Connection* c) {
     }
   }
   close(c->fd);
-  std::lock_guard<std::mutex> lock(mu_);
-  c->finished = true;
+  absl::MutexLock lock(&mu_);
   --(c->reject ? rejecting_ : serving_);
+  // Not found once Stop has taken every connection to join.
+  auto it = std::find_if(
+      connections_.begin(), connections_.end(),
+      [c](const std::unique_ptr<Connection>& p) { return p.get() == c; });
+  if (it != connections_.end()) {
+    finished_.splice(finished_.end(), connections_, it);
+  }
 }
 
 void HttpServer::ReapFinished() {
   std::list<std::unique_ptr<Connection>> done;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = connections_.begin(); it != connections_.end();) {
-      if ((*it)->finished) {
-        done.splice(done.end(), connections_, it++);
-      } else {
-        ++it;
-      }
-    }
+    absl::MutexLock lock(&mu_);
+    done.swap(finished_);
   }
   for (auto& c : done) c->thread.join();
 }
@@ -591,8 +589,9 @@ void HttpServer::Stop() {
     }
     std::list<std::unique_ptr<Connection>> all;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       all.swap(connections_);
+      all.splice(all.end(), finished_);
     }
     for (auto& c : all) c->thread.join();
   });

@@ -19,7 +19,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "http/http_client.h"     // Header
 #include "http/server_request.h"  // ServerRequest
@@ -111,9 +113,10 @@ class HttpServer {
   struct Connection;
   HttpServer(ServerOptions options, Handler handler);
   absl::Status Listen();
-  void AcceptLoop();
-  void Serve(Connection* connection);
-  void ReapFinished();
+  void AcceptLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  void Serve(Connection* connection) ABSL_LOCKS_EXCLUDED(mu_);
+  // Joins the threads of the connections that have finished.
+  void ReapFinished() ABSL_LOCKS_EXCLUDED(mu_);
 
   const ServerOptions options_;
   const Handler handler_;
@@ -127,13 +130,13 @@ class HttpServer {
   std::thread acceptor_;
   std::once_flag stop_once_;
 
-  // A std::mutex rather than an absl::Mutex: ThreadSanitizer understands it
-  // with an uninstrumented Abseil.
-  std::mutex mu_;
-  // Guarded by mu_:
-  std::list<std::unique_ptr<Connection>> connections_;
-  size_t serving_ = 0;    // not yet finished
-  size_t rejecting_ = 0;  // answering 503
+  absl::Mutex mu_;
+  // Connections whose thread runs; each moves itself to finished_ when done,
+  // for the acceptor (or Stop) to join.
+  std::list<std::unique_ptr<Connection>> connections_ ABSL_GUARDED_BY(mu_);
+  std::list<std::unique_ptr<Connection>> finished_ ABSL_GUARDED_BY(mu_);
+  size_t serving_ ABSL_GUARDED_BY(mu_) = 0;    // not yet finished
+  size_t rejecting_ ABSL_GUARDED_BY(mu_) = 0;  // answering 503
 };
 
 }  // namespace delegate::http
