@@ -19,39 +19,15 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "http/http_client.h"  // Header
+#include "http/http_client.h"     // Header
+#include "http/server_request.h"  // ServerRequest
+#include "http/tls_stream.h"      // ServerTlsOptions
 
 namespace delegate::http {
-
-struct ServerRequest {
-  std::string method;  // as received, e.g. "GET"
-  // The request target as received: "/a%20b?x=1", or the absolute form
-  // "http://host/a?x=1" that a forward proxy receives.
-  std::string target;
-  // The target's path, percent-decoded, without the query; for the
-  // absolute form, without the scheme and authority ("/a b").
-  std::string path;
-  std::vector<Header> headers;  // names as received, in order
-  std::string body;             // de-chunked
-  std::string peer_address;     // "127.0.0.1:53412", "[::1]:53412"
-  // With mutual TLS, the common name of the verified client certificate's
-  // subject; empty otherwise.
-  std::string client_cert_subject;
-  // True once the server is stopping or the client has closed its end of the
-  // connection: a handler that waits (a long poll) checks it and returns
-  // early. Set on every request the server hands out; valid only while the
-  // handler runs, on its thread.
-  std::function<bool()> cancelled;
-
-  // The first header named `name`, compared case-insensitively; empty when
-  // absent.
-  std::string_view header(std::string_view name) const;
-  // The first query parameter named `name` (compared exactly), with '+' and
-  // percent escapes decoded; nullopt when absent. "?a" and "?a=" give "".
-  std::optional<std::string> query(std::string_view name) const;
-};
 
 struct ServerResponse {
   int status = 200;  // REQUIRES: 200..599 (anything else answers 500)
@@ -65,14 +41,6 @@ struct ServerResponse {
   // Not sent for 204 and 304, nor in answer to HEAD (whose Content-Length
   // is still the body's).
   std::string body;
-};
-
-struct ServerTlsOptions {
-  std::string cert_file;  // PEM: the certificate, then any intermediates
-  std::string key_file;   // PEM private key for cert_file
-  // Non-empty: a PEM bundle of CAs; every client must present a certificate
-  // that one of them signed, or the handshake fails.
-  std::string client_ca_file;
 };
 
 struct ServerOptions {
@@ -145,14 +113,14 @@ class HttpServer {
   struct Connection;
   HttpServer(ServerOptions options, Handler handler);
   absl::Status Listen();
-  void AcceptLoop();
-  void Serve(Connection* connection);
-  void ReapFinished();
+  void AcceptLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  void Serve(Connection* connection) ABSL_LOCKS_EXCLUDED(mu_);
+  // Joins the threads of the connections that have finished.
+  void ReapFinished() ABSL_LOCKS_EXCLUDED(mu_);
 
   const ServerOptions options_;
   const Handler handler_;
-  void* ssl_ctx_ = nullptr;  // SSL_CTX*; kept opaque so that callers need
-                             // no OpenSSL headers
+  std::unique_ptr<ServerTlsContext> tls_;  // null without TLS
   int listen_fd_ = -1;
   int stop_fd_ = -1;  // an eventfd, readable once Stop has begun
   int port_ = 0;
@@ -162,13 +130,13 @@ class HttpServer {
   std::thread acceptor_;
   std::once_flag stop_once_;
 
-  // A std::mutex rather than an absl::Mutex: ThreadSanitizer understands it
-  // with an uninstrumented Abseil.
-  std::mutex mu_;
-  // Guarded by mu_:
-  std::list<std::unique_ptr<Connection>> connections_;
-  size_t serving_ = 0;    // not yet finished
-  size_t rejecting_ = 0;  // answering 503
+  absl::Mutex mu_;
+  // Connections whose thread runs; each moves itself to finished_ when done,
+  // for the acceptor (or Stop) to join.
+  std::list<std::unique_ptr<Connection>> connections_ ABSL_GUARDED_BY(mu_);
+  std::list<std::unique_ptr<Connection>> finished_ ABSL_GUARDED_BY(mu_);
+  size_t serving_ ABSL_GUARDED_BY(mu_) = 0;    // not yet finished
+  size_t rejecting_ ABSL_GUARDED_BY(mu_) = 0;  // answering 503
 };
 
 }  // namespace delegate::http
