@@ -7,14 +7,10 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "manager/harness/payloads.h"
+#include "tests/manager/harness/payload_test_util.h"
 
 namespace delegate::harness {
 namespace {
-
-template <typename T>
-std::string Msg(const absl::StatusOr<T>& s) {
-  return std::string(s.status().message());
-}
 
 TEST(HarnessWireBytesTest, TaskResponseBodies) {
   EXPECT_EQ(TaskResponseBody("t-1", "local_execute", true, "", R"({"a":1})"),
