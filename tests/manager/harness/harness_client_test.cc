@@ -1,12 +1,12 @@
 #include "manager/harness/harness_client.h"
 
 #include <atomic>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -26,7 +26,7 @@ struct FakeManager {
   explicit FakeManager(int status, std::string body = "{}") {
     auto s = http::HttpServer::Start(
         {}, [this, status, body](const http::ServerRequest& r) {
-          std::lock_guard lock(mu);
+          absl::MutexLock lock(&mu);
           targets.push_back(r.method + " " + r.target);
           auth.emplace_back(r.header("Authorization"));
           hash.emplace_back(r.header("delegateTokenHash"));
@@ -38,8 +38,10 @@ struct FakeManager {
     EXPECT_TRUE(s.ok());
     server = *std::move(s);
   }
-  std::mutex mu;
-  std::vector<std::string> targets, auth, hash;
+  absl::Mutex mu;
+  std::vector<std::string> targets ABSL_GUARDED_BY(mu);
+  std::vector<std::string> auth ABSL_GUARDED_BY(mu);
+  std::vector<std::string> hash ABSL_GUARDED_BY(mu);
   std::unique_ptr<http::HttpServer> server;
 };
 
@@ -61,6 +63,7 @@ TEST_F(HarnessClientTest, EveryCallCarriesTheJweAndTheTokenHash) {
   absl::StatusOr<std::string> id = client->Register(info);
   ASSERT_TRUE(id.ok()) << id.status();
   EXPECT_EQ(*id, "d-7");
+  absl::MutexLock lock(&m.mu);
   ASSERT_EQ(m.targets.size(), 1u);
   EXPECT_EQ(m.targets[0],
             "POST /api/agent/delegates/register?accountId=acct%201");
@@ -81,6 +84,7 @@ TEST_F(HarnessClientTest, TaskPathsFollowTheRunner) {
   ASSERT_TRUE(client->PollEvents("d-1").ok());
   ASSERT_TRUE(client->Acquire("t-1", "d-1", "my delegate").ok());
   ASSERT_TRUE(client->SendResponse("t-1", "d-1", "{}").ok());
+  absl::MutexLock lock(&m.mu);
   EXPECT_THAT(m.targets,
               ::testing::ElementsAre(
                   "GET /api/executions/d-1/runner-events?accountId=acct%201",

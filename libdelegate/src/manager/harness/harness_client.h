@@ -18,7 +18,8 @@
 #include "delegate/clock.h"
 #include "delegate/config.h"
 #include "http/http_client.h"
-#include "manager/harness/payloads.h"
+#include "manager/harness/registration.h"
+#include "manager/harness/task_request.h"
 #include "manager/harness/token.h"
 
 namespace delegate::harness {
