@@ -69,8 +69,8 @@ class RefreshingCredentialsProvider final : public CredentialsProvider {
                                 absl::Duration advisory = absl::Minutes(15),
                                 absl::Duration mandatory = absl::Minutes(10));
 
-  absl::StatusOr<Credentials> Get() override;
-  void Invalidate() override;
+  absl::StatusOr<Credentials> Get() override ABSL_LOCKS_EXCLUDED(mu_);
+  void Invalidate() override ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   const Fetch fetch_;

@@ -95,8 +95,8 @@ class JsonClient {
 
  private:
   absl::Duration Backoff(int attempt, bool throttled);
-  bool TakeRetryQuota(bool throttled);
-  void ReturnRetryQuota();
+  bool TakeRetryQuota(bool throttled) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReturnRetryQuota() ABSL_LOCKS_EXCLUDED(mu_);
 
   const JsonClientOptions options_;
   Clock& clock_;

@@ -103,13 +103,15 @@ class LogsClient {
   // once without a call (PutLogEvents finds a group deleted since and
   // recreates it). InvalidArgument, without a call, for a name CloudWatch
   // would refuse (1-512 of [.-_/#A-Za-z0-9]).
-  absl::Status EnsureLogGroup(const std::string& group);
+  absl::Status EnsureLogGroup(const std::string& group)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // CreateLogStream, remembered likewise; ResourceAlreadyExistsException is
   // success, and a missing group is created first. InvalidArgument, without
   // a call, for a bad group or stream name (1-512 characters, no ':' or
   // '*').
   absl::Status EnsureLogStream(const std::string& group,
-                               const std::string& stream);
+                               const std::string& stream)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Sends every event, in the batches of BatchLogEvents, each after a token
   // of the group's PutLogEvents limiter. A ResourceNotFoundException
   // recreates the stream (and the group) once per call and resends the
@@ -120,7 +122,8 @@ class LogsClient {
   // how many events went. `result` may be nullptr.
   absl::Status PutLogEvents(const std::string& group, const std::string& stream,
                             std::vector<LogEvent> events,
-                            PutLogEventsResult* result = nullptr);
+                            PutLogEventsResult* result = nullptr)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // One GetLogEvents call, startFromHead, from `next_token` ("" for the
   // stream's first event), at most `limit` (clamped to 1..10,000) events.
   // NotFound when the group or stream does not exist (yet: the awslogs
@@ -133,8 +136,9 @@ class LogsClient {
  private:
   absl::Status CreateStream(const std::string& group,
                             const std::string& stream);
-  void Forget(const std::string& group, const std::string& stream);
-  RateLimiter& PutLimiter(const std::string& group);
+  void Forget(const std::string& group, const std::string& stream)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  RateLimiter& PutLimiter(const std::string& group) ABSL_LOCKS_EXCLUDED(mu_);
 
   JsonClient& client_;
   const LogsRateLimits limits_;
@@ -214,13 +218,13 @@ class CloudWatchLogSink final : public LogSink {
   CloudWatchLogSink(const CloudWatchLogSink&) = delete;
   CloudWatchLogSink& operator=(const CloudWatchLogSink&) = delete;
 
-  void Append(const LogLine& line) override;
+  void Append(const LogLine& line) override ABSL_LOCKS_EXCLUDED(mu_);
   // Sends everything appended before the call; returns the send's error.
-  absl::Status Flush();
-  Stats stats() const;
+  absl::Status Flush() ABSL_LOCKS_EXCLUDED(send_mu_, mu_);
+  Stats stats() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  void Run();
+  void Run() ABSL_LOCKS_EXCLUDED(mu_);
   bool Wake() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   LogsClient& client_;
@@ -228,7 +232,8 @@ class CloudWatchLogSink final : public LogSink {
   const std::string stream_;
   const CloudWatchLogSinkOptions options_;
 
-  absl::Mutex send_mu_;  // one send at a time, in order; before mu_
+  // One send at a time, in order.
+  absl::Mutex send_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   bool stream_ready_ ABSL_GUARDED_BY(send_mu_) = false;
 
   mutable absl::Mutex mu_;

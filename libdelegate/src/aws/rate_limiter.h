@@ -26,9 +26,9 @@ class RateLimiter {
 
   // Takes a token, sleeping on the clock (outside any lock) until the one it
   // reserved is due.
-  void Acquire();
+  void Acquire() ABSL_LOCKS_EXCLUDED(mu_);
   // Takes a token if one is free now; never sleeps.
-  bool TryAcquire();
+  bool TryAcquire() ABSL_LOCKS_EXCLUDED(mu_);
 
   double per_second() const { return rate_; }
 
