@@ -2,7 +2,9 @@
 # Installs what libdelegate needs to build and test, from Debian 12 packages.
 set -euo pipefail
 packages=(
-  cmake g++ make pkg-config git ca-certificates
+  cmake g++ make pkg-config git ca-certificates ccache
+  # The thread-safety build (-Wthread-safety), in CI.
+  clang-14
   libabsl-dev rapidjson-dev libyaml-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev curl libssl-dev
   # The gRPC contracts (proto/): C++ code generation and runtime, and Python
