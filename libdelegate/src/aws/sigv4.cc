@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "util/strings.h"
+#include "util/url.h"
 
 namespace delegate::aws {
 namespace {
@@ -104,20 +105,7 @@ std::string TrimValue(std::string_view v) {
 }  // namespace
 
 std::string UriEncode(std::string_view s, bool keep_slash) {
-  static constexpr char kDigits[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(s.size());
-  for (unsigned char c : s) {
-    if (absl::ascii_isalnum(c) || c == '-' || c == '_' || c == '.' ||
-        c == '~' || (keep_slash && c == '/')) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kDigits[c >> 4]);
-      out.push_back(kDigits[c & 0xf]);
-    }
-  }
-  return out;
+  return UrlEncode(s, keep_slash ? "/" : "");
 }
 
 std::string HexSha256(std::string_view data) {

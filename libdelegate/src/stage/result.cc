@@ -27,37 +27,31 @@ const char* StepStatusName(StepStatus status) {
 }
 
 using json::String;
+using json::StringField;
 
 std::string StageResultToJson(const StageResult& result) {
   rapidjson::StringBuffer buffer;
   rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
   w.StartObject();
-  w.Key("stage");
-  String(w, result.stage);
-  w.Key("task_id");
-  String(w, result.task_id);
-  w.Key("status");
-  String(w, StepStatusName(result.status));
-  w.Key("error");
-  String(w, result.error);
+  StringField(w, "stage", result.stage);
+  StringField(w, "task_id", result.task_id);
+  StringField(w, "status", StepStatusName(result.status));
+  StringField(w, "error", result.error);
   w.Key("duration_ms");
   w.Int64(absl::ToInt64Milliseconds(result.duration));
   w.Key("steps");
   w.StartArray();
   for (const StepResult& step : result.steps) {
     w.StartObject();
-    w.Key("id");
-    String(w, step.id);
-    w.Key("status");
-    String(w, StepStatusName(step.status));
+    StringField(w, "id", step.id);
+    StringField(w, "status", StepStatusName(step.status));
     w.Key("exit_code");
     if (step.exit_code) {
       w.Int(*step.exit_code);
     } else {
       w.Null();
     }
-    w.Key("error");
-    String(w, step.error);
+    StringField(w, "error", step.error);
     w.Key("outputs");
     w.StartObject();
     for (const auto& [key, value] : step.outputs) {

@@ -22,6 +22,12 @@ inline void String(Writer& w, std::string_view s) {
 inline void Key(Writer& w, std::string_view s) {
   w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size()));
 }
+// "key": "value".
+inline void StringField(Writer& w, std::string_view key,
+                        std::string_view value) {
+  Key(w, key);
+  String(w, value);
+}
 inline void StringList(Writer& w, const std::vector<std::string>& list) {
   w.StartArray();
   for (const std::string& s : list) String(w, s);

@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "executor/docker/docker_stream.h"
 #include "http/http_client.h"
+#include "util/json.h"
 #include "util/strings.h"
 #include "util/url.h"
 
@@ -205,12 +206,10 @@ std::string EncodeAuth(const RegistryAuth& auth, const std::string& name) {
   rapidjson::StringBuffer buffer;
   JsonWriter w(buffer);
   w.StartObject();
-  w.Key("username");
-  WriteString(w, auth.username);
-  w.Key("password");
-  WriteString(w, auth.password);
-  w.Key("serveraddress");
-  WriteString(w, auth.server.empty() ? RegistryOf(name) : auth.server);
+  json::StringField(w, "username", auth.username);
+  json::StringField(w, "password", auth.password);
+  json::StringField(w, "serveraddress",
+                    auth.server.empty() ? RegistryOf(name) : auth.server);
   w.EndObject();
   std::string encoded;
   absl::WebSafeBase64Escape(
@@ -248,17 +247,8 @@ class EngineClient final : public DockerClient {
   absl::Status CreateNetwork(
       const std::string& name,
       const std::map<std::string, std::string>& labels) override {
-    rapidjson::StringBuffer buffer;
-    JsonWriter w(buffer);
-    w.StartObject();
-    w.Key("Name");
-    WriteString(w, name);
-    WriteLabels(w, labels);
-    w.Key("CheckDuplicate");
-    w.Bool(true);
-    w.EndObject();
-    return Expect(Call("POST", "/networks/create", Body(buffer)),
-                  absl::StrCat("create network ", name), {201});
+    return CreateNamed("network", "/networks/create", name, labels,
+                       /*check_duplicate=*/true);
   }
 
   absl::Status RemoveNetwork(const std::string& name_or_id) override {
@@ -270,15 +260,8 @@ class EngineClient final : public DockerClient {
   absl::Status CreateVolume(
       const std::string& name,
       const std::map<std::string, std::string>& labels) override {
-    rapidjson::StringBuffer buffer;
-    JsonWriter w(buffer);
-    w.StartObject();
-    w.Key("Name");
-    WriteString(w, name);
-    WriteLabels(w, labels);
-    w.EndObject();
-    return Expect(Call("POST", "/volumes/create", Body(buffer)),
-                  absl::StrCat("create volume ", name), {201});
+    return CreateNamed("volume", "/volumes/create", name, labels,
+                       /*check_duplicate=*/false);
   }
 
   absl::Status RemoveVolume(const std::string& name) override {
@@ -678,6 +661,26 @@ class EngineClient final : public DockerClient {
  private:
   static std::string Body(const rapidjson::StringBuffer& buffer) {
     return std::string(buffer.GetString(), buffer.GetSize());
+  }
+
+  // POST {"Name", "Labels"[, "CheckDuplicate": true]} to `path`: a network
+  // or a volume.
+  absl::Status CreateNamed(std::string_view what, std::string_view path,
+                           const std::string& name,
+                           const std::map<std::string, std::string>& labels,
+                           bool check_duplicate) {
+    rapidjson::StringBuffer buffer;
+    JsonWriter w(buffer);
+    w.StartObject();
+    json::StringField(w, "Name", name);
+    WriteLabels(w, labels);
+    if (check_duplicate) {
+      w.Key("CheckDuplicate");
+      w.Bool(true);
+    }
+    w.EndObject();
+    return Expect(Call("POST", std::string(path), Body(buffer)),
+                  absl::StrCat("create ", AbslView(what), " ", name), {201});
   }
 
   // `path_and_query` is below /v<version>.

@@ -139,17 +139,14 @@ absl::StatusOr<std::string> EcsExecutor::RunTask(const StepContext& ctx,
   std::vector<std::pair<std::string, std::string>> tags = Tags(ctx.stage);
   tags.push_back({kTagStep, ecs::EcsTagValue(ctx.step.id)});
   const std::string body = RequestBody([&](Writer& w) {
-    json::Key(w, "cluster");
-    json::String(w, r.cluster);
-    json::Key(w, "taskDefinition");
-    json::String(w, definition);
+    json::StringField(w, "cluster", r.cluster);
+    json::StringField(w, "taskDefinition", definition);
     json::Key(w, "count");
     w.Int(1);
-    json::Key(w, "launchType");
-    json::String(w, launch_ == LaunchType::kFargate ? "FARGATE" : "EC2");
+    json::StringField(w, "launchType",
+                      launch_ == LaunchType::kFargate ? "FARGATE" : "EC2");
     if (launch_ == LaunchType::kFargate) {
-      json::Key(w, "platformVersion");
-      json::String(w, o.platform_version);
+      json::StringField(w, "platformVersion", o.platform_version);
     }
     if (!r.subnets.empty()) {
       json::Key(w, "networkConfiguration");
@@ -162,8 +159,8 @@ absl::StatusOr<std::string> EcsExecutor::RunTask(const StepContext& ctx,
         json::Key(w, "securityGroups");
         json::StringList(w, o.security_groups);
       }
-      json::Key(w, "assignPublicIp");
-      json::String(w, o.assign_public_ip ? "ENABLED" : "DISABLED");
+      json::StringField(w, "assignPublicIp",
+                        o.assign_public_ip ? "ENABLED" : "DISABLED");
       w.EndObject();
       w.EndObject();
     }
@@ -172,16 +169,15 @@ absl::StatusOr<std::string> EcsExecutor::RunTask(const StepContext& ctx,
       w.RawValue(task.overrides_json.data(), task.overrides_json.size(),
                  rapidjson::kObjectType);
     }
-    json::Key(w, "startedBy");
-    json::String(w, StartedBy(ctx.stage.delegate_name));
+    json::StringField(w, "startedBy", StartedBy(ctx.stage.delegate_name));
     json::Key(w, "tags");
     ecs::WriteTags(w, tags);
     // The same token for every retry of this call, a new one per stage run.
-    json::Key(w, "clientToken");
-    json::String(w, "ld" + aws::HexSha256(absl::StrCat(r.instance, "|",
-                                                       ctx.stage.task_id, "|",
-                                                       ctx.index, "|", nonce_))
-                               .substr(0, 62));
+    json::StringField(
+        w, "clientToken",
+        "ld" + aws::HexSha256(absl::StrCat(r.instance, "|", ctx.stage.task_id,
+                                           "|", ctx.index, "|", nonce_))
+                   .substr(0, 62));
   });
   absl::StatusOr<std::string> answer = session_->ecs().Call(
       "RunTask", body, [&] { return ctx.stop.stop_requested(); });

@@ -205,8 +205,7 @@ absl::StatusOr<TaskStates> EcsSession::Describe(
     const std::vector<std::string>& arns, bool tags,
     const std::string& cluster) {
   const std::string body = RequestBody([&](Writer& w) {
-    json::Key(w, "cluster");
-    json::String(w, cluster);
+    json::StringField(w, "cluster", cluster);
     json::Key(w, "tasks");
     json::StringList(w, arns);
     if (tags) {
@@ -273,12 +272,9 @@ absl::Status EcsSession::StopTask(const std::string& arn,
                                   const std::string& reason,
                                   const std::string& cluster) {
   const std::string body = RequestBody([&](Writer& w) {
-    json::Key(w, "cluster");
-    json::String(w, cluster);
-    json::Key(w, "task");
-    json::String(w, arn);
-    json::Key(w, "reason");
-    json::String(w, reason.substr(0, 255));
+    json::StringField(w, "cluster", cluster);
+    json::StringField(w, "task", arn);
+    json::StringField(w, "reason", reason.substr(0, 255));
   });
   absl::StatusOr<std::string> r = ecs_->Call("StopTask", body);
   return r.ok() ? absl::OkStatus() : r.status();
@@ -317,13 +313,10 @@ absl::StatusOr<std::vector<std::string>> EcsSession::ListTaskArns(
   std::string token;
   do {
     const std::string body = RequestBody([&](Writer& w) {
-      json::Key(w, "cluster");
-      json::String(w, resolved_.cluster);
-      json::Key(w, "startedBy");
-      json::String(w, started_by);
+      json::StringField(w, "cluster", resolved_.cluster);
+      json::StringField(w, "startedBy", started_by);
       if (!token.empty()) {
-        json::Key(w, "nextToken");
-        json::String(w, token);
+        json::StringField(w, "nextToken", token);
       }
     });
     absl::StatusOr<std::string> answer = ecs_->Call("ListTasks", body);
@@ -407,13 +400,10 @@ std::vector<std::string> EcsSession::Reap(const std::string& delegate_name,
   std::vector<std::string> defs;
   do {
     const std::string body = RequestBody([&](Writer& w) {
-      json::Key(w, "familyPrefix");
-      json::String(w, TaskFamily(delegate_name));
-      json::Key(w, "status");
-      json::String(w, "ACTIVE");
+      json::StringField(w, "familyPrefix", TaskFamily(delegate_name));
+      json::StringField(w, "status", "ACTIVE");
       if (!token.empty()) {
-        json::Key(w, "nextToken");
-        json::String(w, token);
+        json::StringField(w, "nextToken", token);
       }
     });
     absl::StatusOr<std::string> answer =

@@ -100,10 +100,8 @@ void WriteTags(json::Writer& w,
   w.StartArray();
   for (const auto& [key, value] : tags) {
     w.StartObject();
-    json::Key(w, "key");
-    json::String(w, key);
-    json::Key(w, "value");
-    json::String(w, value);
+    json::StringField(w, "key", key);
+    json::StringField(w, "value", value);
     w.EndObject();
   }
   w.EndArray();
@@ -287,10 +285,8 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
     w.StartArray();
     for (const auto& [name, value] : plain_env) {
       w.StartObject();
-      json::Key(w, "name");
-      json::String(w, name);
-      json::Key(w, "value");
-      json::String(w, value);
+      json::StringField(w, "name", name);
+      json::StringField(w, "value", value);
       w.EndObject();
     }
     w.EndArray();
@@ -305,8 +301,7 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
     json::Key(w, "containerOverrides");
     w.StartArray();
     w.StartObject();
-    json::Key(w, "name");
-    json::String(w, kStepContainer);
+    json::StringField(w, "name", kStepContainer);
     if (!command.empty()) {
       json::Key(w, "command");
       json::StringList(w, command);
@@ -329,73 +324,59 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
   rapidjson::StringBuffer b;
   Writer w(b);
   w.StartObject();
-  json::Key(w, "family");
-  json::String(w, in.family);
+  json::StringField(w, "family", in.family);
   json::Key(w, "requiresCompatibilities");
   json::StringList(w, {fargate ? "FARGATE" : "EC2"});
-  json::Key(w, "networkMode");
-  json::String(w, in.network_mode);
+  json::StringField(w, "networkMode", in.network_mode);
   if (fargate) {
     absl::StatusOr<TaskSize> size =
         FargateTaskSize(step.resources, "step " + step.id + " resources");
     if (!size.ok()) return size.status();
-    json::Key(w, "cpu");
-    json::String(w, absl::StrCat(size->cpu_units));
-    json::Key(w, "memory");
-    json::String(w, absl::StrCat(size->memory_mib));
+    json::StringField(w, "cpu", absl::StrCat(size->cpu_units));
+    json::StringField(w, "memory", absl::StrCat(size->memory_mib));
     json::Key(w, "runtimePlatform");
     w.StartObject();
-    json::Key(w, "operatingSystemFamily");
-    json::String(w, "LINUX");
+    json::StringField(w, "operatingSystemFamily", "LINUX");
     w.EndObject();
   }
   if (!options.execution_role_arn.empty()) {
-    json::Key(w, "executionRoleArn");
-    json::String(w, options.execution_role_arn);
+    json::StringField(w, "executionRoleArn", options.execution_role_arn);
   }
   if (!options.task_role_arn.empty()) {
-    json::Key(w, "taskRoleArn");
-    json::String(w, options.task_role_arn);
+    json::StringField(w, "taskRoleArn", options.task_role_arn);
   }
   json::Key(w, "volumes");
   w.StartArray();
   w.StartObject();
-  json::Key(w, "name");
-  json::String(w, "workspace");
+  json::StringField(w, "name", "workspace");
   w.EndObject();
   for (const Volume& v : stage.volumes) {
     if (!mounted.contains(v.name)) continue;
     w.StartObject();
-    json::Key(w, "name");
-    json::String(w, VolumeName(v.name));
+    json::StringField(w, "name", VolumeName(v.name));
     if (const auto* e = std::get_if<EmptyDirVolume>(&v.source)) {
       ephemeral_mib += e->size_mib.value_or(0);
     } else if (const auto* h = std::get_if<HostPathVolume>(&v.source)) {
       json::Key(w, "host");
       w.StartObject();
-      json::Key(w, "sourcePath");
-      json::String(w, h->path);
+      json::StringField(w, "sourcePath", h->path);
       w.EndObject();
     } else if (const auto* efs = std::get_if<EfsVolume>(&v.source)) {
       json::Key(w, "efsVolumeConfiguration");
       w.StartObject();
-      json::Key(w, "fileSystemId");
-      json::String(w, efs->filesystem_id);
+      json::StringField(w, "fileSystemId", efs->filesystem_id);
       if (!efs->root_directory.empty()) {
-        json::Key(w, "rootDirectory");
-        json::String(w, efs->root_directory);
+        json::StringField(w, "rootDirectory", efs->root_directory);
       }
-      json::Key(w, "transitEncryption");
-      json::String(w, efs->transit_encryption ? "ENABLED" : "DISABLED");
+      json::StringField(w, "transitEncryption",
+                        efs->transit_encryption ? "ENABLED" : "DISABLED");
       if (!efs->access_point_id.empty() || efs->iam) {
         json::Key(w, "authorizationConfig");
         w.StartObject();
         if (!efs->access_point_id.empty()) {
-          json::Key(w, "accessPointId");
-          json::String(w, efs->access_point_id);
+          json::StringField(w, "accessPointId", efs->access_point_id);
         }
-        json::Key(w, "iam");
-        json::String(w, efs->iam ? "ENABLED" : "DISABLED");
+        json::StringField(w, "iam", efs->iam ? "ENABLED" : "DISABLED");
         w.EndObject();
       }
       w.EndObject();
@@ -414,10 +395,8 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
   json::Key(w, "containerDefinitions");
   w.StartArray();
   w.StartObject();
-  json::Key(w, "name");
-  json::String(w, kStepContainer);
-  json::Key(w, "image");
-  json::String(w, step.image);
+  json::StringField(w, "name", kStepContainer);
+  json::StringField(w, "image", step.image);
   json::Key(w, "essential");
   w.Bool(true);
   if (!entry_point.empty()) {
@@ -432,8 +411,8 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
     json::Key(w, "environment");
     write_env(w);
   }
-  json::Key(w, "workingDirectory");
-  json::String(w, step.commands.empty() ? working_dir : kWorkspacePath);
+  json::StringField(w, "workingDirectory",
+                    step.commands.empty() ? working_dir : kWorkspacePath);
   if (!fargate) {
     json::Key(w, "memory");
     w.Int64(step.resources.memory_mib.value_or(512));
@@ -444,10 +423,10 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
   }
   const SecurityContext& sc = step.security_context;
   if (sc.run_as_user || sc.run_as_group) {
-    json::Key(w, "user");
-    json::String(w, sc.run_as_group ? absl::StrCat(sc.run_as_user.value_or(0),
-                                                   ":", *sc.run_as_group)
-                                    : absl::StrCat(*sc.run_as_user));
+    json::StringField(w, "user",
+                      sc.run_as_group ? absl::StrCat(sc.run_as_user.value_or(0),
+                                                     ":", *sc.run_as_group)
+                                      : absl::StrCat(*sc.run_as_user));
   }
   if (sc.privileged) {
     json::Key(w, "privileged");
@@ -480,19 +459,15 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
   json::Key(w, "mountPoints");
   w.StartArray();
   w.StartObject();
-  json::Key(w, "sourceVolume");
-  json::String(w, "workspace");
-  json::Key(w, "containerPath");
-  json::String(w, kWorkspacePath);
+  json::StringField(w, "sourceVolume", "workspace");
+  json::StringField(w, "containerPath", kWorkspacePath);
   w.EndObject();
   for (const VolumeMount& m : step.volume_mounts) {
     const Volume* v = stage.FindVolume(m.name);
     if (!v) continue;
     w.StartObject();
-    json::Key(w, "sourceVolume");
-    json::String(w, VolumeName(v->name));
-    json::Key(w, "containerPath");
-    json::String(w, MountPath(m.path));
+    json::StringField(w, "sourceVolume", VolumeName(v->name));
+    json::StringField(w, "containerPath", MountPath(m.path));
     if (const auto* h = std::get_if<HostPathVolume>(&v->source);
         h && h->read_only) {
       json::Key(w, "readOnly");
@@ -506,10 +481,8 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
     w.StartArray();
     for (const auto& [name, arn] : secrets) {
       w.StartObject();
-      json::Key(w, "name");
-      json::String(w, name);
-      json::Key(w, "valueFrom");
-      json::String(w, arn);
+      json::StringField(w, "name", name);
+      json::StringField(w, "valueFrom", arn);
       w.EndObject();
     }
     w.EndArray();
@@ -517,8 +490,7 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
   if (step.registry && !step.registry->password.empty()) {
     json::Key(w, "repositoryCredentials");
     w.StartObject();
-    json::Key(w, "credentialsParameter");
-    json::String(w, step.registry->password);
+    json::StringField(w, "credentialsParameter", step.registry->password);
     w.EndObject();
   }
   json::Key(w, "stopTimeout");
@@ -526,20 +498,15 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
       std::clamp<int64_t>(absl::ToInt64Seconds(options.grace_period), 2, 120));
   json::Key(w, "logConfiguration");
   w.StartObject();
-  json::Key(w, "logDriver");
-  json::String(w, "awslogs");
+  json::StringField(w, "logDriver", "awslogs");
   json::Key(w, "options");
   w.StartObject();
-  json::Key(w, "awslogs-group");
-  json::String(w, options.log_group);
-  json::Key(w, "awslogs-region");
-  json::String(w, in.region);
-  json::Key(w, "awslogs-stream-prefix");
-  json::String(w, options.log_stream_prefix);
+  json::StringField(w, "awslogs-group", options.log_group);
+  json::StringField(w, "awslogs-region", in.region);
+  json::StringField(w, "awslogs-stream-prefix", options.log_stream_prefix);
   // Completeness over availability: a CI log with holes is worse than a
   // step that waits for CloudWatch.
-  json::Key(w, "mode");
-  json::String(w, "blocking");
+  json::StringField(w, "mode", "blocking");
   w.EndObject();
   w.EndObject();
   w.EndObject();

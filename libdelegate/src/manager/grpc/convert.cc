@@ -1,8 +1,10 @@
 #include "manager/grpc/convert.h"
 
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <variant>
@@ -210,125 +212,101 @@ absl::StatusOr<absl::Time> TimeFromProto(const google::protobuf::Timestamp& t,
 
 // ------------------------------------------------------------ enums
 
-v1::PullPolicy ToProto(PullPolicy pull) {
-  switch (pull) {
-    case PullPolicy::kDefault:
-      return v1::PULL_POLICY_UNSPECIFIED;
-    case PullPolicy::kAlways:
-      return v1::PULL_POLICY_ALWAYS;
-    case PullPolicy::kIfNotPresent:
-      return v1::PULL_POLICY_IF_NOT_PRESENT;
-    case PullPolicy::kNever:
-      return v1::PULL_POLICY_NEVER;
-  }
-  return v1::PULL_POLICY_UNSPECIFIED;
-}
+namespace {
 
+// Each enum maps one to one; its *_UNSPECIFIED reads as a default where the
+// contract gives one, and is an error where the field is required.
+template <typename Native, typename Proto>
+struct EnumMapping {
+  std::string_view type;  // for errors: "PullPolicy"
+  Proto unspecified;
+  std::string_view unspecified_name;
+  std::optional<Native> if_unspecified;  // nullopt: required
+  std::initializer_list<std::pair<Native, Proto>> pairs;
+
+  Proto ToProto(Native value) const {
+    for (const auto& [native, proto] : pairs) {
+      if (native == value) return proto;
+    }
+    return unspecified;
+  }
+  absl::StatusOr<Native> FromProto(Proto value, std::string_view path) const {
+    for (const auto& [native, proto] : pairs) {
+      if (proto == value) return native;
+    }
+    if (value != unspecified) {
+      return UnknownEnum(path, type, static_cast<int>(value));
+    }
+    if (if_unspecified) return *if_unspecified;
+    return Invalid(path,
+                   absl::StrCat("not set (", AbslView(unspecified_name), ")"));
+  }
+};
+
+const EnumMapping<PullPolicy, v1::PullPolicy> kPullPolicies = {
+    "PullPolicy",
+    v1::PULL_POLICY_UNSPECIFIED,
+    "PULL_POLICY_UNSPECIFIED",
+    PullPolicy::kDefault,
+    {{PullPolicy::kDefault, v1::PULL_POLICY_UNSPECIFIED},
+     {PullPolicy::kAlways, v1::PULL_POLICY_ALWAYS},
+     {PullPolicy::kIfNotPresent, v1::PULL_POLICY_IF_NOT_PRESENT},
+     {PullPolicy::kNever, v1::PULL_POLICY_NEVER}}};
+
+const EnumMapping<Priority, v1::Priority> kPriorities = {
+    "Priority",
+    v1::PRIORITY_UNSPECIFIED,
+    "PRIORITY_UNSPECIFIED",
+    Priority::kNormal,
+    {{Priority::kHigh, v1::PRIORITY_HIGH},
+     {Priority::kNormal, v1::PRIORITY_NORMAL},
+     {Priority::kLow, v1::PRIORITY_LOW}}};
+
+const EnumMapping<StepStatus, v1::StepStatus> kStepStatuses = {
+    "StepStatus",
+    v1::STEP_STATUS_UNSPECIFIED,
+    "STEP_STATUS_UNSPECIFIED",
+    std::nullopt,
+    {{StepStatus::kSuccess, v1::STEP_STATUS_SUCCESS},
+     {StepStatus::kFailure, v1::STEP_STATUS_FAILURE},
+     {StepStatus::kTimeout, v1::STEP_STATUS_TIMEOUT},
+     {StepStatus::kSkipped, v1::STEP_STATUS_SKIPPED},
+     {StepStatus::kCancelled, v1::STEP_STATUS_CANCELLED}}};
+
+const EnumMapping<LogStream, v1::LogStream> kLogStreams = {
+    "LogStream",
+    v1::LOG_STREAM_UNSPECIFIED,
+    "LOG_STREAM_UNSPECIFIED",
+    std::nullopt,
+    {{LogStream::kStdout, v1::LOG_STREAM_STDOUT},
+     {LogStream::kStderr, v1::LOG_STREAM_STDERR},
+     {LogStream::kSystem, v1::LOG_STREAM_SYSTEM}}};
+
+}  // namespace
+
+v1::PullPolicy ToProto(PullPolicy pull) { return kPullPolicies.ToProto(pull); }
 absl::StatusOr<PullPolicy> FromProto(v1::PullPolicy pull,
                                      std::string_view path) {
-  switch (pull) {
-    case v1::PULL_POLICY_UNSPECIFIED:
-      return PullPolicy::kDefault;
-    case v1::PULL_POLICY_ALWAYS:
-      return PullPolicy::kAlways;
-    case v1::PULL_POLICY_IF_NOT_PRESENT:
-      return PullPolicy::kIfNotPresent;
-    case v1::PULL_POLICY_NEVER:
-      return PullPolicy::kNever;
-    default:
-      return UnknownEnum(path, "PullPolicy", static_cast<int>(pull));
-  }
+  return kPullPolicies.FromProto(pull, path);
 }
-
 v1::Priority ToProto(Priority priority) {
-  switch (priority) {
-    case Priority::kHigh:
-      return v1::PRIORITY_HIGH;
-    case Priority::kNormal:
-      return v1::PRIORITY_NORMAL;
-    case Priority::kLow:
-      return v1::PRIORITY_LOW;
-  }
-  return v1::PRIORITY_NORMAL;
+  return kPriorities.ToProto(priority);
 }
-
 absl::StatusOr<Priority> FromProto(v1::Priority priority,
                                    std::string_view path) {
-  switch (priority) {
-    case v1::PRIORITY_UNSPECIFIED:
-    case v1::PRIORITY_NORMAL:
-      return Priority::kNormal;
-    case v1::PRIORITY_HIGH:
-      return Priority::kHigh;
-    case v1::PRIORITY_LOW:
-      return Priority::kLow;
-    default:
-      return UnknownEnum(path, "Priority", static_cast<int>(priority));
-  }
+  return kPriorities.FromProto(priority, path);
 }
-
 v1::StepStatus ToProto(StepStatus status) {
-  switch (status) {
-    case StepStatus::kSuccess:
-      return v1::STEP_STATUS_SUCCESS;
-    case StepStatus::kFailure:
-      return v1::STEP_STATUS_FAILURE;
-    case StepStatus::kTimeout:
-      return v1::STEP_STATUS_TIMEOUT;
-    case StepStatus::kSkipped:
-      return v1::STEP_STATUS_SKIPPED;
-    case StepStatus::kCancelled:
-      return v1::STEP_STATUS_CANCELLED;
-  }
-  return v1::STEP_STATUS_UNSPECIFIED;
+  return kStepStatuses.ToProto(status);
 }
-
 absl::StatusOr<StepStatus> FromProto(v1::StepStatus status,
                                      std::string_view path) {
-  switch (status) {
-    case v1::STEP_STATUS_UNSPECIFIED:
-      return Invalid(path, "not set (STEP_STATUS_UNSPECIFIED)");
-    case v1::STEP_STATUS_SUCCESS:
-      return StepStatus::kSuccess;
-    case v1::STEP_STATUS_FAILURE:
-      return StepStatus::kFailure;
-    case v1::STEP_STATUS_TIMEOUT:
-      return StepStatus::kTimeout;
-    case v1::STEP_STATUS_SKIPPED:
-      return StepStatus::kSkipped;
-    case v1::STEP_STATUS_CANCELLED:
-      return StepStatus::kCancelled;
-    default:
-      return UnknownEnum(path, "StepStatus", static_cast<int>(status));
-  }
+  return kStepStatuses.FromProto(status, path);
 }
-
-v1::LogStream ToProto(LogStream stream) {
-  switch (stream) {
-    case LogStream::kStdout:
-      return v1::LOG_STREAM_STDOUT;
-    case LogStream::kStderr:
-      return v1::LOG_STREAM_STDERR;
-    case LogStream::kSystem:
-      return v1::LOG_STREAM_SYSTEM;
-  }
-  return v1::LOG_STREAM_UNSPECIFIED;
-}
-
+v1::LogStream ToProto(LogStream stream) { return kLogStreams.ToProto(stream); }
 absl::StatusOr<LogStream> FromProto(v1::LogStream stream,
                                     std::string_view path) {
-  switch (stream) {
-    case v1::LOG_STREAM_UNSPECIFIED:
-      return Invalid(path, "not set (LOG_STREAM_UNSPECIFIED)");
-    case v1::LOG_STREAM_STDOUT:
-      return LogStream::kStdout;
-    case v1::LOG_STREAM_STDERR:
-      return LogStream::kStderr;
-    case v1::LOG_STREAM_SYSTEM:
-      return LogStream::kSystem;
-    default:
-      return UnknownEnum(path, "LogStream", static_cast<int>(stream));
-  }
+  return kLogStreams.FromProto(stream, path);
 }
 
 // ------------------------------------------------------------ stage parts

@@ -115,10 +115,8 @@ ResolveStaticSecrets(const Task& task) {
 absl::StatusOr<std::string> StaticSecretResponseData(const Task& task) {
   absl::StatusOr<std::string> value = FirstStaticSecret(task, "task");
   if (!value.ok()) return value.status();
-  return WriteObject([&](json::Writer& w) {
-    json::Key(w, "value");
-    json::String(w, *value);
-  });
+  return WriteObject(
+      [&](json::Writer& w) { json::StringField(w, "value", *value); });
 }
 
 absl::StatusOr<std::map<std::string, std::string>> ResolveRequestSecrets(
