@@ -4,24 +4,18 @@
 // One stream per connection. The thread that called Run reads; a writer
 // thread per stream is the only one that writes, and each wake it writes
 // everything that is due in one batch (buffer hints, so one flush): pending
-// messages (credit, renewals, pongs), then for each stage with news its log
-// chunks and its unacknowledged reports. Stage threads (the scheduler's) only
-// record what happened under the lock.
+// messages (pongs, renewals, a ping), then what the ledger has due (each
+// stage's log chunks and unacknowledged reports, credit). Stage threads (the
+// scheduler's) only record what happened in the ledger, under the lock.
 //
-// What the delegate keeps per stage (StageRun) until the manager has accepted
-// the stage's result: the lease, the reports not yet acknowledged, and each
-// step's log lines from the manager's last LogAck on. A new stream resends all
+// What the delegate keeps per stage until the manager has accepted the
+// stage's result is the ledger's (session_ledger.h). A new stream resends all
 // of it (Hello.held_leases, then the reports, then the logs from the acked
 // offsets), so nothing is lost or kept twice across a reconnect.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
-#include <condition_variable>
-#include <deque>
-#include <list>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -29,11 +23,12 @@
 #include <utility>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "delegate/manager.h"
 #include "delegate/scheduler.h"
 #include "delegate/v1/session.grpc.pb.h"
@@ -41,6 +36,7 @@
 #include "http/tls_config.h"
 #include "manager/grpc/convert.h"
 #include "manager/grpc/session_batch.h"
+#include "manager/grpc/session_ledger.h"
 #include "stage/result.h"
 #include "util/files.h"
 #include "util/strings.h"
@@ -50,8 +46,6 @@ namespace grpcv1 {
 namespace {
 
 constexpr uint32_t kProtocolVersion = v1::PROTOCOL_VERSION_1;
-// Most lines in one LogChunk.
-constexpr size_t kMaxChunkLines = 1000;
 // How often leases are looked at (renewals, expiry).
 constexpr absl::Duration kLeaseScan = absl::Milliseconds(50);
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(200);
@@ -63,60 +57,11 @@ constexpr absl::Duration kCloseTimeout = absl::Seconds(5);
 // After a second Drain, results the manager has not acknowledged are given
 // up on after this.
 constexpr absl::Duration kForcedAckWait = absl::Seconds(5);
-// Step reports wait this long before they go out: a stage that ends by then
-// sends its result alone (it holds every step's result), so a burst of short
-// stages costs one report each, not three.
-constexpr absl::Duration kProgressDelay = absl::Milliseconds(10);
 // The writer's batching under load (see WriterLoop).
 constexpr absl::Duration kBusy = absl::Milliseconds(1);
 constexpr absl::Duration kLinger = absl::Microseconds(100);
 
-struct BufferedLine {
-  absl::Time time;
-  std::string text;
-  LogStream stream = LogStream::kStdout;
-  bool partial = false;
-};
-
-// One step's log (or the stage's own, with an empty step id) from the
-// manager's last acknowledgement on.
-struct LogBuffer {
-  uint64_t base = 0;  // the index of lines.front()
-  uint64_t sent = 0;  // lines below this went out on the current stream
-  std::deque<BufferedLine> lines;
-  bool closed = false;      // the step writes no more
-  bool close_sent = false;  // a chunk with `closed` went out on this stream
-  uint64_t end() const { return base + lines.size(); }
-};
-
-struct Report {
-  enum class Kind { kStepStarted, kStepResult, kStageResult };
-  Kind kind;
-  std::string key;
-  v1::DelegateMessage message;
-  bool sent = false;  // on the current stream
-  absl::Time due;     // not sent before this
-};
-
-// A stage the delegate holds a lease for, or still runs after losing it.
-struct StageRun {
-  std::string stage_id;
-  std::string lease_id;
-  uint64_t token = 0;
-  std::string scheduler_id;  // STAGE_ID#TOKEN: unique per dispatch
-  absl::Duration lease_duration;
-  absl::Time lease_end;   // by the delegate's clock
-  absl::Time next_renew;  // when the next LeaseRenew is due
-  bool running = true;    // the scheduler has not called on_done yet
-  bool lost = false;      // the lease is gone: nothing more is reported
-  bool result_accepted = false;
-  bool dirty = false;  // in SessionConnection::dirty_
-  std::string cancel_reason;
-  std::list<Report> reports;  // not yet acknowledged, in the order made
-  std::map<std::string, LogBuffer, std::less<>> logs;  // by step id
-};
-
-using RunPtr = std::shared_ptr<StageRun>;
+using RunPtr = SessionLedger::RunPtr;
 using Stream =
     grpc::ClientReaderWriter<v1::DelegateMessage, v1::ManagerMessage>;
 
@@ -185,30 +130,15 @@ absl::StatusOr<Target> ParseTarget(const std::string& url,
   return target;
 }
 
-std::string ReportKey(const StageRun& run, std::string_view what,
-                      std::string_view step_id = {}) {
-  return step_id.empty()
-             ? absl::StrCat(run.stage_id, "/", run.token, "/", AbslView(what))
-             : absl::StrCat(run.stage_id, "/", run.token, "/", AbslView(what),
-                            "/", AbslView(step_id));
-}
-
-void FillHeader(const StageRun& run, const std::string& key,
-                v1::ReportHeader* header) {
-  header->set_stage_id(run.stage_id);
-  header->set_lease_id(run.lease_id);
-  header->set_fencing_token(run.token);
-  header->set_idempotency_key(key);
-}
-
 class SessionConnection final : public ManagerConnection {
  public:
   SessionConnection(ManagerEnvironment env, Target target)
       : env_(std::move(env)),
         target_(std::move(target)),
-        capacity_(static_cast<uint32_t>(std::max(
-            1,
-            env_.config.max_stages.value_or(env_.config.parallel_workers)))) {
+        ledger_(static_cast<uint32_t>(
+                    std::max(1, env_.config.max_stages.value_or(
+                                    env_.config.parallel_workers))),
+                env_.log) {
     Metrics& m = env_.metrics;
     m.Define("delegate_session_connected", Metrics::Kind::kGauge,
              "1 while the DelegateSession stream is up.", {"runner_name"});
@@ -228,36 +158,40 @@ class SessionConnection final : public ManagerConnection {
   absl::Status Run() override;
 
   // A second call cancels the running stages.
-  void Drain() override {
+  void Drain() override ABSL_LOCKS_EXCLUDED(mu_) {
     std::vector<std::string> cancels;
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (draining_) {
         if (!forced_) forced_at_ = env_.clock.Now();
         forced_ = true;
-        for (auto& [id, run] : runs_) {
-          if (run->running) cancels.push_back(id);
-        }
+        cancels = ledger_.RunningTaskIds();
       }
       draining_ = true;
+      ledger_.StopGranting();
       Wake();
     }
     Cancel(cancels);
   }
 
-  bool Ready() const override {
-    std::lock_guard lock(mu_);
+  bool Ready() const override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     return connected_ && !draining_;
   }
 
  private:
   class RunObserver;
-  // A line of `run`'s log, from the scheduler.
-  void AppendLine(const RunPtr& run, const LogLine& line);
-  void CloseLog(const RunPtr& run, std::string_view step_id);
-  void StepStarted(const RunPtr& run, const Step& step);
-  void StepDone(const RunPtr& run, const StepResult& result);
-  void StageDone(const RunPtr& run, const StageResult& done);
+  // What the scheduler reports of `run`, into the ledger.
+  void AppendLine(const RunPtr& run, const LogLine& line)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void CloseLog(const RunPtr& run, std::string_view step_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void StepStarted(const RunPtr& run, const Step& step)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void StepDone(const RunPtr& run, const StepResult& result)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void StageDone(const RunPtr& run, const StageResult& done)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Cancels this connection's stages and waits for their cleanup.
   void StopStages() {
     group_.CancelAll(Scheduler::CancelKind::kShutdown);
@@ -265,54 +199,52 @@ class SessionConnection final : public ManagerConnection {
   }
   // One stream, from Hello to its end. Returns why the session cannot go on
   // (a HelloReject that retrying will not fix), OK otherwise.
-  absl::Status Session(bool* established);
-  void WriterLoop(Stream* stream, grpc::ClientContext* context);
-  // REQUIRES: mu_ held. Appends what is due to `out`.
-  void CollectLocked(absl::Time now, std::vector<v1::DelegateMessage>* out);
-  void CollectRunLocked(StageRun& run, std::vector<v1::DelegateMessage>* out,
-                        absl::Time now);
-  // LeaseRenews for the leases due one.
-  void RenewalsLocked(absl::Time now, std::vector<v1::DelegateMessage>* out);
+  absl::Status Session(bool* established) ABSL_LOCKS_EXCLUDED(mu_);
+  void WriterLoop(Stream* stream, grpc::ClientContext* context)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Appends what is due to `out`: the pending messages, renewals and a ping
+  // when a lease scan is due, then the ledger's.
+  void CollectLocked(absl::Time now, std::vector<v1::DelegateMessage>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Lease expiry by the delegate's clock, a quiet manager, a handshake or a
   // close that takes too long: what must happen whatever the stream does.
-  void TickerLoop();
-  void Handle(const v1::ManagerMessage& message);
+  void TickerLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  void Handle(const v1::ManagerMessage& message) ABSL_LOCKS_EXCLUDED(mu_);
+  // Every message but a Dispatch (or a batch).
+  SessionLedger::Stops HandleLocked(const v1::ManagerMessage& message)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A dispatched stage as a scheduler task (nullopt: nothing to run; a stage
   // that cannot run is reported so). SubmitDispatched queues a batch of them
   // at once.
-  std::optional<StageTask> PrepareDispatch(const v1::Dispatch& dispatch);
-  void SubmitDispatched(std::vector<StageTask> tasks);
+  std::optional<StageTask> PrepareDispatch(const v1::Dispatch& dispatch)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void SubmitDispatched(std::vector<StageTask> tasks) ABSL_LOCKS_EXCLUDED(mu_);
   // Reports the stage FAILURE without running it (its steps skipped, when
   // `stage` is given).
-  void NotRun(const RunPtr& run, std::string why, const Stage* stage = nullptr);
-  // REQUIRES: mu_ held.
-  void AddReportLocked(const RunPtr& run, Report::Kind kind, std::string key,
-                       v1::DelegateMessage message);
-  void LoseLocked(const RunPtr& run, std::string_view why,
-                  std::vector<std::string>* cancels);
-  void MaybeRetireLocked(const RunPtr& run);
-  // The manager keeps a step's lines below ack.offset: they are dropped
-  // (and resent from there when it keeps fewer than went out). An ack that
-  // is not for a current lease's step is ignored.
-  void ApplyLogAckLocked(const v1::LogAck& ack);
-  // A stage stopped running: its slot goes back to the manager.
-  void SlotFreedLocked();
-  void MarkDirty(const RunPtr& run) {
-    if (!run->dirty) {
-      run->dirty = true;
-      dirty_.push_back(run);
+  void NotRun(const RunPtr& run, std::string why, const Stage* stage = nullptr)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Counts the leases `stops` lost and cancels its stages.
+  void Apply(const SessionLedger::Stops& stops) ABSL_LOCKS_EXCLUDED(mu_) {
+    if (stops.leases_lost > 0) {
+      env_.metrics.Add("delegate_session_leases_lost_total", Labels(),
+                       stops.leases_lost);
     }
-    Wake();
+    Cancel(stops.cancels);
   }
-  void Wake() {
-    if (writer_waiting_) cv_.notify_all();
+  // Something is due: the writer collects it now, not at its next timeout.
+  void Wake() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writer_waiting_) cv_.SignalAll();
   }
-  // Cancels scheduler stages; REQUIRES: mu_ not held (a queued stage's
-  // Done runs on this thread).
-  void Cancel(const std::vector<std::string>& scheduler_ids) {
-    for (const std::string& id : scheduler_ids) (void)group_.Cancel(id);
+  // Cancels scheduler stages without the lock: a queued stage's Done runs
+  // on this thread.
+  void Cancel(const std::vector<std::string>& task_ids)
+      ABSL_LOCKS_EXCLUDED(mu_) {
+    for (const std::string& id : task_ids) (void)group_.Cancel(id);
   }
-  bool DrainedLocked() const { return draining_ && runs_.empty(); }
+  bool DrainedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return draining_ && ledger_.empty();
+  }
+  // Called by the Run thread only, the one that uses stub_.
   void Dial() {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
@@ -325,38 +257,31 @@ class SessionConnection final : public ManagerConnection {
 
   ManagerEnvironment env_;
   const Target target_;
-  const uint32_t capacity_;
   std::unique_ptr<v1::DelegateSession::Stub> stub_;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool writer_waiting_ = false;  // guarded by mu_
-  bool draining_ = false;        // guarded by mu_
-  bool forced_ = false;          // guarded by mu_
-  bool connected_ = false;       // guarded by mu_
-  bool stream_up_ = false;       // guarded by mu_: the writer may write
-  bool closing_ = false;         // guarded by mu_: WritesDone was sent
-  bool stop_ticker_ = false;     // guarded by mu_
-  absl::Time dialled_at_;        // guarded by mu_: when Hello went out
-  absl::Time closing_at_;        // guarded by mu_
-  absl::Time forced_at_;         // guarded by mu_
-  grpc::ClientContext* context_ = nullptr;            // guarded by mu_
-  absl::Duration ping_interval_ = absl::Seconds(10);  // guarded by mu_
-  absl::Time last_heard_;                             // guarded by mu_
-  absl::Time last_sent_;                              // guarded by mu_
-  absl::Time next_scan_;                              // guarded by mu_
-  absl::Time drained_at_ = absl::InfiniteFuture();    // guarded by mu_
-  uint64_t ping_nonce_ = 0;                           // guarded by mu_
-  std::string last_error_;  // guarded by mu_: why the last dial failed
-  uint32_t credit_ = 0;     // guarded by mu_: slots to grant on this stream
-  std::vector<v1::DelegateMessage> outbox_;  // guarded by mu_
-  std::vector<RunPtr> dirty_;                // guarded by mu_
-  // Runs with step reports that become due, in due order.
-  std::deque<std::pair<absl::Time, RunPtr>> delayed_;  // guarded by mu_
-  // By scheduler id (STAGE_ID#TOKEN), and the current run of each stage.
-  absl::flat_hash_map<std::string, RunPtr> runs_;      // guarded by mu_
-  absl::flat_hash_map<std::string, RunPtr> by_stage_;  // guarded by mu_
-  absl::flat_hash_map<std::string, RunPtr> by_key_;    // guarded by mu_
+  mutable absl::Mutex mu_;
+  // The writer, the ticker and Run's backoff wait on it.
+  absl::CondVar cv_;
+  bool writer_waiting_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool forced_ ABSL_GUARDED_BY(mu_) = false;
+  bool connected_ ABSL_GUARDED_BY(mu_) = false;
+  bool stream_up_ ABSL_GUARDED_BY(mu_) = false;  // the writer may write
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;    // WritesDone was sent
+  bool stop_ticker_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time dialled_at_ ABSL_GUARDED_BY(mu_);  // when Hello went out
+  absl::Time closing_at_ ABSL_GUARDED_BY(mu_);
+  absl::Time forced_at_ ABSL_GUARDED_BY(mu_);
+  grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;
+  absl::Duration ping_interval_ ABSL_GUARDED_BY(mu_) = absl::Seconds(10);
+  absl::Time last_heard_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_sent_ ABSL_GUARDED_BY(mu_);
+  absl::Time next_scan_ ABSL_GUARDED_BY(mu_);
+  absl::Time drained_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  uint64_t ping_nonce_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string last_error_ ABSL_GUARDED_BY(mu_);  // why the last dial failed
+  std::vector<v1::DelegateMessage> outbox_ ABSL_GUARDED_BY(mu_);
+  SessionLedger ledger_ ABSL_GUARDED_BY(mu_);
   // Last: destroyed first, it cancels and waits for the stages, whose
   // observers use everything above.
   StageGroup group_{env_.scheduler};
@@ -401,10 +326,10 @@ absl::Status SessionConnection::Run() {
     std::thread* thread;
     ~StopTicker() {
       {
-        std::lock_guard lock(self->mu_);
+        absl::MutexLock lock(&self->mu_);
         self->stop_ticker_ = true;
       }
-      self->cv_.notify_all();
+      self->cv_.SignalAll();
       thread->join();
     }
   } stop_ticker{this, &ticker};
@@ -419,7 +344,7 @@ absl::Status SessionConnection::Run() {
       StopStages();
       return s;
     }
-    std::unique_lock lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (closing_ || (DrainedLocked() && !established)) break;
     if (established) {
       backoff = kFirstBackoff;
@@ -442,8 +367,7 @@ absl::Status SessionConnection::Run() {
     while (!DrainedLocked()) {
       const absl::Time now = env_.clock.Now();
       if (now >= until) break;
-      cv_.wait_for(
-          lock, absl::ToChronoMilliseconds(std::min(until - now, kLeaseScan)));
+      cv_.WaitWithTimeout(&mu_, std::min(until - now, kLeaseScan));
     }
     if (DrainedLocked()) break;
     backoff = std::min(backoff * 2, kMaxBackoff);
@@ -458,7 +382,7 @@ absl::Status SessionConnection::Session(bool* established) {
   std::unique_ptr<Stream> stream = stub_->Connect(&context);
   v1::DelegateMessage hello_message;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     context_ = &context;
     dialled_at_ = env_.clock.Now();
     v1::Hello& hello = *hello_message.mutable_hello();
@@ -471,18 +395,11 @@ absl::Status SessionConnection::Session(bool* established) {
     }
     for (const std::string& tag : env_.config.tags) hello.add_tags(tag);
     hello.set_max_stages(env_.config.max_stages.value_or(0));
-    for (const auto& [id, run] : runs_) {
-      if (run->lost) continue;
-      v1::HeldLease& held = *hello.add_held_leases();
-      held.set_stage_id(run->stage_id);
-      held.set_lease_id(run->lease_id);
-      held.set_fencing_token(run->token);
-      held.set_running(run->running);
-    }
+    ledger_.HeldLeases(&hello);
   }
-  auto end_stream = [&]() {
+  auto end_stream = [&]() ABSL_LOCKS_EXCLUDED(mu_) {
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       context_ = nullptr;
       connected_ = false;
       stream_up_ = false;
@@ -494,7 +411,7 @@ absl::Status SessionConnection::Session(bool* established) {
   v1::ManagerMessage first;
   if (!stream->Write(hello_message) || !stream->Read(&first)) {
     grpc::Status status = end_stream();  // unreachable, or not a manager
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     last_error_ = status.error_message();
     return absl::OkStatus();
   }
@@ -531,61 +448,16 @@ absl::Status SessionConnection::Session(bool* established) {
     return absl::OkStatus();
   }
 
-  std::vector<std::string> cancels;
+  SessionLedger::Stops stops;
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     const v1::HelloAck& ack = first.hello_ack();
     const absl::Time now = env_.clock.Now();
     absl::StatusOr<absl::Duration> ping =
         DurationFromProto(ack.ping_interval(), "hello_ack.ping_interval");
     ping_interval_ =
         ping.ok() && *ping > absl::ZeroDuration() ? *ping : absl::Seconds(10);
-    absl::flat_hash_map<std::string, bool> answered;
-    for (const v1::LeaseRenewed& resumed : ack.resumed()) {
-      auto it = by_stage_.find(resumed.stage_id());
-      if (it == by_stage_.end() ||
-          it->second->token != resumed.fencing_token()) {
-        continue;
-      }
-      StageRun& run = *it->second;
-      absl::StatusOr<absl::Duration> d =
-          DurationFromProto(resumed.lease_duration(), "lease_duration");
-      if (d.ok()) run.lease_duration = *d;
-      run.lease_end = now + run.lease_duration;
-      run.next_renew = now + run.lease_duration / 3;
-      answered[run.scheduler_id] = true;
-    }
-    for (const v1::LeaseLost& lost : ack.lost()) {
-      auto it = by_stage_.find(lost.stage_id());
-      if (it != by_stage_.end() && it->second->token == lost.fencing_token()) {
-        LoseLocked(it->second, lost.message(), &cancels);
-      }
-    }
-    std::vector<RunPtr> unanswered;  // LoseLocked may erase from runs_
-    for (auto& [id, run] : runs_) {
-      if (!run->lost && !answered.contains(id)) unanswered.push_back(run);
-    }
-    for (const RunPtr& run : unanswered) {
-      LoseLocked(run, "the manager did not resume its lease", &cancels);
-    }
-    for (auto& [id, run] : runs_) {  // resend what the manager lacks
-      if (run->lost) continue;
-      for (auto& [step, buf] : run->logs) {
-        buf.sent = buf.base;  // log_acks below move it up to what it keeps
-        buf.close_sent = false;
-      }
-      for (Report& r : run->reports) r.sent = false;
-      MarkDirty(run);
-    }
-    for (const v1::LogAck& log_ack : ack.log_acks()) {
-      ApplyLogAckLocked(log_ack);
-    }
-    // A slot is busy while a stage runs, lease or not.
-    size_t busy = 0;
-    for (const auto& [id, run] : runs_) busy += run->running ? 1 : 0;
-    credit_ = draining_ || busy >= capacity_
-                  ? 0
-                  : static_cast<uint32_t>(capacity_ - busy);
+    stops = ledger_.Resume(ack, now);
     outbox_.clear();
     connected_ = true;
     stream_up_ = true;
@@ -599,7 +471,7 @@ absl::Status SessionConnection::Session(bool* established) {
                                 {"resumed", absl::StrCat(ack.resumed_size())},
                                 {"name", env_.config.name}});
   }
-  Cancel(cancels);
+  Apply(stops);
 
   std::thread writer([&] { WriterLoop(stream.get(), &context); });
   v1::ManagerMessage message;
@@ -625,13 +497,13 @@ absl::Status SessionConnection::Session(bool* established) {
     SubmitDispatched(std::move(tasks));
   }
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     stream_up_ = false;
-    cv_.notify_all();
+    cv_.SignalAll();
   }
   writer.join();
   grpc::Status status = end_stream();
-  std::lock_guard lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (!closing_) {
     env_.log.Warn("disconnected; reconnecting",
                   {{"manager", env_.address},
@@ -655,7 +527,7 @@ void SessionConnection::WriterLoop(Stream* stream,
     if (now - previous_write < kBusy) absl::SleepFor(kLinger);
     previous_write = now;
     {
-      std::unique_lock lock(mu_);
+      absl::MutexLock lock(&mu_);
       while (true) {
         if (!stream_up_) return;
         const absl::Time now = env_.clock.Now();
@@ -670,13 +542,11 @@ void SessionConnection::WriterLoop(Stream* stream,
             break;
           }
         }
-        absl::Duration wait = kLeaseScan;
-        if (!delayed_.empty()) {
-          wait = std::clamp(delayed_.front().first - now,
-                            absl::Microseconds(100), kLeaseScan);
-        }
+        // Until the next step report falls due, and a lease scan at most.
+        const absl::Duration wait = std::clamp(
+            ledger_.NextDue() - now, absl::Microseconds(100), kLeaseScan);
         writer_waiting_ = true;
-        cv_.wait_for(lock, absl::ToChronoMicroseconds(wait));
+        cv_.WaitWithTimeout(&mu_, wait);
         writer_waiting_ = false;
       }
       last_sent_ = env_.clock.Now();
@@ -703,318 +573,89 @@ void SessionConnection::CollectLocked(absl::Time now,
   outbox_.clear();
   if (now >= next_scan_) {
     next_scan_ = now + kLeaseScan;
-    RenewalsLocked(now, out);
+    ledger_.Renewals(now, out);
     if (now - last_sent_ >= ping_interval_ && out->empty()) {
       out->emplace_back().mutable_ping()->set_nonce(++ping_nonce_);
       *out->back().mutable_ping()->mutable_time() = TimeToProto(now);
     }
   }
-  while (!delayed_.empty() && delayed_.front().first <= now) {
-    MarkDirty(delayed_.front().second);
-    delayed_.pop_front();
-  }
-  std::vector<RunPtr> dirty;
-  dirty.swap(dirty_);
-  for (const RunPtr& run : dirty) {
-    run->dirty = false;
-    if (!run->lost) CollectRunLocked(*run, out, now);
-  }
-  if (credit_ > 0 && !draining_) {
-    out->emplace_back().mutable_credit()->set_slots(credit_);
-  }
-  credit_ = 0;
-}
-
-void SessionConnection::CollectRunLocked(StageRun& run,
-                                         std::vector<v1::DelegateMessage>* out,
-                                         absl::Time now) {
-  // Logs first: the manager has a step's lines before its result.
-  for (auto& [step_id, buf] : run.logs) {
-    // A chunk of this step from `offset`, in a new message.
-    auto new_chunk = [&](uint64_t offset) -> v1::LogChunk& {
-      v1::LogChunkReport& report = *out->emplace_back().mutable_log();
-      report.set_lease_id(run.lease_id);
-      report.set_fencing_token(run.token);
-      v1::LogChunk& chunk = *report.mutable_chunk();
-      chunk.set_task_id(run.stage_id);
-      chunk.set_step_id(step_id);
-      chunk.set_offset(offset);
-      return chunk;
-    };
-    while (buf.sent < buf.end()) {
-      v1::LogChunk& chunk = new_chunk(buf.sent);
-      const LogStream stream = buf.lines[buf.sent - buf.base].stream;
-      chunk.set_stream(ToProto(stream));
-      while (buf.sent < buf.end() &&
-             static_cast<size_t>(chunk.lines_size()) < kMaxChunkLines) {
-        const BufferedLine& line = buf.lines[buf.sent - buf.base];
-        if (line.stream != stream) break;
-        v1::LogLine& l = *chunk.add_lines();
-        *l.mutable_time() = TimeToProto(line.time);
-        l.set_text(line.text);
-        l.set_partial(line.partial);
-        ++buf.sent;
-      }
-      if (buf.closed && buf.sent == buf.end()) {
-        chunk.set_closed(true);
-        buf.close_sent = true;
-      }
-    }
-    if (buf.closed && !buf.close_sent) {
-      v1::LogChunk& chunk = new_chunk(buf.end());
-      chunk.set_stream(v1::LOG_STREAM_SYSTEM);
-      chunk.set_closed(true);
-      buf.close_sent = true;
-    }
-  }
-  // A stage result holds every step's result: the step reports not yet
-  // sent would tell the manager nothing new.
-  const bool finished = !run.reports.empty() &&
-                        run.reports.back().kind == Report::Kind::kStageResult;
-  for (auto it = run.reports.begin(); it != run.reports.end();) {
-    if (it->sent) {
-      ++it;
-      continue;
-    }
-    if (finished && it->kind != Report::Kind::kStageResult) {
-      by_key_.erase(it->key);
-      it = run.reports.erase(it);
-      continue;
-    }
-    if (it->due > now) {  // a later delayed_ entry brings it
-      ++it;
-      continue;
-    }
-    out->push_back(it->message);
-    it->sent = true;
-    ++it;
-  }
-}
-
-void SessionConnection::RenewalsLocked(absl::Time now,
-                                       std::vector<v1::DelegateMessage>* out) {
-  for (const auto& [id, run] : runs_) {
-    if (run->lost || run->result_accepted || now >= run->lease_end) continue;
-    if (now >= run->next_renew && stream_up_) {
-      v1::LeaseRenew& renew = *out->emplace_back().mutable_lease_renew();
-      renew.set_stage_id(run->stage_id);
-      renew.set_lease_id(run->lease_id);
-      renew.set_fencing_token(run->token);
-      run->next_renew = now + run->lease_duration / 3;
-    }
-  }
+  ledger_.Collect(now, out);
 }
 
 void SessionConnection::TickerLoop() {
-  std::unique_lock lock(mu_);
-  while (!stop_ticker_) {
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(kLeaseScan));
-    const absl::Time now = env_.clock.Now();
-    std::vector<std::string> cancels;
-    std::vector<RunPtr> expired;
-    for (const auto& [id, run] : runs_) {
-      if (!run->lost && !run->result_accepted && now >= run->lease_end) {
-        expired.push_back(run);
+  while (true) {
+    SessionLedger::Stops expired;
+    SessionLedger::Stops given_up;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stop_ticker_) return;
+      cv_.WaitWithTimeout(&mu_, kLeaseScan);
+      const absl::Time now = env_.clock.Now();
+      expired = ledger_.ExpireLeases(now);
+      if (forced_ && now - forced_at_ >= kForcedAckWait) {
+        // Second SIGTERM: stop waiting for acknowledgements.
+        given_up = ledger_.GiveUpWaiting();
+      }
+      if (context_ != nullptr) {
+        const char* why = nullptr;
+        if (connected_ && now - last_heard_ > 3 * ping_interval_) {
+          why = "the manager went quiet; reconnecting";
+        } else if (!connected_ && now - dialled_at_ > kHandshakeTimeout) {
+          why = "the manager did not answer Hello; reconnecting";
+        } else if (!connected_ && DrainedLocked()) {
+          why = "drained while connecting";
+        } else if (closing_ && now - closing_at_ > kCloseTimeout) {
+          why = "the manager did not end the closed session";
+        }
+        if (why != nullptr) {
+          env_.log.Warn(why, {{"manager", env_.address}});
+          context_->TryCancel();
+          context_ = nullptr;  // once per stream
+        }
       }
     }
-    for (const RunPtr& run : expired) {
-      LoseLocked(run, "its lease lapsed without a renewal from the manager",
-                 &cancels);
-    }
-    if (forced_ && now - forced_at_ >= kForcedAckWait) {
-      // Second SIGTERM: stop waiting for acknowledgements.
-      std::vector<RunPtr> waiting;
-      for (const auto& [id, run] : runs_) {
-        if (!run->running && !run->lost) waiting.push_back(run);
-      }
-      for (const RunPtr& run : waiting) {
-        LoseLocked(run, "the delegate is stopping", &cancels);
-      }
-    }
-    if (context_ != nullptr) {
-      const char* why = nullptr;
-      if (connected_ && now - last_heard_ > 3 * ping_interval_) {
-        why = "the manager went quiet; reconnecting";
-      } else if (!connected_ && now - dialled_at_ > kHandshakeTimeout) {
-        why = "the manager did not answer Hello; reconnecting";
-      } else if (!connected_ && DrainedLocked()) {
-        why = "drained while connecting";
-      } else if (closing_ && now - closing_at_ > kCloseTimeout) {
-        why = "the manager did not end the closed session";
-      }
-      if (why != nullptr) {
-        env_.log.Warn(why, {{"manager", env_.address}});
-        context_->TryCancel();
-        context_ = nullptr;  // once per stream
-      }
-    }
-    if (!cancels.empty()) {
-      lock.unlock();
-      Cancel(cancels);
-      lock.lock();
-    }
-  }
-}
-
-void SessionConnection::AddReportLocked(const RunPtr& run, Report::Kind kind,
-                                        std::string key,
-                                        v1::DelegateMessage message) {
-  if (run->lost) return;
-  by_key_[key] = run;
-  const absl::Time now = env_.clock.Now();
-  const bool progress = kind != Report::Kind::kStageResult;
-  const absl::Time due = progress ? now + kProgressDelay : now;
-  run->reports.push_back(
-      Report{kind, std::move(key), std::move(message), false, due});
-  if (progress) {
-    delayed_.emplace_back(due, run);
-  } else {
-    MarkDirty(run);
-  }
-}
-
-void SessionConnection::LoseLocked(const RunPtr& run, std::string_view why,
-                                   std::vector<std::string>* cancels) {
-  if (run->lost) return;
-  run->lost = true;
-  for (const Report& r : run->reports) by_key_.erase(r.key);
-  run->reports.clear();
-  run->logs.clear();
-  env_.metrics.Add("delegate_session_leases_lost_total", Labels());
-  env_.log.Warn("lease lost: stopping the stage",
-                {{"stage", run->stage_id},
-                 {"fencing_token", absl::StrCat(run->token)},
-                 {"why", why}});
-  if (run->running) {
-    cancels->push_back(run->scheduler_id);
-  } else {
-    MaybeRetireLocked(run);
-  }
-}
-
-void SessionConnection::ApplyLogAckLocked(const v1::LogAck& ack) {
-  auto it = by_stage_.find(ack.stage_id());
-  if (it == by_stage_.end() || it->second->token != ack.fencing_token()) {
-    return;
-  }
-  auto buf = it->second->logs.find(ack.step_id());
-  if (buf == it->second->logs.end()) return;
-  LogBuffer& b = buf->second;
-  while (b.base < ack.offset() && !b.lines.empty()) {  // kept: drop them
-    b.lines.pop_front();
-    ++b.base;
-  }
-  // Resend from what the manager keeps when that is below what went out
-  // (it refused a gap); never from below what is still held.
-  const uint64_t resend = std::max(std::min(b.sent, ack.offset()), b.base);
-  if (resend < b.sent) {
-    b.sent = resend;
-    b.close_sent = false;
-    MarkDirty(it->second);
-  }
-  b.sent = std::max(b.sent, b.base);
-}
-
-void SessionConnection::MaybeRetireLocked(const RunPtr& run) {
-  if (run->running || !(run->lost || run->result_accepted)) return;
-  if (runs_.erase(run->scheduler_id) == 0) return;
-  auto it = by_stage_.find(run->stage_id);
-  if (it != by_stage_.end() && it->second == run) by_stage_.erase(it);
-  for (const Report& r : run->reports) by_key_.erase(r.key);
-}
-
-void SessionConnection::SlotFreedLocked() {
-  if (!draining_ && stream_up_) {
-    ++credit_;
-    Wake();
+    Apply(expired);
+    Apply(given_up);
   }
 }
 
 void SessionConnection::Handle(const v1::ManagerMessage& message) {
-  std::vector<std::string> cancels;
-  std::unique_lock lock(mu_);
-  last_heard_ = env_.clock.Now();
+  if (message.has_dispatch()) {
+    {
+      absl::MutexLock lock(&mu_);
+      last_heard_ = env_.clock.Now();
+    }
+    std::optional<StageTask> task = PrepareDispatch(message.dispatch());
+    if (task) {
+      std::vector<StageTask> tasks;
+      tasks.push_back(*std::move(task));
+      SubmitDispatched(std::move(tasks));
+    }
+    return;
+  }
+  SessionLedger::Stops stops;
+  {
+    absl::MutexLock lock(&mu_);
+    last_heard_ = env_.clock.Now();
+    stops = HandleLocked(message);
+  }
+  Apply(stops);
+}
+
+SessionLedger::Stops SessionConnection::HandleLocked(
+    const v1::ManagerMessage& message) {
   switch (message.body_case()) {
-    case v1::ManagerMessage::kDispatch: {
-      lock.unlock();
-      std::optional<StageTask> task = PrepareDispatch(message.dispatch());
-      if (task) {
-        std::vector<StageTask> tasks;
-        tasks.push_back(*std::move(task));
-        SubmitDispatched(std::move(tasks));
-      }
-      return;
-    }
-    case v1::ManagerMessage::kLeaseRenewed: {
-      const v1::LeaseRenewed& renewed = message.lease_renewed();
-      auto it = by_stage_.find(renewed.stage_id());
-      if (it == by_stage_.end() || it->second->lease_id != renewed.lease_id() ||
-          it->second->lost) {
-        break;
-      }
-      absl::StatusOr<absl::Duration> d =
-          DurationFromProto(renewed.lease_duration(), "lease_duration");
-      if (d.ok()) it->second->lease_duration = *d;
-      it->second->lease_end = last_heard_ + it->second->lease_duration;
+    case v1::ManagerMessage::kLeaseRenewed:
+      ledger_.Renewed(message.lease_renewed(), last_heard_);
       break;
-    }
-    case v1::ManagerMessage::kLeaseLost: {
-      const v1::LeaseLost& lost = message.lease_lost();
-      auto it = by_stage_.find(lost.stage_id());
-      if (it != by_stage_.end() && it->second->token == lost.fencing_token()) {
-        LoseLocked(it->second,
-                   absl::StrCat(v1::LeaseLost::Reason_Name(lost.reason()), ": ",
-                                lost.message()),
-                   &cancels);
-      }
-      break;
-    }
-    case v1::ManagerMessage::kAck: {
-      const v1::Ack& ack = message.ack();
-      auto it = by_key_.find(ack.idempotency_key());
-      if (it == by_key_.end()) break;  // a repeat
-      RunPtr run = it->second;
-      by_key_.erase(it);
-      Report::Kind kind = Report::Kind::kStepStarted;
-      for (auto r = run->reports.begin(); r != run->reports.end(); ++r) {
-        if (r->key == ack.idempotency_key()) {
-          kind = r->kind;
-          run->reports.erase(r);
-          break;
-        }
-      }
-      if (!ack.accepted()) {
-        env_.log.Warn("the manager refused a report",
-                      {{"stage", run->stage_id},
-                       {"key", ack.idempotency_key()},
-                       {"refusal", v1::Ack::Refusal_Name(ack.refusal())},
-                       {"message", ack.message()}});
-        if (ack.refusal() == v1::Ack::REFUSAL_STALE_FENCING_TOKEN ||
-            ack.refusal() == v1::Ack::REFUSAL_UNKNOWN_LEASE) {
-          LoseLocked(run, "the manager refused its report", &cancels);
-        }
-      }
-      if (kind == Report::Kind::kStageResult) {
-        run->result_accepted = true;
-        MaybeRetireLocked(run);
-      }
-      break;
-    }
-    case v1::ManagerMessage::kCancel: {
-      const v1::Cancel& cancel = message.cancel();
-      auto it = by_stage_.find(cancel.stage_id());
-      if (it == by_stage_.end() || !it->second->running ||
-          (!cancel.lease_id().empty() &&
-           cancel.lease_id() != it->second->lease_id)) {
-        break;
-      }
-      it->second->cancel_reason =
-          cancel.reason().empty() ? "cancelled" : cancel.reason();
-      cancels.push_back(it->second->scheduler_id);
-      break;
-    }
+    case v1::ManagerMessage::kLeaseLost:
+      return ledger_.LeaseLost(message.lease_lost());
+    case v1::ManagerMessage::kAck:
+      return ledger_.Ack(message.ack());
+    case v1::ManagerMessage::kCancel:
+      return ledger_.Cancel(message.cancel());
     case v1::ManagerMessage::kLogAck:
-      ApplyLogAckLocked(message.log_ack());
+      if (ledger_.LogAck(message.log_ack())) Wake();
       break;
     case v1::ManagerMessage::kPing: {
       v1::DelegateMessage& pong = outbox_.emplace_back();
@@ -1029,130 +670,74 @@ void SessionConnection::Handle(const v1::ManagerMessage& message) {
                     {{"kind", absl::StrCat(message.body_case())}});
       break;
   }
-  lock.unlock();
-  Cancel(cancels);
+  return {};
 }
 
 std::optional<StageTask> SessionConnection::PrepareDispatch(
     const v1::Dispatch& dispatch) {
-  auto run = std::make_shared<StageRun>();
-  run->stage_id = dispatch.stage_id();
-  run->lease_id = dispatch.lease_id();
-  run->token = dispatch.fencing_token();
-  run->scheduler_id = absl::StrCat(run->stage_id, "#", run->token);
-  absl::StatusOr<absl::Duration> lease =
-      DurationFromProto(dispatch.lease_duration(), "dispatch.lease_duration");
-  run->lease_duration =
-      lease.ok() && *lease > absl::ZeroDuration() ? *lease : absl::Seconds(30);
   absl::StatusOr<Stage> stage = FromProto(dispatch.stage(), "dispatch.stage");
-  std::vector<std::string> cancels;
+  RunPtr run;
+  SessionLedger::Stops stops;
   {
-    std::lock_guard lock(mu_);
-    if (closing_ || forced_ || runs_.contains(run->scheduler_id)) {
-      // Not run (the stream is closing, or a repeat): the slot stays free;
-      // the manager re-queues what a closed session held.
-      if (!closing_ && !forced_) SlotFreedLocked();
+    absl::MutexLock lock(&mu_);
+    // Not run while the stream closes: the manager re-queues what a closed
+    // session held.
+    if (closing_ || forced_) return std::nullopt;
+    run = ledger_.Dispatch(dispatch, env_.clock.Now(), &stops);
+    if (run == nullptr) {  // a repeat: its slot is granted again
+      Wake();
       return std::nullopt;
     }
     env_.metrics.Add("delegate_session_dispatches_total", Labels());
-    const absl::Time now = env_.clock.Now();
-    run->lease_end = now + run->lease_duration;
-    run->next_renew = now + run->lease_duration / 3;
-    auto previous = by_stage_.find(run->stage_id);
-    if (previous != by_stage_.end() && !previous->second->lost) {
-      LoseLocked(previous->second, "the stage was dispatched again", &cancels);
-    }
-    runs_[run->scheduler_id] = run;
-    by_stage_[run->stage_id] = run;
   }
-  Cancel(cancels);
+  Apply(stops);
   if (!stage.ok()) {
     NotRun(run, std::string(stage.status().message()));
     return std::nullopt;
   }
   StageTask task;
-  task.id = run->scheduler_id;
+  task.id = SessionLedger::TaskId(*run);
   task.stage = *std::move(stage);
   task.observer = std::make_shared<RunObserver>(this, run);
   return task;
 }
 
 void SessionConnection::AppendLine(const RunPtr& run, const LogLine& line) {
-  std::lock_guard lock(mu_);
-  if (run->lost) return;
-  auto buf = run->logs.find(line.step_id);
-  if (buf == run->logs.end()) {
-    buf = run->logs.emplace(std::string(line.step_id), LogBuffer{}).first;
-  }
-  buf->second.lines.push_back(BufferedLine{line.time, std::string(line.text),
-                                           line.stream, line.partial});
-  MarkDirty(run);
+  absl::MutexLock lock(&mu_);
+  if (ledger_.AppendLine(run, line)) Wake();
 }
 
 void SessionConnection::CloseLog(const RunPtr& run, std::string_view step_id) {
-  std::lock_guard lock(mu_);
-  if (run->lost) return;
-  auto buf = run->logs.find(step_id);
-  if (buf == run->logs.end()) return;  // no lines: nothing to close
-  buf->second.closed = true;
-  MarkDirty(run);
+  absl::MutexLock lock(&mu_);
+  if (ledger_.CloseLog(run, step_id)) Wake();
 }
 
 void SessionConnection::StepStarted(const RunPtr& run, const Step& step) {
-  v1::DelegateMessage m;
-  std::lock_guard lock(mu_);
-  const std::string key = ReportKey(*run, "started", step.id);
-  v1::StepStartedReport& report = *m.mutable_step_started();
-  FillHeader(*run, key, report.mutable_header());
-  report.set_step_id(step.id);
-  *report.mutable_time() = TimeToProto(env_.clock.Now());
-  AddReportLocked(run, Report::Kind::kStepStarted, key, std::move(m));
+  absl::MutexLock lock(&mu_);
+  ledger_.StepStarted(run, step.id, env_.clock.Now());
 }
 
 void SessionConnection::StepDone(const RunPtr& run, const StepResult& result) {
-  v1::DelegateMessage m;
-  *m.mutable_step_result()->mutable_result() = ToProto(result);
-  std::lock_guard lock(mu_);
-  const std::string key = ReportKey(*run, "step", result.id);
-  FillHeader(*run, key, m.mutable_step_result()->mutable_header());
-  AddReportLocked(run, Report::Kind::kStepResult, key, std::move(m));
+  v1::StepResult converted = ToProto(result);
+  absl::MutexLock lock(&mu_);
+  ledger_.StepDone(run, std::move(converted), env_.clock.Now());
 }
 
 void SessionConnection::StageDone(const RunPtr& run, const StageResult& done) {
   StageResult result = done;
-  result.task_id = run->stage_id;
-  std::lock_guard lock(mu_);
-  run->running = false;
-  SlotFreedLocked();
-  if (result.status == StepStatus::kCancelled && !run->cancel_reason.empty()) {
-    result.error = run->cancel_reason;
-  }
-  if (run->lost) {
-    MaybeRetireLocked(run);
-    return;
-  }
-  v1::DelegateMessage m;
-  const std::string key = ReportKey(*run, "stage");
-  FillHeader(*run, key, m.mutable_stage_result()->mutable_header());
-  *m.mutable_stage_result()->mutable_result() = ToProto(result);
-  AddReportLocked(run, Report::Kind::kStageResult, key, std::move(m));
+  absl::MutexLock lock(&mu_);
+  if (ledger_.StageDone(run, std::move(result), env_.clock.Now())) Wake();
 }
 
 void SessionConnection::NotRun(const RunPtr& run, std::string why,
                                const Stage* stage) {
-  StageResult result =
-      stage ? NotRunResult(run->stage_id, *stage, StepStatus::kFailure, why,
-                           "skipped: " + why)
-            : NotRunResult(run->stage_id, Stage{}, StepStatus::kFailure,
-                           std::move(why), "");
-  std::lock_guard lock(mu_);
-  run->running = false;
-  SlotFreedLocked();
-  v1::DelegateMessage m;
-  const std::string key = ReportKey(*run, "stage");
-  FillHeader(*run, key, m.mutable_stage_result()->mutable_header());
-  *m.mutable_stage_result()->mutable_result() = ToProto(result);
-  AddReportLocked(run, Report::Kind::kStageResult, key, std::move(m));
+  // The ledger sets the result's task id.
+  StageResult result = stage ? NotRunResult("", *stage, StepStatus::kFailure,
+                                            why, "skipped: " + why)
+                             : NotRunResult("", Stage{}, StepStatus::kFailure,
+                                            std::move(why), "");
+  absl::MutexLock lock(&mu_);
+  if (ledger_.StageDone(run, std::move(result), env_.clock.Now())) Wake();
 }
 
 void SessionConnection::SubmitDispatched(std::vector<StageTask> tasks) {
@@ -1172,9 +757,8 @@ void SessionConnection::SubmitDispatched(std::vector<StageTask> tasks) {
     if (statuses[i].ok()) continue;
     RunPtr run;
     {
-      std::lock_guard lock(mu_);
-      auto it = runs_.find(outlines[i].first);
-      if (it != runs_.end()) run = it->second;
+      absl::MutexLock lock(&mu_);
+      run = ledger_.Find(outlines[i].first);
     }
     if (run) {
       NotRun(run, std::string(statuses[i].message()), &outlines[i].second);

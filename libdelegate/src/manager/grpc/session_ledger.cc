@@ -1,0 +1,540 @@
+#include "manager/grpc/session_ledger.h"
+
+#include <algorithm>
+#include <deque>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "manager/grpc/convert.h"
+#include "util/strings.h"
+
+namespace delegate::grpcv1 {
+namespace {
+
+struct BufferedLine {
+  absl::Time time;
+  std::string text;
+  LogStream stream = LogStream::kStdout;
+  bool partial = false;
+};
+
+// One step's log (or the stage's own, with an empty step id) from the
+// manager's last acknowledgement on.
+struct LogBuffer {
+  uint64_t base = 0;  // the index of lines.front()
+  uint64_t sent = 0;  // lines below this went out on the current stream
+  std::deque<BufferedLine> lines;
+  bool closed = false;      // the step writes no more
+  bool close_sent = false;  // a chunk with `closed` went out on this stream
+  uint64_t end() const { return base + lines.size(); }
+};
+
+}  // namespace
+
+struct SessionLedger::Run {
+  struct Report {
+    ReportKind kind;
+    std::string key;
+    v1::DelegateMessage message;
+    bool sent = false;  // on the current stream
+    absl::Time due;     // not sent before this
+  };
+
+  std::string stage_id;
+  std::string lease_id;
+  uint64_t token = 0;
+  std::string task_id;  // STAGE_ID#TOKEN: unique per dispatch
+  absl::Duration lease_duration;
+  absl::Time lease_end;   // by the delegate's clock
+  absl::Time next_renew;  // when the next LeaseRenew is due
+  bool running = true;    // StageDone has not been called
+  bool lost = false;      // the lease is gone: nothing more is reported
+  bool result_accepted = false;
+  bool dirty = false;  // in SessionLedger::dirty_
+  std::string cancel_reason;
+  std::list<Report> reports;  // not yet acknowledged, in the order made
+  std::map<std::string, LogBuffer, std::less<>> logs;  // by step id
+};
+
+namespace {
+
+using Run = SessionLedger::Run;
+
+std::string ReportKey(const Run& run, std::string_view what,
+                      std::string_view step_id = {}) {
+  return step_id.empty()
+             ? absl::StrCat(run.stage_id, "/", run.token, "/", AbslView(what))
+             : absl::StrCat(run.stage_id, "/", run.token, "/", AbslView(what),
+                            "/", AbslView(step_id));
+}
+
+void FillHeader(const Run& run, const std::string& key,
+                v1::ReportHeader* header) {
+  header->set_stage_id(run.stage_id);
+  header->set_lease_id(run.lease_id);
+  header->set_fencing_token(run.token);
+  header->set_idempotency_key(key);
+}
+
+}  // namespace
+
+SessionLedger::SessionLedger(uint32_t capacity, EventLog& log)
+    : capacity_(capacity), log_(log) {}
+
+SessionLedger::~SessionLedger() = default;
+
+const std::string& SessionLedger::TaskId(const Run& run) { return run.task_id; }
+
+SessionLedger::RunPtr SessionLedger::Dispatch(const v1::Dispatch& dispatch,
+                                              absl::Time now, Stops* stops) {
+  std::string task_id =
+      absl::StrCat(dispatch.stage_id(), "#", dispatch.fencing_token());
+  if (runs_.contains(task_id)) {
+    SlotFreed();  // a repeat: not run, so the slot stays free
+    return nullptr;
+  }
+  auto run = std::make_shared<Run>();
+  run->stage_id = dispatch.stage_id();
+  run->lease_id = dispatch.lease_id();
+  run->token = dispatch.fencing_token();
+  run->task_id = std::move(task_id);
+  absl::StatusOr<absl::Duration> lease =
+      DurationFromProto(dispatch.lease_duration(), "dispatch.lease_duration");
+  run->lease_duration =
+      lease.ok() && *lease > absl::ZeroDuration() ? *lease : kDefaultLease;
+  run->lease_end = now + run->lease_duration;
+  run->next_renew = now + run->lease_duration / 3;
+  auto previous = by_stage_.find(run->stage_id);
+  if (previous != by_stage_.end() && !previous->second->lost) {
+    Lose(previous->second, "the stage was dispatched again", stops);
+  }
+  runs_[run->task_id] = run;
+  by_stage_[run->stage_id] = run;
+  return run;
+}
+
+SessionLedger::RunPtr SessionLedger::Find(std::string_view task_id) const {
+  auto it = runs_.find(AbslView(task_id));
+  return it == runs_.end() ? nullptr : it->second;
+}
+
+std::vector<std::string> SessionLedger::RunningTaskIds() const {
+  std::vector<std::string> ids;
+  for (const auto& [id, run] : runs_) {
+    if (run->running) ids.push_back(id);
+  }
+  return ids;
+}
+
+bool SessionLedger::AppendLine(const RunPtr& run, const LogLine& line) {
+  if (run->lost) return false;
+  auto buf = run->logs.find(line.step_id);
+  if (buf == run->logs.end()) {
+    buf = run->logs.emplace(std::string(line.step_id), LogBuffer{}).first;
+  }
+  buf->second.lines.push_back(BufferedLine{line.time, std::string(line.text),
+                                           line.stream, line.partial});
+  MarkDirty(run);
+  return true;
+}
+
+bool SessionLedger::CloseLog(const RunPtr& run, std::string_view step_id) {
+  if (run->lost) return false;
+  auto buf = run->logs.find(step_id);
+  if (buf == run->logs.end()) return false;  // no lines: nothing to close
+  buf->second.closed = true;
+  MarkDirty(run);
+  return true;
+}
+
+void SessionLedger::StepStarted(const RunPtr& run, std::string_view step_id,
+                                absl::Time now) {
+  v1::DelegateMessage m;
+  const std::string key = ReportKey(*run, "started", step_id);
+  v1::StepStartedReport& report = *m.mutable_step_started();
+  FillHeader(*run, key, report.mutable_header());
+  report.set_step_id(std::string(step_id));
+  *report.mutable_time() = TimeToProto(now);
+  AddReport(run, ReportKind::kStepStarted, key, std::move(m), now);
+}
+
+void SessionLedger::StepDone(const RunPtr& run, v1::StepResult result,
+                             absl::Time now) {
+  v1::DelegateMessage m;
+  const std::string key = ReportKey(*run, "step", result.id());
+  FillHeader(*run, key, m.mutable_step_result()->mutable_header());
+  *m.mutable_step_result()->mutable_result() = std::move(result);
+  AddReport(run, ReportKind::kStepResult, key, std::move(m), now);
+}
+
+bool SessionLedger::StageDone(const RunPtr& run, StageResult result,
+                              absl::Time now) {
+  result.task_id = run->stage_id;
+  run->running = false;
+  const bool granted = SlotFreed();
+  if (result.status == StepStatus::kCancelled && !run->cancel_reason.empty()) {
+    result.error = run->cancel_reason;
+  }
+  if (run->lost) {
+    MaybeRetire(run);
+    return granted;
+  }
+  v1::DelegateMessage m;
+  const std::string key = ReportKey(*run, "stage");
+  FillHeader(*run, key, m.mutable_stage_result()->mutable_header());
+  *m.mutable_stage_result()->mutable_result() = ToProto(result);
+  AddReport(run, ReportKind::kStageResult, key, std::move(m), now);
+  return true;
+}
+
+SessionLedger::Stops SessionLedger::Resume(const v1::HelloAck& ack,
+                                           absl::Time now) {
+  Stops stops;
+  absl::flat_hash_set<std::string> answered;
+  for (const v1::LeaseRenewed& resumed : ack.resumed()) {
+    auto it = by_stage_.find(resumed.stage_id());
+    if (it == by_stage_.end() || it->second->token != resumed.fencing_token()) {
+      continue;
+    }
+    Run& run = *it->second;
+    absl::StatusOr<absl::Duration> d =
+        DurationFromProto(resumed.lease_duration(), "lease_duration");
+    if (d.ok()) run.lease_duration = *d;
+    run.lease_end = now + run.lease_duration;
+    run.next_renew = now + run.lease_duration / 3;
+    answered.insert(run.task_id);
+  }
+  for (const v1::LeaseLost& lost : ack.lost()) {
+    auto it = by_stage_.find(lost.stage_id());
+    if (it != by_stage_.end() && it->second->token == lost.fencing_token()) {
+      Lose(it->second, lost.message(), &stops);
+    }
+  }
+  std::vector<RunPtr> unanswered;  // Lose may erase from runs_
+  for (const auto& [id, run] : runs_) {
+    if (!run->lost && !answered.contains(id)) unanswered.push_back(run);
+  }
+  for (const RunPtr& run : unanswered) {
+    Lose(run, "the manager did not resume its lease", &stops);
+  }
+  for (const auto& [id, run] : runs_) {  // resend what the manager lacks
+    if (run->lost) continue;
+    for (auto& [step, buf] : run->logs) {
+      buf.sent = buf.base;  // log_acks below move it up to what it keeps
+      buf.close_sent = false;
+    }
+    for (Run::Report& r : run->reports) r.sent = false;
+    MarkDirty(run);
+  }
+  for (const v1::LogAck& log_ack : ack.log_acks()) LogAck(log_ack);
+  size_t busy = 0;
+  for (const auto& [id, run] : runs_) busy += run->running ? 1 : 0;
+  credit_ = !granting_ || busy >= capacity_
+                ? 0
+                : static_cast<uint32_t>(capacity_ - busy);
+  return stops;
+}
+
+void SessionLedger::Renewed(const v1::LeaseRenewed& renewed, absl::Time now) {
+  auto it = by_stage_.find(renewed.stage_id());
+  if (it == by_stage_.end() || it->second->lease_id != renewed.lease_id() ||
+      it->second->lost) {
+    return;
+  }
+  absl::StatusOr<absl::Duration> d =
+      DurationFromProto(renewed.lease_duration(), "lease_duration");
+  if (d.ok()) it->second->lease_duration = *d;
+  it->second->lease_end = now + it->second->lease_duration;
+}
+
+SessionLedger::Stops SessionLedger::LeaseLost(const v1::LeaseLost& lost) {
+  Stops stops;
+  auto it = by_stage_.find(lost.stage_id());
+  if (it != by_stage_.end() && it->second->token == lost.fencing_token()) {
+    Lose(it->second,
+         absl::StrCat(v1::LeaseLost::Reason_Name(lost.reason()), ": ",
+                      lost.message()),
+         &stops);
+  }
+  return stops;
+}
+
+SessionLedger::Stops SessionLedger::Ack(const v1::Ack& ack) {
+  Stops stops;
+  auto it = by_key_.find(ack.idempotency_key());
+  if (it == by_key_.end()) return stops;  // a repeat
+  RunPtr run = it->second;
+  by_key_.erase(it);
+  ReportKind kind = ReportKind::kStepStarted;
+  for (auto r = run->reports.begin(); r != run->reports.end(); ++r) {
+    if (r->key == ack.idempotency_key()) {
+      kind = r->kind;
+      run->reports.erase(r);
+      break;
+    }
+  }
+  if (!ack.accepted()) {
+    log_.Warn("the manager refused a report",
+              {{"stage", run->stage_id},
+               {"key", ack.idempotency_key()},
+               {"refusal", v1::Ack::Refusal_Name(ack.refusal())},
+               {"message", ack.message()}});
+    if (ack.refusal() == v1::Ack::REFUSAL_STALE_FENCING_TOKEN ||
+        ack.refusal() == v1::Ack::REFUSAL_UNKNOWN_LEASE) {
+      Lose(run, "the manager refused its report", &stops);
+    }
+  }
+  if (kind == ReportKind::kStageResult) {
+    run->result_accepted = true;
+    MaybeRetire(run);
+  }
+  return stops;
+}
+
+SessionLedger::Stops SessionLedger::Cancel(const v1::Cancel& cancel) {
+  Stops stops;
+  auto it = by_stage_.find(cancel.stage_id());
+  if (it == by_stage_.end() || !it->second->running ||
+      (!cancel.lease_id().empty() &&
+       cancel.lease_id() != it->second->lease_id)) {
+    return stops;
+  }
+  it->second->cancel_reason =
+      cancel.reason().empty() ? "cancelled" : cancel.reason();
+  stops.cancels.push_back(it->second->task_id);
+  return stops;
+}
+
+bool SessionLedger::LogAck(const v1::LogAck& ack) {
+  auto it = by_stage_.find(ack.stage_id());
+  if (it == by_stage_.end() || it->second->token != ack.fencing_token()) {
+    return false;
+  }
+  auto buf = it->second->logs.find(ack.step_id());
+  if (buf == it->second->logs.end()) return false;
+  LogBuffer& b = buf->second;
+  while (b.base < ack.offset() && !b.lines.empty()) {  // kept: drop them
+    b.lines.pop_front();
+    ++b.base;
+  }
+  // Resend from what the manager keeps when that is below what went out
+  // (it refused a gap); never from below what is still held.
+  const uint64_t resend = std::max(std::min(b.sent, ack.offset()), b.base);
+  bool due = false;
+  if (resend < b.sent) {
+    b.sent = resend;
+    b.close_sent = false;
+    MarkDirty(it->second);
+    due = true;
+  }
+  b.sent = std::max(b.sent, b.base);
+  return due;
+}
+
+SessionLedger::Stops SessionLedger::ExpireLeases(absl::Time now) {
+  Stops stops;
+  std::vector<RunPtr> expired;  // Lose may erase from runs_
+  for (const auto& [id, run] : runs_) {
+    if (!run->lost && !run->result_accepted && now >= run->lease_end) {
+      expired.push_back(run);
+    }
+  }
+  for (const RunPtr& run : expired) {
+    Lose(run, "its lease lapsed without a renewal from the manager", &stops);
+  }
+  return stops;
+}
+
+SessionLedger::Stops SessionLedger::GiveUpWaiting() {
+  Stops stops;
+  std::vector<RunPtr> waiting;  // Lose erases from runs_
+  for (const auto& [id, run] : runs_) {
+    if (!run->running && !run->lost) waiting.push_back(run);
+  }
+  for (const RunPtr& run : waiting) {
+    Lose(run, "the delegate is stopping", &stops);
+  }
+  return stops;
+}
+
+void SessionLedger::HeldLeases(v1::Hello* hello) const {
+  for (const auto& [id, run] : runs_) {
+    if (run->lost) continue;
+    v1::HeldLease& held = *hello->add_held_leases();
+    held.set_stage_id(run->stage_id);
+    held.set_lease_id(run->lease_id);
+    held.set_fencing_token(run->token);
+    held.set_running(run->running);
+  }
+}
+
+void SessionLedger::Renewals(absl::Time now,
+                             std::vector<v1::DelegateMessage>* out) {
+  for (const auto& [id, run] : runs_) {
+    if (run->lost || run->result_accepted || now >= run->lease_end) continue;
+    if (now >= run->next_renew) {
+      v1::LeaseRenew& renew = *out->emplace_back().mutable_lease_renew();
+      renew.set_stage_id(run->stage_id);
+      renew.set_lease_id(run->lease_id);
+      renew.set_fencing_token(run->token);
+      run->next_renew = now + run->lease_duration / 3;
+    }
+  }
+}
+
+void SessionLedger::Collect(absl::Time now,
+                            std::vector<v1::DelegateMessage>* out) {
+  while (!delayed_.empty() && delayed_.front().first <= now) {
+    MarkDirty(delayed_.front().second);
+    delayed_.pop_front();
+  }
+  std::vector<RunPtr> dirty;
+  dirty.swap(dirty_);
+  for (const RunPtr& run : dirty) {
+    run->dirty = false;
+    if (!run->lost) CollectRun(*run, now, out);
+  }
+  if (credit_ > 0 && granting_) {
+    out->emplace_back().mutable_credit()->set_slots(credit_);
+  }
+  credit_ = 0;
+}
+
+absl::Time SessionLedger::NextDue() const {
+  return delayed_.empty() ? absl::InfiniteFuture() : delayed_.front().first;
+}
+
+void SessionLedger::CollectRun(Run& run, absl::Time now,
+                               std::vector<v1::DelegateMessage>* out) {
+  // Logs first: the manager has a step's lines before its result.
+  for (auto& entry : run.logs) {
+    // Not a structured binding: clang 14 (tsa-check) cannot capture one.
+    const std::string& step_id = entry.first;
+    LogBuffer& buf = entry.second;
+    // A chunk of this step from `offset`, in a new message.
+    auto new_chunk = [&](uint64_t offset) -> v1::LogChunk& {
+      v1::LogChunkReport& report = *out->emplace_back().mutable_log();
+      report.set_lease_id(run.lease_id);
+      report.set_fencing_token(run.token);
+      v1::LogChunk& chunk = *report.mutable_chunk();
+      chunk.set_task_id(run.stage_id);
+      chunk.set_step_id(step_id);
+      chunk.set_offset(offset);
+      return chunk;
+    };
+    while (buf.sent < buf.end()) {
+      v1::LogChunk& chunk = new_chunk(buf.sent);
+      const LogStream stream = buf.lines[buf.sent - buf.base].stream;
+      chunk.set_stream(ToProto(stream));
+      while (buf.sent < buf.end() &&
+             static_cast<size_t>(chunk.lines_size()) < kMaxChunkLines) {
+        const BufferedLine& line = buf.lines[buf.sent - buf.base];
+        if (line.stream != stream) break;
+        v1::LogLine& l = *chunk.add_lines();
+        *l.mutable_time() = TimeToProto(line.time);
+        l.set_text(line.text);
+        l.set_partial(line.partial);
+        ++buf.sent;
+      }
+      if (buf.closed && buf.sent == buf.end()) {
+        chunk.set_closed(true);
+        buf.close_sent = true;
+      }
+    }
+    if (buf.closed && !buf.close_sent) {
+      v1::LogChunk& chunk = new_chunk(buf.end());
+      chunk.set_stream(v1::LOG_STREAM_SYSTEM);
+      chunk.set_closed(true);
+      buf.close_sent = true;
+    }
+  }
+  // A stage result holds every step's result: the step reports not yet
+  // sent would tell the manager nothing new.
+  const bool finished = !run.reports.empty() &&
+                        run.reports.back().kind == ReportKind::kStageResult;
+  for (auto it = run.reports.begin(); it != run.reports.end();) {
+    if (it->sent) {
+      ++it;
+      continue;
+    }
+    if (finished && it->kind != ReportKind::kStageResult) {
+      by_key_.erase(it->key);
+      it = run.reports.erase(it);
+      continue;
+    }
+    if (it->due > now) {  // a later delayed_ entry brings it
+      ++it;
+      continue;
+    }
+    out->push_back(it->message);
+    it->sent = true;
+    ++it;
+  }
+}
+
+void SessionLedger::AddReport(const RunPtr& run, ReportKind kind,
+                              std::string key, v1::DelegateMessage message,
+                              absl::Time now) {
+  if (run->lost) return;
+  by_key_[key] = run;
+  const bool progress = kind != ReportKind::kStageResult;
+  const absl::Time due = progress ? now + kProgressDelay : now;
+  run->reports.push_back(
+      Run::Report{kind, std::move(key), std::move(message), false, due});
+  if (progress) {
+    delayed_.emplace_back(due, run);
+  } else {
+    MarkDirty(run);
+  }
+}
+
+void SessionLedger::Lose(const RunPtr& run, std::string_view why,
+                         Stops* stops) {
+  if (run->lost) return;
+  run->lost = true;
+  for (const Run::Report& r : run->reports) by_key_.erase(r.key);
+  run->reports.clear();
+  run->logs.clear();
+  ++stops->leases_lost;
+  log_.Warn("lease lost: stopping the stage",
+            {{"stage", run->stage_id},
+             {"fencing_token", absl::StrCat(run->token)},
+             {"why", why}});
+  if (run->running) {
+    stops->cancels.push_back(run->task_id);
+  } else {
+    MaybeRetire(run);
+  }
+}
+
+void SessionLedger::MaybeRetire(const RunPtr& run) {
+  if (run->running || !(run->lost || run->result_accepted)) return;
+  if (runs_.erase(run->task_id) == 0) return;
+  auto it = by_stage_.find(run->stage_id);
+  if (it != by_stage_.end() && it->second == run) by_stage_.erase(it);
+  for (const Run::Report& r : run->reports) by_key_.erase(r.key);
+}
+
+void SessionLedger::MarkDirty(const RunPtr& run) {
+  if (!run->dirty) {
+    run->dirty = true;
+    dirty_.push_back(run);
+  }
+}
+
+bool SessionLedger::SlotFreed() {
+  if (!granting_) return false;
+  ++credit_;
+  return true;
+}
+
+}  // namespace delegate::grpcv1
