@@ -11,12 +11,11 @@
 #include <deque>
 #include <filesystem>
 #include <future>
-#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
-#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -25,6 +24,7 @@
 #include "delegate/scheduler.h"
 #include "delegate/version.h"
 #include "logs/masker.h"
+#include "manager/harness/answer_cache.h"
 #include "manager/harness/harness_client.h"
 #include "manager/harness/log_stream.h"
 #include "manager/harness/payloads.h"
@@ -37,9 +37,6 @@ namespace harness {
 namespace {
 
 constexpr absl::Duration kHeartbeatInterval = absl::Seconds(10);
-// Responses kept after they were sent, to answer a task delivered again
-// without running it again.
-constexpr size_t kAnsweredWindow = 10000;
 constexpr const char* kSupportedTypes =
     "local_init, local_execute, local_cleanup, secret/static";
 
@@ -271,30 +268,21 @@ class HarnessConnection final : public ManagerConnection {
   // One idle connection per worker, so that busy workers do not reconnect.
   http::HttpClient http_{
       static_cast<size_t>(std::max(32, env_.config.parallel_workers + 8))};
-  const absl::Duration resend_after_ =
-      std::max(absl::Seconds(10), 3 * env_.config.poll_interval);
   std::unique_ptr<HarnessClient> client_;
   std::unique_ptr<LogService> logs_;
+  AnswerCache answers_{env_.clock,
+                       AnswerCache::ResendAfter(env_.config.poll_interval)};
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool draining_ = false;                  // guarded by mu_
-  bool forced_ = false;                    // guarded by mu_
-  bool stop_threads_ = false;              // guarded by mu_
-  bool registered_ = false;                // guarded by mu_
-  int heartbeat_failures_ = 0;             // guarded by mu_
-  std::string delegate_id_;                // guarded by mu_
-  std::deque<RunnerEvent> work_;           // guarded by mu_
-  std::map<std::string, bool> in_flight_;  // task ids; guarded by mu_
-  // Answers kept after they were sent, oldest first; guarded by mu_.
-  struct Answered {
-    std::string task_id;
-    std::string body;
-    absl::Time sent = absl::InfinitePast();  // last accepted by the manager
-  };
-  std::list<Answered> answered_;
-  std::unordered_map<std::string, std::list<Answered>::iterator>
-      answered_index_;                               // guarded by mu_
+  bool draining_ = false;                            // guarded by mu_
+  bool forced_ = false;                              // guarded by mu_
+  bool stop_threads_ = false;                        // guarded by mu_
+  bool registered_ = false;                          // guarded by mu_
+  int heartbeat_failures_ = 0;                       // guarded by mu_
+  std::string delegate_id_;                          // guarded by mu_
+  std::deque<RunnerEvent> work_;                     // guarded by mu_
+  std::map<std::string, bool> in_flight_;            // task ids; guarded by mu_
   std::map<std::string, Transaction> transactions_;  // guarded by mu_
   uint64_t next_stage_ = 0;                          // guarded by mu_
   int busy_workers_ = 0;                             // guarded by mu_
@@ -440,14 +428,13 @@ absl::Status HarnessConnection::Run() {
         std::unique_lock lock(mu_);
         if (in_flight_.count(event.task_id)) continue;
         // A task answered before is queued too: its worker sends the
-        // recorded answer again (Handle), without blocking the poll.
-        auto answered = answered_index_.find(event.task_id);
-        if (answered != answered_index_.end()) {
-          // Listed again right after its answer went out: the manager has
-          // not caught up yet. Only a task still listed a while after its
-          // answer was accepted is answered again.
-          if (absl::Now() - answered->second->sent < resend_after_) continue;
-        } else if (draining_ && event.task_type == "local_init") {
+        // recorded answer again (Handle), without blocking the poll. Listed
+        // again right after its answer went out, it is left alone: the
+        // manager has not caught up yet.
+        const AnswerCache::Listing listing = answers_.Classify(event.task_id);
+        if (listing == AnswerCache::Listing::kJustAnswered) continue;
+        if (listing == AnswerCache::Listing::kNew && draining_ &&
+            event.task_type == "local_init") {
           continue;
         }
         // Back-pressure: with every worker busy, wait rather than fetch.
@@ -545,17 +532,11 @@ void HarnessConnection::WorkerLoop() {
 }
 
 void HarnessConnection::Handle(const RunnerEvent& event) {
-  {
-    // Delivered again after it was answered: the manager may have lost the
-    // answer. Send it again rather than run the task twice.
-    std::unique_lock lock(mu_);
-    if (auto it = answered_index_.find(event.task_id);
-        it != answered_index_.end()) {
-      std::string body = it->second->body;
-      lock.unlock();
-      SendAnswer(event.task_id, body);
-      return;
-    }
+  // Delivered again after it was answered: the manager may have lost the
+  // answer. Send it again rather than run the task twice.
+  if (std::optional<std::string> body = answers_.Find(event.task_id)) {
+    SendAnswer(event.task_id, *body);
+    return;
   }
   const std::string delegate_id = Info().delegate_id;
   std::vector<TaskRequest> requests;
@@ -627,19 +608,7 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
 
 void HarnessConnection::SendAnswer(const std::string& task_id,
                                    const std::string& body) {
-  {
-    // Kept before sending: a delivery that comes again while the manager is
-    // away gets this answer, not a second run.
-    std::lock_guard lock(mu_);
-    if (!answered_index_.count(task_id)) {
-      answered_.push_back({task_id, body});
-      answered_index_[task_id] = std::prev(answered_.end());
-      if (answered_.size() > kAnsweredWindow) {
-        answered_index_.erase(answered_.front().task_id);
-        answered_.pop_front();
-      }
-    }
-  }
+  answers_.Record(task_id, body);
   RetryPolicy policy;
   policy.max_elapsed = absl::Minutes(10);
   const std::string delegate_id = Info().delegate_id;
@@ -661,12 +630,7 @@ void HarnessConnection::SendAnswer(const std::string& task_id,
         {{"task_id", task_id}, {"error", s.message()}});
     return;
   }
-  // Accepted now: a listing that still shows the task within resend_after_
-  // is the manager catching up, not a lost answer.
-  std::lock_guard lock(mu_);
-  if (auto it = answered_index_.find(task_id); it != answered_index_.end()) {
-    it->second->sent = absl::Now();
-  }
+  answers_.Accepted(task_id);
 }
 
 HarnessConnection::Answer HarnessConnection::Route(TaskRequest& request) {
