@@ -1,12 +1,9 @@
 // The Harness Delegate 3.x runner loop: register, heartbeat every 10 s, poll
 // runner-events, fetch each task once, route it (local_init, local_execute,
 // local_cleanup into the scheduler as one fed stage per transaction;
-// secret/static), answer task-response, and drain on request.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
+// secret/static), answer task-response, and drain on request. The parts it
+// drives live beside it: registrar.h (registration and heartbeat),
+// answer_cache.h (answers kept for re-deliveries).
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
@@ -22,55 +19,21 @@
 #include "absl/time/clock.h"
 #include "delegate/harness.h"
 #include "delegate/scheduler.h"
-#include "delegate/version.h"
 #include "logs/masker.h"
 #include "manager/harness/answer_cache.h"
 #include "manager/harness/harness_client.h"
 #include "manager/harness/log_stream.h"
 #include "manager/harness/payloads.h"
+#include "manager/harness/registrar.h"
 #include "manager/harness/token.h"
-#include "util/env.h"
 #include "util/strings.h"
 
 namespace delegate {
 namespace harness {
 namespace {
 
-constexpr absl::Duration kHeartbeatInterval = absl::Seconds(10);
 constexpr const char* kSupportedTypes =
     "local_init, local_execute, local_cleanup, secret/static";
-
-// The host name as the manager shows it: no spaces.
-std::string RunnerHostName() {
-  std::string name = HostName();
-  for (char& c : name) {
-    if (c == ' ') c = '-';
-  }
-  return name;
-}
-
-// The address outbound traffic leaves from, found as the runner does (a UDP
-// "connect" sends nothing); loopback when there is no route.
-std::string OutboundIp() {
-  int fd = socket(AF_INET, SOCK_DGRAM, 0);
-  if (fd < 0) return "127.0.0.1";
-  sockaddr_in dst{};
-  dst.sin_family = AF_INET;
-  dst.sin_port = htons(80);
-  inet_pton(AF_INET, "8.8.8.8", &dst.sin_addr);
-  std::string ip = "127.0.0.1";
-  if (connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) == 0) {
-    sockaddr_in self{};
-    socklen_t len = sizeof(self);
-    char text[INET_ADDRSTRLEN];
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&self), &len) == 0 &&
-        inet_ntop(AF_INET, &self.sin_addr, text, sizeof(text))) {
-      ip = text;
-    }
-  }
-  close(fd);
-  return ip;
-}
 
 // Makes the directories a stage's local_init asks for.
 absl::Status MakeHostDirs(const std::vector<HostDir>& dirs) {
@@ -135,7 +98,8 @@ class HarnessConnection final : public ManagerConnection {
              "1 when the delegate refuses work for lack of resources (never "
              "set: capacity is MAX_STAGES).",
              {"account_id", "runner_name"});
-    m.Set("io_harness_resource_consumption_above_threshold", RunnerLabels(), 0);
+    m.Set("io_harness_resource_consumption_above_threshold",
+          RunnerLabels(env_.config), 0);
   }
 
   // Its stages are cancelled and waited for (group_ goes first).
@@ -154,8 +118,7 @@ class HarnessConnection final : public ManagerConnection {
   }
   // Not while draining: a readiness probe should stop routing to it.
   bool Ready() const override {
-    std::lock_guard lock(mu_);
-    return registered_ && !draining_ && heartbeat_failures_ < 3;
+    return !Draining() && registrar_.InGoodStanding();
   }
 
  private:
@@ -192,9 +155,6 @@ class HarnessConnection final : public ManagerConnection {
     std::string data_json;
   };
 
-  LabelValues RunnerLabels() const {
-    return {env_.config.account_id, env_.config.name};
-  }
   LabelValues TaskLabels(const std::string& type) const {
     return {env_.config.account_id, type, env_.config.name};
   }
@@ -223,22 +183,7 @@ class HarnessConnection final : public ManagerConnection {
     std::lock_guard lock(mu_);
     return draining_;
   }
-  RegisterInfo Info() const {
-    RegisterInfo info;
-    info.account_id = env_.config.account_id;
-    info.delegate_name = env_.config.name;
-    info.host_name = host_name_;
-    info.ip = ip_;
-    info.tags = env_.config.tags;
-    info.version = std::string(Version());
-    info.now = absl::Now();
-    std::lock_guard lock(mu_);
-    info.delegate_id = delegate_id_;
-    return info;
-  }
 
-  absl::Status RegisterWithRetry();
-  void HeartbeatLoop();
   void WorkerLoop();
   void Handle(const RunnerEvent& event);
   Answer Route(TaskRequest& request);
@@ -252,24 +197,16 @@ class HarnessConnection final : public ManagerConnection {
     if (logger.address.empty()) return nullptr;
     return logs_->Open(logger);
   }
-  // Waits up to `d` or until a drain starts (or, with `wake_on_work`, a
-  // worker frees up). Returns false when draining.
-  void SleepFor(absl::Duration d) {
-    std::unique_lock lock(mu_);
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(d),
-                 [&] { return stop_threads_; });
-  }
 
   ManagerEnvironment env_;
   const SecretString token_;
   const std::string manager_url_;
-  const std::string host_name_ = "runner-" + RunnerHostName();
-  const std::string ip_ = OutboundIp();
   // One idle connection per worker, so that busy workers do not reconnect.
   http::HttpClient http_{
       static_cast<size_t>(std::max(32, env_.config.parallel_workers + 8))};
   std::unique_ptr<HarnessClient> client_;
   std::unique_ptr<LogService> logs_;
+  Registrar registrar_{env_.config, env_.log, env_.metrics};
   AnswerCache answers_{env_.clock,
                        AnswerCache::ResendAfter(env_.config.poll_interval)};
 
@@ -278,9 +215,6 @@ class HarnessConnection final : public ManagerConnection {
   bool draining_ = false;                            // guarded by mu_
   bool forced_ = false;                              // guarded by mu_
   bool stop_threads_ = false;                        // guarded by mu_
-  bool registered_ = false;                          // guarded by mu_
-  int heartbeat_failures_ = 0;                       // guarded by mu_
-  std::string delegate_id_;                          // guarded by mu_
   std::deque<RunnerEvent> work_;                     // guarded by mu_
   std::map<std::string, bool> in_flight_;            // task ids; guarded by mu_
   std::map<std::string, Transaction> transactions_;  // guarded by mu_
@@ -290,39 +224,6 @@ class HarnessConnection final : public ManagerConnection {
   // observers use the event log.
   StageGroup group_{env_.scheduler};
 };
-
-absl::Status HarnessConnection::RegisterWithRetry() {
-  RetryPolicy policy;
-  policy.max_elapsed = absl::InfiniteDuration();
-  std::string id;
-  absl::Status s = Retry(
-      policy,
-      [&] {
-        RegisterInfo info = Info();
-        info.max_stages = env_.config.max_stages;  // heartbeats send null
-        absl::StatusOr<std::string> got = client_->Register(info);
-        if (!got.ok()) return got.status();
-        id = *got;
-        return absl::OkStatus();
-      },
-      [this] { return Draining(); },
-      [this](const absl::Status& error, absl::Duration wait) {
-        env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
-        env_.log.Warn("register failed; retrying",
-                      {{"error", error.message()},
-                       {"retry_in", absl::FormatDuration(absl::Trunc(
-                                        wait, absl::Milliseconds(1)))}});
-      });
-  if (!s.ok()) return s;
-  if (id.empty()) return absl::CancelledError("drained before registering");
-  {
-    std::lock_guard lock(mu_);
-    delegate_id_ = id;
-    registered_ = true;
-    heartbeat_failures_ = 0;
-  }
-  return absl::OkStatus();
-}
 
 absl::Status HarnessConnection::Run() {
   absl::StatusOr<Transport> transport = TransportFromConfig(env_.config);
@@ -335,7 +236,9 @@ absl::Status HarnessConnection::Run() {
   env_.log.Info("connecting", {{"manager", manager_url_},
                                {"account_id", env_.config.account_id},
                                {"name", env_.config.name}});
-  if (absl::Status s = RegisterWithRetry(); !s.ok()) {
+  if (absl::Status s =
+          registrar_.Register(*client_, [this] { return Draining(); });
+      !s.ok()) {
     if (absl::IsCancelled(s)) {
       env_.log.Info("stopped before connecting");
       return absl::OkStatus();
@@ -343,13 +246,18 @@ absl::Status HarnessConnection::Run() {
     env_.log.Error("cannot connect", {{"error", s.message()}});
     return s;
   }
-  const RegisterInfo info = Info();
-  env_.log.Info("connected", {{"delegate_id", info.delegate_id},
+  env_.log.Info("connected", {{"delegate_id", registrar_.delegate_id()},
                               {"manager", manager_url_},
                               {"name", env_.config.name},
                               {"tags", absl::StrJoin(env_.config.tags, ",")}});
 
-  std::thread heartbeat([this] { HeartbeatLoop(); });
+  std::thread heartbeat([this] {
+    registrar_.HeartbeatLoop(
+        *client_, [this] { return Draining(); },
+        // Cancelled so that they are cleaned up now, not after the idle
+        // timeout.
+        [this] { CancelOpenStages("the manager lost them"); });
+  });
   std::vector<std::thread> workers;
   const int worker_count = std::max(1, env_.config.parallel_workers);
   for (int i = 0; i < worker_count; ++i) {
@@ -406,11 +314,12 @@ absl::Status HarnessConnection::Run() {
     }
     // The id may change when the heartbeat had to register again.
     absl::StatusOr<std::vector<RunnerEvent>> events =
-        client_->PollEvents(Info().delegate_id);
+        client_->PollEvents(registrar_.delegate_id());
     absl::Duration wait = env_.config.poll_interval;
     if (!events.ok()) {
       ++failures;
-      env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
+      env_.metrics.Add("io_harness_runner_error_count",
+                       RunnerLabels(env_.config));
       // Back off while the manager is unreachable, up to 30 s, and say so
       // once per outage rather than every poll.
       wait = std::min(absl::Seconds(30),
@@ -459,59 +368,21 @@ absl::Status HarnessConnection::Run() {
   {
     std::lock_guard lock(mu_);
     stop_threads_ = true;
-    registered_ = false;
   }
   cv_.notify_all();
+  registrar_.Stop();
   for (std::thread& t : workers) t.join();
   heartbeat.join();
 
   RetryPolicy policy;
   absl::Status bye =
-      Retry(policy, [&] { return client_->Unregister(Info()); }, {});
+      Retry(policy, [&] { return client_->Unregister(registrar_.Info()); }, {});
   if (bye.ok()) {
-    env_.log.Info("unregistered", {{"delegate_id", Info().delegate_id}});
+    env_.log.Info("unregistered", {{"delegate_id", registrar_.delegate_id()}});
   } else {
     env_.log.Warn("unregister failed", {{"error", bye.message()}});
   }
   return absl::OkStatus();
-}
-
-void HarnessConnection::HeartbeatLoop() {
-  while (true) {
-    {
-      std::unique_lock lock(mu_);
-      if (stop_threads_) return;
-    }
-    absl::Status s = client_->Heartbeat(Info());
-    if (absl::IsNotFound(s) && !Draining()) {
-      // The manager no longer knows this delegate (restarted, or it expired
-      // the registration): register again; the id may change.
-      env_.log.Warn(
-          "the manager does not know this delegate; registering again",
-          {{"error", s.message()}});
-      const std::string old_id = Info().delegate_id;
-      s = RegisterWithRetry();
-      if (s.ok()) {
-        env_.log.Info("connected", {{"delegate_id", Info().delegate_id},
-                                    {"manager", manager_url_}});
-        // A manager that forgot this delegate forgot its stages too: no step
-        // or cleanup of theirs will come. Cancel them so that they are
-        // cleaned up now, not after the idle timeout.
-        if (Info().delegate_id != old_id)
-          CancelOpenStages("the manager lost them");
-      }
-    }
-    {
-      std::lock_guard lock(mu_);
-      heartbeat_failures_ = s.ok() ? 0 : heartbeat_failures_ + 1;
-    }
-    if (!s.ok()) {
-      env_.metrics.Add("io_harness_runner_heartbeat_failure_count",
-                       RunnerLabels());
-      env_.log.Warn("heartbeat failed", {{"error", s.message()}});
-    }
-    SleepFor(kHeartbeatInterval);
-  }
 }
 
 void HarnessConnection::WorkerLoop() {
@@ -538,7 +409,7 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
     SendAnswer(event.task_id, *body);
     return;
   }
-  const std::string delegate_id = Info().delegate_id;
+  const std::string delegate_id = registrar_.delegate_id();
   std::vector<TaskRequest> requests;
   RetryPolicy policy;
   absl::Status fetched =
@@ -567,7 +438,8 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
     return;
   }
   if (!fetched.ok()) {
-    env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
+    env_.metrics.Add("io_harness_runner_error_count",
+                     RunnerLabels(env_.config));
     env_.log.Warn("fetching the task failed; it stays with the manager",
                   {{"task_id", event.task_id}, {"error", fetched.message()}});
     return;
@@ -611,7 +483,7 @@ void HarnessConnection::SendAnswer(const std::string& task_id,
   answers_.Record(task_id, body);
   RetryPolicy policy;
   policy.max_elapsed = absl::Minutes(10);
-  const std::string delegate_id = Info().delegate_id;
+  const std::string delegate_id = registrar_.delegate_id();
   absl::Status s = Retry(
       policy, [&] { return client_->SendResponse(task_id, delegate_id, body); },
       [this] {
@@ -619,7 +491,8 @@ void HarnessConnection::SendAnswer(const std::string& task_id,
         return forced_;
       },
       [&](const absl::Status& error, absl::Duration) {
-        env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
+        env_.metrics.Add("io_harness_runner_error_count",
+                         RunnerLabels(env_.config));
         env_.log.Warn("sending the task response failed; retrying",
                       {{"task_id", task_id}, {"error", error.message()}});
       });
@@ -688,7 +561,7 @@ HarnessConnection::Answer HarnessConnection::HandleInit(
     const TaskRequest& request, const std::string& data,
     const std::vector<std::string>& masks) {
   Answer answer;
-  const std::string delegate_id = Info().delegate_id;
+  const std::string delegate_id = registrar_.delegate_id();
   absl::StatusOr<InitPayload> p = ParseInitPayload(data);
   if (!p.ok()) {
     answer.ok = false;
