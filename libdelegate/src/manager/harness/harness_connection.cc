@@ -3,11 +3,10 @@
 // local_cleanup into the scheduler as one fed stage per transaction;
 // secret/static), answer task-response, and drain on request. The parts it
 // drives live beside it: registrar.h (registration and heartbeat),
-// answer_cache.h (answers kept for re-deliveries).
+// stage_transactions.h (the local stages), answer_cache.h (answers kept for
+// re-deliveries).
 #include <condition_variable>
 #include <deque>
-#include <filesystem>
-#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -25,8 +24,8 @@
 #include "manager/harness/log_stream.h"
 #include "manager/harness/payloads.h"
 #include "manager/harness/registrar.h"
+#include "manager/harness/stage_transactions.h"
 #include "manager/harness/token.h"
-#include "util/strings.h"
 
 namespace delegate {
 namespace harness {
@@ -34,37 +33,6 @@ namespace {
 
 constexpr const char* kSupportedTypes =
     "local_init, local_execute, local_cleanup, secret/static";
-
-// Makes the directories a stage's local_init asks for.
-absl::Status MakeHostDirs(const std::vector<HostDir>& dirs) {
-  for (const HostDir& dir : dirs) {
-    if (!dir.create) continue;
-    std::error_code ec;
-    std::filesystem::create_directories(dir.path, ec);
-    if (ec) {
-      return absl::InternalError(
-          absl::StrCat("creating ", dir.path, ": ", ec.message()));
-    }
-  }
-  return absl::OkStatus();
-}
-
-// Removes a stage's host directory, refusing paths no stage should own.
-absl::Status RemoveHostDir(const std::string& raw) {
-  std::filesystem::path p = std::filesystem::path(raw).lexically_normal();
-  const std::string s = p.string();
-  if (!p.is_absolute() || p == p.root_path() || s.size() < 5) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("not removing '", raw, "': not a stage directory"));
-  }
-  std::error_code ec;
-  std::filesystem::remove_all(p, ec);
-  if (ec) {
-    return absl::InternalError(
-        absl::StrCat("removing ", s, ": ", ec.message()));
-  }
-  return absl::OkStatus();
-}
 
 class HarnessConnection final : public ManagerConnection {
  public:
@@ -102,7 +70,7 @@ class HarnessConnection final : public ManagerConnection {
           RunnerLabels(env_.config), 0);
   }
 
-  // Its stages are cancelled and waited for (group_ goes first).
+  // Its stages are cancelled and waited for (stages_ goes first).
   ~HarnessConnection() override { Drain(); }
 
   absl::Status Run() override;
@@ -114,6 +82,7 @@ class HarnessConnection final : public ManagerConnection {
       if (draining_) forced_ = true;
       draining_ = true;
     }
+    stages_.RefuseNewStages();
     cv_.notify_all();
   }
   // Not while draining: a readiness probe should stop routing to it.
@@ -122,62 +91,8 @@ class HarnessConnection final : public ManagerConnection {
   }
 
  private:
-  // The scheduler's side of one stage: its lines go to the log stream of
-  // the task running for it, and its end is logged.
-  class StageObserverImpl final : public StageObserver {
-   public:
-    StageObserverImpl(HarnessConnection& connection, std::string key)
-        : router(connection.env_.console),
-          log_(connection.env_.log),
-          key_(std::move(key)) {}
-    void Append(const LogLine& line) override { router.Append(line); }
-    void Done(const StageResult& result) override {
-      log_.Info("stage ended", {{"stage", key_},
-                                {"status", StepStatusName(result.status)},
-                                {"error", result.error}});
-    }
-    StageLogRouter router;
-
-   private:
-    EventLog& log_;
-    const std::string key_;
-  };
-  struct Transaction {
-    std::string scheduler_id;
-    std::shared_ptr<StageFeed> feed;
-    std::vector<HostDir> dirs;
-    std::shared_ptr<StageObserverImpl> observer;
-  };
-  struct Answer {
-    std::string type;
-    bool ok = true;
-    std::string error;
-    std::string data_json;
-  };
-
   LabelValues TaskLabels(const std::string& type) const {
     return {env_.config.account_id, type, env_.config.name};
-  }
-  // Stages still open on this delegate. One that ended here without a
-  // local_cleanup (init failed, cancelled, timed out, idle) no longer counts;
-  // its entry stays so that a late cleanup still removes its directories.
-  size_t OpenStagesLocked() const {
-    size_t open = 0;
-    for (const auto& [key, txn] : transactions_) open += !txn.feed->ended();
-    return open;
-  }
-  void CancelOpenStages(std::string_view why) {
-    std::vector<std::pair<std::string, std::string>> open;
-    {
-      std::lock_guard lock(mu_);
-      for (const auto& [key, txn] : transactions_) {
-        if (!txn.feed->ended()) open.emplace_back(key, txn.scheduler_id);
-      }
-    }
-    for (const auto& [key, id] : open) {
-      env_.log.Warn("cancelling a stage", {{"stage", key}, {"why", why}});
-      (void)group_.Cancel(id);
-    }
   }
   bool Draining() const {
     std::lock_guard lock(mu_);
@@ -186,17 +101,8 @@ class HarnessConnection final : public ManagerConnection {
 
   void WorkerLoop();
   void Handle(const RunnerEvent& event);
-  Answer Route(TaskRequest& request);
-  Answer HandleInit(const TaskRequest& request, const std::string& data,
-                    const std::vector<std::string>& masks);
-  Answer HandleExecute(const TaskRequest& request, const std::string& data,
-                       const std::vector<std::string>& masks);
-  Answer HandleCleanup(const TaskRequest& request, const std::string& data);
+  TaskAnswer Route(TaskRequest& request);
   void SendAnswer(const std::string& task_id, const std::string& body);
-  std::shared_ptr<LogServiceStream> OpenLog(const TaskLogger& logger) {
-    if (logger.address.empty()) return nullptr;
-    return logs_->Open(logger);
-  }
 
   ManagerEnvironment env_;
   const SecretString token_;
@@ -204,25 +110,27 @@ class HarnessConnection final : public ManagerConnection {
   // One idle connection per worker, so that busy workers do not reconnect.
   http::HttpClient http_{
       static_cast<size_t>(std::max(32, env_.config.parallel_workers + 8))};
+  // Set by Run before any other thread starts.
   std::unique_ptr<HarnessClient> client_;
   std::unique_ptr<LogService> logs_;
   Registrar registrar_{env_.config, env_.log, env_.metrics};
   AnswerCache answers_{env_.clock,
                        AnswerCache::ResendAfter(env_.config.poll_interval)};
 
+  // Taken before the locks of stages_ and answers_.
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool draining_ = false;                            // guarded by mu_
-  bool forced_ = false;                              // guarded by mu_
-  bool stop_threads_ = false;                        // guarded by mu_
-  std::deque<RunnerEvent> work_;                     // guarded by mu_
-  std::map<std::string, bool> in_flight_;            // task ids; guarded by mu_
-  std::map<std::string, Transaction> transactions_;  // guarded by mu_
-  uint64_t next_stage_ = 0;                          // guarded by mu_
-  int busy_workers_ = 0;                             // guarded by mu_
+  bool draining_ = false;                  // guarded by mu_
+  bool forced_ = false;                    // guarded by mu_
+  bool stop_threads_ = false;              // guarded by mu_
+  std::deque<RunnerEvent> work_;           // guarded by mu_
+  std::map<std::string, bool> in_flight_;  // task ids; guarded by mu_
+  int busy_workers_ = 0;                   // guarded by mu_
   // Last: destroyed first, it cancels and waits for the stages, whose
-  // observers use the event log.
-  StageGroup group_{env_.scheduler};
+  // observers use the event log and the log service.
+  StageTransactions stages_{
+      env_.scheduler, env_.log, env_.console,
+      [this](const TaskLogger& logger) { return logs_->Open(logger); }};
 };
 
 absl::Status HarnessConnection::Run() {
@@ -256,7 +164,7 @@ absl::Status HarnessConnection::Run() {
         *client_, [this] { return Draining(); },
         // Cancelled so that they are cleaned up now, not after the idle
         // timeout.
-        [this] { CancelOpenStages("the manager lost them"); });
+        [this] { stages_.CancelOpen("the manager lost them"); });
   });
   std::vector<std::thread> workers;
   const int worker_count = std::max(1, env_.config.parallel_workers);
@@ -270,28 +178,19 @@ absl::Status HarnessConnection::Run() {
   absl::Time idle_since = absl::InfiniteFuture();
   bool drain_logged = false;
   while (true) {
-    bool draining;
-    {
-      std::lock_guard lock(mu_);
-      draining = draining_;
-    }
+    const bool draining = Draining();
     if (draining) {
       if (!drain_logged) {
         drain_logged = true;
-        size_t open;
-        {
-          std::lock_guard lock(mu_);
-          open = OpenStagesLocked();
-        }
         env_.log.Info("draining: taking no new stages",
-                      {{"open_stages", absl::StrCat(open)}});
+                      {{"open_stages", absl::StrCat(stages_.OpenStages())}});
       }
       bool idle;
       bool forced;
       {
         std::lock_guard lock(mu_);
         forced = forced_;
-        idle = OpenStagesLocked() == 0 && in_flight_.empty() && work_.empty();
+        idle = stages_.OpenStages() == 0 && in_flight_.empty() && work_.empty();
       }
       if (forced) {
         env_.log.Warn("drain cut short: cancelling the open stages");
@@ -363,8 +262,7 @@ absl::Status HarnessConnection::Run() {
 
   // Open stages (only after a forced drain) are cancelled and cleaned up
   // first: their workers wait for them.
-  group_.CancelAll(Scheduler::CancelKind::kShutdown);
-  group_.WaitUntilEmpty();
+  stages_.Shutdown();
   {
     std::lock_guard lock(mu_);
     stop_threads_ = true;
@@ -450,7 +348,7 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
     const std::string type = request.task.type;
     env_.metrics.Add("io_harness_tasks_currently_executing", TaskLabels(type),
                      1);
-    Answer answer = Route(request);
+    TaskAnswer answer = Route(request);
     env_.metrics.Add("io_harness_tasks_currently_executing", TaskLabels(type),
                      -1);
     env_.metrics.Observe("io_harness_task_execution_time", TaskLabels(type),
@@ -506,9 +404,8 @@ void HarnessConnection::SendAnswer(const std::string& task_id,
   answers_.Accepted(task_id);
 }
 
-HarnessConnection::Answer HarnessConnection::Route(TaskRequest& request) {
-  Answer answer;
-  answer.type = request.task.type;
+TaskAnswer HarnessConnection::Route(TaskRequest& request) {
+  TaskAnswer answer;
   std::vector<std::string> masks = request.task.logger.masks;
   absl::StatusOr<std::map<std::string, std::string>> secrets =
       ResolveRequestSecrets(request);
@@ -527,11 +424,12 @@ HarnessConnection::Answer HarnessConnection::Route(TaskRequest& request) {
   }
   const std::string& type = request.task.type;
   if (type == "local_init") {
-    answer = HandleInit(request, *data, masks);
+    answer = stages_.Init(request.task.logger, *data, masks,
+                          registrar_.delegate_id());
   } else if (type == "local_execute") {
-    answer = HandleExecute(request, *data, masks);
+    answer = stages_.Execute(request.task.logger, *data, masks);
   } else if (type == "local_cleanup") {
-    answer = HandleCleanup(request, *data);
+    answer = stages_.Cleanup(request.task.logger, *data);
   } else if (type == "secret/static") {
     absl::StatusOr<std::string> value = StaticSecretResponseData(request.task);
     if (value.ok()) {
@@ -546,7 +444,6 @@ HarnessConnection::Answer HarnessConnection::Route(TaskRequest& request) {
                                 "' is not supported by this delegate; it runs ",
                                 kSupportedTypes);
   }
-  answer.type = type;
   if (!masks.empty()) {
     logs::SecretMasker masker(masks);
     answer.error = masker.Mask(answer.error);
@@ -554,223 +451,6 @@ HarnessConnection::Answer HarnessConnection::Route(TaskRequest& request) {
     if (type != "secret/static")
       answer.data_json = masker.Mask(answer.data_json);
   }
-  return answer;
-}
-
-HarnessConnection::Answer HarnessConnection::HandleInit(
-    const TaskRequest& request, const std::string& data,
-    const std::vector<std::string>& masks) {
-  Answer answer;
-  const std::string delegate_id = registrar_.delegate_id();
-  absl::StatusOr<InitPayload> p = ParseInitPayload(data);
-  if (!p.ok()) {
-    answer.ok = false;
-    answer.error = std::string(p.status().message());
-    answer.data_json = InitResponseData(false, answer.error, delegate_id);
-    return answer;
-  }
-  {
-    std::lock_guard lock(mu_);
-    if (draining_) {
-      answer.ok = false;
-      answer.error = "the delegate is shutting down and takes no new stages";
-      answer.data_json = InitResponseData(false, answer.error, delegate_id);
-      return answer;
-    }
-    auto it = transactions_.find(p->transaction_key);
-    if (it != transactions_.end() && !it->second.feed->ended()) {
-      // The same stage initialized again (a retried init): it is ready.
-      answer.data_json = InitResponseData(true, "", delegate_id);
-      return answer;
-    }
-  }
-  Stage stage = p->stage;
-  for (size_t i = 0; i < masks.size(); ++i) {
-    stage.secrets[absl::StrCat("__task_secret_", i)] = masks[i];
-  }
-  auto initialized = std::make_shared<std::promise<absl::Status>>();
-  std::future<absl::Status> init_done = initialized->get_future();
-  auto feed = std::make_shared<StageFeed>(
-      [initialized](const absl::Status& s) { initialized->set_value(s); });
-  const std::string key = p->transaction_key;
-  auto observer = std::make_shared<StageObserverImpl>(*this, key);
-  StageTask task;
-  {
-    std::lock_guard lock(mu_);
-    // Checked again: two init tasks of one stage may have got this far at
-    // once, and only one may open it.
-    auto it = transactions_.find(p->transaction_key);
-    if (it != transactions_.end() && !it->second.feed->ended()) {
-      answer.data_json = InitResponseData(true, "", delegate_id);
-      return answer;
-    }
-    task.id = absl::StrCat(p->transaction_key, "#", ++next_stage_);
-    transactions_[p->transaction_key] = {task.id, feed, p->host_dirs, observer};
-  }
-  const std::string task_id = task.id;
-  task.stage = std::move(stage);
-  task.feed = feed;
-  task.observer = observer;
-  std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
-  if (log) observer->router.Route("", log);
-  // Submit checks the stage (secrets, policy, the executor) before anything
-  // of it exists: a refused stage gets no directories either. They are
-  // needed by the steps only, which come after this task's answer.
-  absl::Status s = group_.Submit(std::move(task));
-  std::string refused;
-  if (!s.ok()) {
-    refused = absl::StrCat("local_init: ", s.message());
-  } else if (absl::Status made = MakeHostDirs(p->host_dirs); !made.ok()) {
-    refused = absl::StrCat("local_init: ", made.message());
-    (void)group_.Cancel(task_id);
-    (void)init_done.get();  // the stage ends without running a step
-  }
-  if (!refused.empty()) {
-    std::lock_guard lock(mu_);
-    auto it = transactions_.find(key);
-    if (it != transactions_.end() && it->second.feed == feed) {
-      transactions_.erase(it);
-    }
-    answer.error = refused;
-    answer.data_json = InitResponseData(false, answer.error, delegate_id);
-    if (log) {
-      observer->router.Unroute("");
-      log->Close();
-    }
-    return answer;
-  }
-  s = init_done.get();
-  if (log) {
-    observer->router.Unroute("");
-    log->Close();
-  }
-  env_.log.Info(s.ok() ? "stage initialized" : "stage initialize failed",
-                {{"stage", key}, {"error", s.message()}});
-  // Like lite-engine: a failed setup is an OK task whose body says FAILURE.
-  answer.error = s.ok() ? "" : std::string(s.message());
-  answer.data_json = InitResponseData(s.ok(), answer.error, delegate_id);
-  return answer;
-}
-
-HarnessConnection::Answer HarnessConnection::HandleExecute(
-    const TaskRequest& request, const std::string& data,
-    const std::vector<std::string>& masks) {
-  Answer answer;
-  absl::StatusOr<ExecutePayload> p = ParseExecutePayload(data);
-  if (!p.ok()) {
-    answer.ok = false;
-    answer.error = std::string(p.status().message());
-    return answer;
-  }
-  std::shared_ptr<StageFeed> feed;
-  std::shared_ptr<StageObserverImpl> observer;
-  {
-    std::lock_guard lock(mu_);
-    auto it = transactions_.find(p->transaction_key);
-    if (it != transactions_.end()) {
-      feed = it->second.feed;
-      observer = it->second.observer;
-    }
-  }
-  StepResult failed;
-  failed.id = p->step.id;
-  failed.status = StepStatus::kFailure;
-  if (!feed) {
-    answer.ok = false;
-    answer.error = absl::StrCat(
-        "stage ", p->transaction_key,
-        " is not open on this delegate: its local_init must run here first");
-    failed.error = answer.error;
-    answer.data_json = ExecutionResponseData(failed);
-    return answer;
-  }
-  std::vector<std::string> step_masks = p->masks;
-  step_masks.insert(step_masks.end(), masks.begin(), masks.end());
-  std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
-  if (log) observer->router.Route(p->step.id, log);
-  auto promise = std::make_shared<std::promise<StepResult>>();
-  std::future<StepResult> done = promise->get_future();
-  const std::string step_id = p->step.id;
-  absl::Status pushed =
-      feed->Push(std::move(p->step), std::move(step_masks),
-                 [promise](const StepResult& r) { promise->set_value(r); });
-  StepResult r;
-  if (pushed.ok()) {
-    r = done.get();
-  } else {
-    r = failed;
-    r.error =
-        absl::StrCat("stage ", p->transaction_key, ": ", pushed.message());
-  }
-  if (log) {
-    observer->router.Unroute(step_id);
-    log->Close();
-  }
-  answer.data_json = ExecutionResponseData(r);
-  return answer;
-}
-
-HarnessConnection::Answer HarnessConnection::HandleCleanup(
-    const TaskRequest& request, const std::string& data) {
-  Answer answer;
-  absl::StatusOr<CleanupPayload> p = ParseCleanupPayload(data);
-  if (!p.ok()) {
-    answer.ok = false;
-    answer.error = std::string(p.status().message());
-    answer.data_json = CleanupResponseData(false, answer.error);
-    return answer;
-  }
-  std::optional<Transaction> txn;
-  {
-    std::lock_guard lock(mu_);
-    auto it = transactions_.find(p->transaction_key);
-    if (it != transactions_.end()) txn = it->second;
-  }
-  std::vector<std::string> problems;
-  // Only directories this stage's local_init declared are removed: a
-  // cleanup payload cannot make the delegate delete other host paths.
-  std::vector<std::string> remove;
-  if (txn) {
-    std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
-    if (log) txn->observer->router.Route("", log);
-    auto promise = std::make_shared<std::promise<absl::Status>>();
-    std::future<absl::Status> cleaned = promise->get_future();
-    txn->feed->Close(
-        [promise](const absl::Status& s) { promise->set_value(s); });
-    absl::Status s = cleaned.get();
-    if (log) {
-      txn->observer->router.Unroute("");
-      log->Close();
-    }
-    if (!s.ok()) problems.push_back(std::string(s.message()));
-    for (const HostDir& dir : txn->dirs) {
-      const bool listed = std::find(p->host_paths.begin(), p->host_paths.end(),
-                                    dir.path) != p->host_paths.end();
-      if (dir.remove || listed) remove.push_back(dir.path);
-    }
-    std::lock_guard lock(mu_);
-    auto it = transactions_.find(p->transaction_key);
-    if (it != transactions_.end() && it->second.feed == txn->feed) {
-      transactions_.erase(it);
-    }
-  }
-  if (!txn && !p->host_paths.empty()) {
-    env_.log.Warn(
-        "cleanup of a stage this delegate does not know: its host "
-        "directories are left in place",
-        {{"stage", p->transaction_key},
-         {"paths", absl::StrJoin(p->host_paths, ",")}});
-  }
-  std::sort(remove.begin(), remove.end());
-  remove.erase(std::unique(remove.begin(), remove.end()), remove.end());
-  for (const std::string& path : remove) {
-    if (absl::Status s = RemoveHostDir(path); !s.ok()) {
-      problems.push_back(std::string(s.message()));
-    }
-  }
-  cv_.notify_all();  // the drain waits for open stages
-  answer.error = absl::StrJoin(problems, "; ");
-  answer.data_json = CleanupResponseData(problems.empty(), answer.error);
   return answer;
 }
 
