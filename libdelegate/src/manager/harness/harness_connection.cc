@@ -5,16 +5,16 @@
 // drives live beside it: registrar.h (registration and heartbeat),
 // stage_transactions.h (the local stages), answer_cache.h (answers kept for
 // re-deliveries).
-#include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "delegate/harness.h"
 #include "delegate/scheduler.h"
@@ -78,12 +78,11 @@ class HarnessConnection final : public ManagerConnection {
   // and cleaned up, and the delegate unregisters.
   void Drain() override {
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (draining_) forced_ = true;
       draining_ = true;
     }
     stages_.RefuseNewStages();
-    cv_.notify_all();
   }
   // Not while draining: a readiness probe should stop routing to it.
   bool Ready() const override {
@@ -95,7 +94,7 @@ class HarnessConnection final : public ManagerConnection {
     return {env_.config.account_id, type, env_.config.name};
   }
   bool Draining() const {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     return draining_;
   }
 
@@ -118,14 +117,13 @@ class HarnessConnection final : public ManagerConnection {
                        AnswerCache::ResendAfter(env_.config.poll_interval)};
 
   // Taken before the locks of stages_ and answers_.
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool draining_ = false;                  // guarded by mu_
-  bool forced_ = false;                    // guarded by mu_
-  bool stop_threads_ = false;              // guarded by mu_
-  std::deque<RunnerEvent> work_;           // guarded by mu_
-  std::map<std::string, bool> in_flight_;  // task ids; guarded by mu_
-  int busy_workers_ = 0;                   // guarded by mu_
+  mutable absl::Mutex mu_;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool forced_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_threads_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<RunnerEvent> work_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, bool> in_flight_ ABSL_GUARDED_BY(mu_);  // task ids
+  int busy_workers_ ABSL_GUARDED_BY(mu_) = 0;
   // Last: destroyed first, it cancels and waits for the stages, whose
   // observers use the event log and the log service.
   StageTransactions stages_{
@@ -188,7 +186,7 @@ absl::Status HarnessConnection::Run() {
       bool idle;
       bool forced;
       {
-        std::lock_guard lock(mu_);
+        absl::MutexLock lock(&mu_);
         forced = forced_;
         idle = stages_.OpenStages() == 0 && in_flight_.empty() && work_.empty();
       }
@@ -233,7 +231,7 @@ absl::Status HarnessConnection::Run() {
       }
       failures = 0;
       for (const RunnerEvent& event : *events) {
-        std::unique_lock lock(mu_);
+        absl::MutexLock lock(&mu_);
         if (in_flight_.count(event.task_id)) continue;
         // A task answered before is queued too: its worker sends the
         // recorded answer again (Handle), without blocking the poll. Listed
@@ -246,28 +244,29 @@ absl::Status HarnessConnection::Run() {
           continue;
         }
         // Back-pressure: with every worker busy, wait rather than fetch.
-        cv_.wait(lock, [&] {
+        auto worker_free = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return stop_threads_ || work_.size() + busy_workers_ <
                                       static_cast<size_t>(worker_count);
-        });
+        };
+        mu_.Await(absl::Condition(&worker_free));
         in_flight_[event.task_id] = true;
         work_.push_back(event);
-        cv_.notify_all();
       }
     }
-    std::unique_lock lock(mu_);
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(wait),
-                 [&] { return draining_ != draining; });
+    absl::MutexLock lock(&mu_);
+    auto drain_changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return draining_ != draining;
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&drain_changed), wait);
   }
 
   // Open stages (only after a forced drain) are cancelled and cleaned up
   // first: their workers wait for them.
   stages_.Shutdown();
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_threads_ = true;
   }
-  cv_.notify_all();
   registrar_.Stop();
   for (std::thread& t : workers) t.join();
   heartbeat.join();
@@ -284,19 +283,23 @@ absl::Status HarnessConnection::Run() {
 }
 
 void HarnessConnection::WorkerLoop() {
-  std::unique_lock lock(mu_);
   while (true) {
-    cv_.wait(lock, [&] { return stop_threads_ || !work_.empty(); });
-    if (work_.empty()) return;
-    RunnerEvent event = std::move(work_.front());
-    work_.pop_front();
-    ++busy_workers_;
-    lock.unlock();
+    RunnerEvent event;
+    {
+      absl::MutexLock lock(&mu_);
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stop_threads_ || !work_.empty();
+      };
+      mu_.Await(absl::Condition(&has_work));
+      if (work_.empty()) return;
+      event = std::move(work_.front());
+      work_.pop_front();
+      ++busy_workers_;
+    }
     Handle(event);
-    lock.lock();
+    absl::MutexLock lock(&mu_);
     --busy_workers_;
     in_flight_.erase(event.task_id);
-    cv_.notify_all();
   }
 }
 
@@ -385,7 +388,7 @@ void HarnessConnection::SendAnswer(const std::string& task_id,
   absl::Status s = Retry(
       policy, [&] { return client_->SendResponse(task_id, delegate_id, body); },
       [this] {
-        std::lock_guard lock(mu_);
+        absl::MutexLock lock(&mu_);
         return forced_;
       },
       [&](const absl::Status& error, absl::Duration) {
