@@ -1,110 +1,38 @@
 // The Harness Delegate 3.x runner loop: register, heartbeat every 10 s, poll
 // runner-events, fetch each task once, route it (local_init, local_execute,
 // local_cleanup into the scheduler as one fed stage per transaction;
-// secret/static), answer task-response, and drain on request.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <condition_variable>
+// secret/static), answer task-response, and drain on request. The parts it
+// drives live beside it: registrar.h (registration and heartbeat),
+// stage_transactions.h (the local stages), answer_cache.h (answers kept for
+// re-deliveries).
 #include <deque>
-#include <filesystem>
-#include <future>
-#include <list>
 #include <map>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <thread>
-#include <unordered_map>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "delegate/harness.h"
 #include "delegate/scheduler.h"
-#include "delegate/version.h"
 #include "logs/masker.h"
+#include "manager/harness/answer_cache.h"
 #include "manager/harness/harness_client.h"
 #include "manager/harness/log_stream.h"
 #include "manager/harness/payloads.h"
+#include "manager/harness/registrar.h"
+#include "manager/harness/stage_transactions.h"
 #include "manager/harness/token.h"
-#include "util/env.h"
-#include "util/strings.h"
 
 namespace delegate {
 namespace harness {
 namespace {
 
-constexpr absl::Duration kHeartbeatInterval = absl::Seconds(10);
-// Responses kept after they were sent, to answer a task delivered again
-// without running it again.
-constexpr size_t kAnsweredWindow = 10000;
 constexpr const char* kSupportedTypes =
     "local_init, local_execute, local_cleanup, secret/static";
-
-// The host name as the manager shows it: no spaces.
-std::string RunnerHostName() {
-  std::string name = HostName();
-  for (char& c : name) {
-    if (c == ' ') c = '-';
-  }
-  return name;
-}
-
-// The address outbound traffic leaves from, found as the runner does (a UDP
-// "connect" sends nothing); loopback when there is no route.
-std::string OutboundIp() {
-  int fd = socket(AF_INET, SOCK_DGRAM, 0);
-  if (fd < 0) return "127.0.0.1";
-  sockaddr_in dst{};
-  dst.sin_family = AF_INET;
-  dst.sin_port = htons(80);
-  inet_pton(AF_INET, "8.8.8.8", &dst.sin_addr);
-  std::string ip = "127.0.0.1";
-  if (connect(fd, reinterpret_cast<sockaddr*>(&dst), sizeof(dst)) == 0) {
-    sockaddr_in self{};
-    socklen_t len = sizeof(self);
-    char text[INET_ADDRSTRLEN];
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&self), &len) == 0 &&
-        inet_ntop(AF_INET, &self.sin_addr, text, sizeof(text))) {
-      ip = text;
-    }
-  }
-  close(fd);
-  return ip;
-}
-
-// Makes the directories a stage's local_init asks for.
-absl::Status MakeHostDirs(const std::vector<HostDir>& dirs) {
-  for (const HostDir& dir : dirs) {
-    if (!dir.create) continue;
-    std::error_code ec;
-    std::filesystem::create_directories(dir.path, ec);
-    if (ec) {
-      return absl::InternalError(
-          absl::StrCat("creating ", dir.path, ": ", ec.message()));
-    }
-  }
-  return absl::OkStatus();
-}
-
-// Removes a stage's host directory, refusing paths no stage should own.
-absl::Status RemoveHostDir(const std::string& raw) {
-  std::filesystem::path p = std::filesystem::path(raw).lexically_normal();
-  const std::string s = p.string();
-  if (!p.is_absolute() || p == p.root_path() || s.size() < 5) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("not removing '", raw, "': not a stage directory"));
-  }
-  std::error_code ec;
-  std::filesystem::remove_all(p, ec);
-  if (ec) {
-    return absl::InternalError(
-        absl::StrCat("removing ", s, ": ", ec.message()));
-  }
-  return absl::OkStatus();
-}
 
 class HarnessConnection final : public ManagerConnection {
  public:
@@ -138,10 +66,11 @@ class HarnessConnection final : public ManagerConnection {
              "1 when the delegate refuses work for lack of resources (never "
              "set: capacity is MAX_STAGES).",
              {"account_id", "runner_name"});
-    m.Set("io_harness_resource_consumption_above_threshold", RunnerLabels(), 0);
+    m.Set("io_harness_resource_consumption_above_threshold",
+          RunnerLabels(env_.config), 0);
   }
 
-  // Its stages are cancelled and waited for (group_ goes first).
+  // Its stages are cancelled and waited for (stages_ goes first).
   ~HarnessConnection() override { Drain(); }
 
   absl::Status Run() override;
@@ -149,192 +78,58 @@ class HarnessConnection final : public ManagerConnection {
   // and cleaned up, and the delegate unregisters.
   void Drain() override {
     {
-      std::lock_guard lock(mu_);
+      absl::MutexLock lock(&mu_);
       if (draining_) forced_ = true;
       draining_ = true;
     }
-    cv_.notify_all();
+    stages_.RefuseNewStages();
   }
   // Not while draining: a readiness probe should stop routing to it.
   bool Ready() const override {
-    std::lock_guard lock(mu_);
-    return registered_ && !draining_ && heartbeat_failures_ < 3;
+    return !Draining() && registrar_.InGoodStanding();
   }
 
  private:
-  // The scheduler's side of one stage: its lines go to the log stream of
-  // the task running for it, and its end is logged.
-  class StageObserverImpl final : public StageObserver {
-   public:
-    StageObserverImpl(HarnessConnection& connection, std::string key)
-        : router(connection.env_.console),
-          log_(connection.env_.log),
-          key_(std::move(key)) {}
-    void Append(const LogLine& line) override { router.Append(line); }
-    void Done(const StageResult& result) override {
-      log_.Info("stage ended", {{"stage", key_},
-                                {"status", StepStatusName(result.status)},
-                                {"error", result.error}});
-    }
-    StageLogRouter router;
-
-   private:
-    EventLog& log_;
-    const std::string key_;
-  };
-  struct Transaction {
-    std::string scheduler_id;
-    std::shared_ptr<StageFeed> feed;
-    std::vector<HostDir> dirs;
-    std::shared_ptr<StageObserverImpl> observer;
-  };
-  struct Answer {
-    std::string type;
-    bool ok = true;
-    std::string error;
-    std::string data_json;
-  };
-
-  LabelValues RunnerLabels() const {
-    return {env_.config.account_id, env_.config.name};
-  }
   LabelValues TaskLabels(const std::string& type) const {
     return {env_.config.account_id, type, env_.config.name};
   }
-  // Stages still open on this delegate. One that ended here without a
-  // local_cleanup (init failed, cancelled, timed out, idle) no longer counts;
-  // its entry stays so that a late cleanup still removes its directories.
-  size_t OpenStagesLocked() const {
-    size_t open = 0;
-    for (const auto& [key, txn] : transactions_) open += !txn.feed->ended();
-    return open;
-  }
-  void CancelOpenStages(std::string_view why) {
-    std::vector<std::pair<std::string, std::string>> open;
-    {
-      std::lock_guard lock(mu_);
-      for (const auto& [key, txn] : transactions_) {
-        if (!txn.feed->ended()) open.emplace_back(key, txn.scheduler_id);
-      }
-    }
-    for (const auto& [key, id] : open) {
-      env_.log.Warn("cancelling a stage", {{"stage", key}, {"why", why}});
-      (void)group_.Cancel(id);
-    }
-  }
   bool Draining() const {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     return draining_;
   }
-  RegisterInfo Info() const {
-    RegisterInfo info;
-    info.account_id = env_.config.account_id;
-    info.delegate_name = env_.config.name;
-    info.host_name = host_name_;
-    info.ip = ip_;
-    info.tags = env_.config.tags;
-    info.version = std::string(Version());
-    info.now = absl::Now();
-    std::lock_guard lock(mu_);
-    info.delegate_id = delegate_id_;
-    return info;
-  }
 
-  absl::Status RegisterWithRetry();
-  void HeartbeatLoop();
   void WorkerLoop();
   void Handle(const RunnerEvent& event);
-  Answer Route(TaskRequest& request);
-  Answer HandleInit(const TaskRequest& request, const std::string& data,
-                    const std::vector<std::string>& masks);
-  Answer HandleExecute(const TaskRequest& request, const std::string& data,
-                       const std::vector<std::string>& masks);
-  Answer HandleCleanup(const TaskRequest& request, const std::string& data);
+  TaskAnswer Route(TaskRequest& request);
   void SendAnswer(const std::string& task_id, const std::string& body);
-  std::shared_ptr<LogServiceStream> OpenLog(const TaskLogger& logger) {
-    if (logger.address.empty()) return nullptr;
-    return logs_->Open(logger);
-  }
-  // Waits up to `d` or until a drain starts (or, with `wake_on_work`, a
-  // worker frees up). Returns false when draining.
-  void SleepFor(absl::Duration d) {
-    std::unique_lock lock(mu_);
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(d),
-                 [&] { return stop_threads_; });
-  }
 
   ManagerEnvironment env_;
   const SecretString token_;
   const std::string manager_url_;
-  const std::string host_name_ = "runner-" + RunnerHostName();
-  const std::string ip_ = OutboundIp();
   // One idle connection per worker, so that busy workers do not reconnect.
   http::HttpClient http_{
       static_cast<size_t>(std::max(32, env_.config.parallel_workers + 8))};
-  const absl::Duration resend_after_ =
-      std::max(absl::Seconds(10), 3 * env_.config.poll_interval);
+  // Set by Run before any other thread starts.
   std::unique_ptr<HarnessClient> client_;
   std::unique_ptr<LogService> logs_;
+  Registrar registrar_{env_.config, env_.log, env_.metrics};
+  AnswerCache answers_{env_.clock,
+                       AnswerCache::ResendAfter(env_.config.poll_interval)};
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool draining_ = false;                  // guarded by mu_
-  bool forced_ = false;                    // guarded by mu_
-  bool stop_threads_ = false;              // guarded by mu_
-  bool registered_ = false;                // guarded by mu_
-  int heartbeat_failures_ = 0;             // guarded by mu_
-  std::string delegate_id_;                // guarded by mu_
-  std::deque<RunnerEvent> work_;           // guarded by mu_
-  std::map<std::string, bool> in_flight_;  // task ids; guarded by mu_
-  // Answers kept after they were sent, oldest first; guarded by mu_.
-  struct Answered {
-    std::string task_id;
-    std::string body;
-    absl::Time sent = absl::InfinitePast();  // last accepted by the manager
-  };
-  std::list<Answered> answered_;
-  std::unordered_map<std::string, std::list<Answered>::iterator>
-      answered_index_;                               // guarded by mu_
-  std::map<std::string, Transaction> transactions_;  // guarded by mu_
-  uint64_t next_stage_ = 0;                          // guarded by mu_
-  int busy_workers_ = 0;                             // guarded by mu_
+  // Taken before the locks of stages_ and answers_.
+  mutable absl::Mutex mu_;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool forced_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_threads_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<RunnerEvent> work_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, bool> in_flight_ ABSL_GUARDED_BY(mu_);  // task ids
+  int busy_workers_ ABSL_GUARDED_BY(mu_) = 0;
   // Last: destroyed first, it cancels and waits for the stages, whose
-  // observers use the event log.
-  StageGroup group_{env_.scheduler};
+  // observers use the event log and the log service.
+  StageTransactions stages_{
+      env_.scheduler, env_.log, env_.console,
+      [this](const TaskLogger& logger) { return logs_->Open(logger); }};
 };
-
-absl::Status HarnessConnection::RegisterWithRetry() {
-  RetryPolicy policy;
-  policy.max_elapsed = absl::InfiniteDuration();
-  std::string id;
-  absl::Status s = Retry(
-      policy,
-      [&] {
-        RegisterInfo info = Info();
-        info.max_stages = env_.config.max_stages;  // heartbeats send null
-        absl::StatusOr<std::string> got = client_->Register(info);
-        if (!got.ok()) return got.status();
-        id = *got;
-        return absl::OkStatus();
-      },
-      [this] { return Draining(); },
-      [this](const absl::Status& error, absl::Duration wait) {
-        env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
-        env_.log.Warn("register failed; retrying",
-                      {{"error", error.message()},
-                       {"retry_in", absl::FormatDuration(absl::Trunc(
-                                        wait, absl::Milliseconds(1)))}});
-      });
-  if (!s.ok()) return s;
-  if (id.empty()) return absl::CancelledError("drained before registering");
-  {
-    std::lock_guard lock(mu_);
-    delegate_id_ = id;
-    registered_ = true;
-    heartbeat_failures_ = 0;
-  }
-  return absl::OkStatus();
-}
 
 absl::Status HarnessConnection::Run() {
   absl::StatusOr<Transport> transport = TransportFromConfig(env_.config);
@@ -347,7 +142,9 @@ absl::Status HarnessConnection::Run() {
   env_.log.Info("connecting", {{"manager", manager_url_},
                                {"account_id", env_.config.account_id},
                                {"name", env_.config.name}});
-  if (absl::Status s = RegisterWithRetry(); !s.ok()) {
+  if (absl::Status s =
+          registrar_.Register(*client_, [this] { return Draining(); });
+      !s.ok()) {
     if (absl::IsCancelled(s)) {
       env_.log.Info("stopped before connecting");
       return absl::OkStatus();
@@ -355,13 +152,18 @@ absl::Status HarnessConnection::Run() {
     env_.log.Error("cannot connect", {{"error", s.message()}});
     return s;
   }
-  const RegisterInfo info = Info();
-  env_.log.Info("connected", {{"delegate_id", info.delegate_id},
+  env_.log.Info("connected", {{"delegate_id", registrar_.delegate_id()},
                               {"manager", manager_url_},
                               {"name", env_.config.name},
                               {"tags", absl::StrJoin(env_.config.tags, ",")}});
 
-  std::thread heartbeat([this] { HeartbeatLoop(); });
+  std::thread heartbeat([this] {
+    registrar_.HeartbeatLoop(
+        *client_, [this] { return Draining(); },
+        // Cancelled so that they are cleaned up now, not after the idle
+        // timeout.
+        [this] { stages_.CancelOpen("the manager lost them"); });
+  });
   std::vector<std::thread> workers;
   const int worker_count = std::max(1, env_.config.parallel_workers);
   for (int i = 0; i < worker_count; ++i) {
@@ -374,28 +176,19 @@ absl::Status HarnessConnection::Run() {
   absl::Time idle_since = absl::InfiniteFuture();
   bool drain_logged = false;
   while (true) {
-    bool draining;
-    {
-      std::lock_guard lock(mu_);
-      draining = draining_;
-    }
+    const bool draining = Draining();
     if (draining) {
       if (!drain_logged) {
         drain_logged = true;
-        size_t open;
-        {
-          std::lock_guard lock(mu_);
-          open = OpenStagesLocked();
-        }
         env_.log.Info("draining: taking no new stages",
-                      {{"open_stages", absl::StrCat(open)}});
+                      {{"open_stages", absl::StrCat(stages_.OpenStages())}});
       }
       bool idle;
       bool forced;
       {
-        std::lock_guard lock(mu_);
+        absl::MutexLock lock(&mu_);
         forced = forced_;
-        idle = OpenStagesLocked() == 0 && in_flight_.empty() && work_.empty();
+        idle = stages_.OpenStages() == 0 && in_flight_.empty() && work_.empty();
       }
       if (forced) {
         env_.log.Warn("drain cut short: cancelling the open stages");
@@ -418,11 +211,12 @@ absl::Status HarnessConnection::Run() {
     }
     // The id may change when the heartbeat had to register again.
     absl::StatusOr<std::vector<RunnerEvent>> events =
-        client_->PollEvents(Info().delegate_id);
+        client_->PollEvents(registrar_.delegate_id());
     absl::Duration wait = env_.config.poll_interval;
     if (!events.ok()) {
       ++failures;
-      env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
+      env_.metrics.Add("io_harness_runner_error_count",
+                       RunnerLabels(env_.config));
       // Back off while the manager is unreachable, up to 30 s, and say so
       // once per outage rather than every poll.
       wait = std::min(absl::Seconds(30),
@@ -437,127 +231,86 @@ absl::Status HarnessConnection::Run() {
       }
       failures = 0;
       for (const RunnerEvent& event : *events) {
-        std::unique_lock lock(mu_);
+        absl::MutexLock lock(&mu_);
         if (in_flight_.count(event.task_id)) continue;
         // A task answered before is queued too: its worker sends the
-        // recorded answer again (Handle), without blocking the poll.
-        auto answered = answered_index_.find(event.task_id);
-        if (answered != answered_index_.end()) {
-          // Listed again right after its answer went out: the manager has
-          // not caught up yet. Only a task still listed a while after its
-          // answer was accepted is answered again.
-          if (absl::Now() - answered->second->sent < resend_after_) continue;
-        } else if (draining_ && event.task_type == "local_init") {
+        // recorded answer again (Handle), without blocking the poll. Listed
+        // again right after its answer went out, it is left alone: the
+        // manager has not caught up yet.
+        const AnswerCache::Listing listing = answers_.Classify(event.task_id);
+        if (listing == AnswerCache::Listing::kJustAnswered) continue;
+        if (listing == AnswerCache::Listing::kNew && draining_ &&
+            event.task_type == "local_init") {
           continue;
         }
         // Back-pressure: with every worker busy, wait rather than fetch.
-        cv_.wait(lock, [&] {
+        auto worker_free = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return stop_threads_ || work_.size() + busy_workers_ <
                                       static_cast<size_t>(worker_count);
-        });
+        };
+        mu_.Await(absl::Condition(&worker_free));
         in_flight_[event.task_id] = true;
         work_.push_back(event);
-        cv_.notify_all();
       }
     }
-    std::unique_lock lock(mu_);
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(wait),
-                 [&] { return draining_ != draining; });
+    absl::MutexLock lock(&mu_);
+    auto drain_changed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return draining_ != draining;
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&drain_changed), wait);
   }
 
   // Open stages (only after a forced drain) are cancelled and cleaned up
   // first: their workers wait for them.
-  group_.CancelAll(Scheduler::CancelKind::kShutdown);
-  group_.WaitUntilEmpty();
+  stages_.Shutdown();
   {
-    std::lock_guard lock(mu_);
+    absl::MutexLock lock(&mu_);
     stop_threads_ = true;
-    registered_ = false;
   }
-  cv_.notify_all();
+  registrar_.Stop();
   for (std::thread& t : workers) t.join();
   heartbeat.join();
 
   RetryPolicy policy;
   absl::Status bye =
-      Retry(policy, [&] { return client_->Unregister(Info()); }, {});
+      Retry(policy, [&] { return client_->Unregister(registrar_.Info()); }, {});
   if (bye.ok()) {
-    env_.log.Info("unregistered", {{"delegate_id", Info().delegate_id}});
+    env_.log.Info("unregistered", {{"delegate_id", registrar_.delegate_id()}});
   } else {
     env_.log.Warn("unregister failed", {{"error", bye.message()}});
   }
   return absl::OkStatus();
 }
 
-void HarnessConnection::HeartbeatLoop() {
-  while (true) {
-    {
-      std::unique_lock lock(mu_);
-      if (stop_threads_) return;
-    }
-    absl::Status s = client_->Heartbeat(Info());
-    if (absl::IsNotFound(s) && !Draining()) {
-      // The manager no longer knows this delegate (restarted, or it expired
-      // the registration): register again; the id may change.
-      env_.log.Warn(
-          "the manager does not know this delegate; registering again",
-          {{"error", s.message()}});
-      const std::string old_id = Info().delegate_id;
-      s = RegisterWithRetry();
-      if (s.ok()) {
-        env_.log.Info("connected", {{"delegate_id", Info().delegate_id},
-                                    {"manager", manager_url_}});
-        // A manager that forgot this delegate forgot its stages too: no step
-        // or cleanup of theirs will come. Cancel them so that they are
-        // cleaned up now, not after the idle timeout.
-        if (Info().delegate_id != old_id)
-          CancelOpenStages("the manager lost them");
-      }
-    }
-    {
-      std::lock_guard lock(mu_);
-      heartbeat_failures_ = s.ok() ? 0 : heartbeat_failures_ + 1;
-    }
-    if (!s.ok()) {
-      env_.metrics.Add("io_harness_runner_heartbeat_failure_count",
-                       RunnerLabels());
-      env_.log.Warn("heartbeat failed", {{"error", s.message()}});
-    }
-    SleepFor(kHeartbeatInterval);
-  }
-}
-
 void HarnessConnection::WorkerLoop() {
-  std::unique_lock lock(mu_);
   while (true) {
-    cv_.wait(lock, [&] { return stop_threads_ || !work_.empty(); });
-    if (work_.empty()) return;
-    RunnerEvent event = std::move(work_.front());
-    work_.pop_front();
-    ++busy_workers_;
-    lock.unlock();
+    RunnerEvent event;
+    {
+      absl::MutexLock lock(&mu_);
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stop_threads_ || !work_.empty();
+      };
+      mu_.Await(absl::Condition(&has_work));
+      if (work_.empty()) return;
+      event = std::move(work_.front());
+      work_.pop_front();
+      ++busy_workers_;
+    }
     Handle(event);
-    lock.lock();
+    absl::MutexLock lock(&mu_);
     --busy_workers_;
     in_flight_.erase(event.task_id);
-    cv_.notify_all();
   }
 }
 
 void HarnessConnection::Handle(const RunnerEvent& event) {
-  {
-    // Delivered again after it was answered: the manager may have lost the
-    // answer. Send it again rather than run the task twice.
-    std::unique_lock lock(mu_);
-    if (auto it = answered_index_.find(event.task_id);
-        it != answered_index_.end()) {
-      std::string body = it->second->body;
-      lock.unlock();
-      SendAnswer(event.task_id, body);
-      return;
-    }
+  // Delivered again after it was answered: the manager may have lost the
+  // answer. Send it again rather than run the task twice.
+  if (std::optional<std::string> body = answers_.Find(event.task_id)) {
+    SendAnswer(event.task_id, *body);
+    return;
   }
-  const std::string delegate_id = Info().delegate_id;
+  const std::string delegate_id = registrar_.delegate_id();
   std::vector<TaskRequest> requests;
   RetryPolicy policy;
   absl::Status fetched =
@@ -586,7 +339,8 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
     return;
   }
   if (!fetched.ok()) {
-    env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
+    env_.metrics.Add("io_harness_runner_error_count",
+                     RunnerLabels(env_.config));
     env_.log.Warn("fetching the task failed; it stays with the manager",
                   {{"task_id", event.task_id}, {"error", fetched.message()}});
     return;
@@ -597,7 +351,7 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
     const std::string type = request.task.type;
     env_.metrics.Add("io_harness_tasks_currently_executing", TaskLabels(type),
                      1);
-    Answer answer = Route(request);
+    TaskAnswer answer = Route(request);
     env_.metrics.Add("io_harness_tasks_currently_executing", TaskLabels(type),
                      -1);
     env_.metrics.Observe("io_harness_task_execution_time", TaskLabels(type),
@@ -627,30 +381,19 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
 
 void HarnessConnection::SendAnswer(const std::string& task_id,
                                    const std::string& body) {
-  {
-    // Kept before sending: a delivery that comes again while the manager is
-    // away gets this answer, not a second run.
-    std::lock_guard lock(mu_);
-    if (!answered_index_.count(task_id)) {
-      answered_.push_back({task_id, body});
-      answered_index_[task_id] = std::prev(answered_.end());
-      if (answered_.size() > kAnsweredWindow) {
-        answered_index_.erase(answered_.front().task_id);
-        answered_.pop_front();
-      }
-    }
-  }
+  answers_.Record(task_id, body);
   RetryPolicy policy;
   policy.max_elapsed = absl::Minutes(10);
-  const std::string delegate_id = Info().delegate_id;
+  const std::string delegate_id = registrar_.delegate_id();
   absl::Status s = Retry(
       policy, [&] { return client_->SendResponse(task_id, delegate_id, body); },
       [this] {
-        std::lock_guard lock(mu_);
+        absl::MutexLock lock(&mu_);
         return forced_;
       },
       [&](const absl::Status& error, absl::Duration) {
-        env_.metrics.Add("io_harness_runner_error_count", RunnerLabels());
+        env_.metrics.Add("io_harness_runner_error_count",
+                         RunnerLabels(env_.config));
         env_.log.Warn("sending the task response failed; retrying",
                       {{"task_id", task_id}, {"error", error.message()}});
       });
@@ -661,17 +404,11 @@ void HarnessConnection::SendAnswer(const std::string& task_id,
         {{"task_id", task_id}, {"error", s.message()}});
     return;
   }
-  // Accepted now: a listing that still shows the task within resend_after_
-  // is the manager catching up, not a lost answer.
-  std::lock_guard lock(mu_);
-  if (auto it = answered_index_.find(task_id); it != answered_index_.end()) {
-    it->second->sent = absl::Now();
-  }
+  answers_.Accepted(task_id);
 }
 
-HarnessConnection::Answer HarnessConnection::Route(TaskRequest& request) {
-  Answer answer;
-  answer.type = request.task.type;
+TaskAnswer HarnessConnection::Route(TaskRequest& request) {
+  TaskAnswer answer;
   std::vector<std::string> masks = request.task.logger.masks;
   absl::StatusOr<std::map<std::string, std::string>> secrets =
       ResolveRequestSecrets(request);
@@ -690,11 +427,12 @@ HarnessConnection::Answer HarnessConnection::Route(TaskRequest& request) {
   }
   const std::string& type = request.task.type;
   if (type == "local_init") {
-    answer = HandleInit(request, *data, masks);
+    answer = stages_.Init(request.task.logger, *data, masks,
+                          registrar_.delegate_id());
   } else if (type == "local_execute") {
-    answer = HandleExecute(request, *data, masks);
+    answer = stages_.Execute(request.task.logger, *data, masks);
   } else if (type == "local_cleanup") {
-    answer = HandleCleanup(request, *data);
+    answer = stages_.Cleanup(request.task.logger, *data);
   } else if (type == "secret/static") {
     absl::StatusOr<std::string> value = StaticSecretResponseData(request.task);
     if (value.ok()) {
@@ -709,7 +447,6 @@ HarnessConnection::Answer HarnessConnection::Route(TaskRequest& request) {
                                 "' is not supported by this delegate; it runs ",
                                 kSupportedTypes);
   }
-  answer.type = type;
   if (!masks.empty()) {
     logs::SecretMasker masker(masks);
     answer.error = masker.Mask(answer.error);
@@ -717,223 +454,6 @@ HarnessConnection::Answer HarnessConnection::Route(TaskRequest& request) {
     if (type != "secret/static")
       answer.data_json = masker.Mask(answer.data_json);
   }
-  return answer;
-}
-
-HarnessConnection::Answer HarnessConnection::HandleInit(
-    const TaskRequest& request, const std::string& data,
-    const std::vector<std::string>& masks) {
-  Answer answer;
-  const std::string delegate_id = Info().delegate_id;
-  absl::StatusOr<InitPayload> p = ParseInitPayload(data);
-  if (!p.ok()) {
-    answer.ok = false;
-    answer.error = std::string(p.status().message());
-    answer.data_json = InitResponseData(false, answer.error, delegate_id);
-    return answer;
-  }
-  {
-    std::lock_guard lock(mu_);
-    if (draining_) {
-      answer.ok = false;
-      answer.error = "the delegate is shutting down and takes no new stages";
-      answer.data_json = InitResponseData(false, answer.error, delegate_id);
-      return answer;
-    }
-    auto it = transactions_.find(p->transaction_key);
-    if (it != transactions_.end() && !it->second.feed->ended()) {
-      // The same stage initialized again (a retried init): it is ready.
-      answer.data_json = InitResponseData(true, "", delegate_id);
-      return answer;
-    }
-  }
-  Stage stage = p->stage;
-  for (size_t i = 0; i < masks.size(); ++i) {
-    stage.secrets[absl::StrCat("__task_secret_", i)] = masks[i];
-  }
-  auto initialized = std::make_shared<std::promise<absl::Status>>();
-  std::future<absl::Status> init_done = initialized->get_future();
-  auto feed = std::make_shared<StageFeed>(
-      [initialized](const absl::Status& s) { initialized->set_value(s); });
-  const std::string key = p->transaction_key;
-  auto observer = std::make_shared<StageObserverImpl>(*this, key);
-  StageTask task;
-  {
-    std::lock_guard lock(mu_);
-    // Checked again: two init tasks of one stage may have got this far at
-    // once, and only one may open it.
-    auto it = transactions_.find(p->transaction_key);
-    if (it != transactions_.end() && !it->second.feed->ended()) {
-      answer.data_json = InitResponseData(true, "", delegate_id);
-      return answer;
-    }
-    task.id = absl::StrCat(p->transaction_key, "#", ++next_stage_);
-    transactions_[p->transaction_key] = {task.id, feed, p->host_dirs, observer};
-  }
-  const std::string task_id = task.id;
-  task.stage = std::move(stage);
-  task.feed = feed;
-  task.observer = observer;
-  std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
-  if (log) observer->router.Route("", log);
-  // Submit checks the stage (secrets, policy, the executor) before anything
-  // of it exists: a refused stage gets no directories either. They are
-  // needed by the steps only, which come after this task's answer.
-  absl::Status s = group_.Submit(std::move(task));
-  std::string refused;
-  if (!s.ok()) {
-    refused = absl::StrCat("local_init: ", s.message());
-  } else if (absl::Status made = MakeHostDirs(p->host_dirs); !made.ok()) {
-    refused = absl::StrCat("local_init: ", made.message());
-    (void)group_.Cancel(task_id);
-    (void)init_done.get();  // the stage ends without running a step
-  }
-  if (!refused.empty()) {
-    std::lock_guard lock(mu_);
-    auto it = transactions_.find(key);
-    if (it != transactions_.end() && it->second.feed == feed) {
-      transactions_.erase(it);
-    }
-    answer.error = refused;
-    answer.data_json = InitResponseData(false, answer.error, delegate_id);
-    if (log) {
-      observer->router.Unroute("");
-      log->Close();
-    }
-    return answer;
-  }
-  s = init_done.get();
-  if (log) {
-    observer->router.Unroute("");
-    log->Close();
-  }
-  env_.log.Info(s.ok() ? "stage initialized" : "stage initialize failed",
-                {{"stage", key}, {"error", s.message()}});
-  // Like lite-engine: a failed setup is an OK task whose body says FAILURE.
-  answer.error = s.ok() ? "" : std::string(s.message());
-  answer.data_json = InitResponseData(s.ok(), answer.error, delegate_id);
-  return answer;
-}
-
-HarnessConnection::Answer HarnessConnection::HandleExecute(
-    const TaskRequest& request, const std::string& data,
-    const std::vector<std::string>& masks) {
-  Answer answer;
-  absl::StatusOr<ExecutePayload> p = ParseExecutePayload(data);
-  if (!p.ok()) {
-    answer.ok = false;
-    answer.error = std::string(p.status().message());
-    return answer;
-  }
-  std::shared_ptr<StageFeed> feed;
-  std::shared_ptr<StageObserverImpl> observer;
-  {
-    std::lock_guard lock(mu_);
-    auto it = transactions_.find(p->transaction_key);
-    if (it != transactions_.end()) {
-      feed = it->second.feed;
-      observer = it->second.observer;
-    }
-  }
-  StepResult failed;
-  failed.id = p->step.id;
-  failed.status = StepStatus::kFailure;
-  if (!feed) {
-    answer.ok = false;
-    answer.error = absl::StrCat(
-        "stage ", p->transaction_key,
-        " is not open on this delegate: its local_init must run here first");
-    failed.error = answer.error;
-    answer.data_json = ExecutionResponseData(failed);
-    return answer;
-  }
-  std::vector<std::string> step_masks = p->masks;
-  step_masks.insert(step_masks.end(), masks.begin(), masks.end());
-  std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
-  if (log) observer->router.Route(p->step.id, log);
-  auto promise = std::make_shared<std::promise<StepResult>>();
-  std::future<StepResult> done = promise->get_future();
-  const std::string step_id = p->step.id;
-  absl::Status pushed =
-      feed->Push(std::move(p->step), std::move(step_masks),
-                 [promise](const StepResult& r) { promise->set_value(r); });
-  StepResult r;
-  if (pushed.ok()) {
-    r = done.get();
-  } else {
-    r = failed;
-    r.error =
-        absl::StrCat("stage ", p->transaction_key, ": ", pushed.message());
-  }
-  if (log) {
-    observer->router.Unroute(step_id);
-    log->Close();
-  }
-  answer.data_json = ExecutionResponseData(r);
-  return answer;
-}
-
-HarnessConnection::Answer HarnessConnection::HandleCleanup(
-    const TaskRequest& request, const std::string& data) {
-  Answer answer;
-  absl::StatusOr<CleanupPayload> p = ParseCleanupPayload(data);
-  if (!p.ok()) {
-    answer.ok = false;
-    answer.error = std::string(p.status().message());
-    answer.data_json = CleanupResponseData(false, answer.error);
-    return answer;
-  }
-  std::optional<Transaction> txn;
-  {
-    std::lock_guard lock(mu_);
-    auto it = transactions_.find(p->transaction_key);
-    if (it != transactions_.end()) txn = it->second;
-  }
-  std::vector<std::string> problems;
-  // Only directories this stage's local_init declared are removed: a
-  // cleanup payload cannot make the delegate delete other host paths.
-  std::vector<std::string> remove;
-  if (txn) {
-    std::shared_ptr<LogServiceStream> log = OpenLog(request.task.logger);
-    if (log) txn->observer->router.Route("", log);
-    auto promise = std::make_shared<std::promise<absl::Status>>();
-    std::future<absl::Status> cleaned = promise->get_future();
-    txn->feed->Close(
-        [promise](const absl::Status& s) { promise->set_value(s); });
-    absl::Status s = cleaned.get();
-    if (log) {
-      txn->observer->router.Unroute("");
-      log->Close();
-    }
-    if (!s.ok()) problems.push_back(std::string(s.message()));
-    for (const HostDir& dir : txn->dirs) {
-      const bool listed = std::find(p->host_paths.begin(), p->host_paths.end(),
-                                    dir.path) != p->host_paths.end();
-      if (dir.remove || listed) remove.push_back(dir.path);
-    }
-    std::lock_guard lock(mu_);
-    auto it = transactions_.find(p->transaction_key);
-    if (it != transactions_.end() && it->second.feed == txn->feed) {
-      transactions_.erase(it);
-    }
-  }
-  if (!txn && !p->host_paths.empty()) {
-    env_.log.Warn(
-        "cleanup of a stage this delegate does not know: its host "
-        "directories are left in place",
-        {{"stage", p->transaction_key},
-         {"paths", absl::StrJoin(p->host_paths, ",")}});
-  }
-  std::sort(remove.begin(), remove.end());
-  remove.erase(std::unique(remove.begin(), remove.end()), remove.end());
-  for (const std::string& path : remove) {
-    if (absl::Status s = RemoveHostDir(path); !s.ok()) {
-      problems.push_back(std::string(s.message()));
-    }
-  }
-  cv_.notify_all();  // the drain waits for open stages
-  answer.error = absl::StrJoin(problems, "; ");
-  answer.data_json = CleanupResponseData(problems.empty(), answer.error);
   return answer;
 }
 

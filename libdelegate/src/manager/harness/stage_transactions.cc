@@ -1,0 +1,333 @@
+#include "manager/harness/stage_transactions.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <future>
+#include <optional>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "manager/harness/task_responses.h"
+
+namespace delegate::harness {
+namespace {
+
+// Makes the directories a stage's local_init asks for.
+absl::Status MakeHostDirs(const std::vector<HostDir>& dirs) {
+  for (const HostDir& dir : dirs) {
+    if (!dir.create) continue;
+    std::error_code ec;
+    std::filesystem::create_directories(dir.path, ec);
+    if (ec) {
+      return absl::InternalError(
+          absl::StrCat("creating ", dir.path, ": ", ec.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Removes a stage's host directory, refusing paths no stage should own.
+absl::Status RemoveHostDir(const std::string& raw) {
+  std::filesystem::path p = std::filesystem::path(raw).lexically_normal();
+  const std::string s = p.string();
+  if (!p.is_absolute() || p == p.root_path() || s.size() < 5) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("not removing '", raw, "': not a stage directory"));
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(p, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("removing ", s, ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// The scheduler's side of one stage: its lines go to the log stream of the
+// task running for it, and its end is logged.
+class StageTransactions::StageObserverImpl final : public StageObserver {
+ public:
+  StageObserverImpl(EventLog& log, LogSink& console, std::string key)
+      : router(console), log_(log), key_(std::move(key)) {}
+  void Append(const LogLine& line) override { router.Append(line); }
+  void Done(const StageResult& result) override {
+    log_.Info("stage ended", {{"stage", key_},
+                              {"status", StepStatusName(result.status)},
+                              {"error", result.error}});
+  }
+  StageLogRouter router;
+
+ private:
+  EventLog& log_;
+  const std::string key_;
+};
+
+StageTransactions::StageTransactions(Scheduler& scheduler, EventLog& log,
+                                     LogSink& console, LogOpener open_log)
+    : log_(log),
+      console_(console),
+      open_log_(std::move(open_log)),
+      group_(scheduler) {}
+
+std::shared_ptr<LogServiceStream> StageTransactions::OpenLog(
+    const TaskLogger& logger) {
+  if (logger.address.empty()) return nullptr;
+  return open_log_(logger);
+}
+
+bool StageTransactions::IsOpenLocked(const std::string& key) const {
+  auto it = transactions_.find(key);
+  return it != transactions_.end() && !it->second.feed->ended();
+}
+
+void StageTransactions::Forget(const std::string& key,
+                               const std::shared_ptr<StageFeed>& feed) {
+  absl::MutexLock lock(&mu_);
+  auto it = transactions_.find(key);
+  if (it != transactions_.end() && it->second.feed == feed) {
+    transactions_.erase(it);
+  }
+}
+
+TaskAnswer StageTransactions::Init(const TaskLogger& logger,
+                                   std::string_view data,
+                                   const std::vector<std::string>& masks,
+                                   const std::string& delegate_id) {
+  TaskAnswer answer;
+  absl::StatusOr<InitPayload> p = ParseInitPayload(data);
+  if (!p.ok()) {
+    answer.ok = false;
+    answer.error = std::string(p.status().message());
+    answer.data_json = InitResponseData(false, answer.error, delegate_id);
+    return answer;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (refusing_) {
+      answer.ok = false;
+      answer.error = "the delegate is shutting down and takes no new stages";
+      answer.data_json = InitResponseData(false, answer.error, delegate_id);
+      return answer;
+    }
+    if (IsOpenLocked(p->transaction_key)) {
+      // The same stage initialized again (a retried init): it is ready.
+      answer.data_json = InitResponseData(true, "", delegate_id);
+      return answer;
+    }
+  }
+  Stage stage = p->stage;
+  for (size_t i = 0; i < masks.size(); ++i) {
+    stage.secrets[absl::StrCat("__task_secret_", i)] = masks[i];
+  }
+  auto initialized = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> init_done = initialized->get_future();
+  auto feed = std::make_shared<StageFeed>(
+      [initialized](const absl::Status& s) { initialized->set_value(s); });
+  const std::string key = p->transaction_key;
+  auto observer = std::make_shared<StageObserverImpl>(log_, console_, key);
+  StageTask task;
+  {
+    absl::MutexLock lock(&mu_);
+    // Checked again: two init tasks of one stage may have got this far at
+    // once, and only one may open it.
+    if (IsOpenLocked(key)) {
+      answer.data_json = InitResponseData(true, "", delegate_id);
+      return answer;
+    }
+    task.id = absl::StrCat(key, "#", ++next_stage_);
+    transactions_[key] = {task.id, feed, p->host_dirs, observer};
+  }
+  const std::string task_id = task.id;
+  task.stage = std::move(stage);
+  task.feed = feed;
+  task.observer = observer;
+  std::shared_ptr<LogServiceStream> log = OpenLog(logger);
+  if (log) observer->router.Route("", log);
+  // Submit checks the stage (secrets, policy, the executor) before anything
+  // of it exists: a refused stage gets no directories either. They are
+  // needed by the steps only, which come after this task's answer.
+  absl::Status s = group_.Submit(std::move(task));
+  std::string refused;
+  if (!s.ok()) {
+    refused = absl::StrCat("local_init: ", s.message());
+  } else if (absl::Status made = MakeHostDirs(p->host_dirs); !made.ok()) {
+    refused = absl::StrCat("local_init: ", made.message());
+    (void)group_.Cancel(task_id);
+    (void)init_done.get();  // the stage ends without running a step
+  }
+  if (!refused.empty()) {
+    Forget(key, feed);
+    answer.error = refused;
+    answer.data_json = InitResponseData(false, answer.error, delegate_id);
+    if (log) {
+      observer->router.Unroute("");
+      log->Close();
+    }
+    return answer;
+  }
+  s = init_done.get();
+  if (log) {
+    observer->router.Unroute("");
+    log->Close();
+  }
+  log_.Info(s.ok() ? "stage initialized" : "stage initialize failed",
+            {{"stage", key}, {"error", s.message()}});
+  // Like lite-engine: a failed setup is an OK task whose body says FAILURE.
+  answer.error = s.ok() ? "" : std::string(s.message());
+  answer.data_json = InitResponseData(s.ok(), answer.error, delegate_id);
+  return answer;
+}
+
+TaskAnswer StageTransactions::Execute(const TaskLogger& logger,
+                                      std::string_view data,
+                                      const std::vector<std::string>& masks) {
+  TaskAnswer answer;
+  absl::StatusOr<ExecutePayload> p = ParseExecutePayload(data);
+  if (!p.ok()) {
+    answer.ok = false;
+    answer.error = std::string(p.status().message());
+    return answer;
+  }
+  std::shared_ptr<StageFeed> feed;
+  std::shared_ptr<StageObserverImpl> observer;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = transactions_.find(p->transaction_key);
+    if (it != transactions_.end()) {
+      feed = it->second.feed;
+      observer = it->second.observer;
+    }
+  }
+  StepResult failed;
+  failed.id = p->step.id;
+  failed.status = StepStatus::kFailure;
+  if (!feed) {
+    answer.ok = false;
+    answer.error = absl::StrCat(
+        "stage ", p->transaction_key,
+        " is not open on this delegate: its local_init must run here first");
+    failed.error = answer.error;
+    answer.data_json = ExecutionResponseData(failed);
+    return answer;
+  }
+  std::vector<std::string> step_masks = p->masks;
+  step_masks.insert(step_masks.end(), masks.begin(), masks.end());
+  std::shared_ptr<LogServiceStream> log = OpenLog(logger);
+  if (log) observer->router.Route(p->step.id, log);
+  auto promise = std::make_shared<std::promise<StepResult>>();
+  std::future<StepResult> done = promise->get_future();
+  const std::string step_id = p->step.id;
+  absl::Status pushed =
+      feed->Push(std::move(p->step), std::move(step_masks),
+                 [promise](const StepResult& r) { promise->set_value(r); });
+  StepResult r;
+  if (pushed.ok()) {
+    r = done.get();
+  } else {
+    r = failed;
+    r.error =
+        absl::StrCat("stage ", p->transaction_key, ": ", pushed.message());
+  }
+  if (log) {
+    observer->router.Unroute(step_id);
+    log->Close();
+  }
+  answer.data_json = ExecutionResponseData(r);
+  return answer;
+}
+
+TaskAnswer StageTransactions::Cleanup(const TaskLogger& logger,
+                                      std::string_view data) {
+  TaskAnswer answer;
+  absl::StatusOr<CleanupPayload> p = ParseCleanupPayload(data);
+  if (!p.ok()) {
+    answer.ok = false;
+    answer.error = std::string(p.status().message());
+    answer.data_json = CleanupResponseData(false, answer.error);
+    return answer;
+  }
+  std::optional<Transaction> txn;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = transactions_.find(p->transaction_key);
+    if (it != transactions_.end()) txn = it->second;
+  }
+  std::vector<std::string> problems;
+  // Only directories this stage's local_init declared are removed: a
+  // cleanup payload cannot make the delegate delete other host paths.
+  std::vector<std::string> remove;
+  if (txn) {
+    std::shared_ptr<LogServiceStream> log = OpenLog(logger);
+    if (log) txn->observer->router.Route("", log);
+    auto promise = std::make_shared<std::promise<absl::Status>>();
+    std::future<absl::Status> cleaned = promise->get_future();
+    txn->feed->Close(
+        [promise](const absl::Status& s) { promise->set_value(s); });
+    absl::Status s = cleaned.get();
+    if (log) {
+      txn->observer->router.Unroute("");
+      log->Close();
+    }
+    if (!s.ok()) problems.push_back(std::string(s.message()));
+    for (const HostDir& dir : txn->dirs) {
+      const bool listed = std::find(p->host_paths.begin(), p->host_paths.end(),
+                                    dir.path) != p->host_paths.end();
+      if (dir.remove || listed) remove.push_back(dir.path);
+    }
+    Forget(p->transaction_key, txn->feed);
+  }
+  if (!txn && !p->host_paths.empty()) {
+    log_.Warn(
+        "cleanup of a stage this delegate does not know: its host "
+        "directories are left in place",
+        {{"stage", p->transaction_key},
+         {"paths", absl::StrJoin(p->host_paths, ",")}});
+  }
+  std::sort(remove.begin(), remove.end());
+  remove.erase(std::unique(remove.begin(), remove.end()), remove.end());
+  for (const std::string& path : remove) {
+    if (absl::Status s = RemoveHostDir(path); !s.ok()) {
+      problems.push_back(std::string(s.message()));
+    }
+  }
+  answer.error = absl::StrJoin(problems, "; ");
+  answer.data_json = CleanupResponseData(problems.empty(), answer.error);
+  return answer;
+}
+
+void StageTransactions::RefuseNewStages() {
+  absl::MutexLock lock(&mu_);
+  refusing_ = true;
+}
+
+size_t StageTransactions::OpenStages() const {
+  absl::MutexLock lock(&mu_);
+  size_t open = 0;
+  for (const auto& [key, txn] : transactions_) open += !txn.feed->ended();
+  return open;
+}
+
+void StageTransactions::CancelOpen(std::string_view why) {
+  std::vector<std::pair<std::string, std::string>> open;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [key, txn] : transactions_) {
+      if (!txn.feed->ended()) open.emplace_back(key, txn.scheduler_id);
+    }
+  }
+  for (const auto& [key, id] : open) {
+    log_.Warn("cancelling a stage", {{"stage", key}, {"why", why}});
+    (void)group_.Cancel(id);
+  }
+}
+
+void StageTransactions::Shutdown() {
+  group_.CancelAll(Scheduler::CancelKind::kShutdown);
+  group_.WaitUntilEmpty();
+}
+
+}  // namespace delegate::harness
