@@ -49,7 +49,8 @@ FOLDERS = [
 
 # Public headers (include/delegate/): (target, layer within the core).
 PUBLIC = {
-    "clock.h": ("core", 0), "env.h": ("core", 0), "log_sink.h": ("core", 0),
+    "clock.h": ("core", 0), "env.h": ("core", 0), "export.h": ("core", 0),
+    "log_sink.h": ("core", 0),
     "process.h": ("core", 0), "result.h": ("core", 0),
     "stage.h": ("core", 0), "version.h": ("core", 0),
     "console_log_sink.h": ("core", 1), "event_log.h": ("core", 1),

@@ -9,6 +9,7 @@
 #include "delegate/config.h"
 #include "delegate/env.h"
 #include "delegate/executor.h"
+#include "delegate/export.h"
 #include "delegate/manager.h"
 
 namespace delegate {
@@ -23,9 +24,10 @@ namespace delegate {
 // start-up hook and first stage, AWS at the first ECS stage. InvalidArgument
 // naming the variable for a malformed value; AlreadyExists when a name is
 // taken (register your own under other names, before or after).
-absl::Status RegisterBuiltins(const DelegateConfig& config, const EnvMap& env,
-                              ExecutorRegistry& executors,
-                              ManagerRegistry* managers);
+DELEGATE_EXPORT absl::Status RegisterBuiltins(const DelegateConfig& config,
+                                              const EnvMap& env,
+                                              ExecutorRegistry& executors,
+                                              ManagerRegistry* managers);
 
 }  // namespace delegate
 

@@ -4,11 +4,12 @@
 #define DELEGATE_CLOCK_H_
 
 #include "absl/time/time.h"
+#include "delegate/export.h"
 
 namespace delegate {
 
 // REQUIRES: thread-safe.
-class Clock {
+class DELEGATE_EXPORT Clock {
  public:
   virtual ~Clock() = default;
   virtual absl::Time Now() = 0;

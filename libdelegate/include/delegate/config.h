@@ -12,13 +12,14 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "delegate/env.h"
+#include "delegate/export.h"
 
 namespace delegate {
 
 // A string that never prints: no operator<< and no conversion, so passing it
 // to a formatter does not compile (or, with an Abseil new enough to honour
 // AbslStringify, writes "<redacted>"). reveal() is the only way to the value.
-class SecretString {
+class DELEGATE_EXPORT SecretString {
  public:
   SecretString() = default;
   explicit SecretString(std::string value) : value_(std::move(value)) {}
@@ -33,7 +34,7 @@ class SecretString {
   std::string value_;
 };
 
-struct DelegateConfig {
+struct DELEGATE_EXPORT DelegateConfig {
   std::string account_id;
   SecretString token;
   std::string manager_url;
@@ -92,8 +93,9 @@ enum class ConfigNeed {
 // file it ships). Errors are one line naming the variable and what to set it
 // to, for example "MAX_STAGES: expected a positive integer, got 'ten'"; the
 // token's value never appears in them.
-absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
-                                          const EnvMap& file, ConfigNeed need);
+DELEGATE_EXPORT absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
+                                                          const EnvMap& file,
+                                                          ConfigNeed need);
 
 }  // namespace delegate
 

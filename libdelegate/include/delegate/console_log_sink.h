@@ -6,11 +6,12 @@
 #include <cstdio>
 
 #include "absl/synchronization/mutex.h"
+#include "delegate/export.h"
 #include "delegate/log_sink.h"
 
 namespace delegate {
 
-class ConsoleLogSink final : public LogSink {
+class DELEGATE_EXPORT ConsoleLogSink final : public LogSink {
  public:
   // REQUIRES: `out` outlives the sink.
   explicit ConsoleLogSink(FILE* out);

@@ -3,6 +3,7 @@
 #define DELEGATE_DELEGATE_SESSION_H_
 
 #include "absl/status/status.h"
+#include "delegate/export.h"
 #include "delegate/manager.h"
 
 namespace delegate {
@@ -15,7 +16,7 @@ namespace delegate {
 // PARALLEL_WORKERS when unset), leases renewed on the stream with fencing,
 // reports resent until acknowledged, logs resent from the acknowledged
 // offsets after a reconnect.
-absl::Status RegisterGrpcManager(ManagerRegistry& registry);
+DELEGATE_EXPORT absl::Status RegisterGrpcManager(ManagerRegistry& registry);
 
 }  // namespace delegate
 

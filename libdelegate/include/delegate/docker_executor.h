@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "delegate/executor.h"
+#include "delegate/export.h"
 #include "delegate/policy.h"
 
 namespace delegate {
@@ -26,17 +27,17 @@ struct DockerExecutorOptions {
 // network of the stage's own, with the stage's volumes; all of it labelled
 // with the delegate name, stage and task id, and removed at cleanup. The
 // daemon is contacted at the first stage, not here.
-absl::Status RegisterDockerExecutor(ExecutorRegistry& registry,
-                                    DockerExecutorOptions options);
+DELEGATE_EXPORT absl::Status RegisterDockerExecutor(
+    ExecutorRegistry& registry, DockerExecutorOptions options);
 
 // Removes what an earlier run of the delegate `delegate_name` left on the
 // Docker Engine (after a crash or SIGKILL) and returns what it removed, one
 // "container 0123456789ab" / "network ..." / "volume ..." each.
-absl::StatusOr<std::vector<std::string>> ReapDockerLeftovers(
+DELEGATE_EXPORT absl::StatusOr<std::vector<std::string>> ReapDockerLeftovers(
     const DockerExecutorOptions& options, const std::string& delegate_name);
 
 // What "docker" runs: everything the policy knows.
-const PlatformProfile& DockerPlatformProfile();
+DELEGATE_EXPORT const PlatformProfile& DockerPlatformProfile();
 
 }  // namespace delegate
 

@@ -13,6 +13,7 @@
 #include "delegate/clock.h"
 #include "delegate/env.h"
 #include "delegate/executor.h"
+#include "delegate/export.h"
 #include "delegate/policy.h"
 
 namespace delegate {
@@ -69,7 +70,8 @@ struct EcsExecutorOptions {
 // DELEGATE_ECS_START_TIMEOUT_SECONDS and DELEGATE_ECS_LOG_READS_PER_SECOND;
 // `env` also becomes options.env. InvalidArgument naming the variable for a
 // malformed value.
-absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(const EnvMap& env);
+DELEGATE_EXPORT absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(
+    const EnvMap& env);
 
 // Registers "ecs-fargate" and "ecs-ec2": every step runs as an ECS task of a
 // task definition registered for the stage (one per distinct image, security
@@ -78,14 +80,14 @@ absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(const EnvMap& env);
 // runs and deregisters and deletes the stage's task definitions; the first
 // stage also removes what an earlier, crashed run of this instance left. AWS
 // is contacted at the first stage, not here.
-absl::Status RegisterEcsExecutors(ExecutorRegistry& registry,
-                                  EcsExecutorOptions options);
+DELEGATE_EXPORT absl::Status RegisterEcsExecutors(ExecutorRegistry& registry,
+                                                  EcsExecutorOptions options);
 
 // What "ecs-ec2" and "ecs-fargate" run. Fargate runs tasks on hosts nobody
 // can reach: no privilege, no host paths, of the capabilities only
 // SYS_PTRACE, and 21 GiB to 200 GiB of ephemeral storage.
-const PlatformProfile& EcsEc2PlatformProfile();
-const PlatformProfile& FargatePlatformProfile();
+DELEGATE_EXPORT const PlatformProfile& EcsEc2PlatformProfile();
+DELEGATE_EXPORT const PlatformProfile& FargatePlatformProfile();
 
 }  // namespace delegate
 

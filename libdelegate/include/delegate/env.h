@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "delegate/export.h"
 
 namespace delegate {
 
@@ -15,13 +16,13 @@ namespace delegate {
 using EnvMap = std::map<std::string, std::string, std::less<>>;
 
 // The process environment (environ) as a map.
-EnvMap ProcessEnvironment();
+DELEGATE_EXPORT EnvMap ProcessEnvironment();
 
 // Reads KEY=VALUE lines: blank lines and lines starting with '#' are skipped,
 // an optional leading "export " is dropped, values may be wrapped in single or
 // double quotes. Errors name the file and line number and never echo the
 // line's value.
-absl::StatusOr<EnvMap> ReadEnvFile(const std::string& path);
+DELEGATE_EXPORT absl::StatusOr<EnvMap> ReadEnvFile(const std::string& path);
 
 }  // namespace delegate
 

@@ -16,11 +16,12 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "delegate/export.h"
 #include "delegate/log_sink.h"
 
 namespace delegate {
 
-class EventLog {
+class DELEGATE_EXPORT EventLog {
  public:
   // A key and a value, from any string type (absl::Status::message() is an
   // absl::string_view where Abseil has its own).
@@ -61,7 +62,7 @@ class EventLog {
 // A LogSink that writes each step output line as an event ("msg":"output",
 // with task, step, stream and the line as "out"): where step logs go when a
 // task names no log service.
-class EventLogSink final : public LogSink {
+class DELEGATE_EXPORT EventLogSink final : public LogSink {
  public:
   explicit EventLogSink(EventLog& log) : log_(log) {}
   void Append(const LogLine& line) override;

@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "delegate/clock.h"
 #include "delegate/event_log.h"
+#include "delegate/export.h"
 #include "delegate/log_sink.h"
 #include "delegate/policy.h"
 #include "delegate/result.h"
@@ -57,14 +58,14 @@ struct StepContext {
 // Why a step must stop now: kCancelled when its stop was requested,
 // kTimeout when its deadline has passed on the stage's clock, nullopt while
 // it may go on. What an executor polls while a step runs.
-std::optional<StepStatus> StopReason(const StepContext& ctx);
+DELEGATE_EXPORT std::optional<StepStatus> StopReason(const StepContext& ctx);
 
 // One instance runs one stage: the scheduler calls Validate, then
 // Initialize, then Execute once per step in order, then Cleanup. Cleanup is
 // called exactly once whenever Initialize was called, whatever it or the steps
 // returned, on the same instance and thread. An executor instance is used by
 // one thread at a time.
-class Executor {
+class DELEGATE_EXPORT Executor {
  public:
   Executor() = default;
   Executor(const Executor&) = delete;
@@ -109,7 +110,7 @@ struct ExecutorTraits {
 };
 
 // Executors by platform name. Thread-safe.
-class ExecutorRegistry {
+class DELEGATE_EXPORT ExecutorRegistry {
  public:
   ExecutorRegistry() = default;
   ExecutorRegistry(const ExecutorRegistry&) = delete;
@@ -148,9 +149,9 @@ class ExecutorRegistry {
 // (Executor::Validate). InvalidArgument lists every problem, one per line,
 // with the stage's secret values masked. Scheduler::Submit runs the same
 // check; this is for checking without running (`delegate validate`).
-absl::Status ValidateForPlatform(const ExecutorRegistry& registry,
-                                 const Stage& stage,
-                                 const OperatorPolicy& policy = {});
+DELEGATE_EXPORT absl::Status ValidateForPlatform(
+    const ExecutorRegistry& registry, const Stage& stage,
+    const OperatorPolicy& policy = {});
 
 }  // namespace delegate
 

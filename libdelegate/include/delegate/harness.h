@@ -3,13 +3,14 @@
 #define DELEGATE_HARNESS_H_
 
 #include "absl/status/status.h"
+#include "delegate/export.h"
 #include "delegate/manager.h"
 
 namespace delegate {
 
 // Registers "harness": the Harness Delegate 3.x REST protocol (register,
 // heartbeat, runner-events, task payloads, task-response, the log service).
-absl::Status RegisterHarnessManager(ManagerRegistry& registry);
+DELEGATE_EXPORT absl::Status RegisterHarnessManager(ManagerRegistry& registry);
 
 }  // namespace delegate
 

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "delegate/executor.h"
+#include "delegate/export.h"
 #include "delegate/policy.h"
 #include "delegate/process.h"
 
@@ -30,8 +31,8 @@ struct HostExecutorOptions {
 };
 
 // Registers "host": steps without an image, run by /bin/sh as host processes.
-absl::Status RegisterHostExecutor(ExecutorRegistry& registry,
-                                  HostExecutorOptions options);
+DELEGATE_EXPORT absl::Status RegisterHostExecutor(ExecutorRegistry& registry,
+                                                  HostExecutorOptions options);
 
 // Registers "local", Harness's local infrastructure: within one stage, a
 // step with an image runs on the executor registered as `docker_platform`,
@@ -39,13 +40,13 @@ absl::Status RegisterHostExecutor(ExecutorRegistry& registry,
 // container side is set up at the stage's first container step, so host
 // steps run on a delegate without a Docker Engine. REQUIRES: `registry`
 // outlives every stage run on "local".
-absl::Status RegisterLocalExecutor(ExecutorRegistry& registry,
-                                   std::string host_platform = "host",
-                                   std::string docker_platform = "docker");
+DELEGATE_EXPORT absl::Status RegisterLocalExecutor(
+    ExecutorRegistry& registry, std::string host_platform = "host",
+    std::string docker_platform = "docker");
 
 // What "host" runs: no images, no privilege or read-only root, no
 // capabilities, no EFS; relative working dirs stay in the workspace.
-const PlatformProfile& HostPlatformProfile();
+DELEGATE_EXPORT const PlatformProfile& HostPlatformProfile();
 
 }  // namespace delegate
 

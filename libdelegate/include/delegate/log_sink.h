@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include "absl/time/time.h"
+#include "delegate/export.h"
 
 namespace delegate {
 
@@ -31,7 +32,7 @@ struct LogLine {
 // Receives every log line of every stage. REQUIRES: thread-safe; Append may be
 // called from many stage threads at once. Append must not block for long: it
 // runs on the thread that reads a step's output.
-class LogSink {
+class DELEGATE_EXPORT LogSink {
  public:
   virtual ~LogSink() = default;
   virtual void Append(const LogLine& line) = 0;
@@ -46,7 +47,7 @@ class LogSink {
 // (also when a secret is split across two writes), splits lines, caps their
 // length, stamps them with the clock and hands them to the LogSink.
 // REQUIRES: one writer per step; not thread-safe across streams unless noted.
-class OutputWriter {
+class DELEGATE_EXPORT OutputWriter {
  public:
   virtual ~OutputWriter() = default;
   virtual void Write(LogStream stream, std::string_view bytes) = 0;

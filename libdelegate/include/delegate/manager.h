@@ -20,6 +20,7 @@
 #include "delegate/config.h"
 #include "delegate/event_log.h"
 #include "delegate/executor.h"
+#include "delegate/export.h"
 #include "delegate/log_sink.h"
 #include "delegate/metrics.h"
 #include "delegate/scheduler.h"
@@ -44,7 +45,7 @@ struct ManagerEnvironment {
   std::string address;
 };
 
-class ManagerConnection {
+class DELEGATE_EXPORT ManagerConnection {
  public:
   virtual ~ManagerConnection() = default;
   // Connects and takes work until a drain has finished (OK) or the
@@ -64,7 +65,7 @@ using ManagerFactory =
         ManagerEnvironment env)>;
 
 // Connections by scheme ("harness", "grpc"). Thread-safe.
-class ManagerRegistry {
+class DELEGATE_EXPORT ManagerRegistry {
  public:
   absl::Status Register(std::string scheme, ManagerFactory factory);
   // NotFound naming the registered schemes when none has that name.

@@ -11,13 +11,14 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "delegate/export.h"
 
 namespace delegate {
 
 // Label values in the order of the family's label names.
 using LabelValues = std::vector<std::string>;
 
-class Metrics {
+class DELEGATE_EXPORT Metrics {
  public:
   enum class Kind { kCounter, kGauge, kHistogram };
 

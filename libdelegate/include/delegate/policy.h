@@ -19,11 +19,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "delegate/env.h"
+#include "delegate/export.h"
 #include "delegate/stage.h"
 
 namespace delegate {
 
-struct PolicyViolation {
+struct DELEGATE_EXPORT PolicyViolation {
   // Path of the offending field in stage-file terms, for example
   // "steps[1].security_context.privileged" or "volumes[0].efs.filesystem_id".
   std::string field;
@@ -91,7 +92,8 @@ inline constexpr std::string_view kPolicyMaxMemoryMibVar =
 // would otherwise be silently ignored, any other DELEGATE_POLICY_* name is an
 // error. Errors are one InvalidArgument line naming the variable (and the
 // file, for a value from it) and what to set it to.
-absl::StatusOr<OperatorPolicy> LoadOperatorPolicy(const EnvMap& env);
+DELEGATE_EXPORT absl::StatusOr<OperatorPolicy> LoadOperatorPolicy(
+    const EnvMap& env);
 
 // What a platform accepts beyond the rules common to every platform (mounts
 // name declared volumes, capability names are real, resources are positive).
@@ -139,13 +141,14 @@ struct PlatformProfile {
 // "/" when there is an access point); access_point_id, when given, is "fsap-"
 // and 17 lowercase hex digits; iam and access_point_id need
 // transit_encryption.
-std::vector<PolicyViolation> CheckStagePolicy(const Stage& stage,
-                                              const OperatorPolicy& policy,
-                                              const PlatformProfile* profile);
+DELEGATE_EXPORT std::vector<PolicyViolation> CheckStagePolicy(
+    const Stage& stage, const OperatorPolicy& policy,
+    const PlatformProfile* profile);
 
 // OK for no violations; otherwise InvalidArgument with each violation's
 // ToString(), one per line.
-absl::Status PolicyStatus(const std::vector<PolicyViolation>& violations);
+DELEGATE_EXPORT absl::Status PolicyStatus(
+    const std::vector<PolicyViolation>& violations);
 
 }  // namespace delegate
 

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "delegate/export.h"
 #include "delegate/log_sink.h"
 
 namespace delegate {
@@ -32,7 +33,7 @@ struct ExitInfo {
 };
 
 // A running child that leads its own process group.
-class Process {
+class DELEGATE_EXPORT Process {
  public:
   virtual ~Process() = default;
   virtual pid_t pid() const = 0;
@@ -50,7 +51,7 @@ class Process {
 // Called with raw output bytes, from the thread that calls Process::Wait.
 using OutputCallback = std::function<void(LogStream, std::string_view)>;
 
-class ProcessLauncher {
+class DELEGATE_EXPORT ProcessLauncher {
  public:
   virtual ~ProcessLauncher() = default;
   // Starts argv[0] in a new process group with stdin from /dev/null.

@@ -9,13 +9,14 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "delegate/export.h"
 
 namespace delegate {
 
 enum class StepStatus { kSuccess, kFailure, kTimeout, kSkipped, kCancelled };
 
 // "SUCCESS", "FAILURE", "TIMEOUT", "SKIPPED", "CANCELLED".
-const char* StepStatusName(StepStatus status);
+DELEGATE_EXPORT const char* StepStatusName(StepStatus status);
 
 struct StepResult {
   std::string id;
@@ -39,11 +40,11 @@ struct StageResult {
 // {"stage": NAME, "status": S, "error": E, "duration_ms": N,
 //  "steps": [{"id", "status", "exit_code", "error", "outputs", "duration_ms"}]}
 // exit_code is null when unset.
-std::string StageResultToJson(const StageResult& result);
+DELEGATE_EXPORT std::string StageResultToJson(const StageResult& result);
 
 // A table for people: one row per step (id, status, exit code, duration,
 // error), then the stage's status and duration.
-std::string FormatSummary(const StageResult& result);
+DELEGATE_EXPORT std::string FormatSummary(const StageResult& result);
 
 }  // namespace delegate
 

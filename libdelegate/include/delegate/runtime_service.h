@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "delegate/clock.h"
 #include "delegate/executor.h"
+#include "delegate/export.h"
 #include "delegate/log_sink.h"
 #include "delegate/policy.h"
 #include "delegate/result.h"
@@ -42,7 +43,7 @@ namespace delegate {
 // point, and Finished last, exactly once. Calls for one stage do not overlap.
 // Implementations are cheap and never block for long: they run on a stage's
 // thread.
-class StageEvents {
+class DELEGATE_EXPORT StageEvents {
  public:
   virtual ~StageEvents() = default;
   // The stage left the queue and began initializing on `platform` (the
@@ -74,7 +75,7 @@ struct RuntimeHealth {
 };
 
 // Runs stages for RuntimeService. Thread-safe.
-class StageRunner {
+class DELEGATE_EXPORT StageRunner {
  public:
   virtual ~StageRunner() = default;
   // Queues the stage; `events` then hears everything until Finished, and is
@@ -106,7 +107,7 @@ struct SchedulerStageRunnerOptions {
 // connection (its MAX_STAGES then holds for both). Submit is the scheduler's:
 // it checks the stage as `delegate validate` does before it queues it. Log
 // lines go to the stage's StageEvents and to also_log_to.
-class SchedulerStageRunner : public StageRunner {
+class DELEGATE_EXPORT SchedulerStageRunner : public StageRunner {
  public:
   // REQUIRES: `scheduler` outlives the runner.
   SchedulerStageRunner(Scheduler& scheduler,
@@ -142,7 +143,7 @@ struct RuntimeServiceOptions {
 // (ServerBuilder::RegisterService). A watch lasts until its stage finishes
 // or its client goes: shut that server down with a deadline. REQUIRES:
 // `runner` outlives it.
-std::unique_ptr<grpc::Service> NewRuntimeService(
+DELEGATE_EXPORT std::unique_ptr<grpc::Service> NewRuntimeService(
     StageRunner& runner, RuntimeServiceOptions options = {});
 
 struct RuntimeServerOptions {
@@ -158,7 +159,7 @@ struct RuntimeServerOptions {
 };
 
 // A grpc::Server that serves RuntimeService over a runner.
-class RuntimeServer {
+class DELEGATE_EXPORT RuntimeServer {
  public:
   // InvalidArgument naming the option when `listen` or the TLS files are
   // unusable; Unavailable when the address cannot be bound.

@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "delegate/clock.h"
 #include "delegate/executor.h"
+#include "delegate/export.h"
 #include "delegate/log_sink.h"
 #include "delegate/policy.h"
 #include "delegate/result.h"
@@ -55,7 +56,7 @@ struct SchedulerOptions {
 // shutdown, the stage deadline or `idle_timeout` without a step) ends it, and
 // then runs cleanup. A failed step does not end the stage: the manager decides
 // what comes next. Thread-safe.
-class StageFeed {
+class DELEGATE_EXPORT StageFeed {
  public:
   using StepDone = std::function<void(const StepResult&)>;
   using Cleaned = std::function<void(const absl::Status&)>;
@@ -124,7 +125,7 @@ class StageFeed {
 // refuses the stage. One observer may serve many stages (LogLine::task_id
 // and StageResult::task_id tell them apart); its calls then come from many
 // threads at once.
-class StageObserver : public LogSink {
+class DELEGATE_EXPORT StageObserver : public LogSink {
  public:
   // The stage left the queue and is about to initialize (not called for a
   // stage that never leaves it).
@@ -146,7 +147,7 @@ class StageObserver : public LogSink {
 // Forwards every call to another observer (none when null): the base of an
 // observer that adds to what a stage's own observer hears. Override what
 // you add to, and call the base there too.
-class ForwardingObserver : public StageObserver {
+class DELEGATE_EXPORT ForwardingObserver : public StageObserver {
  public:
   explicit ForwardingObserver(std::shared_ptr<StageObserver> inner)
       : inner_(std::move(inner)) {}
@@ -170,7 +171,8 @@ struct StageCallbacks {
   std::function<void(const StageResult&)> done = nullptr;
   LogSink* log = nullptr;
 };
-std::shared_ptr<StageObserver> ObserveWith(StageCallbacks callbacks);
+DELEGATE_EXPORT std::shared_ptr<StageObserver> ObserveWith(
+    StageCallbacks callbacks);
 
 struct StageTask {
   std::string id;  // unique among the scheduler's recent ids; see Submit
@@ -190,7 +192,7 @@ struct SchedulerStats {
 };
 
 // Thread-safe.
-class Scheduler {
+class DELEGATE_EXPORT Scheduler {
  public:
   explicit Scheduler(SchedulerOptions options);
   Scheduler(const Scheduler&) = delete;
@@ -245,7 +247,7 @@ class Scheduler {
 // a Scheduler it shares with others: each counts from its Submit until its
 // observer's Done, so that the source can cancel its own and wait for them
 // without touching anyone else's. Thread-safe.
-class StageGroup {
+class DELEGATE_EXPORT StageGroup {
  public:
   // REQUIRES: `scheduler` outlives the group.
   explicit StageGroup(Scheduler& scheduler);

@@ -18,6 +18,7 @@
 #include "delegate/config.h"
 #include "delegate/event_log.h"
 #include "delegate/executor.h"
+#include "delegate/export.h"
 #include "delegate/manager.h"
 #include "delegate/metrics.h"
 #include "delegate/policy.h"
@@ -52,7 +53,7 @@ struct DelegateServerOptions {
   EventLog* log = nullptr;
 };
 
-class DelegateServer {
+class DELEGATE_EXPORT DelegateServer {
  public:
   // REQUIRES: the registries outlive the server.
   DelegateServer(DelegateServerOptions options, ExecutorRegistry& executors,

@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "delegate/export.h"
 #include "delegate/stage.h"
 
 namespace delegate {
@@ -20,11 +21,11 @@ namespace delegate {
 // known). Secret values never appear in it. Never crashes or hangs, whatever
 // the input: nesting (64 levels), nodes (100,000, aliases included) and size
 // (64 MiB) are bounded.
-absl::StatusOr<Stage> ParseStage(std::string_view content,
-                                 std::string_view source = "stage");
+DELEGATE_EXPORT absl::StatusOr<Stage> ParseStage(
+    std::string_view content, std::string_view source = "stage");
 
 // Reads the file and parses it. NotFound / PermissionDenied name the path.
-absl::StatusOr<Stage> LoadStageFile(const std::string& path);
+DELEGATE_EXPORT absl::StatusOr<Stage> LoadStageFile(const std::string& path);
 
 }  // namespace delegate
 

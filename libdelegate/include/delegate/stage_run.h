@@ -12,12 +12,13 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "delegate/export.h"
 #include "delegate/result.h"
 #include "delegate/scheduler.h"
 
 namespace delegate {
 
-class StageRun {
+class DELEGATE_EXPORT StageRun {
  public:
   // Submits `task`; its observer, when it has one, still hears everything.
   // REQUIRES: `scheduler` outlives the run.

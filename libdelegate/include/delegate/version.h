@@ -3,10 +3,13 @@
 
 #include <string_view>
 
+#include "delegate/export.h"
+
 namespace delegate {
 
-std::string_view Version();    // "0.1.0"
-std::string_view GitCommit();  // short hash of the build's commit, or "unknown"
+DELEGATE_EXPORT std::string_view Version();  // "0.1.0"
+DELEGATE_EXPORT std::string_view
+GitCommit();  // short hash of the build's commit, or "unknown"
 
 }  // namespace delegate
 

@@ -22,8 +22,10 @@ class StageRun::Observer final : public ForwardingObserver {
       : ForwardingObserver(std::move(inner)), state_(std::move(state)) {}
   void Done(const StageResult& result) override {
     ForwardingObserver::Done(result);
-    state_->promise.set_value(result);
+    // Finished before the result is out: whoever Wait() wakes finds the run
+    // over (Interrupt answers false).
     state_->finished.Notify();
+    state_->promise.set_value(result);
   }
 
  private:

@@ -106,6 +106,11 @@ absl::Status Registrar::Register(HarnessClient& client,
                    {"retry_in", absl::FormatDuration(absl::Trunc(
                                     wait, absl::Milliseconds(1)))}});
       });
+  // Retry hands back the last failure when it is stopped: a drain that came
+  // before the delegate could register is no failure to report.
+  if (!s.ok() && IsRetryable(s) && stopped && stopped()) {
+    return absl::CancelledError("drained before registering");
+  }
   if (!s.ok()) return s;
   if (id.empty()) return absl::CancelledError("drained before registering");
   absl::MutexLock lock(&mu_);

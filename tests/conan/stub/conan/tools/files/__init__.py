@@ -1,0 +1,2 @@
+def copy(*args, **kwargs):
+    return []
