@@ -1,0 +1,2 @@
+def can_run(conanfile):
+    return True
