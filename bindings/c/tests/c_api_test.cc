@@ -778,10 +778,10 @@ TEST_F(CApiRunTest, CancelARunningHostStepFromAnotherThread) {
   // Cleanup ran: the host executor removed the stage's workspace.
   EXPECT_TRUE(std::filesystem::is_empty(dir_.path()));
 
-  // A stage that is not running cannot be cancelled.
+  // A stage that is neither queued nor running cannot be cancelled.
   err.Clear();
-  delegate_scheduler_cancel(scheduler_.get(), "long-1", err.ptr());
-  EXPECT_THAT(err.str(), HasSubstr("long-1"));
+  delegate_scheduler_cancel(scheduler_.get(), "no-such-task", err.ptr());
+  EXPECT_THAT(err.str(), HasSubstr("no-such-task"));
 }
 
 TEST_F(CApiRunTest, InterruptACExecutorThatWaitsForItsStop) {
