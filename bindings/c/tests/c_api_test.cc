@@ -121,11 +121,14 @@ struct LineLog {
     uint64_t number;
     int stream;
     std::string text;
+    int partial;
+    int64_t time_us;
   };
   std::mutex mu;
   std::condition_variable cv;
   std::vector<Line> lines;
   bool destroyed = false;
+  std::string task_id;  // of every line
   std::atomic<int> concurrent{0};
   std::atomic<bool> overlapped{false};
 
@@ -139,7 +142,12 @@ struct LineLog {
       self->lines.push_back({delegate_log_line_step_id(line),
                              delegate_log_line_number(line),
                              delegate_log_line_stream(line),
-                             std::string(text, len)});
+                             std::string(text, len),
+                             delegate_log_line_partial(line),
+                             delegate_log_line_time_us(line)});
+      if (!self->task_id.empty()) {
+        EXPECT_STREQ(delegate_log_line_task_id(line), self->task_id.c_str());
+      }
     }
     self->cv.notify_all();
     self->concurrent.fetch_sub(1);
@@ -332,6 +340,32 @@ TEST(CApiConfig, FromAnEnvFileWithTheProcessWinning) {
   EXPECT_STREQ(delegate_config_name(config.get()), "from-process");
   EXPECT_THAT(Owned(delegate_config_dump(config.get())),
               HasSubstr("from-process"));
+}
+
+TEST(CApiConfig, FromTheProcessEnvironmentWithWarnings) {
+  setenv("HARNESS_NAME", "from-environ", 1);
+  setenv("C_ABI_TEST_VARIABLE", "seen", 1);
+  Env process(delegate_env_from_process());
+  EXPECT_STREQ(delegate_env_get(process.get(), "C_ABI_TEST_VARIABLE"), "seen");
+  Err err;
+  Config config(
+      delegate_config_load(nullptr, nullptr, DELEGATE_CONFIG_LOCAL, err.ptr()));
+  ASSERT_TRUE(config) << err.str();
+  EXPECT_STREQ(delegate_config_name(config.get()), "from-environ");
+  EXPECT_EQ(delegate_config_warning_count(config.get()), 0u);
+
+  // Two names of one setting that disagree: the first wins, with a warning.
+  Env env(delegate_env_create());
+  delegate_env_set(env.get(), "HARNESS_NAME", "first", err.ptr());
+  delegate_env_set(env.get(), "DELEGATE_NAME", "second", err.ptr());
+  config.reset(
+      delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL, err.ptr()));
+  ASSERT_TRUE(config) << err.str();
+  EXPECT_STREQ(delegate_config_name(config.get()), "first");
+  ASSERT_EQ(delegate_config_warning_count(config.get()), 1u);
+  EXPECT_THAT(delegate_config_warning(config.get(), 0),
+              HasSubstr("DELEGATE_NAME"));
+  EXPECT_EQ(delegate_config_warning(config.get(), 1), nullptr);
 }
 
 TEST(CApiConfig, ABadEnvFileLineIsNamedButNotEchoed) {
@@ -544,6 +578,8 @@ void RecExecute(void* state, delegate_step_context_t* ctx) {
   const char* mode = delegate_step_context_env(ctx, "MODE");
   const std::string m = mode ? mode : "";
   if (m == "outputs") {
+    rec->Add(std::string("name '") + delegate_step_context_name(ctx) +
+             "' image '" + delegate_step_context_image(ctx) + "'");
     for (size_t i = 0; i < delegate_step_context_output_count(ctx); ++i) {
       const std::string name = delegate_step_context_output_name(ctx, i);
       delegate_step_context_set_output(ctx, name.c_str(),
@@ -612,7 +648,8 @@ TEST_F(CApiRunTest, AStageThroughACExecutor) {
   Err err;
   Stage stage = Parse(
       "name: c-stage\nplatform: c-test\nsteps:\n"
-      "  - id: build\n    commands: ['make', 'make install']\n"
+      "  - id: build\n    name: Build it\n"
+      "    commands: ['make', 'make install']\n"
       "    envs: {MODE: outputs}\n    outputs: [VERSION, DIGEST]\n"
       "  - id: lint\n    commands: [lint]\n    envs: {MODE: fail}\n"
       "    continue_on_error: true\n"
@@ -621,6 +658,7 @@ TEST_F(CApiRunTest, AStageThroughACExecutor) {
       err);
   ASSERT_TRUE(stage) << err.str();
   LineLog log;
+  log.task_id = "c-1";
   Result result(delegate_scheduler_run(scheduler_.get(), stage.get(), "c-1",
                                        &log, LineLog::Destroy, LineLog::OnLine,
                                        err.ptr()));
@@ -657,7 +695,7 @@ TEST_F(CApiRunTest, AStageThroughACExecutor) {
     std::lock_guard lock(rec_.mu);
     EXPECT_THAT(rec_.calls,
                 ElementsAre("initialize c-stage 4", "execute build #0",
-                            "execute lint #1", "execute test #2",
+                            "name 'Build it' image ''", "execute lint #1", "execute test #2",
                             "cleanup after 3 steps, same task yes"));
   }
   EXPECT_THAT(log.TextsOf(""), ElementsAre("initialized in C"));
@@ -713,6 +751,10 @@ TEST_F(CApiRunTest, HostStepsWithTheirLogLinesInOrder) {
   EXPECT_STREQ(delegate_result_step_output(result.get(), 1, "V"), "7");
   EXPECT_THAT(delegate_result_task_id(result.get()), StartsWith("host-stage-"));
 
+  const int64_t now_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count();
   // Every line of the step is numbered from 1 without a gap. The shell
   // echoes each command ("+ ...") before its output; stdout comes in its
   // order (stderr is a pipe of its own, so where its lines fall between
@@ -722,6 +764,9 @@ TEST_F(CApiRunTest, HostStepsWithTheirLogLinesInOrder) {
   for (const LineLog::Line& l : log.lines) {
     if (l.step != "count") continue;
     EXPECT_EQ(l.number, ++number) << l.text;
+    EXPECT_EQ(l.partial, 0);
+    // Within a minute of now: stamped when written, in microseconds.
+    EXPECT_LT(std::llabs(l.time_us - now_us), 60LL * 1000 * 1000);
     if (l.stream == DELEGATE_STREAM_STDERR) err_lines.push_back(l.text);
     if (l.stream == DELEGATE_STREAM_STDOUT && l.text.rfind("+ ", 0) != 0) {
       out.push_back(l.text);
@@ -1053,6 +1098,77 @@ class ReferenceManager {
   std::string url_;
   int port_ = 0;
 };
+
+TEST(CApiServer, ServesRuntimeServiceWithoutAManager) {
+  Err err;
+  Env env(delegate_env_create());
+  delegate_env_set(env.get(), "HTTPS_BIND", "127.0.0.1:0", err.ptr());
+  delegate_env_set(env.get(), "HARNESS_WORKDIR", ::testing::TempDir().c_str(),
+                   err.ptr());
+  Config config(
+      delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL, err.ptr()));
+  ASSERT_TRUE(config) << err.str();
+  Registry registry(delegate_registry_create());
+  delegate_registry_register_builtins(registry.get(), config.get(), env.get(),
+                                      err.ptr());
+  ASSERT_FALSE(err.set()) << err.str();
+  ServerOptions options(delegate_server_options_create());
+  delegate_server_options_set_manager(options.get(), "none");
+  delegate_server_options_set_runtime_listen(options.get(), "127.0.0.1:0");
+  delegate_server_options_set_start_executors(options.get(), 0);
+  Events events;
+  delegate_server_options_set_event_log(options.get(), &events, Events::Destroy,
+                                        Events::OnEvent);
+  Server server(delegate_server_create(registry.get(), config.get(), nullptr,
+                                       options.get(), err.ptr()));
+  ASSERT_TRUE(server) << err.str();
+  delegate_server_start(server.get(), err.ptr());
+  ASSERT_FALSE(err.set()) << err.str();
+  ASSERT_TRUE(events.WaitFor("\"msg\":\"serving RuntimeService\"",
+                             std::chrono::seconds(30)))
+      << events.All();
+  const int ops = delegate_server_ops_port(server.get());
+  ASSERT_GT(ops, 0);
+  // Ready once RuntimeService takes stages, which follows its start closely.
+  std::pair<int, std::string> ready;
+  for (int i = 0; i < 200 && ready.first != 200; ++i) {
+    if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    ready = Http(ops, "GET", "/ready");
+  }
+  EXPECT_EQ(ready, std::make_pair(200, std::string("ready\n")));
+  delegate_server_drain(server.get());
+  delegate_server_wait(server.get(), err.ptr());
+  EXPECT_FALSE(err.set()) << err.str();
+  EXPECT_TRUE(events.Has("RuntimeService stopped")) << events.All();
+  server.reset();
+  EXPECT_FALSE(events.destroyed);  // the options still hold it
+  options.reset();
+  EXPECT_TRUE(events.destroyed);
+}
+
+// A runtime address that cannot be served is the server's error.
+TEST(CApiServer, AnUnusableRuntimeAddressIsAnError) {
+  Err err;
+  Env env(delegate_env_create());
+  delegate_env_set(env.get(), "HTTPS_BIND", "127.0.0.1:0", err.ptr());
+  Config config(
+      delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL, err.ptr()));
+  ASSERT_TRUE(config) << err.str();
+  Registry registry(delegate_registry_create());
+  delegate_registry_register_builtins(registry.get(), config.get(), env.get(),
+                                      err.ptr());
+  ServerOptions options(delegate_server_options_create());
+  delegate_server_options_set_manager(options.get(), "none");
+  delegate_server_options_set_runtime_listen(options.get(), "0.0.0.0:0");
+  delegate_server_options_set_event_log(options.get(), nullptr, nullptr,
+                                        [](void*, const char*, size_t) {});
+  Server server(delegate_server_create(registry.get(), config.get(), nullptr,
+                                       options.get(), err.ptr()));
+  ASSERT_TRUE(server) << err.str();
+  delegate_server_start(server.get(), err.ptr());
+  delegate_server_wait(server.get(), err.ptr());
+  EXPECT_THAT(err.str(), HasSubstr("0.0.0.0 is not a loopback address"));
+}
 
 TEST(CApiServer, RunsAStageForTheReferenceManagerAndStopsCleanly) {
   TempDir dir;
