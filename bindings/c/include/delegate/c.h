@@ -179,7 +179,7 @@ DELEGATE_C_EXPORT void delegate_registry_register_builtins(
  * scheduler worker thread. Stages run at once call them from several
  * threads with the same `state`. `initialize` and `cleanup` may be NULL
  * (nothing to do). `destructor(state)` runs once, when the registry and
- * every scheduler and server made from it are gone, or at once when
+ * every scheduler, run and server made from it are gone, or at once when
  * registering fails (an empty or taken name, a NULL execute). */
 DELEGATE_C_EXPORT void delegate_registry_register_executor(
     delegate_registry_t* registry, const char* platform, void* state,
@@ -329,7 +329,8 @@ DELEGATE_C_EXPORT delegate_scheduler_t* delegate_scheduler_create(
  * It is called on a scheduler worker thread, never by two threads at once
  * for one run, and must not block for long: the step's output waits for
  * it. `destructor(state)` runs once, after the last line, by the time
- * delegate_run_wait returns (or this call fails).
+ * delegate_run_wait or delegate_run_destroy returns (at once when this call
+ * fails).
  *
  * Free the run with delegate_run_destroy. */
 DELEGATE_C_EXPORT delegate_run_t* delegate_scheduler_submit(
@@ -464,8 +465,8 @@ DELEGATE_C_EXPORT void delegate_server_options_set_start_executors(
     delegate_server_options_t* options, int start);
 /* The server's own event log: one JSON object per line, without its
  * newline, to `on_event` (from the server's threads, one call at a time),
- * instead of stdout. `destructor(state)` runs once, when the server is
- * destroyed (or the options, if no server was made from them). */
+ * instead of stdout. `destructor(state)` runs once, when the options and
+ * every server made from them are destroyed. */
 DELEGATE_C_EXPORT void delegate_server_options_set_event_log(
     delegate_server_options_t* options, void* state,
     void (*destructor)(void* state),
@@ -475,8 +476,8 @@ DELEGATE_C_EXPORT void delegate_server_options_destroy(
 
 /* A server from the registry's executors and manager connections (register
  * the built-ins first), `config` (load it with DELEGATE_CONFIG_SERVER for a
- * Harness manager) and `policy` (NULL: none). The options are copied (the
- * event log callback moves to the server). */
+ * Harness manager) and `policy` (NULL: none). `options` (NULL: defaults)
+ * is copied; the server shares its event log callback. */
 DELEGATE_C_EXPORT delegate_server_t* delegate_server_create(
     delegate_registry_t* registry, const delegate_config_t* config,
     const delegate_policy_t* policy, delegate_server_options_t* options,
