@@ -13,7 +13,8 @@ static void dry_run_step(void* state, delegate_step_context_t* step) {
   (void)state;
   for (size_t i = 0; i < delegate_step_context_command_count(step); i++) {
     const char* command = delegate_step_context_command(step, i);
-    delegate_step_context_write(step, DELEGATE_STREAM_STDOUT, "would run: ", 11);
+    delegate_step_context_write(step, DELEGATE_STREAM_STDOUT,
+                                "would run: ", 11);
     delegate_step_context_write(step, DELEGATE_STREAM_STDOUT, command,
                                 strlen(command));
     delegate_step_context_write(step, DELEGATE_STREAM_STDOUT, "\n", 1);

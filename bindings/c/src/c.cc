@@ -316,7 +316,8 @@ namespace {
 // the stage's data pointer lives here.
 class CExecutor final : public delegate::Executor {
  public:
-  explicit CExecutor(std::shared_ptr<CExecutorDef> def) : def_(std::move(def)) {}
+  explicit CExecutor(std::shared_ptr<CExecutorDef> def)
+      : def_(std::move(def)) {}
 
   absl::Status Initialize(const delegate::StageContext& ctx) override {
     return StageCall(def_->initialize, ctx, "initialize");
@@ -356,19 +357,17 @@ class CExecutor final : public delegate::Executor {
 
  private:
   absl::Status StageCall(void (*call)(void*, delegate_stage_context_t*),
-                         const delegate::StageContext& ctx,
-                         const char* what) {
+                         const delegate::StageContext& ctx, const char* what) {
     if (call == nullptr) return absl::OkStatus();
     delegate_stage_context_t stage(this, &ctx);
     try {
       call(def_->state.get(), &stage);
     } catch (...) {
-      return absl::InternalError(absl::StrCat(
-          "the executor's ", what, " callback threw an exception"));
+      return absl::InternalError(absl::StrCat("the executor's ", what,
+                                              " callback threw an exception"));
     }
     if (!stage.failed) return absl::OkStatus();
-    return absl::UnknownError(stage.failure.empty() ? "failed"
-                                                    : stage.failure);
+    return absl::UnknownError(stage.failure.empty() ? "failed" : stage.failure);
   }
 
   const std::shared_ptr<CExecutorDef> def_;
@@ -377,8 +376,8 @@ class CExecutor final : public delegate::Executor {
 
 std::string NextTaskId(const delegate::Stage& stage) {
   static std::atomic<uint64_t> counter{0};
-  return absl::StrCat(stage.name.empty() ? "stage" : stage.name, "-",
-                      getpid(), "-", ++counter);
+  return absl::StrCat(stage.name.empty() ? "stage" : stage.name, "-", getpid(),
+                      "-", ++counter);
 }
 
 }  // namespace
@@ -544,8 +543,7 @@ size_t delegate_config_warning_count(const delegate_config_t* config) {
   });
 }
 
-const char* delegate_config_warning(const delegate_config_t* config,
-                                    size_t i) {
+const char* delegate_config_warning(const delegate_config_t* config, size_t i) {
   return Guard(nullptr, [&]() -> const char* {
     if (config == nullptr || i >= config->config.warnings.size()) {
       return nullptr;
@@ -707,8 +705,7 @@ const char* delegate_step_context_image(const delegate_step_context_t* ctx) {
 }
 
 size_t delegate_step_context_index(const delegate_step_context_t* ctx) {
-  return Guard(nullptr,
-               [&]() -> size_t { return ctx ? ctx->ctx->index : 0; });
+  return Guard(nullptr, [&]() -> size_t { return ctx ? ctx->ctx->index : 0; });
 }
 
 size_t delegate_step_context_command_count(const delegate_step_context_t* ctx) {
@@ -767,8 +764,7 @@ void delegate_step_context_write(delegate_step_context_t* ctx, int stream,
   });
 }
 
-void delegate_step_context_log(delegate_step_context_t* ctx,
-                               const char* line) {
+void delegate_step_context_log(delegate_step_context_t* ctx, const char* line) {
   Guard(nullptr, [&] {
     if (ctx != nullptr && line != nullptr) ctx->ctx->output.SystemLine(line);
   });
@@ -879,9 +875,10 @@ void delegate_validate(const delegate_registry_t* registry,
         !Required(errptr, stage, "stage")) {
       return;
     }
-    SaveError(errptr, delegate::ValidateForPlatform(
-                          registry->rep->executors, stage->stage,
-                          policy ? policy->policy : delegate::OperatorPolicy{}));
+    SaveError(errptr,
+              delegate::ValidateForPlatform(
+                  registry->rep->executors, stage->stage,
+                  policy ? policy->policy : delegate::OperatorPolicy{}));
   });
 }
 
@@ -1030,8 +1027,7 @@ int delegate_log_line_stream(const delegate_log_line_t* line) {
 }
 
 uint64_t delegate_log_line_number(const delegate_log_line_t* line) {
-  return Guard(nullptr,
-               [&]() -> uint64_t { return line ? line->number : 0; });
+  return Guard(nullptr, [&]() -> uint64_t { return line ? line->number : 0; });
 }
 
 const char* delegate_log_line_text(const delegate_log_line_t* line,
@@ -1047,13 +1043,11 @@ const char* delegate_log_line_text(const delegate_log_line_t* line,
 }
 
 int delegate_log_line_partial(const delegate_log_line_t* line) {
-  return Guard(nullptr,
-               [&]() -> int { return line && line->partial ? 1 : 0; });
+  return Guard(nullptr, [&]() -> int { return line && line->partial ? 1 : 0; });
 }
 
 int64_t delegate_log_line_time_us(const delegate_log_line_t* line) {
-  return Guard(nullptr,
-               [&]() -> int64_t { return line ? line->time_us : 0; });
+  return Guard(nullptr, [&]() -> int64_t { return line ? line->time_us : 0; });
 }
 
 // ------------------------------------------------------------------ result
@@ -1089,8 +1083,7 @@ const delegate::StepResult* StepAt(const delegate_result_t* result, size_t i) {
 }
 }  // namespace
 
-const char* delegate_result_step_id(const delegate_result_t* result,
-                                    size_t i) {
+const char* delegate_result_step_id(const delegate_result_t* result, size_t i) {
   return Guard(nullptr, [&]() -> const char* {
     const delegate::StepResult* step = StepAt(result, i);
     return step ? step->id.c_str() : nullptr;
@@ -1260,7 +1253,8 @@ void delegate_server_start(delegate_server_t* server, char** errptr) {
       try {
         status = server->server->Run();
       } catch (const std::exception& e) {
-        status = absl::InternalError(absl::StrCat("internal error: ", e.what()));
+        status =
+            absl::InternalError(absl::StrCat("internal error: ", e.what()));
       } catch (...) {
         status = absl::InternalError("internal error: unknown exception");
       }
@@ -1285,8 +1279,9 @@ void delegate_server_wait(delegate_server_t* server, char** errptr) {
 }
 
 int delegate_server_ops_port(const delegate_server_t* server) {
-  return Guard(nullptr,
-               [&]() -> int { return server ? server->server->ops_port() : 0; });
+  return Guard(nullptr, [&]() -> int {
+    return server ? server->server->ops_port() : 0;
+  });
 }
 
 void delegate_server_destroy(delegate_server_t* server) {

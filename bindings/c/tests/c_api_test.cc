@@ -139,12 +139,10 @@ struct LineLog {
     const char* text = delegate_log_line_text(line, &len);
     {
       std::lock_guard lock(self->mu);
-      self->lines.push_back({delegate_log_line_step_id(line),
-                             delegate_log_line_number(line),
-                             delegate_log_line_stream(line),
-                             std::string(text, len),
-                             delegate_log_line_partial(line),
-                             delegate_log_line_time_us(line)});
+      self->lines.push_back(
+          {delegate_log_line_step_id(line), delegate_log_line_number(line),
+           delegate_log_line_stream(line), std::string(text, len),
+           delegate_log_line_partial(line), delegate_log_line_time_us(line)});
       if (!self->task_id.empty()) {
         EXPECT_STREQ(delegate_log_line_task_id(line), self->task_id.c_str());
       }
@@ -182,8 +180,8 @@ Config LocalConfig(const std::string& workdir, Err& err) {
   delegate_env_set(env.get(), "HARNESS_WORKDIR", workdir.c_str(), err.ptr());
   delegate_env_set(env.get(), "CLEANUP_GRACE_PERIOD_SECONDS", "1", err.ptr());
   delegate_env_set(env.get(), "HARNESS_NAME", "c-abi-test", err.ptr());
-  return Config(
-      delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL, err.ptr()));
+  return Config(delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL,
+                                     err.ptr()));
 }
 
 // ------------------------------------------------------------- the basics
@@ -281,8 +279,8 @@ TEST(CApi, NullArgumentsAreErrorsNamingTheArgument) {
   int destroyed = 0;
   auto count = [](void* state) { ++*static_cast<int*>(state); };
   err.Clear();
-  EXPECT_EQ(delegate_scheduler_submit(nullptr, stage.get(), nullptr,
-                                      &destroyed, count, nullptr, err.ptr()),
+  EXPECT_EQ(delegate_scheduler_submit(nullptr, stage.get(), nullptr, &destroyed,
+                                      count, nullptr, err.ptr()),
             nullptr);
   EXPECT_EQ(err.str(), "scheduler: must not be NULL");
   EXPECT_EQ(destroyed, 1);
@@ -358,8 +356,8 @@ TEST(CApiConfig, FromTheProcessEnvironmentWithWarnings) {
   Env env(delegate_env_create());
   delegate_env_set(env.get(), "HARNESS_NAME", "first", err.ptr());
   delegate_env_set(env.get(), "DELEGATE_NAME", "second", err.ptr());
-  config.reset(
-      delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL, err.ptr()));
+  config.reset(delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL,
+                                    err.ptr()));
   ASSERT_TRUE(config) << err.str();
   EXPECT_STREQ(delegate_config_name(config.get()), "first");
   ASSERT_EQ(delegate_config_warning_count(config.get()), 1u);
@@ -472,14 +470,13 @@ TEST(CApiStage, ValidateIsTheCheckSubmitMakes) {
                                       err.ptr());
   ASSERT_FALSE(err.set()) << err.str();
 
-  Stage unknown =
-      Parse("name: s\nplatform: mainframe\nsteps: [{id: a, commands: [true]}]\n",
-            err);
+  Stage unknown = Parse(
+      "name: s\nplatform: mainframe\nsteps: [{id: a, commands: [true]}]\n",
+      err);
   ASSERT_TRUE(unknown) << err.str();
   delegate_validate(registry.get(), unknown.get(), nullptr, err.ptr());
-  EXPECT_THAT(err.str(),
-              StartsWith("platform: no executor is registered for "
-                         "'mainframe'; registered: "));
+  EXPECT_THAT(err.str(), StartsWith("platform: no executor is registered for "
+                                    "'mainframe'; registered: "));
   EXPECT_THAT(err.str(), HasSubstr("host"));
 
   // Every problem, one a line, and the same as a refused submit.
@@ -497,15 +494,15 @@ TEST(CApiStage, ValidateIsTheCheckSubmitMakes) {
   EXPECT_THAT(validated, HasSubstr("steps[0].security_context.privileged"));
   EXPECT_THAT(validated, HasSubstr("steps[1].image"));
 
-  Scheduler scheduler(
-      delegate_scheduler_create(registry.get(), config.get(), nullptr, err.ptr()));
+  Scheduler scheduler(delegate_scheduler_create(registry.get(), config.get(),
+                                                nullptr, err.ptr()));
   ASSERT_TRUE(scheduler);
   LineLog log;
   err.Clear();
-  EXPECT_EQ(delegate_scheduler_submit(scheduler.get(), bad.get(), nullptr,
-                                      &log, LineLog::Destroy, LineLog::OnLine,
-                                      err.ptr()),
-            nullptr);
+  EXPECT_EQ(
+      delegate_scheduler_submit(scheduler.get(), bad.get(), nullptr, &log,
+                                LineLog::Destroy, LineLog::OnLine, err.ptr()),
+      nullptr);
   EXPECT_EQ(err.str(), validated);
   EXPECT_TRUE(log.destroyed);
   EXPECT_TRUE(log.lines.empty());
@@ -550,9 +547,8 @@ struct StageData {
 
 void RecInitialize(void* state, delegate_stage_context_t* ctx) {
   auto* rec = static_cast<Recorder*>(state);
-  rec->Add(std::string("initialize ") +
-           delegate_stage_context_stage_name(ctx) + " " +
-           std::to_string(delegate_stage_context_step_count(ctx)));
+  rec->Add(std::string("initialize ") + delegate_stage_context_stage_name(ctx) +
+           " " + std::to_string(delegate_stage_context_step_count(ctx)));
   delegate_stage_context_set_data(
       ctx, new StageData{delegate_stage_context_task_id(ctx), 0});
   delegate_stage_context_log(ctx, "initialized in C");
@@ -693,13 +689,15 @@ TEST_F(CApiRunTest, AStageThroughACExecutor) {
 
   {
     std::lock_guard lock(rec_.mu);
-    EXPECT_THAT(rec_.calls,
-                ElementsAre("initialize c-stage 4", "execute build #0",
-                            "name 'Build it' image ''", "execute lint #1", "execute test #2",
-                            "cleanup after 3 steps, same task yes"));
+    EXPECT_THAT(
+        rec_.calls,
+        ElementsAre("initialize c-stage 4", "execute build #0",
+                    "name 'Build it' image ''", "execute lint #1",
+                    "execute test #2", "cleanup after 3 steps, same task yes"));
   }
   EXPECT_THAT(log.TextsOf(""), ElementsAre("initialized in C"));
-  EXPECT_THAT(log.TextsOf("build"), ElementsAre("ran make", "ran make install"));
+  EXPECT_THAT(log.TextsOf("build"),
+              ElementsAre("ran make", "ran make install"));
   EXPECT_THAT(log.TextsOf("lint"), ElementsAre("ran lint", "bad"));
 
   const std::string json = Owned(delegate_result_json(result.get()));
@@ -714,7 +712,8 @@ TEST_F(CApiRunTest, AFailedInitializeSkipsTheStepsAndStillCleansUp) {
   rec_.fail_initialize = true;
   Err err;
   Stage stage = Parse(
-      "name: c-stage\nplatform: c-test\nsteps: [{id: a, commands: [x]}]\n", err);
+      "name: c-stage\nplatform: c-test\nsteps: [{id: a, commands: [x]}]\n",
+      err);
   ASSERT_TRUE(stage) << err.str();
   Result result(delegate_scheduler_run(scheduler_.get(), stage.get(), nullptr,
                                        nullptr, nullptr, nullptr, err.ptr()));
@@ -793,9 +792,9 @@ TEST_F(CApiRunTest, CancelARunningHostStepFromAnotherThread) {
       err);
   ASSERT_TRUE(stage) << err.str();
   LineLog log;
-  StageRun run(delegate_scheduler_submit(scheduler_.get(), stage.get(), "long-1",
-                                    &log, LineLog::Destroy, LineLog::OnLine,
-                                    err.ptr()));
+  StageRun run(delegate_scheduler_submit(scheduler_.get(), stage.get(),
+                                         "long-1", &log, LineLog::Destroy,
+                                         LineLog::OnLine, err.ptr()));
   ASSERT_TRUE(run) << err.str();
   EXPECT_STREQ(delegate_run_task_id(run.get()), "long-1");
   ASSERT_TRUE(log.WaitFor("started", std::chrono::seconds(20)));
@@ -838,8 +837,8 @@ TEST_F(CApiRunTest, InterruptACExecutorThatWaitsForItsStop) {
   ASSERT_TRUE(stage) << err.str();
   LineLog log;
   StageRun run(delegate_scheduler_submit(scheduler_.get(), stage.get(), nullptr,
-                                    &log, LineLog::Destroy, LineLog::OnLine,
-                                    err.ptr()));
+                                         &log, LineLog::Destroy,
+                                         LineLog::OnLine, err.ptr()));
   ASSERT_TRUE(run) << err.str();
   ASSERT_TRUE(log.WaitFor("waiting", std::chrono::seconds(20)));
   std::thread interrupter([&] {
@@ -855,10 +854,9 @@ TEST_F(CApiRunTest, InterruptACExecutorThatWaitsForItsStop) {
   EXPECT_EQ(delegate_result_step_status(result.get(), 0),
             DELEGATE_STATUS_CANCELLED);
   std::lock_guard lock(rec_.mu);
-  EXPECT_THAT(rec_.calls,
-              ElementsAre("initialize c-wait 1", "execute w #0",
-                          "stopped CANCELLED",
-                          "cleanup after 1 steps, same task yes"));
+  EXPECT_THAT(rec_.calls, ElementsAre("initialize c-wait 1", "execute w #0",
+                                      "stopped CANCELLED",
+                                      "cleanup after 1 steps, same task yes"));
 }
 
 TEST_F(CApiRunTest, DestroyingARunningRunCancelsItAndCleansUp) {
@@ -870,8 +868,8 @@ TEST_F(CApiRunTest, DestroyingARunningRunCancelsItAndCleansUp) {
   ASSERT_TRUE(stage) << err.str();
   LineLog log;
   StageRun run(delegate_scheduler_submit(scheduler_.get(), stage.get(), nullptr,
-                                    &log, LineLog::Destroy, LineLog::OnLine,
-                                    err.ptr()));
+                                         &log, LineLog::Destroy,
+                                         LineLog::OnLine, err.ptr()));
   ASSERT_TRUE(run) << err.str();
   ASSERT_TRUE(log.WaitFor("waiting", std::chrono::seconds(20)));
   run.reset();
@@ -884,7 +882,8 @@ TEST_F(CApiRunTest, DestroyingARunningRunCancelsItAndCleansUp) {
 TEST_F(CApiRunTest, ATaskIdIsTakenOnlyOnce) {
   Err err;
   Stage stage = Parse(
-      "name: c-stage\nplatform: c-test\nsteps: [{id: a, commands: [x]}]\n", err);
+      "name: c-stage\nplatform: c-test\nsteps: [{id: a, commands: [x]}]\n",
+      err);
   ASSERT_TRUE(stage) << err.str();
   Result first(delegate_scheduler_run(scheduler_.get(), stage.get(), "same",
                                       nullptr, nullptr, nullptr, err.ptr()));
@@ -903,13 +902,14 @@ TEST_F(CApiRunTest, ATaskIdIsTakenOnlyOnce) {
 TEST_F(CApiRunTest, HandlesMayBeDestroyedInAnyOrder) {
   Err err;
   Stage stage = Parse(
-      "name: c-stage\nplatform: c-test\nsteps: [{id: a, commands: [x]}]\n", err);
+      "name: c-stage\nplatform: c-test\nsteps: [{id: a, commands: [x]}]\n",
+      err);
   ASSERT_TRUE(stage) << err.str();
   // The registry goes first: the scheduler keeps what it needs of it.
   registry_.reset();
   EXPECT_EQ(rec_.destroyed.load(), 0);
   StageRun run(delegate_scheduler_submit(scheduler_.get(), stage.get(), nullptr,
-                                    nullptr, nullptr, nullptr, err.ptr()));
+                                         nullptr, nullptr, nullptr, err.ptr()));
   ASSERT_TRUE(run) << err.str();
   stage.reset();  // the run has its own copy
   // Then the scheduler, with a run still open: the run stays usable.
@@ -1059,9 +1059,12 @@ class ReferenceManager {
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, out[1], 1);
     posix_spawn_file_actions_addclose(&actions, out[0]);
-    std::vector<std::string> args = {REFERENCE_MANAGER_BINARY, "--account",
-                                     kAccount,                 "--token-file",
-                                     token_file,               "--listen",
+    std::vector<std::string> args = {REFERENCE_MANAGER_BINARY,
+                                     "--account",
+                                     kAccount,
+                                     "--token-file",
+                                     token_file,
+                                     "--listen",
                                      "127.0.0.1:0"};
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
@@ -1105,8 +1108,8 @@ TEST(CApiServer, ServesRuntimeServiceWithoutAManager) {
   delegate_env_set(env.get(), "HTTPS_BIND", "127.0.0.1:0", err.ptr());
   delegate_env_set(env.get(), "HARNESS_WORKDIR", ::testing::TempDir().c_str(),
                    err.ptr());
-  Config config(
-      delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL, err.ptr()));
+  Config config(delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL,
+                                     err.ptr()));
   ASSERT_TRUE(config) << err.str();
   Registry registry(delegate_registry_create());
   delegate_registry_register_builtins(registry.get(), config.get(), env.get(),
@@ -1151,8 +1154,8 @@ TEST(CApiServer, AnUnusableRuntimeAddressIsAnError) {
   Err err;
   Env env(delegate_env_create());
   delegate_env_set(env.get(), "HTTPS_BIND", "127.0.0.1:0", err.ptr());
-  Config config(
-      delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL, err.ptr()));
+  Config config(delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL,
+                                     err.ptr()));
   ASSERT_TRUE(config) << err.str();
   Registry registry(delegate_registry_create());
   delegate_registry_register_builtins(registry.get(), config.get(), env.get(),
@@ -1211,7 +1214,8 @@ TEST(CApiServer, RunsAStageForTheReferenceManagerAndStopsCleanly) {
       << events.All();
   const int ops = delegate_server_ops_port(server.get());
   ASSERT_GT(ops, 0);
-  EXPECT_EQ(Http(ops, "GET", "/health"), std::make_pair(200, std::string("ok\n")));
+  EXPECT_EQ(Http(ops, "GET", "/health"),
+            std::make_pair(200, std::string("ok\n")));
 
   const auto [posted, posted_body] = Http(
       manager.port(), "POST", "/admin/stages",

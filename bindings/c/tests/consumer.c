@@ -14,7 +14,8 @@ static const struct {
   const char* name;
   any_function address;
 } kFunctions[] = {
-#define FUNCTION(f) {#f, (any_function)f}
+#define FUNCTION(f) \
+  { #f, (any_function)f }
     FUNCTION(delegate_free),
     FUNCTION(delegate_version),
     FUNCTION(delegate_version_major),

@@ -142,8 +142,8 @@ DELEGATE_C_EXPORT char* delegate_config_dump(const delegate_config_t* config);
 DELEGATE_C_EXPORT const char* delegate_config_name(
     const delegate_config_t* config);
 /* Warnings for the log (two aliases set to different values, ...). */
-DELEGATE_C_EXPORT size_t delegate_config_warning_count(
-    const delegate_config_t* config);
+DELEGATE_C_EXPORT size_t
+delegate_config_warning_count(const delegate_config_t* config);
 /* Borrowed; NULL when i is out of range. */
 DELEGATE_C_EXPORT const char* delegate_config_warning(
     const delegate_config_t* config, size_t i);
@@ -186,8 +186,7 @@ DELEGATE_C_EXPORT void delegate_registry_register_executor(
     void (*destructor)(void* state),
     void (*initialize)(void* state, delegate_stage_context_t* ctx),
     void (*execute)(void* state, delegate_step_context_t* ctx),
-    void (*cleanup)(void* state, delegate_stage_context_t* ctx),
-    char** errptr);
+    void (*cleanup)(void* state, delegate_stage_context_t* ctx), char** errptr);
 
 /* ------------------------------------------- writing a C executor: stage */
 
@@ -199,8 +198,8 @@ DELEGATE_C_EXPORT const char* delegate_stage_context_task_id(
     const delegate_stage_context_t* ctx);
 DELEGATE_C_EXPORT const char* delegate_stage_context_stage_name(
     const delegate_stage_context_t* ctx);
-DELEGATE_C_EXPORT size_t delegate_stage_context_step_count(
-    const delegate_stage_context_t* ctx);
+DELEGATE_C_EXPORT size_t
+delegate_stage_context_step_count(const delegate_stage_context_t* ctx);
 /* A pointer of the executor's own for this stage: set in initialize, read
  * in the steps and cleanup (delegate_step_context_stage gives the step's
  * stage context). NULL until set. The executor frees it in cleanup. */
@@ -209,8 +208,8 @@ DELEGATE_C_EXPORT void delegate_stage_context_set_data(
 DELEGATE_C_EXPORT void* delegate_stage_context_data(
     const delegate_stage_context_t* ctx);
 /* Writes one stage-level log line (secrets masked, like all output). */
-DELEGATE_C_EXPORT void delegate_stage_context_log(
-    delegate_stage_context_t* ctx, const char* line);
+DELEGATE_C_EXPORT void delegate_stage_context_log(delegate_stage_context_t* ctx,
+                                                  const char* line);
 /* Makes initialize (or cleanup) fail with this message: a failed
  * initialize fails the stage ("initialize: MESSAGE") and skips its steps;
  * cleanup still runs. */
@@ -229,10 +228,10 @@ DELEGATE_C_EXPORT const char* delegate_step_context_name(
 DELEGATE_C_EXPORT const char* delegate_step_context_image(
     const delegate_step_context_t* ctx);
 /* Position in the stage's steps, from 0. */
-DELEGATE_C_EXPORT size_t delegate_step_context_index(
-    const delegate_step_context_t* ctx);
-DELEGATE_C_EXPORT size_t delegate_step_context_command_count(
-    const delegate_step_context_t* ctx);
+DELEGATE_C_EXPORT size_t
+delegate_step_context_index(const delegate_step_context_t* ctx);
+DELEGATE_C_EXPORT size_t
+delegate_step_context_command_count(const delegate_step_context_t* ctx);
 /* NULL when i is out of range. */
 DELEGATE_C_EXPORT const char* delegate_step_context_command(
     const delegate_step_context_t* ctx, size_t i);
@@ -240,8 +239,8 @@ DELEGATE_C_EXPORT const char* delegate_step_context_command(
 DELEGATE_C_EXPORT const char* delegate_step_context_env(
     const delegate_step_context_t* ctx, const char* name);
 /* The output names the step declares (`outputs:`). */
-DELEGATE_C_EXPORT size_t delegate_step_context_output_count(
-    const delegate_step_context_t* ctx);
+DELEGATE_C_EXPORT size_t
+delegate_step_context_output_count(const delegate_step_context_t* ctx);
 DELEGATE_C_EXPORT const char* delegate_step_context_output_name(
     const delegate_step_context_t* ctx, size_t i);
 /* The stage this step belongs to (for its data). */
@@ -251,8 +250,9 @@ DELEGATE_C_EXPORT delegate_stage_context_t* delegate_step_context_stage(
 /* Step output: raw bytes on DELEGATE_STREAM_STDOUT or _STDERR, split into
  * lines and masked by the library; a partial last line is held until more
  * comes or the step ends. */
-DELEGATE_C_EXPORT void delegate_step_context_write(
-    delegate_step_context_t* ctx, int stream, const char* data, size_t len);
+DELEGATE_C_EXPORT void delegate_step_context_write(delegate_step_context_t* ctx,
+                                                   int stream, const char* data,
+                                                   size_t len);
 /* One whole line on DELEGATE_STREAM_SYSTEM. */
 DELEGATE_C_EXPORT void delegate_step_context_log(delegate_step_context_t* ctx,
                                                  const char* line);
@@ -266,8 +266,8 @@ DELEGATE_C_EXPORT void delegate_step_context_set_exit_code(
     delegate_step_context_t* ctx, int exit_code);
 DELEGATE_C_EXPORT void delegate_step_context_set_output(
     delegate_step_context_t* ctx, const char* name, const char* value);
-DELEGATE_C_EXPORT void delegate_step_context_fail(
-    delegate_step_context_t* ctx, const char* message);
+DELEGATE_C_EXPORT void delegate_step_context_fail(delegate_step_context_t* ctx,
+                                                  const char* message);
 
 /* Whether the step must stop now: DELEGATE_STATUS_CANCELLED (cancel or
  * shutdown), DELEGATE_STATUS_TIMEOUT (its or the stage's deadline has
@@ -294,11 +294,12 @@ DELEGATE_C_EXPORT delegate_stage_t* delegate_stage_parse(const char* text,
 DELEGATE_C_EXPORT delegate_stage_t* delegate_stage_load_file(const char* path,
                                                              char** errptr);
 /* Borrowed. */
-DELEGATE_C_EXPORT const char* delegate_stage_name(const delegate_stage_t* stage);
+DELEGATE_C_EXPORT const char* delegate_stage_name(
+    const delegate_stage_t* stage);
 DELEGATE_C_EXPORT const char* delegate_stage_platform(
     const delegate_stage_t* stage);
-DELEGATE_C_EXPORT size_t delegate_stage_step_count(
-    const delegate_stage_t* stage);
+DELEGATE_C_EXPORT size_t
+delegate_stage_step_count(const delegate_stage_t* stage);
 DELEGATE_C_EXPORT void delegate_stage_destroy(delegate_stage_t* stage);
 
 /* Everything checked before a stage runs, as a scheduler checks it when it
@@ -394,17 +395,18 @@ DELEGATE_C_EXPORT const char* delegate_log_line_step_id(
 /* DELEGATE_STREAM_* */
 DELEGATE_C_EXPORT int delegate_log_line_stream(const delegate_log_line_t* line);
 /* 1-based, per task and step. */
-DELEGATE_C_EXPORT uint64_t delegate_log_line_number(
-    const delegate_log_line_t* line);
+DELEGATE_C_EXPORT uint64_t
+delegate_log_line_number(const delegate_log_line_t* line);
 /* The line without its newline, masked, NUL-terminated; `len` (may be
  * NULL) gets its length in bytes. */
 DELEGATE_C_EXPORT const char* delegate_log_line_text(
     const delegate_log_line_t* line, size_t* len);
 /* 1 when an over-long line was split and more of it follows. */
-DELEGATE_C_EXPORT int delegate_log_line_partial(const delegate_log_line_t* line);
-/* When the line was written, in microseconds since the Unix epoch. */
-DELEGATE_C_EXPORT int64_t delegate_log_line_time_us(
+DELEGATE_C_EXPORT int delegate_log_line_partial(
     const delegate_log_line_t* line);
+/* When the line was written, in microseconds since the Unix epoch. */
+DELEGATE_C_EXPORT int64_t
+delegate_log_line_time_us(const delegate_log_line_t* line);
 
 /* -------------------------------------------------------------- result */
 
@@ -415,8 +417,8 @@ DELEGATE_C_EXPORT const char* delegate_result_error(
     const delegate_result_t* result);
 DELEGATE_C_EXPORT const char* delegate_result_task_id(
     const delegate_result_t* result);
-DELEGATE_C_EXPORT size_t delegate_result_step_count(
-    const delegate_result_t* result);
+DELEGATE_C_EXPORT size_t
+delegate_result_step_count(const delegate_result_t* result);
 /* Per step, i from 0. Borrowed; NULL (or -1) when i is out of range. */
 DELEGATE_C_EXPORT const char* delegate_result_step_id(
     const delegate_result_t* result, size_t i);
