@@ -43,15 +43,16 @@ try:
         threading.Thread(target=say_ready, daemon=True).start()
         runtime.run(stage, task_id="sleepy-run")
     elif how == "wait":
-        run = runtime.start(stage)
-        wait_until_started(run.logs())
-        run.wait()
+        # `with`: an exception anywhere in the block cancels the stage too.
+        with runtime.start(stage) as run:
+            wait_until_started(run.logs())
+            run.wait()
     elif how == "logs":
-        run = runtime.start(stage)
-        lines = run.logs()
-        wait_until_started(lines)
-        for _ in lines:
-            pass
+        with runtime.start(stage) as run:
+            lines = run.logs()
+            wait_until_started(lines)
+            for _ in lines:
+                pass
     else:
         raise SystemExit(f"unknown mode {how}")
 except KeyboardInterrupt as interrupt:
