@@ -193,7 +193,6 @@ def test_cancel_from_another_thread_stops_a_host_step(runtime, workdir):
     assert result.steps[0].status == delegate.Status.CANCELLED
     assert time.monotonic() - started < 20  # not the 30 s of the step
     assert list(workdir.iterdir()) == []
-    assert runtime.cancel("long-1") is False  # finished
 
 
 def test_cancel_reaches_a_waiting_python_step(runtime):

@@ -1,12 +1,14 @@
 """run() releases the GIL while it blocks: another Python thread keeps at
 least 90% of the throughput it has alone."""
+import statistics
 import threading
 import time
 
 import delegate
 from conftest import parse
 
-MEASURE_SECONDS = 1.0
+MEASURE_SECONDS = 0.5
+ROUNDS = 7
 
 
 def count_for(seconds, out):
@@ -34,18 +36,19 @@ def throughput(while_blocked):
 def test_another_thread_keeps_90_percent_while_run_blocks(runtime):
     # The step outlasts the measurement: the counter runs entirely while
     # run() waits.
-    stage = parse("name: s\nsteps: [{id: nap, commands: ['sleep 1.5']}]\n")
+    stage = parse("name: s\nsteps: [{id: nap, commands: ['sleep 1']}]\n")
     results = []
 
     def run_stage(counter):
         results.append(runtime.run(stage))
 
-    # Best of three each, alternating, so that a burst of load from other
-    # processes on the machine does not decide the outcome.
-    solo, concurrent = [], []
-    for _ in range(3):
-        solo.append(throughput(lambda counter: counter.join()))
-        concurrent.append(throughput(run_stage))
+    # Rounds of a solo and a concurrent measurement back to back: the median
+    # of their ratios, so that bursts of load from other processes on the
+    # machine (which come and go between rounds) do not decide the outcome.
+    ratios = []
+    for _ in range(ROUNDS):
+        solo = throughput(lambda counter: counter.join())
+        concurrent = throughput(run_stage)
+        ratios.append(concurrent / solo)
     assert all(r.ok for r in results)
-    ratio = max(concurrent) / max(solo)
-    assert ratio >= 0.9, f"solo {solo}, while run() blocks {concurrent}"
+    assert statistics.median(ratios) >= 0.9, f"while run() blocks / solo: {ratios}"
