@@ -253,9 +253,18 @@ void BindRuns(py::module_& m) {
           "ends when the stage is done and every line was taken. Waits "
           "without the GIL; Ctrl-C cancels the stage as in wait().")
       .def("__enter__", [](py::object self) { return self; })
-      .def("__exit__", [](StageRunHandle& r, py::args) {
-        if (!r.state()->done()) WithoutGil([&] { r.CancelAndWait(); });
-      });
+      .def(
+          "__exit__",
+          [](StageRunHandle& r, py::object type, py::object, py::object) {
+            // As subprocess.Popen: leaving the block waits for the stage;
+            // leaving it by an exception cancels the stage first.
+            if (type.is_none()) {
+              r.Wait(std::nullopt);
+            } else if (!r.state()->done()) {
+              WithoutGil([&] { r.CancelAndWait(); });
+            }
+          },
+          "Waits for the stage; when the block raised, cancels it first.");
 }
 
 void BindRuntime(py::module_& m) {

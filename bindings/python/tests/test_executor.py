@@ -216,3 +216,22 @@ def test_cancel_reaches_a_waiting_python_step(runtime):
     assert [s.status for s in result.steps] == [delegate.Status.CANCELLED, delegate.Status.SKIPPED]
     assert cleaned.is_set()
     assert run.cancel() is False
+
+
+def test_a_run_block_waits_for_its_stage_or_cancels_it_on_an_exception(runtime):
+    stage = parse("name: s\nsteps: [{id: a, commands: ['sleep 0.2; echo done']}]\n")
+    with runtime.start(stage) as run:
+        pass
+    assert run.done and run.result.ok
+    long = parse("name: l\nsteps: [{id: a, commands: ['sleep 30']}]\n")
+    with pytest.raises(ZeroDivisionError):
+        with runtime.start(long) as run:
+            1 / 0
+    assert run.result.status == delegate.Status.CANCELLED
+
+
+def test_a_closed_runtime_takes_no_stages(runtime):
+    runtime.close()
+    with pytest.raises(delegate.DelegateError, match="shutting down") as caught:
+        runtime.run(parse("name: s\nsteps: [{id: a, commands: ['true']}]\n"))
+    assert caught.value.code == "UNAVAILABLE"
