@@ -85,9 +85,8 @@ PyRef::~PyRef() {
 void Track(const std::shared_ptr<Closable>& closable) {
   std::lock_guard<std::mutex> lock(TrackedMutex());
   auto& tracked = Tracked();
-  std::erase_if(tracked, [](const std::weak_ptr<Closable>& c) {
-    return c.expired();
-  });
+  std::erase_if(tracked,
+                [](const std::weak_ptr<Closable>& c) { return c.expired(); });
   tracked.push_back(closable);
 }
 

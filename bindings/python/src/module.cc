@@ -48,8 +48,7 @@ T OrRaise(absl::StatusOr<T> value, ErrorKind kind = ErrorKind::kGeneral) {
   return *std::move(value);
 }
 
-void OrRaise(const absl::Status& status,
-             ErrorKind kind = ErrorKind::kGeneral) {
+void OrRaise(const absl::Status& status, ErrorKind kind = ErrorKind::kGeneral) {
   if (!status.ok()) Raise(status, kind);
 }
 
@@ -66,11 +65,14 @@ std::shared_ptr<StageRunHandle> StartRun(
     const std::shared_ptr<Runtime>& runtime, const Stage& stage,
     const std::optional<std::string>& task_id, bool logs, bool echo) {
   std::string id = task_id.value_or("");
-  if (task_id && id.empty()) throw py::value_error("task_id: must not be empty");
+  if (task_id && id.empty())
+    throw py::value_error("task_id: must not be empty");
   Stage copy = stage;
-  std::shared_ptr<RunState> state = OrRaise(
-      WithoutGil([&] { return runtime->Start(std::move(copy), id, logs, echo); }),
-      ErrorKind::kStage);
+  std::shared_ptr<RunState> state =
+      OrRaise(WithoutGil([&] {
+                return runtime->Start(std::move(copy), id, logs, echo);
+              }),
+              ErrorKind::kStage);
   return std::make_shared<StageRunHandle>(runtime, std::move(id),
                                           std::move(state));
 }
@@ -138,8 +140,9 @@ void BindValues(py::module_& m) {
           },
           "The ids of its secrets (never their values).")
       .def("__repr__", [](const Stage& s) {
-        return absl::StrCat("<delegate.Stage '", s.name, "' platform=",
-                            s.platform, " steps=", s.steps.size(), ">");
+        return absl::StrCat("<delegate.Stage '", s.name,
+                            "' platform=", s.platform,
+                            " steps=", s.steps.size(), ">");
       });
 
   py::class_<StepResult>(
@@ -180,13 +183,13 @@ void BindValues(py::module_& m) {
       .def_readonly("steps", &StageResult::steps)
       .def_property_readonly(
           "duration",
-          [](const StageResult& r) { return absl::ToDoubleSeconds(r.duration); },
+          [](const StageResult& r) {
+            return absl::ToDoubleSeconds(r.duration);
+          },
           "Seconds.")
       .def_property_readonly(
           "ok",
-          [](const StageResult& r) {
-            return r.status == StepStatus::kSuccess;
-          },
+          [](const StageResult& r) { return r.status == StepStatus::kSuccess; },
           "True when every step succeeded.")
       .def("json", &StageResultToJson,
            "The result as JSON (StageResultToJson): stage, status, error, "
@@ -206,7 +209,9 @@ void BindValues(py::module_& m) {
           "'stdout', 'stderr' or 'system' (written by the delegate).")
       .def_property_readonly(
           "time",
-          [](const LogRecord& l) { return absl::ToDoubleSeconds(l.time - absl::UnixEpoch()); },
+          [](const LogRecord& l) {
+            return absl::ToDoubleSeconds(l.time - absl::UnixEpoch());
+          },
           "Seconds since the epoch.")
       .def_readonly("number", &LogRecord::number,
                     "1-based within the step (or the stage-level lines).")
@@ -345,9 +350,8 @@ void BindRuntime(py::module_& m) {
       .def(
           "close",
           [](Runtime& r, double drain) {
-            WithoutGil([&] {
-              r.Shutdown(absl::Seconds(std::max(0.0, drain)));
-            });
+            WithoutGil(
+                [&] { r.Shutdown(absl::Seconds(std::max(0.0, drain))); });
           },
           py::arg("drain") = 0.0,
           "Takes no new stages; lets running ones go on for up to `drain` "
@@ -357,20 +361,18 @@ void BindRuntime(py::module_& m) {
       .def_property_readonly(
           "name", [](const Runtime& r) { return r.config().name; },
           "The delegate's name.")
-      .def_property_readonly(
-          "stats",
-          [](const Runtime& r) {
-            const SchedulerStats s = r.stats();
-            py::dict d;
-            d["queued"] = s.queued;
-            d["running"] = s.running;
-            d["completed"] = s.completed;
-            return d;
-          })
+      .def_property_readonly("stats",
+                             [](const Runtime& r) {
+                               const SchedulerStats s = r.stats();
+                               py::dict d;
+                               d["queued"] = s.queued;
+                               d["running"] = s.running;
+                               d["completed"] = s.completed;
+                               return d;
+                             })
       .def("__enter__", [](py::object self) { return self; })
-      .def("__exit__", [](Runtime& r, py::args) {
-        WithoutGil([&] { r.Close(); });
-      });
+      .def("__exit__",
+           [](Runtime& r, py::args) { WithoutGil([&] { r.Close(); }); });
 }
 
 // DelegateServer's errors name the `delegate server` flags; here they are
@@ -498,11 +500,11 @@ void BindServer(py::module_& m) {
           "Blocks until the server stops on its own (True) or `timeout` "
           "passes (False). Ctrl-C stops it, cancelling its stages, and is "
           "re-raised.")
-      .def_property_readonly(
-          "running",
-          [](const Server& s) {
-            return s.ops_port() > 0 && !s.ended().has_value();
-          })
+      .def_property_readonly("running",
+                             [](const Server& s) {
+                               return s.ops_port() > 0 &&
+                                      !s.ended().has_value();
+                             })
       .def_property_readonly("ops_port", &Server::ops_port,
                              "The port of /health, /ready and /metrics.")
       .def_property_readonly("runtime_address", &Server::runtime_address,
@@ -510,15 +512,15 @@ void BindServer(py::module_& m) {
       .def("events", &Server::events,
            "The server's event log so far, as JSON lines.")
       .def("__enter__", [](py::object self) { return self; })
-      .def("__exit__", [](Server& s, py::args) {
-        WithoutGil([&] { s.Close(); });
-      });
+      .def("__exit__",
+           [](Server& s, py::args) { WithoutGil([&] { s.Close(); }); });
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_delegate, m) {
-  m.doc() = "libdelegate: run CI stages from Python (see the delegate package).";
+  m.doc() =
+      "libdelegate: run CI stages from Python (see the delegate package).";
   RememberMainThread();
   RegisterExceptions(m);
   m.attr("__version__") = std::string(Version());

@@ -95,9 +95,9 @@ std::string OneLine(const py::error_already_set& e) {
 void WriteTraceback(const py::error_already_set& e, OutputWriter& output) {
   std::string text;
   try {
-    py::object lines = py::module_::import("traceback")
-                           .attr("format_exception")(e.type(), e.value(),
-                                                     e.trace());
+    py::object lines =
+        py::module_::import("traceback")
+            .attr("format_exception")(e.type(), e.value(), e.trace());
     for (py::handle line : lines) text += py::str(line).cast<std::string>();
   } catch (const py::error_already_set&) {
     return;  // the traceback is a courtesy

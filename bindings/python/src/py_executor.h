@@ -18,8 +18,7 @@ namespace delegate::python {
 // Registers `factory` under `name`. TypeError (thrown) when it is not
 // callable. REQUIRES: the GIL.
 absl::Status RegisterPythonExecutor(ExecutorRegistry& registry,
-                                    std::string name,
-                                    pybind11::object factory);
+                                    std::string name, pybind11::object factory);
 
 // StageContext and StepContext: what the Python methods are given. Each is
 // usable only during the call it was given to (RuntimeError after).

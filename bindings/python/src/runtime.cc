@@ -18,9 +18,9 @@ absl::StatusOr<DelegateConfig> MakeConfig(const EnvMap& env,
   if (!config.ok()) return config.status();
   if (options.max_stages) {
     if (*options.max_stages < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "max_stages: expected a positive integer, got ",
-          *options.max_stages));
+      return absl::InvalidArgumentError(
+          absl::StrCat("max_stages: expected a positive integer, got ",
+                       *options.max_stages));
     }
     config->max_stages = options.max_stages;
   }
@@ -47,9 +47,9 @@ absl::StatusOr<std::shared_ptr<Runtime>> Runtime::Create(
   if (!policy.ok()) return policy.status();
   std::shared_ptr<Runtime> runtime(
       new Runtime(*std::move(config), *std::move(policy)));
-  if (absl::Status s = RegisterBuiltins(runtime->config_, env,
-                                        runtime->registry_,
-                                        /*managers=*/nullptr);
+  if (absl::Status s =
+          RegisterBuiltins(runtime->config_, env, runtime->registry_,
+                           /*managers=*/nullptr);
       !s.ok()) {
     return s;
   }
@@ -76,8 +76,7 @@ Runtime::~Runtime() {
 
 absl::Status Runtime::RegisterExecutor(std::string name,
                                        pybind11::object factory) {
-  return RegisterPythonExecutor(registry_, std::move(name),
-                                std::move(factory));
+  return RegisterPythonExecutor(registry_, std::move(name), std::move(factory));
 }
 
 absl::Status Runtime::Validate(const Stage& stage) const {

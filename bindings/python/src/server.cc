@@ -22,8 +22,8 @@ absl::StatusOr<std::shared_ptr<Server>> Server::Create(ServerOptions options) {
   if (PythonClosing()) {
     return absl::UnavailableError("the interpreter is exiting");
   }
-  const EnvMap env = options.runtime.env ? *options.runtime.env
-                                         : ProcessEnvironment();
+  const EnvMap env =
+      options.runtime.env ? *options.runtime.env : ProcessEnvironment();
   // As `delegate server`: Harness credentials are needed only for the
   // default manager, the Harness one.
   absl::StatusOr<DelegateConfig> config = MakeConfig(
@@ -104,7 +104,8 @@ void Server::Event(std::string_view line) {
 absl::Status Server::Start() {
   absl::MutexLock lock(&mu_);
   if (started_) {
-    return absl::FailedPreconditionError("start: the server was started before");
+    return absl::FailedPreconditionError(
+        "start: the server was started before");
   }
   started_ = true;
   thread_ = std::thread([this] {

@@ -88,7 +88,7 @@ class Server final : public Closable {
   std::string runtime_address_ ABSL_GUARDED_BY(mu_);
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<absl::Status> ended_ ABSL_GUARDED_BY(mu_);
-  std::thread thread_;  // set once by Start, joined once by Close
+  std::thread thread_;   // set once by Start, joined once by Close
   absl::Mutex join_mu_;  // serializes Close
 };
 

@@ -94,8 +94,7 @@ void StageRunHandle::CancelAndWait() {
   }
 }
 
-std::optional<StageResult> StageRunHandle::Wait(
-    std::optional<double> timeout) {
+std::optional<StageResult> StageRunHandle::Wait(std::optional<double> timeout) {
   const absl::Time deadline =
       timeout ? absl::Now() + absl::Seconds(std::max(0.0, *timeout))
               : absl::InfiniteFuture();
@@ -121,10 +120,14 @@ LogRecord LogIterator::Next() {
       return line;
     }
     std::deque<LogRecord> taken;
-    const RunState::Took took = WithoutGil(
-        [&] { return run_->state()->TakeLines(taken, slice); });
+    const RunState::Took took =
+        WithoutGil([&] { return run_->state()->TakeLines(taken, slice); });
     if (!taken.empty()) {
-      for (LogRecord& line : taken) buffer_.push_back(std::move(line));
+      if (buffer_.empty()) {
+        buffer_.swap(taken);
+      } else {  // another thread read meanwhile (one reader is the contract)
+        for (LogRecord& line : taken) buffer_.push_back(std::move(line));
+      }
       continue;
     }
     if (took == RunState::Took::kEnd) throw py::stop_iteration();
