@@ -32,13 +32,12 @@ def runtime(workdir):
         yield rt
 
 
-def start_script(name, *args, **kwargs):
+def start_script(name, *args, env=None):
     """A tests/scripts/NAME under this interpreter, with its own stdout."""
     return subprocess.Popen(
         [sys.executable, str(SCRIPTS / name), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ),
-        **kwargs,
+        env=dict(os.environ) if env is None else env,
     )

@@ -1,11 +1,17 @@
 """The server (DelegateServer) started and stopped from Python."""
 import json
+import os
+import pathlib
+import shutil
 import socket
+import subprocess
+import threading
 import urllib.request
 
 import pytest
 
 import delegate
+from conftest import start_script
 
 
 def server(**kwargs):
@@ -68,3 +74,50 @@ def test_executors_are_registered_before_start():
         srv.start()
         with pytest.raises(delegate.DelegateError, match="before start"):
             srv.register_executor("late", delegate.Executor)
+
+
+def generate_stubs(out_dir):
+    """delegate/v1 compiled for Python (as tests/contract does), or a skip."""
+    proto_dir = os.environ.get("DELEGATE_PROTO_DIR")
+    protoc = shutil.which("protoc")
+    plugin = shutil.which("grpc_python_plugin")
+    if not (proto_dir and protoc and plugin):
+        pytest.skip("needs DELEGATE_PROTO_DIR (ctest sets it), protoc and grpc_python_plugin")
+    try:
+        import grpc  # noqa: F401  Debian's python3-grpcio
+    except ImportError:
+        pytest.skip("needs python3-grpcio")
+    protos = sorted(str(p) for p in pathlib.Path(proto_dir, "delegate", "v1").glob("*.proto"))
+    subprocess.run(
+        [protoc, "-I", proto_dir, "-I", "/usr/include", f"--python_out={out_dir}",
+         f"--grpc_out={out_dir}", f"--plugin=protoc-gen-grpc={plugin}", *protos],
+        check=True, capture_output=True,
+    )
+
+
+def test_a_stage_sent_to_runtime_service_runs_on_a_python_executor(tmp_path):
+    generate_stubs(tmp_path)
+    calls = []
+
+    class Greeter(delegate.Executor):
+        def execute(self, step):
+            calls.append((step.task_id, threading.current_thread() is threading.main_thread()))
+            step.write(f"hello from {step.step.id}\n")
+            return delegate.StepResult(outputs={"WHO": "python"})
+
+    with server() as srv:
+        srv.register_executor("greeter", Greeter)
+        srv.start()
+        # The client in a process of its own, without this package on its
+        # path: the generated modules are a package named delegate too.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        client = start_script("runtime_client.py", tmp_path, srv.runtime_address, env=env)
+        out, err = client.communicate(timeout=60)
+        assert client.returncode == 0, err
+        assert srv.stop(timeout=30)
+    seen = json.loads(out)
+    assert seen["status"] == "STEP_STATUS_SUCCESS"
+    assert seen["outputs"] == {"WHO": "python"}
+    assert "hello from greet" in seen["lines"]
+    assert len(calls) == 1 and "grpc-1" in calls[0][0]
+    assert calls[0][1] is False  # on a worker thread
