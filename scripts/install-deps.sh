@@ -15,6 +15,9 @@ packages=(
   docker.io iptables busybox-static docker-registry apache2-utils
   # The delegate's image (scripts/build-delegate-image.sh): its base images.
   mmdebstrap
+  # The Python module (bindings/python): pybind11 and the headers of
+  # Debian's python3, and pytest for its tests.
+  python3-pybind11 python3-dev python3-pytest
 )
 missing=()
 for p in "${packages[@]}"; do
