@@ -3,7 +3,8 @@
 Its components are the CMake targets of `cmake --install` (delegate::core,
 delegate::http, delegate::docker, delegate::aws, delegate::ecs,
 delegate::harness, delegate::grpc, delegate::delegate, delegate::proto), with
-the same links between them. The requirements' version ranges hold the
+the same links between them, and delegate::c, the C API: libdelegate_c.so,
+always shared, with the whole library inside it. The requirements' version ranges hold the
 Debian 12 versions this project is built and tested with, where Conan Center
 has them.
 """
@@ -27,6 +28,10 @@ LAYERS = {
     "grpc": (["core", "http", "proto"], []),
     "delegate": (["core", "http", "docker", "aws", "ecs", "harness", "grpc"],
                  []),
+    # libdelegate_c.so holds every layer; the shared libraries of the other
+    # packages are what it loads at run time.
+    "c": ([], ["abseil::abseil", "libyaml::libyaml", "libcurl::libcurl",
+               "openssl::openssl", "protobuf::libprotobuf", "grpc::grpc++"]),
 }
 
 
@@ -41,7 +46,7 @@ class LibdelegateConan(ConanFile):
     options = {"shared": [True, False]}
     default_options = {"shared": False}
     exports_sources = ("CMakeLists.txt", "libdelegate/*", "proto/*",
-                       "scripts/check-layers.py")
+                       "bindings/c/*", "scripts/check-layers.py")
 
     def layout(self):
         cmake_layout(self)
@@ -68,6 +73,10 @@ class LibdelegateConan(ConanFile):
         toolchain.cache_variables["DELEGATE_BUILD_APPS"] = False
         toolchain.cache_variables["DELEGATE_BUILD_TESTS"] = False
         toolchain.cache_variables["DELEGATE_BUILD_BENCH"] = False
+        toolchain.cache_variables["DELEGATE_BUILD_C"] = True
+        # The Python module is for pip or Debian's python3, not a Conan
+        # package.
+        toolchain.cache_variables["DELEGATE_BUILD_PYTHON"] = False
         toolchain.generate()
         CMakeDeps(self).generate()
         # libdelegate finds libyaml through pkg-config (yaml-0.1.pc).
@@ -89,7 +98,10 @@ class LibdelegateConan(ConanFile):
         for layer, (own, others) in LAYERS.items():
             component = self.cpp_info.components[layer]
             component.set_property("cmake_target_name", f"delegate::{layer}")
-            if self.options.shared:
+            if layer == "c":
+                component.libs = ["delegate_c"]
+                component.requires = others
+            elif self.options.shared:
                 # One libdelegate.so: every layer names it.
                 component.libs = ["delegate"] if layer == "delegate" else []
                 component.requires = [] if layer == "delegate" else ["delegate"]

@@ -7,6 +7,8 @@
 #   4. add_subdirectory of this source tree;
 #   5. pkg-config (`pkg-config --cflags --libs libdelegate`), static and
 #      shared;
+# the C API's example (bindings/c/example) built with a plain `cc` against
+# the moved static prefix's libdelegate_c.so;
 # and checks that find_package(libdelegate 2.0) is refused.
 # usage: scripts/embed-test.sh [WORKDIR]   (default: a temporary directory)
 set -euo pipefail
@@ -33,10 +35,11 @@ check() {
 }
 
 install_libdelegate() {  # KIND (static|shared) PREFIX
-  local kind=$1 prefix=$2 shared=OFF
-  [ "$kind" = shared ] && shared=ON
+  local kind=$1 prefix=$2 shared=OFF c=ON
+  [ "$kind" = shared ] && shared=ON c=OFF  # libdelegate_c.so: once is enough
   cmake -S "$root" -B "$work/build-$kind" -DBUILD_SHARED_LIBS=$shared \
     -DDELEGATE_BUILD_TESTS=OFF -DDELEGATE_BUILD_BENCH=OFF \
+    -DDELEGATE_BUILD_APPS=OFF -DDELEGATE_BUILD_PYTHON=OFF -DDELEGATE_BUILD_C=$c \
     -DCMAKE_INSTALL_PREFIX="$prefix" >/dev/null
   cmake --build "$work/build-$kind" -j"$jobs" >/dev/null
   cmake --install "$work/build-$kind" >/dev/null
@@ -71,6 +74,19 @@ for kind in static shared; do
   mv "$prefix" "$work/moved-$kind"
   build_example "$work/embed-moved-$kind" -DCMAKE_PREFIX_PATH="$work/moved-$kind"
   check "$work/embed-moved-$kind/embed" "relocated prefix ($kind)"
+
+  if [ "$kind" = static ]; then
+    say "C API: cc against the moved prefix's libdelegate_c.so"
+    moved=$work/moved-$kind
+    cc -std=c99 -Wall -Werror "$root/bindings/c/example/run_stage.c" \
+      -I"$moved/include" -L"$moved/lib" -ldelegate_c -Wl,-rpath,"$moved/lib" \
+      -o "$work/run-stage-c"
+    out=$("$work/run-stage-c" "$root/bindings/c/example/stage.yaml") ||
+      fail "C API example: $out"
+    grep -q 'would run: make -j2' <<<"$out" || fail "C API example: $out"
+    grep -q '"status": *"SUCCESS"' <<<"$out" || fail "C API example: $out"
+    echo "embed-test: C API (cc, moved prefix): ok"
+  fi
 
   say "$kind: pkg-config"
   export PKG_CONFIG_PATH="$work/moved-$kind/lib/pkgconfig"

@@ -131,6 +131,8 @@ def main():
             if not shared and name in targets and own != targets[name]:
                 problem(f"static: component {name} requires {own}; its CMake "
                         f"target links {targets[name]}")
+        if components.get("c") and components["c"].libs != ["delegate_c"]:
+            problem(f"{kind}: delegate::c is not libdelegate_c.so")
         if shared and components["delegate"].libs != ["delegate"]:
             problem("shared: delegate::delegate is not libdelegate.so")
         if not shared:
@@ -147,6 +149,8 @@ def main():
     for generator in ("CMakeToolchain", "CMakeDeps", "PkgConfigDeps"):
         if generator not in stub_cmake.generated:
             problem(f"generate() does not use {generator}")
+    if variables.get("DELEGATE_BUILD_C") is not True:
+        problem("generate() does not build the C API (DELEGATE_BUILD_C)")
     if not getattr(conanfile, "layout_called", False):
         problem("layout() does not call cmake_layout")
     for ref, _ in conanfile.required:
