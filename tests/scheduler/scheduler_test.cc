@@ -399,6 +399,22 @@ TEST_F(SchedulerTest, CancelQueuedStageNeverInitializesIt) {
   for (const std::string& c : journal_.Calls()) EXPECT_NE(c, "init:q");
 }
 
+// Once the stage has been cleaned up there is nothing to cancel, even while
+// its observer is still being told (the id is then still reserved).
+TEST_F(SchedulerTest, CancelAfterCleanupIsNotFoundEvenDuringDone) {
+  auto scheduler = Make();
+  std::promise<absl::Status> cancel_in_done;
+  StageTask task;
+  task.id = "t1";
+  task.stage = MakeStage({MakeStep("a", "ok")});
+  task.observer = ObserveWith({.done = [&](const StageResult&) {
+    cancel_in_done.set_value(scheduler->Cancel("t1"));
+  }});
+  ASSERT_TRUE(scheduler->Submit(std::move(task)).ok());
+  const absl::Status status = cancel_in_done.get_future().get();
+  EXPECT_TRUE(absl::IsNotFound(status)) << status;
+}
+
 TEST_F(SchedulerTest, CancelRunningStageStopsStepSkipsRestAndCleansUp) {
   auto scheduler = Make();
   auto f = Run(*scheduler, "t1",

@@ -190,7 +190,7 @@ absl::Status Scheduler::Impl::Cancel(std::string_view task_id,
   {
     absl::MutexLock lock(&mu_);
     auto it = active_.find(AbslView(task_id));
-    if (it == active_.end() || it->second->cancelled) {
+    if (it == active_.end() || it->second->cancelled || it->second->ended) {
       return absl::NotFoundError(absl::StrCat(
           "task ", AbslView(task_id), " is neither queued nor running"));
     }
@@ -382,6 +382,7 @@ void Scheduler::Impl::WorkerLoop() {
     mu_.Unlock();
     {
       StageResult result = RunStageTransaction(options_, clock_, *entry);
+      entry->ended.store(true, std::memory_order_release);
       if (entry->task.observer) entry->task.observer->Done(result);
     }
     mu_.Lock();

@@ -40,6 +40,9 @@ struct AcceptedStage {
   // The scheduler's bookkeeping, changed under its lock.
   std::atomic<bool> running{false};
   std::atomic<bool> cancelled{false};  // a queued stage to skip
+  // Its transaction has returned (cleaned up): a Cancel from now on is
+  // NotFound, although the id stays active until its observer's Done returns.
+  std::atomic<bool> ended{false};
 };
 
 // Runs `stage` to its end and returns its result. The observer hears the
