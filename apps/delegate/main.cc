@@ -401,6 +401,7 @@ int Run(const Args& args) {
   options.delegate_name = config->name;
   options.max_stages = config->max_stages;
   options.policy = *policy;
+  options.masked_values = config->MaskedValues();
   delegate::Scheduler scheduler(options);
 
   delegate::StageTask task;

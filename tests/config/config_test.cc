@@ -601,6 +601,33 @@ absl::Status ReadStatus(const std::string& path_out_name,
   return status;
 }
 
+TEST(MaskedValuesTest, EveryCredentialTheDelegateHoldsIsMasked) {
+  // The token as the Harness UI shows it: base64 of 32 hex characters.
+  const std::string hex = "0123456789abcdef0123456789abcdef";
+  const std::string b64 = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+  DelegateConfig cfg = LoadOk({{"HARNESS_TOKEN", b64},
+                               {"HARNESS_URL", "https://u:url-pw%21@h.example"},
+                               {"PROXY_HOST", "proxy.local"},
+                               {"PROXY_USER", "me"},
+                               {"PROXY_PASSWORD", "proxy pw/1"},
+                               {"AWS_SECRET_ACCESS_KEY", "aws-secret-key-1"},
+                               {"AWS_SESSION_TOKEN", "aws-session-tok"}});
+  std::vector<std::string> masked = cfg.MaskedValues();
+  for (const std::string& v : {b64, hex, std::string("url-pw!"),
+                               std::string("proxy pw/1"),
+                               std::string("aws-secret-key-1"),
+                               std::string("aws-session-tok")}) {
+    EXPECT_NE(std::find(masked.begin(), masked.end(), v), masked.end()) << v;
+  }
+}
+
+TEST(MaskedValuesTest, PasswordOfAConventionalProxyUrlIsMasked) {
+  DelegateConfig cfg =
+      LoadOk({{"HTTPS_PROXY", "http://u:pr%2Fxy-pw@proxy:3128"}});
+  EXPECT_THAT(cfg.MaskedValues(), ElementsAre("pr/xy-pw"));
+  EXPECT_THAT(LoadOk({}).MaskedValues(), IsEmpty());
+}
+
 TEST(ReadEnvFileTest, PlainLinesBlanksAndComments) {
   EnvMap env = ReadOk("plain.env",
                       "# a comment\n"

@@ -188,6 +188,34 @@ TEST_F(DelegateBinaryTest, TokenNeverAppearsInConfigHelpOrErrors) {
   EXPECT_THAT(from_file.out, Not(HasSubstr(token)));
 }
 
+TEST_F(DelegateBinaryTest, TokenAStepComesByIsMaskedInLogAndResult) {
+  const std::string token = "d3adb33fd3adb33fd3adb33fd3adb33f";
+  // The token pasted into a stage (the delegate does not know it as one of
+  // the stage's secrets), printed plain and base64-encoded.
+  const std::string file = Write("leak.yaml", R"(name: leak
+env: {LEAK: )" + token + R"(}
+steps:
+  - id: echo
+    commands:
+      - echo "plain $LEAK"
+      - printf '%s' "$LEAK" | base64
+      - echo "V=$LEAK" >> $HARNESS_OUTPUT_FILE
+    outputs: [V]
+)");
+  const std::string result = dir_ + "/r.json";
+  Outcome o = Run({"exec", file, "--result", result},
+                  {"HARNESS_TOKEN=" + token});
+  EXPECT_EQ(o.exit_code, 0) << o.out;
+  EXPECT_THAT(o.out, HasSubstr("plain **************"));
+  EXPECT_THAT(o.out, Not(HasSubstr(token)));
+  EXPECT_THAT(o.out, Not(HasSubstr("ZDNhZGIzM2ZkM2FkYjMzZmQzYWRiMzNmZDNhZGIzM2Y")));
+  std::ifstream in(result);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EXPECT_THAT(ss.str(), HasSubstr("\"V\":\"**************\""));
+  EXPECT_THAT(ss.str(), Not(HasSubstr(token)));
+}
+
 TEST_F(DelegateBinaryTest, SigtermDuringAStageDrainsThenCleansUp) {
   const std::string pidfile = dir_ + "/step.pid";
   const std::string file = Write(

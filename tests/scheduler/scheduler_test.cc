@@ -715,6 +715,35 @@ TEST_F(SchedulerTest, FedStepsAreMaskedAndCheckedAsTheyArrive) {
               ElementsAre("init:txn", "exec:txn:a", "cleanup:txn"));
 }
 
+TEST_F(SchedulerTest, DelegateCredentialsAreMaskedInEveryStage) {
+  SchedulerOptions options;
+  options.registry = &registry_;
+  options.clock = &clock_;
+  options.masked_values = {"delegate-tok-123"};
+  Scheduler scheduler(options);
+  // The stage has no secrets of its own: the value reached it some other
+  // way (pasted into its env, read from the delegate's /proc entry).
+  StageResult r = Run(scheduler, "t1",
+                      MakeStage({MakeStep("a", "say:got delegate-tok-123"),
+                                 MakeStep("b", "output:T=delegate-tok-123"),
+                                 MakeStep("c", "error:bad delegate-tok-123")}))
+                      .get();
+  EXPECT_THAT(sink_.TextOf("a"), ElementsAre("got **************"));
+  EXPECT_EQ(r.steps[1].outputs.at("T"), "**************");
+  EXPECT_EQ(r.steps[2].error, "bad **************");
+  EXPECT_THAT(StageResultToJson(r), Not(HasSubstr("delegate-tok")));
+
+  FedStage fed = OpenFed(scheduler, &sink_, "txn");
+  ASSERT_TRUE(fed.initialized.get().ok());
+  StepResult said =
+      PushStep(*fed.feed, MakeStep("f", "say:fed delegate-tok-123"), {"xyz1"})
+          .get();
+  EXPECT_EQ(said.status, StepStatus::kSuccess);
+  EXPECT_THAT(sink_.TextOf("f"), ElementsAre("fed **************"));
+  EXPECT_TRUE(CloseFed(*fed.feed).get().ok());
+  EXPECT_THAT(sink_.All(), Not(HasSubstr("delegate-tok")));
+}
+
 TEST_F(SchedulerTest, CancelOfAFedStageStopsTheStepAndAnswersTheQueued) {
   auto scheduler = Make();
   FedStage fed = OpenFed(*scheduler, &sink_, "txn");

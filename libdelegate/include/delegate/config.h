@@ -72,6 +72,16 @@ struct DELEGATE_EXPORT DelegateConfig {
   // One line each, for the log: two aliases set to different values, and the
   // like. Never holds a value of the token.
   std::vector<std::string> warnings;
+  // The other credentials the delegate holds, from the variables it was
+  // loaded from: a password in the manager URL, the proxy password
+  // (PROXY_PASSWORD, or the one in HTTPS_PROXY/HTTP_PROXY),
+  // AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN.
+  std::vector<SecretString> credentials;
+
+  // Every value a stage's output must never show (SchedulerOptions::
+  // masked_values): the token as given and, when it is given base64-encoded,
+  // as decoded, then `credentials`.
+  std::vector<std::string> MaskedValues() const;
 
   // name = value lines for people; the token shows as "<set>" or "<unset>".
   std::string Dump() const;

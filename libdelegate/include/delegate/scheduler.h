@@ -41,6 +41,11 @@ struct SchedulerOptions {
   // Narrows what the platforms allow; every stage is checked against it
   // (with its platform's profile) before anything is created.
   OperatorPolicy policy;
+  // Masked in every stage's logs, errors, outputs and results, with their
+  // encoded forms, on top of each stage's own secrets: the credentials the
+  // delegate itself holds (DelegateConfig::MaskedValues()), which a step may
+  // still come by (a value pasted into a stage, a file it can read).
+  std::vector<std::string> masked_values;
   // An idle worker polls briefly for the next stage before it sleeps, which
   // saves both sides a futex wake when stages come in a tight stream from
   // one thread. Turn it off when the submitting side needs the CPU (a

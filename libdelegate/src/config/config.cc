@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -76,6 +77,11 @@ constexpr absl::string_view kProxyUrlNames[] = {"HTTPS_PROXY", "https_proxy",
                                                 "HTTP_PROXY", "http_proxy"};
 
 constexpr absl::string_view kDefaultSource = "default";
+
+// Credentials that are not settings of the delegate but that it holds (the
+// AWS SDKs' names): masked in stage output like the token.
+constexpr absl::string_view kCredentialVars[] = {"AWS_SECRET_ACCESS_KEY",
+                                                 "AWS_SESSION_TOKEN"};
 
 template <size_t N>
 using Names = const absl::string_view (&)[N];
@@ -335,6 +341,28 @@ std::string DelegateConfig::Dump() const {
   return out;
 }
 
+std::vector<std::string> DelegateConfig::MaskedValues() const {
+  std::vector<std::string> values;
+  if (!token.empty()) {
+    const std::string& raw = token.reveal();
+    values.push_back(raw);
+    // The Harness UI shows the token base64-encoded, the manager's protocol
+    // uses it decoded: mask both forms.
+    std::string decoded;
+    if (absl::Base64Unescape(Trim(raw), &decoded) && !decoded.empty()) {
+      bool printable = true;
+      for (char c : decoded) {
+        printable = printable && absl::ascii_isgraph(static_cast<unsigned char>(c));
+      }
+      if (printable) values.push_back(decoded);
+    }
+  }
+  for (const SecretString& c : credentials) {
+    if (!c.empty()) values.push_back(c.reveal());
+  }
+  return values;
+}
+
 absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
                                           const EnvMap& file, ConfigNeed need) {
   DelegateConfig cfg;
@@ -563,6 +591,18 @@ absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
         cfg.sources["proxy"] = std::string(var);
         break;
       }
+    }
+  }
+  const std::string* const urls[] = {&cfg.manager_url, &cfg.proxy.reveal()};
+  for (const std::string* url : urls) {
+    if (std::optional<std::string> pw = UrlPassword(*url);
+        pw.has_value() && !pw->empty()) {
+      cfg.credentials.push_back(SecretString(*std::move(pw)));
+    }
+  }
+  for (absl::string_view var : kCredentialVars) {
+    if (std::optional<std::string> v = Lookup(env, var)) {
+      cfg.credentials.push_back(SecretString(*std::move(v)));
     }
   }
   cfg.sources["no_proxy"] = std::string(kDefaultSource);

@@ -116,7 +116,8 @@ absl::StatusOr<Scheduler::Impl::EntryPtr> Scheduler::Impl::Check(
     return absl::InvalidArgumentError("task id must not be empty");
   }
   absl::StatusOr<PreparedStage> prepared =
-      PrepareStage(*options_.registry, std::move(task.stage), options_.policy);
+      PrepareStage(*options_.registry, std::move(task.stage), options_.policy,
+                   options_.masked_values);
   if (!prepared.ok()) return prepared.status();
   return std::make_shared<Entry>(std::move(task), *std::move(prepared));
 }

@@ -200,6 +200,8 @@ StepResult StageTransaction::RunFedStep(StageFeed::Pending& next,
   if (!next.masks.empty()) {
     std::vector<std::string> values = std::move(next.masks);
     for (const auto& [id, value] : stage_.secrets) values.push_back(value);
+    values.insert(values.end(), options_.masked_values.begin(),
+                  options_.masked_values.end());
     masker = std::make_shared<logs::SecretMasker>(values);
   }
   absl::Status checked = ResolveStage(view);

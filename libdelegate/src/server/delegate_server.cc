@@ -176,6 +176,9 @@ absl::Status DelegateServer::Run() {
   scheduling.delegate_name = config.name;
   scheduling.max_stages = config.max_stages;
   scheduling.policy = options_.policy;
+  // A step may come by the delegate's own credentials (a value pasted into
+  // a stage, a file it can read): they never reach a log.
+  scheduling.masked_values = config.MaskedValues();
   // Stages come from the network: its reader threads need the CPU more than
   // an idle worker needs to spin for the next stage.
   scheduling.spin_when_idle = false;

@@ -39,11 +39,11 @@ absl::Status CheckResolvedStage(const ExecutorRegistry& registry,
   return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
 }
 
-absl::StatusOr<PreparedStage> PrepareStage(const ExecutorRegistry& registry,
-                                           Stage stage,
-                                           const OperatorPolicy& policy) {
+absl::StatusOr<PreparedStage> PrepareStage(
+    const ExecutorRegistry& registry, Stage stage, const OperatorPolicy& policy,
+    const std::vector<std::string>& masked_values) {
   PreparedStage prepared;
-  prepared.masker = MaskerFor(stage);
+  prepared.masker = MaskerFor(stage, masked_values);
   if (absl::Status s = ResolveStage(stage); !s.ok()) {
     return Masked(s, prepared.masker);
   }

@@ -5,6 +5,8 @@
 #define DELEGATE_STAGE_CHECK_H_
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -27,10 +29,11 @@ struct PreparedStage {
 
 // Resolves `stage`, then checks it (CheckResolvedStage) with a new executor
 // of its platform. InvalidArgument lists every problem, one per line, with
-// the stage's secret values masked.
-absl::StatusOr<PreparedStage> PrepareStage(const ExecutorRegistry& registry,
-                                           Stage stage,
-                                           const OperatorPolicy& policy);
+// the stage's secret values and `masked_values` masked; the masker masks
+// both.
+absl::StatusOr<PreparedStage> PrepareStage(
+    const ExecutorRegistry& registry, Stage stage, const OperatorPolicy& policy,
+    const std::vector<std::string>& masked_values = {});
 
 // `resolved` (secrets substituted) against its platform's registered
 // profile, the rules common to every platform and `policy`, then

@@ -174,8 +174,10 @@ absl::Status ResolveStage(Stage& stage) {
   return absl::OkStatus();
 }
 
-std::shared_ptr<const logs::SecretMasker> MaskerFor(const Stage& stage) {
+std::shared_ptr<const logs::SecretMasker> MaskerFor(
+    const Stage& stage, const std::vector<std::string>& more) {
   std::vector<std::string> values = SecretValues(stage);
+  values.insert(values.end(), more.begin(), more.end());
   if (values.empty()) return nullptr;
   return std::make_shared<logs::SecretMasker>(values);
 }

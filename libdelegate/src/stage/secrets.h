@@ -34,8 +34,10 @@ absl::StatusOr<std::string> SubstituteSecrets(
 // secret it names).
 std::vector<std::string> SecretValues(const Stage& stage);
 
-// A masker of SecretValues(stage), or null when there are none.
-std::shared_ptr<const logs::SecretMasker> MaskerFor(const Stage& stage);
+// A masker of SecretValues(stage) and `more` (the delegate's own
+// credentials), or null when there are none.
+std::shared_ptr<const logs::SecretMasker> MaskerFor(
+    const Stage& stage, const std::vector<std::string>& more = {});
 
 // Turns `stage` into what executors see: in every step, the stage env merged
 // under the step's envs, and secrets substituted in envs, commands, entrypoint

@@ -1,7 +1,9 @@
-// Percent-encoding for URL paths and query values.
+// Percent-encoding for URL paths and query values, and the user info of a
+// URL (which may hold a password).
 #ifndef DELEGATE_UTIL_URL_H_
 #define DELEGATE_UTIL_URL_H_
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -10,6 +12,11 @@ namespace delegate {
 // Percent-encodes everything but RFC 3986 unreserved characters and those
 // in `keep` (e.g. "/" for a path).
 std::string UrlEncode(std::string_view s, std::string_view keep = "");
+
+// The password in `url`'s user info ("scheme://user:PASSWORD@host/..."),
+// percent-decoded; nullopt when there is none. A URL without "scheme://" is
+// read as starting with its authority ("user:pw@host:port").
+std::optional<std::string> UrlPassword(std::string_view url);
 
 }  // namespace delegate
 
