@@ -455,6 +455,21 @@ TEST(DumpTest, ShowsEachSettingWithSource) {
   EXPECT_EQ(std::count(dump.begin(), dump.end(), '\n'), 18);
 }
 
+TEST(DumpTest, PasswordInTheManagerUrlIsStarred) {
+  EnvMap env = ServerEnv();
+  env["HARNESS_URL"] = "http://user:pw-Zq81@manager.local:8080/";
+  DelegateConfig cfg = LoadOk(env, {}, ConfigNeed::kServer);
+  EXPECT_EQ(cfg.manager_url, "http://user:pw-Zq81@manager.local:8080");
+  EXPECT_THAT(cfg.Dump(),
+              HasSubstr("manager_url = http://user:***@manager.local:8080 "
+                        "(HARNESS_URL)\n"));
+  EXPECT_THAT(cfg.Dump(), Not(HasSubstr("pw-Zq81")));
+  env["HARNESS_URL"] = "ftp://user:pw-Zq81@manager.local";
+  std::string error = LoadError(env, {}, ConfigNeed::kServer);
+  EXPECT_THAT(error, HasSubstr("ftp://user:***@manager.local"));
+  EXPECT_THAT(error, Not(HasSubstr("pw-Zq81")));
+}
+
 TEST(ServerSettingsTest, ProxyFromTheProxyKeysKeepsThePasswordSecret) {
   EnvMap env = ServerEnv();
   env["PROXY_HOST"] = "proxy.corp";

@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "http/http_server.h"
 #include "rapidjson/document.h"
 #include "tests/fakes/delegate_process.h"
 
@@ -214,6 +215,33 @@ steps:
   ss << in.rdbuf();
   EXPECT_THAT(ss.str(), HasSubstr("\"V\":\"**************\""));
   EXPECT_THAT(ss.str(), Not(HasSubstr(token)));
+}
+
+TEST_F(DelegateBinaryTest, PasswordInTheManagerUrlIsStarredInConfigAndLog) {
+  // A manager that refuses the token: the server logs "connecting", then
+  // gives up at once.
+  auto manager = delegate::http::HttpServer::Start(
+      {}, [](const delegate::http::ServerRequest&) {
+        delegate::http::ServerResponse resp;
+        resp.status = 401;
+        return resp;
+      });
+  ASSERT_TRUE(manager.ok()) << manager.status();
+  std::string url = (*manager)->url();
+  url.insert(url.find("://") + 3, "user:url-pw-5150@");
+  const std::vector<std::string> env = {
+      "HARNESS_URL=" + url, "HARNESS_ACCOUNT_ID=acct1",
+      "HARNESS_TOKEN=d3adb33fd3adb33fd3adb33fd3adb33f",
+      "HTTPS_BIND=127.0.0.1:0"};
+  Outcome dump = Run({"config"}, env);
+  EXPECT_EQ(dump.exit_code, 0) << dump.out;
+  EXPECT_THAT(dump.out, HasSubstr("manager_url = http://user:***@"));
+  EXPECT_THAT(dump.out, Not(HasSubstr("url-pw-5150")));
+  Outcome served = Run({"server"}, env);
+  EXPECT_EQ(served.exit_code, 1) << served.out;
+  EXPECT_THAT(served.out, HasSubstr("connecting"));
+  EXPECT_THAT(served.out, HasSubstr("user:***@"));
+  EXPECT_THAT(served.out, Not(HasSubstr("url-pw-5150")));
 }
 
 TEST_F(DelegateBinaryTest, SigtermDuringAStageDrainsThenCleansUp) {

@@ -320,7 +320,7 @@ std::string DelegateConfig::Dump() const {
   std::string out;
   out += line("account_id", text(account_id));
   out += line("token", token.empty() ? "<unset>" : "<set>");
-  out += line("manager_url", text(manager_url));
+  out += line("manager_url", text(RedactUrl(manager_url)));
   out += line("name", text(name));
   out += line("tags", tags_text);
   out += line("max_stages", max_stages.has_value() ? absl::StrCat(*max_stages)
@@ -418,7 +418,7 @@ absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
     if (!IsManagerUrl(trimmed)) {
       return absl::InvalidArgumentError(absl::StrCat(
           url.source, ": expected a URL like https://app.harness.io, got '",
-          Shown(url.value, secret), "'"));
+          Shown(RedactUrl(url.value), secret), "'"));
     }
     cfg.manager_url = std::string(trimmed);
   } else if (need == ConfigNeed::kServer) {

@@ -76,4 +76,13 @@ std::optional<std::string> UrlPassword(std::string_view url) {
   return PercentDecoded(url.substr(span.begin, span.end - span.begin));
 }
 
+std::string RedactUrl(std::string_view url) {
+  const PasswordSpan span = FindPassword(url);
+  if (span.begin == std::string_view::npos) return std::string(url);
+  std::string out(url.substr(0, span.begin));
+  out += "***";
+  out += url.substr(span.end);
+  return out;
+}
+
 }  // namespace delegate

@@ -18,6 +18,10 @@ std::string UrlEncode(std::string_view s, std::string_view keep = "");
 // read as starting with its authority ("user:pw@host:port").
 std::optional<std::string> UrlPassword(std::string_view url);
 
+// `url` fit to print: the password of its user info replaced by "***"
+// ("https://user:***@host/path"); everything else as it is.
+std::string RedactUrl(std::string_view url);
+
 }  // namespace delegate
 
 #endif  // DELEGATE_UTIL_URL_H_

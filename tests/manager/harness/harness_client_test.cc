@@ -111,6 +111,18 @@ TEST_F(HarnessClientTest, RefusedCredentialsNameWhatToCheckAndAreNotRetried) {
   EXPECT_THAT(s.message(), Not(HasSubstr(kToken)));
 }
 
+TEST_F(HarnessClientTest, HttpErrorsNameTheManagerUrlWithoutItsPassword) {
+  FakeManager m(404, R"({"message":"gone"})");
+  std::string url = m.server->url();
+  url.insert(url.find("://") + 3, "user:url-pw-77@");
+  HarnessClient client(url, "acct 1", SecretString(kToken), Transport{},
+                       http_, Clock::Real());
+  absl::Status s = client.Heartbeat({});
+  EXPECT_TRUE(absl::IsNotFound(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("user:***@"));
+  EXPECT_THAT(s.message(), Not(HasSubstr("url-pw-77")));
+}
+
 TEST_F(HarnessClientTest, ServerErrorsAreRetriedWithBackoffUntilTheBudget) {
   FakeManager m(503);
   auto client = Client(m);

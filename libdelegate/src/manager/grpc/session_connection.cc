@@ -40,6 +40,7 @@
 #include "stage/result.h"
 #include "util/files.h"
 #include "util/strings.h"
+#include "util/url.h"
 
 namespace delegate {
 namespace grpcv1 {
@@ -317,7 +318,7 @@ class SessionConnection::RunObserver final : public StageObserver {
 absl::Status SessionConnection::Run() {
   Dial();
 
-  env_.log.Info("connecting", {{"manager", env_.address},
+  env_.log.Info("connecting", {{"manager", RedactUrl(env_.address)},
                                {"protocol", "delegate.v1.DelegateSession"},
                                {"name", env_.config.name}});
   std::thread ticker([this] { TickerLoop(); });
@@ -357,7 +358,7 @@ absl::Status SessionConnection::Run() {
       if (!outage_logged) {
         outage_logged = true;
         env_.log.Warn("manager unreachable; retrying with backoff",
-                      {{"manager", env_.address}, {"error", last_error_}});
+                      {{"manager", RedactUrl(env_.address)}, {"error", last_error_}});
       }
     }
     // Wait out the backoff; leases still run down meanwhile.
@@ -372,7 +373,7 @@ absl::Status SessionConnection::Run() {
     if (DrainedLocked()) break;
     backoff = std::min(backoff * 2, kMaxBackoff);
   }
-  env_.log.Info("disconnected: drained", {{"manager", env_.address}});
+  env_.log.Info("disconnected: drained", {{"manager", RedactUrl(env_.address)}});
   StopStages();
   return absl::OkStatus();
 }
@@ -444,7 +445,7 @@ absl::Status SessionConnection::Session(bool* established) {
     context.TryCancel();
     (void)end_stream();
     env_.log.Warn("the manager's first message was not HelloAck; retrying",
-                  {{"manager", env_.address}});
+                  {{"manager", RedactUrl(env_.address)}});
     return absl::OkStatus();
   }
 
@@ -466,7 +467,7 @@ absl::Status SessionConnection::Session(bool* established) {
     next_scan_ = now;
     *established = true;
     env_.metrics.Set("delegate_session_connected", Labels(), 1);
-    env_.log.Info("connected", {{"manager", env_.address},
+    env_.log.Info("connected", {{"manager", RedactUrl(env_.address)},
                                 {"session", ack.session_id()},
                                 {"resumed", absl::StrCat(ack.resumed_size())},
                                 {"name", env_.config.name}});
@@ -506,7 +507,7 @@ absl::Status SessionConnection::Session(bool* established) {
   absl::MutexLock lock(&mu_);
   if (!closing_) {
     env_.log.Warn("disconnected; reconnecting",
-                  {{"manager", env_.address},
+                  {{"manager", RedactUrl(env_.address)},
                    {"status", status.error_message().empty()
                                   ? std::string("the stream ended")
                                   : status.error_message()}});
@@ -560,7 +561,7 @@ void SessionConnection::WriterLoop(Stream* stream,
     }
     if (writes_done) {
       env_.log.Info("drained: closing the session",
-                    {{"manager", env_.address}});
+                    {{"manager", RedactUrl(env_.address)}});
       stream->WritesDone();
       return;
     }
@@ -608,7 +609,7 @@ void SessionConnection::TickerLoop() {
           why = "the manager did not end the closed session";
         }
         if (why != nullptr) {
-          env_.log.Warn(why, {{"manager", env_.address}});
+          env_.log.Warn(why, {{"manager", RedactUrl(env_.address)}});
           context_->TryCancel();
           context_ = nullptr;  // once per stream
         }

@@ -77,8 +77,9 @@ absl::StatusOr<std::string> HarnessClient::Call(
   const int code = resp->status;
   if (code == 204) return std::string();
   if (code >= 200 && code < 300) return std::move(resp->body);
-  const std::string where = absl::StrCat(AbslView(what), ": ", manager_url_,
-                                         path, " answered HTTP ", code);
+  const std::string where =
+      absl::StrCat(AbslView(what), ": ", RedactUrl(manager_url_), path,
+                   " answered HTTP ", code);
   if (code == 401 || code == 403) {
     const std::string msg = absl::StrCat(
         where,

@@ -26,6 +26,7 @@
 #include "manager/harness/registrar.h"
 #include "manager/harness/stage_transactions.h"
 #include "manager/harness/token.h"
+#include "util/url.h"
 
 namespace delegate {
 namespace harness {
@@ -139,7 +140,7 @@ absl::Status HarnessConnection::Run() {
                                       token_, *transport, http_, env_.clock);
   logs_ = std::make_unique<LogService>(http_, *transport, env_.log);
 
-  env_.log.Info("connecting", {{"manager", manager_url_},
+  env_.log.Info("connecting", {{"manager", RedactUrl(manager_url_)},
                                {"account_id", env_.config.account_id},
                                {"name", env_.config.name}});
   if (absl::Status s =
@@ -153,7 +154,7 @@ absl::Status HarnessConnection::Run() {
     return s;
   }
   env_.log.Info("connected", {{"delegate_id", registrar_.delegate_id()},
-                              {"manager", manager_url_},
+                              {"manager", RedactUrl(manager_url_)},
                               {"name", env_.config.name},
                               {"tags", absl::StrJoin(env_.config.tags, ",")}});
 

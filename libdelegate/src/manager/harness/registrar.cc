@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "delegate/version.h"
 #include "util/env.h"
+#include "util/url.h"
 
 namespace delegate::harness {
 namespace {
@@ -138,7 +139,7 @@ void Registrar::HeartbeatLoop(HarnessClient& client,
       s = Register(client, draining);
       if (s.ok()) {
         log_.Info("connected", {{"delegate_id", delegate_id()},
-                                {"manager", client.manager_url()}});
+                                {"manager", RedactUrl(client.manager_url())}});
         // A manager that forgot this delegate forgot its stages too: no step
         // or cleanup of theirs will come.
         if (delegate_id() != old_id) forgotten();
