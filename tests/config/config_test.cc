@@ -643,6 +643,21 @@ TEST(MaskedValuesTest, PasswordOfAConventionalProxyUrlIsMasked) {
   EXPECT_THAT(LoadOk({}).MaskedValues(), IsEmpty());
 }
 
+TEST(LoadConfigTest, RelativePathSettingsAreMadeAbsolute) {
+  char cwd[4096];
+  ASSERT_NE(getcwd(cwd, sizeof(cwd)), nullptr);
+  const std::string here = cwd;
+  DelegateConfig cfg = LoadOk({{"HARNESS_WORKDIR", "./work/../w"},
+                               {"HARNESS_CERTS_DIR", "certs"},
+                               {"HARNESS_CLIENT_CERT_FILE", "tls/c.pem"},
+                               {"HARNESS_CLIENT_KEY_FILE", "/abs/k.pem"}});
+  EXPECT_EQ(cfg.workdir, here + "/w");
+  EXPECT_EQ(cfg.certs_dir, here + "/certs");
+  EXPECT_EQ(cfg.client_cert_file, here + "/tls/c.pem");
+  EXPECT_EQ(cfg.client_key_file, "/abs/k.pem");
+  EXPECT_THAT(cfg.Dump(), HasSubstr("workdir = " + here + "/w (HARNESS_WORKDIR)"));
+}
+
 TEST(ReadEnvFileTest, PlainLinesBlanksAndComments) {
   EnvMap env = ReadOk("plain.env",
                       "# a comment\n"

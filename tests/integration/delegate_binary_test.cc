@@ -244,6 +244,49 @@ TEST_F(DelegateBinaryTest, PasswordInTheManagerUrlIsStarredInConfigAndLog) {
   EXPECT_THAT(served.out, Not(HasSubstr("url-pw-5150")));
 }
 
+TEST_F(DelegateBinaryTest, RelativeWorkdirIsMadeAbsoluteAndHostStepsRun) {
+  const std::string file = Write("rel.yaml", R"(name: rel
+steps:
+  - id: out
+    working_dir: sub
+    commands:
+      - echo "V=ok" >> "$HARNESS_OUTPUT_FILE"
+      - echo "W=$PWD" >> $DRONE_OUTPUT
+    outputs: [V, W]
+)");
+  const std::string result = dir_ + "/r.json";
+  // The delegate started in dir_, with HARNESS_WORKDIR relative to it.
+  char cwd[4096];
+  ASSERT_NE(getcwd(cwd, sizeof(cwd)), nullptr);
+  ASSERT_EQ(chdir(dir_.c_str()), 0);
+  Outcome config, ran;
+  {
+    DelegateProcess child({"config"}, {"HARNESS_WORKDIR=./rel/../work"},
+                          dir_ + "/log");
+    config = child.Wait();
+  }
+  {
+    DelegateProcess child({"exec", file, "--result", result},
+                          {"HARNESS_WORKDIR=work"}, dir_ + "/log");
+    ran = child.Wait();
+  }
+  ASSERT_EQ(chdir(cwd), 0);
+  const std::string absolute = fs::path(dir_ + "/work").lexically_normal();
+  EXPECT_THAT(config.out,
+              HasSubstr("workdir = " + absolute + " (HARNESS_WORKDIR)\n"));
+  EXPECT_EQ(ran.exit_code, 0) << ran.out;
+  std::ifstream in(result);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  rapidjson::Document doc;
+  doc.Parse(ss.str().c_str());
+  ASSERT_FALSE(doc.HasParseError()) << ss.str();
+  EXPECT_STREQ(doc["steps"][0]["outputs"]["V"].GetString(), "ok");
+  EXPECT_TRUE(absl::StartsWith(doc["steps"][0]["outputs"]["W"].GetString(),
+                               absolute + "/"));
+  EXPECT_EQ(StageDirs(), 0u);
+}
+
 TEST_F(DelegateBinaryTest, SigtermDuringAStageDrainsThenCleansUp) {
   const std::string pidfile = dir_ + "/step.pid";
   const std::string file = Write(

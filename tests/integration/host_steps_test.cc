@@ -163,6 +163,29 @@ TEST_F(HostStepsTest, RunsStepsInOneWorkspaceAndReturnsOutputs) {
   EXPECT_EQ(Leftovers(), 0u) << "the stage directory outlived cleanup";
 }
 
+TEST_F(HostStepsTest, RelativeWorkdirOfAnEmbedderStillRunsSteps) {
+  // A second registry, whose host workdir is relative to the current
+  // directory; steps run in their workspace, elsewhere.
+  const std::string relative =
+      fs::relative(workdir_, fs::current_path()).string();
+  ASSERT_FALSE(fs::path(relative).is_absolute());
+  ExecutorRegistry registry;
+  HostExecutorOptions options;
+  options.workdir = relative;
+  ASSERT_TRUE(RegisterHostExecutor(registry, options).ok());
+  SchedulerOptions sched;
+  sched.registry = &registry;
+  Scheduler scheduler(sched);
+  RecordingLogSink sink;
+  lines_ = &sink;
+  Stage stage = Commands({{"mkdir -p d && cd d",
+                           "echo V=1 >> $HARNESS_OUTPUT_FILE"}});
+  stage.steps[0].outputs = {"V"};
+  StageResult r = Submit(scheduler, "t", stage).get();
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  EXPECT_EQ(r.steps[0].outputs.at("V"), "1");
+}
+
 TEST_F(HostStepsTest, StopsAtTheFirstFailingCommand) {
   RecordingLogSink sink;
   auto scheduler = Make(sink);

@@ -46,6 +46,9 @@ struct DELEGATE_EXPORT DelegateConfig {
   // SIGTERM to SIGKILL on a timed out or cancelled host step.
   absl::Duration cleanup_grace_period = absl::Seconds(10);
   // Root under which stage workspaces are made; empty: $TMPDIR or /tmp.
+  // LoadConfig makes this and every other path setting (certs_dir,
+  // client_cert_file, client_key_file) absolute against the current
+  // directory, as steps run in their own workspace.
   std::string workdir;
   // After SIGTERM, once the running stages are done: how long to stay
   // registered with nothing to do before unregistering and exiting.

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <iterator>
 #include <limits>
 #include <optional>
@@ -274,6 +275,21 @@ std::string FormatSeconds(absl::Duration d) {
   return absl::FormatDuration(d);
 }
 
+// A path setting made absolute against the current directory, so that it
+// means the same wherever it is used (host steps run in their own workspace).
+absl::StatusOr<std::string> AbsolutePath(absl::string_view var,
+                                         const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(var, ": cannot make '", EscapeControl(path),
+                     "' absolute: ", ec.message(),
+                     "; give an absolute path"));
+  }
+  return absolute.lexically_normal().string();
+}
+
 // Every variable LoadConfig reads, for the "blank in the process environment
 // hides the env file's value" warning.
 std::vector<absl::string_view> AllConfigVariables() {
@@ -490,7 +506,9 @@ absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
 
   cfg.sources["workdir"] = std::string(kDefaultSource);
   if (std::optional<std::string> v = Lookup(env, kWorkdirVar)) {
-    cfg.workdir = *v;
+    absl::StatusOr<std::string> path = AbsolutePath(kWorkdirVar, *v);
+    if (!path.ok()) return path.status();
+    cfg.workdir = *std::move(path);
     cfg.sources["workdir"] = std::string(kWorkdirVar);
   }
 
@@ -542,7 +560,9 @@ absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
         std::tuple{kClientKeyVar, &cfg.client_key_file, "client_key_file"}}) {
     cfg.sources[key] = std::string(kDefaultSource);
     if (std::optional<std::string> v = Lookup(env, var)) {
-      *field = *v;
+      absl::StatusOr<std::string> path = AbsolutePath(var, *v);
+      if (!path.ok()) return path.status();
+      *field = *std::move(path);
       cfg.sources[key] = std::string(var);
     }
   }

@@ -126,6 +126,11 @@ absl::Status HostExecutor::Initialize(const StageContext& ctx) {
     root = tmp && *tmp ? tmp : "/tmp";
   }
   std::error_code ec;
+  // Steps run in their workspace, not in the delegate's directory: every
+  // path handed to them (output file, script) must be absolute.
+  if (fs::path absolute = fs::absolute(root, ec); !ec) {
+    root = absolute.lexically_normal().string();
+  }
   fs::create_directories(root, ec);
   std::string pattern =
       (fs::path(root) / ("delegate-" + SafeFileName(ctx.task_id) + "-XXXXXX"))
