@@ -744,6 +744,31 @@ TEST_F(SchedulerTest, DelegateCredentialsAreMaskedInEveryStage) {
   EXPECT_THAT(sink_.All(), Not(HasSubstr("delegate-tok")));
 }
 
+TEST_F(SchedulerTest, DuplicateStepIdsAreRefusedNamingTheId) {
+  auto scheduler = Make();
+  StageTask task;
+  task.id = "t1";
+  task.stage = MakeStage(
+      {MakeStep("build", "ok"), MakeStep("test", "ok"), MakeStep("build", "ok")});
+  absl::Status refused = scheduler->Submit(std::move(task));
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  EXPECT_THAT(refused.message(),
+              HasSubstr("steps[2].id: duplicate step id 'build' (first at "
+                        "steps[0])"));
+  EXPECT_TRUE(journal_.Calls().empty());
+
+  FedStage fed = OpenFed(*scheduler, &sink_, "txn");
+  ASSERT_TRUE(fed.initialized.get().ok());
+  EXPECT_EQ(PushStep(*fed.feed, MakeStep("a", "ok")).get().status,
+            StepStatus::kSuccess);
+  StepResult again = PushStep(*fed.feed, MakeStep("a", "ok")).get();
+  EXPECT_EQ(again.status, StepStatus::kFailure);
+  EXPECT_THAT(again.error, HasSubstr("duplicate step id 'a'"));
+  EXPECT_TRUE(CloseFed(*fed.feed).get().ok());
+  EXPECT_THAT(journal_.Calls(),
+              ElementsAre("init:txn", "exec:txn:a", "cleanup:txn"));
+}
+
 TEST_F(SchedulerTest, CancelOfAFedStageStopsTheStepAndAnswersTheQueued) {
   auto scheduler = Make();
   FedStage fed = OpenFed(*scheduler, &sink_, "txn");

@@ -209,6 +209,15 @@ StepResult StageTransaction::RunFedStep(StageFeed::Pending& next,
     checked = CheckResolvedStage(*options_.registry, &executor_, view,
                                  options_.policy);
   }
+  // The earlier steps of the stage are in result_: a fed step may not reuse
+  // one's id, as whole stages may not.
+  for (size_t k = 0; checked.ok() && k < result_.steps.size(); ++k) {
+    if (result_.steps[k].id == view.steps[0].id) {
+      checked = absl::InvalidArgumentError(absl::StrCat(
+          "steps[", index, "].id: duplicate step id '", view.steps[0].id,
+          "' (first at steps[", k, "])"));
+    }
+  }
   if (checked.ok()) return RunStep(view.steps[0], index, masker);
   StepResult r;
   r.id = view.steps[0].id;

@@ -1,6 +1,8 @@
 #include "stage/check.h"
 
+#include <map>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -24,6 +26,17 @@ absl::Status CheckResolvedStage(const ExecutorRegistry& registry,
                                 Executor* executor, const Stage& resolved,
                                 const OperatorPolicy& policy) {
   std::vector<std::string> problems;
+  // Results, logs and outputs are keyed by step id: a repeated one would mix
+  // two steps' (stage files are refused earlier, with the file's lines).
+  std::map<std::string_view, size_t> first_index;
+  for (size_t i = 0; i < resolved.steps.size(); ++i) {
+    const std::string& id = resolved.steps[i].id;
+    if (auto [it, inserted] = first_index.emplace(id, i); !inserted) {
+      problems.push_back(absl::StrCat("steps[", i, "].id: duplicate step id '",
+                                      id, "' (first at steps[", it->second,
+                                      "])"));
+    }
+  }
   for (const PolicyViolation& v : CheckStagePolicy(
            resolved, policy, registry.Profile(resolved.platform))) {
     problems.push_back(v.ToString());

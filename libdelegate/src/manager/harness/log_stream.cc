@@ -214,10 +214,10 @@ void LogService::FlusherLoop() {
   }
 }
 
-void StageLogRouter::Route(const std::string& step_id,
+bool StageLogRouter::Route(const std::string& step_id,
                            std::shared_ptr<LogServiceStream> stream) {
   absl::MutexLock lock(&mu_);
-  routes_[step_id] = std::move(stream);
+  return routes_.try_emplace(step_id, std::move(stream)).second;
 }
 
 std::shared_ptr<LogServiceStream> StageLogRouter::Unroute(

@@ -107,7 +107,9 @@ class StageLogRouter {
  public:
   // REQUIRES: `fallback` outlives the router.
   explicit StageLogRouter(LogSink& fallback) : fallback_(fallback) {}
-  void Route(const std::string& step_id,
+  // False, and nothing changes, when `step_id` is routed already (a step id
+  // repeated while the first step runs).
+  bool Route(const std::string& step_id,
              std::shared_ptr<LogServiceStream> stream);
   // Stops routing the step and returns its stream (or nullptr).
   std::shared_ptr<LogServiceStream> Unroute(const std::string& step_id);

@@ -217,7 +217,16 @@ TaskAnswer StageTransactions::Execute(const TaskLogger& logger,
   std::vector<std::string> step_masks = p->masks;
   step_masks.insert(step_masks.end(), masks.begin(), masks.end());
   std::shared_ptr<LogServiceStream> log = OpenLog(logger);
-  if (log) observer->router.Route(p->step.id, log);
+  if (log && !observer->router.Route(p->step.id, log)) {
+    log->Close();
+    answer.ok = false;
+    answer.error = absl::StrCat("stage ", p->transaction_key,
+                                ": duplicate step id '", p->step.id,
+                                "': a step of that id is running");
+    failed.error = answer.error;
+    answer.data_json = ExecutionResponseData(failed);
+    return answer;
+  }
   auto promise = std::make_shared<std::promise<StepResult>>();
   std::future<StepResult> done = promise->get_future();
   const std::string step_id = p->step.id;
