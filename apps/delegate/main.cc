@@ -21,6 +21,7 @@
 #include "delegate/builtins.h"
 #include "delegate/config.h"
 #include "delegate/console_log_sink.h"
+#include "delegate/env.h"
 #include "delegate/event_log.h"
 #include "delegate/manager.h"
 #include "delegate/policy.h"
@@ -191,7 +192,12 @@ absl::StatusOr<delegate::DelegateConfig> Configure(const Args& args,
     if (!read.ok()) return read.status();
     file = *std::move(read);
   }
-  return delegate::LoadConfig(delegate::ProcessEnvironment(), file, need);
+  absl::StatusOr<delegate::DelegateConfig> config =
+      delegate::LoadConfig(delegate::ProcessEnvironment(), file, need);
+  // The token is in the configuration now: no one reads it from this
+  // process's environment again, neither getenv nor /proc/<pid>/environ.
+  delegate::ScrubEnvironment(delegate::TokenVariables());
+  return config;
 }
 
 absl::Status WriteFileAtomically(const std::string& path,

@@ -658,6 +658,50 @@ TEST(LoadConfigTest, RelativePathSettingsAreMadeAbsolute) {
   EXPECT_THAT(cfg.Dump(), HasSubstr("workdir = " + here + "/w (HARNESS_WORKDIR)"));
 }
 
+TEST(TokenFileTest, TokenIsReadFromTheFileWithTheNewlineTrimmed) {
+  const std::string path = WriteTempFile("token", std::string(kToken) + "\n");
+  DelegateConfig cfg = LoadOk({{"HARNESS_TOKEN_FILE", path},
+                               {"HARNESS_ACCOUNT_ID", "acc123"},
+                               {"HARNESS_URL", "https://app.harness.io"}},
+                              {}, ConfigNeed::kServer);
+  std::remove(path.c_str());
+  EXPECT_EQ(cfg.token.reveal(), kToken);
+  EXPECT_THAT(cfg.Dump(), HasSubstr("token = <set> (HARNESS_TOKEN_FILE)\n"));
+  EXPECT_THAT(cfg.MaskedValues(), ::testing::Contains(std::string(kToken)));
+}
+
+TEST(TokenFileTest, UnreadableOrEmptyFileNamesTheVariable) {
+  const std::string missing =
+      absl::StrCat(::testing::TempDir(), "/config_test_no_token_file");
+  std::string error = LoadError({{"HARNESS_TOKEN_FILE", missing}});
+  EXPECT_THAT(error, HasSubstr("HARNESS_TOKEN_FILE"));
+  EXPECT_THAT(error, HasSubstr(missing));
+  EXPECT_THAT(error, HasSubstr("No such file"));
+  const std::string empty = WriteTempFile("empty_token", "\n");
+  error = LoadError({{"HARNESS_TOKEN_FILE", empty}});
+  std::remove(empty.c_str());
+  EXPECT_THAT(error, HasSubstr("HARNESS_TOKEN_FILE"));
+  EXPECT_THAT(error, HasSubstr("empty"));
+}
+
+TEST(TokenFileTest, AVariableWinsOverTheFileWithAWarning) {
+  DelegateConfig cfg = LoadOk(
+      {{"TOKEN", kToken}, {"HARNESS_TOKEN_FILE", "/nonexistent/token"}});
+  EXPECT_EQ(cfg.token.reveal(), kToken);
+  EXPECT_THAT(cfg.warnings,
+              ElementsAre("TOKEN and HARNESS_TOKEN_FILE are both set; using "
+                          "TOKEN"));
+}
+
+TEST(ScrubEnvironmentTest, TokenVariablesLeaveEnvironAndTheProcEntry) {
+  ASSERT_EQ(setenv("DELEGATE_TOKEN", "scrub-me-Zq81", 1), 0);
+  EXPECT_EQ(ScrubEnvironment(TokenVariables()), 1);
+  EXPECT_EQ(getenv("DELEGATE_TOKEN"), nullptr);
+  EXPECT_FALSE(ProcessEnvironment().contains("DELEGATE_TOKEN"));
+  // The block /proc/<pid>/environ shows is checked on the binary
+  // (DelegateBinaryTest.StepCannotReadTheTokenFromTheDelegatesEnviron).
+}
+
 TEST(ReadEnvFileTest, PlainLinesBlanksAndComments) {
   EnvMap env = ReadOk("plain.env",
                       "# a comment\n"

@@ -287,6 +287,40 @@ steps:
   EXPECT_EQ(StageDirs(), 0u);
 }
 
+// A step that says whether the delegate's (its parent's) /proc entry is
+// readable and whether it holds `needle`; the needle never appears in the
+// step's own output, which is masked.
+std::string ProcProbeStage(const std::string& needle) {
+  return absl::StrCat(R"(name: probe
+steps:
+  - id: probe
+    commands:
+      - if cat /proc/$PPID/environ > env.bin 2>/dev/null; then echo READABLE; else echo DENIED; fi
+      - if grep -q -a ")",
+                      needle, R"(" env.bin 2>/dev/null; then echo FOUND; else echo ABSENT; fi
+)");
+}
+
+TEST_F(DelegateBinaryTest, StepCannotReadTheTokenFromTheDelegatesEnviron) {
+  const std::string token = "d3adb33fd3adb33fd3adb33fd3adb33f";
+  const std::string file = Write("probe.yaml", ProcProbeStage("d3adb33f"));
+  for (const std::string& var :
+       {"HARNESS_TOKEN", "TOKEN", "DELEGATE_TOKEN", "HARNESS_DELEGATE_TOKEN"}) {
+    Outcome o = Run({"exec", file}, {var + "=" + token});
+    EXPECT_EQ(o.exit_code, 0) << o.out;
+    // Run as root here, the step may read the entry; the token is gone.
+    EXPECT_THAT(o.out, HasSubstr("probe | ABSENT")) << var << "\n" << o.out;
+    EXPECT_THAT(o.out, Not(HasSubstr(token)));
+  }
+  // From a file, the token is never in the environment at all.
+  const std::string token_file = Write("token", token + "\n");
+  Outcome dump = Run({"config"}, {"HARNESS_TOKEN_FILE=" + token_file});
+  EXPECT_THAT(dump.out, HasSubstr("token = <set> (HARNESS_TOKEN_FILE)"));
+  Outcome bad = Run({"config"}, {"HARNESS_TOKEN_FILE=" + dir_ + "/nope"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.out, HasSubstr("HARNESS_TOKEN_FILE: cannot read the token"));
+}
+
 TEST_F(DelegateBinaryTest, SigtermDuringAStageDrainsThenCleansUp) {
   const std::string pidfile = dir_ + "/step.pid";
   const std::string file = Write(

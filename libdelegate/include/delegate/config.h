@@ -3,6 +3,7 @@
 #ifndef DELEGATE_CONFIG_H_
 #define DELEGATE_CONFIG_H_
 
+#include <cstddef>
 #include <map>
 #include <optional>
 #include <string>
@@ -98,7 +99,9 @@ enum class ConfigNeed {
 // Builds the configuration (see docs in README "Configuration"). Where several
 // names mean the same setting, the first that is set wins, in this order:
 //   account id  HARNESS_ACCOUNT_ID, ACCOUNT_ID
-//   token       HARNESS_TOKEN, TOKEN, DELEGATE_TOKEN, HARNESS_DELEGATE_TOKEN
+//   token       HARNESS_TOKEN, TOKEN, DELEGATE_TOKEN, HARNESS_DELEGATE_TOKEN,
+//               then the contents of the file HARNESS_TOKEN_FILE names
+//               (trailing whitespace trimmed)
 //   URL         HARNESS_URL, URL, MANAGER_HOST_AND_PORT
 //   name        HARNESS_NAME, NAME, DELEGATE_NAME
 //   tags        HARNESS_TAGS, TAGS, DELEGATE_TAGS
@@ -109,6 +112,10 @@ enum class ConfigNeed {
 DELEGATE_EXPORT absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
                                                           const EnvMap& file,
                                                           ConfigNeed need);
+
+// The variables that may carry the delegate token, for ScrubEnvironment
+// (env.h): HARNESS_TOKEN, TOKEN, DELEGATE_TOKEN, HARNESS_DELEGATE_TOKEN.
+DELEGATE_EXPORT std::vector<std::string> TokenVariables();
 
 }  // namespace delegate
 

@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "delegate/export.h"
@@ -17,6 +18,14 @@ using EnvMap = std::map<std::string, std::string, std::less<>>;
 
 // The process environment (environ) as a map.
 DELEGATE_EXPORT EnvMap ProcessEnvironment();
+
+// Removes `names` from this process's environment and overwrites their
+// values with NUL bytes where the kernel shows them (the block that
+// /proc/<pid>/environ reads) and in any copy environ points to, so that
+// neither getenv nor another process reading /proc sees them. Call it at
+// start-up, once the configuration is read and before threads are started
+// (like setenv, it is not thread-safe). Returns how many values it cleared.
+DELEGATE_EXPORT int ScrubEnvironment(const std::vector<std::string>& names);
 
 // Reads KEY=VALUE lines: blank lines and lines starting with '#' are skipped,
 // an optional leading "export " is dropped, values may be wrapped in single or

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <iterator>
 #include <limits>
@@ -56,6 +57,9 @@ constexpr absl::string_view kNameNames[] = {"HARNESS_NAME", "NAME",
 constexpr absl::string_view kTagsNames[] = {"HARNESS_TAGS", "TAGS",
                                             "DELEGATE_TAGS"};
 
+constexpr absl::string_view kTokenFileVar = "HARNESS_TOKEN_FILE";
+// A token file is a line; anything larger is the wrong file.
+constexpr size_t kMaxTokenFileBytes = 64 * 1024;
 constexpr absl::string_view kMaxStagesVar = "MAX_STAGES";
 constexpr absl::string_view kParallelWorkersVar = "PARALLEL_WORKERS";
 constexpr absl::string_view kPollIntervalVar = "POLL_INTERVAL_MILLISECS";
@@ -290,6 +294,40 @@ absl::StatusOr<std::string> AbsolutePath(absl::string_view var,
   return absolute.lexically_normal().string();
 }
 
+// The token from HARNESS_TOKEN_FILE: trailing whitespace (the newline an
+// editor adds) trimmed. Errors name the variable and the path, never the
+// content.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  auto fail = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kTokenFileVar, ": cannot read the token from '", EscapeControl(path),
+        "': ", why));
+  };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(std::strerror(errno));
+  std::string content;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      return fail(std::strerror(err));
+    }
+    if (n == 0) break;
+    content.append(buf, static_cast<size_t>(n));
+    if (content.size() > kMaxTokenFileBytes) {
+      ::close(fd);
+      return fail("larger than 64 KiB, not a token file");
+    }
+  }
+  ::close(fd);
+  absl::string_view token = absl::StripTrailingAsciiWhitespace(content);
+  if (token.empty()) return fail("the file is empty");
+  return std::string(token);
+}
+
 // Every variable LoadConfig reads, for the "blank in the process environment
 // hides the env file's value" warning.
 std::vector<absl::string_view> AllConfigVariables() {
@@ -302,7 +340,7 @@ std::vector<absl::string_view> AllConfigVariables() {
   for (auto v : kNoProxyNames) all.push_back(v);
   for (auto v : kProxyUrlNames) all.push_back(v);
   for (auto v :
-       {kMaxStagesVar, kParallelWorkersVar, kPollIntervalVar, kGracePeriodVar,
+       {kTokenFileVar, kMaxStagesVar, kParallelWorkersVar, kPollIntervalVar, kGracePeriodVar,
         kWorkdirVar, kIdleWaitVar, kOpsBindVar, kManagerTimeoutVar,
         kCertsDirVar, kClientCertVar, kClientKeyVar, kProxyHostVar,
         kProxyPortVar, kProxySchemeVar, kProxyUserVar, kProxyPasswordVar}) {
@@ -379,6 +417,12 @@ std::vector<std::string> DelegateConfig::MaskedValues() const {
   return values;
 }
 
+std::vector<std::string> TokenVariables() {
+  std::vector<std::string> names;
+  for (absl::string_view name : kTokenNames) names.emplace_back(name);
+  return names;
+}
+
 absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
                                           const EnvMap& file, ConfigNeed need) {
   DelegateConfig cfg;
@@ -402,6 +446,16 @@ absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
 
   // The token first: every later message is scrubbed of it.
   Pick token = PickAlias(env, kTokenNames, SameText, &warnings);
+  if (std::optional<std::string> path = Lookup(env, kTokenFileVar)) {
+    if (token.set()) {
+      warnings.push_back(absl::StrCat(token.source, " and ", kTokenFileVar,
+                                      " are both set; using ", token.source));
+    } else {
+      absl::StatusOr<std::string> read = ReadTokenFile(*path);
+      if (!read.ok()) return read.status();
+      token = Pick{std::string(kTokenFileVar), *std::move(read)};
+    }
+  }
   const std::string& secret = token.value;
   cfg.token = SecretString(token.value);
   cfg.sources["token"] = token.source;

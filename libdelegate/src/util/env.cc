@@ -4,10 +4,17 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "util/strings.h"
@@ -104,6 +111,80 @@ EnvMap ProcessEnvironment() {
                 std::string(entry.substr(eq + 1)));
   }
   return env;
+}
+
+namespace {
+
+// True when `entry` ("NAME=VALUE") names one of `names`; `value` is then
+// where its value starts.
+bool Names(const char* entry, const std::vector<std::string>& names,
+           char** value) {
+  for (const std::string& name : names) {
+    if (std::strncmp(entry, name.data(), name.size()) == 0 &&
+        entry[name.size()] == '=') {
+      *value = const_cast<char*>(entry) + name.size() + 1;
+      return true;
+    }
+  }
+  return false;
+}
+
+// The block the kernel shows as /proc/self/environ: [env_start, env_end),
+// fields 50 and 51 of /proc/self/stat (counted after the command name,
+// which may hold spaces and parentheses).
+bool EnvironBlock(uintptr_t* start, uintptr_t* end) {
+  std::ifstream in("/proc/self/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return false;
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return false;
+  std::vector<std::string> fields =
+      absl::StrSplit(stat.substr(paren + 2), ' ', absl::SkipEmpty());
+  // fields[0] is field 3 (state): field N is fields[N - 3].
+  if (fields.size() < 49) return false;
+  uint64_t s = 0, e = 0;
+  if (!absl::SimpleAtoi(fields[47], &s) || !absl::SimpleAtoi(fields[48], &e) ||
+      s == 0 || e <= s) {
+    return false;
+  }
+  *start = static_cast<uintptr_t>(s);
+  *end = static_cast<uintptr_t>(e);
+  return true;
+}
+
+}  // namespace
+
+int ScrubEnvironment(const std::vector<std::string>& names) {
+  int cleared = 0;
+  // The block the process started with: what /proc/<pid>/environ reads,
+  // whatever environ points to now.
+  uintptr_t start = 0, end = 0;
+  if (EnvironBlock(&start, &end)) {
+    char* p = reinterpret_cast<char*>(start);
+    char* const stop = reinterpret_cast<char*>(end);
+    while (p < stop) {
+      char* entry_end = static_cast<char*>(std::memchr(p, '\0', stop - p));
+      if (entry_end == nullptr) entry_end = stop;
+      char* value = nullptr;
+      if (Names(p, names, &value) && value < entry_end && *value != '\0') {
+        std::memset(value, 0, entry_end - value);
+        ++cleared;
+      }
+      p = entry_end + 1;
+    }
+  }
+  // Copies setenv/putenv made elsewhere, then the entries themselves.
+  if (environ != nullptr) {
+    for (char** e = environ; *e != nullptr; ++e) {
+      char* value = nullptr;
+      if (Names(*e, names, &value) && *value != '\0') {
+        std::memset(value, 0, std::strlen(value));
+        ++cleared;
+      }
+    }
+  }
+  for (const std::string& name : names) unsetenv(name.c_str());
+  return cleared;
 }
 
 absl::StatusOr<EnvMap> ReadEnvFile(const std::string& path) {
