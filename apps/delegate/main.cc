@@ -1,6 +1,7 @@
 // The `delegate` binary: flags and environment in, a runtime built from the
 // library, a stage run or checked, an exit code out.
 #include <signal.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -443,6 +444,11 @@ int Run(const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Not dumpable: /proc/<pid>/environ, mem, fd/ and the like belong to root,
+  // so a step running as the delegate's own (non-root) user cannot read its
+  // memory, token included. The price: no core dumps, and no ptrace by the
+  // same user (a debugger needs root or CAP_SYS_PTRACE).
+  prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   Args args;
   if (std::optional<int> code = ParseArgs(argc, argv, args)) return *code;
   return Run(args);

@@ -2,6 +2,7 @@
 // result file, signals.
 #include <fcntl.h>
 #include <signal.h>
+#include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -319,6 +320,39 @@ TEST_F(DelegateBinaryTest, StepCannotReadTheTokenFromTheDelegatesEnviron) {
   Outcome bad = Run({"config"}, {"HARNESS_TOKEN_FILE=" + dir_ + "/nope"});
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_THAT(bad.out, HasSubstr("HARNESS_TOKEN_FILE: cannot read the token"));
+}
+
+TEST_F(DelegateBinaryTest, StepOfTheSameUserCannotReadTheDelegatesProcEntries) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run the delegate as 65534";
+  const uid_t nobody = 65534;
+  const std::string file = Write("probe.yaml", ProcProbeStage("PATH="));
+  fs::permissions(dir_, fs::perms::all);
+  fs::permissions(dir_ + "/work", fs::perms::all);
+  const std::string log = dir_ + "/log";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    setenv("HARNESS_WORKDIR", (dir_ + "/work").c_str(), 1);
+    if (setgroups(0, nullptr) != 0 || setgid(nobody) != 0 ||
+        setuid(nobody) != 0) {
+      _exit(126);
+    }
+    execl(DELEGATE_BINARY, DELEGATE_BINARY, "exec", file.c_str(), nullptr);
+    _exit(127);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  std::ifstream in(log);
+  std::stringstream out;
+  out << in.rdbuf();
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << out.str();
+  // Same uid, but the delegate is not dumpable: its environ is root's.
+  EXPECT_THAT(out.str(), HasSubstr("probe | DENIED")) << out.str();
+  EXPECT_THAT(out.str(), HasSubstr("probe | ABSENT"));
 }
 
 TEST_F(DelegateBinaryTest, SigtermDuringAStageDrainsThenCleansUp) {
