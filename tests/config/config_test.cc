@@ -452,7 +452,7 @@ TEST(DumpTest, ShowsEachSettingWithSource) {
   EXPECT_THAT(dump, HasSubstr("ops_bind = :3000 (default)\n"));
   EXPECT_THAT(dump, HasSubstr("proxy = <unset> (default)\n"));
   // One line per setting.
-  EXPECT_EQ(std::count(dump.begin(), dump.end(), '\n'), 18);
+  EXPECT_EQ(std::count(dump.begin(), dump.end(), '\n'), 19);
 }
 
 TEST(DumpTest, PasswordInTheManagerUrlIsStarred) {
@@ -700,6 +700,16 @@ TEST(ScrubEnvironmentTest, TokenVariablesLeaveEnvironAndTheProcEntry) {
   EXPECT_FALSE(ProcessEnvironment().contains("DELEGATE_TOKEN"));
   // The block /proc/<pid>/environ shows is checked on the binary
   // (DelegateBinaryTest.StepCannotReadTheTokenFromTheDelegatesEnviron).
+}
+
+TEST(MaxTaskPayloadTest, DefaultAndSetting) {
+  EXPECT_EQ(LoadOk({}).max_task_payload_bytes, size_t{16} << 20);
+  EXPECT_EQ(LoadOk({{"DELEGATE_MAX_TASK_PAYLOAD_BYTES", "1048576"}})
+                .max_task_payload_bytes,
+            size_t{1} << 20);
+  EXPECT_THAT(LoadError({{"DELEGATE_MAX_TASK_PAYLOAD_BYTES", "12"}}),
+              HasSubstr("DELEGATE_MAX_TASK_PAYLOAD_BYTES: expected a number "
+                        "of bytes, 1024 or more, got '12'"));
 }
 
 TEST(ReadEnvFileTest, PlainLinesBlanksAndComments) {

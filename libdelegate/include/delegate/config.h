@@ -70,6 +70,10 @@ struct DELEGATE_EXPORT DelegateConfig {
   // hold a password.
   SecretString proxy;
   std::string no_proxy;
+  // The largest Harness task payload the delegate fetches
+  // (DELEGATE_MAX_TASK_PAYLOAD_BYTES); a larger one is answered FAILED
+  // without being read whole.
+  size_t max_task_payload_bytes = size_t{16} << 20;
   // Which variable each setting came from, for the dump ("HARNESS_NAME",
   // "default").
   std::map<std::string, std::string> sources;

@@ -58,6 +58,7 @@ constexpr absl::string_view kTagsNames[] = {"HARNESS_TAGS", "TAGS",
                                             "DELEGATE_TAGS"};
 
 constexpr absl::string_view kTokenFileVar = "HARNESS_TOKEN_FILE";
+constexpr absl::string_view kMaxPayloadVar = "DELEGATE_MAX_TASK_PAYLOAD_BYTES";
 // A token file is a line; anything larger is the wrong file.
 constexpr size_t kMaxTokenFileBytes = 64 * 1024;
 constexpr absl::string_view kMaxStagesVar = "MAX_STAGES";
@@ -340,7 +341,7 @@ std::vector<absl::string_view> AllConfigVariables() {
   for (auto v : kNoProxyNames) all.push_back(v);
   for (auto v : kProxyUrlNames) all.push_back(v);
   for (auto v :
-       {kTokenFileVar, kMaxStagesVar, kParallelWorkersVar, kPollIntervalVar, kGracePeriodVar,
+       {kTokenFileVar, kMaxPayloadVar, kMaxStagesVar, kParallelWorkersVar, kPollIntervalVar, kGracePeriodVar,
         kWorkdirVar, kIdleWaitVar, kOpsBindVar, kManagerTimeoutVar,
         kCertsDirVar, kClientCertVar, kClientKeyVar, kProxyHostVar,
         kProxyPortVar, kProxySchemeVar, kProxyUserVar, kProxyPasswordVar}) {
@@ -380,6 +381,7 @@ std::string DelegateConfig::Dump() const {
   out += line("max_stages", max_stages.has_value() ? absl::StrCat(*max_stages)
                                                    : std::string("unbounded"));
   out += line("parallel_workers", absl::StrCat(parallel_workers));
+  out += line("max_task_payload_bytes", absl::StrCat(max_task_payload_bytes));
   out += line("poll_interval", FormatSeconds(poll_interval));
   out += line("cleanup_grace_period", FormatSeconds(cleanup_grace_period));
   out += line("workdir", workdir.empty() ? std::string("$TMPDIR or /tmp")
@@ -518,6 +520,18 @@ absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
     }
     cfg.max_stages = *n;
     cfg.sources["max_stages"] = std::string(kMaxStagesVar);
+  }
+
+  cfg.sources["max_task_payload_bytes"] = std::string(kDefaultSource);
+  if (std::optional<std::string> v = Lookup(env, kMaxPayloadVar)) {
+    std::optional<int> n = ParseNonNegativeInt(*v);
+    if (!n.has_value() || *n < 1024) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kMaxPayloadVar, ": expected a number of bytes, 1024 or more, got '",
+          Shown(*v, secret), "'"));
+    }
+    cfg.max_task_payload_bytes = static_cast<size_t>(*n);
+    cfg.sources["max_task_payload_bytes"] = std::string(kMaxPayloadVar);
   }
 
   cfg.sources["parallel_workers"] = std::string(kDefaultSource);

@@ -123,6 +123,23 @@ TEST_F(HarnessClientTest, HttpErrorsNameTheManagerUrlWithoutItsPassword) {
   EXPECT_THAT(s.message(), Not(HasSubstr("url-pw-77")));
 }
 
+TEST_F(HarnessClientTest, APayloadOverTheLimitIsRefusedNamingTheLimit) {
+  FakeManager m(200, std::string(4096, 'x'));
+  Transport transport;
+  transport.max_task_payload_bytes = 2048;
+  HarnessClient client(m.server->url(), "acct 1", SecretString(kToken),
+                       transport, http_, Clock::Real());
+  absl::StatusOr<std::vector<TaskRequest>> got =
+      client.Acquire("t-1", "d-1", "my delegate");
+  ASSERT_FALSE(got.ok());
+  // InvalidArgument: the connection answers the task FAILED, and does not
+  // fetch it again.
+  EXPECT_TRUE(absl::IsInvalidArgument(got.status())) << got.status();
+  EXPECT_THAT(got.status().message(),
+              HasSubstr("larger than 2048 bytes, the limit "
+                        "DELEGATE_MAX_TASK_PAYLOAD_BYTES sets"));
+}
+
 TEST_F(HarnessClientTest, ServerErrorsAreRetriedWithBackoffUntilTheBudget) {
   FakeManager m(503);
   auto client = Client(m);

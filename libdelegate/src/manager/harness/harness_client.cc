@@ -35,6 +35,7 @@ absl::StatusOr<Transport> TransportFromConfig(const DelegateConfig& config) {
   t.proxy = config.proxy.reveal();
   t.no_proxy = config.no_proxy;
   t.max_timeout = config.manager_timeout;
+  t.max_task_payload_bytes = config.max_task_payload_bytes;
   return t;
 }
 
@@ -51,7 +52,7 @@ HarnessClient::HarnessClient(std::string manager_url, std::string account_id,
 absl::StatusOr<std::string> HarnessClient::Call(
     std::string_view what, std::string method,
     const std::string& path_and_query, std::string body,
-    absl::Duration timeout) {
+    absl::Duration timeout, size_t max_body_bytes) {
   absl::StatusOr<std::string> jwe = tokens_.Get();
   if (!jwe.ok()) return jwe.status();
   http::Request req;
@@ -67,6 +68,7 @@ absl::StatusOr<std::string> HarnessClient::Call(
   req.tls = transport_.tls;
   req.proxy = transport_.proxy;
   req.no_proxy = transport_.no_proxy;
+  req.max_body_bytes = max_body_bytes;
   const std::string path = path_and_query.substr(0, path_and_query.find('?'));
   absl::StatusOr<http::Response> resp = http_.Perform(req);
   if (!resp.ok()) {
@@ -159,7 +161,15 @@ absl::StatusOr<std::vector<TaskRequest>> HarnessClient::Acquire(
                         "/request?delegateId=", Enc(delegate_id),
                         "&accountId=", Enc(account_id_), "&delegateInstanceId=",
                         Enc(delegate_id), "&delegateName=", Enc(delegate_name)),
-           "", absl::Seconds(30));
+           "", absl::Seconds(30), transport_.max_task_payload_bytes);
+  if (absl::IsResourceExhausted(body.status())) {
+    // Not read any further, and not fetched again: the connection answers
+    // the task FAILED with this.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the task's payload is larger than ",
+        transport_.max_task_payload_bytes,
+        " bytes, the limit DELEGATE_MAX_TASK_PAYLOAD_BYTES sets"));
+  }
   if (!body.ok()) return body.status();
   return ParseAcquireResponse(*body);
 }

@@ -31,6 +31,10 @@ struct Transport {
   std::string no_proxy;
   // Caps every call's own timeout.
   absl::Duration max_timeout = absl::Seconds(30);
+  // The largest task payload Acquire reads (DelegateConfig::
+  // max_task_payload_bytes); a larger one is InvalidArgument, read no
+  // further.
+  size_t max_task_payload_bytes = size_t{16} << 20;
 };
 
 // The transport the configuration asks for: every file in certs_dir as an
@@ -71,7 +75,8 @@ class HarnessClient {
  private:
   absl::StatusOr<std::string> Call(std::string_view what, std::string method,
                                    const std::string& path_and_query,
-                                   std::string body, absl::Duration timeout);
+                                   std::string body, absl::Duration timeout,
+                                   size_t max_body_bytes = size_t{64} << 20);
 
   const std::string manager_url_;
   const std::string account_id_;
