@@ -356,14 +356,19 @@ void BindRuntime(py::module_& m) {
           py::arg("drain") = 0.0,
           "Takes no new stages; lets running ones go on for up to `drain` "
           "seconds, then cancels them; returns once all are cleaned up.")
-      .def_property_readonly("executors", &Runtime::executors,
-                             "The registered platforms, sorted.")
+      .def_property_readonly(
+          "executors",
+          [](const Runtime& r) {
+            return WithoutGil([&] { return r.executors(); });
+          },
+          "The registered platforms, sorted.")
       .def_property_readonly(
           "name", [](const Runtime& r) { return r.config().name; },
           "The delegate's name.")
       .def_property_readonly("stats",
                              [](const Runtime& r) {
-                               const SchedulerStats s = r.stats();
+                               const SchedulerStats s =
+                                   WithoutGil([&] { return r.stats(); });
                                py::dict d;
                                d["queued"] = s.queued;
                                d["running"] = s.running;
@@ -502,15 +507,29 @@ void BindServer(py::module_& m) {
           "re-raised.")
       .def_property_readonly("running",
                              [](const Server& s) {
-                               return s.ops_port() > 0 &&
-                                      !s.ended().has_value();
+                               return WithoutGil([&] {
+                                 return s.ops_port() > 0 &&
+                                        !s.ended().has_value();
+                               });
                              })
-      .def_property_readonly("ops_port", &Server::ops_port,
-                             "The port of /health, /ready and /metrics.")
-      .def_property_readonly("runtime_address", &Server::runtime_address,
-                             "Where RuntimeService listens ('' if not).")
-      .def("events", &Server::events,
-           "The server's event log so far, as JSON lines.")
+      .def_property_readonly(
+          "ops_port",
+          [](const Server& s) {
+            return WithoutGil([&] { return s.ops_port(); });
+          },
+          "The port of /health, /ready and /metrics.")
+      .def_property_readonly(
+          "runtime_address",
+          [](const Server& s) {
+            return WithoutGil([&] { return s.runtime_address(); });
+          },
+          "Where RuntimeService listens ('' if not).")
+      .def(
+          "events",
+          [](const Server& s) {
+            return WithoutGil([&] { return s.events(); });
+          },
+          "The server's event log so far, as JSON lines.")
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__",
            [](Server& s, py::args) { WithoutGil([&] { s.Close(); }); });
