@@ -135,6 +135,7 @@ bool Server::WaitStarted(absl::Duration timeout) {
 
 bool Server::WaitEnded(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
+  if (!started_) return true;  // nothing runs, nor will without start()
   auto has_ended = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return ended_.has_value();
   };

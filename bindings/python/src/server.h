@@ -56,7 +56,8 @@ class Server final : public Closable {
   // True once serving (the ops port is bound, and RuntimeService, when
   // asked for, listens) or Run has ended; waits up to `timeout` for it.
   bool WaitStarted(absl::Duration timeout);
-  // True once Run has ended; waits up to `timeout` for it.
+  // True once Run has ended, or at once when Start was never called; waits
+  // up to `timeout` for it.
   bool WaitEnded(absl::Duration timeout);
   // DelegateServer::Drain: the first lets running stages finish, a second
   // cancels them.

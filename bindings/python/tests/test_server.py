@@ -121,3 +121,10 @@ def test_a_stage_sent_to_runtime_service_runs_on_a_python_executor(tmp_path):
     assert "hello from greet" in seen["lines"]
     assert len(calls) == 1 and "grpc-1" in calls[0][0]
     assert calls[0][1] is False  # on a worker thread
+
+
+def test_stop_and_wait_before_start_return_at_once():
+    srv = server()
+    assert srv.wait(timeout=5) is True
+    assert srv.stop(timeout=5) is True
+    assert not srv.running
