@@ -329,6 +329,23 @@ class PyExecutor final : public Executor {
       result.exit_code = 0;
     } else if (py::isinstance<StepResult>(returned)) {
       result = returned.cast<StepResult>();
+      // The outputs as Python holds them (module.cc: StepResult.outputs).
+      py::object outputs = returned.attr("outputs");
+      result.outputs.clear();
+      for (py::handle item : outputs.attr("items")()) {
+        py::tuple pair = py::reinterpret_borrow<py::object>(item);
+        if (!py::isinstance<py::str>(pair[0]) ||
+            !py::isinstance<py::str>(pair[1])) {
+          StepResult bad;
+          bad.status = StepStatus::kFailure;
+          bad.error =
+              "execute returned a StepResult whose outputs are not all "
+              "str -> str";
+          return bad;
+        }
+        result.outputs[pair[0].cast<std::string>()] =
+            pair[1].cast<std::string>();
+      }
     } else if (py::isinstance<StepStatus>(returned)) {
       result.status = returned.cast<StepStatus>();
     } else if (py::isinstance<py::int_>(returned) &&
