@@ -44,7 +44,9 @@ struct ServerOptions {
 class Server final : public Closable {
  public:
   static absl::StatusOr<std::shared_ptr<Server>> Create(ServerOptions options);
-  // Close(); releases the GIL for that when the caller holds it.
+  // Close(); releases the GIL for that when the caller holds it. (Create's
+  // deleter runs it on a thread of its own when the last reference goes on
+  // a scheduler worker that runs a Python executor.)
   ~Server() override;
 
   // A Python executor under `name`. REQUIRES: the GIL.
