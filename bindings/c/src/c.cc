@@ -11,10 +11,12 @@
 #include <exception>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -393,8 +395,10 @@ struct ServerOptions {
   std::string runtime_tls_key_file;
   std::string runtime_client_ca_file;
   bool start_executors = true;
-  // Shared by the options and every server made from them.
+  // Shared by the options and every server made from them, as is the lock
+  // that makes their calls one at a time.
   std::shared_ptr<CState> events_state;
+  std::shared_ptr<std::mutex> events_mu;
   void (*on_event)(void*, const char*, size_t) = nullptr;
 };
 
@@ -479,10 +483,16 @@ void delegate_env_set(delegate_env_t* env, const char* name, const char* value,
         !Required(errptr, value, "value")) {
       return;
     }
-    if (*name == '\0' || std::strchr(name, '=') != nullptr) {
-      SetError(errptr, absl::StrCat("name: expected a variable name without "
-                                    "'=', got '",
-                                    name, "'"));
+    if (*name == '\0') {
+      SetError(errptr, "name: must not be empty");
+      return;
+    }
+    // What follows '=' may be a value (a token): it is never quoted.
+    if (const char* eq = std::strchr(name, '='); eq != nullptr) {
+      SetError(errptr,
+               absl::StrCat("name: expected a variable name without '=', got "
+                            "one with '=' after '",
+                            std::string(name, eq - name), "'"));
       return;
     }
     env->map[name] = value;
@@ -757,10 +767,21 @@ void delegate_step_context_write(delegate_step_context_t* ctx, int stream,
                                  const char* data, size_t len) {
   Guard(nullptr, [&] {
     if (ctx == nullptr || (data == nullptr && len > 0)) return;
-    ctx->ctx->output.Write(stream == DELEGATE_STREAM_STDERR
-                               ? delegate::LogStream::kStderr
-                               : delegate::LogStream::kStdout,
-                           std::string_view(data, len));
+    delegate::LogStream to;
+    switch (stream) {
+      case DELEGATE_STREAM_STDOUT:
+        to = delegate::LogStream::kStdout;
+        break;
+      case DELEGATE_STREAM_STDERR:
+        to = delegate::LogStream::kStderr;
+        break;
+      case DELEGATE_STREAM_SYSTEM:
+        to = delegate::LogStream::kSystem;
+        break;
+      default:
+        return;  // documented: any other value writes nothing
+    }
+    ctx->ctx->output.Write(to, std::string_view(data, len));
   });
 }
 
@@ -807,7 +828,9 @@ int delegate_step_context_wait(const delegate_step_context_t* ctx,
   return Guard(nullptr, [&]() -> int {
     if (ctx == nullptr) return 0;
     const delegate::StepContext& step = *ctx->ctx;
-    absl::Duration wait = Millis(timeout_ms);
+    // Negative: until the step must stop (or its deadline).
+    absl::Duration wait =
+        timeout_ms < 0 ? absl::InfiniteDuration() : Millis(timeout_ms);
     if (step.deadline != absl::InfiniteFuture()) {
       wait = std::min(wait, std::max(step.deadline - step.stage.clock.Now(),
                                      absl::ZeroDuration()));
@@ -1000,7 +1023,18 @@ delegate_result_t* delegate_run_wait(delegate_run_t* run) {
 int delegate_run_interrupt(delegate_run_t* run, int64_t drain_ms) {
   return Guard(nullptr, [&]() -> int {
     if (run == nullptr) return 0;
-    return run->run->Interrupt(Millis(drain_ms)) ? 1 : 0;
+    try {
+      return run->run->Interrupt(Millis(drain_ms)) ? 1 : 0;
+    } catch (const std::system_error&) {
+      // No thread for the drain's timer: cancel at once rather than report
+      // a running stage as finished.
+      return run->scheduler->scheduler
+                     .Cancel(run->task_id,
+                             delegate::Scheduler::CancelKind::kShutdown)
+                     .ok()
+                 ? 1
+                 : 0;
+    }
   });
 }
 
@@ -1186,8 +1220,10 @@ void delegate_server_options_set_event_log(
     void (*destructor)(void* state),
     void (*on_event)(void* state, const char* json, size_t len)) {
   std::shared_ptr<CState> events;
+  std::shared_ptr<std::mutex> events_mu;
   try {
     events = std::make_shared<CState>(state, destructor);
+    events_mu = std::make_shared<std::mutex>();
   } catch (...) {
     if (destructor != nullptr) destructor(state);
     return;
@@ -1195,6 +1231,7 @@ void delegate_server_options_set_event_log(
   Guard(nullptr, [&] {
     if (options == nullptr) return;  // `events` lets go of the state
     options->rep.events_state = std::move(events);
+    options->rep.events_mu = std::move(events_mu);
     options->rep.on_event = on_event;
   });
 }
@@ -1218,10 +1255,14 @@ delegate_server_t* delegate_server_create(delegate_registry_t* registry,
     server->registries = registry->rep;
     if (given.on_event != nullptr) {
       server->events_state = given.events_state;
+      // One lock for every server sharing the callback (each EventLog has
+      // its own): on_event is never called by two threads at once.
       server->log = std::make_unique<delegate::EventLog>(
-          [state = given.events_state.get(),
+          [state = given.events_state.get(), mu = given.events_mu,
            on_event = given.on_event](std::string_view line) {
-            on_event(state->get(), std::string(line).c_str(), line.size());
+            const std::string text(line);
+            std::lock_guard<std::mutex> lock(*mu);
+            on_event(state->get(), text.c_str(), text.size());
           });
     }
     delegate::DelegateServerOptions o;

@@ -35,6 +35,7 @@ extern char** environ;
 
 namespace {
 
+using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -314,6 +315,19 @@ TEST(CApi, NullArgumentsAreErrorsNamingTheArgument) {
 
 // ---------------------------------------------------------- configuration
 
+TEST(CApi, ABadVariableNameIsNamedButWhatFollowsItsEqualsSignIsNot) {
+  Err err;
+  Env env(delegate_env_create());
+  // A caller that passed NAME=VALUE as the name: the value is a secret.
+  delegate_env_set(env.get(), "HARNESS_TOKEN=tok-do-not-print", "", err.ptr());
+  EXPECT_THAT(err.str(), HasSubstr("'HARNESS_TOKEN'"));
+  EXPECT_THAT(err.str(), Not(HasSubstr("tok-do-not-print")));
+  EXPECT_EQ(delegate_env_get(env.get(), "HARNESS_TOKEN"), nullptr);
+  err.Clear();
+  delegate_env_set(env.get(), "", "1", err.ptr());
+  EXPECT_EQ(err.str(), "name: must not be empty");
+}
+
 TEST(CApiConfig, FromAnEnvFileWithTheProcessWinning) {
   TempDir dir;
   const std::string file = dir.Write(
@@ -587,6 +601,16 @@ void RecExecute(void* state, delegate_step_context_t* ctx) {
     delegate_step_context_fail(ctx, "it did not work");
   } else if (m == "exit") {
     delegate_step_context_set_exit_code(ctx, 3);
+  } else if (m == "streams") {
+    delegate_step_context_write(ctx, DELEGATE_STREAM_SYSTEM, "from C\n", 7);
+    delegate_step_context_write(ctx, 7, "lost\n", 5);
+    delegate_step_context_write(ctx, -1, "lost too\n", 9);
+  } else if (m == "wait-forever") {
+    delegate_step_context_log(ctx, "waiting forever");
+    const int stop = delegate_step_context_wait(ctx, -1);
+    rec->Add("stopped " + std::string(delegate_status_name(stop)
+                                          ? delegate_status_name(stop)
+                                          : "no"));
   } else if (m == "wait") {
     delegate_step_context_log(ctx, "waiting");
     const int stop = delegate_step_context_wait(ctx, 30000);
@@ -857,6 +881,48 @@ TEST_F(CApiRunTest, InterruptACExecutorThatWaitsForItsStop) {
   EXPECT_THAT(rec_.calls, ElementsAre("initialize c-wait 1", "execute w #0",
                                       "stopped CANCELLED",
                                       "cleanup after 1 steps, same task yes"));
+}
+
+TEST_F(CApiRunTest, ANegativeWaitLastsUntilTheStepMustStop) {
+  Err err;
+  // No cancel comes: only the step's deadline ends the wait (a wait that
+  // returned at once would leave the step to succeed).
+  Stage stage = Parse(
+      "name: c-forever\nplatform: c-test\n"
+      "steps: [{id: w, commands: [x], timeout: 1s, "
+      "envs: {MODE: wait-forever}}]\n",
+      err);
+  ASSERT_TRUE(stage) << err.str();
+  Result result(delegate_scheduler_run(scheduler_.get(), stage.get(), nullptr,
+                                       nullptr, nullptr, nullptr, err.ptr()));
+  ASSERT_TRUE(result) << err.str();
+  EXPECT_EQ(delegate_result_step_status(result.get(), 0),
+            DELEGATE_STATUS_TIMEOUT);
+  std::lock_guard lock(rec_.mu);
+  EXPECT_THAT(rec_.calls, Contains("stopped TIMEOUT"));
+}
+
+TEST_F(CApiRunTest, SystemOutputIsASystemLineAndAnUnknownStreamWritesNothing) {
+  Err err;
+  Stage stage = Parse(
+      "name: c-streams\nplatform: c-test\n"
+      "steps: [{id: s, commands: [x], envs: {MODE: streams}}]\n",
+      err);
+  ASSERT_TRUE(stage) << err.str();
+  LineLog log;
+  Result result(delegate_scheduler_run(scheduler_.get(), stage.get(), nullptr,
+                                       &log, LineLog::Destroy, LineLog::OnLine,
+                                       err.ptr()));
+  ASSERT_TRUE(result) << err.str();
+  std::vector<std::pair<int, std::string>> step_lines;
+  for (const LineLog::Line& line : log.lines) {
+    if (line.step == "s") step_lines.emplace_back(line.stream, line.text);
+  }
+  EXPECT_THAT(
+      step_lines,
+      ElementsAre(
+          std::make_pair(DELEGATE_STREAM_STDOUT, std::string("ran x")),
+          std::make_pair(DELEGATE_STREAM_SYSTEM, std::string("from C"))));
 }
 
 TEST_F(CApiRunTest, DestroyingARunningRunCancelsItAndCleansUp) {
@@ -1147,6 +1213,61 @@ TEST(CApiServer, ServesRuntimeServiceWithoutAManager) {
   EXPECT_FALSE(events.destroyed);  // the options still hold it
   options.reset();
   EXPECT_TRUE(events.destroyed);
+}
+
+// Two servers from one options handle share its event callback: its calls
+// are still one at a time.
+struct SlowEvents {
+  std::atomic<int> in_call{0};
+  std::atomic<bool> overlapped{false};
+  std::atomic<int> calls{0};
+  static void OnEvent(void* state, const char*, size_t) {
+    auto* self = static_cast<SlowEvents*>(state);
+    if (self->in_call.fetch_add(1) != 0) self->overlapped = true;
+    // Long enough for the other server's thread to come in meanwhile.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    self->in_call.fetch_sub(1);
+    ++self->calls;
+  }
+};
+
+TEST(CApiServer, ServersSharingAnEventCallbackCallItOneAtATime) {
+  Err err;
+  Env env(delegate_env_create());
+  delegate_env_set(env.get(), "HTTPS_BIND", "127.0.0.1:0", err.ptr());
+  delegate_env_set(env.get(), "HARNESS_WORKDIR", ::testing::TempDir().c_str(),
+                   err.ptr());
+  Config config(delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL,
+                                     err.ptr()));
+  ASSERT_TRUE(config) << err.str();
+  Registry registry(delegate_registry_create());
+  delegate_registry_register_builtins(registry.get(), config.get(), env.get(),
+                                      err.ptr());
+  ASSERT_FALSE(err.set()) << err.str();
+  ServerOptions options(delegate_server_options_create());
+  delegate_server_options_set_manager(options.get(), "none");
+  delegate_server_options_set_runtime_listen(options.get(), "127.0.0.1:0");
+  delegate_server_options_set_start_executors(options.get(), 0);
+  SlowEvents events;
+  delegate_server_options_set_event_log(options.get(), &events, nullptr,
+                                        SlowEvents::OnEvent);
+  std::vector<Server> servers;
+  for (int i = 0; i < 3; ++i) {
+    servers.emplace_back(delegate_server_create(
+        registry.get(), config.get(), nullptr, options.get(), err.ptr()));
+    ASSERT_TRUE(servers.back()) << err.str();
+  }
+  for (Server& server : servers) {
+    delegate_server_start(server.get(), err.ptr());
+    ASSERT_FALSE(err.set()) << err.str();
+  }
+  for (Server& server : servers) delegate_server_drain(server.get());
+  for (Server& server : servers) {
+    delegate_server_wait(server.get(), err.ptr());
+    EXPECT_FALSE(err.set()) << err.str();
+  }
+  EXPECT_GE(events.calls.load(), 6);
+  EXPECT_FALSE(events.overlapped);
 }
 
 // A runtime address that cannot be served is the server's error.

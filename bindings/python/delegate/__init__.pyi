@@ -1,8 +1,7 @@
 """Type hints for the delegate package (the _delegate extension and the
 Executor base class)."""
 
-import enum
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Mapping, Optional
 
 __version__: str
 git_commit: str
@@ -18,16 +17,27 @@ class DelegateError(RuntimeError):
 
     code: str  # "UNAVAILABLE", "INTERNAL", ...
 
-class Status(enum.Enum):
-    SUCCESS = 0
-    FAILURE = 1
-    TIMEOUT = 2
-    SKIPPED = 3
-    CANCELLED = 4
+class Status:
+    """How a step or a stage ended: a pybind11 enum, not an enum.Enum
+    (members compare with ==, convert with int(), and are listed in
+    Status.__members__)."""
+
+    SUCCESS: ClassVar[Status]
+    FAILURE: ClassVar[Status]
+    TIMEOUT: ClassVar[Status]
+    SKIPPED: ClassVar[Status]
+    CANCELLED: ClassVar[Status]
+    __members__: ClassVar[Dict[str, Status]]
+    def __init__(self, value: int) -> None: ...
     @property
     def name(self) -> str: ...
     @property
     def value(self) -> int: ...
+    def __int__(self) -> int: ...
+    def __index__(self) -> int: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __ne__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
 
 class Step:
     @property
@@ -78,6 +88,7 @@ class StepResult:
     status: Status
     exit_code: Optional[int]
     error: str
+    # A dict kept with the object: edits in place stay.
     outputs: Dict[str, str]
     def __init__(
         self,

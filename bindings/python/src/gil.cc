@@ -6,6 +6,7 @@
 #include <chrono>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -26,6 +27,29 @@ std::vector<std::weak_ptr<Closable>>& Tracked() {
   static auto* tracked = new std::vector<std::weak_ptr<Closable>>;
   return *tracked;
 }
+
+// References let go of without the GIL, for DropPendingRefs.
+std::mutex& PendingMutex() {
+  static auto* mu = new std::mutex;
+  return *mu;
+}
+std::vector<PyObject*>& PendingRefs() {
+  static auto* refs = new std::vector<PyObject*>;
+  return *refs;
+}
+std::atomic<bool> has_pending{false};
+bool drop_scheduled = false;  // guarded by PendingMutex()
+
+int DropPendingCall(void*) {
+  {
+    std::lock_guard<std::mutex> lock(PendingMutex());
+    drop_scheduled = false;
+  }
+  DropPendingRefs();
+  return 0;
+}
+
+thread_local int executor_calls = 0;
 
 }  // namespace
 
@@ -49,7 +73,24 @@ void RestoreGil(PyThreadState* state) {
     for (;;) std::this_thread::sleep_for(std::chrono::hours(24));
   }
   PyEval_RestoreThread(state);
+  DropPendingRefs();
 }
+
+void DropPendingRefs() {
+  if (!has_pending.load(std::memory_order_acquire)) return;
+  std::vector<PyObject*> refs;
+  {
+    std::lock_guard<std::mutex> lock(PendingMutex());
+    refs.swap(PendingRefs());
+    has_pending.store(false, std::memory_order_release);
+  }
+  // Outside the lock: a __del__ may drop more.
+  for (PyObject* ref : refs) Py_DECREF(ref);
+}
+
+ExecutorCallScope::ExecutorCallScope() { ++executor_calls; }
+ExecutorCallScope::~ExecutorCallScope() { --executor_calls; }
+bool OnExecutorThread() { return executor_calls > 0; }
 
 absl::Duration WaitSlice() {
   return OnMainThread() ? absl::Milliseconds(20) : absl::Milliseconds(500);
@@ -78,8 +119,25 @@ PyRef::~PyRef() {
     object_.release();  // left behind: the process is exiting
     return;
   }
-  pybind11::gil_scoped_acquire gil;
-  object_ = pybind11::object();
+  if (PyGILState_Check()) {
+    object_ = pybind11::object();
+    return;
+  }
+  // Waiting for the GIL here could deadlock (gil.h, rule 2).
+  PyObject* ref = object_.release().ptr();
+  bool schedule = false;
+  {
+    std::lock_guard<std::mutex> lock(PendingMutex());
+    PendingRefs().push_back(ref);
+    has_pending.store(true, std::memory_order_release);
+    schedule = !std::exchange(drop_scheduled, true);
+  }
+  // Needs neither the GIL nor a thread state. When Python's queue of
+  // pending calls is full, the next RestoreGil drops the reference.
+  if (schedule && Py_AddPendingCall(&DropPendingCall, nullptr) != 0) {
+    std::lock_guard<std::mutex> lock(PendingMutex());
+    drop_scheduled = false;
+  }
 }
 
 void Track(const std::shared_ptr<Closable>& closable) {
@@ -103,6 +161,7 @@ void CloseAll() {
   WithoutGil([&] {
     for (const std::shared_ptr<Closable>& c : open) c->Close();
   });
+  DropPendingRefs();
   gone.store(true, std::memory_order_release);
 }
 

@@ -4,11 +4,14 @@
 //  1. A thread that holds the GIL never waits for the library: every call
 //     into it from Python runs in WithoutGil. A scheduler worker that calls
 //     a Python executor can then always get the GIL.
-//  2. A library thread takes the GIL only to call a Python executor (and to
-//     drop a Python reference it holds), and never once the interpreter has
-//     begun to exit: the atexit hook (CloseAll) cancels and joins every
-//     stage first, while Python still works, and only then marks Python as
-//     gone.
+//  2. A library thread takes the GIL only to call a Python executor, and
+//     never once the interpreter has begun to exit: the atexit hook
+//     (CloseAll) cancels and joins every stage first, while Python still
+//     works, and only then marks Python as gone. A library thread never
+//     waits for the GIL to drop a Python reference (PyRef): it may hold a
+//     library lock then (the scheduler drops a queued stage, and with it
+//     its Python executor, under its own lock), so the reference is handed
+//     to the next thread that holds the GIL instead.
 #ifndef DELEGATE_PYTHON_GIL_H_
 #define DELEGATE_PYTHON_GIL_H_
 
@@ -85,10 +88,28 @@ bool WaitInterruptibly(const std::function<bool(absl::Duration)>& ready,
 // signal handler runs.
 absl::Duration WaitSlice();
 
+// Drops the references PyRefs let go of on threads without the GIL. Runs by
+// itself soon after (Py_AddPendingCall), and wherever the module takes the
+// GIL back. REQUIRES: the GIL.
+void DropPendingRefs();
+
+// Marks the current thread, for the scope's life, as a scheduler worker
+// calling a Python executor: code that runs there (a __del__, the cyclic
+// GC) must not wait for the scheduler's workers, this one among them.
+class ExecutorCallScope {
+ public:
+  ExecutorCallScope();
+  ~ExecutorCallScope();
+  ExecutorCallScope(const ExecutorCallScope&) = delete;
+  ExecutorCallScope& operator=(const ExecutorCallScope&) = delete;
+};
+bool OnExecutorThread();
+
 // A Python object owned by C++ that library threads pass around without the
 // GIL (a Python executor's factory or instance). The last owner drops the
-// reference with the GIL; once Python is gone the reference is left behind
-// instead.
+// reference at once when it holds the GIL; otherwise the reference is
+// queued for DropPendingRefs, never waited for (see rule 2). Once Python is
+// gone it is left behind instead.
 class PyRef {
  public:
   // REQUIRES: the GIL.

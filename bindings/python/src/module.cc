@@ -52,13 +52,43 @@ void OrRaise(const absl::Status& status, ErrorKind kind = ErrorKind::kGeneral) {
   if (!status.ok()) Raise(status, kind);
 }
 
-std::optional<EnvMap> ToEnv(const std::optional<py::dict>& env) {
-  if (!env) return std::nullopt;
+// Any Mapping of str to str (a dict, os.environ). TypeError names the
+// problem, never a value.
+std::optional<EnvMap> ToEnv(const py::object& env) {
+  if (env.is_none()) return std::nullopt;
+  if (!py::isinstance(env,
+                      py::module_::import("collections.abc").attr("Mapping"))) {
+    throw py::type_error(absl::StrCat(
+        "env: expected a mapping of str to str (a dict, os.environ), got ",
+        py::str(py::type::of(env).attr("__name__")).cast<std::string>()));
+  }
   EnvMap out;
-  for (auto [key, value] : *env) {
-    out[py::str(key)] = py::str(value);
+  for (py::handle item : env.attr("items")()) {
+    py::tuple pair = py::reinterpret_borrow<py::object>(item);
+    if (!py::isinstance<py::str>(pair[0])) {
+      throw py::type_error("env: every variable name must be a str");
+    }
+    const std::string name = pair[0].cast<std::string>();
+    if (!py::isinstance<py::str>(pair[1])) {
+      throw py::type_error(
+          absl::StrCat("env: ", name, ": the value must be a str"));
+    }
+    out[name] = pair[1].cast<std::string>();
   }
   return out;
+}
+
+// StepResult.outputs is a Python dict kept with the object (in its
+// __dict__ under this key), so that edits in place stay: a plain
+// std::map field would hand out a new copy on each read.
+constexpr char kOutputsAttr[] = "_outputs";
+
+py::object OutputsOf(py::object self) {
+  py::dict attrs = self.attr("__dict__");
+  if (!attrs.contains(kOutputsAttr)) {
+    attrs[kOutputsAttr] = py::cast(self.cast<const StepResult&>().outputs);
+  }
+  return attrs[kOutputsAttr];
 }
 
 std::shared_ptr<StageRunHandle> StartRun(
@@ -146,7 +176,7 @@ void BindValues(py::module_& m) {
       });
 
   py::class_<StepResult>(
-      m, "StepResult",
+      m, "StepResult", py::dynamic_attr(),
       "A step's result; also what a Python executor's execute() may return.")
       .def(py::init([](StepStatus status, std::optional<int> exit_code,
                        std::string error,
@@ -165,7 +195,13 @@ void BindValues(py::module_& m) {
       .def_readwrite("status", &StepResult::status)
       .def_readwrite("exit_code", &StepResult::exit_code)
       .def_readwrite("error", &StepResult::error)
-      .def_readwrite("outputs", &StepResult::outputs)
+      .def_property(
+          "outputs", &OutputsOf,
+          [](py::object self, py::object value) {
+            if (!py::isinstance<py::dict>(value)) value = py::dict(value);
+            self.attr("__dict__")[kOutputsAttr] = value;
+          },
+          "A dict of output name -> value; edit it in place or replace it.")
       .def_property_readonly(
           "duration",
           [](const StepResult& r) { return absl::ToDoubleSeconds(r.duration); },
@@ -278,8 +314,7 @@ void BindRuntime(py::module_& m) {
       "Runs stages in this process: the delegate's configuration (from "
       "`env`, default os.environ), the built-in executors (host, docker, "
       "ecs-*) and Python ones, and one scheduler.")
-      .def(py::init([](std::optional<py::dict> env,
-                       std::optional<int> max_stages,
+      .def(py::init([](const py::object& env, std::optional<int> max_stages,
                        std::optional<std::string> workdir,
                        std::optional<std::string> name) {
              RuntimeOptions options;
@@ -289,7 +324,7 @@ void BindRuntime(py::module_& m) {
              options.name = std::move(name);
              return OrRaise(Runtime::Create(std::move(options)));
            }),
-           py::arg("env") = std::nullopt, py::kw_only(),
+           py::arg("env") = py::none(), py::kw_only(),
            py::arg("max_stages") = std::nullopt,
            py::arg("workdir") = std::nullopt, py::arg("name") = std::nullopt)
       .def(
@@ -356,14 +391,19 @@ void BindRuntime(py::module_& m) {
           py::arg("drain") = 0.0,
           "Takes no new stages; lets running ones go on for up to `drain` "
           "seconds, then cancels them; returns once all are cleaned up.")
-      .def_property_readonly("executors", &Runtime::executors,
-                             "The registered platforms, sorted.")
+      .def_property_readonly(
+          "executors",
+          [](const Runtime& r) {
+            return WithoutGil([&] { return r.executors(); });
+          },
+          "The registered platforms, sorted.")
       .def_property_readonly(
           "name", [](const Runtime& r) { return r.config().name; },
           "The delegate's name.")
       .def_property_readonly("stats",
                              [](const Runtime& r) {
-                               const SchedulerStats s = r.stats();
+                               const SchedulerStats s =
+                                   WithoutGil([&] { return r.stats(); });
                                py::dict d;
                                d["queued"] = s.queued;
                                d["running"] = s.running;
@@ -398,7 +438,7 @@ void BindServer(py::module_& m) {
       "endpoints, a manager connection and/or RuntimeService, on a thread "
       "of its own.")
       .def(py::init([](std::string manager, std::string runtime_listen,
-                       std::optional<py::dict> env,
+                       const py::object& env,
                        std::optional<std::string> ops_bind,
                        std::string tls_cert, std::string tls_key,
                        std::string client_ca, bool start_executors,
@@ -421,7 +461,7 @@ void BindServer(py::module_& m) {
              return OrRaise(Server::Create(std::move(o)));
            }),
            py::arg("manager") = "", py::kw_only(),
-           py::arg("runtime_listen") = "", py::arg("env") = std::nullopt,
+           py::arg("runtime_listen") = "", py::arg("env") = py::none(),
            py::arg("ops_bind") = std::nullopt,
            py::arg("runtime_tls_cert_file") = "",
            py::arg("runtime_tls_key_file") = "",
@@ -502,15 +542,29 @@ void BindServer(py::module_& m) {
           "re-raised.")
       .def_property_readonly("running",
                              [](const Server& s) {
-                               return s.ops_port() > 0 &&
-                                      !s.ended().has_value();
+                               return WithoutGil([&] {
+                                 return s.ops_port() > 0 &&
+                                        !s.ended().has_value();
+                               });
                              })
-      .def_property_readonly("ops_port", &Server::ops_port,
-                             "The port of /health, /ready and /metrics.")
-      .def_property_readonly("runtime_address", &Server::runtime_address,
-                             "Where RuntimeService listens ('' if not).")
-      .def("events", &Server::events,
-           "The server's event log so far, as JSON lines.")
+      .def_property_readonly(
+          "ops_port",
+          [](const Server& s) {
+            return WithoutGil([&] { return s.ops_port(); });
+          },
+          "The port of /health, /ready and /metrics.")
+      .def_property_readonly(
+          "runtime_address",
+          [](const Server& s) {
+            return WithoutGil([&] { return s.runtime_address(); });
+          },
+          "Where RuntimeService listens ('' if not).")
+      .def(
+          "events",
+          [](const Server& s) {
+            return WithoutGil([&] { return s.events(); });
+          },
+          "The server's event log so far, as JSON lines.")
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__",
            [](Server& s, py::args) { WithoutGil([&] { s.Close(); }); });

@@ -1,5 +1,8 @@
 #include "py_executor.h"
 
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -7,8 +10,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gil.h"
 #include "pybind11/stl.h"
 
@@ -17,52 +20,164 @@ namespace py = pybind11;
 namespace {
 
 // The contexts given to Python point at the library's, which live only
-// while the call runs: they are cut off when it returns.
-class PyStageContext {
+// while the call runs: they are cut off when it returns. A Python thread of
+// the executor's own may still hold one then, and write with it (without
+// the GIL) while the call returns: the call's end waits for such uses, and
+// any use after it raises RuntimeError.
+class CallGuard {
  public:
-  explicit PyStageContext(const StageContext* ctx) : ctx_(ctx) {}
-  const StageContext& get() const {
-    if (ctx_ == nullptr) {
-      throw std::runtime_error(
-          "this StageContext was used after the call it was given to "
-          "returned");
-    }
-    return *ctx_;
+  // Before a use that releases the GIL: false once the call has ended.
+  bool Enter() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (expired_) return false;
+    ++in_flight_;
+    return true;
   }
-  void Expire() { ctx_ = nullptr; }
+  void Leave() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--in_flight_ == 0) cv_.notify_all();
+  }
+  // Whether the call has ended. Uses that keep the GIL throughout need
+  // nothing more: the call ends with the GIL held.
+  bool expired() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return expired_;
+  }
+  // Waits (between Enter and Leave) up to `timeout` for `stopped` to be
+  // set by Wake, or for the call to end. Without the GIL.
+  void Wait(absl::Duration timeout, const bool& stopped) {
+    std::unique_lock<std::mutex> lock(mu_);
+    const auto until =
+        std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(timeout);
+    cv_.wait_until(lock, until, [&] { return expired_ || stopped; });
+  }
+  // Sets `flag` and wakes Wait. Any thread.
+  void Wake(bool& flag) {
+    std::lock_guard<std::mutex> lock(mu_);
+    flag = true;
+    cv_.notify_all();
+  }
+  // The call's end: no use starts from now on, and the ones in flight are
+  // waited for (a wait ends at once). REQUIRES: the GIL.
+  void Expire() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      expired_ = true;
+      cv_.notify_all();
+      if (in_flight_ == 0) return;
+    }
+    WithoutGil([&] {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return in_flight_ == 0; });
+    });
+  }
 
  private:
-  const StageContext* ctx_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool expired_ = false;
+  int in_flight_ = 0;
+};
+
+constexpr char kStageExpired[] =
+    "this StageContext was used after the call it was given to returned";
+constexpr char kStepExpired[] =
+    "this StepContext was used after the execute() call it was given to "
+    "returned";
+
+[[noreturn]] void RaiseExpired(const char* message) {
+  throw std::runtime_error(message);
+}
+
+class PyStageContext {
+ public:
+  PyStageContext(const StageContext* ctx, std::shared_ptr<CallGuard> guard)
+      : ctx_(ctx), guard_(std::move(guard)) {}
+  // For uses that keep the GIL. REQUIRES: the GIL.
+  const StageContext& get() const {
+    if (guard_->expired()) RaiseExpired(kStageExpired);
+    return *ctx_;
+  }
+  // Writes without the GIL, unless the call has ended. REQUIRES: the GIL.
+  void Write(LogStream stream, const std::string& text) const;
+
+ private:
+  const StageContext* const ctx_;
+  const std::shared_ptr<CallGuard> guard_;
 };
 
 class PyStepContext {
  public:
-  PyStepContext(const StepContext* ctx, std::shared_ptr<PyStageContext> stage)
-      : ctx_(ctx), stage_(std::move(stage)) {}
+  PyStepContext(const StepContext* ctx, std::shared_ptr<PyStageContext> stage,
+                std::shared_ptr<CallGuard> guard)
+      : ctx_(ctx), stage_(std::move(stage)), guard_(std::move(guard)) {}
   const StepContext& get() const {
-    if (ctx_ == nullptr) {
-      throw std::runtime_error(
-          "this StepContext was used after the execute() call it was given "
-          "to returned");
-    }
+    if (guard_->expired()) RaiseExpired(kStepExpired);
     return *ctx_;
   }
   const std::shared_ptr<PyStageContext>& stage() const { return stage_; }
-  void Expire() { ctx_ = nullptr; }
+  void Write(LogStream stream, const std::string& text) const;
+  // Sleeps without the GIL up to `seconds`, or until the step must stop.
+  bool Wait(double seconds) const;
 
  private:
-  const StepContext* ctx_;
+  const StepContext* const ctx_;
   const std::shared_ptr<PyStageContext> stage_;
+  const std::shared_ptr<CallGuard> guard_;
 };
 
-// Cuts the contexts off when the call returns, however it returns.
-struct ExpireOnExit {
+// A use of a context without the GIL, between Enter and Leave.
+template <typename Fn>
+void Unlocked(CallGuard& guard, const char* expired, Fn&& fn) {
+  if (!guard.Enter()) RaiseExpired(expired);
+  WithoutGil([&] {
+    try {
+      fn();
+    } catch (...) {
+      guard.Leave();
+      throw;
+    }
+    guard.Leave();
+  });
+}
+
+void PyStageContext::Write(LogStream stream, const std::string& text) const {
+  Unlocked(*guard_, kStageExpired, [&] { ctx_->output.Write(stream, text); });
+}
+
+void PyStepContext::Write(LogStream stream, const std::string& text) const {
+  Unlocked(*guard_, kStepExpired, [&] { ctx_->output.Write(stream, text); });
+}
+
+bool PyStepContext::Wait(double seconds) const {
+  bool must_stop = false;
+  Unlocked(*guard_, kStepExpired, [&] {
+    const StepContext& ctx = *ctx_;
+    // Capped (at a year) so that the wait's end is a representable time.
+    absl::Duration timeout =
+        std::min(absl::Seconds(std::max(0.0, seconds)), absl::Hours(24 * 365));
+    if (ctx.deadline != absl::InfiniteFuture()) {
+      timeout = std::min(timeout, ctx.deadline - ctx.stage.clock.Now());
+    }
+    bool stopped = false;
+    {
+      std::stop_callback on_stop(ctx.stop, [&] { guard_->Wake(stopped); });
+      guard_->Wait(timeout, stopped);
+    }
+    must_stop = StopReason(ctx).has_value();
+  });
+  // Woken by the call's end: the step is over for this thread too.
+  if (guard_->expired()) RaiseExpired(kStepExpired);
+  return must_stop;
+}
+
+// Cuts the contexts off when the call returns. Not a destructor: it may
+// release and take back the GIL (see WithoutGil).
+struct Contexts {
+  std::shared_ptr<CallGuard> guard = std::make_shared<CallGuard>();
   std::shared_ptr<PyStageContext> stage;
   std::shared_ptr<PyStepContext> step;
-  ~ExpireOnExit() {
-    if (step) step->Expire();
-    if (stage) stage->Expire();
-  }
+  void Expire() { guard->Expire(); }
 };
 
 LogStream ParseStream(const std::string& name) {
@@ -71,10 +186,6 @@ LogStream ParseStream(const std::string& name) {
   if (name == "system") return LogStream::kSystem;
   throw py::value_error(absl::StrCat(
       "stream: expected 'stdout', 'stderr' or 'system', got '", name, "'"));
-}
-
-void Write(OutputWriter& output, LogStream stream, const std::string& text) {
-  WithoutGil([&] { output.Write(stream, text); });
 }
 
 std::optional<double> TimeLeft(absl::Time deadline, Clock& clock) {
@@ -102,7 +213,7 @@ void WriteTraceback(const py::error_already_set& e, OutputWriter& output) {
   } catch (const py::error_already_set&) {
     return;  // the traceback is a courtesy
   }
-  Write(output, LogStream::kSystem, text);
+  WithoutGil([&] { output.Write(LogStream::kSystem, text); });
 }
 
 class PyExecutor final : public Executor {
@@ -139,20 +250,26 @@ class PyExecutor final : public Executor {
       result.error = std::string(Gone().message());
       return result;
     }
+    ExecutorCallScope on_worker;
     py::gil_scoped_acquire gil;
-    ExpireOnExit contexts;
-    contexts.stage = std::make_shared<PyStageContext>(&ctx.stage);
-    contexts.step = std::make_shared<PyStepContext>(&ctx, contexts.stage);
+    DropPendingRefs();
+    Contexts contexts;
+    contexts.stage =
+        std::make_shared<PyStageContext>(&ctx.stage, contexts.guard);
+    contexts.step =
+        std::make_shared<PyStepContext>(&ctx, contexts.stage, contexts.guard);
     try {
       py::object returned = Instance().attr("execute")(contexts.step);
-      return ToResult(returned);
+      result = ToResult(returned);
     } catch (const py::error_already_set& e) {
       WriteTraceback(e, ctx.output);
+      result.status = StepStatus::kFailure;
       result.error = OneLine(e);
     } catch (const std::exception& e) {
+      result.status = StepStatus::kFailure;
       result.error = e.what();
     }
-    result.status = StepStatus::kFailure;
+    contexts.Expire();
     return result;
   }
 
@@ -160,6 +277,7 @@ class PyExecutor final : public Executor {
     absl::Status status = StageCall("cleanup", ctx);
     if (!PythonGone()) {
       // The instance goes with the stage, on this thread, with the GIL.
+      ExecutorCallScope on_worker;
       py::gil_scoped_acquire gil;
       instance_.reset();
     }
@@ -182,21 +300,25 @@ class PyExecutor final : public Executor {
 
   absl::Status StageCall(const char* method, const StageContext& ctx) {
     if (PythonGone()) return Gone();
+    ExecutorCallScope on_worker;
     py::gil_scoped_acquire gil;
-    ExpireOnExit contexts;
-    contexts.stage = std::make_shared<PyStageContext>(&ctx);
+    DropPendingRefs();
+    Contexts contexts;
+    contexts.stage = std::make_shared<PyStageContext>(&ctx, contexts.guard);
+    absl::Status status;
     try {
       const py::object& self = Instance();
       if (py::hasattr(self, method)) self.attr(method)(contexts.stage);
-      return absl::OkStatus();
     } catch (const py::error_already_set& e) {
       WriteTraceback(e, ctx.output);
-      return absl::FailedPreconditionError(
+      status = absl::FailedPreconditionError(
           absl::StrCat(method, " raised ", OneLine(e)));
     } catch (const std::exception& e) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(method, ": ", e.what()));
+      status =
+          absl::FailedPreconditionError(absl::StrCat(method, ": ", e.what()));
     }
+    contexts.Expire();
+    return status;
   }
 
   // What execute() may return: None (success), an exit code, a Status or a
@@ -207,6 +329,23 @@ class PyExecutor final : public Executor {
       result.exit_code = 0;
     } else if (py::isinstance<StepResult>(returned)) {
       result = returned.cast<StepResult>();
+      // The outputs as Python holds them (module.cc: StepResult.outputs).
+      py::object outputs = returned.attr("outputs");
+      result.outputs.clear();
+      for (py::handle item : outputs.attr("items")()) {
+        py::tuple pair = py::reinterpret_borrow<py::object>(item);
+        if (!py::isinstance<py::str>(pair[0]) ||
+            !py::isinstance<py::str>(pair[1])) {
+          StepResult bad;
+          bad.status = StepStatus::kFailure;
+          bad.error =
+              "execute returned a StepResult whose outputs are not all "
+              "str -> str";
+          return bad;
+        }
+        result.outputs[pair[0].cast<std::string>()] =
+            pair[1].cast<std::string>();
+      }
     } else if (py::isinstance<StepStatus>(returned)) {
       result.status = returned.cast<StepStatus>();
     } else if (py::isinstance<py::int_>(returned) &&
@@ -275,16 +414,14 @@ void BindExecutorContexts(py::module_& m) {
       .def(
           "write",
           [](const PyStageContext& c, const std::string& text,
-             const std::string& stream) {
-            Write(c.get().output, ParseStream(stream), text);
-          },
+             const std::string& stream) { c.Write(ParseStream(stream), text); },
           py::arg("text"), py::arg("stream") = "stdout",
           "Writes raw output to the stage's log (split into lines, secrets "
           "masked).")
       .def(
           "log",
           [](const PyStageContext& c, const std::string& line) {
-            Write(c.get().output, LogStream::kSystem, line + "\n");
+            c.Write(LogStream::kSystem, line + "\n");
           },
           py::arg("line"), "Writes one system line to the stage's log.");
 
@@ -315,36 +452,20 @@ void BindExecutorContexts(py::module_& m) {
             return TimeLeft(c.get().deadline, c.get().stage.clock);
           },
           "Seconds until the step's timeout, or None without one.")
-      .def(
-          "wait",
-          [](const PyStepContext& c, double seconds) {
-            const StepContext& ctx = c.get();
-            absl::Duration timeout = absl::Seconds(std::max(0.0, seconds));
-            if (ctx.deadline != absl::InfiniteFuture()) {
-              timeout = std::min(timeout, ctx.deadline - ctx.stage.clock.Now());
-            }
-            absl::Notification stopped;
-            std::stop_callback on_stop(ctx.stop, [&] { stopped.Notify(); });
-            WithoutGil(
-                [&] { stopped.WaitForNotificationWithTimeout(timeout); });
-            return StopReason(ctx).has_value();
-          },
-          py::arg("seconds"),
-          "Sleeps up to `seconds` (without the GIL), waking early when the "
-          "step must stop; True when it must (see stop_reason).")
+      .def("wait", &PyStepContext::Wait, py::arg("seconds"),
+           "Sleeps up to `seconds` (without the GIL), waking early when the "
+           "step must stop; True when it must (see stop_reason).")
       .def(
           "write",
           [](const PyStepContext& c, const std::string& text,
-             const std::string& stream) {
-            Write(c.get().output, ParseStream(stream), text);
-          },
+             const std::string& stream) { c.Write(ParseStream(stream), text); },
           py::arg("text"), py::arg("stream") = "stdout",
           "Writes raw output to the step's log (split into lines, secrets "
           "masked).")
       .def(
           "log",
           [](const PyStepContext& c, const std::string& line) {
-            Write(c.get().output, LogStream::kSystem, line + "\n");
+            c.Write(LogStream::kSystem, line + "\n");
           },
           py::arg("line"), "Writes one system line to the step's log.");
 }

@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -45,42 +47,56 @@ absl::StatusOr<std::shared_ptr<Runtime>> Runtime::Create(
   if (!config.ok()) return config.status();
   absl::StatusOr<OperatorPolicy> policy = LoadOperatorPolicy(env);
   if (!policy.ok()) return policy.status();
-  std::shared_ptr<Runtime> runtime(
-      new Runtime(*std::move(config), *std::move(policy)));
-  if (absl::Status s =
-          RegisterBuiltins(runtime->config_, env, runtime->registry_,
-                           /*managers=*/nullptr);
+  auto core = std::make_shared<Core>(*std::move(config), *std::move(policy));
+  if (absl::Status s = RegisterBuiltins(core->config, env, core->registry,
+                                        /*managers=*/nullptr);
       !s.ok()) {
     return s;
   }
-  runtime->scheduler_ = std::make_unique<Scheduler>(SchedulerOptions{
-      .registry = &runtime->registry_,
-      .delegate_name = runtime->config_.name,
-      .max_stages = runtime->config_.max_stages,
-      .policy = runtime->policy_,
+  core->scheduler = std::make_unique<Scheduler>(SchedulerOptions{
+      .registry = &core->registry,
+      .delegate_name = core->config.name,
+      .max_stages = core->config.max_stages,
+      .policy = core->policy,
   });
-  Track(runtime);
-  return runtime;
+  Track(core);
+  return std::shared_ptr<Runtime>(new Runtime(std::move(core)));
 }
 
 Runtime::~Runtime() {
-  if (!scheduler_) return;
-  const SchedulerStats now = scheduler_->stats();
-  if (now.running + now.queued > 0 && PyGILState_Check()) {
-    // A Python executor's cleanup needs the GIL to finish.
-    WithoutGil([&] { Close(); });
+  if (!core_) return;
+  if (OnExecutorThread()) {
+    // Shutdown waits for every worker, this one included: a thread of its
+    // own does it, and the Core (with the Python references in its
+    // registry, dropped without waiting for the GIL) goes with that thread.
+    try {
+      std::thread([core = std::move(core_)]() mutable {
+        core->Close();
+        core.reset();
+      }).detach();
+    } catch (const std::system_error&) {
+      // No thread to be had: the atexit hook closes it (it is tracked).
+      new std::shared_ptr<Core>(std::move(core_));  // NOLINT: left behind
+    }
+    return;
+  }
+  if (PyGILState_Check()) {
+    // The scheduler's lock must not be waited for with the GIL, and a
+    // Python executor's cleanup needs the GIL to finish.
+    WithoutGil([&] { core_->Close(); });
   } else {
-    Close();
+    core_->Close();
   }
 }
 
 absl::Status Runtime::RegisterExecutor(std::string name,
                                        pybind11::object factory) {
-  return RegisterPythonExecutor(registry_, std::move(name), std::move(factory));
+  return RegisterPythonExecutor(core_->registry, std::move(name),
+                                std::move(factory));
 }
 
 absl::Status Runtime::Validate(const Stage& stage) const {
-  return ValidateForPlatform(registry_, stage, policy_);
+  return ValidateForPlatform(core_->registry, stage, core_->policy);
 }
 
 absl::StatusOr<std::shared_ptr<RunState>> Runtime::Start(Stage stage,
@@ -97,17 +113,19 @@ absl::StatusOr<std::shared_ptr<RunState>> Runtime::Start(Stage stage,
   task.id = task_id;
   task.stage = std::move(stage);
   task.observer =
-      std::make_shared<RunObserver>(state, echo ? &console_ : nullptr);
-  if (absl::Status s = scheduler_->Submit(std::move(task)); !s.ok()) {
+      std::make_shared<RunObserver>(state, echo ? &core_->console : nullptr);
+  if (absl::Status s = core_->scheduler->Submit(std::move(task)); !s.ok()) {
     return s;
   }
   return state;
 }
 
 absl::Status Runtime::Cancel(std::string_view task_id) {
-  return scheduler_->Cancel(task_id);
+  return core_->scheduler->Cancel(task_id);
 }
 
-void Runtime::Shutdown(absl::Duration drain) { scheduler_->Shutdown(drain); }
+void Runtime::Shutdown(absl::Duration drain) {
+  core_->scheduler->Shutdown(drain);
+}
 
 }  // namespace delegate::python

@@ -49,7 +49,10 @@ class Runtime final : public Closable,
   static absl::StatusOr<std::shared_ptr<Runtime>> Create(
       RuntimeOptions options);
   // Shuts the scheduler down (cancelling what still runs); releases the
-  // GIL for that when the caller holds it.
+  // GIL for that when the caller holds it. On a scheduler worker that runs
+  // a Python executor (the cyclic GC may collect a Runtime there), which
+  // the shutdown would wait for, it shuts down on a thread of its own
+  // instead and returns at once.
   ~Runtime() override;
 
   // A Python executor under `name`. REQUIRES: the GIL.
@@ -68,19 +71,29 @@ class Runtime final : public Closable,
   void Shutdown(absl::Duration drain);
   void Close() override { Shutdown(absl::ZeroDuration()); }
 
-  SchedulerStats stats() const { return scheduler_->stats(); }
-  std::vector<std::string> executors() const { return registry_.Names(); }
-  const DelegateConfig& config() const { return config_; }
+  SchedulerStats stats() const { return core_->scheduler->stats(); }
+  std::vector<std::string> executors() const { return core_->registry.Names(); }
+  const DelegateConfig& config() const { return core_->config; }
 
  private:
-  Runtime(DelegateConfig config, OperatorPolicy policy)
-      : config_(std::move(config)), policy_(std::move(policy)) {}
+  // What runs the stages: kept apart so that it can outlive the Runtime
+  // while a thread of its own shuts it down (see ~Runtime). Tracked, so
+  // that the atexit hook also closes one whose Runtime is gone.
+  struct Core final : public Closable {
+    Core(DelegateConfig c, OperatorPolicy p)
+        : config(std::move(c)), policy(std::move(p)) {}
+    void Close() override { scheduler->Shutdown(absl::ZeroDuration()); }
 
-  const DelegateConfig config_;
-  const OperatorPolicy policy_;
-  ExecutorRegistry registry_;  // outlives the scheduler
-  ConsoleLogSink console_{stdout};
-  std::unique_ptr<Scheduler> scheduler_;
+    const DelegateConfig config;
+    const OperatorPolicy policy;
+    ExecutorRegistry registry;  // outlives the scheduler
+    ConsoleLogSink console{stdout};
+    std::unique_ptr<Scheduler> scheduler;
+  };
+
+  explicit Runtime(std::shared_ptr<Core> core) : core_(std::move(core)) {}
+
+  std::shared_ptr<Core> core_;
 };
 
 }  // namespace delegate::python

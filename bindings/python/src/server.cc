@@ -1,6 +1,8 @@
 #include "server.h"
 
 #include <cstdio>
+#include <system_error>
+#include <thread>
 #include <utility>
 
 #include "delegate/builtins.h"
@@ -34,7 +36,21 @@ absl::StatusOr<std::shared_ptr<Server>> Server::Create(ServerOptions options) {
   absl::StatusOr<OperatorPolicy> policy = LoadOperatorPolicy(env);
   if (!policy.ok()) return policy.status();
 
-  std::shared_ptr<Server> server(new Server(options));
+  // Deleted on a thread of its own when the last reference goes on a
+  // scheduler worker running a Python executor (the cyclic GC may free it
+  // there): Close joins the server's thread, which waits for that worker.
+  std::shared_ptr<Server> server(new Server(options), [](Server* s) {
+    if (OnExecutorThread()) {
+      try {
+        std::thread([s] { delete s; }).detach();
+        return;
+      } catch (const std::system_error&) {
+        // No thread to be had: left running (the process is in trouble).
+        return;
+      }
+    }
+    delete s;
+  });
   if (absl::Status s = RegisterBuiltins(*config, env, server->executors_,
                                         &server->managers_);
       !s.ok()) {
@@ -135,6 +151,7 @@ bool Server::WaitStarted(absl::Duration timeout) {
 
 bool Server::WaitEnded(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
+  if (!started_) return true;  // nothing runs, nor will without start()
   auto has_ended = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return ended_.has_value();
   };

@@ -44,7 +44,9 @@ struct ServerOptions {
 class Server final : public Closable {
  public:
   static absl::StatusOr<std::shared_ptr<Server>> Create(ServerOptions options);
-  // Close(); releases the GIL for that when the caller holds it.
+  // Close(); releases the GIL for that when the caller holds it. (Create's
+  // deleter runs it on a thread of its own when the last reference goes on
+  // a scheduler worker that runs a Python executor.)
   ~Server() override;
 
   // A Python executor under `name`. REQUIRES: the GIL.
@@ -56,7 +58,8 @@ class Server final : public Closable {
   // True once serving (the ops port is bound, and RuntimeService, when
   // asked for, listens) or Run has ended; waits up to `timeout` for it.
   bool WaitStarted(absl::Duration timeout);
-  // True once Run has ended; waits up to `timeout` for it.
+  // True once Run has ended, or at once when Start was never called; waits
+  // up to `timeout` for it.
   bool WaitEnded(absl::Duration timeout);
   // DelegateServer::Drain: the first lets running stages finish, a second
   // cancels them.

@@ -235,3 +235,37 @@ def test_a_closed_runtime_takes_no_stages(runtime):
     with pytest.raises(delegate.DelegateError, match="shutting down") as caught:
         runtime.run(parse("name: s\nsteps: [{id: a, commands: ['true']}]\n"))
     assert caught.value.code == "UNAVAILABLE"
+
+
+def test_step_result_outputs_edited_in_place_are_kept(runtime):
+    class Outputs(delegate.Executor):
+        def execute(self, step):
+            r = delegate.StepResult()
+            if step.step.id == "edit":
+                r.outputs["VERSION"] = "3.1"
+            elif step.step.id == "assign":
+                r.outputs = {"VERSION": "3.2"}
+                r.outputs["EXTRA"] = "yes"
+            else:
+                r.outputs["VERSION"] = 3
+            return r
+
+    runtime.register_executor("outputs", Outputs)
+    result = runtime.run(parse(
+        """
+        name: outs
+        platform: outputs
+        steps:
+          - {id: edit, commands: [x], outputs: [VERSION]}
+          - {id: assign, commands: [x], outputs: [VERSION, EXTRA]}
+          - {id: bad, commands: [x], outputs: [VERSION]}
+        """
+    ))
+    by_id = {s.id: s for s in result.steps}
+    assert by_id["edit"].outputs == {"VERSION": "3.1"}
+    assert by_id["assign"].outputs == {"VERSION": "3.2", "EXTRA": "yes"}
+    assert by_id["bad"].status == delegate.Status.FAILURE
+    assert "outputs are not all str" in by_id["bad"].error
+    local = delegate.StepResult(outputs={"A": "1"})
+    local.outputs["B"] = "2"
+    assert local.outputs == {"A": "1", "B": "2"}

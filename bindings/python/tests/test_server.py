@@ -121,3 +121,22 @@ def test_a_stage_sent_to_runtime_service_runs_on_a_python_executor(tmp_path):
     assert "hello from greet" in seen["lines"]
     assert len(calls) == 1 and "grpc-1" in calls[0][0]
     assert calls[0][1] is False  # on a worker thread
+
+
+def test_stop_and_wait_before_start_return_at_once():
+    srv = server()
+    assert srv.wait(timeout=5) is True
+    assert srv.stop(timeout=5) is True
+    assert not srv.running
+
+
+def test_a_server_collected_on_its_own_worker_does_not_wait_for_it(tmp_path):
+    generate_stubs(tmp_path)
+    proc = start_script("collect_server_on_worker.py", tmp_path)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"hung; stdout={out!r} stderr={err[-2000:]!r}")
+    assert (proc.returncode, out) == (0, "collected\n"), err

@@ -153,3 +153,18 @@ def test_bad_settings_name_the_variable_or_option(tmp_path):
     with pytest.raises(ValueError, match="max_stages"):
         delegate.Runtime({}, max_stages=0)
     assert delegate.Runtime({}, max_stages=2, name="py-test").name == "py-test"
+
+
+def test_runtime_env_takes_any_mapping(workdir):
+    import os
+    import types
+
+    with delegate.Runtime(env=os.environ, workdir=str(workdir)) as rt:
+        assert "host" in rt.executors
+    with delegate.Runtime(env=types.MappingProxyType({"HARNESS_NAME": "proxied"})) as rt:
+        assert rt.name == "proxied"
+    with pytest.raises(TypeError, match="env: expected a mapping"):
+        delegate.Runtime(env=[("HARNESS_NAME", "x")])
+    with pytest.raises(TypeError, match="env: MAX_STAGES: the value must be a str") as raised:
+        delegate.Runtime(env={"MAX_STAGES": 12345})
+    assert "12345" not in str(raised.value)

@@ -113,7 +113,9 @@ DELEGATE_C_EXPORT delegate_env_t* delegate_env_from_process(void);
  * and the line number, never the line's value. */
 DELEGATE_C_EXPORT delegate_env_t* delegate_env_read_file(const char* path,
                                                          char** errptr);
-/* Sets (or replaces) one variable. */
+/* Sets (or replaces) one variable. An empty name, or one with '=' in it,
+ * is an error (which quotes at most the part before '=', never what
+ * follows it). */
 DELEGATE_C_EXPORT void delegate_env_set(delegate_env_t* env, const char* name,
                                         const char* value, char** errptr);
 /* The value, or NULL when the name is not set. Borrowed until the variable
@@ -247,9 +249,10 @@ DELEGATE_C_EXPORT const char* delegate_step_context_output_name(
 DELEGATE_C_EXPORT delegate_stage_context_t* delegate_step_context_stage(
     delegate_step_context_t* ctx);
 
-/* Step output: raw bytes on DELEGATE_STREAM_STDOUT or _STDERR, split into
+/* Step output: raw bytes on DELEGATE_STREAM_STDOUT, _STDERR or _SYSTEM
+ * (lines from the executor rather than the step's process), split into
  * lines and masked by the library; a partial last line is held until more
- * comes or the step ends. */
+ * comes or the step ends. Any other `stream` value writes nothing. */
 DELEGATE_C_EXPORT void delegate_step_context_write(delegate_step_context_t* ctx,
                                                    int stream, const char* data,
                                                    size_t len);
@@ -275,7 +278,8 @@ DELEGATE_C_EXPORT void delegate_step_context_fail(delegate_step_context_t* ctx,
  * or waits with delegate_step_context_wait. */
 DELEGATE_C_EXPORT int delegate_step_context_stop_reason(
     const delegate_step_context_t* ctx);
-/* Blocks until the step must stop or `timeout_ms` has passed; returns
+/* Blocks until the step must stop or `timeout_ms` has passed (negative:
+ * no timeout, only the step's stop or deadline ends it); returns
  * delegate_step_context_stop_reason then. */
 DELEGATE_C_EXPORT int delegate_step_context_wait(
     const delegate_step_context_t* ctx, int64_t timeout_ms);
@@ -327,9 +331,9 @@ DELEGATE_C_EXPORT delegate_scheduler_t* delegate_scheduler_create(
  *
  * `on_line` (may be NULL) receives every log line of the stage (init, each
  * step, cleanup), masked, in order: lines of one step by their number.
- * It is called on a scheduler worker thread, never by two threads at once
- * for one run, and must not block for long: the step's output waits for
- * it. `destructor(state)` runs once, after the last line, by the time
+ * It is called on a library thread (a scheduler worker or an executor's
+ * output reader), one call at a time per run, in order, and must not
+ * block for long: the step's output waits for it. `destructor(state)` runs once, after the last line, by the time
  * delegate_run_wait or delegate_run_destroy returns (at once when this call
  * fails).
  *
@@ -371,12 +375,14 @@ DELEGATE_C_EXPORT void delegate_scheduler_destroy(
 DELEGATE_C_EXPORT const char* delegate_run_task_id(const delegate_run_t* run);
 /* Blocks until the stage has been cleaned up; its result. May be called
  * again (each call returns a new result). Free with
- * delegate_result_destroy. */
+ * delegate_result_destroy. NULL only when `run` is NULL or memory ran
+ * out. */
 DELEGATE_C_EXPORT delegate_result_t* delegate_run_wait(delegate_run_t* run);
 /* Stops the stage, gracefully first: the first call lets it run for up to
  * `drain_ms` more (steps and cleanup), then cancels it as a delegate
- * shutting down; a later call cancels it at once. Returns at once; 0 when
- * the stage had already finished, 1 otherwise. Thread-safe (until
+ * shutting down; a later call cancels it at once (so does the first when
+ * no thread can be started for the drain). Returns at once; 0 when the
+ * stage had already finished, 1 otherwise. Thread-safe (until
  * delegate_run_destroy). */
 DELEGATE_C_EXPORT int delegate_run_interrupt(delegate_run_t* run,
                                              int64_t drain_ms);
@@ -412,9 +418,12 @@ delegate_log_line_time_us(const delegate_log_line_t* line);
 
 /* DELEGATE_STATUS_* of the stage; never SKIPPED. */
 DELEGATE_C_EXPORT int delegate_result_status(const delegate_result_t* result);
-/* Borrowed; "" when none (init or cleanup failure, timeout, cancel). */
+/* Why the stage failed apart from its steps: an initialize or cleanup
+ * failure, the stage's timeout, or why it was cancelled; "" when there is
+ * no such reason (a step's failure is that step's error). Borrowed. */
 DELEGATE_C_EXPORT const char* delegate_result_error(
     const delegate_result_t* result);
+/* The task id the stage ran under (given or made at submit). Borrowed. */
 DELEGATE_C_EXPORT const char* delegate_result_task_id(
     const delegate_result_t* result);
 DELEGATE_C_EXPORT size_t
@@ -427,6 +436,9 @@ DELEGATE_C_EXPORT int delegate_result_step_status(
 /* -1 when no exit code is known (no process ran, or it was killed). */
 DELEGATE_C_EXPORT int delegate_result_step_exit_code(
     const delegate_result_t* result, size_t i);
+/* The step's error, one line for people: why it failed, timed out, was
+ * cancelled or skipped; "" when it succeeded. Borrowed; NULL when i is out
+ * of range. */
 DELEGATE_C_EXPORT const char* delegate_result_step_error(
     const delegate_result_t* result, size_t i);
 /* NULL when the step has no such output. */
@@ -466,9 +478,11 @@ DELEGATE_C_EXPORT void delegate_server_options_set_runtime_tls(
 DELEGATE_C_EXPORT void delegate_server_options_set_start_executors(
     delegate_server_options_t* options, int start);
 /* The server's own event log: one JSON object per line, without its
- * newline, to `on_event` (from the server's threads, one call at a time),
- * instead of stdout. `destructor(state)` runs once, when the options and
- * every server made from them are destroyed. */
+ * newline, to `on_event` instead of stdout. It is called from the
+ * servers' threads, one call at a time for this callback, also when
+ * several servers made from these options run at once. `destructor(state)`
+ * runs once, when the options and every server made from them are
+ * destroyed. */
 DELEGATE_C_EXPORT void delegate_server_options_set_event_log(
     delegate_server_options_t* options, void* state,
     void (*destructor)(void* state),
