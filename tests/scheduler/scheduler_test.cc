@@ -399,6 +399,58 @@ TEST_F(SchedulerTest, CancelQueuedStageNeverInitializesIt) {
   for (const std::string& c : journal_.Calls()) EXPECT_NE(c, "init:q");
 }
 
+// An executor's destructor may call back into the scheduler: a queued stage
+// that was cancelled drops its executor outside the scheduler's lock.
+class CallsBackOnDestroy final : public Executor {
+ public:
+  explicit CallsBackOnDestroy(std::atomic<Scheduler*>& scheduler)
+      : scheduler_(scheduler) {}
+  ~CallsBackOnDestroy() override {
+    if (Scheduler* s = scheduler_.load()) s->stats();  // takes its lock
+  }
+  absl::Status Initialize(const StageContext&) override {
+    return absl::OkStatus();
+  }
+  StepResult Execute(const StepContext&) override {
+    StepResult r;
+    r.exit_code = 0;
+    return r;
+  }
+  absl::Status Cleanup(const StageContext&) override {
+    return absl::OkStatus();
+  }
+
+ private:
+  std::atomic<Scheduler*>& scheduler_;
+};
+
+TEST_F(SchedulerTest, ExecutorOfACancelledQueuedStageIsDroppedOutsideTheLock) {
+  std::atomic<Scheduler*> watched{nullptr};
+  ASSERT_TRUE(registry_
+                  .Register("calls-back",
+                            [&watched] {
+                              return std::make_unique<CallsBackOnDestroy>(
+                                  watched);
+                            })
+                  .ok());
+  auto scheduler = Make(1);
+  watched = scheduler.get();
+  auto blocker = Run(*scheduler, "block", MakeStage({MakeStep("a", "wait")}));
+  WaitForCall("exec:block:a");
+  auto queued = Run(*scheduler, "q",
+                    MakeStage({MakeStep("a", "ok")}, "calls-back"));
+  ASSERT_TRUE(scheduler->Cancel("q").ok());
+  EXPECT_EQ(queued.get().status, StepStatus::kCancelled);
+  // The queue still holds the cancelled stage: the worker that frees up next
+  // skips it and drops its executor, which calls stats().
+  ASSERT_TRUE(scheduler->Cancel("block").ok());
+  blocker.get();
+  auto after = Run(*scheduler, "after", MakeStage({MakeStep("a", "ok")}));
+  EXPECT_EQ(after.get().status, StepStatus::kSuccess);
+  scheduler->Shutdown(absl::ZeroDuration());
+  watched = nullptr;
+}
+
 // Once the stage has been cleaned up there is nothing to cancel, even while
 // its observer is still being told (the id is then still reserved).
 TEST_F(SchedulerTest, CancelAfterCleanupIsNotFoundEvenDuringDone) {

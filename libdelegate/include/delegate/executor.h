@@ -70,6 +70,9 @@ class DELEGATE_EXPORT Executor {
   Executor() = default;
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
+  // Runs on whichever thread lets the stage go last (a worker, or the one
+  // that cancelled it), never under a scheduler lock: it may call the
+  // scheduler, and may block (a binding taking its interpreter's lock).
   virtual ~Executor() = default;
 
   // Checks, without side effects, that this platform can run the stage as

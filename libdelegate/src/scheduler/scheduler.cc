@@ -72,7 +72,11 @@ class Scheduler::Impl {
   // After `added` stages were queued: a free worker takes them, or one starts.
   void WakeWorkers(size_t added) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WorkerLoop();
-  std::shared_ptr<Entry> PopRunnable() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A queued stage that was cancelled is skipped and moved to `released`:
+  // the caller drops it after unlocking, since its last reference may own an
+  // executor whose destructor must not run under the scheduler's lock.
+  std::shared_ptr<Entry> PopRunnable(std::vector<EntryPtr>& released)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SpawnWorker() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DecrementQueued() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (--queued_ == 0) has_work_.store(false, std::memory_order_relaxed);
@@ -216,12 +220,19 @@ void Scheduler::Impl::Shutdown(absl::Duration drain) {
   // Stages that were accepted while a slot was free still run; those waiting
   // for capacity are cancelled now, and so is whatever remains queued when
   // the drain ends.
-  auto drop_queued = [this](size_t keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  // Cancelled entries still queued go to `released`, to be dropped after
+  // the lock (see PopRunnable).
+  std::vector<EntryPtr> released;
+  auto drop_queued = [this, &released](size_t keep)
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     std::vector<EntryPtr> dropped;
     for (auto& queue : queues_) {
       std::deque<EntryPtr> kept;
       for (EntryPtr& entry : queue) {
-        if (entry->cancelled) continue;
+        if (entry->cancelled) {
+          released.push_back(std::move(entry));
+          continue;
+        }
         if (keep > 0) {
           --keep;
           kept.push_back(std::move(entry));
@@ -266,6 +277,7 @@ void Scheduler::Impl::Shutdown(absl::Duration drain) {
     dropped = drop_queued(0);
   }
   report(dropped);
+  released.clear();
   absl::MutexLock lock(&mu_);
   for (auto& [id, entry] : active_) {
     if (!entry->running) continue;
@@ -322,7 +334,8 @@ void Scheduler::Impl::Forget(const std::string& id) {
   finished_.insert(AbslView(*slot));
 }
 
-Scheduler::Impl::EntryPtr Scheduler::Impl::PopRunnable() {
+Scheduler::Impl::EntryPtr Scheduler::Impl::PopRunnable(
+    std::vector<EntryPtr>& released) {
   if (options_.max_stages &&
       running_ >= static_cast<size_t>(*options_.max_stages)) {
     return nullptr;
@@ -332,6 +345,8 @@ Scheduler::Impl::EntryPtr Scheduler::Impl::PopRunnable() {
       EntryPtr entry = std::move(queue.front());
       queue.pop_front();
       if (!entry->cancelled) return entry;
+      // Possibly its last reference: dropped once the lock is released.
+      released.push_back(std::move(entry));
     }
   }
   return nullptr;
@@ -341,8 +356,15 @@ void Scheduler::Impl::WorkerLoop() {
   mu_.Lock();
   --starting_;
   bool spun = false;  // polled once since the last stage
+  std::vector<EntryPtr> released;
   while (true) {
-    EntryPtr entry = PopRunnable();
+    EntryPtr entry = PopRunnable(released);
+    if (!entry && !released.empty()) {
+      mu_.Unlock();
+      released.clear();
+      mu_.Lock();
+      continue;
+    }
     if (!entry) {
       if (shutting_down_) break;
       if (options_.spin_when_idle && !spun && spinning_ == 0 && queued_ == 0) {
@@ -381,6 +403,7 @@ void Scheduler::Impl::WorkerLoop() {
       }
     }
     mu_.Unlock();
+    released.clear();
     {
       StageResult result = RunStageTransaction(options_, clock_, *entry);
       entry->ended.store(true, std::memory_order_release);
