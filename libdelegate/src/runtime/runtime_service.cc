@@ -344,10 +344,15 @@ grpc::Status RuntimeServiceImpl::WatchStage(
       return grpc::Status(grpc::StatusCode::CANCELLED,
                           "the watch was cancelled");
     }
-    if (table_->shutting_down) return ShuttingDown();
     StageJournal::Batch batch = journal->Read(after, request->skip_logs(),
                                               kEventsPerRead, kPollInterval);
-    if (batch.closed) return ShuttingDown();
+    // While shutting down, a watcher still gets every event recorded so far
+    // (a stage that finished during the drain is seen to its end); only then
+    // is it told to come back.
+    if (batch.events.empty() && !batch.done &&
+        (batch.closed || table_->shutting_down)) {
+      return ShuttingDown();
+    }
     for (const v1::StageEvent& event : batch.events) {
       if (!writer->Write(event)) {
         return grpc::Status(grpc::StatusCode::CANCELLED,

@@ -120,10 +120,6 @@ StageJournal::Batch StageJournal::Read(uint64_t after, bool skip_logs,
   const absl::Time deadline = absl::Now() + wait;
   absl::MutexLock lock(&mu_);
   while (true) {
-    if (closed_) {
-      batch.closed = true;
-      return batch;
-    }
     const uint64_t first = next_sequence_ - events_.size();
     size_t i = batch.after + 1 > first ? batch.after + 1 - first : 0;
     for (; i < events_.size() && batch.events.size() < max_events; ++i) {
@@ -136,6 +132,11 @@ StageJournal::Batch StageJournal::Read(uint64_t after, bool skip_logs,
     }
     batch.done = published_ && batch.after + 1 >= next_sequence_;
     if (!batch.events.empty() || batch.done) return batch;
+    // Closed: what was recorded has been handed out; nothing more comes.
+    if (closed_) {
+      batch.closed = true;
+      return batch;
+    }
     if (cv_.WaitWithDeadline(&mu_, deadline)) return batch;
   }
 }

@@ -47,7 +47,7 @@ class StageJournal final : public StageEvents {
     uint64_t after = 0;
     // Everything up to stage_finished has been read.
     bool done = false;
-    // Close was called: no more reads.
+    // Close was called and every event recorded before was read: no more.
     bool closed = false;
   };
   // The next events with a sequence above `after` (log events left out with
@@ -57,8 +57,9 @@ class StageJournal final : public StageEvents {
   Batch Read(uint64_t after, bool skip_logs, size_t max_events,
              absl::Duration wait);
 
-  // Wakes the readers and makes every Read answer `closed` (the runtime is
-  // shutting down). Idempotent.
+  // Wakes the readers; from now on a Read hands out what is recorded and,
+  // once nothing is left, answers `closed` at once instead of waiting (the
+  // runtime is shutting down). Idempotent.
   void Close();
 
   // Finished was called (its event may be a moment behind).
