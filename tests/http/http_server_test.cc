@@ -764,15 +764,26 @@ TEST(HttpServerTest, ClientGoneCancelsALongPoll) {
   EXPECT_TRUE(saw_cancel.load());
 }
 
-TEST(HttpServerTest, ConnectionsBeyondTheLimitGet503) {
+TEST(HttpServerTest, ConnectionsBeyondTheLimitGet503WhenNoneIsIdle) {
   Recorder recorder;
+  std::atomic<bool> release{false};
+  Handler record = recorder.handler();
   ServerOptions options;
   options.max_connections = 1;
-  auto server = MustStart(options, recorder.handler());
+  auto server = MustStart(options, [&](const ServerRequest& r) {
+    // The first connection stays busy: no room can be made by evicting it.
+    while (r.path == "/1" && !release) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return record(r);
+  });
   ASSERT_NE(server, nullptr);
   auto first = std::make_unique<RawClient>(server->port());
   ASSERT_TRUE(first->Send("GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"));
-  ASSERT_TRUE(first->Read().has_value());  // now served, and kept open
+  while (recorder.seen().empty() && server->connections_accepted() < 1) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
 
   RawClient second(server->port());
   ASSERT_TRUE(second.Send("GET /2 HTTP/1.1\r\nHost: x\r\n\r\n"));
@@ -781,6 +792,9 @@ TEST(HttpServerTest, ConnectionsBeyondTheLimitGet503) {
   EXPECT_EQ(r->status, 503);
   EXPECT_EQ(r->headers["retry-after"], "1");
   EXPECT_TRUE(second.ClosedWithin(absl::Seconds(5)));
+  release = true;
+  ASSERT_TRUE(first->Read().has_value());
+  EXPECT_EQ(server->connections_evicted(), 0u);
 
   // Once the first goes, a new one is served.
   first.reset();
@@ -818,6 +832,7 @@ TEST(HttpServerTest, IdleConnectionsAreClosed) {
 TEST(HttpServerTest, SlowRequestIs408) {
   Recorder recorder;
   ServerOptions options;
+  options.head_timeout = absl::Milliseconds(200);
   options.read_timeout = absl::Milliseconds(200);
   auto server = MustStart(options, recorder.handler());
   ASSERT_NE(server, nullptr);

@@ -357,5 +357,56 @@ TEST(RequestParserTest, OversizedBodiesAre413) {
   EXPECT_EQ(parser.Parse(&buffer), Status::kDone);
 }
 
+TEST(RequestParserTest, LongRequestLinesAndTooManyHeaders) {
+  RequestLimits limits;
+  limits.max_request_line_bytes = 32;
+  limits.max_header_count = 3;
+  ExpectErrors(
+      limits,
+      {
+          // Known before the line ends.
+          {absl::StrCat("GET /", std::string(40, 'a')), 414,
+           "request line longer than 32 bytes"},
+          {"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", 431,
+           "more than 3 header fields"},
+      });
+  RequestParser parser(limits);
+  std::string buffer = "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+  EXPECT_EQ(parser.Parse(&buffer), Status::kDone);
+}
+
+TEST(RequestParserTest, GetAndHeadWithABodyAreRefusedAtTheHead) {
+  ExpectErrors(
+      Limits(),
+      {
+          {"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", 400,
+           "a GET request must not have a body"},
+          {"HEAD / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 400,
+           "a HEAD request must not have a body"},
+      });
+  RequestParser parser(Limits());
+  std::string buffer = "GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+  EXPECT_EQ(parser.Parse(&buffer), Status::kDone);
+}
+
+TEST(RequestParserTest, BodyLimitPerRoute) {
+  RequestLimits limits = Limits(/*max_header_bytes=*/1024,
+                                /*max_body_bytes=*/100);
+  limits.body_limit = [](const ServerRequest& head) -> size_t {
+    return head.path == "/small" ? 3 : 1000;  // never above max_body_bytes
+  };
+  ExpectErrors(limits,
+               {
+                   {"POST /small HTTP/1.1\r\nContent-Length: 4\r\n\r\n", 413,
+                    "request body larger than 3 bytes"},
+                   {"POST /big HTTP/1.1\r\nContent-Length: 101\r\n\r\n",
+                    413, "request body larger than 100 bytes"},
+               });
+  RequestParser parser(limits);
+  std::string buffer = "POST /small HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+  EXPECT_EQ(parser.Parse(&buffer), Status::kDone);
+  EXPECT_EQ(parser.body_limit(), 3u);
+}
+
 }  // namespace
 }  // namespace delegate::http

@@ -11,6 +11,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -18,6 +22,7 @@
 #include <system_error>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -36,6 +41,14 @@ constexpr size_t kMaxRejecting = 16;
 // How long a connection beyond max_connections may take to shake hands
 // before it is told 503.
 constexpr absl::Duration kRejectHandshakeTime = absl::Seconds(5);
+
+// A connection's buffer keeps at most this much capacity between requests;
+// past it, it is reallocated to what it holds.
+constexpr size_t kKeptBufferBytes = size_t{64} << 10;
+// A request this large (body and head) returns the allocator's free memory
+// to the system once answered, so that a burst of large requests does not
+// leave the process large.
+constexpr size_t kTrimAfterBytes = size_t{1} << 20;
 
 std::string HostPort(std::string_view host, int port) {
   if (host.find(':') != std::string_view::npos) {
@@ -61,6 +74,45 @@ std::string PeerAddress(const sockaddr_storage& addr, socklen_t len) {
   (void)absl::SimpleAtoi(serv, &port);
   return HostPort(h, port);
 }
+
+// The client's address without the port: what the cap per client counts.
+std::string ClientOf(const std::string& peer) {
+  size_t colon = peer.rfind(':');
+  return colon == std::string::npos ? peer : peer.substr(0, colon);
+}
+
+// Whether a connection may be evicted: it is idle while it waits for the
+// first byte of a request. The connection's thread moves it between idle
+// and busy; the acceptor, under the server's lock, from idle to evicted,
+// after which the thread only winds down.
+class IdleGate {
+ public:
+  // The connection waits for a request; false when it has been evicted.
+  bool Idle() {
+    idle_since_ns_.store(absl::ToUnixNanos(absl::Now()));
+    int busy = kBusy;
+    return state_.compare_exchange_strong(busy, kIdle) || busy == kIdle;
+  }
+  // A byte came; false when the connection was evicted first.
+  bool Busy() {
+    int idle = kIdle;
+    return state_.compare_exchange_strong(idle, kBusy) || idle == kBusy;
+  }
+  // True when it was idle, and is now evicted.
+  bool Evict() {
+    int idle = kIdle;
+    return state_.compare_exchange_strong(idle, kEvicted);
+  }
+  bool idle() const { return state_.load() == kIdle; }
+  bool evicted() const { return state_.load() == kEvicted; }
+  int64_t idle_since_ns() const { return idle_since_ns_.load(); }
+
+ private:
+  enum { kIdle, kBusy, kEvicted };
+  // A new connection is idle: it has sent nothing yet.
+  std::atomic<int> state_{kIdle};
+  std::atomic<int64_t> idle_since_ns_{absl::ToUnixNanos(absl::Now())};
+};
 
 const char* Reason(int status) {
   static constexpr std::pair<int, const char*> kReasons[] = {
@@ -129,18 +181,19 @@ class Session {
  public:
   Session(const ServerOptions& options, const Handler& handler,
           const std::atomic<bool>& stopping, TlsStream& stream,
-          std::string peer)
+          std::string peer, IdleGate& gate)
       : options_(options),
         handler_(handler),
         stopping_(stopping),
         stream_(stream),
-        peer_(std::move(peer)) {}
+        peer_(std::move(peer)),
+        gate_(gate) {}
 
   void Run() {
     if (stream_.tls()) {
       std::string error;
       StreamResult r =
-          stream_.Handshake(absl::Now() + options_.read_timeout, &error);
+          stream_.Handshake(absl::Now() + options_.head_timeout, &error);
       if (r != StreamResult::kOk) {
         if (r == StreamResult::kError) {
           Report(
@@ -155,8 +208,13 @@ class Session {
     }
     for (;;) {
       if (stopping_) return;
-      RequestParser parser(
-          RequestLimits{options_.max_header_bytes, options_.max_body_bytes});
+      RequestParser parser(RequestLimits{
+          .max_header_bytes = options_.max_header_bytes,
+          .max_request_line_bytes = options_.max_request_line_bytes,
+          .max_header_count = options_.max_header_count,
+          .max_body_bytes = options_.max_body_bytes,
+          .body_limit = options_.body_limit,
+      });
       ReadOutcome outcome = ReadRequest(parser);
       if (outcome.kind == ReadOutcome::kClose) return;
       if (outcome.kind == ReadOutcome::kError) {
@@ -164,12 +222,24 @@ class Session {
         return;
       }
       ServerRequest& request = parser.request();
-      ServerResponse response = Call(request);
+      const size_t request_bytes = request.body.size() + head_bytes_;
+      bool sent;
       bool close = !parser.keep_alive() || stopping_;
-      if (!Send(response, parser.minor_version(), &close,
-                request.method == "HEAD")) {
-        return;
+      {
+        ServerResponse response = Call(request);
+        sent = Send(response, parser.minor_version(), &close,
+                    request.method == "HEAD");
       }
+      // What the request held goes now, not when the connection does.
+      request = ServerRequest();
+      if (buffer_.capacity() > kKeptBufferBytes) {
+        std::string rest(buffer_);
+        buffer_.swap(rest);
+      }
+#ifdef __GLIBC__
+      if (request_bytes >= kTrimAfterBytes) malloc_trim(0);
+#endif
+      if (!sent) return;
       if (close) {
         stream_.Finish(/*linger=*/true);
         return;
@@ -203,10 +273,15 @@ class Session {
 
   // Feeds `parser` from the connection until it has a request or an error.
   ReadOutcome ReadRequest(RequestParser& parser) {
-    // The head: wait idle_timeout for its first byte, then read_timeout for
-    // the rest. The body: read_timeout for each read.
-    absl::Time deadline = absl::Now() + options_.idle_timeout;
+    // The head: wait idle_timeout for its first byte (idle, and so
+    // evictable, meanwhile), then head_timeout for the whole of it. The
+    // body: read_timeout for each read, and min_body_bytes_per_second.
+    const absl::Time start = absl::Now();
+    absl::Time deadline = start + options_.idle_timeout;
+    absl::Time body_start;
+    size_t body_bytes = 0;
     bool started = false;
+    head_bytes_ = 0;
     for (;;) {
       switch (parser.Parse(&buffer_)) {
         case RequestParser::Status::kDone:
@@ -223,18 +298,40 @@ class Session {
         case RequestParser::Status::kNeedMore:
           break;
       }
-      if (parser.reading_body()) {
-        deadline = absl::Now() + options_.read_timeout;
+      const bool body = parser.reading_body();
+      if (body) {
+        if (body_start == absl::Time()) body_start = absl::Now();
+        const double earned =
+            static_cast<double>(body_bytes) /
+            static_cast<double>(std::max<size_t>(
+                options_.min_body_bytes_per_second, 1));
+        deadline = std::min(absl::Now() + options_.read_timeout,
+                            body_start + options_.read_timeout +
+                                absl::Seconds(earned));
       } else if (!started && parser.started()) {
         started = true;
-        deadline = absl::Now() + options_.read_timeout;
+        deadline = absl::Now() + options_.head_timeout;
       }
+      const bool idle = !parser.started() && buffer_.empty();
+      if (idle && !gate_.Idle()) return Closed();
+      const size_t before = buffer_.size();
       StreamResult r = stream_.Read(&buffer_, deadline);
-      if (r == StreamResult::kOk) continue;
+      if (idle && !gate_.Busy()) return Closed();  // evicted
+      if (r == StreamResult::kOk) {
+        (body ? body_bytes : head_bytes_) += buffer_.size() - before;
+        continue;
+      }
       if (r == StreamResult::kTimeout && parser.started()) {
-        return Fail(408,
-                    absl::StrCat("request not received within ",
-                                 absl::FormatDuration(options_.read_timeout)));
+        return Fail(
+            408, body ? absl::StrCat("request body not received within ",
+                                     absl::FormatDuration(
+                                         options_.read_timeout),
+                                     " a read, or at ",
+                                     options_.min_body_bytes_per_second,
+                                     " bytes/s")
+                      : absl::StrCat("request head not received within ",
+                                     absl::FormatDuration(
+                                         options_.head_timeout)));
       }
       return Closed();
     }
@@ -351,8 +448,10 @@ class Session {
   const std::atomic<bool>& stopping_;
   TlsStream& stream_;
   const std::string peer_;
+  IdleGate& gate_;
   std::string client_subject_;
-  std::string buffer_;  // received, not yet consumed
+  std::string buffer_;    // received, not yet consumed
+  size_t head_bytes_ = 0;  // received for the current request's head
 };
 
 }  // namespace
@@ -360,7 +459,9 @@ class Session {
 struct HttpServer::Connection {
   int fd = -1;
   std::string peer;
+  std::string client;   // peer without the port
   bool reject = false;  // answers 503 only
+  IdleGate gate;
   std::thread thread;
 };
 
@@ -512,8 +613,9 @@ void HttpServer::AcceptLoop() {
     auto connection = std::make_unique<Connection>();
     connection->fd = fd;
     connection->peer = PeerAddress(addr, len);
+    connection->client = ClientOf(connection->peer);
     absl::MutexLock lock(&mu_);
-    if (serving_ < options_.max_connections) {
+    if (Admit(connection->client)) {
       ++serving_;
     } else if (rejecting_ < kMaxRejecting) {
       ++rejecting_;
@@ -534,6 +636,46 @@ void HttpServer::AcceptLoop() {
   }
 }
 
+bool HttpServer::Admit(const std::string& client) {
+  const size_t per_client = options_.max_connections_per_client;
+  size_t mine = 0;
+  for (const auto& c : connections_) {
+    if (!c->reject && !c->gate.evicted() && c->client == client) ++mine;
+  }
+  const bool client_full = per_client != 0 && mine >= per_client;
+  if (!client_full && serving_ < options_.max_connections) return true;
+  // At a cap: the oldest idle connection makes room, the client's own when
+  // it is the client that is at its cap, else one of the client holding
+  // the most connections (a flood from one address pays for itself).
+  absl::flat_hash_map<std::string_view, size_t> held;
+  if (!client_full) {
+    for (const auto& c : connections_) {
+      if (!c->reject && !c->gate.evicted()) ++held[c->client];
+    }
+  }
+  Connection* victim = nullptr;
+  size_t victim_held = 0;
+  for (const auto& c : connections_) {
+    if (c->reject || !c->gate.idle()) continue;
+    if (client_full && c->client != client) continue;
+    const size_t h = client_full ? 0 : held[c->client];
+    if (victim == nullptr || h > victim_held ||
+        (h == victim_held &&
+         c->gate.idle_since_ns() < victim->gate.idle_since_ns())) {
+      victim = c.get();
+      victim_held = h;
+    }
+  }
+  // It may have become busy since: then there is no room after all.
+  if (victim == nullptr || !victim->gate.Evict()) return false;
+  // Its thread sees the end of its stream, and winds down; it no longer
+  // counts.
+  shutdown(victim->fd, SHUT_RDWR);
+  --serving_;
+  ++evicted_;
+  return true;
+}
+
 void HttpServer::Serve(Connection* c) {
   // OpenSSL writes with write(2), which raises SIGPIPE on a closed
   // connection; blocked, it leaves EPIPE instead, and a thread-directed
@@ -543,10 +685,30 @@ void HttpServer::Serve(Connection* c) {
   sigaddset(&pipe, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
 
-  {
+  // With TLS, the connection is idle (evictable) until the client's hello
+  // begins; without, until its request does (see Session).
+  bool hello = true;
+  if (tls_ != nullptr && !c->reject) {
+    hello = false;
+    const absl::Time deadline = absl::Now() + options_.idle_timeout;
+    for (;;) {
+      pollfd fds[2] = {{c->fd, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+      const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+      if (ms <= 0) break;
+      int n = poll(fds, 2, static_cast<int>(std::min<int64_t>(ms, 60000)));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 || fds[1].revents != 0) break;
+      if (fds[0].revents != 0) {
+        hello = c->gate.Busy();
+        break;
+      }
+    }
+  }
+  if (hello) {
     TlsStream stream(c->fd, tls_.get(), stop_fd_);
     if (stream.ok()) {
-      Session session(options_, handler_, stopping_, stream, c->peer);
+      Session session(options_, handler_, stopping_, stream, c->peer,
+                      c->gate);
       if (c->reject) {
         session.Reject();
       } else {
@@ -554,9 +716,17 @@ void HttpServer::Serve(Connection* c) {
       }
     }
   }
-  close(c->fd);
   absl::MutexLock lock(&mu_);
-  --(c->reject ? rejecting_ : serving_);
+  // Closed under the lock, so that the acceptor never shuts down the
+  // descriptor once it is another connection's.
+  close(c->fd);
+  if (c->reject) {
+    --rejecting_;
+  } else if (!c->gate.evicted()) {
+    --serving_;
+  } else {
+    // Counted out when it was evicted.
+  }
   // Not found once Stop has taken every connection to join.
   auto it = std::find_if(
       connections_.begin(), connections_.end(),

@@ -51,20 +51,44 @@ struct ServerOptions {
   int port = 0;  // 0: an ephemeral port, see HttpServer::port()
   std::optional<ServerTlsOptions> tls;  // TLS 1.2 or later when set
 
-  // Connections served at once. Beyond it a connection is answered 503 and
-  // closed (a few at a time; past those, closed unanswered).
+  // Connections held at once. A connection that arrives at the cap takes
+  // the place of the oldest idle one (connected, or between requests, with
+  // no byte of a request sent), preferring the client that holds the most
+  // connections, which is closed. Only when none is idle is it answered 503
+  // and closed (a few at a time; past those, closed unanswered). So idle
+  // connections, however many, never keep a new client (a liveness probe)
+  // out. Each connection served has a thread.
   size_t max_connections = 512;
+  // Connections from one client address (its IP, whatever the port) held at
+  // once; beyond it the client's own oldest idle connection is closed, or,
+  // when none is idle, the newcomer answered 503. 0: no cap per client.
+  size_t max_connections_per_client = 128;
+  // The request line; longer is answered 414.
+  size_t max_request_line_bytes = size_t{8} << 10;
   // The request line and headers (and a chunked body's trailers); larger is
   // answered 431.
   size_t max_header_bytes = size_t{64} << 10;
-  // A request body (after de-chunking); larger is answered 413.
+  // Header fields in a request; more are answered 431.
+  size_t max_header_count = 100;
+  // A request body (after de-chunking); larger is answered 413 as soon as
+  // that is known (from Content-Length, before the body is read). A GET or
+  // HEAD with a body is answered 400 before it is read, whatever the limit.
   size_t max_body_bytes = size_t{64} << 20;
+  // When set, the body limit of a request given its head (method, path,
+  // headers; no body): a route's limit. The lower of it and max_body_bytes
+  // applies. Called on connection threads, at once.
+  std::function<size_t(const ServerRequest& head)> body_limit;
   // A connection with no request in progress is closed after this long.
   absl::Duration idle_timeout = absl::Seconds(60);
-  // Bounds the TLS handshake, the receipt of a request's line and headers
-  // from its first byte, and each wait for more of its body. A request not
-  // received in time is answered 408 and its connection closed.
+  // Bounds the TLS handshake, and the receipt of a request's line and
+  // headers from its first byte (in all, however the bytes trickle in).
+  // Past it the request is answered 408 and its connection closed.
+  absl::Duration head_timeout = absl::Seconds(10);
+  // Bounds each wait for more of a request's body; and the body as a whole
+  // must come at min_body_bytes_per_second or faster, after this much grace.
+  // Past either, 408, and the connection is closed.
   absl::Duration read_timeout = absl::Seconds(30);
+  size_t min_body_bytes_per_second = 1024;
   // A response the client does not take within this closes the connection.
   absl::Duration write_timeout = absl::Seconds(30);
 
@@ -102,6 +126,8 @@ class HttpServer {
 
   // TCP connections accepted since Start, including any answered 503.
   size_t connections_accepted() const { return accepted_.load(); }
+  // Idle connections closed to make room for new ones, since Start.
+  size_t connections_evicted() const { return evicted_.load(); }
 
   // Closes the listener and every connection, waiting for handler calls in
   // flight to return (their responses are sent if the client takes them
@@ -117,6 +143,9 @@ class HttpServer {
   void Serve(Connection* connection) ABSL_LOCKS_EXCLUDED(mu_);
   // Joins the threads of the connections that have finished.
   void ReapFinished() ABSL_LOCKS_EXCLUDED(mu_);
+  // Makes room for a connection from `client`: false when it must be
+  // answered 503 (the caps are reached and no connection is idle).
+  bool Admit(const std::string& client) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ServerOptions options_;
   const Handler handler_;
@@ -127,6 +156,7 @@ class HttpServer {
   std::string host_for_url_;
   std::atomic<bool> stopping_{false};
   std::atomic<size_t> accepted_{0};
+  std::atomic<size_t> evicted_{0};
   std::thread acceptor_;
   std::once_flag stop_once_;
 
@@ -135,7 +165,8 @@ class HttpServer {
   // for the acceptor (or Stop) to join.
   std::list<std::unique_ptr<Connection>> connections_ ABSL_GUARDED_BY(mu_);
   std::list<std::unique_ptr<Connection>> finished_ ABSL_GUARDED_BY(mu_);
-  size_t serving_ ABSL_GUARDED_BY(mu_) = 0;    // not yet finished
+  // Not yet finished, nor evicted (an evicted one is on its way out).
+  size_t serving_ ABSL_GUARDED_BY(mu_) = 0;
   size_t rejecting_ ABSL_GUARDED_BY(mu_) = 0;  // answering 503
 };
 

@@ -36,8 +36,8 @@ size_t FindHeadEnd(std::string_view buf, size_t from) {
 
 // Parses the request line and headers (without the final empty line) into
 // `request`. Returns 0, or the status to answer.
-int ParseHeadLines(std::string_view head, ServerRequest* request, int* minor,
-                   std::string* why) {
+int ParseHeadLines(std::string_view head, size_t max_header_count,
+                   ServerRequest* request, int* minor, std::string* why) {
   std::vector<std::string_view> lines;
   for (absl::string_view line : absl::StrSplit(AbslView(head), '\n')) {
     std::string_view l = StdView(line);
@@ -48,6 +48,10 @@ int ParseHeadLines(std::string_view head, ServerRequest* request, int* minor,
   if (lines.empty()) {
     *why = "empty request";
     return 400;
+  }
+  if (lines.size() - 1 > max_header_count) {
+    *why = absl::StrCat("more than ", max_header_count, " header fields");
+    return 431;
   }
   // request-line = method SP request-target SP HTTP-version
   std::string_view line = lines[0];
@@ -199,6 +203,12 @@ bool RequestParser::ParseHead(std::string* buffer) {
     if (buffer->empty()) return false;
     started_ = true;
   }
+  // The request line's end, or how far it has come without one.
+  const size_t line_end = std::min(buffer->find('\n'), buffer->size());
+  if (line_end > limits_.max_request_line_bytes) {
+    return Fail(414, absl::StrCat("request line longer than ",
+                                  limits_.max_request_line_bytes, " bytes"));
+  }
   size_t head_end = FindHeadEnd(*buffer, scanned_);
   if (head_end == std::string::npos) {
     scanned_ = buffer->size() < 2 ? 0 : buffer->size() - 2;
@@ -212,7 +222,8 @@ bool RequestParser::ParseHead(std::string* buffer) {
   }
   std::string why;
   int status = ParseHeadLines(std::string_view(*buffer).substr(0, head_end),
-                              &request_, &minor_, &why);
+                              limits_.max_header_count, &request_, &minor_,
+                              &why);
   buffer->erase(0, head_end);
   if (status != 0) return Fail(status, why);
   return StartBody(*buffer);
@@ -269,10 +280,21 @@ bool RequestParser::StartBody(const std::string& buffer) {
     chunked = true;
   } else if (bad_length) {
     return Fail(400, "malformed Content-Length");
-  } else if (has_length && *length > limits_.max_body_bytes) {
-    return FailTooLargeBody();
   }
   const bool has_body = chunked || (length.has_value() && *length > 0);
+  // A body on GET or HEAD means nothing (RFC 9110 9.3.1) and is only a way
+  // to make the server read and hold bytes: refused before it is read.
+  if (has_body && (request_.method == "GET" || request_.method == "HEAD")) {
+    return Fail(400, absl::StrCat("a ", request_.method,
+                                  " request must not have a body"));
+  }
+  body_limit_ = limits_.max_body_bytes;
+  if (limits_.body_limit) {
+    body_limit_ = std::min(body_limit_, limits_.body_limit(request_));
+  }
+  if (!chunked && has_length && *length > body_limit_) {
+    return FailTooLargeBody();
+  }
 
   bool expect_continue = false;
   for (const auto& [name, value] : request_.headers) {
@@ -300,8 +322,14 @@ bool RequestParser::StartBody(const std::string& buffer) {
 
 bool RequestParser::ParseLengthBody(std::string* buffer) {
   if (buffer->size() < length_) return false;
-  request_.body = buffer->substr(0, length_);
-  buffer->erase(0, length_);
+  if (buffer->size() == length_) {
+    // The common case: the buffer holds the body alone; no copy of it.
+    request_.body = std::move(*buffer);
+    buffer->clear();
+  } else {
+    request_.body = buffer->substr(0, length_);
+    buffer->erase(0, length_);
+  }
   phase_ = Phase::kDone;
   return true;
 }
@@ -336,7 +364,7 @@ bool RequestParser::ParseChunkSize(std::string* buffer) {
     phase_ = Phase::kTrailers;
     return true;
   }
-  if (size > limits_.max_body_bytes - request_.body.size()) {
+  if (size > body_limit_ - request_.body.size()) {
     return FailTooLargeBody();
   }
   chunk_size_ = size;
@@ -392,8 +420,8 @@ bool RequestParser::Fail(int status, std::string message) {
 }
 
 bool RequestParser::FailTooLargeBody() {
-  return Fail(413, absl::StrCat("request body larger than ",
-                                limits_.max_body_bytes, " bytes"));
+  return Fail(413, absl::StrCat("request body larger than ", body_limit_,
+                                " bytes"));
 }
 
 }  // namespace delegate::http

@@ -7,6 +7,7 @@
 #define DELEGATE_HTTP_REQUEST_PARSER_H_
 
 #include <cstddef>
+#include <functional>
 #include <string>
 
 #include "http/server_request.h"
@@ -17,8 +18,17 @@ struct RequestLimits {
   // The request line and headers, and a chunked body's trailers, each
   // counted on its own; larger is answered 431.
   size_t max_header_bytes = size_t{64} << 10;
+  // The request line alone (method, target, version); longer is answered
+  // 414, before the headers are waited for.
+  size_t max_request_line_bytes = size_t{8} << 10;
+  // Header fields (trailers not counted); more are answered 431.
+  size_t max_header_count = 100;
   // The body, after de-chunking; larger is answered 413.
   size_t max_body_bytes = size_t{64} << 20;
+  // When set, called once the head is parsed (the request has no body yet)
+  // for that request's body limit, e.g. by route; the lower of it and
+  // max_body_bytes applies.
+  std::function<size_t(const ServerRequest& head)> body_limit;
 };
 
 // Parses one request from the front of a buffer that the caller owns and
@@ -34,7 +44,8 @@ class RequestParser {
     kSendContinue,
     // request() is whole.
     kDone,
-    // The request is malformed or too large: answer error_status() with
+    // The request is malformed or too large (a GET or HEAD with a body is
+    // refused before its body is read): answer error_status() with
     // error_message(), then close the connection (whatever follows cannot
     // be framed).
     kError,
@@ -53,6 +64,9 @@ class RequestParser {
   bool started() const { return started_; }
   // True once the head is parsed and the body is expected.
   bool reading_body() const;
+  // The body limit that applies to this request (see RequestLimits); valid
+  // once the head is parsed.
+  size_t body_limit() const { return body_limit_; }
 
   // The request as far as it is parsed: method, target, path and headers
   // once the head is, the body at kDone. The caller may move from it then.
@@ -94,6 +108,7 @@ class RequestParser {
   bool FailTooLargeBody();
 
   const RequestLimits limits_;
+  size_t body_limit_ = 0;  // set once the head is parsed
   Phase phase_ = Phase::kHead;
   bool started_ = false;
   size_t scanned_ = 0;  // of the head, for its end, from the buffer's front
