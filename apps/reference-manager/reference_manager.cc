@@ -1,5 +1,6 @@
 #include "reference_manager.h"
 
+#include <cstdint>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -127,6 +128,17 @@ absl::StatusOr<std::unique_ptr<ReferenceManager>> ReferenceManager::Start(
   server.address = m->options_.address;
   server.port = m->options_.port;
   server.tls = m->options_.tls;
+  // Its clients (delegates under test) all come from loopback: the cap per
+  // client would be the cap of them all.
+  server.max_connections_per_client = 0;
+  // Only its routes take a body; a request to any other path is refused
+  // before its body is read.
+  server.body_limit = [](const http::ServerRequest& head) -> size_t {
+    for (const char* route : {"/api/", "/log-service/", "/admin/"}) {
+      if (absl::StartsWith(head.path, route)) return SIZE_MAX;
+    }
+    return 0;
+  };
   ReferenceManager* self = m.get();
   absl::StatusOr<std::unique_ptr<http::HttpServer>> s = http::HttpServer::Start(
       server,

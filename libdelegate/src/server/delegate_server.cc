@@ -123,6 +123,14 @@ absl::Status DelegateServer::Run() {
     return absl::InvalidArgumentError(
         absl::StrCat("HTTPS_BIND: expected [HOST]:PORT, got '", bind, "'"));
   }
+  // Anything in the task's network reaches this port: it takes GETs only,
+  // so no request body at all, small heads, and few connections (idle
+  // ones give way to a probe; see ServerOptions).
+  ops.max_connections = 128;
+  ops.max_connections_per_client = 32;
+  ops.max_header_bytes = size_t{16} << 10;
+  ops.max_body_bytes = 0;
+  ops.idle_timeout = absl::Seconds(30);
   ops.on_error = [this](std::string_view m) {
     log_.Warn("ops endpoint", {{"error", m}});
   };
