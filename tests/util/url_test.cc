@@ -34,3 +34,16 @@ TEST(UrlPasswordTest, IsPercentDecoded) {
 
 }  // namespace
 }  // namespace delegate
+
+namespace delegate {
+namespace {
+
+TEST(UrlDecodeTest, DecodesEscapesAndKeepsAStrayPercent) {
+  EXPECT_EQ(UrlDecode("a%2Fb%20c"), "a/b c");
+  EXPECT_EQ(UrlDecode("100%"), "100%");
+  EXPECT_EQ(UrlDecode("%zz%4"), "%zz%4");
+  EXPECT_EQ(UrlDecode(UrlEncode("p@ss:w/rd ~")), "p@ss:w/rd ~");
+}
+
+}  // namespace
+}  // namespace delegate

@@ -39,32 +39,6 @@ std::string Hmac(std::string_view key, std::string_view data) {
   return std::string(reinterpret_cast<char*>(out), n);
 }
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// Undoes percent-encoding; a '%' not followed by two hex digits stays.
-std::string UriDecode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size()) {
-      const int hi = HexValue(s[i + 1]);
-      const int lo = HexValue(s[i + 2]);
-      if (hi >= 0 && lo >= 0) {
-        out.push_back(static_cast<char>(hi * 16 + lo));
-        i += 2;
-        continue;
-      }
-    }
-    out.push_back(s[i]);
-  }
-  return out;
-}
-
 // RFC 3986 remove_dot_segments, and no empty segments.
 std::string NormalizePath(std::string_view path) {
   std::vector<std::string_view> out;
@@ -134,8 +108,8 @@ std::string CanonicalRequest(const SignableRequest& request,
       std::string_view name = StdView(part.substr(0, eq));
       std::string_view value =
           eq == absl::string_view::npos ? "" : StdView(part.substr(eq + 1));
-      params.emplace_back(UriEncode(UriDecode(name), false),
-                          UriEncode(UriDecode(value), false));
+      params.emplace_back(UriEncode(UrlDecode(name), false),
+                          UriEncode(UrlDecode(value), false));
     }
   }
   std::sort(params.begin(), params.end());

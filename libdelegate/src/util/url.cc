@@ -12,25 +12,6 @@ int HexValue(char c) {
   return -1;
 }
 
-// "%XX" decoded; a "%" not followed by two hex digits is kept as written.
-std::string PercentDecoded(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size()) {
-      const int hi = HexValue(s[i + 1]);
-      const int lo = HexValue(s[i + 2]);
-      if (hi >= 0 && lo >= 0) {
-        out.push_back(static_cast<char>(hi * 16 + lo));
-        i += 2;
-        continue;
-      }
-    }
-    out.push_back(s[i]);
-  }
-  return out;
-}
-
 // Where the user info's password lies in `url`: [begin, end), or begin ==
 // npos when there is none.
 struct PasswordSpan {
@@ -70,10 +51,28 @@ std::string UrlEncode(std::string_view s, std::string_view keep) {
   return out;
 }
 
+std::string UrlDecode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size()) {
+      const int hi = HexValue(s[i + 1]);
+      const int lo = HexValue(s[i + 2]);
+      if (hi >= 0 && lo >= 0) {
+        out.push_back(static_cast<char>(hi * 16 + lo));
+        i += 2;
+        continue;
+      }
+    }
+    out.push_back(s[i]);
+  }
+  return out;
+}
+
 std::optional<std::string> UrlPassword(std::string_view url) {
   const PasswordSpan span = FindPassword(url);
   if (span.begin == std::string_view::npos) return std::nullopt;
-  return PercentDecoded(url.substr(span.begin, span.end - span.begin));
+  return UrlDecode(url.substr(span.begin, span.end - span.begin));
 }
 
 std::string RedactUrl(std::string_view url) {

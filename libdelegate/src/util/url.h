@@ -13,6 +13,10 @@ namespace delegate {
 // in `keep` (e.g. "/" for a path).
 std::string UrlEncode(std::string_view s, std::string_view keep = "");
 
+// Undoes percent-encoding; a "%" not followed by two hex digits is kept as
+// written.
+std::string UrlDecode(std::string_view s);
+
 // The password in `url`'s user info ("scheme://user:PASSWORD@host/..."),
 // percent-decoded; nullopt when there is none. A URL without "scheme://" is
 // read as starting with its authority ("user:pw@host:port").
