@@ -54,7 +54,9 @@ class Executor:
     def execute(self, step: StepContext):
         """Run one step. Return None (success), an exit code, a Status or a
         StepResult (with outputs)."""
-        raise NotImplementedError("execute")
+        raise TypeError(
+            f"{type(self).__name__} does not define execute(self, step): "
+            "an Executor must run its steps")
 
     def cleanup(self, stage: StageContext) -> None:
         """Remove what initialize and the steps created."""

@@ -132,6 +132,17 @@ def test_cleanup_runs_when_initialize_raises(runtime):
     assert calls == ["initialize", "cleanup"]
 
 
+def test_an_executor_without_execute_fails_its_steps_saying_so(runtime):
+    class Forgetful(delegate.Executor):
+        pass
+
+    runtime.register_executor("forgetful", Forgetful)
+    result = runtime.run(parse("name: f\nplatform: forgetful\nsteps: [{id: a, commands: [x]}]\n"))
+    assert result.status == delegate.Status.FAILURE
+    assert result.steps[0].status == delegate.Status.FAILURE
+    assert "Forgetful does not define execute(self, step)" in result.steps[0].error
+
+
 def test_a_context_is_usable_only_during_its_call(runtime):
     kept = []
 
