@@ -1168,28 +1168,44 @@ class ReferenceManager {
   int port_ = 0;
 };
 
+// What a server without a manager is made from: an environment serving the
+// ops endpoint on a free loopback port, its config, the built-in executors,
+// and options with no manager and RuntimeService on `runtime_listen`.
+struct ServerParts {
+  Env env{delegate_env_create()};
+  Config config;
+  Registry registry{delegate_registry_create()};
+  ServerOptions options{delegate_server_options_create()};
+};
+
+void MakeServerParts(const char* runtime_listen, ServerParts& parts) {
+  Err err;
+  delegate_env_set(parts.env.get(), "HTTPS_BIND", "127.0.0.1:0", err.ptr());
+  delegate_env_set(parts.env.get(), "HARNESS_WORKDIR",
+                   ::testing::TempDir().c_str(), err.ptr());
+  parts.config.reset(delegate_config_load(parts.env.get(), nullptr,
+                                          DELEGATE_CONFIG_LOCAL, err.ptr()));
+  ASSERT_TRUE(parts.config) << err.str();
+  delegate_registry_register_builtins(parts.registry.get(), parts.config.get(),
+                                      parts.env.get(), err.ptr());
+  ASSERT_FALSE(err.set()) << err.str();
+  delegate_server_options_set_manager(parts.options.get(), "none");
+  delegate_server_options_set_runtime_listen(parts.options.get(),
+                                             runtime_listen);
+}
+
 TEST(CApiServer, ServesRuntimeServiceWithoutAManager) {
   Err err;
-  Env env(delegate_env_create());
-  delegate_env_set(env.get(), "HTTPS_BIND", "127.0.0.1:0", err.ptr());
-  delegate_env_set(env.get(), "HARNESS_WORKDIR", ::testing::TempDir().c_str(),
-                   err.ptr());
-  Config config(delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL,
-                                     err.ptr()));
-  ASSERT_TRUE(config) << err.str();
-  Registry registry(delegate_registry_create());
-  delegate_registry_register_builtins(registry.get(), config.get(), env.get(),
-                                      err.ptr());
-  ASSERT_FALSE(err.set()) << err.str();
-  ServerOptions options(delegate_server_options_create());
-  delegate_server_options_set_manager(options.get(), "none");
-  delegate_server_options_set_runtime_listen(options.get(), "127.0.0.1:0");
-  delegate_server_options_set_start_executors(options.get(), 0);
+  ServerParts parts;
+  MakeServerParts("127.0.0.1:0", parts);
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
+  delegate_server_options_set_start_executors(parts.options.get(), 0);
   Events events;
-  delegate_server_options_set_event_log(options.get(), &events, Events::Destroy,
-                                        Events::OnEvent);
-  Server server(delegate_server_create(registry.get(), config.get(), nullptr,
-                                       options.get(), err.ptr()));
+  delegate_server_options_set_event_log(parts.options.get(), &events,
+                                        Events::Destroy, Events::OnEvent);
+  Server server(delegate_server_create(parts.registry.get(), parts.config.get(),
+                                       nullptr, parts.options.get(),
+                                       err.ptr()));
   ASSERT_TRUE(server) << err.str();
   delegate_server_start(server.get(), err.ptr());
   ASSERT_FALSE(err.set()) << err.str();
@@ -1211,7 +1227,7 @@ TEST(CApiServer, ServesRuntimeServiceWithoutAManager) {
   EXPECT_TRUE(events.Has("RuntimeService stopped")) << events.All();
   server.reset();
   EXPECT_FALSE(events.destroyed);  // the options still hold it
-  options.reset();
+  parts.options.reset();
   EXPECT_TRUE(events.destroyed);
 }
 
@@ -1233,28 +1249,18 @@ struct SlowEvents {
 
 TEST(CApiServer, ServersSharingAnEventCallbackCallItOneAtATime) {
   Err err;
-  Env env(delegate_env_create());
-  delegate_env_set(env.get(), "HTTPS_BIND", "127.0.0.1:0", err.ptr());
-  delegate_env_set(env.get(), "HARNESS_WORKDIR", ::testing::TempDir().c_str(),
-                   err.ptr());
-  Config config(delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL,
-                                     err.ptr()));
-  ASSERT_TRUE(config) << err.str();
-  Registry registry(delegate_registry_create());
-  delegate_registry_register_builtins(registry.get(), config.get(), env.get(),
-                                      err.ptr());
-  ASSERT_FALSE(err.set()) << err.str();
-  ServerOptions options(delegate_server_options_create());
-  delegate_server_options_set_manager(options.get(), "none");
-  delegate_server_options_set_runtime_listen(options.get(), "127.0.0.1:0");
-  delegate_server_options_set_start_executors(options.get(), 0);
+  ServerParts parts;
+  MakeServerParts("127.0.0.1:0", parts);
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
+  delegate_server_options_set_start_executors(parts.options.get(), 0);
   SlowEvents events;
-  delegate_server_options_set_event_log(options.get(), &events, nullptr,
+  delegate_server_options_set_event_log(parts.options.get(), &events, nullptr,
                                         SlowEvents::OnEvent);
   std::vector<Server> servers;
   for (int i = 0; i < 3; ++i) {
-    servers.emplace_back(delegate_server_create(
-        registry.get(), config.get(), nullptr, options.get(), err.ptr()));
+    servers.emplace_back(
+        delegate_server_create(parts.registry.get(), parts.config.get(),
+                               nullptr, parts.options.get(), err.ptr()));
     ASSERT_TRUE(servers.back()) << err.str();
   }
   for (Server& server : servers) {
@@ -1273,21 +1279,14 @@ TEST(CApiServer, ServersSharingAnEventCallbackCallItOneAtATime) {
 // A runtime address that cannot be served is the server's error.
 TEST(CApiServer, AnUnusableRuntimeAddressIsAnError) {
   Err err;
-  Env env(delegate_env_create());
-  delegate_env_set(env.get(), "HTTPS_BIND", "127.0.0.1:0", err.ptr());
-  Config config(delegate_config_load(env.get(), nullptr, DELEGATE_CONFIG_LOCAL,
-                                     err.ptr()));
-  ASSERT_TRUE(config) << err.str();
-  Registry registry(delegate_registry_create());
-  delegate_registry_register_builtins(registry.get(), config.get(), env.get(),
-                                      err.ptr());
-  ServerOptions options(delegate_server_options_create());
-  delegate_server_options_set_manager(options.get(), "none");
-  delegate_server_options_set_runtime_listen(options.get(), "0.0.0.0:0");
-  delegate_server_options_set_event_log(options.get(), nullptr, nullptr,
+  ServerParts parts;
+  MakeServerParts("0.0.0.0:0", parts);
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
+  delegate_server_options_set_event_log(parts.options.get(), nullptr, nullptr,
                                         [](void*, const char*, size_t) {});
-  Server server(delegate_server_create(registry.get(), config.get(), nullptr,
-                                       options.get(), err.ptr()));
+  Server server(delegate_server_create(parts.registry.get(), parts.config.get(),
+                                       nullptr, parts.options.get(),
+                                       err.ptr()));
   ASSERT_TRUE(server) << err.str();
   delegate_server_start(server.get(), err.ptr());
   delegate_server_wait(server.get(), err.ptr());
