@@ -389,12 +389,9 @@ std::string NextTaskId(const delegate::Stage& stage) {
 namespace {
 
 struct ServerOptions {
-  std::string manager;
-  std::string runtime_listen;
-  std::string runtime_tls_cert_file;
-  std::string runtime_tls_key_file;
-  std::string runtime_client_ca_file;
-  bool start_executors = true;
+  // manager, runtime_*, start_executors; config, policy and log are filled
+  // in by delegate_server_create.
+  delegate::DelegateServerOptions server;
   // Shared by the options and every server made from them, as is the lock
   // that makes their calls one at a time.
   std::shared_ptr<CState> events_state;
@@ -1183,7 +1180,7 @@ delegate_server_options_t* delegate_server_options_create(void) {
 void delegate_server_options_set_manager(delegate_server_options_t* options,
                                          const char* manager) {
   Guard(nullptr, [&] {
-    if (options != nullptr) options->rep.manager = manager ? manager : "";
+    if (options != nullptr) options->rep.server.manager = manager ? manager : "";
   });
 }
 
@@ -1191,7 +1188,7 @@ void delegate_server_options_set_runtime_listen(
     delegate_server_options_t* options, const char* address) {
   Guard(nullptr, [&] {
     if (options != nullptr) {
-      options->rep.runtime_listen = address ? address : "";
+      options->rep.server.runtime_listen = address ? address : "";
     }
   });
 }
@@ -1202,16 +1199,16 @@ void delegate_server_options_set_runtime_tls(delegate_server_options_t* options,
                                              const char* client_ca_file) {
   Guard(nullptr, [&] {
     if (options == nullptr) return;
-    options->rep.runtime_tls_cert_file = cert_file ? cert_file : "";
-    options->rep.runtime_tls_key_file = key_file ? key_file : "";
-    options->rep.runtime_client_ca_file = client_ca_file ? client_ca_file : "";
+    options->rep.server.runtime_tls_cert_file = cert_file ? cert_file : "";
+    options->rep.server.runtime_tls_key_file = key_file ? key_file : "";
+    options->rep.server.runtime_client_ca_file = client_ca_file ? client_ca_file : "";
   });
 }
 
 void delegate_server_options_set_start_executors(
     delegate_server_options_t* options, int start) {
   Guard(nullptr, [&] {
-    if (options != nullptr) options->rep.start_executors = start != 0;
+    if (options != nullptr) options->rep.server.start_executors = start != 0;
   });
 }
 
@@ -1265,15 +1262,9 @@ delegate_server_t* delegate_server_create(delegate_registry_t* registry,
             on_event(state->get(), text.c_str(), text.size());
           });
     }
-    delegate::DelegateServerOptions o;
+    delegate::DelegateServerOptions o = given.server;
     o.config = config->config;
     if (policy != nullptr) o.policy = policy->policy;
-    o.manager = given.manager;
-    o.runtime_listen = given.runtime_listen;
-    o.runtime_tls_cert_file = given.runtime_tls_cert_file;
-    o.runtime_tls_key_file = given.runtime_tls_key_file;
-    o.runtime_client_ca_file = given.runtime_client_ca_file;
-    o.start_executors = given.start_executors;
     o.log = server->log.get();
     server->server = std::make_unique<delegate::DelegateServer>(
         std::move(o), server->registries->executors,

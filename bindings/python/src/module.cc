@@ -450,13 +450,13 @@ void BindServer(py::module_& m) {
              o.runtime.max_stages = max_stages;
              o.runtime.workdir = std::move(workdir);
              o.runtime.name = std::move(name);
-             o.manager = std::move(manager);
-             o.runtime_listen = std::move(runtime_listen);
+             o.server.manager = std::move(manager);
+             o.server.runtime_listen = std::move(runtime_listen);
              o.ops_bind = std::move(ops_bind);
-             o.runtime_tls_cert_file = std::move(tls_cert);
-             o.runtime_tls_key_file = std::move(tls_key);
-             o.runtime_client_ca_file = std::move(client_ca);
-             o.start_executors = start_executors;
+             o.server.runtime_tls_cert_file = std::move(tls_cert);
+             o.server.runtime_tls_key_file = std::move(tls_key);
+             o.server.runtime_client_ca_file = std::move(client_ca);
+             o.server.start_executors = start_executors;
              o.echo_events = echo_events;
              return OrRaise(Server::Create(std::move(o)));
            }),

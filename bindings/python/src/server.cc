@@ -28,9 +28,10 @@ absl::StatusOr<std::shared_ptr<Server>> Server::Create(ServerOptions options) {
       options.runtime.env ? *options.runtime.env : ProcessEnvironment();
   // As `delegate server`: Harness credentials are needed only for the
   // default manager, the Harness one.
-  absl::StatusOr<DelegateConfig> config = MakeConfig(
-      env, options.runtime,
-      options.manager.empty() ? ConfigNeed::kServer : ConfigNeed::kLocal);
+  absl::StatusOr<DelegateConfig> config =
+      MakeConfig(env, options.runtime,
+                 options.server.manager.empty() ? ConfigNeed::kServer
+                                                : ConfigNeed::kLocal);
   if (!config.ok()) return config.status();
   if (options.ops_bind) config->ops_bind = *options.ops_bind;
   absl::StatusOr<OperatorPolicy> policy = LoadOperatorPolicy(env);
@@ -56,15 +57,9 @@ absl::StatusOr<std::shared_ptr<Server>> Server::Create(ServerOptions options) {
       !s.ok()) {
     return s;
   }
-  DelegateServerOptions run;
+  DelegateServerOptions run = options.server;
   run.config = *std::move(config);
   run.policy = *std::move(policy);
-  run.manager = options.manager;
-  run.runtime_listen = options.runtime_listen;
-  run.runtime_tls_cert_file = options.runtime_tls_cert_file;
-  run.runtime_tls_key_file = options.runtime_tls_key_file;
-  run.runtime_client_ca_file = options.runtime_client_ca_file;
-  run.start_executors = options.start_executors;
   run.log = &server->log_;
   server->server_ = std::make_unique<DelegateServer>(
       std::move(run), server->executors_, server->managers_);
@@ -134,7 +129,7 @@ absl::Status Server::Start() {
 
 bool Server::WaitStarted(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
-  const bool wants_runtime = !options_.runtime_listen.empty();
+  const bool wants_runtime = !options_.server.runtime_listen.empty();
   for (;;) {
     {
       absl::MutexLock lock(&mu_);

@@ -27,13 +27,9 @@ namespace delegate::python {
 
 struct ServerOptions {
   RuntimeOptions runtime;  // environment, max_stages, workdir, name
-  // DelegateServerOptions' fields of the same names.
-  std::string manager;
-  std::string runtime_listen;
-  std::string runtime_tls_cert_file;
-  std::string runtime_tls_key_file;
-  std::string runtime_client_ca_file;
-  bool start_executors = true;
+  // manager, runtime_*, start_executors; config, policy and log are filled
+  // in by Create.
+  DelegateServerOptions server;
   // Overrides HTTPS_BIND: where /health, /ready and /metrics are served.
   std::optional<std::string> ops_bind;
   // The server's event log is kept (events()); also written to stderr.
