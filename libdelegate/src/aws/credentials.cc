@@ -49,8 +49,12 @@ bool AllowedPlainHost(const std::string& host) {
          host == "fd00:ec2::23";
 }
 
-// {"AccessKeyId","SecretAccessKey","Token","Expiration"}: the container
-// endpoint's and IMDS's shape.
+bool Retryable(const absl::StatusOr<http::Response>& r) {
+  return !r.ok() || r->status >= 500;
+}
+
+}  // namespace
+
 absl::StatusOr<TimedCredentials> ParseCredentialsDocument(
     std::string_view body, const std::string& source) {
   rapidjson::Document doc;
@@ -88,12 +92,6 @@ absl::StatusOr<TimedCredentials> ParseCredentialsDocument(
   }
   return out;
 }
-
-bool Retryable(const absl::StatusOr<http::Response>& r) {
-  return !r.ok() || r->status >= 500;
-}
-
-}  // namespace
 
 absl::StatusOr<absl::Time> ParseIso8601(std::string_view text) {
   absl::Time t;

@@ -129,6 +129,13 @@ absl::StatusOr<std::unique_ptr<CredentialsProvider>> DefaultCredentialsChain(
     const EnvMap& env, const CredentialsOptions& options,
     http::HttpClient& http, Clock& clock);
 
+// The container endpoint's and IMDS's answer,
+// {"AccessKeyId","SecretAccessKey","Token","Expiration"} (IMDS adds
+// "Code"), as credentials from `source`. Unavailable naming `source` and the
+// missing member otherwise; the secret values never appear in an error.
+absl::StatusOr<TimedCredentials> ParseCredentialsDocument(
+    std::string_view body, const std::string& source);
+
 // "2016-02-25T06:03:31Z" and the other RFC 3339 forms the endpoints send.
 absl::StatusOr<absl::Time> ParseIso8601(std::string_view text);
 

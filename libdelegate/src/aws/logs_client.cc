@@ -184,11 +184,13 @@ std::string ExpectedSequenceToken(const absl::Status& status) {
   return json::StringMember(doc, "expectedSequenceToken");
 }
 
+}  // namespace
+
 // Counts a PutLogEvents answer for a batch of `n` events into `out`. While
 // an old service's sequence token is in use (`token` not empty), takes the
 // next one from the answer.
-void ReadPutAnswer(std::string_view answer, int64_t n, PutLogEventsResult& out,
-                   std::string& token) {
+void ReadPutLogEventsAnswer(std::string_view answer, int64_t n,
+                            PutLogEventsResult& out, std::string& token) {
   out.sent += n;
   ++out.batches;
   rapidjson::Document doc;
@@ -210,6 +212,8 @@ void ReadPutAnswer(std::string_view answer, int64_t n, PutLogEventsResult& out,
     out.rejected_too_new += n - std::clamp(too_new_start, too_old, n);
   }
 }
+
+namespace {
 
 // ------------------------------------------------------------ errors
 
@@ -465,7 +469,8 @@ absl::Status LogsClient::PutLogEvents(const std::string& group,
       absl::StatusOr<std::string> r =
           client_.Call("PutLogEvents", PutBody(group, stream, batch, token));
       if (r.ok()) {
-        ReadPutAnswer(*r, static_cast<int64_t>(batch.size()), out, token);
+        ReadPutLogEventsAnswer(*r, static_cast<int64_t>(batch.size()), out,
+                               token);
         break;
       }
       const std::string code = AwsErrorCode(r.status());

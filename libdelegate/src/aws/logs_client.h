@@ -79,6 +79,13 @@ struct PutLogEventsResult {
   int64_t rejected() const { return rejected_too_old + rejected_too_new; }
 };
 
+// Counts a PutLogEvents answer for a batch of `n` events into `out`
+// (rejectedLogEventsInfo's indexes clamped to the batch). While an old
+// service's sequence token is in use (`token` not empty), takes the next one
+// from the answer.
+void ReadPutLogEventsAnswer(std::string_view answer, int64_t n,
+                            PutLogEventsResult& out, std::string& token);
+
 struct LogPage {
   std::vector<LogEvent> events;
   // Pass it to the next call; the same token back means no more for now.

@@ -6,27 +6,10 @@
 #include "util/json.h"
 
 namespace delegate::aws {
-absl::StatusOr<TaskMetadata> FetchTaskMetadata(http::HttpClient& http,
-                                               const std::string& base_uri) {
-  std::string url = base_uri;
-  while (!url.empty() && url.back() == '/') url.pop_back();
-  url += "/task";
-  http::Request request;
-  request.url = url;
-  request.connect_timeout = absl::Seconds(2);
-  request.timeout = absl::Seconds(5);
-  absl::StatusOr<http::Response> response = http.Perform(request);
-  if (!response.ok()) {
-    return absl::UnavailableError(
-        absl::StrCat("ECS task metadata (", kMetadataUriVar,
-                     "): ", response.status().message()));
-  }
-  if (response->status != 200) {
-    return absl::UnavailableError(absl::StrCat("ECS task metadata: GET ", url,
-                                               ": HTTP ", response->status));
-  }
+absl::StatusOr<TaskMetadata> ParseTaskMetadata(std::string_view body,
+                                               const std::string& url) {
   rapidjson::Document doc;
-  doc.Parse(response->body.data(), response->body.size());
+  doc.Parse(body.data(), body.size());
   if (doc.HasParseError() || !doc.IsObject()) {
     return absl::InvalidArgumentError(
         absl::StrCat("ECS task metadata: GET ", url, ": not a JSON object"));
@@ -47,6 +30,28 @@ absl::StatusOr<TaskMetadata> FetchTaskMetadata(http::HttpClient& http,
   out.region = arn->region;
   out.account = arn->account;
   return out;
+}
+
+absl::StatusOr<TaskMetadata> FetchTaskMetadata(http::HttpClient& http,
+                                               const std::string& base_uri) {
+  std::string url = base_uri;
+  while (!url.empty() && url.back() == '/') url.pop_back();
+  url += "/task";
+  http::Request request;
+  request.url = url;
+  request.connect_timeout = absl::Seconds(2);
+  request.timeout = absl::Seconds(5);
+  absl::StatusOr<http::Response> response = http.Perform(request);
+  if (!response.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("ECS task metadata (", kMetadataUriVar,
+                     "): ", response.status().message()));
+  }
+  if (response->status != 200) {
+    return absl::UnavailableError(absl::StrCat("ECS task metadata: GET ", url,
+                                               ": HTTP ", response->status));
+  }
+  return ParseTaskMetadata(response->body, url);
 }
 
 }  // namespace delegate::aws

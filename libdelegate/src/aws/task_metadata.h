@@ -5,6 +5,7 @@
 #define DELEGATE_AWS_TASK_METADATA_H_
 
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "http/http_client.h"
@@ -29,6 +30,10 @@ inline constexpr char kMetadataUriVar[] = "ECS_CONTAINER_METADATA_URI_V4";
 // InvalidArgument when the answer lacks Cluster or a TaskARN.
 absl::StatusOr<TaskMetadata> FetchTaskMetadata(http::HttpClient& http,
                                                const std::string& base_uri);
+
+// The answer of GET `url` (the task metadata endpoint's /task), as above.
+absl::StatusOr<TaskMetadata> ParseTaskMetadata(std::string_view body,
+                                               const std::string& url);
 
 }  // namespace delegate::aws
 

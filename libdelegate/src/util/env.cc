@@ -213,8 +213,12 @@ absl::StatusOr<EnvMap> ReadEnvFile(const std::string& path) {
     }
   }
   ::close(fd);
+  return ParseEnvText(content, path);
+}
 
-  absl::string_view text = content;
+absl::StatusOr<EnvMap> ParseEnvText(std::string_view content,
+                                    std::string_view source) {
+  absl::string_view text = AbslView(content);
   if (absl::StartsWith(text, "\xEF\xBB\xBF")) text.remove_prefix(3);
   EnvMap env;
   int line_no = 0;
@@ -228,7 +232,7 @@ absl::StatusOr<EnvMap> ReadEnvFile(const std::string& path) {
     if (!ParseEnvLine(line, &key, &value)) {
       // The line itself is never echoed: it may hold the token.
       return absl::InvalidArgumentError(
-          absl::StrCat(path, ":", line_no, ": expected KEY=VALUE"));
+          absl::StrCat(AbslView(source), ":", line_no, ": expected KEY=VALUE"));
     }
     // A later line wins, as when the file is sourced by a shell.
     env[key] = std::move(value);

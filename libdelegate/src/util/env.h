@@ -8,9 +8,15 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "delegate/env.h"
 
 namespace delegate {
+
+// The text of an env file (see ReadEnvFile), without the 1 MiB cap on the
+// file; errors start with `source` (a path) and a line number.
+absl::StatusOr<EnvMap> ParseEnvText(std::string_view text,
+                                    std::string_view source);
 
 // The value of `name` trimmed, or nullopt when absent or blank: a blank value
 // counts as not set, so an alias or the default applies.

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "executor/docker/docker_answers.h"
 #include "executor/docker/docker_stream.h"
 #include "http/http_client.h"
 #include "util/json.h"
@@ -62,112 +63,17 @@ void WriteLabels(JsonWriter& w,
   w.EndObject();
 }
 
-// Returns false when `body` is not a JSON document.
-bool Parse(std::string_view body, rapidjson::Document& doc) {
-  doc.Parse(body.data(), body.size());
-  return !doc.HasParseError();
-}
-
-std::string_view GetString(const rapidjson::Value& object, const char* key) {
-  if (!object.IsObject()) return {};
-  auto it = object.FindMember(key);
-  if (it == object.MemberEnd() || !it->value.IsString()) return {};
-  return std::string_view(it->value.GetString(), it->value.GetStringLength());
-}
-
-bool GetBool(const rapidjson::Value& object, const char* key) {
-  if (!object.IsObject()) return false;
-  auto it = object.FindMember(key);
-  return it != object.MemberEnd() && it->value.IsBool() && it->value.GetBool();
-}
-
-std::optional<int64_t> GetInt(const rapidjson::Value& object, const char* key) {
-  if (!object.IsObject()) return std::nullopt;
-  auto it = object.FindMember(key);
-  if (it == object.MemberEnd() || !it->value.IsInt64()) return std::nullopt;
-  return it->value.GetInt64();
-}
-
-// --- Errors -----------------------------------------------------------------
-
-// The daemon's words for a failed call: its JSON "message", else the body.
+// The daemon's words for a failed call (see docker_answers.h).
 std::string DaemonMessage(const http::Response& response) {
-  rapidjson::Document doc;
-  if (Parse(response.body, doc)) {
-    std::string_view message = GetString(doc, "message");
-    if (!message.empty()) return std::string(message);
-  }
-  std::string body(absl::StripAsciiWhitespace(AbslView(response.body)));
-  if (body.size() > 512) body = absl::StrCat(body.substr(0, 512), "...");
-  if (body.empty()) return absl::StrCat("HTTP ", response.status);
-  return body;
+  return docker::DaemonMessage(response.status, response.body);
 }
 
 absl::Status DaemonError(const http::Response& response,
                          std::string_view what) {
-  std::string message = DaemonMessage(response);
-  absl::StatusCode code;
-  switch (response.status) {
-    case 400:
-      code = absl::StatusCode::kInvalidArgument;
-      break;
-    case 401:
-    case 403:
-      code = absl::StatusCode::kPermissionDenied;
-      break;
-    case 404:
-      code = absl::StatusCode::kNotFound;
-      break;
-    case 409:
-      // The daemon uses 409 both for name clashes and for "not in the right
-      // state" (not running, in use).
-      code = absl::StrContains(message, "already exists") ||
-                     absl::StrContains(message, "already in use")
-                 ? absl::StatusCode::kAlreadyExists
-                 : absl::StatusCode::kFailedPrecondition;
-      break;
-    case 502:
-    case 503:
-    case 504:
-      code = absl::StatusCode::kUnavailable;
-      break;
-    default:
-      code = absl::StatusCode::kInternal;
-      break;
-  }
-  return absl::Status(code, absl::StrCat(AbslView(what), ": ", message));
-}
-
-// A registry's failure reported inside a 200 pull stream.
-absl::StatusCode PullErrorCode(std::string_view message) {
-  std::string lower = absl::AsciiStrToLower(AbslView(message));
-  if (absl::StrContains(lower, "unauthorized") ||
-      absl::StrContains(lower, "denied") ||
-      absl::StrContains(lower, "authentication required")) {
-    return absl::StatusCode::kPermissionDenied;
-  }
-  if (absl::StrContains(lower, "not found") ||
-      absl::StrContains(lower, "manifest unknown") ||
-      absl::StrContains(lower, "does not exist")) {
-    return absl::StatusCode::kNotFound;
-  }
-  return absl::StatusCode::kUnavailable;
+  return docker::DaemonError(response.status, response.body, what);
 }
 
 // --- Versions and names -----------------------------------------------------
-
-// "1.41" -> {1, 41}; nullopt when malformed.
-std::optional<std::pair<int, int>> ParseApiVersion(std::string_view v) {
-  size_t dot = v.find('.');
-  if (dot == std::string_view::npos) return std::nullopt;
-  int major = 0;
-  int minor = 0;
-  if (!absl::SimpleAtoi(AbslView(v.substr(0, dot)), &major) ||
-      !absl::SimpleAtoi(AbslView(v.substr(dot + 1)), &minor)) {
-    return std::nullopt;
-  }
-  return std::make_pair(major, minor);
-}
 
 // "repo/name:tag", "host:5000/name", "name@sha256:..." -> (name, tag or
 // digest), defaulting the tag to "latest" (an empty tag would pull every
@@ -281,24 +187,7 @@ class EngineClient final : public DockerClient {
       return absl::NotFoundError(absl::StrCat(what, ": no such file"));
     }
     if (r->status != 200) return DaemonError(*r, what);
-    // One ustar member: a 512-byte header (size in octal at offset 124),
-    // then the data.
-    const std::string& tar = r->body;
-    if (tar.size() < 512) {
-      return absl::DataLossError(absl::StrCat(what, ": short archive"));
-    }
-    if (tar[156] != '0' && tar[156] != '\0') {
-      return absl::FailedPreconditionError(
-          absl::StrCat(what, ": not a regular file"));
-    }
-    size_t size = 0;
-    for (size_t i = 124; i < 136 && tar[i] >= '0' && tar[i] <= '7'; ++i) {
-      size = size * 8 + static_cast<size_t>(tar[i] - '0');
-    }
-    if (512 + size > tar.size()) {
-      return absl::DataLossError(absl::StrCat(what, ": truncated archive"));
-    }
-    return tar.substr(512, std::min(size, max_bytes));
+    return ParseArchiveMember(r->body, what, max_bytes);
   }
 
   absl::StatusOr<bool> ImageExists(const std::string& image) override {
@@ -328,29 +217,13 @@ class EngineClient final : public DockerClient {
     std::string pending;
     std::string error;
     auto handle_line = [&](std::string_view line) {
-      line = StdView(absl::StripAsciiWhitespace(AbslView(line)));
-      if (line.empty()) return;
-      rapidjson::Document doc;
-      if (!Parse(line, doc) || !doc.IsObject()) return;
-      if (doc.HasMember("error")) {
-        std::string_view message;
-        if (auto it = doc.FindMember("errorDetail"); it != doc.MemberEnd()) {
-          message = GetString(it->value, "message");
-        }
-        if (message.empty()) message = GetString(doc, "error");
-        if (error.empty()) error = std::string(message);
+      std::optional<PullLine> parsed = ParsePullLine(line);
+      if (!parsed) return;
+      if (parsed->error) {
+        if (error.empty()) error = std::move(parsed->text);
         return;
       }
-      if (!progress) return;
-      std::string text;
-      if (std::string_view id = GetString(doc, "id"); !id.empty()) {
-        absl::StrAppend(&text, AbslView(id), ": ");
-      }
-      absl::StrAppend(&text, AbslView(GetString(doc, "status")));
-      if (std::string_view p = GetString(doc, "progress"); !p.empty()) {
-        absl::StrAppend(&text, " ", AbslView(p));
-      }
-      progress(text);
+      if (progress) progress(parsed->text);
     };
     request.on_body = [&](std::string_view chunk) {
       pending.append(chunk);
@@ -505,23 +378,7 @@ class EngineClient final : public DockerClient {
     request.abort = stop;
     absl::StatusOr<http::Response> r = Do(request);
     if (absl::Status s = Expect(r, what, {200}); !s.ok()) return s;
-    rapidjson::Document doc;
-    if (!Parse(r->body, doc) || !doc.IsObject()) {
-      return absl::InternalError(
-          absl::StrCat(what, ": unreadable answer: ", r->body));
-    }
-    if (auto it = doc.FindMember("Error");
-        it != doc.MemberEnd() && it->value.IsObject()) {
-      if (std::string_view m = GetString(it->value, "Message"); !m.empty()) {
-        return absl::InternalError(absl::StrCat(what, ": ", AbslView(m)));
-      }
-    }
-    std::optional<int64_t> code = GetInt(doc, "StatusCode");
-    if (!code) {
-      return absl::InternalError(
-          absl::StrCat(what, ": no StatusCode in ", r->body));
-    }
-    return static_cast<int>(*code);
+    return ParseWaitAnswer(r->body, what);
   }
 
   absl::StatusOr<ContainerState> InspectContainer(
@@ -530,17 +387,7 @@ class EngineClient final : public DockerClient {
     absl::StatusOr<http::Response> r =
         Call("GET", absl::StrCat("/containers/", PathPart(id), "/json"));
     if (absl::Status s = Expect(r, what, {200}); !s.ok()) return s;
-    rapidjson::Document doc;
-    if (!Parse(r->body, doc) || !doc.IsObject() || !doc.HasMember("State")) {
-      return absl::InternalError(absl::StrCat(what, ": unreadable answer"));
-    }
-    const rapidjson::Value& state = doc["State"];
-    ContainerState result;
-    result.running = GetBool(state, "Running");
-    result.exit_code = static_cast<int>(GetInt(state, "ExitCode").value_or(0));
-    result.oom_killed = GetBool(state, "OOMKilled");
-    result.error = std::string(GetString(state, "Error"));
-    return result;
+    return ParseInspectAnswer(r->body, what);
   }
 
   absl::Status StopContainer(const std::string& id,
@@ -621,12 +468,11 @@ class EngineClient final : public DockerClient {
       absl::StatusOr<http::Response> r =
           Call("GET", absl::StrCat("/exec/", PathPart(*exec_id), "/json"));
       if (absl::Status s = Expect(r, what, {200}); !s.ok()) return s;
-      rapidjson::Document doc;
-      if (!Parse(r->body, doc) || !doc.IsObject()) {
-        return absl::InternalError(absl::StrCat(what, ": unreadable answer"));
+      absl::StatusOr<ExecState> state = ParseExecInspectAnswer(r->body, what);
+      if (!state.ok()) return state.status();
+      if (!state->running && state->exit_code) {
+        return static_cast<int>(*state->exit_code);
       }
-      std::optional<int64_t> code = GetInt(doc, "ExitCode");
-      if (!GetBool(doc, "Running") && code) return static_cast<int>(*code);
       if (absl::Now() > deadline) {
         return absl::InternalError(
             absl::StrCat(what, ": output ended but the command still runs"));
@@ -733,14 +579,7 @@ class EngineClient final : public DockerClient {
 
   static absl::StatusOr<std::string> IdFrom(const http::Response& r,
                                             std::string_view what) {
-    rapidjson::Document doc;
-    std::string_view id;
-    if (Parse(r.body, doc)) id = GetString(doc, "Id");
-    if (id.empty()) {
-      return absl::InternalError(
-          absl::StrCat(AbslView(what), ": no Id in answer: ", r.body));
-    }
-    return std::string(id);
+    return ParseIdAnswer(r.body, what);
   }
 
   // Runs a request whose 2xx body is the framed stdout/stderr stream.
@@ -775,25 +614,7 @@ class EngineClient final : public DockerClient {
                                                 const char* field) {
     absl::StatusOr<http::Response> r = Call("GET", path);
     if (absl::Status s = Expect(r, what, {200}); !s.ok()) return s;
-    rapidjson::Document doc;
-    if (!Parse(r->body, doc)) {
-      return absl::InternalError(absl::StrCat(what, ": unreadable answer"));
-    }
-    const rapidjson::Value* array = &doc;
-    if (array_key != nullptr) {
-      auto it = doc.IsObject() ? doc.FindMember(array_key) : doc.MemberEnd();
-      if (!doc.IsObject() || it == doc.MemberEnd() || it->value.IsNull()) {
-        return std::vector<std::string>{};  // "Volumes": null when none
-      }
-      array = &it->value;
-    }
-    std::vector<std::string> result;
-    if (!array->IsArray()) return result;
-    for (const rapidjson::Value& item : array->GetArray()) {
-      std::string_view value = GetString(item, field);
-      if (!value.empty()) result.emplace_back(value);
-    }
-    return result;
+    return ParseListAnswer(r->body, what, array_key, field);
   }
 
   const Endpoint endpoint_;
@@ -869,9 +690,7 @@ absl::StatusOr<std::unique_ptr<DockerClient>> DockerClient::Connect(
     return unreachable(absl::StrCat("GET /version answered HTTP ", r->status,
                                     ": ", DaemonMessage(*r)));
   }
-  rapidjson::Document doc;
-  std::string_view daemon_version;
-  if (Parse(r->body, doc)) daemon_version = GetString(doc, "ApiVersion");
+  const std::string daemon_version = VersionAnswerApiVersion(r->body);
   std::optional<std::pair<int, int>> daemon = ParseApiVersion(daemon_version);
   if (!daemon) {
     return unreachable(absl::StrCat("GET /version gave no ApiVersion: ",

@@ -59,6 +59,59 @@ absl::StatusOr<rapidjson::Document> ParseAnswer(const std::string& body,
   return doc;
 }
 
+absl::StatusOr<TaskStates> ParseDescribeTasksAnswer(const std::string& body) {
+  absl::StatusOr<rapidjson::Document> doc = ParseAnswer(body, "DescribeTasks");
+  if (!doc.ok()) return doc.status();
+  TaskStates out;
+  if (const rapidjson::Value* tasks = json::ArrayMember(*doc, "tasks")) {
+    for (const rapidjson::Value& t : tasks->GetArray()) {
+      TaskState s;
+      s.last_status = json::StringMember(t, "lastStatus");
+      s.stop_code = json::StringMember(t, "stopCode");
+      s.stopped_reason = json::StringMember(t, "stoppedReason");
+      if (const rapidjson::Value* containers =
+              json::ArrayMember(t, "containers")) {
+        for (const rapidjson::Value& c : containers->GetArray()) {
+          if (json::StringMember(c, "name") != kStepContainer &&
+              containers->Size() > 1) {
+            continue;
+          }
+          auto code = c.FindMember("exitCode");
+          if (code != c.MemberEnd() && code->value.IsInt()) {
+            s.exit_code = code->value.GetInt();
+          }
+          s.container_reason = json::StringMember(c, "reason");
+        }
+      }
+      s.tags = TagMap(t);
+      if (const rapidjson::Value* attachments =
+              json::ArrayMember(t, "attachments")) {
+        for (const rapidjson::Value& a : attachments->GetArray()) {
+          const rapidjson::Value* details = json::ArrayMember(a, "details");
+          if (json::StringMember(a, "type") != "ElasticNetworkInterface" ||
+              !details) {
+            continue;
+          }
+          for (const rapidjson::Value& d : details->GetArray()) {
+            if (json::StringMember(d, "name") == "subnetId") {
+              s.subnets.push_back(json::StringMember(d, "value"));
+            }
+          }
+        }
+      }
+      out[json::StringMember(t, "taskArn")] = std::move(s);
+    }
+  }
+  if (const rapidjson::Value* failures = json::ArrayMember(*doc, "failures")) {
+    for (const rapidjson::Value& f : failures->GetArray()) {
+      TaskState s;
+      s.missing = json::StringMember(f, "reason");
+      out[json::StringMember(f, "arn")] = std::move(s);
+    }
+  }
+  return out;
+}
+
 bool IsLeftover(const std::map<std::string, std::string>& tags,
                 const std::string& delegate_name, const std::string& instance,
                 const std::string& stage,
@@ -215,57 +268,7 @@ absl::StatusOr<TaskStates> EcsSession::Describe(
   });
   absl::StatusOr<std::string> answer = ecs_->Call("DescribeTasks", body);
   if (!answer.ok()) return answer.status();
-  absl::StatusOr<rapidjson::Document> doc =
-      ParseAnswer(*answer, "DescribeTasks");
-  if (!doc.ok()) return doc.status();
-  TaskStates out;
-  if (const rapidjson::Value* tasks = json::ArrayMember(*doc, "tasks")) {
-    for (const rapidjson::Value& t : tasks->GetArray()) {
-      TaskState s;
-      s.last_status = json::StringMember(t, "lastStatus");
-      s.stop_code = json::StringMember(t, "stopCode");
-      s.stopped_reason = json::StringMember(t, "stoppedReason");
-      if (const rapidjson::Value* containers =
-              json::ArrayMember(t, "containers")) {
-        for (const rapidjson::Value& c : containers->GetArray()) {
-          if (json::StringMember(c, "name") != kStepContainer &&
-              containers->Size() > 1) {
-            continue;
-          }
-          auto code = c.FindMember("exitCode");
-          if (code != c.MemberEnd() && code->value.IsInt()) {
-            s.exit_code = code->value.GetInt();
-          }
-          s.container_reason = json::StringMember(c, "reason");
-        }
-      }
-      s.tags = TagMap(t);
-      if (const rapidjson::Value* attachments =
-              json::ArrayMember(t, "attachments")) {
-        for (const rapidjson::Value& a : attachments->GetArray()) {
-          const rapidjson::Value* details = json::ArrayMember(a, "details");
-          if (json::StringMember(a, "type") != "ElasticNetworkInterface" ||
-              !details) {
-            continue;
-          }
-          for (const rapidjson::Value& d : details->GetArray()) {
-            if (json::StringMember(d, "name") == "subnetId") {
-              s.subnets.push_back(json::StringMember(d, "value"));
-            }
-          }
-        }
-      }
-      out[json::StringMember(t, "taskArn")] = std::move(s);
-    }
-  }
-  if (const rapidjson::Value* failures = json::ArrayMember(*doc, "failures")) {
-    for (const rapidjson::Value& f : failures->GetArray()) {
-      TaskState s;
-      s.missing = json::StringMember(f, "reason");
-      out[json::StringMember(f, "arn")] = std::move(s);
-    }
-  }
-  return out;
+  return ParseDescribeTasksAnswer(*answer);
 }
 
 absl::Status EcsSession::StopTask(const std::string& arn,

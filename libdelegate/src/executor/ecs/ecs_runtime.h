@@ -52,6 +52,10 @@ std::string RequestBody(absl::FunctionRef<void(json::Writer&)> write);
 absl::StatusOr<rapidjson::Document> ParseAnswer(const std::string& body,
                                                 std::string_view operation);
 
+// A DescribeTasks answer: each task's state by ARN (the step container's
+// exit code, reasons, tags, ENI subnets), and each failure's reason by ARN.
+absl::StatusOr<TaskStates> ParseDescribeTasksAnswer(const std::string& body);
+
 // Whether a task or task definition tagged `tags` is a leftover that Reap
 // removes: one of `delegate_name`'s that, with `stage` empty, belongs to
 // `instance` or to an instance for which `instance_gone` (given the
