@@ -1,0 +1,115 @@
+// The CloudWatch Logs batcher, checked, not just run: every batch it makes
+// is one PutLogEvents accepts (at most 10,000 events and 1,048,576 bytes
+// counting 26 per event, sorted by time, less than 24 h from first to last,
+// every message non-empty valid UTF-8 within the event limit, no negative
+// time), and no event is lost: at least as many events come out as went
+// in, and every input timestamp (a negative one as 0) is still there.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "aws/logs_client.h"
+#include "fuzz_input.h"
+
+namespace aws = delegate::aws;
+
+namespace {
+
+bool ValidUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80         ? 1
+               : (c >> 5) == 6  ? 2
+               : (c >> 4) == 14 ? 3
+               : (c >> 3) == 30 ? 4
+                                : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    uint32_t cp = n == 1 ? c : c & (0x7f >> n);
+    for (size_t k = 1; k < n; ++k) {
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d >> 6) != 2) return false;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+      return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  delegate::fuzz::FuzzInput in(data, size);
+  const size_t max_event_bytes = in.Range(0, 300);
+  // Repeats make the big batches (10,000 events, 1 MiB) cheap to reach.
+  const size_t repeat = in.Range(1, 32) == 32 ? in.Range(1, 12000) : 1;
+  std::vector<aws::LogEvent> events;
+  while (!in.empty() && events.size() < 64) {
+    aws::LogEvent e;
+    e.timestamp_ms =
+        static_cast<int64_t>(in.Range(0, 1 << 24)) * (in.Bool() ? 1 : 10'000) -
+        (in.Bool() ? 0 : 1000);
+    e.message = in.String(in.Bool() ? 256 : 48);
+    events.push_back(std::move(e));
+  }
+  if (repeat > 1 && !events.empty()) {
+    // 96 bytes a message reach both the 10,000-event and the 1 MiB limit
+    // without making every such input cost megabytes.
+    std::vector<aws::LogEvent> many;
+    many.reserve(repeat);
+    for (size_t i = 0; i < repeat; ++i) {
+      const aws::LogEvent& e = events[i % events.size()];
+      many.push_back({e.timestamp_ms, e.message.substr(0, 96)});
+    }
+    events = std::move(many);
+  }
+  const size_t input_events = events.size();
+  const size_t limit = std::clamp<size_t>(max_event_bytes, 4, 1'048'550);
+
+  std::vector<std::vector<aws::LogEvent>> batches =
+      aws::BatchLogEvents(events, max_event_bytes);
+  size_t out_events = 0;
+  std::vector<int64_t> times;
+  int64_t previous_batch_end = INT64_MIN;
+  for (const std::vector<aws::LogEvent>& batch : batches) {
+    FUZZ_CHECK(!batch.empty(), "an empty batch");
+    FUZZ_CHECK(batch.size() <= aws::kMaxLogBatchEvents, "too many events");
+    size_t bytes = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const aws::LogEvent& e = batch[i];
+      FUZZ_CHECK(e.timestamp_ms >= 0, "a negative time");
+      FUZZ_CHECK(!e.message.empty(), "an empty message");
+      FUZZ_CHECK(e.message.size() <= limit, "an event over the limit");
+      FUZZ_CHECK(ValidUtf8(e.message), "not UTF-8");
+      if (i > 0) {
+        FUZZ_CHECK(batch[i - 1].timestamp_ms <= e.timestamp_ms, "unsorted");
+      }
+      bytes += e.message.size() + aws::kLogEventOverheadBytes;
+      times.push_back(e.timestamp_ms);
+    }
+    FUZZ_CHECK(bytes <= aws::kMaxLogBatchBytes, "a batch over 1 MiB");
+    FUZZ_CHECK(batch.back().timestamp_ms - batch.front().timestamp_ms <
+                   aws::kMaxLogBatchSpanMs,
+               "a batch spans 24 h");
+    FUZZ_CHECK(previous_batch_end <= batch.front().timestamp_ms,
+               "batches out of order");
+    previous_batch_end = batch.back().timestamp_ms;
+    out_events += batch.size();
+  }
+  FUZZ_CHECK(out_events >= input_events, "events lost");
+  // Every input timestamp (clamped at 0) is still there (the batches are
+  // in order, so `times` is sorted).
+  for (const aws::LogEvent& e : events) {
+    FUZZ_CHECK(std::binary_search(times.begin(), times.end(),
+                                  std::max<int64_t>(e.timestamp_ms, 0)),
+               "a timestamp lost");
+  }
+  return 0;
+}
