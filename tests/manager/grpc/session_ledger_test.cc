@@ -444,6 +444,24 @@ TEST_F(SessionLedgerTest, ADispatchUnderAGreaterTokenLosesThePreviousOne) {
   EXPECT_THAT(ledger_.LeaseLost(lost).cancels, ElementsAre("s1#2"));
 }
 
+// Found by tests/fuzz/grpc_session_fuzz.cc: retiring the old run erased the
+// map entry that Dispatch had passed to Lose by reference, and Lose went on
+// reading it (a use after free under ASan).
+TEST_F(SessionLedgerTest, ADispatchAgainAfterTheStageStoppedRetiresTheOldRun) {
+  RunPtr first = Dispatch("s1", 1);
+  // The stage stopped; its result waits for the manager's acknowledgement.
+  ledger_.StageDone(first, Success(), kT0);
+  first.reset();  // only the ledger holds the run now
+  SessionLedger::Stops stops;
+  RunPtr second = ledger_.Dispatch(DispatchOf("s1", 2), kT0, &stops);
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(stops.leases_lost, 1);
+  EXPECT_THAT(stops.cancels, IsEmpty());  // nothing runs to cancel
+  EXPECT_EQ(ledger_.Find("s1#1"), nullptr);
+  EXPECT_EQ(ledger_.Find("s1#2"), second);
+  EXPECT_THAT(ledger_.RunningTaskIds(), ElementsAre("s1#2"));
+}
+
 TEST_F(SessionLedgerTest, ForcedToStopItGivesUpOnUnacknowledgedResults) {
   RunPtr running = Dispatch("running", 1);
   RunPtr finished = Dispatch("finished", 1);

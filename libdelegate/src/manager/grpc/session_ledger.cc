@@ -497,8 +497,7 @@ void SessionLedger::AddReport(const RunPtr& run, ReportKind kind,
   }
 }
 
-void SessionLedger::Lose(const RunPtr& run, std::string_view why,
-                         Stops* stops) {
+void SessionLedger::Lose(RunPtr run, std::string_view why, Stops* stops) {
   if (run->lost) return;
   run->lost = true;
   for (const Run::Report& r : run->reports) by_key_.erase(r.key);
@@ -516,7 +515,7 @@ void SessionLedger::Lose(const RunPtr& run, std::string_view why,
   }
 }
 
-void SessionLedger::MaybeRetire(const RunPtr& run) {
+void SessionLedger::MaybeRetire(RunPtr run) {
   if (run->running || !(run->lost || run->result_accepted)) return;
   if (runs_.erase(run->task_id) == 0) return;
   auto it = by_stage_.find(run->stage_id);

@@ -185,8 +185,10 @@ class SessionLedger {
 
   void AddReport(const RunPtr& run, ReportKind kind, std::string key,
                  v1::DelegateMessage message, absl::Time now);
-  void Lose(const RunPtr& run, std::string_view why, Stops* stops);
-  void MaybeRetire(const RunPtr& run);
+  // Both take the run by value: callers pass the RunPtr held in runs_ or
+  // by_stage_, which retiring erases, and the run must outlive that.
+  void Lose(RunPtr run, std::string_view why, Stops* stops);
+  void MaybeRetire(RunPtr run);
   void MarkDirty(const RunPtr& run);
   void CollectRun(Run& run, absl::Time now,
                   std::vector<v1::DelegateMessage>* out);
