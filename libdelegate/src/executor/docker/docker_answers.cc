@@ -221,8 +221,11 @@ absl::StatusOr<std::vector<std::string>> ParseListAnswer(std::string_view body,
   }
   const rapidjson::Value* array = &doc;
   if (array_key != nullptr) {
-    auto it = doc.IsObject() ? doc.FindMember(array_key) : doc.MemberEnd();
-    if (!doc.IsObject() || it == doc.MemberEnd() || it->value.IsNull()) {
+    // MemberEnd() of a value that is not an object is undefined (found by
+    // tests/fuzz/docker_answers_fuzz.cc): test the type first.
+    if (!doc.IsObject()) return std::vector<std::string>{};
+    auto it = doc.FindMember(array_key);
+    if (it == doc.MemberEnd() || it->value.IsNull()) {
       return std::vector<std::string>{};  // "Volumes": null when none
     }
     array = &it->value;
