@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "rapidjson/document.h"
@@ -53,6 +54,25 @@ TEST(HarnessJsonFieldsTest, ForEachObjectNamesTheFirstBadElement) {
             "task.data.items[1].id: expected a string");
   EXPECT_EQ(Msg(Ids(R"({"items":[{"id":"stop"},{"id":5}]})")),
             "task.data.items[0]: told to stop");
+}
+
+// Whole numbers may come as doubles (1e3); others, and doubles outside
+// int64's range (undefined to cast, found by
+// tests/fuzz/harness_payload_fuzz.cc), are refused naming the field.
+TEST(HarnessJsonFieldsTest, Int64TakesWholeDoublesAndRefusesHugeOnes) {
+  rapidjson::Document doc;
+  absl::StatusOr<Fields> top = ParseObject(
+      R"({"a":1e3,"b":2.5,"c":3.9e63,"d":-1e300,"e":-7})", "task.data", doc);
+  ASSERT_TRUE(top.ok()) << top.status();
+  int64_t v = 0;
+  ASSERT_TRUE(top->Int64("a", v).ok());
+  EXPECT_EQ(v, 1000);
+  ASSERT_TRUE(top->Int64("e", v).ok());
+  EXPECT_EQ(v, -7);
+  for (const char* name : {"b", "c", "d"}) {
+    EXPECT_EQ(top->Int64(name, v).message(),
+              absl::StrCat("task.data.", name, ": expected a whole number"));
+  }
 }
 
 TEST(HarnessJsonFieldsTest, ParseBodyPathsStartAtTheTop) {

@@ -13,8 +13,12 @@ namespace {
 
 using Value = rapidjson::Value;
 
-constexpr unsigned kParseFlags =
-    rapidjson::kParseIterativeFlag | rapidjson::kParseFullPrecisionFlag;
+// Not kParseFullPrecisionFlag: the manager's numbers are whole (Int64 takes
+// a double only when it is exactly whole), and RapidJSON 1.1.0's
+// full-precision path passes 0 to __builtin_clzll, undefined, for a
+// mantissa of zeros such as 0.000...0 (found by
+// tests/fuzz/runner_events_fuzz.cc).
+constexpr unsigned kParseFlags = rapidjson::kParseIterativeFlag;
 constexpr int kMaxDepth = 64;
 
 bool DepthWithin(const Value& v, int budget) {
@@ -127,8 +131,10 @@ absl::Status Fields::Int64(const char* name, int64_t& out) const {
   }
   if (v->IsDouble()) {
     const double d = v->GetDouble();
-    if (d == static_cast<double>(static_cast<int64_t>(d)) && d > -9.2e18 &&
-        d < 9.2e18) {
+    // The range first: casting a double outside int64's range is undefined
+    // (found by tests/fuzz/harness_payload_fuzz.cc).
+    if (d > -9.2e18 && d < 9.2e18 &&
+        d == static_cast<double>(static_cast<int64_t>(d))) {
       out = static_cast<int64_t>(d);
       return absl::OkStatus();
     }
