@@ -117,6 +117,20 @@ TEST(RequestTokenTest, WrongTokenOrAlteredTokenDoesNotDecrypt) {
   }
 }
 
+// Found by tests/fuzz/jwe_fuzz.cc: claims were read up to a NUL, so
+// "acct\0other" decrypted as "acct".
+TEST(RequestTokenTest, ClaimsWithANulDecryptWhole) {
+  const std::string account("acct\0other", 10);
+  const absl::Time now = absl::FromUnixSeconds(1'800'000'000);
+  absl::StatusOr<std::string> jwe =
+      MintRequestToken(SecretString(kToken), account, now);
+  ASSERT_TRUE(jwe.ok()) << jwe.status();
+  absl::StatusOr<RequestClaims> claims =
+      DecryptRequestToken(*jwe, SecretString(kToken));
+  ASSERT_TRUE(claims.ok()) << claims.status();
+  EXPECT_EQ(claims->sub, account);
+}
+
 TEST(RequestTokenCacheTest, ReMintsAfterHalfTheLifetime) {
   FakeClock clock;
   RequestTokenCache cache(SecretString(kToken), "acct", clock);

@@ -189,7 +189,7 @@ absl::StatusOr<RequestClaims> DecryptRequestToken(
   absl::StatusOr<std::string> header = FromBase64Url(parts[0], "the header");
   if (!header.ok()) return header.status();
   rapidjson::Document h;
-  h.Parse(header->c_str());
+  h.Parse(header->data(), header->size());
   if (h.HasParseError() || !h.IsObject() || !h.HasMember("alg") ||
       !h["alg"].IsString() || std::string_view(h["alg"].GetString()) != "dir" ||
       !h.HasMember("enc") || !h["enc"].IsString() ||
@@ -245,15 +245,20 @@ absl::StatusOr<RequestClaims> DecryptRequestToken(
     return absl::InvalidArgumentError("request token: the claims are not JSON");
   }
   RequestClaims claims;
+  // By length: a claim with a NUL in it is kept whole, not cut at the NUL
+  // (found by tests/fuzz/jwe_fuzz.cc).
+  auto text = [](const rapidjson::Value& v) {
+    return std::string(v.GetString(), v.GetStringLength());
+  };
   auto str = [&](const char* name, std::string& out) {
-    if (d.HasMember(name) && d[name].IsString()) out = d[name].GetString();
+    if (d.HasMember(name) && d[name].IsString()) out = text(d[name]);
   };
   str("sub", claims.sub);
   str("iss", claims.iss);
   str("jti", claims.jti);
   if (d.HasMember("aud") && d["aud"].IsArray()) {
     for (const auto& a : d["aud"].GetArray()) {
-      if (a.IsString()) claims.aud.push_back(a.GetString());
+      if (a.IsString()) claims.aud.push_back(text(a));
     }
   }
   if (!d.HasMember("exp") || !d["exp"].IsInt64() || !d.HasMember("iat") ||
