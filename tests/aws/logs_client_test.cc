@@ -27,6 +27,7 @@
 #include "rapidjson/writer.h"
 #include "tests/fakes/aws_fake.h"
 #include "tests/fakes/fake_clock.h"
+#include "tests/fakes/log_batch_check.h"
 #include "util/strings.h"
 
 namespace delegate::aws {
@@ -37,62 +38,9 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Not;
 
-// Decodes code points one by one: an independent check of what the client
-// sends (no overlong forms, surrogates or values above U+10FFFF).
-bool ValidUtf8(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    const int n = c < 0x80         ? 1
-                  : (c >> 5) == 6  ? 2
-                  : (c >> 4) == 14 ? 3
-                  : (c >> 3) == 30 ? 4
-                                   : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    uint32_t cp = n == 1 ? c : c & (0x7F >> n);
-    for (int k = 1; k < n; ++k) {
-      const unsigned char d = static_cast<unsigned char>(s[i + k]);
-      if ((d & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (d & 0x3F);
-    }
-    const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      return false;
-    }
-    i += n;
-  }
-  return true;
-}
-
-size_t BatchBytes(const std::vector<LogEvent>& batch) {
-  size_t bytes = 0;
-  for (const LogEvent& e : batch) bytes += e.message.size() + 26;
-  return bytes;
-}
-
-// What is wrong with a PutLogEvents batch, or "".
-std::string BatchProblem(const std::vector<LogEvent>& batch,
-                         size_t max_event_bytes = kMaxLogEventBytes) {
-  if (batch.empty() || batch.size() > 10000) {
-    return absl::StrCat(batch.size(), " events");
-  }
-  if (BatchBytes(batch) > 1048576) {
-    return absl::StrCat(BatchBytes(batch), " bytes");
-  }
-  if (batch.back().timestamp_ms - batch.front().timestamp_ms >=
-      24 * 3600 * 1000) {
-    return "spans 24 h or more";
-  }
-  for (size_t i = 0; i < batch.size(); ++i) {
-    const LogEvent& e = batch[i];
-    if (i > 0 && e.timestamp_ms < batch[i - 1].timestamp_ms) {
-      return "not in chronological order";
-    }
-    if (e.message.empty()) return "an empty message";
-    if (e.message.size() > max_event_bytes) return "an event too large";
-    if (!ValidUtf8(e.message)) return "a message that is not UTF-8";
-  }
-  return "";
-}
+using ::delegate::testing::BatchBytes;
+using ::delegate::testing::BatchProblem;
+using ::delegate::testing::ValidUtf8;
 
 // ------------------------------------------------------------ batching
 

@@ -13,37 +13,9 @@
 
 #include "aws/logs_client.h"
 #include "fuzz_input.h"
+#include "tests/fakes/log_batch_check.h"
 
 namespace aws = delegate::aws;
-
-namespace {
-
-bool ValidUtf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80         ? 1
-               : (c >> 5) == 6  ? 2
-               : (c >> 4) == 14 ? 3
-               : (c >> 3) == 30 ? 4
-                                : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    uint32_t cp = n == 1 ? c : c & (0x7f >> n);
-    for (size_t k = 1; k < n; ++k) {
-      const auto d = static_cast<unsigned char>(s[i + k]);
-      if ((d >> 6) != 2) return false;
-      cp = (cp << 6) | (d & 0x3f);
-    }
-    const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-      return false;
-    }
-    i += n;
-  }
-  return true;
-}
-
-}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   delegate::fuzz::FuzzInput in(data, size);
@@ -79,25 +51,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<int64_t> times;
   int64_t previous_batch_end = INT64_MIN;
   for (const std::vector<aws::LogEvent>& batch : batches) {
-    FUZZ_CHECK(!batch.empty(), "an empty batch");
-    FUZZ_CHECK(batch.size() <= aws::kMaxLogBatchEvents, "too many events");
-    size_t bytes = 0;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const aws::LogEvent& e = batch[i];
-      FUZZ_CHECK(e.timestamp_ms >= 0, "a negative time");
-      FUZZ_CHECK(!e.message.empty(), "an empty message");
-      FUZZ_CHECK(e.message.size() <= limit, "an event over the limit");
-      FUZZ_CHECK(ValidUtf8(e.message), "not UTF-8");
-      if (i > 0) {
-        FUZZ_CHECK(batch[i - 1].timestamp_ms <= e.timestamp_ms, "unsorted");
-      }
-      bytes += e.message.size() + aws::kLogEventOverheadBytes;
-      times.push_back(e.timestamp_ms);
-    }
-    FUZZ_CHECK(bytes <= aws::kMaxLogBatchBytes, "a batch over 1 MiB");
-    FUZZ_CHECK(batch.back().timestamp_ms - batch.front().timestamp_ms <
-                   aws::kMaxLogBatchSpanMs,
-               "a batch spans 24 h");
+    const std::string problem = delegate::testing::BatchProblem(batch, limit);
+    FUZZ_CHECK(problem.empty(), problem);
+    for (const aws::LogEvent& e : batch) times.push_back(e.timestamp_ms);
     FUZZ_CHECK(previous_batch_end <= batch.front().timestamp_ms,
                "batches out of order");
     previous_batch_end = batch.back().timestamp_ms;
