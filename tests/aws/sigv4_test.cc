@@ -15,6 +15,7 @@
 #include "absl/strings/strip.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "openssl/hmac.h"
 
 namespace delegate::aws {
 namespace {
@@ -181,6 +182,54 @@ TEST(SigV4Test, AddsTheDateAndTokenWhenMissing) {
                   "Credential=AKID/20150830/us-east-1/ecs/aws4_request, "
                   "SignedHeaders=host;x-amz-date;x-amz-security-token;"
                   "x-amz-target, Signature="));
+}
+
+// Signing keys are derived once per secret, date, region and service and
+// kept (a few at a time): a signature never uses another secret's key, or
+// another day's, region's or service's, whatever the order and however
+// often the cache turns over. Checked against HMAC computed here with
+// OpenSSL's own HMAC().
+TEST(SigV4Test, EverySignatureUsesItsOwnSigningKey) {
+  auto hmac = [](const std::string& key, const std::string& data) {
+    unsigned char out[32];
+    unsigned int n = 0;
+    HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+         reinterpret_cast<const unsigned char*>(data.data()), data.size(),
+         out, &n);
+    return std::string(reinterpret_cast<char*>(out), n);
+  };
+  auto expected = [&](const std::string& secret, const std::string& date,
+                      const std::string& region, const std::string& service,
+                      const std::string& sts) {
+    std::string key = hmac("AWS4" + secret, date);
+    key = hmac(key, region);
+    key = hmac(key, service);
+    key = hmac(key, "aws4_request");
+    std::string hex;
+    for (unsigned char c : hmac(key, sts)) {
+      hex += "0123456789abcdef"[c >> 4];
+      hex += "0123456789abcdef"[c & 15];
+    }
+    return hex;
+  };
+  const std::vector<std::string> secrets = {kSecretKey, "another/secret+key",
+                                            std::string(80, 'k')};
+  const std::vector<std::vector<std::string>> scopes = {
+      {"20150830", "us-east-1", "ecs"},
+      {"20150831", "us-east-1", "ecs"},
+      {"20150830", "eu-west-1", "ecs"},
+      {"20150830", "us-east-1", "logs"}};
+  for (int round = 0; round < 3; ++round) {
+    for (const std::string& secret : secrets) {
+      for (const auto& scope : scopes) {
+        const std::string sts = "string to sign " + secret + scope[0];
+        EXPECT_EQ(Signature(SecretString(secret), scope[0], scope[1],
+                            scope[2], sts),
+                  expected(secret, scope[0], scope[1], scope[2], sts))
+            << "round " << round << " " << absl::StrJoin(scope, "/");
+      }
+    }
+  }
 }
 
 }  // namespace
