@@ -249,6 +249,32 @@ TEST_F(HarnessE2eTest, AFailingStepIsReportedAndTheStageStillCleansUp) {
                "SUCCESS");
 }
 
+// PARALLEL_WORKERS is a limit, not a count: an idle delegate holds no task
+// worker (it held 100 threads before), and workers come when stages do.
+TEST_F(HarnessE2eTest, AnIdleDelegateHoldsNoTaskWorkers) {
+  StartManager(Options());
+  std::vector<std::string> env = DelegateEnv();
+  env.push_back("PARALLEL_WORKERS=100");
+  StartDelegate(env);
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  auto threads = [this] {
+    std::ifstream status(absl::StrCat("/proc/", delegate_->pid(), "/status"));
+    std::string line;
+    while (std::getline(status, line)) {
+      if (absl::StartsWith(line, "Threads:")) {
+        return std::stoi(line.substr(8));
+      }
+    }
+    return -1;
+  };
+  // The main thread, the signal watcher, the ops server, the heartbeat, the
+  // poll loop.
+  EXPECT_LE(threads(), 8);
+  rapidjson::Document stage = WaitStage(Submit(HostStage("after-idle")));
+  EXPECT_STREQ(stage["status"].GetString(), "SUCCESS");
+  EXPECT_GT(threads(), 0);
+}
+
 TEST_F(HarnessE2eTest, AWrongTokenStopsWithOneClearErrorAndNoRetryStorm) {
   StartManager(Options());
   std::vector<std::string> env = DelegateEnv();

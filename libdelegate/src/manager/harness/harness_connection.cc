@@ -32,6 +32,9 @@ namespace delegate {
 namespace harness {
 namespace {
 
+// How long a task worker waits for a task before it stops.
+constexpr absl::Duration kIdleWorkerLifetime = absl::Seconds(60);
+
 constexpr const char* kSupportedTypes =
     "local_init, local_execute, local_cleanup, secret/static";
 
@@ -99,7 +102,10 @@ class HarnessConnection final : public ManagerConnection {
     return draining_;
   }
 
-  void WorkerLoop();
+  // A task worker more; joins the workers that retired.
+  void SpawnWorkerLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void JoinExitedWorkers() ABSL_LOCKS_EXCLUDED(mu_);
+  void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
   void Handle(const RunnerEvent& event);
   TaskAnswer Route(TaskRequest& request);
   void SendAnswer(const std::string& task_id, const std::string& body);
@@ -125,6 +131,10 @@ class HarnessConnection final : public ManagerConnection {
   std::deque<RunnerEvent> work_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, bool> in_flight_ ABSL_GUARDED_BY(mu_);  // task ids
   int busy_workers_ ABSL_GUARDED_BY(mu_) = 0;
+  int idle_workers_ ABSL_GUARDED_BY(mu_) = 0;
+  // The task workers by thread id, and those that retired, to join.
+  std::map<std::thread::id, std::thread> workers_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> exited_workers_ ABSL_GUARDED_BY(mu_);
   // Last: destroyed first, it cancels and waits for the stages, whose
   // observers use the event log and the log service.
   StageTransactions stages_{
@@ -165,11 +175,9 @@ absl::Status HarnessConnection::Run() {
         // timeout.
         [this] { stages_.CancelOpen("the manager lost them"); });
   });
-  std::vector<std::thread> workers;
+  // Workers start when tasks come and stop after a while without one: an
+  // idle delegate holds none (PARALLEL_WORKERS is a limit, not a count).
   const int worker_count = std::max(1, env_.config.parallel_workers);
-  for (int i = 0; i < worker_count; ++i) {
-    workers.emplace_back([this] { WorkerLoop(); });
-  }
 
   // The poll loop. While draining it goes on polling for the steps and
   // cleanups of open stages, and leaves new stages to other delegates.
@@ -252,6 +260,10 @@ absl::Status HarnessConnection::Run() {
         mu_.Await(absl::Condition(&worker_free));
         in_flight_[event.task_id] = true;
         work_.push_back(event);
+        if (work_.size() > static_cast<size_t>(idle_workers_) &&
+            workers_.size() < static_cast<size_t>(worker_count)) {
+          SpawnWorkerLocked();
+        }
       }
     }
     absl::MutexLock lock(&mu_);
@@ -269,7 +281,14 @@ absl::Status HarnessConnection::Run() {
     stop_threads_ = true;
   }
   registrar_.Stop();
-  for (std::thread& t : workers) t.join();
+  {
+    absl::MutexLock lock(&mu_);
+    auto all_exited = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return workers_.empty();
+    };
+    mu_.Await(absl::Condition(&all_exited));
+  }
+  JoinExitedWorkers();
   heartbeat.join();
 
   RetryPolicy policy;
@@ -283,25 +302,52 @@ absl::Status HarnessConnection::Run() {
   return absl::OkStatus();
 }
 
-void HarnessConnection::WorkerLoop() {
-  while (true) {
-    RunnerEvent event;
-    {
-      absl::MutexLock lock(&mu_);
-      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return stop_threads_ || !work_.empty();
-      };
-      mu_.Await(absl::Condition(&has_work));
-      if (work_.empty()) return;
-      event = std::move(work_.front());
-      work_.pop_front();
-      ++busy_workers_;
-    }
-    Handle(event);
+void HarnessConnection::SpawnWorkerLocked() {
+  std::vector<std::thread> exited;
+  exited.swap(exited_workers_);
+  for (std::thread& t : exited) t.join();  // they hold no lock: quick
+  std::thread t([this] { WorkerLoop(); });
+  const std::thread::id id = t.get_id();
+  workers_.emplace(id, std::move(t));
+}
+
+void HarnessConnection::JoinExitedWorkers() {
+  std::vector<std::thread> exited;
+  {
     absl::MutexLock lock(&mu_);
+    exited.swap(exited_workers_);
+  }
+  for (std::thread& t : exited) t.join();
+}
+
+void HarnessConnection::WorkerLoop() {
+  mu_.Lock();
+  while (true) {
+    auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stop_threads_ || !work_.empty();
+    };
+    ++idle_workers_;
+    const bool woken = mu_.AwaitWithTimeout(absl::Condition(&has_work),
+                                            kIdleWorkerLifetime);
+    --idle_workers_;
+    if (work_.empty()) {
+      if (stop_threads_ || !woken) break;
+      continue;
+    }
+    RunnerEvent event = std::move(work_.front());
+    work_.pop_front();
+    ++busy_workers_;
+    mu_.Unlock();
+    Handle(event);
+    mu_.Lock();
     --busy_workers_;
     in_flight_.erase(event.task_id);
   }
+  // Retired: the next spawn, or Run at its end, joins the thread.
+  auto self = workers_.find(std::this_thread::get_id());
+  exited_workers_.push_back(std::move(self->second));
+  workers_.erase(self);
+  mu_.Unlock();
 }
 
 void HarnessConnection::Handle(const RunnerEvent& event) {
