@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "alloc_count.h"
 #include "bench_support.h"
 #include "benchmark/benchmark.h"
 #include "delegate/builtin_executors.h"
@@ -102,6 +103,59 @@ BENCHMARK(BM_SchedulerDispatch)
     ->Args({0, 100})
     ->Args({1, 100})
     ->Args({2, 100})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// Heap allocations per no-op stage, from Submit to its result, on every
+// thread (the tasks are made before counting starts). range(0): MAX_STAGES
+// (0: unset).
+void BM_SchedulerAllocations(benchmark::State& state) {
+  const int64_t batch = 10000;
+  ExecutorRegistry registry;
+  (void)registry.Register("noop",
+                          [] { return std::make_unique<NoopExecutor>(); });
+  SchedulerOptions options;
+  options.registry = &registry;
+  if (state.range(0) > 0) options.max_stages = static_cast<int>(state.range(0));
+  Scheduler scheduler(options);
+  const Stage stage = bench::NoopStage();
+  Countdown countdown;
+  const std::shared_ptr<StageObserver> observer = ObserveWith(
+      {.done = [&countdown](const StageResult&) { countdown.Done(); }});
+  int64_t next = 0;
+  int64_t allocations = 0;
+  int64_t stages = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    std::vector<StageTask> tasks(batch);
+    for (StageTask& task : tasks) {
+      task.id = absl::StrCat("t", next++);
+      task.stage = stage;
+      task.observer = observer;
+    }
+    countdown.Reset(batch);
+    state.ResumeTiming();
+    bench::StartCountingAllocations();
+    for (StageTask& task : tasks) {
+      if (!scheduler.Submit(std::move(task)).ok()) {
+        bench::StopCountingAllocations();
+        state.SkipWithError("submit failed");
+        return;
+      }
+    }
+    countdown.Wait();
+    allocations += bench::StopCountingAllocations();
+    stages += batch;
+  }
+  state.SetItemsProcessed(stages);
+  state.counters["allocs_per_stage"] =
+      static_cast<double>(allocations) / static_cast<double>(stages);
+}
+BENCHMARK(BM_SchedulerAllocations)
+    ->ArgNames({"max_stages"})
+    ->Arg(0)
+    ->Arg(1)
+    ->Iterations(10)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
