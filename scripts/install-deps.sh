@@ -3,8 +3,9 @@
 set -euo pipefail
 packages=(
   cmake g++ make pkg-config git ca-certificates ccache
-  # The thread-safety build (-Wthread-safety), in CI.
-  clang-14
+  # The thread-safety and ThreadSanitizer build, in CI; dpkg-dev unpacks
+  # Debian's abseil source for its instrumented build (scripts/tsan-abseil.sh).
+  clang-14 dpkg-dev
   libabsl-dev rapidjson-dev libyaml-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev curl libssl-dev
   # The gRPC contracts (proto/): C++ code generation and runtime, and Python
