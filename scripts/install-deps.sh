@@ -3,9 +3,11 @@
 set -euo pipefail
 packages=(
   cmake g++ make pkg-config git ca-certificates ccache
-  # The thread-safety build (-Wthread-safety), in CI; the fuzz targets
-  # (tests/fuzz, scripts/fuzz.sh): libFuzzer and clang's sanitizer runtimes.
-  clang-14 libfuzzer-14-dev libclang-rt-14-dev
+  # The thread-safety and ThreadSanitizer build, in CI; dpkg-dev unpacks
+  # Debian's abseil source for its instrumented build (scripts/tsan-abseil.sh).
+  # The fuzz targets (tests/fuzz, scripts/fuzz.sh): libFuzzer and clang's
+  # sanitizer runtimes.
+  clang-14 dpkg-dev libfuzzer-14-dev libclang-rt-14-dev
   libabsl-dev rapidjson-dev libyaml-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev curl libssl-dev
   # The gRPC contracts (proto/): C++ code generation and runtime, and Python
