@@ -821,6 +821,30 @@ TEST_F(SchedulerTest, DuplicateStepIdsAreRefusedNamingTheId) {
               ElementsAre("init:txn", "exec:txn:a", "cleanup:txn"));
 }
 
+TEST_F(SchedulerTest, DuplicateStepIdsAreRefusedInALongStageToo) {
+  // Short stages are compared pairwise and long ones through a map: both
+  // name the same first occurrence.
+  auto scheduler = Make();
+  std::vector<Step> steps;
+  for (int i = 0; i < 40; ++i) {
+    steps.push_back(MakeStep(absl::StrCat("s", i), "ok"));
+  }
+  steps.push_back(MakeStep("s7", "ok"));
+  steps.push_back(MakeStep("s7", "ok"));
+  StageTask task;
+  task.id = "long";
+  task.stage = MakeStage(std::move(steps));
+  absl::Status refused = scheduler->Submit(std::move(task));
+  EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
+  EXPECT_THAT(refused.message(),
+              HasSubstr("steps[40].id: duplicate step id 's7' (first at "
+                        "steps[7])"));
+  EXPECT_THAT(refused.message(),
+              HasSubstr("steps[41].id: duplicate step id 's7' (first at "
+                        "steps[7])"));
+  EXPECT_TRUE(journal_.Calls().empty());
+}
+
 TEST_F(SchedulerTest, CancelOfAFedStageStopsTheStepAndAnswersTheQueued) {
   auto scheduler = Make();
   FedStage fed = OpenFed(*scheduler, &sink_, "txn");

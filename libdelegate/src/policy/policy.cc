@@ -110,6 +110,50 @@ std::string JoinViews(std::span<const std::string_view> names) {
   return out;
 }
 
+// ------------------------------------------------------------ field paths
+
+// Where a field is, as "steps[2].security_context.add_capability[0]". A chain
+// of views on the caller's stack: the string is made only for a violation,
+// so checking a stage that has none allocates nothing for its paths. Pass
+// one down as an argument; a FieldPath kept in a variable must not have a
+// temporary for its parent.
+class FieldPath {
+ public:
+  // The root: a list ("steps", "volumes") and an index into it.
+  FieldPath(std::string_view list, size_t index)
+      : parent_(nullptr), name_(list), index_(index) {}
+  // A field of this one: ".name", or ".name[index]".
+  FieldPath Field(std::string_view name) const { return {this, name, kNone}; }
+  FieldPath Field(std::string_view name, size_t index) const {
+    return {this, name, index};
+  }
+  FieldPath Index(size_t index) const { return {this, {}, index}; }
+
+  std::string str() const {
+    std::string out;
+    AppendTo(out);
+    return out;
+  }
+
+ private:
+  static constexpr size_t kNone = static_cast<size_t>(-1);
+  FieldPath(const FieldPath* parent, std::string_view name, size_t index)
+      : parent_(parent), name_(name), index_(index) {}
+
+  void AppendTo(std::string& out) const {
+    if (parent_ != nullptr) {
+      parent_->AppendTo(out);
+      if (!name_.empty()) out += '.';
+    }
+    out.append(name_.data(), name_.size());
+    if (index_ != kNone) absl::StrAppend(&out, "[", index_, "]");
+  }
+
+  const FieldPath* parent_;
+  std::string_view name_;
+  size_t index_;
+};
+
 // ------------------------------------------------------------ checker
 
 // Collects violations for one stage. `platform` is what violations of the
@@ -120,26 +164,25 @@ class Checker {
           const OperatorPolicy& policy)
       : stage_(stage),
         profile_(profile),
-        policy_(policy),
-        platform_(stage.platform) {}
+        policy_(policy) {}
 
   std::vector<PolicyViolation> Run() && {
     for (size_t i = 0; i < stage_.volumes.size(); ++i) {
-      CheckVolume(stage_.volumes[i], absl::StrCat("volumes[", i, "]"));
+      CheckVolume(stage_.volumes[i], FieldPath("volumes", i));
     }
     for (size_t i = 0; i < stage_.steps.size(); ++i) {
-      CheckStep(stage_.steps[i], absl::StrCat("steps[", i, "]"));
+      CheckStep(stage_.steps[i], FieldPath("steps", i));
     }
     return std::move(out_);
   }
 
  private:
-  void Platform(std::string field, std::string rule) {
-    out_.push_back({std::move(field), platform_, std::move(rule)});
+  void Platform(const FieldPath& field, std::string rule) {
+    out_.push_back({field.str(), stage_.platform, std::move(rule)});
   }
-  void Operator(std::string field, std::string rule) {
+  void Operator(const FieldPath& field, std::string rule) {
     out_.push_back(
-        {std::move(field), std::string(kOperatorPolicyName), std::move(rule)});
+        {field.str(), std::string(kOperatorPolicyName), std::move(rule)});
   }
   // "; use platform X instead", or nothing when the profile names none.
   std::string Instead() const {
@@ -153,24 +196,25 @@ class Checker {
     return absl::StrCat(" or use platform ", AbslView(profile_->instead));
   }
   std::string Title() const {
-    return profile_ == nullptr ? platform_ : std::string(profile_->title);
+    return profile_ == nullptr ? stage_.platform
+                               : std::string(profile_->title);
   }
 
-  void CheckVolume(const Volume& volume, const std::string& at) {
+  void CheckVolume(const Volume& volume, const FieldPath& at) {
     if (const auto* empty_dir = std::get_if<EmptyDirVolume>(&volume.source)) {
-      CheckEmptyDir(*empty_dir, at + ".empty_dir");
+      CheckEmptyDir(*empty_dir, at.Field("empty_dir"));
     } else if (const auto* host = std::get_if<HostPathVolume>(&volume.source)) {
-      CheckHostPath(*host, at + ".host_path");
+      CheckHostPath(*host, at.Field("host_path"));
     } else if (const auto* efs = std::get_if<EfsVolume>(&volume.source)) {
-      CheckEfs(*efs, at + ".efs");
+      CheckEfs(*efs, at.Field("efs"));
     }
   }
 
-  void CheckEmptyDir(const EmptyDirVolume& v, const std::string& at) {
+  void CheckEmptyDir(const EmptyDirVolume& v, const FieldPath& at) {
     if (!v.size_mib) return;
     const int64_t size = *v.size_mib;
     if (size <= 0) {
-      Platform(at + ".size_mib",
+      Platform(at.Field("size_mib"),
                absl::StrCat("size_mib must be positive, got ", size));
       return;
     }
@@ -181,7 +225,7 @@ class Checker {
         profile_->max_empty_dir_mib && size > *profile_->max_empty_dir_mib;
     if (too_small || too_large) {
       Platform(
-          at + ".size_mib",
+          at.Field("size_mib"),
           absl::StrCat("empty_dir size on ", Title(), " must be between ",
                        profile_->min_empty_dir_mib.value_or(1), " and ",
                        profile_->max_empty_dir_mib.value_or(INT64_MAX),
@@ -189,7 +233,7 @@ class Checker {
     }
   }
 
-  void CheckHostPath(const HostPathVolume& v, const std::string& at) {
+  void CheckHostPath(const HostPathVolume& v, const FieldPath& at) {
     if (profile_ != nullptr && !profile_->host_path) {
       Platform(at,
                absl::StrCat("host_path volumes are not allowed on ", Title(),
@@ -200,14 +244,14 @@ class Checker {
     if (!policy_.allowed_host_paths.empty() &&
         !HostPathAllowed(v.path, policy_.allowed_host_paths)) {
       Operator(
-          at + ".path",
+          at.Field("path"),
           absl::StrCat("host path ", v.path,
                        " is outside the paths the operator allows (",
                        absl::StrJoin(policy_.allowed_host_paths, ", "), ")"));
     }
   }
 
-  void CheckEfs(const EfsVolume& v, const std::string& at) {
+  void CheckEfs(const EfsVolume& v, const FieldPath& at) {
     if (profile_ == nullptr) return;
     if (!profile_->efs) {
       std::string message =
@@ -219,87 +263,87 @@ class Checker {
       return;
     }
     if (!IsFilesystemId(v.filesystem_id)) {
-      Platform(at + ".filesystem_id",
+      Platform(at.Field("filesystem_id"),
                absl::StrCat("expected an EFS file system id like fs-0123abcd "
                             "(fs- and 8 or 17 lowercase hex digits), got '",
                             v.filesystem_id, "'"));
     }
     if (!v.root_directory.empty()) {
       if (!absl::StartsWith(v.root_directory, "/")) {
-        Platform(at + ".root_directory",
+        Platform(at.Field("root_directory"),
                  absl::StrCat("expected an absolute path inside the file "
                               "system, like /data, got '",
                               v.root_directory, "'"));
       } else if (!v.access_point_id.empty() && v.root_directory != "/") {
         // ECS rejects it: the access point fixes the directory.
-        Platform(at + ".root_directory",
+        Platform(at.Field("root_directory"),
                  "with an access point, root_directory must be / or omitted "
                  "(the access point sets the directory)");
       }
     }
     if (!v.access_point_id.empty()) {
       if (!IsAccessPointId(v.access_point_id)) {
-        Platform(at + ".access_point_id",
+        Platform(at.Field("access_point_id"),
                  absl::StrCat("expected an EFS access point id like "
                               "fsap-0123456789abcdef0 (fsap- and 17 lowercase "
                               "hex digits), got '",
                               v.access_point_id, "'"));
       }
       if (!v.transit_encryption) {
-        Platform(at + ".access_point_id",
+        Platform(at.Field("access_point_id"),
                  "an access point needs transit_encryption: true");
       }
     }
     if (v.iam && !v.transit_encryption) {
-      Platform(at + ".iam", "iam authorization needs transit_encryption: true");
+      Platform(at.Field("iam"), "iam authorization needs transit_encryption: true");
     }
   }
 
-  void CheckStep(const Step& step, const std::string& at) {
+  void CheckStep(const Step& step, const FieldPath& at) {
     const bool host = profile_ != nullptr && !profile_->containers;
     if (host && !step.image.empty()) {
-      Platform(at + ".image",
+      Platform(at.Field("image"),
                absl::StrCat("platform ", AbslView(profile_->name),
                             " runs steps as host processes; remove the image",
                             OrInstead()));
     }
-    CheckSecurityContext(step.security_context, at + ".security_context");
+    CheckSecurityContext(step.security_context, at.Field("security_context"));
     for (size_t m = 0; m < step.volume_mounts.size(); ++m) {
       CheckMount(step.volume_mounts[m],
-                 absl::StrCat(at, ".volume_mounts[", m, "]"));
+                 at.Field("volume_mounts", m));
     }
     if (host && !step.working_dir.empty() &&
         !fs::path(step.working_dir).is_absolute()) {
       const std::string norm =
           fs::path(step.working_dir).lexically_normal().generic_string();
       if (norm == ".." || absl::StartsWith(norm, "../")) {
-        Platform(at + ".working_dir",
+        Platform(at.Field("working_dir"),
                  absl::StrCat(step.working_dir,
                               " leaves the workspace; use a path inside it or "
                               "an absolute one"));
       }
     }
-    CheckResources(step.resources, at + ".resources");
+    CheckResources(step.resources, at.Field("resources"));
   }
 
-  void CheckSecurityContext(const SecurityContext& sc, const std::string& at) {
+  void CheckSecurityContext(const SecurityContext& sc, const FieldPath& at) {
     // Names first: a typo is worth reporting whatever the platform allows.
-    CheckCapabilityNames(sc.add_capability, at + ".add_capability");
-    CheckCapabilityNames(sc.drop_capability, at + ".drop_capability");
+    CheckCapabilityNames(sc.add_capability, at.Field("add_capability"));
+    CheckCapabilityNames(sc.drop_capability, at.Field("drop_capability"));
 
     // Only a request counts: privileged: false asks for nothing.
     const bool privileged = sc.privileged.value_or(false);
     if (profile_ != nullptr) {
       const bool host = !profile_->containers;
-      auto deny = [&](const std::string& field, std::string_view what) {
+      auto deny = [&](std::string_view field, std::string_view what) {
         if (host) {
-          Platform(at + "." + field,
+          Platform(at.Field(field),
                    absl::StrCat("not supported on platform ",
                                 AbslView(profile_->name),
                                 " (steps are host processes, not containers)",
                                 Instead()));
         } else {
-          Platform(at + "." + field,
+          Platform(at.Field(field),
                    absl::StrCat(AbslView(what), " not allowed on ", Title(),
                                 Instead()));
         }
@@ -327,7 +371,7 @@ class Checker {
               continue;
             }
             Platform(
-                absl::StrCat(at, ".add_capability[", i, "]"),
+                at.Field("add_capability", i),
                 absl::StrCat("adding ", sc.add_capability[i],
                              " is not allowed on ", Title(), "; only ",
                              JoinViews(allowed), " may be added", Instead()));
@@ -337,13 +381,13 @@ class Checker {
     }
 
     if (policy_.forbid_privileged && privileged) {
-      Operator(at + ".privileged",
+      Operator(at.Field("privileged"),
                absl::StrCat("privileged containers are forbidden by the "
                             "operator (",
                             AbslView(kPolicyForbidPrivilegedVar), ")"));
     }
     if (policy_.forbid_capability_add && !sc.add_capability.empty()) {
-      Operator(at + ".add_capability",
+      Operator(at.Field("add_capability"),
                absl::StrCat("adding capabilities is forbidden by the "
                             "operator (",
                             AbslView(kPolicyForbidCapAddVar),
@@ -352,20 +396,20 @@ class Checker {
   }
 
   void CheckCapabilityNames(const std::vector<std::string>& names,
-                            const std::string& at) {
+                            const FieldPath& at) {
     for (size_t i = 0; i < names.size(); ++i) {
       if (IsKnownCapability(BareCapability(names[i]))) continue;
-      Platform(absl::StrCat(at, "[", i, "]"),
+      Platform(at.Index(i),
                absl::StrCat("unknown capability '", names[i],
                             "'; expected a Linux capability name in capitals "
                             "like NET_ADMIN or SYS_PTRACE, or ALL"));
     }
   }
 
-  void CheckMount(const VolumeMount& mount, const std::string& at) {
+  void CheckMount(const VolumeMount& mount, const FieldPath& at) {
     const Volume* volume = stage_.FindVolume(mount.name);
     if (volume == nullptr) {
-      Platform(at + ".name", absl::StrCat("no volume named '", mount.name,
+      Platform(at.Field("name"), absl::StrCat("no volume named '", mount.name,
                                           "'; declare it under volumes"));
       return;
     }
@@ -377,7 +421,7 @@ class Checker {
     const auto* host = std::get_if<HostPathVolume>(&volume->source);
     if (host == nullptr ||
         NormalizeHostPath(host->path) != NormalizeHostPath(mount.path)) {
-      Platform(at + ".path",
+      Platform(at.Field("path"),
                absl::StrCat("platform ", AbslView(profile_->name),
                             " cannot mount at the absolute path ", mount.path,
                             "; use a path relative to the workspace (a link "
@@ -386,14 +430,14 @@ class Checker {
     }
   }
 
-  void CheckResources(const Resources& r, const std::string& at) {
+  void CheckResources(const Resources& r, const FieldPath& at) {
     if (r.cpus) {
       if (!(*r.cpus > 0) || !std::isfinite(*r.cpus)) {
-        Platform(at + ".cpus", absl::StrCat("cpus must be a positive number, "
+        Platform(at.Field("cpus"), absl::StrCat("cpus must be a positive number, "
                                             "got ",
                                             *r.cpus));
       } else if (policy_.max_cpus && *r.cpus > *policy_.max_cpus) {
-        Operator(at + ".cpus",
+        Operator(at.Field("cpus"),
                  absl::StrCat(*r.cpus,
                               " cpus is more than the operator's cap "
                               "of ",
@@ -404,11 +448,11 @@ class Checker {
     if (r.memory_mib) {
       if (*r.memory_mib <= 0) {
         Platform(
-            at + ".memory_mib",
+            at.Field("memory_mib"),
             absl::StrCat("memory_mib must be positive, got ", *r.memory_mib));
       } else if (policy_.max_memory_mib &&
                  *r.memory_mib > *policy_.max_memory_mib) {
-        Operator(at + ".memory_mib",
+        Operator(at.Field("memory_mib"),
                  absl::StrCat(*r.memory_mib,
                               " MiB is more than the operator's cap of ",
                               *policy_.max_memory_mib, " MiB (",
@@ -420,7 +464,6 @@ class Checker {
   const Stage& stage_;
   const PlatformProfile* const profile_;
   const OperatorPolicy& policy_;
-  const std::string platform_;
   std::vector<PolicyViolation> out_;
 };
 

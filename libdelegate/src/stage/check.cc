@@ -28,13 +28,31 @@ absl::Status CheckResolvedStage(const ExecutorRegistry& registry,
   std::vector<std::string> problems;
   // Results, logs and outputs are keyed by step id: a repeated one would mix
   // two steps' (stage files are refused earlier, with the file's lines).
-  std::map<std::string_view, size_t> first_index;
-  for (size_t i = 0; i < resolved.steps.size(); ++i) {
-    const std::string& id = resolved.steps[i].id;
-    if (auto [it, inserted] = first_index.emplace(id, i); !inserted) {
-      problems.push_back(absl::StrCat("steps[", i, "].id: duplicate step id '",
-                                      id, "' (first at steps[", it->second,
-                                      "])"));
+  // A stage of a few steps is compared pairwise, without allocating; a long
+  // one goes through a map.
+  const std::vector<Step>& steps = resolved.steps;
+  auto duplicate = [&](size_t i, size_t first) {
+    problems.push_back(absl::StrCat("steps[", i, "].id: duplicate step id '",
+                                    steps[i].id, "' (first at steps[", first,
+                                    "])"));
+  };
+  constexpr size_t kPairwiseSteps = 32;
+  if (steps.size() <= kPairwiseSteps) {
+    for (size_t i = 1; i < steps.size(); ++i) {
+      for (size_t j = 0; j < i; ++j) {
+        if (steps[j].id == steps[i].id) {
+          duplicate(i, j);
+          break;
+        }
+      }
+    }
+  } else {
+    std::map<std::string_view, size_t> first_index;
+    for (size_t i = 0; i < steps.size(); ++i) {
+      if (auto [it, inserted] = first_index.emplace(steps[i].id, i);
+          !inserted) {
+        duplicate(i, it->second);
+      }
     }
   }
   for (const PolicyViolation& v : CheckStagePolicy(
