@@ -28,12 +28,8 @@ for bin in "$build/apps/delegate/delegate" "$build/apps/reference-manager/refere
 done
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
-head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/token"
-"$build/apps/reference-manager/reference-manager" --account bench-account \
-  --token-file "$dir/token" --listen 127.0.0.1:0 > "$dir/manager.out" &
-for _ in $(seq 200); do grep -q listening "$dir/manager.out" && break; sleep 0.05; done
-url=$(awk '/listening/ {print $2}' "$dir/manager.out")
-[ -n "$url" ] || { echo "idle_footprint.sh: the reference manager did not start" >&2; exit 1; }
+. scripts/reference-manager.sh
+start_reference_manager "$build" bench-account "$dir" || exit 1
 
 HARNESS_ACCOUNT_ID=bench-account HARNESS_TOKEN_FILE="$dir/token" HARNESS_URL=$url \
 HARNESS_NAME=idle-delegate HTTPS_BIND=127.0.0.1:0 HARNESS_WORKDIR="$dir" \

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <filesystem>
 #include <future>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -46,32 +47,47 @@ class Countdown {
   absl::CondVar zero_;
 };
 
-void BM_SchedulerDispatch(benchmark::State& state) {
-  const int64_t batch = 10000;
+// A scheduler of no-op stages whose one observer counts results down, as a
+// source that counts results would. `max_stages` 0 leaves MAX_STAGES unset.
+struct NoopScheduler {
+  explicit NoopScheduler(int64_t max_stages) {
+    (void)registry.Register("noop",
+                            [] { return std::make_unique<NoopExecutor>(); });
+    SchedulerOptions options;
+    options.registry = &registry;
+    if (max_stages > 0) options.max_stages = static_cast<int>(max_stages);
+    scheduler.emplace(options);
+  }
+  // The next task: a fresh id, the no-op stage, the counting observer.
+  StageTask Task() {
+    StageTask task;
+    task.id = absl::StrCat("t", next++);
+    task.stage = stage;
+    task.observer = observer;
+    return task;
+  }
+
   ExecutorRegistry registry;
-  (void)registry.Register("noop",
-                          [] { return std::make_unique<NoopExecutor>(); });
-  SchedulerOptions options;
-  options.registry = &registry;
-  if (state.range(0) > 0) options.max_stages = static_cast<int>(state.range(0));
-  Scheduler scheduler(options);
   const Stage stage = bench::NoopStage();
   Countdown countdown;
-  // One observer for every stage, as a source that counts results would.
   const std::shared_ptr<StageObserver> observer = ObserveWith(
-      {.done = [&countdown](const StageResult&) { countdown.Done(); }});
+      {.done = [this](const StageResult&) { countdown.Done(); }});
   int64_t next = 0;
+  std::optional<Scheduler> scheduler;  // last: it goes first
+};
+
+void BM_SchedulerDispatch(benchmark::State& state) {
+  const int64_t batch = 10000;
+  NoopScheduler noop(state.range(0));
+  Scheduler& scheduler = *noop.scheduler;
   // range(1): how many tasks go to the scheduler per call (1: Submit, more:
   // SubmitAll, as a poll that returns several events would).
   const int64_t per_call = state.range(1);
   std::vector<StageTask> tasks;
   for (auto _ : state) {
-    countdown.Reset(batch);
+    noop.countdown.Reset(batch);
     for (int64_t i = 0; i < batch; ++i) {
-      StageTask task;
-      task.id = absl::StrCat("t", next++);
-      task.stage = stage;
-      task.observer = observer;
+      StageTask task = noop.Task();
       if (per_call == 1) {
         if (!scheduler.Submit(std::move(task)).ok()) {
           state.SkipWithError("submit failed");
@@ -90,7 +106,7 @@ void BM_SchedulerDispatch(benchmark::State& state) {
         tasks.clear();
       }
     }
-    countdown.Wait();
+    noop.countdown.Wait();
   }
   state.SetItemsProcessed(state.iterations() * batch);
 }
@@ -111,39 +127,25 @@ BENCHMARK(BM_SchedulerDispatch)
 // (0: unset).
 void BM_SchedulerAllocations(benchmark::State& state) {
   const int64_t batch = 10000;
-  ExecutorRegistry registry;
-  (void)registry.Register("noop",
-                          [] { return std::make_unique<NoopExecutor>(); });
-  SchedulerOptions options;
-  options.registry = &registry;
-  if (state.range(0) > 0) options.max_stages = static_cast<int>(state.range(0));
-  Scheduler scheduler(options);
-  const Stage stage = bench::NoopStage();
-  Countdown countdown;
-  const std::shared_ptr<StageObserver> observer = ObserveWith(
-      {.done = [&countdown](const StageResult&) { countdown.Done(); }});
-  int64_t next = 0;
+  NoopScheduler noop(state.range(0));
   int64_t allocations = 0;
   int64_t stages = 0;
   for (auto _ : state) {
     state.PauseTiming();
-    std::vector<StageTask> tasks(batch);
-    for (StageTask& task : tasks) {
-      task.id = absl::StrCat("t", next++);
-      task.stage = stage;
-      task.observer = observer;
-    }
-    countdown.Reset(batch);
+    std::vector<StageTask> tasks;
+    tasks.reserve(batch);
+    for (int64_t i = 0; i < batch; ++i) tasks.push_back(noop.Task());
+    noop.countdown.Reset(batch);
     state.ResumeTiming();
     bench::StartCountingAllocations();
     for (StageTask& task : tasks) {
-      if (!scheduler.Submit(std::move(task)).ok()) {
+      if (!noop.scheduler->Submit(std::move(task)).ok()) {
         bench::StopCountingAllocations();
         state.SkipWithError("submit failed");
         return;
       }
     }
-    countdown.Wait();
+    noop.countdown.Wait();
     allocations += bench::StopCountingAllocations();
     stages += batch;
   }

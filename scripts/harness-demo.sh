@@ -8,11 +8,8 @@ cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-./build}
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
-head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/token"
-"$build/apps/reference-manager/reference-manager" --account demo-account \
-  --token-file "$dir/token" --listen 127.0.0.1:0 > "$dir/manager.out" &
-for _ in $(seq 100); do grep -q listening "$dir/manager.out" && break; sleep 0.05; done
-url=$(awk '/listening/ {print $2}' "$dir/manager.out")
+. scripts/reference-manager.sh
+start_reference_manager "$build" demo-account "$dir"
 echo "reference manager at $url"
 
 HARNESS_ACCOUNT_ID=demo-account HARNESS_TOKEN=$(cat "$dir/token") HARNESS_URL=$url \
