@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "aws/credentials.h"
 #include "delegate/builtin_executors.h"
 #include "delegate/scheduler.h"
 #include "gmock/gmock.h"
@@ -294,6 +295,39 @@ TEST_F(HostStepsTest, SecretsAreMaskedInRealOutputIncludingEncodedForms) {
   EXPECT_THAT(all, HasSubstr("split **************"));
   EXPECT_THAT(all, Not(HasSubstr("s3cret")));
   EXPECT_THAT(all, Not(HasSubstr("c3VwM3ItczNjcmV0LXZhbHVl")));  // base64
+}
+
+TEST_F(HostStepsTest, RoleCredentialsTheDelegateFetchedAreMaskedInLaterStages) {
+  // As the ECS executor gets them from the container credentials endpoint;
+  // a step beside the delegate can fetch the same ones and print them.
+  aws::RefreshingCredentialsProvider role(
+      [] {
+        aws::TimedCredentials fetched;
+        fetched.credentials.access_key_id = "ASIAHOSTSTEPSTEST";
+        fetched.credentials.secret_access_key =
+            SecretString("role-secret-fetched-at-run-time");
+        fetched.credentials.session_token =
+            SecretString("role-session-token-fetched-at-run-time");
+        fetched.expiration = absl::Now() + absl::Hours(6);
+        fetched.source = "container credentials endpoint";
+        return absl::StatusOr<aws::TimedCredentials>(fetched);
+      },
+      Clock::Real());
+  ASSERT_TRUE(role.Get().ok());
+
+  RecordingLogSink sink;
+  auto scheduler = Make(sink);
+  Stage stage = Commands({{
+      "echo \"key role-secret-fetched-at-run-time\"",
+      "printf '%s' role-session-token-fetched-at-run-time | base64",
+  }});
+  StageResult r = Submit(*scheduler, "t", stage).get();
+  ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
+  const std::string all = sink.All();
+  EXPECT_THAT(all, HasSubstr("key **************"));
+  EXPECT_THAT(all, Not(HasSubstr("role-secret")));
+  // base64 of the token's first 24 bytes
+  EXPECT_THAT(all, Not(HasSubstr("cm9sZS1zZXNzaW9uLXRva2VuLWZldGNoZWQ")));
 }
 
 TEST_F(HostStepsTest, StagesRunConcurrentlyWithoutSharingPipes) {

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "logs/held_credentials.h"
 #include "rapidjson/document.h"
 #include "util/env.h"
 #include "util/files.h"
@@ -124,6 +125,9 @@ absl::StatusOr<Credentials> RefreshingCredentialsProvider::Get() {
   if (fresh.ok()) {
     cached_ = *std::move(fresh);
     invalidated_ = false;
+    // Stages prepared from now on mask them (a step can fetch them too).
+    logs::AddHeldCredential(cached_->credentials.secret_access_key.reveal());
+    logs::AddHeldCredential(cached_->credentials.session_token.reveal());
     return cached_->credentials;
   }
   if (cached_ && !invalidated_ && now < cached_->expiration - mandatory_) {

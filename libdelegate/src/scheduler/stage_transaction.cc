@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "logs/held_credentials.h"
 #include "stage/result.h"
 #include "stage/secrets.h"
 
@@ -202,6 +203,9 @@ StepResult StageTransaction::RunFedStep(StageFeed::Pending& next,
     for (const auto& [id, value] : stage_.secrets) values.push_back(value);
     values.insert(values.end(), options_.masked_values.begin(),
                   options_.masked_values.end());
+    for (std::string& held : logs::HeldCredentials()) {
+      values.push_back(std::move(held));
+    }
     masker = std::make_shared<logs::SecretMasker>(values);
   }
   absl::Status checked = ResolveStage(view);

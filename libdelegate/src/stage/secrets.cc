@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "logs/held_credentials.h"
 #include "util/strings.h"
 
 namespace delegate {
@@ -178,6 +179,8 @@ std::shared_ptr<const logs::SecretMasker> MaskerFor(
     const Stage& stage, const std::vector<std::string>& more) {
   std::vector<std::string> values = SecretValues(stage);
   values.insert(values.end(), more.begin(), more.end());
+  std::vector<std::string> held = logs::HeldCredentials();
+  values.insert(values.end(), held.begin(), held.end());
   if (values.empty()) return nullptr;
   return std::make_shared<logs::SecretMasker>(values);
 }

@@ -34,8 +34,9 @@ absl::StatusOr<std::string> SubstituteSecrets(
 // secret it names).
 std::vector<std::string> SecretValues(const Stage& stage);
 
-// A masker of SecretValues(stage) and `more` (the delegate's own
-// credentials), or null when there are none.
+// A masker of SecretValues(stage), `more` (the delegate's own credentials)
+// and the credentials it has fetched so far (logs::HeldCredentials), or null
+// when there are none.
 std::shared_ptr<const logs::SecretMasker> MaskerFor(
     const Stage& stage, const std::vector<std::string>& more = {});
 
