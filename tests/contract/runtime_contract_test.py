@@ -253,9 +253,14 @@ class RuntimeContractTest(unittest.TestCase):
 
     # Last (tests run in name order): the process is gone afterwards.
     def test_z_sigterm_drains_and_exits_zero(self):
+        # The stage runs until the test has seen the drain (a fixed sleep
+        # ended first under load, and the server was gone by GetHealth).
+        go = os.path.join(self.tmp, "drain-go")
         self.stub.SubmitStage(v1_runtime.SubmitStageRequest(
             task_id="py-drain",
-            stage=self.host_stage("sleep 1; echo finished-while-draining")),
+            stage=self.host_stage(
+                "while [ ! -e %s ]; do sleep 0.05; done; "
+                "echo finished-while-draining" % go)),
                               timeout=10)
         watched = Watch(self.stub, "py-drain")
 
@@ -269,6 +274,7 @@ class RuntimeContractTest(unittest.TestCase):
                                   timeout=10)
         self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAVAILABLE)
 
+        open(go, "w").close()
         code = wait_for_exit(self, self.delegate)
         self.assertEqual(
             code, 0, "exit status after SIGTERM; its output:\n" +
