@@ -70,8 +70,8 @@ struct NoopScheduler {
   ExecutorRegistry registry;
   const Stage stage = bench::NoopStage();
   Countdown countdown;
-  const std::shared_ptr<StageObserver> observer = ObserveWith(
-      {.done = [this](const StageResult&) { countdown.Done(); }});
+  const std::shared_ptr<StageObserver> observer =
+      ObserveWith({.done = [this](const StageResult&) { countdown.Done(); }});
   int64_t next = 0;
   std::optional<Scheduler> scheduler;  // last: it goes first
 };

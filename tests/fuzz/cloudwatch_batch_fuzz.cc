@@ -42,8 +42,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (size_t i = 0, made = 0; i < repeat && made < 12'000; ++i) {
       const aws::LogEvent& e = events[i % events.size()];
       many.push_back({e.timestamp_ms, e.message.substr(0, 96)});
-      made += std::max<size_t>(1, (many.back().message.size() + piece - 1) /
-                                      piece);
+      made +=
+          std::max<size_t>(1, (many.back().message.size() + piece - 1) / piece);
     }
     events = std::move(many);
   }

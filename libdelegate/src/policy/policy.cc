@@ -162,9 +162,7 @@ class Checker {
  public:
   Checker(const Stage& stage, const PlatformProfile* profile,
           const OperatorPolicy& policy)
-      : stage_(stage),
-        profile_(profile),
-        policy_(policy) {}
+      : stage_(stage), profile_(profile), policy_(policy) {}
 
   std::vector<PolicyViolation> Run() && {
     for (size_t i = 0; i < stage_.volumes.size(); ++i) {
@@ -196,8 +194,7 @@ class Checker {
     return absl::StrCat(" or use platform ", AbslView(profile_->instead));
   }
   std::string Title() const {
-    return profile_ == nullptr ? stage_.platform
-                               : std::string(profile_->title);
+    return profile_ == nullptr ? stage_.platform : std::string(profile_->title);
   }
 
   void CheckVolume(const Volume& volume, const FieldPath& at) {
@@ -295,7 +292,8 @@ class Checker {
       }
     }
     if (v.iam && !v.transit_encryption) {
-      Platform(at.Field("iam"), "iam authorization needs transit_encryption: true");
+      Platform(at.Field("iam"),
+               "iam authorization needs transit_encryption: true");
     }
   }
 
@@ -309,8 +307,7 @@ class Checker {
     }
     CheckSecurityContext(step.security_context, at.Field("security_context"));
     for (size_t m = 0; m < step.volume_mounts.size(); ++m) {
-      CheckMount(step.volume_mounts[m],
-                 at.Field("volume_mounts", m));
+      CheckMount(step.volume_mounts[m], at.Field("volume_mounts", m));
     }
     if (host && !step.working_dir.empty() &&
         !fs::path(step.working_dir).is_absolute()) {
@@ -410,7 +407,7 @@ class Checker {
     const Volume* volume = stage_.FindVolume(mount.name);
     if (volume == nullptr) {
       Platform(at.Field("name"), absl::StrCat("no volume named '", mount.name,
-                                          "'; declare it under volumes"));
+                                              "'; declare it under volumes"));
       return;
     }
     if (profile_ == nullptr || profile_->containers) return;
@@ -433,9 +430,10 @@ class Checker {
   void CheckResources(const Resources& r, const FieldPath& at) {
     if (r.cpus) {
       if (!(*r.cpus > 0) || !std::isfinite(*r.cpus)) {
-        Platform(at.Field("cpus"), absl::StrCat("cpus must be a positive number, "
-                                            "got ",
-                                            *r.cpus));
+        Platform(at.Field("cpus"),
+                 absl::StrCat("cpus must be a positive number, "
+                              "got ",
+                              *r.cpus));
       } else if (policy_.max_cpus && *r.cpus > *policy_.max_cpus) {
         Operator(at.Field("cpus"),
                  absl::StrCat(*r.cpus,
