@@ -40,6 +40,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     case 3:
       (void)docker::ParseWaitAnswer(body, "wait");
+      (void)docker::EventsHaveOom(body);  // GET /events: JSON lines
       break;
     case 4:
       (void)docker::ParseInspectAnswer(body, "inspect");

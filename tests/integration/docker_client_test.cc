@@ -439,6 +439,38 @@ TEST_F(DockerClientTest, SeparatesStdoutAndStderrAndReportsTheExitCode) {
             absl::StatusCode::kNotFound);
 }
 
+TEST_F(DockerClientTest, AnOomEventIsFoundForAContainerKilledForMemory) {
+  const absl::Time since = absl::Now() - absl::Minutes(1);
+  ContainerSpec hungry = Shell("oom", "tail /dev/zero");
+  hungry.memory_bytes = int64_t{16} << 20;
+  std::string oom = Run(hungry);
+  ASSERT_FALSE(oom.empty());
+  absl::StatusOr<int> code = client_->WaitContainer(oom, nullptr);
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 137);
+  // The event may come a moment after the exit.
+  absl::StatusOr<bool> seen = false;
+  for (int i = 0; i < 20 && seen.ok() && !*seen; ++i) {
+    if (i > 0) absl::SleepFor(absl::Milliseconds(100));
+    seen = client_->HadOomEvent(oom, since);
+  }
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_TRUE(*seen);
+
+  // An exit of 137 that is not about memory has no such event (a SIGKILL
+  // of the shell itself would not do: PID 1 of a container ignores it).
+  ContainerSpec killed = Shell("killed", "exit 137");
+  killed.memory_bytes = int64_t{64} << 20;
+  std::string plain = Run(killed);
+  ASSERT_FALSE(plain.empty());
+  code = client_->WaitContainer(plain, nullptr);
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 137);
+  seen = client_->HadOomEvent(plain, since);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_FALSE(*seen);
+}
+
 TEST_F(DockerClientTest, LargeOutputArrivesComplete) {
   constexpr size_t kBytes = size_t{20} << 20;
   std::string id =

@@ -214,6 +214,17 @@ TEST_F(DockerExecutorTest, OutOfMemoryIsReportedAsSuch) {
   EXPECT_THAT(r.steps[0].error, HasSubstr("16 MiB"));
 }
 
+TEST_F(DockerExecutorTest, AnExitOf137WithoutAnOomIsNotCalledOutOfMemory) {
+  // 137 is also what a SIGKILL gives; only the Engine's OOM flag or its
+  // "oom" event make it out of memory.
+  Stage stage = Steps({{"exit 137"}});
+  stage.steps[0].resources.memory_mib = 64;
+  StageResult r = Run(stage);
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  EXPECT_EQ(r.steps[0].exit_code, 137);
+  EXPECT_EQ(r.steps[0].error, "exit status 137");
+}
+
 TEST_F(DockerExecutorTest, MissingImageWithPullNeverIsAClearError) {
   Stage stage = Steps({{"true"}});
   stage.steps[0].image = "delegate-test/no-such-image:1";

@@ -198,6 +198,23 @@ absl::StatusOr<ExecState> ParseExecInspectAnswer(std::string_view body,
   return state;
 }
 
+bool EventsHaveOom(std::string_view body) {
+  while (!body.empty()) {
+    const size_t end = std::min(body.find('\n'), body.size());
+    const std::string_view line = body.substr(0, end);
+    body.remove_prefix(std::min(end + 1, body.size()));
+    rapidjson::Document doc;
+    if (!Parse(line, doc) || !doc.IsObject()) continue;
+    const std::string_view type = GetString(doc, "Type");
+    if (!type.empty() && type != "container") continue;
+    if (GetString(doc, "Action") == "oom" ||
+        GetString(doc, "status") == "oom") {
+      return true;
+    }
+  }
+  return false;
+}
+
 absl::StatusOr<std::string> ParseIdAnswer(std::string_view body,
                                           std::string_view what) {
   rapidjson::Document doc;

@@ -67,6 +67,11 @@ struct ExecState {
 absl::StatusOr<ExecState> ParseExecInspectAnswer(std::string_view body,
                                                  std::string_view what);
 
+// GET /events: one JSON object a line. Whether one of them is a container
+// "oom" (the event's Action, or status in older Engines). Lines that are
+// not JSON objects are skipped.
+bool EventsHaveOom(std::string_view body);
+
 // {"Id": ...} (container and exec create).
 absl::StatusOr<std::string> ParseIdAnswer(std::string_view body,
                                           std::string_view what);

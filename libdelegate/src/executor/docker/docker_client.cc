@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "executor/docker/docker_answers.h"
@@ -188,6 +189,24 @@ class EngineClient final : public DockerClient {
     }
     if (r->status != 200) return DaemonError(*r, what);
     return ParseArchiveMember(r->body, what, max_bytes);
+  }
+
+  absl::StatusOr<bool> HadOomEvent(const std::string& id,
+                                   absl::Time since) override {
+    const std::string what = absl::StrCat("events of container ", id);
+    // until = now: the Engine sends what it has logged and closes.
+    const std::string filters =
+        absl::StrCat(R"({"container":[")", id, R"("],"event":["oom"]})");
+    const auto seconds = [](absl::Time t) {  // "1765101234.567890"
+      const int64_t us = absl::ToUnixMicros(t);
+      return absl::StrFormat("%d.%06d", us / 1'000'000, us % 1'000'000);
+    };
+    absl::StatusOr<http::Response> r =
+        Call("GET", absl::StrCat("/events?since=", seconds(since),
+                                 "&until=", seconds(absl::Now()),
+                                 "&filters=", UrlEncode(filters)));
+    if (absl::Status s = Expect(r, what, {200}); !s.ok()) return s;
+    return EventsHaveOom(r->body);
   }
 
   absl::StatusOr<bool> ImageExists(const std::string& image) override {

@@ -137,6 +137,12 @@ class DockerClient {
                                             const StopPredicate& stop) = 0;
   virtual absl::StatusOr<ContainerState> InspectContainer(
       const std::string& id) = 0;
+  // Whether the Engine logged an "oom" event for the container between
+  // `since` and now (GET /events with until, so it answers at once). On
+  // cgroup v2, Docker 20.10 can leave State.OOMKilled false when the
+  // kernel's OOM notice reaches it after the exit; the event still comes.
+  virtual absl::StatusOr<bool> HadOomEvent(const std::string& id,
+                                           absl::Time since) = 0;
   // POST /stop?t=grace: SIGTERM (or the image's stop signal), SIGKILL after.
   virtual absl::Status StopContainer(const std::string& id,
                                      absl::Duration grace) = 0;

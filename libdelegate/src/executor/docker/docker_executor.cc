@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "executor/docker/docker_client.h"
 #include "executor/names.h"
 #include "executor/outputs.h"
@@ -56,6 +57,22 @@ std::string Transaction(const StageContext& ctx) {
 }
 
 // "step timed out; stopping WHAT (SIGKILL after 10s)".
+// Whether a container that exited with 137 (SIGKILL) was killed for memory
+// although its State.OOMKilled says no: Docker 20.10 on cgroup v2 can set
+// that flag too late when the kernel's OOM notice reaches it after the exit,
+// but it still logs the container's "oom" event, a moment later at most.
+// Asked only for exits the delegate did not cause; an error counts as no.
+bool OomEventSeen(DockerClient& client, const std::string& id,
+                  absl::Time since) {
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    if (attempt > 0) absl::SleepFor(absl::Milliseconds(100));
+    absl::StatusOr<bool> seen = client.HadOomEvent(id, since);
+    if (!seen.ok()) return false;
+    if (*seen) return true;
+  }
+  return false;
+}
+
 std::string StopLine(StepStatus why, std::string_view what,
                      absl::Duration grace) {
   return absl::StrCat(
@@ -433,6 +450,8 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
         id.status().code(),
         absl::StrCat("creating the container: ", id.status().message())));
   }
+  // From a minute before, in case the Engine's clock is behind ours.
+  const absl::Time started = absl::Now() - absl::Minutes(1);
   if (absl::Status s = client_->StartContainer(*id); !s.ok()) {
     (void)client_->RemoveContainer(*id, true);
     return fail(absl::Status(
@@ -479,7 +498,8 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
   }
   if (!code.ok()) return fail(code.status());
   result.exit_code = *code;
-  if (state.ok() && state->oom_killed) {
+  if (state.ok() && (state->oom_killed ||
+                     (*code == 137 && OomEventSeen(*client_, *id, started)))) {
     result.status = StepStatus::kFailure;
     result.error =
         absl::StrCat("killed: out of memory",
