@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "logs/held_credentials.h"
 #include "stage/result.h"
 #include "stage/secrets.h"
 
@@ -197,16 +196,14 @@ StepResult StageTransaction::RunFedStep(StageFeed::Pending& next,
   // submitted: its secrets, the policy, the executor.
   Stage view = stage_;  // steps is empty for a fed stage
   view.steps.push_back(std::move(next.step));
+  // A step that brings values of its own to mask gets a masker of them and
+  // of all the stage's masker holds (built the same way, by MaskerFor).
   std::shared_ptr<const logs::SecretMasker> masker = masker_;
   if (!next.masks.empty()) {
-    std::vector<std::string> values = std::move(next.masks);
-    for (const auto& [id, value] : stage_.secrets) values.push_back(value);
-    values.insert(values.end(), options_.masked_values.begin(),
-                  options_.masked_values.end());
-    for (std::string& held : logs::HeldCredentials()) {
-      values.push_back(std::move(held));
-    }
-    masker = std::make_shared<logs::SecretMasker>(values);
+    std::vector<std::string> more = std::move(next.masks);
+    more.insert(more.end(), options_.masked_values.begin(),
+                options_.masked_values.end());
+    masker = MaskerFor(view, more);
   }
   absl::Status checked = ResolveStage(view);
   if (checked.ok()) {

@@ -56,7 +56,6 @@ std::string Transaction(const StageContext& ctx) {
   return ctx.delegate_name + "/" + ctx.task_id;
 }
 
-// "step timed out; stopping WHAT (SIGKILL after 10s)".
 // Whether a container that exited with 137 (SIGKILL) was killed for memory
 // although its State.OOMKilled says no: Docker 20.10 on cgroup v2 can set
 // that flag too late when the kernel's OOM notice reaches it after the exit,
@@ -73,6 +72,7 @@ bool OomEventSeen(DockerClient& client, const std::string& id,
   return false;
 }
 
+// "step timed out; stopping WHAT (SIGKILL after 10s)".
 std::string StopLine(StepStatus why, std::string_view what,
                      absl::Duration grace) {
   return absl::StrCat(
