@@ -1,8 +1,8 @@
 // The `delegate` binary as a user runs it: exit codes, what it prints, the
 // result file, signals.
 #include <fcntl.h>
-#include <signal.h>
 #include <grp.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,6 +27,20 @@ using ::delegate::testing::DelegateProcess;
 using ::delegate::testing::Outcome;
 using ::testing::HasSubstr;
 using ::testing::Not;
+
+// Waits up to 10 s for `text` in what the delegate printed.
+void AwaitOutput(const DelegateProcess& child, absl::string_view text) {
+  for (int i = 0; i < 5000 && !absl::StrContains(child.Output(), text); ++i) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+}
+
+// Whether `pid` runs; a zombie runs nothing.
+bool Running(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  return std::getline(stat, line) && line.substr(line.rfind(')') + 2, 1) != "Z";
+}
 
 class DelegateBinaryTest : public ::testing::Test {
  protected:
@@ -205,12 +219,13 @@ steps:
     outputs: [V]
 )");
   const std::string result = dir_ + "/r.json";
-  Outcome o = Run({"exec", file, "--result", result},
-                  {"HARNESS_TOKEN=" + token});
+  Outcome o =
+      Run({"exec", file, "--result", result}, {"HARNESS_TOKEN=" + token});
   EXPECT_EQ(o.exit_code, 0) << o.out;
   EXPECT_THAT(o.out, HasSubstr("plain **************"));
   EXPECT_THAT(o.out, Not(HasSubstr(token)));
-  EXPECT_THAT(o.out, Not(HasSubstr("ZDNhZGIzM2ZkM2FkYjMzZmQzYWRiMzNmZDNhZGIzM2Y")));
+  EXPECT_THAT(o.out,
+              Not(HasSubstr("ZDNhZGIzM2ZkM2FkYjMzZmQzYWRiMzNmZDNhZGIzM2Y")));
   std::ifstream in(result);
   std::stringstream ss;
   ss << in.rdbuf();
@@ -292,13 +307,14 @@ steps:
 // readable and whether it holds `needle`; the needle never appears in the
 // step's own output, which is masked.
 std::string ProcProbeStage(const std::string& needle) {
-  return absl::StrCat(R"(name: probe
+  return absl::StrCat(
+      R"(name: probe
 steps:
   - id: probe
     commands:
       - if cat /proc/$PPID/environ > env.bin 2>/dev/null; then echo READABLE; else echo DENIED; fi
       - if grep -q -a ")",
-                      needle, R"(" env.bin 2>/dev/null; then echo FOUND; else echo ABSENT; fi
+      needle, R"(" env.bin 2>/dev/null; then echo FOUND; else echo ABSENT; fi
 )");
 }
 
@@ -355,6 +371,35 @@ TEST_F(DelegateBinaryTest, StepOfTheSameUserCannotReadTheDelegatesProcEntries) {
   EXPECT_THAT(out.str(), HasSubstr("probe | ABSENT"));
 }
 
+TEST_F(DelegateBinaryTest, SigkillDuringAHostStepTakesTheStepsProcessesWithIt) {
+  const std::string pids = dir_ + "/pids";
+  const std::string file = Write(
+      "killed.yaml", absl::StrCat(R"(name: killed
+steps:
+  - id: wait
+    commands: ["echo $$ >> )",
+                                  pids, R"(", "setsid sleep 305 & echo $! >> )",
+                                  pids, R"(", "echo waiting", "sleep 306"]
+)"));
+  DelegateProcess child({"exec", file}, {"HARNESS_WORKDIR=" + dir_ + "/work"},
+                        dir_ + "/log");
+  AwaitOutput(child, "waiting");
+  ASSERT_THAT(child.Output(), HasSubstr("waiting"));
+  kill(child.pid(), SIGKILL);
+  child.Wait();
+  std::vector<pid_t> step_pids;
+  std::ifstream in(pids);
+  for (pid_t pid; in >> pid;) step_pids.push_back(pid);
+  ASSERT_EQ(step_pids.size(), 2u);
+  // The keepers notice at once; killing and reaping takes a moment.
+  for (pid_t pid : step_pids) {
+    for (int i = 0; i < 500 && Running(pid); ++i) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    EXPECT_FALSE(Running(pid)) << pid << " outlived the killed delegate";
+  }
+}
+
 TEST_F(DelegateBinaryTest, SigtermDuringAStageDrainsThenCleansUp) {
   const std::string pidfile = dir_ + "/step.pid";
   const std::string file = Write(
@@ -371,10 +416,7 @@ steps:
       {"exec", file, "--result", result, "--drain-timeout", "200ms"},
       {"HARNESS_WORKDIR=" + dir_ + "/work", "CLEANUP_GRACE_PERIOD_SECONDS=1"},
       dir_ + "/log");
-  for (int i = 0; i < 5000 && !absl::StrContains(child.Output(), "waiting");
-       ++i) {
-    absl::SleepFor(absl::Milliseconds(2));
-  }
+  AwaitOutput(child, "waiting");
   ASSERT_THAT(child.Output(), HasSubstr("waiting"));
   EXPECT_EQ(StageDirs(), 1u);
   kill(child.pid(), SIGTERM);
@@ -385,11 +427,7 @@ steps:
   pid_t step_pid = 0;
   std::ifstream(pidfile) >> step_pid;
   ASSERT_GT(step_pid, 0);
-  std::ifstream stat("/proc/" + std::to_string(step_pid) + "/stat");
-  std::string line;
-  const bool gone =
-      !std::getline(stat, line) || line.substr(line.rfind(')') + 2, 1) == "Z";
-  EXPECT_TRUE(gone) << "the step outlived the delegate";
+  EXPECT_FALSE(Running(step_pid)) << "the step outlived the delegate";
   EXPECT_EQ(StageDirs(), 0u) << "cleanup did not run";
   std::ifstream in(result);
   std::stringstream ss;
@@ -405,10 +443,7 @@ steps:
 )");
   DelegateProcess child({"exec", file, "--drain-timeout", "30s"},
                         {"HARNESS_WORKDIR=" + dir_ + "/work"}, dir_ + "/log");
-  for (int i = 0; i < 5000 && !absl::StrContains(child.Output(), "started");
-       ++i) {
-    absl::SleepFor(absl::Milliseconds(2));
-  }
+  AwaitOutput(child, "started");
   kill(child.pid(), SIGTERM);
   Outcome o = child.Wait();
   EXPECT_EQ(o.exit_code, 0) << o.out;

@@ -17,14 +17,14 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "gmock/gmock.h"
-#include "gtest/gtest.h"
+#include "delegate/v1/runtime.grpc.pb.h"
 #include "delegate/v1/session.grpc.pb.h"
+#include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "manager/grpc/convert.h"
 #include "session_manager.h"
 #include "tests/fakes/delegate_process.h"
-#include "delegate/v1/runtime.grpc.pb.h"
 #include "tests/fakes/tcp_proxy.h"
 #include "tests/fakes/test_ca.h"
 
@@ -66,10 +66,9 @@ class GrpcSessionTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = std::filesystem::temp_directory_path() /
-           absl::StrCat("grpc-session-", getpid(), "-",
-                        ::testing::UnitTest::GetInstance()
-                            ->current_test_info()
-                            ->name());
+           absl::StrCat(
+               "grpc-session-", getpid(), "-",
+               ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
   }
@@ -100,8 +99,8 @@ class GrpcSessionTest : public ::testing::Test {
     env.insert(env.end(), extra_env.begin(), extra_env.end());
     if (address.empty()) address = manager_->address();
     delegates_.push_back(std::make_unique<DelegateProcess>(
-        std::vector<std::string>{"server", "--manager", scheme + address},
-        env, (dir_ / (name + ".log")).string()));
+        std::vector<std::string>{"server", "--manager", scheme + address}, env,
+        (dir_ / (name + ".log")).string()));
     return *delegates_.back();
   }
 
@@ -267,14 +266,13 @@ TEST_F(GrpcSessionTest, ThreeDelegatesThreeHundredStagesOneKilledHalfWay) {
   ASSERT_TRUE(WaitDelegates(3)) << Logs();
   constexpr int kStages = 300;
   for (int i = 0; i < kStages; ++i) {
-    ASSERT_TRUE(
-        manager_
-            ->Submit(absl::StrCat("st-", i),
-                     HostStage("s", {absl::StrCat("echo first-", i),
-                                     "sleep 0.05",
-                                     absl::StrCat("echo second-", i)}),
-                     Priority::kNormal, nullptr)
-            .ok());
+    ASSERT_TRUE(manager_
+                    ->Submit(absl::StrCat("st-", i),
+                             HostStage("s", {absl::StrCat("echo first-", i),
+                                             "sleep 0.05",
+                                             absl::StrCat("echo second-", i)}),
+                             Priority::kNormal, nullptr)
+                    .ok());
   }
   // Half way, one delegate dies without a word.
   std::set<std::string> held_by_victim;
@@ -370,18 +368,18 @@ TEST_F(GrpcSessionTest, AReconnectResumesTheLeaseAndLosesNoLogLine) {
   TcpProxy proxy(std::stoi(host_port.back()));
   StartDelegate("flaky", {}, proxy.address());
   ASSERT_TRUE(WaitDelegates(1)) << Logs();
-  ASSERT_TRUE(manager_
-                  ->Submit("resumed",
-                           HostStage("r", {"echo before", "sleep 1.5",
-                                           "echo after"}),
-                           Priority::kNormal, nullptr)
-                  .ok());
+  ASSERT_TRUE(
+      manager_
+          ->Submit("resumed",
+                   HostStage("r", {"echo before", "sleep 1.5", "echo after"}),
+                   Priority::kNormal, nullptr)
+          .ok());
   // Until "before" itself has arrived: the command's trace line ("+ echo
   // before") can come in a batch of its own, ahead of it.
   absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (!::testing::Value(StepLog(Snap("resumed"), "run"),
-                           Contains("before")) &&
-         absl::Now() < deadline) {
+  while (
+      !::testing::Value(StepLog(Snap("resumed"), "run"), Contains("before")) &&
+      absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   ASSERT_THAT(StepLog(Snap("resumed"), "run"), Contains("before")) << Logs();
@@ -450,7 +448,8 @@ TEST_F(GrpcSessionTest, ACancelAskedWhileDisconnectedReachesTheDelegate) {
 }
 
 TEST_F(GrpcSessionTest, MutualTlsWithTheCertsDirAndAClientCertificate) {
-  absl::StatusOr<std::unique_ptr<testing::TestCa>> ca = testing::TestCa::Create();
+  absl::StatusOr<std::unique_ptr<testing::TestCa>> ca =
+      testing::TestCa::Create();
   ASSERT_TRUE(ca.ok()) << ca.status();
   const std::filesystem::path certs = dir_ / "certs";
   std::filesystem::create_directories(certs);
@@ -597,10 +596,10 @@ TEST_F(GrpcSessionTest, ManagerFencesStaleReportsAndAppliesEachKeyOnce) {
     ASSERT_TRUE(stream->Write(msg));
   };
 
-  ASSERT_TRUE(manager_
-                  ->Submit("x", HostStage("x", {"true"}), Priority::kNormal,
-                           nullptr)
-                  .ok());
+  ASSERT_TRUE(
+      manager_
+          ->Submit("x", HostStage("x", {"true"}), Priority::kNormal, nullptr)
+          .ok());
   v1::DelegateMessage credit;
   credit.mutable_credit()->set_slots(1);
   send(credit);

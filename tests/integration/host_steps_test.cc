@@ -68,6 +68,14 @@ bool Alive(pid_t pid) {
          stat[paren + 2] != 'Z';
 }
 
+// The pids a step wrote to `path`, one per line.
+std::vector<pid_t> PidsIn(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<pid_t> pids;
+  for (pid_t pid; in >> pid;) pids.push_back(pid);
+  return pids;
+}
+
 // Peak resident memory of this process since the last ResetPeak().
 int64_t PeakRssKiB() {
   std::ifstream in("/proc/self/status");
@@ -179,8 +187,8 @@ TEST_F(HostStepsTest, RelativeWorkdirOfAnEmbedderStillRunsSteps) {
   Scheduler scheduler(sched);
   RecordingLogSink sink;
   lines_ = &sink;
-  Stage stage = Commands({{"mkdir -p d && cd d",
-                           "echo V=1 >> $HARNESS_OUTPUT_FILE"}});
+  Stage stage =
+      Commands({{"mkdir -p d && cd d", "echo V=1 >> $HARNESS_OUTPUT_FILE"}});
   stage.steps[0].outputs = {"V"};
   StageResult r = Submit(scheduler, "t", stage).get();
   ASSERT_EQ(r.status, StepStatus::kSuccess) << StageResultToJson(r);
@@ -215,9 +223,7 @@ TEST_F(HostStepsTest, TimeoutKillsForkedChildrenSoNoneSurvive) {
   stage.steps[0].timeout = absl::Milliseconds(500);
   StageResult r = Submit(*scheduler, "t", stage).get();
   EXPECT_EQ(r.steps[0].status, StepStatus::kTimeout);
-  std::ifstream in(pids);
-  std::vector<pid_t> children;
-  for (pid_t pid; in >> pid;) children.push_back(pid);
+  std::vector<pid_t> children = PidsIn(pids);
   ASSERT_EQ(children.size(), 3u);
   for (pid_t pid : children) EXPECT_FALSE(Alive(pid)) << pid << " survived";
 }
@@ -235,6 +241,39 @@ TEST_F(HostStepsTest, BackgroundProcessesDoNotOutliveASuccessfulStep) {
   std::ifstream(pids) >> pid;
   ASSERT_GT(pid, 0);
   EXPECT_FALSE(Alive(pid));
+}
+
+TEST_F(HostStepsTest, ProcessesThatLeftTheStepsGroupDoNotOutliveIt) {
+  RecordingLogSink sink;
+  auto scheduler = Make(sink);
+  const std::string pids = workdir_ + "/detached";
+  // A new session, and a double fork whose middle process exits at once so
+  // that its child is re-parented; neither is in the step's process group.
+  StageResult r =
+      Submit(*scheduler, "t",
+             Commands({{"setsid sleep 302 & echo $! >> " + pids,
+                        "sh -c 'setsid sleep 303 & echo $! >> " + pids + "'",
+                        "sh -c '(trap \"\" TERM HUP; exec sleep 304) & echo "
+                        "$! >> " +
+                            pids + "'",
+                        "echo started"}}))
+          .get();
+  EXPECT_EQ(r.status, StepStatus::kSuccess) << sink.All();
+  std::vector<pid_t> detached = PidsIn(pids);
+  ASSERT_EQ(detached.size(), 3u);
+  for (pid_t pid : detached) EXPECT_FALSE(Alive(pid)) << pid << " survived";
+}
+
+TEST_F(HostStepsTest, AStepKilledBySignalIsReportedWithThatSignal) {
+  RecordingLogSink sink;
+  auto scheduler = Make(sink);
+  StageResult r =
+      Submit(*scheduler, "t", Commands({{"echo before", "kill -USR1 $$"}}))
+          .get();
+  ASSERT_EQ(r.steps.size(), 1u);
+  EXPECT_EQ(r.steps[0].status, StepStatus::kFailure);
+  EXPECT_THAT(r.steps[0].error, HasSubstr("signal")) << r.steps[0].error;
+  EXPECT_THAT(r.steps[0].error, HasSubstr("SIGUSR1")) << r.steps[0].error;
 }
 
 TEST_F(HostStepsTest, CancelDuringAStepStopsItAndCleansUp) {

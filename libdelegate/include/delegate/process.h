@@ -39,8 +39,9 @@ class DELEGATE_EXPORT Process {
   virtual pid_t pid() const = 0;
   // Delivers output to the callback given at launch while waiting. Returns the
   // exit information once the child has exited and its output is drained; at
-  // exit, whatever is left of its process group is killed. Returns nullopt
-  // when `timeout` elapsed or Interrupt() was called first.
+  // exit, whatever is left of what it started is killed (with Default(),
+  // also processes that left its group). Returns nullopt when `timeout`
+  // elapsed or Interrupt() was called first.
   virtual std::optional<ExitInfo> Wait(absl::Duration timeout) = 0;
   // Sends `sig` to the whole process group.
   virtual void Signal(int sig) = 0;
@@ -58,7 +59,10 @@ class DELEGATE_EXPORT ProcessLauncher {
   virtual absl::StatusOr<std::unique_ptr<Process>> Launch(
       const ProcessSpec& spec, OutputCallback on_output) = 0;
 
-  // posix_spawn, pidfd and poll. Never destroyed.
+  // Each child under a keeper process, the subreaper of the child's whole
+  // tree: it kills what the child leaves when the child exits, and kills the
+  // tree when this process dies (a lifeline pipe hangs up). pidfd and poll.
+  // Never destroyed.
   static ProcessLauncher& Default();
 };
 

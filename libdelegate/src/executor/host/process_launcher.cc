@@ -1,16 +1,24 @@
-// The default ProcessLauncher: posix_spawn into a new process group, output
-// through pipes, exit through a pidfd, all multiplexed by poll() on the
-// waiting thread so that no extra thread is needed per process.
+// The default ProcessLauncher. Each step runs under a keeper: a forked
+// child of this process that is the subreaper of the step's process tree, so
+// that nothing the step starts outlives it (not even a process that called
+// setsid or was double-forked), nor outlives this process (the keeper holds
+// a lifeline pipe and kills the tree when it hangs up). Output comes through
+// pipes and the keeper's exit through a pidfd, all multiplexed by poll() on
+// the waiting thread so that no extra thread is needed per process.
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -23,8 +31,9 @@ namespace delegate {
 namespace {
 
 constexpr size_t kReadChunk = 64 * 1024;
-// After the leader exits, how long output is still read from pipes that a
-// process outside the group (one that called setsid) may hold open.
+// After the keeper exits, how long output is still read from pipes that a
+// process the keeper could not kill (one in uninterruptible sleep) may hold
+// open.
 constexpr auto kDrainAfterExit = std::chrono::seconds(2);
 
 int PidfdOpen(pid_t pid) {
@@ -58,21 +67,26 @@ ExitInfo ToExitInfo(int wstatus) {
 
 class PosixProcess final : public Process {
  public:
-  PosixProcess(pid_t pid, int out_fd, int err_fd, OutputCallback on_output)
-      : pid_(pid),
+  // `keeper` is this process's child; `step` its child, which leads the
+  // step's process group.
+  PosixProcess(pid_t keeper, pid_t step, int out_fd, int err_fd,
+               OutputCallback on_output)
+      : keeper_(keeper),
+        step_(step),
         out_fd_(out_fd),
         err_fd_(err_fd),
         on_output_(std::move(on_output)),
         buffer_(new char[kReadChunk]) {
-    pidfd_ = PidfdOpen(pid);
+    pidfd_ = PidfdOpen(keeper);
     wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   }
 
   ~PosixProcess() override {
     if (!exit_) {
-      kill(-pid_, SIGKILL);
+      // The keeper kills whatever else is left once the step is gone.
+      kill(-step_, SIGKILL);
       int wstatus = 0;
-      while (waitpid(pid_, &wstatus, 0) < 0 && errno == EINTR) {
+      while (waitpid(keeper_, &wstatus, 0) < 0 && errno == EINTR) {
       }
     }
     CloseFd(out_fd_);
@@ -81,11 +95,12 @@ class PosixProcess final : public Process {
     CloseFd(wake_fd_);
   }
 
-  pid_t pid() const override { return pid_; }
+  pid_t pid() const override { return step_; }
 
   void Signal(int sig) override {
-    // Once the leader is reaped its pid may name someone else's group.
-    if (!exit_) kill(-pid_, sig);
+    // The keeper reaps the leader just before it exits: once it has exited
+    // the step's pid may name someone else's group.
+    if (!exit_) kill(-step_, sig);
   }
 
   void Interrupt() override {
@@ -151,15 +166,14 @@ class PosixProcess final : public Process {
  private:
   void ReapIfExited() {
     siginfo_t info{};
-    if (waitid(P_PID, pid_, &info, WEXITED | WNOHANG | WNOWAIT) != 0 ||
-        info.si_pid != pid_) {
+    if (waitid(P_PID, keeper_, &info, WEXITED | WNOHANG | WNOWAIT) != 0 ||
+        info.si_pid != keeper_) {
       return;
     }
-    // Nothing of the step may outlive it. The leader is a zombie until
-    // reaped, so its pid still names the group and cannot be reused yet.
-    kill(-pid_, SIGKILL);
+    // The keeper exits like the step, after it has killed and reaped all
+    // that the step left.
     int wstatus = 0;
-    while (waitpid(pid_, &wstatus, 0) < 0 && errno == EINTR) {
+    while (waitpid(keeper_, &wstatus, 0) < 0 && errno == EINTR) {
     }
     exit_ = ToExitInfo(wstatus);
     drain_limit_ = std::chrono::steady_clock::now() + kDrainAfterExit;
@@ -176,7 +190,8 @@ class PosixProcess final : public Process {
     CloseFd(fd);
   }
 
-  pid_t pid_;
+  pid_t keeper_;
+  pid_t step_;
   int out_fd_;
   int err_fd_;
   int pidfd_ = -1;
@@ -196,6 +211,275 @@ struct CStrings {
   std::vector<char*> ptrs;
 };
 
+// The lifeline: a pipe whose write end only this process holds. When this
+// process dies, however it dies, the pipe hangs up and every keeper kills
+// its step. (PR_SET_PDEATHSIG would fire when the launching thread exits,
+// not the process, and a worker thread may retire while its step runs.)
+struct Lifeline {
+  int read_fd = -1;
+  int write_fd = -1;
+};
+const Lifeline& TheLifeline() {
+  static const Lifeline lifeline = [] {
+    Lifeline l;
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) == 0) {
+      l.read_fd = fds[0];
+      l.write_fd = fds[1];
+    }
+    return l;
+  }();
+  return lifeline;
+}
+
+// What the keeper and the step tell the launcher over the report pipe: the
+// step's pid, or what failed and its errno. 8 bytes, written atomically.
+enum ReportCode : int {
+  kStepPid = 0,
+  kSetUpStdio = 1,
+  kSwitchGroup = 2,
+  kSwitchUser = 3,
+  kEnterWorkdir = 4,
+  kExecute = 5,
+  kForkStep = 6,
+};
+constexpr const char* kFailedTo[] = {"",
+                                     "set up stdio",
+                                     "switch to the group",
+                                     "switch to the user",
+                                     "enter the working directory",
+                                     "execute",
+                                     "fork"};
+
+void Report(int fd, int code, int value) {
+  int data[2] = {code, value};
+  ssize_t w = write(fd, data, sizeof(data));
+  (void)w;
+}
+
+// Everything the keeper and the step need, prepared before fork: after it
+// only async-signal-safe calls are made.
+struct KeeperArgs {
+  char* const* argv;
+  char* const* envp;
+  const char* dir;
+  bool set_gid;
+  gid_t gid;
+  bool set_uid;
+  uid_t uid;
+  int out_w;
+  int err_w;
+  int report_w;
+  int lifeline_r;
+  int lifeline_w;
+};
+
+// Closes every descriptor from 3 up except those in `keep` (sorted).
+void CloseAllBut(const int* keep, int n) {
+  unsigned from = 3;
+  for (int i = 0; i < n; ++i) {
+    if (keep[i] < 0 || static_cast<unsigned>(keep[i]) < from) continue;
+    if (static_cast<unsigned>(keep[i]) > from) {
+      syscall(SYS_close_range, from, static_cast<unsigned>(keep[i]) - 1, 0);
+    }
+    from = static_cast<unsigned>(keep[i]) + 1;
+  }
+  syscall(SYS_close_range, from, ~0U, 0);
+}
+
+// The step: its own process group, default signals, stdin from /dev/null,
+// then the user, the working directory and exec.
+[[noreturn]] void StartStep(const KeeperArgs& a) {
+  auto fail = [&](int code) {
+    Report(a.report_w, code, errno);
+    _exit(127);
+  };
+  setpgid(0, 0);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int s = 1; s < NSIG; ++s) sigaction(s, &dfl, nullptr);
+  sigset_t empty;
+  sigemptyset(&empty);
+  sigprocmask(SIG_SETMASK, &empty, nullptr);
+  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (null_fd < 0 || dup2(null_fd, 0) < 0) fail(kSetUpStdio);
+  if (dup2(a.out_w, 1) < 0 || dup2(a.err_w, 2) < 0) fail(kSetUpStdio);
+  if (a.set_gid) {
+    if (setgroups(1, &a.gid) != 0 || setgid(a.gid) != 0) fail(kSwitchGroup);
+  }
+  if (a.set_uid && setuid(a.uid) != 0) fail(kSwitchUser);
+  if (a.dir && chdir(a.dir) != 0) fail(kEnterWorkdir);
+  execve(a.argv[0], a.argv, a.envp);
+  fail(kExecute);
+  _exit(127);  // not reached
+}
+
+// Parses the pids in /proc/self/task/<pid>/children and SIGKILLs each (and
+// its group, for a child that leads one). Returns how many it found.
+int KillChildren() {
+  char path[64] = "/proc/self/task/";
+  {
+    char digits[16];
+    int n = 0;
+    for (pid_t v = getpid(); v > 0 && n < 16; v /= 10)
+      digits[n++] = '0' + v % 10;
+    size_t at = strlen(path);
+    while (n > 0) path[at++] = digits[--n];
+    memcpy(path + at, "/children", 10);
+  }
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char buf[4096];
+  int found = 0;
+  pid_t pid = 0;
+  ssize_t r;
+  while ((r = read(fd, buf, sizeof(buf))) > 0) {
+    for (ssize_t i = 0; i < r; ++i) {
+      if (buf[i] >= '0' && buf[i] <= '9') {
+        pid = pid * 10 + (buf[i] - '0');
+      } else if (pid > 0) {
+        kill(pid, SIGKILL);
+        kill(-pid, SIGKILL);
+        ++found;
+        pid = 0;
+      }
+    }
+  }
+  if (pid > 0) {
+    kill(pid, SIGKILL);
+    kill(-pid, SIGKILL);
+    ++found;
+  }
+  close(fd);
+  return found;
+}
+
+// Kills and reaps every process left below the keeper: the step's group,
+// and what was re-parented to the keeper (it is their subreaper), until
+// none is left.
+void KillEverything(pid_t step, bool step_reaped) {
+  if (!step_reaped) kill(-step, SIGKILL);
+  while (true) {
+    int found = KillChildren();
+    int wstatus;
+    pid_t reaped = waitpid(-1, &wstatus, found == 0 ? WNOHANG : 0);
+    if (reaped < 0 && errno == ECHILD) return;
+    if (reaped < 0 && errno != EINTR) return;
+    if (reaped == 0) {
+      // Children, but /proc listed none: wait for them to be listed.
+      struct timespec pause = {0, 1000000};
+      nanosleep(&pause, nullptr);
+    }
+  }
+}
+
+// Ends the keeper the way its step ended, so that the launcher's waitpid
+// sees the step's own exit code or signal.
+[[noreturn]] void EndLike(int wstatus) {
+  if (WIFSIGNALED(wstatus)) {
+    const int sig = WTERMSIG(wstatus);
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigaction(sig, &dfl, nullptr);
+    sigset_t only;
+    sigemptyset(&only);
+    sigaddset(&only, sig);
+    sigprocmask(SIG_UNBLOCK, &only, nullptr);
+    kill(getpid(), sig);
+    _exit(128 + sig);
+  }
+  _exit(WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 127);
+}
+
+// The keeper: the launcher's child and the step's parent, and the
+// subreaper of everything the step starts, so that a process that left the
+// step's group (setsid, a double fork) still comes back to it. When the step
+// exits it kills all of that and exits like the step; when the launcher's
+// process dies (the lifeline hangs up) it kills all of it at once.
+[[noreturn]] void RunKeeper(const KeeperArgs& a) {
+  sigset_t all;
+  sigfillset(&all);
+  sigprocmask(SIG_SETMASK, &all, nullptr);
+  // Terminal and session signals sent to the launcher's group are not for
+  // the keeper; the step gets them through its own group.
+  struct sigaction ign {};
+  ign.sa_handler = SIG_IGN;
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int s = 1; s < NSIG; ++s) sigaction(s, &dfl, nullptr);
+  for (int s : {SIGINT, SIGQUIT, SIGHUP, SIGTERM, SIGPIPE, SIGTSTP, SIGTTIN,
+                SIGTTOU, SIGUSR1, SIGUSR2}) {
+    sigaction(s, &ign, nullptr);
+  }
+  if (a.lifeline_w >= 0) close(a.lifeline_w);
+  int keep[4] = {a.out_w, a.err_w, a.report_w, a.lifeline_r};
+  std::sort(keep, keep + 4);
+  CloseAllBut(keep, 4);
+  prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+  if (a.lifeline_r >= 0) {
+    // The launcher may have died before the subreaper was set.
+    pollfd p = {a.lifeline_r, POLLIN, 0};
+    if (poll(&p, 1, 0) > 0) _exit(127);
+  }
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  const int child_fd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  const pid_t step = fork();
+  if (step < 0) {
+    Report(a.report_w, kForkStep, errno);
+    _exit(127);
+  }
+  if (step == 0) StartStep(a);
+  setpgid(step, step);  // also here, so the launcher can signal it at once
+  Report(a.report_w, kStepPid, step);
+  close(a.report_w);
+  close(a.out_w);
+  close(a.err_w);
+  while (true) {
+    pollfd fds[2];
+    int n = 0;
+    if (child_fd >= 0) fds[n++] = {child_fd, POLLIN, 0};
+    const int life_i = a.lifeline_r >= 0 ? n : -1;
+    if (life_i >= 0) fds[n++] = {a.lifeline_r, POLLIN, 0};
+    // Without a signalfd, exits are noticed by polling.
+    if (poll(fds, n, child_fd >= 0 ? -1 : 50) < 0 && errno != EINTR) {
+      struct timespec pause = {0, 50000000};
+      nanosleep(&pause, nullptr);
+    }
+    if (life_i >= 0 && fds[life_i].revents != 0) {
+      KillEverything(step, false);
+      _exit(128 + SIGKILL);
+    }
+    if (child_fd >= 0) {
+      signalfd_siginfo info;
+      while (read(child_fd, &info, sizeof(info)) > 0) {
+      }
+    }
+    // Reap what exited; the step last, after its group is killed while its
+    // zombie still holds the group's id.
+    while (true) {
+      siginfo_t info{};
+      if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 ||
+          info.si_pid == 0) {
+        break;
+      }
+      if (info.si_pid == step) {
+        kill(-step, SIGKILL);
+        int wstatus = 0;
+        while (waitpid(step, &wstatus, 0) < 0 && errno == EINTR) {
+        }
+        KillEverything(step, true);
+        EndLike(wstatus);
+      }
+      while (waitpid(info.si_pid, nullptr, 0) < 0 && errno == EINTR) {
+      }
+    }
+  }
+}
+
 class PosixLauncher final : public ProcessLauncher {
  public:
   absl::StatusOr<std::unique_ptr<Process>> Launch(
@@ -203,7 +487,7 @@ class PosixLauncher final : public ProcessLauncher {
     if (spec.argv.empty()) {
       return absl::InvalidArgumentError("process argv is empty");
     }
-    int out[2], err[2];
+    int out[2], err[2], report[2];
     if (pipe2(out, O_CLOEXEC) != 0) {
       return absl::InternalError(Errno("pipe2"));
     }
@@ -212,122 +496,73 @@ class PosixLauncher final : public ProcessLauncher {
       close(out[1]);
       return absl::InternalError(Errno("pipe2"));
     }
-    CStrings argv(spec.argv);
-    CStrings envp(spec.env);
-    pid_t pid = -1;
-    absl::Status status = (spec.uid || spec.gid)
-                              ? ForkExec(spec, argv, envp, out[1], err[1], pid)
-                              : Spawn(spec, argv, envp, out[1], err[1], pid);
-    close(out[1]);
-    close(err[1]);
-    if (!status.ok()) {
-      close(out[0]);
-      close(err[0]);
-      return status;
-    }
-    return std::unique_ptr<Process>(
-        new PosixProcess(pid, out[0], err[0], std::move(on_output)));
-  }
-
- private:
-  static absl::Status Spawn(const ProcessSpec& spec, CStrings& argv,
-                            CStrings& envp, int out_w, int err_w, pid_t& pid) {
-    posix_spawn_file_actions_t actions;
-    posix_spawnattr_t attr;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawnattr_init(&attr);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&actions, out_w, 1);
-    posix_spawn_file_actions_adddup2(&actions, err_w, 2);
-    if (!spec.working_dir.empty()) {
-      posix_spawn_file_actions_addchdir_np(&actions, spec.working_dir.c_str());
-    }
-    sigset_t empty, all;
-    sigemptyset(&empty);
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&attr, &empty);
-    posix_spawnattr_setsigdefault(&attr, &all);
-    posix_spawnattr_setpgroup(&attr, 0);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP |
-                                        POSIX_SPAWN_SETSIGMASK |
-                                        POSIX_SPAWN_SETSIGDEF);
-    int rc = posix_spawn(&pid, argv.ptrs[0], &actions, &attr, argv.ptrs.data(),
-                         envp.ptrs.data());
-    posix_spawn_file_actions_destroy(&actions);
-    posix_spawnattr_destroy(&attr);
-    if (rc != 0) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot start ", spec.argv[0], " in ", spec.working_dir,
-                       ": ", strerror(rc)));
-    }
-    return absl::OkStatus();
-  }
-
-  // fork + exec for a step that runs as another user, which posix_spawn cannot
-  // do. The child uses only async-signal-safe calls; failures reach the parent
-  // through a close-on-exec pipe.
-  static absl::Status ForkExec(const ProcessSpec& spec, CStrings& argv,
-                               CStrings& envp, int out_w, int err_w,
-                               pid_t& pid) {
-    int report[2];
     if (pipe2(report, O_CLOEXEC) != 0) {
+      for (int fd : {out[0], out[1], err[0], err[1]}) close(fd);
       return absl::InternalError(Errno("pipe2"));
     }
-    const char* dir =
-        spec.working_dir.empty() ? nullptr : spec.working_dir.c_str();
-    const bool set_gid = spec.gid.has_value();
-    const gid_t gid = spec.gid.value_or(0);
-    const bool set_uid = spec.uid.has_value();
-    const uid_t uid = spec.uid.value_or(0);
-    pid = fork();
-    if (pid < 0) {
-      close(report[0]);
-      close(report[1]);
+    CStrings argv(spec.argv);
+    CStrings envp(spec.env);
+    const Lifeline& lifeline = TheLifeline();
+    const KeeperArgs args = {
+        .argv = argv.ptrs.data(),
+        .envp = envp.ptrs.data(),
+        .dir = spec.working_dir.empty() ? nullptr : spec.working_dir.c_str(),
+        .set_gid = spec.gid.has_value(),
+        .gid = spec.gid.value_or(0),
+        .set_uid = spec.uid.has_value(),
+        .uid = spec.uid.value_or(0),
+        .out_w = out[1],
+        .err_w = err[1],
+        .report_w = report[1],
+        .lifeline_r = lifeline.read_fd,
+        .lifeline_w = lifeline.write_fd,
+    };
+    const pid_t keeper = fork();
+    if (keeper == 0) RunKeeper(args);
+    const int fork_errno = errno;
+    close(out[1]);
+    close(err[1]);
+    close(report[1]);
+    if (keeper < 0) {
+      for (int fd : {out[0], err[0], report[0]}) close(fd);
+      errno = fork_errno;
       return absl::InternalError(Errno("fork"));
     }
-    if (pid == 0) {
-      auto fail = [&](int stage) {
-        int data[2] = {stage, errno};
-        ssize_t w = write(report[1], data, sizeof(data));
-        (void)w;
-        _exit(127);
-      };
-      setpgid(0, 0);
-      sigset_t empty;
-      sigemptyset(&empty);
-      sigprocmask(SIG_SETMASK, &empty, nullptr);
-      for (int s = 1; s < NSIG; ++s) signal(s, SIG_DFL);
-      int null_fd = open("/dev/null", O_RDONLY);
-      if (null_fd < 0 || dup2(null_fd, 0) < 0) fail(1);
-      if (dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0) fail(1);
-      if (set_gid) {
-        if (setgroups(1, &gid) != 0 || setgid(gid) != 0) fail(2);
-      }
-      if (set_uid && setuid(uid) != 0) fail(3);
-      if (dir && chdir(dir) != 0) fail(4);
-      execve(argv.ptrs[0], argv.ptrs.data(), envp.ptrs.data());
-      fail(5);
-    }
-    close(report[1]);
-    int data[2] = {0, 0};
+    // The step's pid, then end of file when it has exec'd; or a failure.
+    pid_t step = -1;
+    int failed = 0, failed_errno = 0;
+    int data[2];
     ssize_t r;
-    while ((r = read(report[0], data, sizeof(data))) < 0 && errno == EINTR) {
+    while ((r = read(report[0], data, sizeof(data))) != 0) {
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        break;
+      }
+      if (r != static_cast<ssize_t>(sizeof(data))) break;
+      if (data[0] == kStepPid) {
+        step = data[1];
+      } else if (data[0] > 0 && data[0] <= kForkStep) {
+        failed = data[0];
+        failed_errno = data[1];
+      }
     }
     close(report[0]);
-    if (r == static_cast<ssize_t>(sizeof(data))) {
+    if (failed != 0 || step <= 0) {
       int wstatus;
-      waitpid(pid, &wstatus, 0);
-      static constexpr const char* kWhat[] = {"",
-                                              "set up stdio",
-                                              "switch to the group",
-                                              "switch to the user",
-                                              "enter the working directory",
-                                              "execute"};
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot start ", spec.argv[0], ": failed to ",
-                       kWhat[data[0]], ": ", strerror(data[1])));
+      while (waitpid(keeper, &wstatus, 0) < 0 && errno == EINTR) {
+      }
+      close(out[0]);
+      close(err[0]);
+      if (failed == 0) {
+        return absl::InternalError(absl::StrCat(
+            "cannot start ", spec.argv[0], ": its keeper process ended first"));
+      }
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot start ", spec.argv[0], " in ", spec.working_dir,
+          ": failed to ", kFailedTo[failed], ": ", strerror(failed_errno)));
     }
-    return absl::OkStatus();
+    return std::unique_ptr<Process>(
+        new PosixProcess(keeper, step, out[0], err[0], std::move(on_output)));
   }
 };
 
