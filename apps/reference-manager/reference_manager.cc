@@ -124,6 +124,7 @@ absl::StatusOr<std::unique_ptr<ReferenceManager>> ReferenceManager::Start(
   m->token_ = *token;
   m->token_hash_ = harness::DelegateTokenHash(m->token_);
   m->LoadState();
+  m->LoadLogs();
   http::ServerOptions server;
   server.address = m->options_.address;
   server.port = m->options_.port;
@@ -575,10 +576,13 @@ http::ServerResponse ReferenceManager::HandleLogs(
   std::lock_guard lock(mu_);
   if (req.method == "POST") {
     ++open_streams_[key];
+    LogRecordLocked(absl::StrCat("{\"op\":\"open\",\"key\":", Quote(key), "}"));
     return Ok("{}");
   }
   if (req.method == "DELETE") {
     --open_streams_[key];
+    LogRecordLocked(
+        absl::StrCat("{\"op\":\"close\",\"key\":", Quote(key), "}"));
     return Ok("{}");
   }
   if (req.method != "PUT") return Error(405, "POST, PUT or DELETE");
@@ -590,10 +594,20 @@ http::ServerResponse ReferenceManager::HandleLogs(
   }
   for (const auto& l : lines.GetArray()) {
     if (!l.IsObject() || !l.HasMember("out") || !l["out"].IsString() ||
-        !l.HasMember("pos") || !l.HasMember("level") || !l.HasMember("time")) {
+        !l.HasMember("pos") || !l["pos"].IsUint64() || !l.HasMember("level") ||
+        !l.HasMember("time") || !l["time"].IsString()) {
       return Error(400, "line: expected {level,pos,out,time,args}");
     }
-    logs_[key].push_back(l["out"].GetString());
+  }
+  for (const auto& l : lines.GetArray()) {
+    const std::string out = l["out"].GetString();
+    const std::string id = absl::StrCat(l["pos"].GetUint64(), "|",
+                                        l["time"].GetString(), "|", out);
+    if (!seen_lines_[key].insert(id).second) continue;
+    logs_[key].push_back(out);
+    LogRecordLocked(absl::StrCat("{\"op\":\"line\",\"key\":", Quote(key),
+                                 ",\"id\":", Quote(id), ",\"out\":", Quote(out),
+                                 "}"));
   }
   return Ok("{}");
 }
@@ -655,6 +669,43 @@ http::ServerResponse ReferenceManager::HandleAdmin(
     return Ok("{}");
   }
   return Error(404, "no such admin endpoint");
+}
+
+void ReferenceManager::LogRecordLocked(const std::string& json) {
+  if (!logs_out_.is_open()) return;
+  logs_out_ << json << '\n';
+  logs_out_.flush();
+}
+
+void ReferenceManager::LoadLogs() {
+  if (options_.state_file.empty()) return;
+  const std::string path = options_.state_file + ".logs";
+  bool torn = false;
+  {
+    std::ifstream in(path);
+    std::stringstream all;
+    all << in.rdbuf();
+    const std::string text = all.str();
+    torn = !text.empty() && text.back() != '\n';
+    for (absl::string_view line : absl::StrSplit(text, '\n')) {
+      rapidjson::Document r;
+      r.Parse(line.data(), line.size());
+      // A record cut short by a kill took nothing; it is passed over.
+      if (r.HasParseError() || !r.IsObject()) continue;
+      const std::string op = StringField(r, "op");
+      const std::string key = StringField(r, "key");
+      if (op == "open") {
+        ++open_streams_[key];
+      } else if (op == "close") {
+        --open_streams_[key];
+      } else if (op == "line") {
+        seen_lines_[key].insert(StringField(r, "id"));
+        logs_[key].push_back(StringField(r, "out"));
+      }
+    }
+  }
+  logs_out_.open(path, std::ios::app);
+  if (torn) logs_out_ << '\n';
 }
 
 void ReferenceManager::SaveLocked() const {

@@ -15,10 +15,12 @@
 
 #include <condition_variable>
 #include <deque>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -35,7 +37,9 @@ struct ManagerOptions {
   std::optional<http::ServerTlsOptions> tls;
   std::string account_id;
   SecretString token;  // the delegate token (normalised or as the UI shows it)
-  // Where the state is kept across restarts (JSON); empty: memory only.
+  // Where the state is kept across restarts (JSON); empty: memory only. The
+  // log service's streams and lines go to STATE_FILE.logs, a record a line,
+  // appended as they come.
   std::string state_file;
   // Sent as task data: base64 of JSON (true, as Go's []byte) or inline JSON.
   bool base64_data = true;
@@ -107,8 +111,16 @@ class ReferenceManager {
   std::map<std::string, std::shared_ptr<StageRecord>> stages_;
   std::map<std::string, std::shared_ptr<TaskRecord>> tasks_;
   std::deque<std::string> queue_;  // task ids not yet answered, in order
+  // Appends one record to STATE_FILE.logs (and flushes it).
+  void LogRecordLocked(const std::string& json);
+  void LoadLogs();
+
   std::map<std::string, std::vector<std::string>> logs_;  // key -> lines
   std::map<std::string, int> open_streams_;               // key -> opens
+  // Lines already taken, by key: "pos|time|out". A write the delegate sends
+  // again (its answer was lost) adds nothing.
+  std::map<std::string, std::set<std::string>> seen_lines_;
+  std::ofstream logs_out_;
   size_t responses_ = 0;
 };
 

@@ -37,6 +37,16 @@ using ::testing::Not;
 constexpr char kAccount[] = "acct-e2e";
 constexpr char kToken[] = "98d8fedb04c574e68939164bf463e73d";
 
+// How many times `needle` occurs in `text`.
+size_t CountOf(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos;
+       at = text.find(needle, at + needle.size())) {
+    ++n;
+  }
+  return n;
+}
+
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
   std::stringstream ss;
@@ -529,10 +539,13 @@ TEST_F(HarnessE2eTest, TheManagerRestartingMidStageLosesNothing) {
   StartDelegate(DelegateEnv());
   ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
   const std::string marker = dir_ + "/runs.txt";
+  // The slow step prints while the manager is down: its lines wait in the
+  // delegate and reach the restarted manager's log service.
   const std::string spec = absl::StrCat(
-      R"({"id":"restart","steps":[{"id":"slow","run":{"commands":["echo ran >> )",
+      R"({"id":"restart","logs":true,"steps":[{"id":"slow","run":{"commands":["echo ran >> )",
       marker,
-      R"(","sleep 2"]}},{"id":"next","run":{"commands":["echo next"]}}]})");
+      R"(","for i in 1 2 3 4 5 6 7 8; do echo line $i; sleep 0.25; done"]}},)",
+      R"({"id":"next","run":{"commands":["echo next"]}}]})");
   ASSERT_THAT(Admin("POST", "/admin/stages", spec), HasSubstr("restart"));
   for (int i = 0; i < 500 && ReadFile(marker).empty(); ++i) {
     absl::SleepFor(absl::Milliseconds(10));
@@ -553,11 +566,23 @@ TEST_F(HarnessE2eTest, TheManagerRestartingMidStageLosesNothing) {
     }
     absl::SleepFor(absl::Milliseconds(50));
   }
+  // Every line of the slow step, each once, although the manager was down
+  // for most of them and forgot nothing it had taken.
+  std::string logs;
+  for (int i = 0; i < 500; ++i) {
+    logs = Admin("GET", "/admin/logs?key=restart/step-0");
+    if (absl::StrContains(logs, "line 8")) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
   kill(restarted.first, SIGTERM);
   waitpid(restarted.first, nullptr, 0);
   EXPECT_THAT(json, HasSubstr("\"status\":\"SUCCESS\"")) << delegate_->Output();
   EXPECT_EQ(ReadFile(marker), "ran\n");  // the slow step ran once
   EXPECT_THAT(json, Not(HasSubstr("\"responses\":0")));
+  for (int i = 1; i <= 8; ++i) {
+    const std::string line = absl::StrCat("\"line ", i, "\\n\"");
+    EXPECT_EQ(CountOf(logs, line), 1u) << line << " in " << logs;
+  }
 }
 
 TEST_F(HarnessE2eTest, ContainerAndHostStepsShareOneStage) {

@@ -1,5 +1,7 @@
 #include "manager/harness/log_stream.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "util/json_escape.h"
@@ -47,52 +49,122 @@ void LogServiceStream::Append(const LogLine& line) {
       line.stream == delegate::LogStream::kStderr ? "error" : "info";
   absl::MutexLock lock(&mu_);
   if (closed_) return;
+  const uint64_t pos = position_++;
   std::string json = LineJson(
-      level, position_++,
-      absl::StrCat(AbslView(text), line.partial ? "" : "\n"), line.time);
+      level, pos, absl::StrCat(AbslView(text), line.partial ? "" : "\n"),
+      line.time);
   pending_bytes_ += json.size();
-  pending_.push_back(std::move(json));
+  pending_.push_back({pos, std::move(json), text.size()});
   while (pending_bytes_ > service_.limits_.max_buffer_bytes &&
          pending_.size() > 1) {
-    pending_bytes_ -= pending_.front().size();
+    pending_bytes_ -= pending_.front().json.size();
+    dropped_bytes_ += pending_.front().bytes;
     pending_.pop_front();
     ++dropped_;
   }
 }
 
-void LogServiceStream::FlushLocked() {
-  std::deque<std::string> lines;
-  uint64_t newly_dropped = 0;
-  uint64_t pos = 0;
+absl::Status LogServiceStream::FlushLocked() {
+  if (absl::Now() < next_try_) {
+    return absl::UnavailableError("waiting before the next write");
+  }
+  std::string body = "[";
+  uint64_t last_pos = 0;
+  uint64_t reporting = 0;
   {
     absl::MutexLock lock(&mu_);
-    lines.swap(pending_);
-    pending_bytes_ = 0;
-    newly_dropped = dropped_ - dropped_reported_;
-    dropped_reported_ = dropped_;
-    pos = position_;
-  }
-  if (lines.empty() && newly_dropped == 0) return;
-  std::string body = "[";
-  if (newly_dropped > 0) {
-    absl::StrAppend(&body,
-                    LineJson("warn", pos,
-                             absl::StrCat("[delegate] ", newly_dropped,
-                                          " log lines were dropped: the step "
-                                          "wrote faster than the log service "
-                                          "took them\n"),
-                             absl::Now()));
-  }
-  for (const std::string& l : lines) {
-    if (body.size() > 1) body += ',';
-    body += l;
+    const uint64_t newly_dropped = dropped_ - dropped_reported_;
+    if (pending_.empty() && newly_dropped == 0) return absl::OkStatus();
+    if (newly_dropped > 0) {
+      if (!notice_pos_) notice_pos_ = position_++;
+      absl::StrAppend(
+          &body, LineJson("warn", *notice_pos_,
+                          absl::StrCat(
+                              "[delegate] ", newly_dropped, " log lines (",
+                              dropped_bytes_,
+                              " bytes in all so far) were dropped: the step "
+                              "wrote faster than the log service took them\n"),
+                          absl::Now()));
+      reporting = dropped_;
+    }
+    for (const Line& l : pending_) {
+      if (body.size() > 1) body += ',';
+      body += l.json;
+    }
+    if (!pending_.empty()) last_pos = pending_.back().pos;
   }
   body += ']';
-  absl::Status s = service_.Send(logger_, "PUT", query_, std::move(body));
-  if (!s.ok()) {
-    service_.log_.Warn("log service write failed",
-                       {{"key", logger_.key}, {"error", s.message()}});
+  const bool had_lines = body.size() > 2;
+  absl::Status s = PutLocked(std::move(body));
+  if (!s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  // Lines appended meanwhile have later positions; lines dropped meanwhile
+  // are gone from the front already.
+  while (had_lines && !pending_.empty() && pending_.front().pos <= last_pos) {
+    pending_bytes_ -= pending_.front().json.size();
+    pending_.pop_front();
   }
+  if (reporting > 0) {
+    dropped_reported_ = reporting;
+    notice_pos_.reset();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LogServiceStream::PutLocked(std::string body) {
+  absl::Status s = service_.Send(logger_, "PUT", query_, body);
+  if (absl::IsNotFound(s) && !logger_.skip_opening_stream) {
+    // The service forgot the stream (it restarted): open it again.
+    s = service_.OpenStream(logger_, query_, absl::ZeroDuration());
+    if (s.ok()) s = service_.Send(logger_, "PUT", query_, std::move(body));
+  }
+  if (s.ok()) {
+    NoteSuccess();
+  } else {
+    NoteFailure(s);
+  }
+  return s;
+}
+
+void LogServiceStream::NoteFailure(const absl::Status& status) {
+  absl::Duration wait = service_.limits_.first_backoff;
+  for (int i = 0; i < failures_ && wait < service_.limits_.max_backoff; ++i) {
+    wait *= 2;
+  }
+  wait = std::min(wait, service_.limits_.max_backoff);
+  next_try_ = absl::Now() + wait;
+  if (failures_++ == 0) {
+    service_.log_.Warn(
+        "log service write failed; the lines are kept and sent again",
+        {{"key", logger_.key},
+         {"error", status.message()},
+         {"buffered_lines", absl::StrCat(undelivered())}});
+  }
+}
+
+void LogServiceStream::NoteSuccess() {
+  if (failures_ > 0) {
+    service_.log_.Info(
+        "log service writes resumed",
+        {{"key", logger_.key}, {"failed_attempts", absl::StrCat(failures_)}});
+  }
+  failures_ = 0;
+  next_try_ = absl::InfinitePast();
+}
+
+bool LogServiceStream::FinishCloseLocked() {
+  if (!FlushLocked().ok()) return false;
+  if (logger_.skip_closing_stream || close_sent_) return true;
+  std::string query = query_;
+  if (logger_.skip_opening_stream) query += "&snapshot=true";
+  absl::Status s = service_.Send(logger_, "DELETE", query, "");
+  if (absl::IsNotFound(s)) s = absl::OkStatus();  // nothing left to close
+  if (!s.ok()) {
+    NoteFailure(s);
+    return false;
+  }
+  close_sent_ = true;
+  return true;
 }
 
 void LogServiceStream::Close() {
@@ -102,20 +174,21 @@ void LogServiceStream::Close() {
     closed_ = true;
   }
   absl::MutexLock send(&send_mu_);
-  FlushLocked();
-  if (logger_.skip_closing_stream) return;
-  std::string query = query_;
-  if (logger_.skip_opening_stream) query += "&snapshot=true";
-  absl::Status s = service_.Send(logger_, "DELETE", query, "");
-  if (!s.ok()) {
-    service_.log_.Warn("log service close failed",
-                       {{"key", logger_.key}, {"error", s.message()}});
-  }
+  closed_at_ = absl::Now();
+  // A service that is down is not waited for here: the step's result must
+  // not wait on its log. The flusher finishes the stream.
+  next_try_ = absl::InfinitePast();
+  if (!FinishCloseLocked()) service_.KeepClosing(shared_from_this());
 }
 
 uint64_t LogServiceStream::dropped() const {
   absl::MutexLock lock(&mu_);
   return dropped_;
+}
+
+size_t LogServiceStream::undelivered() const {
+  absl::MutexLock lock(&mu_);
+  return pending_.size();
 }
 
 LogService::LogService(http::HttpClient& http, Transport transport,
@@ -127,12 +200,26 @@ LogService::LogService(http::HttpClient& http, Transport transport,
       flusher_([this] { FlusherLoop(); }) {}
 
 LogService::~LogService() {
+  std::vector<std::shared_ptr<LogServiceStream>> closing;
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
     cv_.SignalAll();
   }
   flusher_.join();
+  {
+    absl::MutexLock lock(&mu_);
+    closing.swap(closing_);
+  }
+  // Nothing goes silently: say what the service never took.
+  for (auto& s : closing) {
+    absl::MutexLock send(&s->send_mu_);
+    s->next_try_ = absl::InfinitePast();
+    if (s->FinishCloseLocked()) continue;
+    log_.Warn(
+        "log lines not delivered at shutdown",
+        {{"key", s->logger_.key}, {"lines", absl::StrCat(s->undelivered())}});
+  }
 }
 
 absl::Status LogService::Send(const TaskLogger& logger,
@@ -156,26 +243,34 @@ absl::Status LogService::Send(const TaskLogger& logger,
     const std::string what =
         absl::StrCat(method, " ", TrimSlash(logger.address),
                      "/stream answered HTTP ", resp->status);
-    return resp->status >= 500 ? absl::UnavailableError(what)
-                               : absl::FailedPreconditionError(what);
+    if (resp->status == 404) return absl::NotFoundError(what);
+    return resp->status >= 500 || resp->status == 429
+               ? absl::UnavailableError(what)
+               : absl::FailedPreconditionError(what);
   }
   return absl::OkStatus();
+}
+
+absl::Status LogService::OpenStream(const TaskLogger& logger,
+                                    const std::string& query,
+                                    absl::Duration for_up_to) {
+  RetryPolicy policy;
+  policy.initial = absl::Milliseconds(500);
+  policy.max_elapsed = for_up_to;
+  return Retry(
+      policy, [&] { return Send(logger, "POST", query, ""); },
+      [this] {
+        absl::MutexLock lock(&mu_);
+        return stopping_;
+      });
 }
 
 std::shared_ptr<LogServiceStream> LogService::Open(const TaskLogger& logger) {
   std::shared_ptr<LogServiceStream> stream(new LogServiceStream(*this, logger));
   if (!logger.skip_opening_stream) {
-    RetryPolicy policy;
     // The step waits for this: a log service that is down delays it by a
     // few seconds, then its lines are still sent when it is back.
-    policy.initial = absl::Milliseconds(500);
-    policy.max_elapsed = absl::Seconds(5);
-    absl::Status s = Retry(
-        policy, [&] { return Send(logger, "POST", stream->query_, ""); },
-        [this] {
-          absl::MutexLock lock(&mu_);
-          return stopping_;
-        });
+    absl::Status s = OpenStream(logger, stream->query_, absl::Seconds(5));
     if (!s.ok()) {
       log_.Warn("log service open failed",
                 {{"key", logger.key}, {"error", s.message()}});
@@ -186,6 +281,11 @@ std::shared_ptr<LogServiceStream> LogService::Open(const TaskLogger& logger) {
     streams_.push_back(stream);
   }
   return stream;
+}
+
+void LogService::KeepClosing(std::shared_ptr<LogServiceStream> stream) {
+  absl::MutexLock lock(&mu_);
+  closing_.push_back(std::move(stream));
 }
 
 void LogService::FlusherLoop() {
@@ -202,15 +302,30 @@ void LogService::FlusherLoop() {
       }
     }
     streams_.swap(kept);
+    std::vector<std::shared_ptr<LogServiceStream>> closing;
+    closing.swap(closing_);
     mu_.Unlock();
     for (auto& s : live) {
       // A Close in progress flushes itself.
       if (s->send_mu_.TryLock()) {
-        s->FlushLocked();
+        (void)s->FlushLocked();
         s->send_mu_.Unlock();
       }
     }
+    std::vector<std::shared_ptr<LogServiceStream>> still;
+    for (auto& s : closing) {
+      absl::MutexLock send(&s->send_mu_);
+      if (s->FinishCloseLocked()) continue;
+      if (absl::Now() - s->closed_at_ < limits_.deliver_closed_for) {
+        still.push_back(s);
+        continue;
+      }
+      log_.Warn(
+          "gave up delivering a closed log stream",
+          {{"key", s->logger_.key}, {"lines", absl::StrCat(s->undelivered())}});
+    }
     mu_.Lock();
+    for (auto& s : still) closing_.push_back(std::move(s));
   }
 }
 
