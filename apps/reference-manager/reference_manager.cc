@@ -145,7 +145,13 @@ absl::StatusOr<std::unique_ptr<ReferenceManager>> ReferenceManager::Start(
       server,
       [self](const http::ServerRequest& req) { return self->Handle(req); });
   if (!s.ok()) return s.status();
-  m->server_ = *std::move(s);
+  {
+    // Requests may come before Start returns (a delegate retrying against
+    // a restarted manager): until base_url_ is set they are answered 503.
+    std::lock_guard lock(m->mu_);
+    m->base_url_ = (*s)->url();
+    m->server_ = *std::move(s);
+  }
   return m;
 }
 
@@ -181,6 +187,7 @@ http::ServerResponse ReferenceManager::Handle(const http::ServerRequest& req) {
   absl::Duration delay;
   {
     std::lock_guard lock(mu_);
+    if (base_url_.empty()) return Error(503, "starting");
     if (faults_.delay_next != 0) {
       delay = faults_.delay;
       if (faults_.delay_next > 0) --faults_.delay_next;
@@ -346,7 +353,7 @@ http::ServerResponse ReferenceManager::HandleAgent(
       const std::string key = t.step >= 0 ? absl::StrCat(s.id, "/step-", t.step)
                                           : absl::StrCat(s.id, "/", t.type);
       logger = absl::StrCat(
-          ",\"logger\":{\"address\":", Quote(url() + "/log-service/"),
+          ",\"logger\":{\"address\":", Quote(base_url_ + "/log-service/"),
           ",\"token\":", Quote("log-" + token_hash_.substr(0, 16)),
           ",\"key\":", Quote(key), ",\"account\":", Quote(options_.account_id),
           "}");

@@ -106,6 +106,7 @@ class ReferenceManager {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   Faults faults_;
+  std::string base_url_;  // the server's URL, once Start has it
   uint64_t next_id_ = 1;
   std::map<std::string, std::shared_ptr<DelegateRecord>> delegates_;
   std::map<std::string, std::shared_ptr<StageRecord>> stages_;
