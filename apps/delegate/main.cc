@@ -24,6 +24,7 @@
 #include "delegate/console_log_sink.h"
 #include "delegate/env.h"
 #include "delegate/event_log.h"
+#include "delegate/instance.h"
 #include "delegate/manager.h"
 #include "delegate/policy.h"
 #include "delegate/scheduler.h"
@@ -49,8 +50,11 @@ Commands:
   exec FILE      run a stage file (YAML or JSON) on this machine
   validate FILE  check a stage file and print every problem; runs nothing
   config         print the effective configuration (the token is never shown)
-  cleanup        remove what earlier runs of this delegate name left on the
-                 Docker Engine (containers, networks, volumes), after a crash
+  cleanup        remove what crashed or killed runs of this delegate left on
+                 the Docker Engine (containers, networks, volumes): those of
+                 the instances recorded in DELEGATE_STATE_DIR whose process
+                 is gone; with --all-instances, everything labelled with
+                 this HARNESS_NAME, live delegates' containers too
   version        print the version and the build's git commit
 
 Options:
@@ -74,11 +78,12 @@ Options:
   --drain-timeout DUR    exec: on SIGTERM or SIGINT, let the stage run this
                          long before cancelling it (default 30s); a second
                          signal cancels at once
+  --all-instances        cleanup: every instance of this name, live ones too
 
 Environment: HARNESS_ACCOUNT_ID, HARNESS_TOKEN, HARNESS_URL, HARNESS_NAME,
 HARNESS_TAGS, MAX_STAGES, PARALLEL_WORKERS, POLL_INTERVAL_MILLISECS,
 IDLE_WAIT_SECS_BEFORE_STOP, CLEANUP_GRACE_PERIOD_SECONDS, HARNESS_WORKDIR,
-HARNESS_CERTS_DIR, HARNESS_CLIENT_CERT_FILE, HARNESS_CLIENT_KEY_FILE,
+DELEGATE_STATE_DIR, HARNESS_CERTS_DIR, HARNESS_CLIENT_CERT_FILE, HARNESS_CLIENT_KEY_FILE,
 PROXY_HOST/PORT/SCHEME/USER/PASSWORD, NO_PROXY, HTTPS_BIND (README.md lists every variable and its aliases).
 
 Exit status: 0 every step succeeded (server: drained and unregistered), 1 a
@@ -97,6 +102,7 @@ struct Args {
   std::string runtime_tls_key;
   std::string runtime_client_ca;
   absl::Duration drain = absl::Seconds(30);
+  bool all_instances = false;
 };
 
 // The options that take a string, as --NAME VALUE or --NAME=VALUE.
@@ -153,6 +159,8 @@ std::optional<int> ParseArgs(int argc, char** argv, Args& args) {
           args.drain < absl::ZeroDuration()) {
         return Usage("--drain-timeout: expected a duration like 30s");
       }
+    } else if (arg == "--all-instances") {
+      args.all_instances = true;
     } else if (absl::StartsWith(arg, "-")) {
       return Usage(absl::StrCat("unknown option ", arg));
     } else {
@@ -278,6 +286,16 @@ int Serve(const Args& args) {
   }
   std::optional<delegate::OperatorPolicy> policy = LoadPolicyOrSay();
   if (!policy) return kExitInvalid;
+  // The server's instance is kept in the state directory: restarted, it is
+  // the same instance and removes what its crashed run left.
+  absl::StatusOr<std::unique_ptr<delegate::InstanceLease>> lease =
+      delegate::InstanceLease::Acquire(config->StateDir(), true);
+  if (!lease.ok()) {
+    fprintf(stderr, "delegate: %s\n",
+            std::string(lease.status().message()).c_str());
+    return kExitInvalid;
+  }
+  config->instance = (*lease)->id();
   delegate::DelegateServerOptions options;
   options.config = *config;
   options.policy = *policy;
@@ -334,7 +352,12 @@ int Run(const Args& args) {
   delegate::DockerExecutorOptions docker;
   docker.grace_period = config->cleanup_grace_period;
   if (args.command == "cleanup") {
-    auto removed = delegate::ReapDockerLeftovers(docker, config->name);
+    const std::string state_dir = config->StateDir();
+    const std::vector<std::string> gone =
+        delegate::FindGoneInstances(state_dir);
+    auto removed = args.all_instances
+                       ? delegate::ReapDockerLeftovers(docker, config->name)
+                       : delegate::ReapDockerInstances(docker, gone);
     if (!removed.ok()) {
       fprintf(stderr, "delegate: cleanup: %s\n",
               std::string(removed.status().message()).c_str());
@@ -343,6 +366,7 @@ int Run(const Args& args) {
     for (const std::string& what : *removed) {
       printf("removed %s\n", what.c_str());
     }
+    for (const std::string& id : gone) delegate::ForgetInstance(state_dir, id);
     printf("delegate %s: %zu leftovers removed\n", config->name.c_str(),
            removed->size());
     return kExitOk;
@@ -358,6 +382,22 @@ int Run(const Args& args) {
   }
   std::optional<delegate::OperatorPolicy> policy = LoadPolicyOrSay();
   if (!policy) return kExitInvalid;
+  // One run, one instance: if this process is killed, `delegate cleanup`
+  // finds what it left by this id, and leaves live runs of the same name
+  // alone. Without a usable state directory the stage still runs.
+  std::unique_ptr<delegate::InstanceLease> lease;
+  if (args.command == "exec") {
+    auto acquired = delegate::InstanceLease::Acquire(config->StateDir(), false);
+    if (acquired.ok()) {
+      lease = *std::move(acquired);
+      config->instance = lease->id();
+    } else {
+      fprintf(stderr,
+              "delegate: warning: %s; a crash of this run leaves containers "
+              "that only `delegate cleanup --all-instances` removes\n",
+              std::string(acquired.status().message()).c_str());
+    }
+  }
   delegate::ExecutorRegistry registry;
   if (absl::Status s = delegate::RegisterBuiltins(
           *config, delegate::ProcessEnvironment(), registry, nullptr);

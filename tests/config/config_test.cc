@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <tuple>
@@ -449,10 +450,21 @@ TEST(DumpTest, ShowsEachSettingWithSource) {
               HasSubstr("poll_interval = 1.5s (POLL_INTERVAL_MILLISECS)\n"));
   EXPECT_THAT(dump, HasSubstr("cleanup_grace_period = 10s (default)\n"));
   EXPECT_THAT(dump, HasSubstr("workdir = "));
+  EXPECT_THAT(dump, HasSubstr("/.delegate-state (default)\n"));
   EXPECT_THAT(dump, HasSubstr("ops_bind = :3000 (default)\n"));
   EXPECT_THAT(dump, HasSubstr("proxy = <unset> (default)\n"));
   // One line per setting.
-  EXPECT_EQ(std::count(dump.begin(), dump.end(), '\n'), 19);
+  EXPECT_EQ(std::count(dump.begin(), dump.end(), '\n'), 20);
+}
+
+TEST(DumpTest, TheStateDirectoryIsMadeAbsoluteAndShown) {
+  EnvMap env = ServerEnv();
+  env["DELEGATE_STATE_DIR"] = "state";
+  DelegateConfig cfg = LoadOk(env, {}, ConfigNeed::kServer);
+  EXPECT_EQ(cfg.StateDir(),
+            std::filesystem::current_path().string() + "/state");
+  EXPECT_THAT(cfg.Dump(), HasSubstr("state_dir = " + cfg.StateDir() +
+                                    " (DELEGATE_STATE_DIR)\n"));
 }
 
 TEST(DumpTest, PasswordInTheManagerUrlIsStarred) {
@@ -628,10 +640,9 @@ TEST(MaskedValuesTest, EveryCredentialTheDelegateHoldsIsMasked) {
                                {"AWS_SECRET_ACCESS_KEY", "aws-secret-key-1"},
                                {"AWS_SESSION_TOKEN", "aws-session-tok"}});
   std::vector<std::string> masked = cfg.MaskedValues();
-  for (const std::string& v : {b64, hex, std::string("url-pw!"),
-                               std::string("proxy pw/1"),
-                               std::string("aws-secret-key-1"),
-                               std::string("aws-session-tok")}) {
+  for (const std::string& v :
+       {b64, hex, std::string("url-pw!"), std::string("proxy pw/1"),
+        std::string("aws-secret-key-1"), std::string("aws-session-tok")}) {
     EXPECT_NE(std::find(masked.begin(), masked.end(), v), masked.end()) << v;
   }
 }
@@ -655,7 +666,8 @@ TEST(LoadConfigTest, RelativePathSettingsAreMadeAbsolute) {
   EXPECT_EQ(cfg.certs_dir, here + "/certs");
   EXPECT_EQ(cfg.client_cert_file, here + "/tls/c.pem");
   EXPECT_EQ(cfg.client_key_file, "/abs/k.pem");
-  EXPECT_THAT(cfg.Dump(), HasSubstr("workdir = " + here + "/w (HARNESS_WORKDIR)"));
+  EXPECT_THAT(cfg.Dump(),
+              HasSubstr("workdir = " + here + "/w (HARNESS_WORKDIR)"));
 }
 
 TEST(TokenFileTest, TokenIsReadFromTheFileWithTheNewlineTrimmed) {
@@ -685,8 +697,8 @@ TEST(TokenFileTest, UnreadableOrEmptyFileNamesTheVariable) {
 }
 
 TEST(TokenFileTest, AVariableWinsOverTheFileWithAWarning) {
-  DelegateConfig cfg = LoadOk(
-      {{"TOKEN", kToken}, {"HARNESS_TOKEN_FILE", "/nonexistent/token"}});
+  DelegateConfig cfg =
+      LoadOk({{"TOKEN", kToken}, {"HARNESS_TOKEN_FILE", "/nonexistent/token"}});
   EXPECT_EQ(cfg.token.reveal(), kToken);
   EXPECT_THAT(cfg.warnings,
               ElementsAre("TOKEN and HARNESS_TOKEN_FILE are both set; using "

@@ -1,6 +1,7 @@
 // A delegate killed with SIGKILL in the middle of a docker stage leaves its
 // container, network and volumes behind; `delegate cleanup` under the same
-// HARNESS_NAME removes them. Runs the real binary on the real Docker Engine.
+// HARNESS_NAME and state directory removes them, and nothing of a run that
+// still lives. Runs the real binary on the real Docker Engine.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -102,6 +103,16 @@ steps:
       << "the step did not start";
   ASSERT_FALSE(exec.Exited()) << exec.Output();
 
+  // Cleanup while the run lives (another delegate of the same name, or an
+  // operator) leaves its containers alone.
+  const size_t running = client_->ListContainers(Label())->size();
+  ASSERT_GT(running, 0u);
+  Outcome early = Cleanup();
+  EXPECT_EQ(early.exit_code, 0) << early.out;
+  EXPECT_THAT(early.out, HasSubstr("0 leftovers removed"));
+  EXPECT_EQ(client_->ListContainers(Label())->size(), running);
+  EXPECT_FALSE(exec.Exited()) << exec.Output();
+
   ASSERT_EQ(kill(exec.pid(), SIGKILL), 0);
   Outcome killed = exec.Wait();
   EXPECT_EQ(killed.exit_code, 128 + SIGKILL);
@@ -138,6 +149,62 @@ steps:
   Outcome again = Cleanup();
   EXPECT_EQ(again.exit_code, 0) << again.out;
   EXPECT_THAT(again.out, HasSubstr("0 leftovers removed"));
+}
+
+TEST_F(DockerReapTest,
+       AServerStartRemovesWhatKilledRunsLeftNotWhatLiveOnesRun) {
+  // Two runs of this name: one killed mid-step, one still running.
+  auto start = [&](const std::string& id) {
+    const std::string file =
+        Write(id + ".yaml", absl::StrCat(R"yaml(name: )yaml", id, R"yaml(
+platform: docker
+steps:
+  - id: sleeper
+    image: delegate-test/busybox:latest
+    pull: if-not-present
+    commands: ["echo up-$((6*7))", "sleep 300"]
+)yaml"));
+    auto run = std::make_unique<DelegateProcess>(
+        std::vector<std::string>{"exec", file}, Env(),
+        dir_ + "/" + id + ".log");
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (!absl::StrContains(run->Output(), "up-42") && !run->Exited() &&
+           absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return run;
+  };
+  auto killed = start("killed");
+  ASSERT_THAT(killed->Output(), HasSubstr("up-42"));
+  ASSERT_EQ(kill(killed->pid(), SIGKILL), 0);
+  killed->Wait();
+  auto live = start("live");
+  ASSERT_THAT(live->Output(), HasSubstr("up-42"));
+  const std::string stage_label = "io.libdelegate.stage=";
+  ASSERT_THAT(client_->ListContainers(stage_label + "killed").value(),
+              Not(IsEmpty()));
+  ASSERT_THAT(client_->ListContainers(stage_label + "live").value(),
+              Not(IsEmpty()));
+
+  std::vector<std::string> env = Env();
+  env.push_back("HTTPS_BIND=127.0.0.1:0");
+  DelegateProcess server(
+      {"server", "--manager", "none", "--runtime-listen", "127.0.0.1:0"}, env,
+      dir_ + "/server.log");
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (!absl::StrContains(server.Output(), "serving RuntimeService") &&
+         !server.Exited() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_THAT(server.Output(), HasSubstr("serving RuntimeService"));
+  EXPECT_THAT(server.Output(),
+              HasSubstr("removed a leftover of an earlier run"));
+  EXPECT_THAT(client_->ListContainers(stage_label + "killed").value(),
+              IsEmpty());
+  EXPECT_THAT(client_->ListContainers(stage_label + "live").value(),
+              Not(IsEmpty()))
+      << "the start of a server removed a live run's container";
+  EXPECT_FALSE(live->Exited()) << live->Output();
 }
 
 TEST_F(DockerReapTest, CleanupWithNothingLeftRemovesNothing) {

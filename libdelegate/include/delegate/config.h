@@ -36,6 +36,9 @@ class DELEGATE_EXPORT SecretString {
 };
 
 struct DELEGATE_EXPORT DelegateConfig {
+  // state_dir, or its default when it is empty.
+  std::string StateDir() const;
+
   std::string account_id;
   SecretString token;
   std::string manager_url;
@@ -51,6 +54,14 @@ struct DELEGATE_EXPORT DelegateConfig {
   // client_cert_file, client_key_file) absolute against the current
   // directory, as steps run in their own workspace.
   std::string workdir;
+  // DELEGATE_STATE_DIR: where the delegate keeps what must outlive its
+  // process (delegate/instance.h); made absolute like workdir. Empty: the
+  // directory .delegate-state under workdir (or under $TMPDIR or /tmp).
+  std::string state_dir;
+  // This process's instance (InstanceLease::id), set by the program that
+  // took the lease, not read from the environment. Labelled on what the
+  // executors make; empty: nothing is labelled with an instance.
+  std::string instance;
   // After SIGTERM, once the running stages are done: how long to stay
   // registered with nothing to do before unregistering and exiting.
   absl::Duration idle_wait_before_stop = absl::ZeroDuration();

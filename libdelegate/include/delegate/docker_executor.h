@@ -21,6 +21,14 @@ struct DockerExecutorOptions {
   std::string docker_host;
   // A stopped step's container gets SIGTERM, then SIGKILL after this long.
   absl::Duration grace_period = absl::Seconds(10);
+  // This process's instance (delegate/instance.h), labelled
+  // io.libdelegate.instance on everything the executor makes. Empty: none.
+  std::string instance;
+  // Where instances are recorded. When set, the delegate's start removes
+  // what its own instance (a crashed earlier run) and every gone instance
+  // recorded there left; nothing of a live instance, nor of one recorded
+  // elsewhere. Empty: nothing is removed at start.
+  std::string state_dir;
 };
 
 // Registers "docker": every step runs in a container of its image, on a
@@ -30,11 +38,18 @@ struct DockerExecutorOptions {
 DELEGATE_EXPORT absl::Status RegisterDockerExecutor(
     ExecutorRegistry& registry, DockerExecutorOptions options);
 
-// Removes what an earlier run of the delegate `delegate_name` left on the
-// Docker Engine (after a crash or SIGKILL) and returns what it removed, one
+// Removes everything labelled with the delegate name `delegate_name` on the
+// Docker Engine, of every instance, live ones too (`delegate cleanup
+// --all-instances`), and returns what it removed, one
 // "container 0123456789ab" / "network ..." / "volume ..." each.
 DELEGATE_EXPORT absl::StatusOr<std::vector<std::string>> ReapDockerLeftovers(
     const DockerExecutorOptions& options, const std::string& delegate_name);
+
+// Removes what the instances `instances` left on the Docker Engine (after a
+// crash or SIGKILL), and returns what it removed, as above.
+DELEGATE_EXPORT absl::StatusOr<std::vector<std::string>> ReapDockerInstances(
+    const DockerExecutorOptions& options,
+    const std::vector<std::string>& instances);
 
 // What "docker" runs: everything the policy knows.
 DELEGATE_EXPORT const PlatformProfile& DockerPlatformProfile();

@@ -66,6 +66,7 @@ constexpr absl::string_view kParallelWorkersVar = "PARALLEL_WORKERS";
 constexpr absl::string_view kPollIntervalVar = "POLL_INTERVAL_MILLISECS";
 constexpr absl::string_view kGracePeriodVar = "CLEANUP_GRACE_PERIOD_SECONDS";
 constexpr absl::string_view kWorkdirVar = "HARNESS_WORKDIR";
+constexpr absl::string_view kStateDirVar = "DELEGATE_STATE_DIR";
 constexpr absl::string_view kIdleWaitVar = "IDLE_WAIT_SECS_BEFORE_STOP";
 constexpr absl::string_view kOpsBindVar = "HTTPS_BIND";
 constexpr absl::string_view kManagerTimeoutVar =
@@ -289,8 +290,7 @@ absl::StatusOr<std::string> AbsolutePath(absl::string_view var,
   if (ec) {
     return absl::FailedPreconditionError(
         absl::StrCat(var, ": cannot make '", EscapeControl(path),
-                     "' absolute: ", ec.message(),
-                     "; give an absolute path"));
+                     "' absolute: ", ec.message(), "; give an absolute path"));
   }
   return absolute.lexically_normal().string();
 }
@@ -300,9 +300,9 @@ absl::StatusOr<std::string> AbsolutePath(absl::string_view var,
 // content.
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
   auto fail = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kTokenFileVar, ": cannot read the token from '", EscapeControl(path),
-        "': ", why));
+    return absl::InvalidArgumentError(
+        absl::StrCat(kTokenFileVar, ": cannot read the token from '",
+                     EscapeControl(path), "': ", why));
   };
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return fail(std::strerror(errno));
@@ -341,16 +341,27 @@ std::vector<absl::string_view> AllConfigVariables() {
   for (auto v : kNoProxyNames) all.push_back(v);
   for (auto v : kProxyUrlNames) all.push_back(v);
   for (auto v :
-       {kTokenFileVar, kMaxPayloadVar, kMaxStagesVar, kParallelWorkersVar, kPollIntervalVar, kGracePeriodVar,
-        kWorkdirVar, kIdleWaitVar, kOpsBindVar, kManagerTimeoutVar,
-        kCertsDirVar, kClientCertVar, kClientKeyVar, kProxyHostVar,
-        kProxyPortVar, kProxySchemeVar, kProxyUserVar, kProxyPasswordVar}) {
+       {kTokenFileVar, kMaxPayloadVar, kMaxStagesVar, kParallelWorkersVar,
+        kPollIntervalVar, kGracePeriodVar, kWorkdirVar, kStateDirVar,
+        kIdleWaitVar, kOpsBindVar, kManagerTimeoutVar, kCertsDirVar,
+        kClientCertVar, kClientKeyVar, kProxyHostVar, kProxyPortVar,
+        kProxySchemeVar, kProxyUserVar, kProxyPasswordVar}) {
     all.push_back(v);
   }
   return all;
 }
 
 }  // namespace
+
+std::string DelegateConfig::StateDir() const {
+  if (!state_dir.empty()) return state_dir;
+  std::string root = workdir;
+  if (root.empty()) {
+    const char* tmp = getenv("TMPDIR");
+    root = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+  }
+  return absl::StrCat(root, "/.delegate-state");
+}
 
 std::string DelegateConfig::Dump() const {
   const std::string& secret = token.reveal();
@@ -386,6 +397,7 @@ std::string DelegateConfig::Dump() const {
   out += line("cleanup_grace_period", FormatSeconds(cleanup_grace_period));
   out += line("workdir", workdir.empty() ? std::string("$TMPDIR or /tmp")
                                          : Shown(workdir, secret));
+  out += line("state_dir", Shown(StateDir(), secret));
   out += line("idle_wait_before_stop", FormatSeconds(idle_wait_before_stop));
   out += line("manager_timeout", FormatSeconds(manager_timeout));
   out += line("ops_bind", text(ops_bind));
@@ -408,7 +420,8 @@ std::vector<std::string> DelegateConfig::MaskedValues() const {
     if (absl::Base64Unescape(Trim(raw), &decoded) && !decoded.empty()) {
       bool printable = true;
       for (char c : decoded) {
-        printable = printable && absl::ascii_isgraph(static_cast<unsigned char>(c));
+        printable =
+            printable && absl::ascii_isgraph(static_cast<unsigned char>(c));
       }
       if (printable) values.push_back(decoded);
     }
@@ -578,6 +591,14 @@ absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
     if (!path.ok()) return path.status();
     cfg.workdir = *std::move(path);
     cfg.sources["workdir"] = std::string(kWorkdirVar);
+  }
+
+  cfg.sources["state_dir"] = std::string(kDefaultSource);
+  if (std::optional<std::string> v = Lookup(env, kStateDirVar)) {
+    absl::StatusOr<std::string> path = AbsolutePath(kStateDirVar, *v);
+    if (!path.ok()) return path.status();
+    cfg.state_dir = *std::move(path);
+    cfg.sources["state_dir"] = std::string(kStateDirVar);
   }
 
   cfg.sources["idle_wait_before_stop"] = std::string(kDefaultSource);

@@ -16,6 +16,10 @@ absl::Status RegisterBuiltins(const DelegateConfig& config, const EnvMap& env,
   host.grace_period = config.cleanup_grace_period;
   DockerExecutorOptions docker;
   docker.grace_period = config.cleanup_grace_period;
+  docker.instance = config.instance;
+  // Leftovers are looked for at start only by a program that holds an
+  // instance lease (the delegate binary does).
+  if (!config.instance.empty()) docker.state_dir = config.StateDir();
   absl::StatusOr<EcsExecutorOptions> ecs = LoadEcsExecutorOptions(env);
   if (!ecs.ok()) return ecs.status();
   ecs->grace_period = config.cleanup_grace_period;

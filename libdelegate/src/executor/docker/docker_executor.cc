@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "delegate/instance.h"
 #include "executor/docker/docker_client.h"
 #include "executor/names.h"
 #include "executor/outputs.h"
@@ -31,6 +32,7 @@ using docker::DockerClient;
 using docker::Mount;
 
 constexpr const char* kLabelDelegate = "io.libdelegate.delegate";
+constexpr const char* kLabelInstance = "io.libdelegate.instance";
 constexpr const char* kLabelTask = "io.libdelegate.task";
 // "<delegate name>/<task id>": what cleanup looks for, so that two delegates
 // on one engine never take each other's objects for their own.
@@ -225,10 +227,14 @@ absl::Status DockerExecutor::Validate(const Stage& stage) {
 
 std::map<std::string, std::string> DockerExecutor::Labels(
     const StageContext& ctx) const {
-  return {{kLabelDelegate, ctx.delegate_name},
-          {kLabelTask, ctx.task_id},
-          {kLabelTransaction, Transaction(ctx)},
-          {kLabelStage, ctx.stage.name}};
+  std::map<std::string, std::string> labels = {
+      {kLabelDelegate, ctx.delegate_name},
+      {kLabelTask, ctx.task_id},
+      {kLabelTransaction, Transaction(ctx)},
+      {kLabelStage, ctx.stage.name}};
+  const std::string& instance = shared_->options().instance;
+  if (!instance.empty()) labels[kLabelInstance] = instance;
+  return labels;
 }
 
 absl::Status DockerExecutor::Initialize(const StageContext& ctx) {
@@ -667,17 +673,24 @@ absl::Status RegisterDockerExecutor(ExecutorRegistry& registry,
   auto shared = std::make_shared<DockerShared>(options);
   ExecutorTraits traits;
   traits.profile = &DockerPlatformProfile();
-  // What a crashed earlier run of this delegate name left on the engine goes
-  // before the first stage. No engine is no error: the delegate may run host
-  // steps only.
+  // What a crashed earlier run of this instance, and what gone instances
+  // recorded in the same state directory left on the engine goes before the
+  // first stage; a live instance of the same name keeps its containers. No
+  // engine is no error: the delegate may run host steps only.
   traits.on_start = [options](const ExecutorStartup& startup) {
+    if (options.state_dir.empty()) return;
+    std::vector<std::string> gone = FindGoneInstances(options.state_dir);
+    std::vector<std::string> instances = gone;
+    if (!options.instance.empty()) instances.push_back(options.instance);
+    if (instances.empty()) return;
     absl::StatusOr<std::vector<std::string>> reaped =
-        ReapDockerLeftovers(options, startup.delegate_name);
+        ReapDockerInstances(options, instances);
     if (reaped.ok()) {
       for (const std::string& what : *reaped) {
         startup.log->Info("removed a leftover of an earlier run",
                           {{"what", what}});
       }
+      for (const std::string& id : gone) ForgetInstance(options.state_dir, id);
     } else if (!absl::IsUnavailable(reaped.status())) {
       startup.log->Warn("could not look for leftovers on Docker",
                         {{"error", reaped.status().message()}});
@@ -698,6 +711,22 @@ const PlatformProfile& DockerPlatformProfile() {
       .instead = "",
   };
   return kProfile;
+}
+
+absl::StatusOr<std::vector<std::string>> ReapDockerInstances(
+    const DockerExecutorOptions& options,
+    const std::vector<std::string>& instances) {
+  DockerShared shared(options);
+  absl::StatusOr<docker::DockerClient*> client = shared.Client();
+  if (!client.ok()) return client.status();
+  std::vector<std::string> removed;
+  for (const std::string& instance : instances) {
+    if (instance.empty()) continue;
+    absl::Status s = RemoveLabelled(
+        **client, absl::StrCat(kLabelInstance, "=", instance), &removed);
+    if (!s.ok()) return s;
+  }
+  return removed;
 }
 
 absl::StatusOr<std::vector<std::string>> ReapDockerLeftovers(
