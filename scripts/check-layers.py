@@ -60,7 +60,7 @@ PUBLIC = {
     "scheduler.h": ("core", 5), "stage_run.h": ("core", 5),
     "host_executor.h": ("core", 6),
     "manager.h": ("core", 7), "metrics.h": ("core", 7),
-    "instance.h": ("core", 7),
+    "instance.h": ("core", 0),
     "docker_executor.h": ("docker", None),
     "ecs_executor.h": ("ecs", None),
     "harness.h": ("harness", None),

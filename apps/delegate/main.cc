@@ -358,6 +358,17 @@ int Run(const Args& args) {
     auto removed = args.all_instances
                        ? delegate::ReapDockerLeftovers(docker, config->name)
                        : delegate::ReapDockerInstances(docker, gone);
+    // Stage directories on this machine: only by instance, since the work
+    // root may be shared by delegates of other names.
+    std::vector<std::string> workspaces =
+        delegate::ReapHostLeftovers(config->workdir, gone);
+    if (removed.ok()) {
+      removed->insert(removed->end(), workspaces.begin(), workspaces.end());
+    } else {
+      for (const std::string& what : workspaces) {
+        printf("removed %s\n", what.c_str());
+      }
+    }
     if (!removed.ok()) {
       fprintf(stderr, "delegate: cleanup: %s\n",
               std::string(removed.status().message()).c_str());

@@ -372,7 +372,8 @@ TEST_F(DelegateBinaryTest, StepOfTheSameUserCannotReadTheDelegatesProcEntries) {
   EXPECT_THAT(out.str(), HasSubstr("probe | ABSENT"));
 }
 
-TEST_F(DelegateBinaryTest, SigkillDuringAHostStepTakesTheStepsProcessesWithIt) {
+TEST_F(DelegateBinaryTest,
+       SigkillDuringAHostStepKillsItsProcessesAndCleanupFindsItsWorkspace) {
   const std::string pids = dir_ + "/pids";
   const std::string file = Write(
       "killed.yaml", absl::StrCat(R"(name: killed
@@ -399,6 +400,24 @@ steps:
     }
     EXPECT_FALSE(Running(pid)) << pid << " outlived the killed delegate";
   }
+  // Its workspace is left; `delegate cleanup` finds it by the run's
+  // instance, and a live run's workspace stays.
+  const std::string live_file = Write("live.yaml", R"(name: live
+steps:
+  - {id: wait, commands: ["echo live", "sleep 300"]}
+)");
+  DelegateProcess live({"exec", live_file},
+                       {"HARNESS_WORKDIR=" + dir_ + "/work"},
+                       dir_ + "/live.log");
+  AwaitOutput(live, "live");
+  ASSERT_EQ(StageDirs(), 2u);
+  Outcome cleanup = Run({"cleanup"});
+  EXPECT_EQ(cleanup.exit_code, 0) << cleanup.out;
+  EXPECT_THAT(cleanup.out, HasSubstr("removed workspace "));
+  EXPECT_THAT(cleanup.out, HasSubstr("/work/delegate-killed-"));
+  EXPECT_THAT(cleanup.out, HasSubstr(": 1 leftovers removed"));
+  EXPECT_EQ(StageDirs(), 1u) << "the live run's workspace went too";
+  EXPECT_FALSE(live.Exited());
 }
 
 TEST_F(DelegateBinaryTest, SigtermDuringAStageDrainsThenCleansUp) {

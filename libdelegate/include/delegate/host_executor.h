@@ -28,11 +28,25 @@ struct HostExecutorOptions {
   // The environment steps start from, "KEY=VALUE". Unset: the delegate's own
   // environment without the delegate token variables.
   std::optional<std::vector<std::string>> base_env;
+  // This process's instance (delegate/instance.h), written into each stage
+  // directory (engine/instance) so that a stage directory left by a crash
+  // is found by instance. Empty: none.
+  std::string instance;
+  // Where instances are recorded. When set, the delegate's start removes the
+  // stage directories its own instance (a crashed earlier run) and every
+  // gone instance recorded there left. Empty: none are removed at start.
+  std::string state_dir;
 };
 
 // Registers "host": steps without an image, run by /bin/sh as host processes.
 DELEGATE_EXPORT absl::Status RegisterHostExecutor(ExecutorRegistry& registry,
                                                   HostExecutorOptions options);
+
+// Removes the stage directories under `workdir` ($TMPDIR or /tmp when
+// empty) that the instances `instances` left (a crash or SIGKILL skipped
+// their cleanup), and returns them, one "workspace PATH" each.
+DELEGATE_EXPORT std::vector<std::string> ReapHostLeftovers(
+    const std::string& workdir, const std::vector<std::string>& instances);
 
 // Registers "local", Harness's local infrastructure: within one stage, a
 // step with an image runs on the executor registered as `docker_platform`,

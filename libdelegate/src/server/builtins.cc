@@ -14,12 +14,16 @@ absl::Status RegisterBuiltins(const DelegateConfig& config, const EnvMap& env,
   HostExecutorOptions host;
   host.workdir = config.workdir;
   host.grace_period = config.cleanup_grace_period;
+  host.instance = config.instance;
   DockerExecutorOptions docker;
   docker.grace_period = config.cleanup_grace_period;
   docker.instance = config.instance;
   // Leftovers are looked for at start only by a program that holds an
   // instance lease (the delegate binary does).
-  if (!config.instance.empty()) docker.state_dir = config.StateDir();
+  if (!config.instance.empty()) {
+    docker.state_dir = config.StateDir();
+    host.state_dir = config.StateDir();
+  }
   absl::StatusOr<EcsExecutorOptions> ecs = LoadEcsExecutorOptions(env);
   if (!ecs.ok()) return ecs.status();
   ecs->grace_period = config.cleanup_grace_period;

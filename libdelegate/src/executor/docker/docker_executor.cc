@@ -679,8 +679,9 @@ absl::Status RegisterDockerExecutor(ExecutorRegistry& registry,
   // engine is no error: the delegate may run host steps only.
   traits.on_start = [options](const ExecutorStartup& startup) {
     if (options.state_dir.empty()) return;
-    std::vector<std::string> gone = FindGoneInstances(options.state_dir);
-    std::vector<std::string> instances = gone;
+    // Gone instances stay recorded (`delegate cleanup` forgets them): the
+    // host executor looks for their stage directories too.
+    std::vector<std::string> instances = FindGoneInstances(options.state_dir);
     if (!options.instance.empty()) instances.push_back(options.instance);
     if (instances.empty()) return;
     absl::StatusOr<std::vector<std::string>> reaped =
@@ -690,7 +691,6 @@ absl::Status RegisterDockerExecutor(ExecutorRegistry& registry,
         startup.log->Info("removed a leftover of an earlier run",
                           {{"what", what}});
       }
-      for (const std::string& id : gone) ForgetInstance(options.state_dir, id);
     } else if (!absl::IsUnavailable(reaped.status())) {
       startup.log->Warn("could not look for leftovers on Docker",
                         {{"error", reaped.status().message()}});

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <system_error>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "delegate/env.h"
+#include "delegate/instance.h"
 #include "executor/names.h"
 #include "executor/outputs.h"
 #include "executor/shell.h"
@@ -45,6 +47,25 @@ std::string Describe(const ExitInfo& exit) {
   }
   return absl::StrCat("exit status ", exit.exit_code);
 }
+
+// The absolute root of the stage directories: `workdir`, or $TMPDIR or
+// /tmp. Steps run in their workspace, not in the delegate's directory:
+// every path handed to them (output file, script) must be absolute.
+std::string WorkRoot(const std::string& workdir) {
+  std::string root = workdir;
+  if (root.empty()) {
+    const char* tmp = getenv("TMPDIR");
+    root = tmp && *tmp ? tmp : "/tmp";
+  }
+  std::error_code ec;
+  if (fs::path absolute = fs::absolute(root, ec); !ec) {
+    root = absolute.lexically_normal().string();
+  }
+  return root;
+}
+
+// Under a stage directory's engine/: the instance that made it.
+constexpr char kInstanceFile[] = "instance";
 
 // Never empty and never a dot file (".", "..").
 std::string SafeFileName(std::string_view s) {
@@ -120,17 +141,8 @@ absl::Status HostExecutor::Validate(const Stage& stage) {
 }
 
 absl::Status HostExecutor::Initialize(const StageContext& ctx) {
-  std::string root = options_.workdir;
-  if (root.empty()) {
-    const char* tmp = getenv("TMPDIR");
-    root = tmp && *tmp ? tmp : "/tmp";
-  }
+  std::string root = WorkRoot(options_.workdir);
   std::error_code ec;
-  // Steps run in their workspace, not in the delegate's directory: every
-  // path handed to them (output file, script) must be absolute.
-  if (fs::path absolute = fs::absolute(root, ec); !ec) {
-    root = absolute.lexically_normal().string();
-  }
   fs::create_directories(root, ec);
   std::string pattern =
       (fs::path(root) / ("delegate-" + SafeFileName(ctx.task_id) + "-XXXXXX"))
@@ -156,6 +168,9 @@ absl::Status HostExecutor::Initialize(const StageContext& ctx) {
           absl::StrCat("volume ", volume.name, ": cannot create ", dir.string(),
                        ": ", ec.message()));
     }
+  }
+  if (!options_.instance.empty()) {
+    std::ofstream(stage_dir_ / "engine" / kInstanceFile) << options_.instance;
   }
   ctx.output.SystemLine(absl::StrCat("workspace ", workspace_.string()));
   return absl::OkStatus();
@@ -384,16 +399,57 @@ std::vector<std::string> DefaultBaseEnv() {
 
 }  // namespace
 
+std::vector<std::string> ReapHostLeftovers(
+    const std::string& workdir, const std::vector<std::string>& instances) {
+  std::vector<std::string> removed;
+  if (instances.empty()) return removed;
+  std::error_code ec;
+  fs::directory_iterator it(WorkRoot(workdir), ec);
+  if (ec) return removed;
+  for (const fs::directory_entry& entry : it) {
+    if (!absl::StartsWith(entry.path().filename().string(), "delegate-")) {
+      continue;
+    }
+    std::ifstream in(entry.path() / "engine" / kInstanceFile);
+    std::string instance;
+    if (!std::getline(in, instance)) continue;
+    if (std::find(instances.begin(), instances.end(), instance) ==
+        instances.end()) {
+      continue;
+    }
+    std::error_code rm;
+    fs::remove_all(entry.path(), rm);
+    if (!rm) removed.push_back("workspace " + entry.path().string());
+  }
+  return removed;
+}
+
 absl::Status RegisterHostExecutor(ExecutorRegistry& registry,
                                   HostExecutorOptions options) {
   auto shared = std::make_shared<HostShared>();
   shared->base_env = options.base_env ? *options.base_env : DefaultBaseEnv();
+  ExecutorTraits traits;
+  traits.profile = &HostPlatformProfile();
+  // The stage directories a crashed earlier run of this instance, and gone
+  // instances recorded in the same state directory, left.
+  if (!options.state_dir.empty()) {
+    traits.on_start = [options](const ExecutorStartup& startup) {
+      std::vector<std::string> instances = FindGoneInstances(options.state_dir);
+      if (!options.instance.empty()) instances.push_back(options.instance);
+      for (const std::string& what :
+           ReapHostLeftovers(options.workdir, instances)) {
+        startup.log->Info("removed a leftover of an earlier run",
+                          {{"what", what}});
+      }
+    };
+  }
   shared->options = std::move(options);
-  return registry.Register("host",
-                           [shared]() -> std::unique_ptr<Executor> {
-                             return std::make_unique<HostExecutor>(shared);
-                           },
-                           {.profile = &HostPlatformProfile()});
+  return registry.Register(
+      "host",
+      [shared]() -> std::unique_ptr<Executor> {
+        return std::make_unique<HostExecutor>(shared);
+      },
+      std::move(traits));
 }
 
 const PlatformProfile& HostPlatformProfile() {
