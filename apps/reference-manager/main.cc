@@ -3,9 +3,10 @@
 // protocol (with --token-file), DelegateSession and RuntimeService (with
 // --grpc-listen), or both.
 //
-//   reference-manager [--account ACCOUNT --token-file FILE] [--listen HOST:PORT]
+//   reference-manager [--account ACCOUNT --token-file FILE] [--listen
+//   HOST:PORT]
 //       [--tls-cert PEM --tls-key PEM [--client-ca PEM]] [--state FILE]
-//       [--inline-data]
+//       [--inline-data] [--lost-after-seconds N]
 //       [--grpc-listen HOST:PORT [--lease-seconds N] [--stage FILE]...]
 //
 // Prints "listening URL" (Harness) and "grpc-listening HOST:PORT" once it
@@ -25,9 +26,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "delegate/stage_file.h"
-#include "util/strings.h"
 #include "reference_manager.h"
 #include "session_manager.h"
+#include "util/strings.h"
 
 namespace {
 
@@ -53,10 +54,10 @@ class PrintFinished final : public delegate::StageEvents {
   }
   void Finished(const delegate::StageResult& result) override {
     std::lock_guard lock(mu_);
-    std::string out = absl::StrCat(
-        "stage ", id_, " ", delegate::StepStatusName(result.status),
-        result.error.empty() ? "" : ": ", result.error, " on ", delegate_,
-        "\n");
+    std::string out = absl::StrCat("stage ", id_, " ",
+                                   delegate::StepStatusName(result.status),
+                                   result.error.empty() ? "" : ": ",
+                                   result.error, " on ", delegate_, "\n");
     for (const std::string& line : lines_) absl::StrAppend(&out, line, "\n");
     fputs(out.c_str(), stdout);
     fflush(stdout);
@@ -99,6 +100,13 @@ int main(int argc, char** argv) {
       client_ca = next();
     } else if (arg == "--state") {
       options.state_file = next();
+    } else if (arg == "--lost-after-seconds") {
+      double seconds = 0;
+      if (!absl::SimpleAtod(next(), &seconds) || seconds <= 0) {
+        return Fail(
+            "--lost-after-seconds: expected a positive number of seconds");
+      }
+      options.lost_after = absl::Seconds(seconds);
     } else if (arg == "--inline-data") {
       options.base64_data = false;
     } else if (arg == "--grpc-listen") {
@@ -124,7 +132,8 @@ int main(int argc, char** argv) {
         "--grpc-listen (DelegateSession and RuntimeService), or both");
   }
   if (!stage_files.empty() && grpc_listen.empty()) {
-    return Fail("--stage needs --grpc-listen: stage files go to gRPC delegates");
+    return Fail(
+        "--stage needs --grpc-listen: stage files go to gRPC delegates");
   }
   if (!cert.empty() || !key.empty()) {
     if (cert.empty() || key.empty()) {
@@ -140,7 +149,8 @@ int main(int argc, char** argv) {
   }
   if (!token_file.empty()) {
     std::ifstream in(token_file);
-    if (!in) return Fail(absl::StrCat("--token-file: cannot read ", token_file));
+    if (!in)
+      return Fail(absl::StrCat("--token-file: cannot read ", token_file));
     std::stringstream ss;
     ss << in.rdbuf();
     options.token = delegate::SecretString(
@@ -169,9 +179,9 @@ int main(int argc, char** argv) {
     sessions = *std::move(started);
     printf("grpc-listening %s\n", sessions->address().c_str());
     for (auto& [id, stage] : stages) {
-      absl::Status s = sessions->Submit(id, std::move(stage),
-                                        delegate::Priority::kNormal,
-                                        std::make_shared<PrintFinished>(id));
+      absl::Status s =
+          sessions->Submit(id, std::move(stage), delegate::Priority::kNormal,
+                           std::make_shared<PrintFinished>(id));
       if (!s.ok()) return Fail(std::string(s.message()));
     }
   }

@@ -1,5 +1,6 @@
 #include "reference_manager.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <fstream>
 #include <random>
@@ -49,6 +50,7 @@ struct ReferenceManager::StageRecord {
   std::string delegate_id;
   std::string status = "QUEUED";  // QUEUED RUNNING SUCCESS FAILURE
   bool failed = false;
+  std::string error;  // why it failed, when the manager failed it
   std::vector<std::string> task_ids;
 };
 
@@ -60,6 +62,8 @@ struct ReferenceManager::DelegateRecord {
   std::string register_body;
   int heartbeats = 0;
   bool registered = true;
+  bool lost = false;
+  absl::Time last_seen = absl::Now();
 };
 
 namespace {
@@ -188,6 +192,7 @@ http::ServerResponse ReferenceManager::Handle(const http::ServerRequest& req) {
   {
     std::lock_guard lock(mu_);
     if (base_url_.empty()) return Error(503, "starting");
+    ExpireLostLocked();
     if (faults_.delay_next != 0) {
       delay = faults_.delay;
       if (faults_.delay_next > 0) --faults_.delay_next;
@@ -264,6 +269,8 @@ http::ServerResponse ReferenceManager::HandleAgent(
     d->host_name = StringField(body, "hostName");
     d->register_body = req.body;
     d->registered = true;
+    d->lost = false;
+    d->last_seen = absl::Now();
     d->tags.clear();
     for (const auto& t : body["tags"].GetArray()) {
       if (t.IsString()) d->tags.push_back(t.GetString());
@@ -279,6 +286,7 @@ http::ServerResponse ReferenceManager::HandleAgent(
       return Error(404, "unknown delegate");
     }
     ++it->second->heartbeats;
+    it->second->last_seen = absl::Now();
     return Ok(absl::StrCat("{\"resource\":{\"delegateId\":", Quote(it->first),
                            ",\"status\":\"ENABLED\"}}"));
   }
@@ -299,6 +307,7 @@ http::ServerResponse ReferenceManager::HandleAgent(
     if (d == delegates_.end() || !d->second->registered) {
       return Error(404, "unknown delegate");
     }
+    d->second->last_seen = absl::Now();
     std::string events;
     for (const std::string& task_id : queue_) {
       const TaskRecord& t = *tasks_.at(task_id);
@@ -323,6 +332,7 @@ http::ServerResponse ReferenceManager::HandleAgent(
         return Error(400, absl::StrCat("request: ", q, " missing"));
       }
     }
+    SeenLocked(delegate_id);
     auto it = tasks_.find(parts[3]);
     if (it == tasks_.end()) return Error(404, "unknown task");
     TaskRecord& t = *it->second;
@@ -371,6 +381,7 @@ http::ServerResponse ReferenceManager::HandleAgent(
     if (req.query("runnerId").value_or("").empty()) {
       return Error(400, "task-response: runnerId missing");
     }
+    SeenLocked(req.query("runnerId").value_or(""));
     auto it = tasks_.find(parts[3]);
     if (it == tasks_.end()) return Error(404, "unknown task");
     TaskRecord& t = *it->second;
@@ -393,7 +404,9 @@ http::ServerResponse ReferenceManager::HandleAgent(
     }
     ++responses_;
     ++t.responses;
-    if (t.state == "answered") return Ok("{}");  // a repeat: recorded only
+    // A repeat, or an answer to a task failed when its delegate was lost:
+    // recorded only.
+    if (t.state == "answered" || t.state == "failed") return Ok("{}");
     t.state = "answered";
     t.answered_at = absl::Now();
     t.code = code;
@@ -547,12 +560,14 @@ std::string ReferenceManager::StageToJsonLocked(const StageRecord& s) const {
         ",\"data\":", t.response_data.empty() ? "null" : t.response_data, "}");
   }
   return absl::StrCat("{\"id\":", Quote(s.id), ",\"status\":", Quote(s.status),
+                      ",\"error\":", Quote(s.error),
                       ",\"delegate_id\":", Quote(s.delegate_id), ",\"tasks\":[",
                       tasks, "]}");
 }
 
 absl::StatusOr<std::string> ReferenceManager::StageJson(const std::string& id) {
   std::lock_guard lock(mu_);
+  ExpireLostLocked();
   auto it = stages_.find(id);
   if (it == stages_.end()) {
     return absl::NotFoundError(absl::StrCat("no stage ", id));
@@ -642,11 +657,13 @@ http::ServerResponse ReferenceManager::HandleAdmin(
   }
   if (req.method == "GET" && req.path == "/admin/delegates") {
     std::lock_guard lock(mu_);
+    ExpireLostLocked();
     std::string out;
     for (const auto& [id, d] : delegates_) {
       absl::StrAppend(&out, out.empty() ? "" : ",", "{\"id\":", Quote(id),
                       ",\"name\":", Quote(d->name),
                       ",\"registered\":", d->registered ? "true" : "false",
+                      ",\"lost\":", d->lost ? "true" : "false",
                       ",\"heartbeats\":", d->heartbeats,
                       ",\"register\":", d->register_body, "}");
     }
@@ -676,6 +693,51 @@ http::ServerResponse ReferenceManager::HandleAdmin(
     return Ok("{}");
   }
   return Error(404, "no such admin endpoint");
+}
+
+void ReferenceManager::SeenLocked(const std::string& delegate_id) {
+  auto it = delegates_.find(delegate_id);
+  if (it != delegates_.end() && it->second->registered) {
+    it->second->last_seen = absl::Now();
+  }
+}
+
+void ReferenceManager::ExpireLostLocked() {
+  const absl::Time now = absl::Now();
+  bool changed = false;
+  for (auto& [id, d] : delegates_) {
+    if (!d->registered || now - d->last_seen <= options_.lost_after) continue;
+    d->registered = false;
+    d->lost = true;
+    changed = true;
+    const std::string reason =
+        absl::StrCat("the delegate ", id, " (", d->name,
+                     ") was lost: nothing heard from it for ",
+                     absl::FormatDuration(
+                         absl::Trunc(now - d->last_seen, absl::Seconds(1))));
+    for (auto& [stage_id, s] : stages_) {
+      if (s->delegate_id != id ||
+          (s->status != "QUEUED" && s->status != "RUNNING")) {
+        continue;
+      }
+      for (const std::string& task_id : s->task_ids) {
+        TaskRecord& t = *tasks_.at(task_id);
+        if (t.state == "answered") continue;
+        t.state = "failed";
+        t.code = "FAILED";
+        t.error = reason;
+        queue_.erase(std::remove(queue_.begin(), queue_.end(), task_id),
+                     queue_.end());
+      }
+      s->failed = true;
+      s->status = "FAILURE";
+      s->error = reason;
+    }
+  }
+  if (changed) {
+    SaveLocked();
+    cv_.notify_all();
+  }
 }
 
 void ReferenceManager::LogRecordLocked(const std::string& json) {
@@ -719,11 +781,11 @@ void ReferenceManager::SaveLocked() const {
   if (options_.state_file.empty()) return;
   std::string stages, tasks, delegates, queue;
   for (const auto& [id, s] : stages_) {
-    absl::StrAppend(&stages, stages.empty() ? "" : ",",
-                    "{\"spec\":", Quote(s->spec_json), ",\"id\":", Quote(s->id),
-                    ",\"delegate_id\":", Quote(s->delegate_id),
-                    ",\"status\":", Quote(s->status),
-                    ",\"failed\":", s->failed ? 1 : 0, ",\"tasks\":[");
+    absl::StrAppend(
+        &stages, stages.empty() ? "" : ",", "{\"spec\":", Quote(s->spec_json),
+        ",\"id\":", Quote(s->id), ",\"delegate_id\":", Quote(s->delegate_id),
+        ",\"status\":", Quote(s->status), ",\"failed\":", s->failed ? 1 : 0,
+        ",\"error\":", Quote(s->error), ",\"tasks\":[");
     for (size_t i = 0; i < s->task_ids.size(); ++i) {
       absl::StrAppend(&stages, i ? "," : "", Quote(s->task_ids[i]));
     }
@@ -815,6 +877,7 @@ void ReferenceManager::LoadState() {
     r->delegate_id = StringField(s, "delegate_id");
     r->status = StringField(s, "status");
     r->failed = s["failed"].GetInt() != 0;
+    r->error = StringField(s, "error");
     for (const auto& t : s["tasks"].GetArray())
       r->task_ids.push_back(t.GetString());
     stages_[r->id] = r;

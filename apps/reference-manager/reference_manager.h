@@ -43,6 +43,10 @@ struct ManagerOptions {
   std::string state_file;
   // Sent as task data: base64 of JSON (true, as Go's []byte) or inline JSON.
   bool base64_data = true;
+  // A registered delegate not heard from (register, heartbeat, poll, fetch,
+  // response) for this long is lost: unregistered, and its open stages
+  // failed with that reason.
+  absl::Duration lost_after = absl::Seconds(60);
 };
 
 // Injected failures, set through POST /admin/faults or Faults().
@@ -96,6 +100,11 @@ class ReferenceManager {
   void Advance(StageRecord& stage, const TaskRecord& answered);
   std::string StageToJsonLocked(const StageRecord& stage) const;
   void SaveLocked() const;
+  // Notes that `delegate_id` was heard from.
+  void SeenLocked(const std::string& delegate_id);
+  // Marks the delegates silent for longer than lost_after lost, and fails
+  // their open stages.
+  void ExpireLostLocked();
   void LoadState();
 
   const ManagerOptions options_;

@@ -108,7 +108,7 @@ class SessionManager::Impl final : public v1::DelegateSession::Service {
     // Events go out in order, one thread at a time, outside mu_.
     std::shared_ptr<StageEvents> events;
     std::deque<std::function<void(StageEvents&)>> pending;  // guarded by mu_
-    bool emitting = false;                                   // guarded by mu_
+    bool emitting = false;                                  // guarded by mu_
   };
   using RecPtr = std::shared_ptr<StageRec>;
   struct Session {
@@ -189,12 +189,9 @@ absl::Status SessionManager::Impl::Serve(StageRunner& runner) {
   runtime_service_ = NewRuntimeService(runner);
   std::shared_ptr<grpc::ServerCredentials> credentials =
       grpc::InsecureServerCredentials();
-  const grpcv1::ServerTlsFiles files{options_.tls_cert_file,
-                                     options_.tls_key_file,
-                                     options_.client_ca_file,
-                                     "--tls-cert",
-                                     "--tls-key",
-                                     "--client-ca"};
+  const grpcv1::ServerTlsFiles files{
+      options_.tls_cert_file, options_.tls_key_file, options_.client_ca_file,
+      "--tls-cert",           "--tls-key",           "--client-ca"};
   if (grpcv1::WantsTls(files)) {
     absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tls =
         grpcv1::TlsServerCredentials(files);
@@ -242,9 +239,9 @@ void SessionManager::Impl::Stop() {
 void SessionManager::Impl::Reject(ServerStream* stream,
                                   v1::HelloReject::Reason reason,
                                   std::string message) {
-  log_.Error("refused a delegate's session",
-             {{"reason", v1::HelloReject::Reason_Name(reason)},
-              {"message", message}});
+  log_.Error(
+      "refused a delegate's session",
+      {{"reason", v1::HelloReject::Reason_Name(reason)}, {"message", message}});
   v1::ManagerMessage m;
   v1::HelloReject& reject = *m.mutable_hello_reject();
   reject.set_reason(reason);
@@ -274,13 +271,12 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
           ? std::string("a delegate")
           : absl::StrCat("delegate ", hello.delegate_name());
   if (std::find(options_.supported_versions.begin(),
-                options_.supported_versions.end(),
-                hello.protocol_version()) == options_.supported_versions.end()) {
+                options_.supported_versions.end(), hello.protocol_version()) ==
+      options_.supported_versions.end()) {
     Reject(stream, v1::HelloReject::REASON_VERSION_MISMATCH,
            absl::StrCat(who, " (", hello.delegate_version(),
                         ") speaks DelegateSession protocol version ",
-                        hello.protocol_version(),
-                        "; this manager speaks ",
+                        hello.protocol_version(), "; this manager speaks ",
                         absl::StrJoin(options_.supported_versions, ", "),
                         ": upgrade the older side"));
     return grpc::Status::OK;
@@ -313,9 +309,9 @@ grpc::Status SessionManager::Impl::Connect(grpc::ServerContext* context,
     // A delegate that comes back under its name replaces its old session
     // (which may not have noticed yet that the connection is gone).
     if (auto old = sessions_.find(session->name); old != sessions_.end()) {
-      log_.Warn("a new session replaces the delegate's old one",
-                {{"delegate", session->name},
-                 {"old_session", old->second->id}});
+      log_.Warn(
+          "a new session replaces the delegate's old one",
+          {{"delegate", session->name}, {"old_session", old->second->id}});
       old->second->ended = true;
       old->second->cv.notify_all();
       if (old->second->context) old->second->context->TryCancel();
@@ -565,10 +561,8 @@ void SessionManager::Impl::DispatchLocked() {
       d.set_attempt(static_cast<uint32_t>(rec->delegates.size()));
       SendLocked(*chosen, std::move(m));
       if (rec->delegates.size() == 1) {
-        EmitLocked(rec, [platform = rec->platform,
-                         name = chosen->name](StageEvents& e) {
-          e.Started(platform, name);
-        });
+        EmitLocked(rec, [platform = rec->platform, name = chosen->name](
+                            StageEvents& e) { e.Started(platform, name); });
       }
       it = queue.erase(it);
     }
@@ -620,8 +614,8 @@ void SessionManager::Impl::FinishLocked(const RecPtr& rec, StageResult result) {
   done_cv_.notify_all();
 }
 
-void SessionManager::Impl::EmitLocked(
-    const RecPtr& rec, std::function<void(StageEvents&)> event) {
+void SessionManager::Impl::EmitLocked(const RecPtr& rec,
+                                      std::function<void(StageEvents&)> event) {
   if (!rec->events) return;
   rec->pending.push_back(std::move(event));
   if (!rec->emitting) {
@@ -739,10 +733,9 @@ void SessionManager::Impl::HandleLocked(Session& session,
             name = step.name();
           }
         }
-        EmitLocked(rec,
-                   [id = report.step_id(), name](StageEvents& e) {
-                     e.StepStarted(id, name);
-                   });
+        EmitLocked(rec, [id = report.step_id(), name](StageEvents& e) {
+          e.StepStarted(id, name);
+        });
       }
       AnswerLocked(session, rec, std::move(ack));
       return;
@@ -758,10 +751,9 @@ void SessionManager::Impl::HandleLocked(Session& session,
           rec = RefuseInvalid(result.status(), &ack);
         } else {
           rec->steps_finished.insert(result->id);
-          EmitLocked(rec,
-                     [r = *std::move(result)](StageEvents& e) {
-                       e.StepFinished(r);
-                     });
+          EmitLocked(rec, [r = *std::move(result)](StageEvents& e) {
+            e.StepFinished(r);
+          });
         }
       }
       AnswerLocked(session, rec, std::move(ack));
@@ -780,8 +772,7 @@ void SessionManager::Impl::HandleLocked(Session& session,
           result->task_id = rec->id;
           for (const StepResult& step : result->steps) {
             if (rec->steps_finished.insert(step.id).second) {
-              EmitLocked(rec,
-                         [step](StageEvents& e) { e.StepFinished(step); });
+              EmitLocked(rec, [step](StageEvents& e) { e.StepFinished(step); });
             }
           }
           EmitLocked(rec, [r = *result](StageEvents& e) { e.Finished(r); });
@@ -819,15 +810,14 @@ void SessionManager::Impl::HandleLocked(Session& session,
         if (!fresh.empty() && rec->events) {
           // The lines view into `chunk`: the event keeps its own copy.
           auto copy = std::make_shared<v1::LogChunk>(chunk);
-          EmitLocked(rec,
-                     [copy, from = fresh.front().number](StageEvents& e) {
-                       absl::StatusOr<std::vector<LogLine>> all =
-                           grpcv1::LogLinesFromProto(*copy, "log.chunk");
-                       if (!all.ok()) return;
-                       for (const LogLine& line : *all) {
-                         if (line.number >= from) e.Log(line);
-                       }
-                     });
+          EmitLocked(rec, [copy, from = fresh.front().number](StageEvents& e) {
+            absl::StatusOr<std::vector<LogLine>> all =
+                grpcv1::LogLinesFromProto(*copy, "log.chunk");
+            if (!all.ok()) return;
+            for (const LogLine& line : *all) {
+              if (line.number >= from) e.Log(line);
+            }
+          });
         }
       }
       v1::ManagerMessage m;
@@ -852,9 +842,9 @@ void SessionManager::Impl::HandleLocked(Session& session,
 }
 
 void SessionManager::Impl::Ticker() {
-  const absl::Duration tick = std::clamp(options_.lease_duration / 20,
-                                         absl::Milliseconds(10),
-                                         absl::Milliseconds(250));
+  const absl::Duration tick =
+      std::clamp(options_.lease_duration / 20, absl::Milliseconds(10),
+                 absl::Milliseconds(250));
   std::unique_lock lock(mu_);
   while (!stopping_) {
     ticker_cv_.wait_for(lock, absl::ToChronoMilliseconds(tick));
@@ -973,9 +963,9 @@ RuntimeCapacity SessionManager::Impl::Capacity() const {
 
 bool SessionManager::Impl::WaitAllDone(absl::Duration timeout) {
   std::unique_lock lock(mu_);
-  return done_cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout),
-                           [&] { return not_done_ == 0 || stopping_; }) &&
-         not_done_ == 0;
+  return done_cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout), [&] {
+    return not_done_ == 0 || stopping_;
+  }) && not_done_ == 0;
 }
 
 StageSnapshot SessionManager::Impl::SnapshotLocked(const StageRec& rec) const {

@@ -48,11 +48,11 @@ struct SessionManagerOptions {
 struct StageSnapshot {
   std::string id;
   enum class State { kQueued, kLeased, kDone } state = State::kQueued;
-  uint32_t attempts = 0;        // dispatches so far
-  uint64_t fencing_token = 0;   // of the latest dispatch
-  std::string delegate;         // of the latest dispatch
+  uint32_t attempts = 0;               // dispatches so far
+  uint64_t fencing_token = 0;          // of the latest dispatch
+  std::string delegate;                // of the latest dispatch
   std::vector<std::string> delegates;  // of every dispatch, in order
-  uint32_t results_applied = 0;  // StageResultReports applied (at most 1)
+  uint32_t results_applied = 0;        // StageResultReports applied (at most 1)
   std::optional<StageResult> result;
   // Every step's log as kept, by step id ("" for the stage's own lines).
   std::vector<std::pair<std::string, std::vector<std::string>>> logs;
