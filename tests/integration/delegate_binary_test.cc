@@ -19,6 +19,7 @@
 #include "http/http_server.h"
 #include "rapidjson/document.h"
 #include "tests/fakes/delegate_process.h"
+#include "tests/fakes/process_probe.h"
 
 namespace {
 
@@ -33,13 +34,6 @@ void AwaitOutput(const DelegateProcess& child, absl::string_view text) {
   for (int i = 0; i < 5000 && !absl::StrContains(child.Output(), text); ++i) {
     absl::SleepFor(absl::Milliseconds(2));
   }
-}
-
-// Whether `pid` runs; a zombie runs nothing.
-bool Running(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  return std::getline(stat, line) && line.substr(line.rfind(')') + 2, 1) != "Z";
 }
 
 class DelegateBinaryTest : public ::testing::Test {
@@ -389,16 +383,12 @@ steps:
   ASSERT_THAT(child.Output(), HasSubstr("waiting"));
   kill(child.pid(), SIGKILL);
   child.Wait();
-  std::vector<pid_t> step_pids;
-  std::ifstream in(pids);
-  for (pid_t pid; in >> pid;) step_pids.push_back(pid);
+  const std::vector<pid_t> step_pids = delegate::testing::PidsIn(pids);
   ASSERT_EQ(step_pids.size(), 2u);
   // The keepers notice at once; killing and reaping takes a moment.
   for (pid_t pid : step_pids) {
-    for (int i = 0; i < 500 && Running(pid); ++i) {
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    EXPECT_FALSE(Running(pid)) << pid << " outlived the killed delegate";
+    EXPECT_TRUE(delegate::testing::AwaitGone(pid))
+        << pid << " outlived the delegate";
   }
   // Its workspace is left; `delegate cleanup` finds it by the run's
   // instance, and a live run's workspace stays.
@@ -447,7 +437,8 @@ steps:
   pid_t step_pid = 0;
   std::ifstream(pidfile) >> step_pid;
   ASSERT_GT(step_pid, 0);
-  EXPECT_FALSE(Running(step_pid)) << "the step outlived the delegate";
+  EXPECT_FALSE(delegate::testing::Running(step_pid))
+      << "the step outlived the delegate";
   EXPECT_EQ(StageDirs(), 0u) << "cleanup did not run";
   std::ifstream in(result);
   std::stringstream ss;

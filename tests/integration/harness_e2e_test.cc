@@ -21,6 +21,7 @@
 #include "reference_manager.h"
 #include "tests/fakes/delegate_process.h"
 #include "tests/fakes/docker_engine.h"
+#include "tests/fakes/process_probe.h"
 #include "tests/fakes/test_ca.h"
 
 namespace delegate {
@@ -583,6 +584,67 @@ TEST_F(HarnessE2eTest, TheManagerRestartingMidStageLosesNothing) {
     const std::string line = absl::StrCat("\"line ", i, "\\n\"");
     EXPECT_EQ(CountOf(logs, line), 1u) << line << " in " << logs;
   }
+}
+
+TEST_F(HarnessE2eTest, ADelegateKilledMidStepAnswersOnceAfterItsRestart) {
+  ManagerOptions options = Options();
+  options.lost_after = absl::Seconds(2);
+  StartManager(options);
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const std::string pids = dir_ + "/pids";
+  const std::string id = Submit(absl::StrCat(
+      R"({"id":"killed","steps":[{"id":"long","run":{"commands":["echo $$ >> )",
+      pids, R"(", "setsid sleep 307 & echo $! >> )", pids,
+      R"(", "echo started", "sleep 300"]}},)",
+      R"({"id":"never","run":{"commands":["echo never"]}}]})"));
+  ASSERT_TRUE(WaitForLog("started"));
+  kill(delegate_->pid(), SIGKILL);
+  delegate_->Wait();
+
+  // The step's processes died with the delegate.
+  const std::vector<pid_t> step_pids = testing::PidsIn(pids);
+  ASSERT_EQ(step_pids.size(), 2u);
+  for (pid_t pid : step_pids) {
+    EXPECT_TRUE(testing::AwaitGone(pid)) << pid << " outlived the delegate";
+  }
+  // Its workspace is still there until the delegate comes back.
+  auto stage_dirs = [&] {
+    size_t n = 0;
+    for (auto& e : std::filesystem::directory_iterator(dir_ + "/work")) {
+      n += e.path().filename().string()[0] != '.';
+    }
+    return n;
+  };
+  EXPECT_EQ(stage_dirs(), 1u);
+
+  const absl::Time restarted = absl::Now();
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  ASSERT_TRUE(WaitForLog("answering a task the delegate was running"));
+  EXPECT_LT(absl::Now() - restarted, absl::Seconds(5));
+  EXPECT_THAT(delegate_->Output(),
+              HasSubstr("removed a leftover of an earlier run"));
+  EXPECT_EQ(stage_dirs(), 0u) << "the killed run's workspace was left";
+
+  rapidjson::Document stage = WaitStage(id, absl::Seconds(30));
+  EXPECT_STREQ(stage["status"].GetString(), "FAILURE") << delegate_->Output();
+  const auto& tasks = stage["tasks"].GetArray();
+  ASSERT_GE(tasks.Size(), 2u);
+  // The step: answered once, FAILED, saying why.
+  EXPECT_STREQ(tasks[1]["type"].GetString(), "local_execute");
+  EXPECT_EQ(tasks[1]["responses"].GetInt(), 1);
+  EXPECT_STREQ(tasks[1]["code"].GetString(), "FAILED");
+  EXPECT_THAT(tasks[1]["error"].GetString(),
+              HasSubstr("the delegate restarted during step long"));
+  // The step after it never ran.
+  for (const auto& t : tasks) {
+    EXPECT_NE(t["step"].GetInt(), 1) << "the next step was queued";
+  }
+  EXPECT_THAT(delegate_->Output(), Not(HasSubstr("never")));
+  // The killed delegate is lost and the stage ended once: nothing is left
+  // for the restarted one to run.
+  EXPECT_THAT(Admin("GET", "/admin/delegates"), HasSubstr("\"lost\":true"));
 }
 
 TEST_F(HarnessE2eTest, ContainerAndHostStepsShareOneStage) {

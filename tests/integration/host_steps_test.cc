@@ -18,6 +18,7 @@
 #include "delegate/scheduler.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/fakes/process_probe.h"
 #include "tests/fakes/recording_log_sink.h"
 
 namespace delegate {
@@ -56,25 +57,6 @@ class CountingSink final : public LogSink {
   absl::Mutex mu_;
   size_t bytes_ = 0, lines_ = 0, max_line_ = 0;
 };
-
-// A zombie counts as gone: it runs nothing, and whether it is reaped depends
-// on the machine's init, not on the delegate.
-bool Alive(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat;
-  if (!std::getline(in, stat)) return false;
-  size_t paren = stat.rfind(')');
-  return paren != std::string::npos && paren + 2 < stat.size() &&
-         stat[paren + 2] != 'Z';
-}
-
-// The pids a step wrote to `path`, one per line.
-std::vector<pid_t> PidsIn(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<pid_t> pids;
-  for (pid_t pid; in >> pid;) pids.push_back(pid);
-  return pids;
-}
 
 // Peak resident memory of this process since the last ResetPeak().
 int64_t PeakRssKiB() {
@@ -223,9 +205,10 @@ TEST_F(HostStepsTest, TimeoutKillsForkedChildrenSoNoneSurvive) {
   stage.steps[0].timeout = absl::Milliseconds(500);
   StageResult r = Submit(*scheduler, "t", stage).get();
   EXPECT_EQ(r.steps[0].status, StepStatus::kTimeout);
-  std::vector<pid_t> children = PidsIn(pids);
+  std::vector<pid_t> children = testing::PidsIn(pids);
   ASSERT_EQ(children.size(), 3u);
-  for (pid_t pid : children) EXPECT_FALSE(Alive(pid)) << pid << " survived";
+  for (pid_t pid : children)
+    EXPECT_FALSE(testing::Running(pid)) << pid << " survived";
 }
 
 TEST_F(HostStepsTest, BackgroundProcessesDoNotOutliveASuccessfulStep) {
@@ -240,7 +223,7 @@ TEST_F(HostStepsTest, BackgroundProcessesDoNotOutliveASuccessfulStep) {
   pid_t pid = 0;
   std::ifstream(pids) >> pid;
   ASSERT_GT(pid, 0);
-  EXPECT_FALSE(Alive(pid));
+  EXPECT_FALSE(testing::Running(pid));
 }
 
 TEST_F(HostStepsTest, ProcessesThatLeftTheStepsGroupDoNotOutliveIt) {
@@ -259,9 +242,10 @@ TEST_F(HostStepsTest, ProcessesThatLeftTheStepsGroupDoNotOutliveIt) {
                         "echo started"}}))
           .get();
   EXPECT_EQ(r.status, StepStatus::kSuccess) << sink.All();
-  std::vector<pid_t> detached = PidsIn(pids);
+  std::vector<pid_t> detached = testing::PidsIn(pids);
   ASSERT_EQ(detached.size(), 3u);
-  for (pid_t pid : detached) EXPECT_FALSE(Alive(pid)) << pid << " survived";
+  for (pid_t pid : detached)
+    EXPECT_FALSE(testing::Running(pid)) << pid << " survived";
 }
 
 TEST_F(HostStepsTest, AStepKilledBySignalIsReportedWithThatSignal) {

@@ -21,10 +21,12 @@
 #include "logs/masker.h"
 #include "manager/harness/answer_cache.h"
 #include "manager/harness/harness_client.h"
+#include "manager/harness/local_payloads.h"
 #include "manager/harness/log_stream.h"
 #include "manager/harness/payloads.h"
 #include "manager/harness/registrar.h"
 #include "manager/harness/stage_transactions.h"
+#include "manager/harness/task_journal.h"
 #include "manager/harness/token.h"
 #include "util/url.h"
 
@@ -109,6 +111,13 @@ class HarnessConnection final : public ManagerConnection {
   void Handle(const RunnerEvent& event);
   TaskAnswer Route(TaskRequest& request);
   void SendAnswer(const std::string& task_id, const std::string& body);
+  // Opens the task journal (when the program holds an instance lease).
+  absl::Status OpenJournal();
+  // The answers an earlier process of this instance left to give: the tasks
+  // it was running (FAILED, naming the step), recorded now so that a task
+  // delivered again is answered rather than run, and the answers the
+  // manager had not taken. (task id, body) each.
+  std::vector<std::pair<std::string, std::string>> AnswersTheLastRunLeft();
 
   ManagerEnvironment env_;
   const SecretString token_;
@@ -119,6 +128,9 @@ class HarnessConnection final : public ManagerConnection {
   // Set by Run before any other thread starts.
   std::unique_ptr<HarnessClient> client_;
   std::unique_ptr<LogService> logs_;
+  // Set by Run before any other thread starts; null without a state
+  // directory of this instance's own.
+  std::unique_ptr<TaskJournal> journal_;
   Registrar registrar_{env_.config, env_.log, env_.metrics};
   AnswerCache answers_{env_.clock,
                        AnswerCache::ResendAfter(env_.config.poll_interval)};
@@ -149,6 +161,7 @@ absl::Status HarnessConnection::Run() {
       std::make_unique<HarnessClient>(manager_url_, env_.config.account_id,
                                       token_, *transport, http_, env_.clock);
   logs_ = std::make_unique<LogService>(http_, *transport, env_.log);
+  if (absl::Status s = OpenJournal(); !s.ok()) return s;
 
   env_.log.Info("connecting", {{"manager", RedactUrl(manager_url_)},
                                {"account_id", env_.config.account_id},
@@ -168,6 +181,9 @@ absl::Status HarnessConnection::Run() {
                               {"name", env_.config.name},
                               {"tags", absl::StrJoin(env_.config.tags, ",")}});
 
+  std::thread recovery([this, left = AnswersTheLastRunLeft()] {
+    for (const auto& [task_id, body] : left) SendAnswer(task_id, body);
+  });
   std::thread heartbeat([this] {
     registrar_.HeartbeatLoop(
         *client_, [this] { return Draining(); },
@@ -290,6 +306,7 @@ absl::Status HarnessConnection::Run() {
   }
   JoinExitedWorkers();
   heartbeat.join();
+  recovery.join();
 
   RetryPolicy policy;
   absl::Status bye =
@@ -327,8 +344,8 @@ void HarnessConnection::WorkerLoop() {
       return stop_threads_ || !work_.empty();
     };
     ++idle_workers_;
-    const bool woken = mu_.AwaitWithTimeout(absl::Condition(&has_work),
-                                            kIdleWorkerLifetime);
+    const bool woken =
+        mu_.AwaitWithTimeout(absl::Condition(&has_work), kIdleWorkerLifetime);
     --idle_workers_;
     if (work_.empty()) {
       if (stop_threads_ || !woken) break;
@@ -356,6 +373,13 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
   if (std::optional<std::string> body = answers_.Find(event.task_id)) {
     SendAnswer(event.task_id, *body);
     return;
+  }
+  // Answered by an earlier process of this instance.
+  if (journal_) {
+    if (std::optional<std::string> body = journal_->AnswerOf(event.task_id)) {
+      SendAnswer(event.task_id, *body);
+      return;
+    }
   }
   const std::string delegate_id = registrar_.delegate_id();
   std::vector<TaskRequest> requests;
@@ -396,6 +420,32 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
     request.task.id = event.task_id;  // as the runner does (§5.2)
     const absl::Time start = absl::Now();
     const std::string type = request.task.type;
+    if (journal_) {
+      // Recorded before it runs: if the process dies now, the next one
+      // answers it.
+      std::string step_id;
+      if (type == "local_execute") {
+        auto payload = ParseExecutePayload(request.task.data_json);
+        if (payload.ok()) step_id = payload->step_id;
+      }
+      absl::Status s = journal_->Started(event.task_id, type, step_id);
+      if (!s.ok()) {
+        env_.log.Warn("cannot record the task in the journal",
+                      {{"task_id", event.task_id}, {"error", s.message()}});
+        if (type == "local_init") {
+          // No new stage without a record of it; the open ones go on.
+          SendAnswer(event.task_id,
+                     TaskResponseBody(
+                         event.task_id, type, false,
+                         absl::StrCat("this delegate takes no new stages: it "
+                                      "cannot record them in its journal (",
+                                      s.message(),
+                                      "); free space in DELEGATE_STATE_DIR"),
+                         ""));
+          continue;
+        }
+      }
+    }
     env_.metrics.Add("io_harness_tasks_currently_executing", TaskLabels(type),
                      1);
     TaskAnswer answer = Route(request);
@@ -429,6 +479,12 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
 void HarnessConnection::SendAnswer(const std::string& task_id,
                                    const std::string& body) {
   answers_.Record(task_id, body);
+  if (journal_) {
+    if (absl::Status s = journal_->Answered(task_id, body); !s.ok()) {
+      env_.log.Warn("cannot record the answer in the journal",
+                    {{"task_id", task_id}, {"error", s.message()}});
+    }
+  }
   RetryPolicy policy;
   policy.max_elapsed = absl::Minutes(10);
   const std::string delegate_id = registrar_.delegate_id();
@@ -452,6 +508,63 @@ void HarnessConnection::SendAnswer(const std::string& task_id,
     return;
   }
   answers_.Accepted(task_id);
+  if (journal_) (void)journal_->Delivered(task_id);
+}
+
+absl::Status HarnessConnection::OpenJournal() {
+  if (env_.config.instance.empty()) return absl::OkStatus();
+  const std::string path =
+      absl::StrCat(env_.config.StateDir(), "/harness-tasks.journal");
+  absl::StatusOr<std::unique_ptr<TaskJournal>> journal =
+      TaskJournal::Open(path);
+  if (!journal.ok()) {
+    env_.log.Error("cannot open the task journal",
+                   {{"error", journal.status().message()}});
+    return journal.status();
+  }
+  journal_ = *std::move(journal);
+  if (journal_->torn_bytes() > 0) {
+    env_.log.Warn(
+        "the journal's last record was cut short when the "
+        "delegate stopped; it is dropped",
+        {{"path", path}, {"bytes", absl::StrCat(journal_->torn_bytes())}});
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::pair<std::string, std::string>>
+HarnessConnection::AnswersTheLastRunLeft() {
+  std::vector<std::pair<std::string, std::string>> left;
+  if (!journal_) return left;
+  for (const TaskJournal::Interrupted& t : journal_->interrupted()) {
+    std::string during;
+    if (t.type == "local_execute") {
+      during = absl::StrCat("step ", t.step_id.empty() ? "?" : t.step_id);
+    } else if (t.type == "local_init") {
+      during = "the stage's initialization";
+    } else if (t.type == "local_cleanup") {
+      during = "the stage's cleanup";
+    } else {
+      during = absl::StrCat("task ", t.type);
+    }
+    const std::string error =
+        absl::StrCat("the delegate restarted during ", during,
+                     "; what it ran was stopped and what it made removed");
+    env_.log.Warn("answering a task the delegate was running when it stopped",
+                  {{"task_id", t.task_id}, {"type", t.type}, {"error", error}});
+    env_.metrics.Add("io_harness_task_failed_total", TaskLabels(t.type));
+    std::string body = TaskResponseBody(t.task_id, t.type, false, error, "");
+    answers_.Record(t.task_id, body);
+    (void)journal_->Answered(t.task_id, body);
+    left.emplace_back(t.task_id, std::move(body));
+  }
+  for (const auto& [task_id, body] : journal_->undelivered()) {
+    env_.log.Info("sending again an answer the manager had not taken",
+                  {{"task_id", task_id}});
+    answers_.Record(task_id, body);
+    left.emplace_back(task_id, body);
+  }
+  return left;
 }
 
 TaskAnswer HarnessConnection::Route(TaskRequest& request) {

@@ -1,0 +1,86 @@
+// What the Harness connection must not forget when the delegate process
+// dies: which tasks it was running, and the answers it gave. Kept in a
+// RecordLog under the state directory. After a restart, a task that was
+// running is answered FAILED once ("the delegate restarted during step X"),
+// an answer the manager had not taken is sent again, and a task the manager
+// delivers again is answered from the journal, never run twice.
+#ifndef DELEGATE_MANAGER_HARNESS_TASK_JOURNAL_H_
+#define DELEGATE_MANAGER_HARNESS_TASK_JOURNAL_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "util/record_log.h"
+
+namespace delegate::harness {
+
+// Thread-safe.
+class TaskJournal {
+ public:
+  // Opens (or creates) the journal at `path`; an error names the file and
+  // what to do. Keeps at most `keep_answers` answers delivered.
+  static absl::StatusOr<std::unique_ptr<TaskJournal>> Open(
+      const std::string& path, size_t keep_answers = 2000);
+
+  struct Interrupted {
+    std::string task_id;
+    std::string type;
+    std::string step_id;  // local_execute's step; empty for others
+  };
+  // Tasks started and never answered before this process: the delegate
+  // stopped while it ran them.
+  const std::vector<Interrupted>& interrupted() const { return interrupted_; }
+  // Answers given before this process that the manager had not taken:
+  // (task id, response body).
+  const std::vector<std::pair<std::string, std::string>>& undelivered() const {
+    return undelivered_;
+  }
+  size_t torn_bytes() const { return torn_bytes_; }
+
+  // The answer given to `task_id`, if any (this process or an earlier one).
+  std::optional<std::string> AnswerOf(const std::string& task_id) const;
+
+  // Each records before the step it names: an error (a full disk) is
+  // returned for the caller to report; the task still runs.
+  absl::Status Started(const std::string& task_id, const std::string& type,
+                       const std::string& step_id);
+  absl::Status Answered(const std::string& task_id, const std::string& body);
+  absl::Status Delivered(const std::string& task_id);
+
+ private:
+  struct Entry {
+    uint64_t seq = 0;
+    std::string type;
+    std::string step_id;
+    std::optional<std::string> answer;
+    bool delivered = false;
+  };
+  explicit TaskJournal(size_t keep_answers) : keep_answers_(keep_answers) {}
+  // Applies one record; false when it is not one.
+  bool Apply(std::string_view record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The records that rebuild what is kept.
+  std::vector<std::string> Snapshot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Write(std::string record) ABSL_LOCKS_EXCLUDED(mu_);
+
+  const size_t keep_answers_;
+  std::unique_ptr<RecordLog> log_;
+  std::vector<Interrupted> interrupted_;
+  std::vector<std::pair<std::string, std::string>> undelivered_;
+  size_t torn_bytes_ = 0;
+  mutable absl::Mutex mu_;
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, Entry> tasks_ ABSL_GUARDED_BY(mu_);
+  size_t since_compaction_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace delegate::harness
+
+#endif  // DELEGATE_MANAGER_HARNESS_TASK_JOURNAL_H_
