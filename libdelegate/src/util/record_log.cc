@@ -197,6 +197,15 @@ absl::Status RecordLog::Append(std::string_view record) {
   return s;
 }
 
+absl::Status RecordLog::Append(const std::vector<std::string>& records) {
+  std::string framed;
+  for (const std::string& r : records) framed += Frame(r);
+  absl::MutexLock lock(&mu_);
+  absl::Status s = WriteAll(fd_, framed, path_);
+  if (s.ok()) bytes_ += framed.size();
+  return s;
+}
+
 absl::Status RecordLog::Sync() {
   absl::MutexLock lock(&mu_);
   if (fdatasync(fd_) != 0) {

@@ -44,6 +44,8 @@ class RecordLog {
   RecordLog& operator=(const RecordLog&) = delete;
 
   absl::Status Append(std::string_view record);
+  // Several records with one write(2) (group commit).
+  absl::Status Append(const std::vector<std::string>& records);
   // fdatasync.
   absl::Status Sync();
   // Replaces the whole file by the header and `records` (a new file synced,

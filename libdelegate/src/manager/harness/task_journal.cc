@@ -126,25 +126,32 @@ std::vector<std::string> TaskJournal::Snapshot() const {
   return out;
 }
 
-absl::Status TaskJournal::Write(std::string record) {
-  absl::Status s = log_->Append(record);
-  if (!s.ok()) return s;
+absl::Status TaskJournal::Write(std::string record, bool defer) {
+  std::vector<std::string> batch;
   bool compact = false;
   std::vector<std::string> kept;
   {
     absl::MutexLock lock(&mu_);
     Apply(record);
+    if (defer) {
+      pending_.push_back(std::move(record));
+      return absl::OkStatus();
+    }
+    batch.swap(pending_);
+    batch.push_back(std::move(record));
     // Rewritten now and then so that the file stays near what is kept.
-    if (++since_compaction_ >= 4 * keep_answers_ + 64) {
+    since_compaction_ += batch.size();
+    if (since_compaction_ >= 4 * keep_answers_ + 64) {
       since_compaction_ = 0;
       kept = Snapshot();
       compact = true;
       // What the snapshot dropped is forgotten here too.
       size_t delivered = 0;
-      for (const auto& [id, e] : tasks_) delivered += e.delivered;
       std::vector<std::pair<uint64_t, std::string>> order;
       for (const auto& [id, e] : tasks_) {
-        if (e.delivered) order.emplace_back(e.seq, id);
+        if (!e.delivered) continue;
+        ++delivered;
+        order.emplace_back(e.seq, id);
       }
       std::sort(order.begin(), order.end());
       for (size_t i = 0; delivered > keep_answers_ && i < order.size(); ++i) {
@@ -153,8 +160,18 @@ absl::Status TaskJournal::Write(std::string record) {
       }
     }
   }
+  // The snapshot holds the batch's effects: written as a whole instead.
   if (compact) return log_->Rewrite(kept);
-  return absl::OkStatus();
+  return log_->Append(batch);
+}
+
+TaskJournal::~TaskJournal() {
+  std::vector<std::string> batch;
+  {
+    absl::MutexLock lock(&mu_);
+    batch.swap(pending_);
+  }
+  if (log_ && !batch.empty()) (void)log_->Append(batch);
 }
 
 std::optional<std::string> TaskJournal::AnswerOf(
@@ -177,7 +194,7 @@ absl::Status TaskJournal::Answered(const std::string& task_id,
 }
 
 absl::Status TaskJournal::Delivered(const std::string& task_id) {
-  return Write(Encode('D', {task_id}));
+  return Write(Encode('D', {task_id}), /*defer=*/true);
 }
 
 }  // namespace delegate::harness

@@ -53,7 +53,12 @@ class TaskJournal {
   absl::Status Started(const std::string& task_id, const std::string& type,
                        const std::string& step_id);
   absl::Status Answered(const std::string& task_id, const std::string& body);
+  // Written with the next record (group commit): if the process dies first,
+  // the answer is sent again after the restart, and the manager, which
+  // de-duplicates, records a repeat.
   absl::Status Delivered(const std::string& task_id);
+  // Writes what Delivered left pending.
+  ~TaskJournal();
 
  private:
   struct Entry {
@@ -68,7 +73,10 @@ class TaskJournal {
   bool Apply(std::string_view record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The records that rebuild what is kept.
   std::vector<std::string> Snapshot() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status Write(std::string record) ABSL_LOCKS_EXCLUDED(mu_);
+  // Writes `record` with what is pending, or (`defer`) only adds it to what
+  // is pending.
+  absl::Status Write(std::string record, bool defer = false)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   const size_t keep_answers_;
   std::unique_ptr<RecordLog> log_;
@@ -79,6 +87,8 @@ class TaskJournal {
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, Entry> tasks_ ABSL_GUARDED_BY(mu_);
   size_t since_compaction_ ABSL_GUARDED_BY(mu_) = 0;
+  // Delivered records not written yet.
+  std::vector<std::string> pending_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace delegate::harness
