@@ -298,19 +298,23 @@ steps:
   EXPECT_EQ(StageDirs(), 0u);
 }
 
-// A step that says whether the delegate's (its parent's) /proc entry is
-// readable and whether it holds `needle`; the needle never appears in the
-// step's own output, which is masked.
+// A step that says whether the /proc entries of its keeper (its parent) and
+// of the delegate (the keeper's parent) are readable and whether they hold
+// `needle`; the needle never appears in the step's own output, which is
+// masked.
 std::string ProcProbeStage(const std::string& needle) {
-  return absl::StrCat(
-      R"(name: probe
-steps:
-  - id: probe
-    commands:
-      - if cat /proc/$PPID/environ > env.bin 2>/dev/null; then echo READABLE; else echo DENIED; fi
-      - if grep -q -a ")",
-      needle, R"(" env.bin 2>/dev/null; then echo FOUND; else echo ABSENT; fi
-)");
+  std::string commands = "      - D=$(cut -d' ' -f4 /proc/$PPID/stat)\n";
+  for (const char* who : {"keeper", "delegate"}) {
+    const std::string pid = std::string(who) == "keeper" ? "$PPID" : "$D";
+    absl::StrAppend(&commands, "      - if cat /proc/", pid,
+                    "/environ > env.bin 2>/dev/null; then echo ", who,
+                    " READABLE; else echo ", who, " DENIED; fi\n",
+                    "      - if grep -q -a \"", needle,
+                    "\" env.bin 2>/dev/null; then echo ", who,
+                    " FOUND; else echo ", who, " ABSENT; fi\n");
+  }
+  return absl::StrCat("name: probe\nsteps:\n  - id: probe\n    commands:\n",
+                      commands);
 }
 
 TEST_F(DelegateBinaryTest, StepCannotReadTheTokenFromTheDelegatesEnviron) {
@@ -321,7 +325,9 @@ TEST_F(DelegateBinaryTest, StepCannotReadTheTokenFromTheDelegatesEnviron) {
     Outcome o = Run({"exec", file}, {var + "=" + token});
     EXPECT_EQ(o.exit_code, 0) << o.out;
     // Run as root here, the step may read the entry; the token is gone.
-    EXPECT_THAT(o.out, HasSubstr("probe | ABSENT")) << var << "\n" << o.out;
+    EXPECT_THAT(o.out, HasSubstr("probe | keeper ABSENT")) << var << "\n"
+                                                           << o.out;
+    EXPECT_THAT(o.out, HasSubstr("probe | delegate ABSENT")) << o.out;
     EXPECT_THAT(o.out, Not(HasSubstr(token)));
   }
   // From a file, the token is never in the environment at all.
@@ -362,8 +368,10 @@ TEST_F(DelegateBinaryTest, StepOfTheSameUserCannotReadTheDelegatesProcEntries) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0) << out.str();
   // Same uid, but the delegate is not dumpable: its environ is root's.
-  EXPECT_THAT(out.str(), HasSubstr("probe | DENIED")) << out.str();
-  EXPECT_THAT(out.str(), HasSubstr("probe | ABSENT"));
+  EXPECT_THAT(out.str(), HasSubstr("probe | keeper DENIED")) << out.str();
+  EXPECT_THAT(out.str(), HasSubstr("probe | keeper ABSENT"));
+  EXPECT_THAT(out.str(), HasSubstr("probe | delegate DENIED"));
+  EXPECT_THAT(out.str(), HasSubstr("probe | delegate ABSENT"));
 }
 
 TEST_F(DelegateBinaryTest,

@@ -1,24 +1,21 @@
-// The default ProcessLauncher. Each step runs under a keeper: a forked
-// child of this process that is the subreaper of the step's process tree, so
-// that nothing the step starts outlives it (not even a process that called
-// setsid or was double-forked), nor outlives this process (the keeper holds
-// a lifeline pipe and kills the tree when it hangs up). Output comes through
+// The default ProcessLauncher. Each step runs under a keeper (keeper/keeper.c,
+// a small static program embedded in the library and started with
+// posix_spawn), the subreaper of the step's process tree, so that nothing
+// the step starts outlives it (not even a process that called setsid or was
+// double-forked), nor outlives this process (the keeper holds a lifeline
+// pipe and kills the tree when it hangs up). Output comes through
 // pipes and the keeper's exit through a pidfd, all multiplexed by poll() on
 // the waiting thread so that no extra thread is needed per process.
 #include <fcntl.h>
-#include <grp.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/eventfd.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/signalfd.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -28,6 +25,11 @@
 #include "delegate/process.h"
 
 namespace delegate {
+
+// keeper_image.cc, made by the build from executor/host/keeper/keeper.c.
+extern const unsigned char kKeeperImage[];
+extern const unsigned long kKeeperImage_size;
+
 namespace {
 
 constexpr size_t kReadChunk = 64 * 1024;
@@ -215,33 +217,38 @@ struct CStrings {
 // process dies, however it dies, the pipe hangs up and every keeper kills
 // its step. (PR_SET_PDEATHSIG would fire when the launching thread exits,
 // not the process, and a worker thread may retire while its step runs.)
+// Both ends sit at high numbers, so that the spawn's dup2 onto 3 and 4
+// never overwrites one before it is used.
 struct Lifeline {
   int read_fd = -1;
   int write_fd = -1;
 };
+int HighFd(int fd) {
+  if (fd < 0) return fd;
+  int high = fcntl(fd, F_DUPFD_CLOEXEC, 100);
+  if (high < 0) return fd;
+  close(fd);
+  return high;
+}
 const Lifeline& TheLifeline() {
   static const Lifeline lifeline = [] {
     Lifeline l;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) == 0) {
-      l.read_fd = fds[0];
-      l.write_fd = fds[1];
+      l.read_fd = HighFd(fds[0]);
+      l.write_fd = HighFd(fds[1]);
     }
     return l;
   }();
   return lifeline;
 }
 
-// What the keeper and the step tell the launcher over the report pipe: the
-// step's pid, or what failed and its errno. 8 bytes, written atomically.
+// What the keeper and the step tell the launcher over the report pipe
+// (keeper.c): the step's pid, or what failed and its errno.
 enum ReportCode : int {
   kStepPid = 0,
-  kSetUpStdio = 1,
-  kSwitchGroup = 2,
-  kSwitchUser = 3,
-  kEnterWorkdir = 4,
-  kExecute = 5,
   kForkStep = 6,
+  kKeeperUsage = 7,
 };
 constexpr const char* kFailedTo[] = {"",
                                      "set up stdio",
@@ -249,235 +256,67 @@ constexpr const char* kFailedTo[] = {"",
                                      "switch to the user",
                                      "enter the working directory",
                                      "execute",
-                                     "fork"};
+                                     "fork",
+                                     "start its keeper"};
 
-void Report(int fd, int code, int value) {
-  int data[2] = {code, value};
-  ssize_t w = write(fd, data, sizeof(data));
-  (void)w;
+bool WriteAll(int fd, const unsigned char* data, size_t size) {
+  while (size > 0) {
+    ssize_t n = write(fd, data, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
 }
 
-// Everything the keeper and the step need, prepared before fork: after it
-// only async-signal-safe calls are made.
-struct KeeperArgs {
-  char* const* argv;
-  char* const* envp;
-  const char* dir;
-  bool set_gid;
-  gid_t gid;
-  bool set_uid;
-  uid_t uid;
-  int out_w;
-  int err_w;
-  int report_w;
-  int lifeline_r;
-  int lifeline_w;
+// The keeper's executable: kKeeperImage in a sealed memfd, at
+// /proc/self/fd/N; where memfds cannot be executed, a file of this user's
+// under $TMPDIR. Made once.
+struct KeeperExe {
+  std::string path;
+  std::string error;
 };
-
-// Closes every descriptor from 3 up except those in `keep` (sorted).
-void CloseAllBut(const int* keep, int n) {
-  unsigned from = 3;
-  for (int i = 0; i < n; ++i) {
-    if (keep[i] < 0 || static_cast<unsigned>(keep[i]) < from) continue;
-    if (static_cast<unsigned>(keep[i]) > from) {
-      syscall(SYS_close_range, from, static_cast<unsigned>(keep[i]) - 1, 0);
-    }
-    from = static_cast<unsigned>(keep[i]) + 1;
-  }
-  syscall(SYS_close_range, from, ~0U, 0);
-}
-
-// The step: its own process group, default signals, stdin from /dev/null,
-// then the user, the working directory and exec.
-[[noreturn]] void StartStep(const KeeperArgs& a) {
-  auto fail = [&](int code) {
-    Report(a.report_w, code, errno);
-    _exit(127);
-  };
-  setpgid(0, 0);
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  for (int s = 1; s < NSIG; ++s) sigaction(s, &dfl, nullptr);
-  sigset_t empty;
-  sigemptyset(&empty);
-  sigprocmask(SIG_SETMASK, &empty, nullptr);
-  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (null_fd < 0 || dup2(null_fd, 0) < 0) fail(kSetUpStdio);
-  if (dup2(a.out_w, 1) < 0 || dup2(a.err_w, 2) < 0) fail(kSetUpStdio);
-  if (a.set_gid) {
-    if (setgroups(1, &a.gid) != 0 || setgid(a.gid) != 0) fail(kSwitchGroup);
-  }
-  if (a.set_uid && setuid(a.uid) != 0) fail(kSwitchUser);
-  if (a.dir && chdir(a.dir) != 0) fail(kEnterWorkdir);
-  execve(a.argv[0], a.argv, a.envp);
-  fail(kExecute);
-  _exit(127);  // not reached
-}
-
-// Parses the pids in /proc/self/task/<pid>/children and SIGKILLs each (and
-// its group, for a child that leads one). Returns how many it found.
-int KillChildren() {
-  char path[64] = "/proc/self/task/";
-  {
-    char digits[16];
-    int n = 0;
-    for (pid_t v = getpid(); v > 0 && n < 16; v /= 10)
-      digits[n++] = '0' + v % 10;
-    size_t at = strlen(path);
-    while (n > 0) path[at++] = digits[--n];
-    memcpy(path + at, "/children", 10);
-  }
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  char buf[4096];
-  int found = 0;
-  pid_t pid = 0;
-  ssize_t r;
-  while ((r = read(fd, buf, sizeof(buf))) > 0) {
-    for (ssize_t i = 0; i < r; ++i) {
-      if (buf[i] >= '0' && buf[i] <= '9') {
-        pid = pid * 10 + (buf[i] - '0');
-      } else if (pid > 0) {
-        kill(pid, SIGKILL);
-        kill(-pid, SIGKILL);
-        ++found;
-        pid = 0;
-      }
-    }
-  }
-  if (pid > 0) {
-    kill(pid, SIGKILL);
-    kill(-pid, SIGKILL);
-    ++found;
+KeeperExe MakeKeeperFile() {
+  KeeperExe k;
+  const char* tmp = getenv("TMPDIR");
+  std::string dir = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+  const std::string path =
+      absl::StrCat(dir, "/delegate-keeper-", geteuid(), "-", getpid());
+  const std::string partial = path + ".new";
+  int fd =
+      open(partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0700);
+  if (fd < 0 || !WriteAll(fd, kKeeperImage, kKeeperImage_size)) {
+    k.error = Errno(absl::StrCat("write ", partial).c_str());
+    if (fd >= 0) close(fd);
+    return k;
   }
   close(fd);
-  return found;
+  if (rename(partial.c_str(), path.c_str()) != 0) {
+    k.error = Errno(absl::StrCat("rename ", partial).c_str());
+    return k;
+  }
+  k.path = path;
+  return k;
 }
-
-// Kills and reaps every process left below the keeper: the step's group,
-// and what was re-parented to the keeper (it is their subreaper), until
-// none is left.
-void KillEverything(pid_t step, bool step_reaped) {
-  if (!step_reaped) kill(-step, SIGKILL);
-  while (true) {
-    int found = KillChildren();
-    int wstatus;
-    pid_t reaped = waitpid(-1, &wstatus, found == 0 ? WNOHANG : 0);
-    if (reaped < 0 && errno == ECHILD) return;
-    if (reaped < 0 && errno != EINTR) return;
-    if (reaped == 0) {
-      // Children, but /proc listed none: wait for them to be listed.
-      struct timespec pause = {0, 1000000};
-      nanosleep(&pause, nullptr);
+const KeeperExe& TheKeeper(bool file_instead) {
+  static const KeeperExe in_memory = [] {
+    KeeperExe k;
+    int fd = memfd_create("delegate-keeper", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 || !WriteAll(fd, kKeeperImage, kKeeperImage_size)) {
+      k.error = Errno("memfd_create");
+      if (fd >= 0) close(fd);
+      return k;
     }
-  }
-}
-
-// Ends the keeper the way its step ended, so that the launcher's waitpid
-// sees the step's own exit code or signal.
-[[noreturn]] void EndLike(int wstatus) {
-  if (WIFSIGNALED(wstatus)) {
-    const int sig = WTERMSIG(wstatus);
-    struct rlimit no_core = {0, 0};
-    setrlimit(RLIMIT_CORE, &no_core);
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    sigaction(sig, &dfl, nullptr);
-    sigset_t only;
-    sigemptyset(&only);
-    sigaddset(&only, sig);
-    sigprocmask(SIG_UNBLOCK, &only, nullptr);
-    kill(getpid(), sig);
-    _exit(128 + sig);
-  }
-  _exit(WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 127);
-}
-
-// The keeper: the launcher's child and the step's parent, and the
-// subreaper of everything the step starts, so that a process that left the
-// step's group (setsid, a double fork) still comes back to it. When the step
-// exits it kills all of that and exits like the step; when the launcher's
-// process dies (the lifeline hangs up) it kills all of it at once.
-[[noreturn]] void RunKeeper(const KeeperArgs& a) {
-  sigset_t all;
-  sigfillset(&all);
-  sigprocmask(SIG_SETMASK, &all, nullptr);
-  // Terminal and session signals sent to the launcher's group are not for
-  // the keeper; the step gets them through its own group.
-  struct sigaction ign {};
-  ign.sa_handler = SIG_IGN;
-  struct sigaction dfl {};
-  dfl.sa_handler = SIG_DFL;
-  for (int s = 1; s < NSIG; ++s) sigaction(s, &dfl, nullptr);
-  for (int s : {SIGINT, SIGQUIT, SIGHUP, SIGTERM, SIGPIPE, SIGTSTP, SIGTTIN,
-                SIGTTOU, SIGUSR1, SIGUSR2}) {
-    sigaction(s, &ign, nullptr);
-  }
-  if (a.lifeline_w >= 0) close(a.lifeline_w);
-  int keep[4] = {a.out_w, a.err_w, a.report_w, a.lifeline_r};
-  std::sort(keep, keep + 4);
-  CloseAllBut(keep, 4);
-  prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-  if (a.lifeline_r >= 0) {
-    // The launcher may have died before the subreaper was set.
-    pollfd p = {a.lifeline_r, POLLIN, 0};
-    if (poll(&p, 1, 0) > 0) _exit(127);
-  }
-  sigset_t chld;
-  sigemptyset(&chld);
-  sigaddset(&chld, SIGCHLD);
-  const int child_fd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-  const pid_t step = fork();
-  if (step < 0) {
-    Report(a.report_w, kForkStep, errno);
-    _exit(127);
-  }
-  if (step == 0) StartStep(a);
-  setpgid(step, step);  // also here, so the launcher can signal it at once
-  Report(a.report_w, kStepPid, step);
-  close(a.report_w);
-  close(a.out_w);
-  close(a.err_w);
-  while (true) {
-    pollfd fds[2];
-    int n = 0;
-    if (child_fd >= 0) fds[n++] = {child_fd, POLLIN, 0};
-    const int life_i = a.lifeline_r >= 0 ? n : -1;
-    if (life_i >= 0) fds[n++] = {a.lifeline_r, POLLIN, 0};
-    // Without a signalfd, exits are noticed by polling.
-    if (poll(fds, n, child_fd >= 0 ? -1 : 50) < 0 && errno != EINTR) {
-      struct timespec pause = {0, 50000000};
-      nanosleep(&pause, nullptr);
-    }
-    if (life_i >= 0 && fds[life_i].revents != 0) {
-      KillEverything(step, false);
-      _exit(128 + SIGKILL);
-    }
-    if (child_fd >= 0) {
-      signalfd_siginfo info;
-      while (read(child_fd, &info, sizeof(info)) > 0) {
-      }
-    }
-    // Reap what exited; the step last, after its group is killed while its
-    // zombie still holds the group's id.
-    while (true) {
-      siginfo_t info{};
-      if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 ||
-          info.si_pid == 0) {
-        break;
-      }
-      if (info.si_pid == step) {
-        kill(-step, SIGKILL);
-        int wstatus = 0;
-        while (waitpid(step, &wstatus, 0) < 0 && errno == EINTR) {
-        }
-        KillEverything(step, true);
-        EndLike(wstatus);
-      }
-      while (waitpid(info.si_pid, nullptr, 0) < 0 && errno == EINTR) {
-      }
-    }
-  }
+    fcntl(fd, F_ADD_SEALS,
+          F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+    fd = HighFd(fd);
+    k.path = absl::StrCat("/proc/self/fd/", fd);
+    return k;
+  }();
+  if (!file_instead && !in_memory.path.empty()) return in_memory;
+  static const KeeperExe on_disk = MakeKeeperFile();
+  return on_disk;
 }
 
 class PosixLauncher final : public ProcessLauncher {
@@ -500,33 +339,14 @@ class PosixLauncher final : public ProcessLauncher {
       for (int fd : {out[0], out[1], err[0], err[1]}) close(fd);
       return absl::InternalError(Errno("pipe2"));
     }
-    CStrings argv(spec.argv);
-    CStrings envp(spec.env);
-    const Lifeline& lifeline = TheLifeline();
-    const KeeperArgs args = {
-        .argv = argv.ptrs.data(),
-        .envp = envp.ptrs.data(),
-        .dir = spec.working_dir.empty() ? nullptr : spec.working_dir.c_str(),
-        .set_gid = spec.gid.has_value(),
-        .gid = spec.gid.value_or(0),
-        .set_uid = spec.uid.has_value(),
-        .uid = spec.uid.value_or(0),
-        .out_w = out[1],
-        .err_w = err[1],
-        .report_w = report[1],
-        .lifeline_r = lifeline.read_fd,
-        .lifeline_w = lifeline.write_fd,
-    };
-    const pid_t keeper = fork();
-    if (keeper == 0) RunKeeper(args);
-    const int fork_errno = errno;
+    pid_t keeper = -1;
+    absl::Status spawned = SpawnKeeper(spec, out[1], err[1], report[1], keeper);
     close(out[1]);
     close(err[1]);
     close(report[1]);
-    if (keeper < 0) {
+    if (!spawned.ok()) {
       for (int fd : {out[0], err[0], report[0]}) close(fd);
-      errno = fork_errno;
-      return absl::InternalError(Errno("fork"));
+      return spawned;
     }
     // The step's pid, then end of file when it has exec'd; or a failure.
     pid_t step = -1;
@@ -541,7 +361,7 @@ class PosixLauncher final : public ProcessLauncher {
       if (r != static_cast<ssize_t>(sizeof(data))) break;
       if (data[0] == kStepPid) {
         step = data[1];
-      } else if (data[0] > 0 && data[0] <= kForkStep) {
+      } else if (data[0] > 0 && data[0] <= kKeeperUsage) {
         failed = data[0];
         failed_errno = data[1];
       }
@@ -563,6 +383,64 @@ class PosixLauncher final : public ProcessLauncher {
     }
     return std::unique_ptr<Process>(
         new PosixProcess(keeper, step, out[0], err[0], std::move(on_output)));
+  }
+
+ private:
+  // posix_spawn of the keeper (as vfork: the delegate's memory is not
+  // copied), with the step's pipes as its stdout and stderr, the report
+  // pipe as 3 and the lifeline as 4.
+  static absl::Status SpawnKeeper(const ProcessSpec& spec, int out_w, int err_w,
+                                  int report_w, pid_t& pid) {
+    std::vector<std::string> args = {"delegate-keeper"};
+    if (spec.uid) args.insert(args.end(), {"-u", absl::StrCat(*spec.uid)});
+    if (spec.gid) args.insert(args.end(), {"-g", absl::StrCat(*spec.gid)});
+    if (!spec.working_dir.empty()) {
+      args.insert(args.end(), {"-C", spec.working_dir});
+    }
+    args.push_back("--");
+    args.insert(args.end(), spec.argv.begin(), spec.argv.end());
+    CStrings argv(args);
+    CStrings envp(spec.env);
+    const Lifeline& lifeline = TheLifeline();
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawnattr_init(&attr);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&actions, out_w, 1);
+    posix_spawn_file_actions_adddup2(&actions, err_w, 2);
+    posix_spawn_file_actions_adddup2(&actions, report_w, 3);
+    if (lifeline.read_fd >= 0) {
+      posix_spawn_file_actions_adddup2(&actions, lifeline.read_fd, 4);
+    }
+    sigset_t empty, all;
+    sigemptyset(&empty);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attr, &empty);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr,
+                             POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    int rc = ENOENT;
+    for (bool file_instead : {false, true}) {
+      const KeeperExe& exe = TheKeeper(file_instead);
+      if (exe.path.empty()) {
+        rc = ENOENT;
+        continue;
+      }
+      rc = posix_spawn(&pid, exe.path.c_str(), &actions, &attr,
+                       argv.ptrs.data(), envp.ptrs.data());
+      // A memfd cannot be executed where memfd_noexec forbids it, nor from
+      // a /proc mounted noexec: then from a file.
+      if (rc != EACCES && rc != EPERM && rc != ENOEXEC && rc != ENOENT) break;
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    if (rc != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot start ", spec.argv[0],
+                       ": cannot start its keeper process: ", strerror(rc)));
+    }
+    return absl::OkStatus();
   }
 };
 
