@@ -596,6 +596,23 @@ http::ServerResponse ReferenceManager::HandleLogs(
   }
   if (req.path != "/log-service/stream") return Error(404, "no such path");
   std::lock_guard lock(mu_);
+  bool fail_after = false;
+  if (faults_.log_fail_percent > 0 &&
+      static_cast<int>(log_faults_rng_() % 100) < faults_.log_fail_percent) {
+    if (log_faults_rng_() % 2 == 0) {
+      return Error(503, "injected log service failure");
+    }
+    fail_after = true;
+  }
+  http::ServerResponse answer = HandleLogsLocked(req, key);
+  if (fail_after && answer.status < 300) {
+    return Error(503, "injected log service failure (after the call)");
+  }
+  return answer;
+}
+
+http::ServerResponse ReferenceManager::HandleLogsLocked(
+    const http::ServerRequest& req, const std::string& key) {
   if (req.method == "POST") {
     ++open_streams_[key];
     LogRecordLocked(absl::StrCat("{\"op\":\"open\",\"key\":", Quote(key), "}"));
@@ -688,6 +705,9 @@ http::ServerResponse ReferenceManager::HandleAdmin(
     }
     if (f.HasMember("delay_next") && f["delay_next"].IsInt()) {
       faults.delay_next = f["delay_next"].GetInt();
+    }
+    if (f.HasMember("log_fail_percent") && f["log_fail_percent"].IsInt()) {
+      faults.log_fail_percent = f["log_fail_percent"].GetInt();
     }
     SetFaults(faults);
     return Ok("{}");

@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -60,6 +61,10 @@ struct Faults {
   // (-1: every call).
   absl::Duration delay = absl::ZeroDuration();
   int delay_next = -1;
+  // This share of log service calls (0 to 100) answers 503: half of them
+  // before taking the call, half after it (a write kept whose answer is
+  // lost, as when a connection drops).
+  int log_fail_percent = 0;
 };
 
 class ReferenceManager {
@@ -91,6 +96,8 @@ class ReferenceManager {
   struct DelegateRecord;
   explicit ReferenceManager(ManagerOptions options);
   http::ServerResponse Handle(const http::ServerRequest& req);
+  http::ServerResponse HandleLogsLocked(const http::ServerRequest& req,
+                                        const std::string& key);
   http::ServerResponse HandleAgent(const http::ServerRequest& req);
   http::ServerResponse HandleLogs(const http::ServerRequest& req);
   http::ServerResponse HandleAdmin(const http::ServerRequest& req);
@@ -131,6 +138,7 @@ class ReferenceManager {
   // again (its answer was lost) adds nothing.
   std::map<std::string, std::set<std::string>> seen_lines_;
   std::ofstream logs_out_;
+  std::mt19937 log_faults_rng_{7};
   size_t responses_ = 0;
 };
 

@@ -586,6 +586,40 @@ TEST_F(HarnessE2eTest, TheManagerRestartingMidStageLosesNothing) {
   }
 }
 
+TEST_F(HarnessE2eTest, AFlakyLogServiceStillGetsEveryLineOnce) {
+  StartManager(Options());
+  Faults faults;
+  faults.log_fail_percent = 30;  // before or after taking the call
+  manager_->SetFaults(faults);
+  StartDelegate(DelegateEnv());
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const std::string id = Submit(
+      R"({"id":"flaky","logs":true,"steps":[{"id":"count","run":{"commands":)"
+      R"(["for i in $(seq 1 300); do echo line-$i; done; sleep 1.5",)"
+      R"("for i in $(seq 301 400); do echo line-$i; done"]}}]})");
+  rapidjson::Document stage = WaitStage(id, absl::Seconds(60));
+  EXPECT_STREQ(stage["status"].GetString(), "SUCCESS") << delegate_->Output();
+  // The step's result did not wait for its log; the log comes whole.
+  std::string logs;
+  for (int i = 0; i < 3000; ++i) {
+    logs = Admin("GET", "/admin/logs?key=flaky/step-0");
+    if (CountOf(logs, "line-") >= 400) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  rapidjson::Document lines;
+  lines.Parse(logs.c_str());
+  ASSERT_TRUE(lines.IsArray()) << logs;
+  std::vector<std::string> got;
+  for (const auto& l : lines.GetArray()) {
+    const std::string text = l.GetString();
+    if (absl::StartsWith(text, "line-")) got.push_back(text);
+  }
+  std::vector<std::string> want;
+  for (int i = 1; i <= 400; ++i) want.push_back(absl::StrCat("line-", i, "\n"));
+  EXPECT_EQ(got, want) << "lines lost, repeated or out of order";
+  EXPECT_THAT(delegate_->Output(), HasSubstr("log service write failed"));
+}
+
 TEST_F(HarnessE2eTest, ADelegateKilledMidStepAnswersOnceAfterItsRestart) {
   ManagerOptions options = Options();
   options.lost_after = absl::Seconds(2);
