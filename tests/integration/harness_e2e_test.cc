@@ -2,6 +2,7 @@
 // loopback: whole stages through register, runner-events, task payloads,
 // task-response and the log service, and the faults a real deployment meets.
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -618,6 +619,58 @@ TEST_F(HarnessE2eTest, AFlakyLogServiceStillGetsEveryLineOnce) {
   for (int i = 1; i <= 400; ++i) want.push_back(absl::StrCat("line-", i, "\n"));
   EXPECT_EQ(got, want) << "lines lost, repeated or out of order";
   EXPECT_THAT(delegate_->Output(), HasSubstr("log service write failed"));
+}
+
+TEST_F(HarnessE2eTest, AFullStateDiskRefusesNewStagesAndFinishesOpenOnes) {
+  const std::string state = dir_ + "/state";
+  std::filesystem::create_directories(state);
+  if (mount("tmpfs", state.c_str(), "tmpfs", 0, "size=256k") != 0) {
+    GTEST_SKIP() << "cannot mount a small tmpfs here: " << strerror(errno);
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { umount2(path.c_str(), MNT_DETACH); }
+  } unmount{state};
+  StartManager(Options());
+  std::vector<std::string> env = DelegateEnv();
+  env.push_back("DELEGATE_STATE_DIR=" + state);
+  StartDelegate(env);
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const std::string go = dir_ + "/go";
+  const std::string open_id = Submit(absl::StrCat(
+      R"({"id":"open","steps":[{"id":"wait","run":{"commands":["echo waiting; while [ ! -e )",
+      go, R"( ]; do sleep 0.05; done"]}}]})"));
+  ASSERT_TRUE(WaitForLog("waiting"));
+  {
+    // The disk fills up while the stage runs.
+    std::ofstream fill(state + "/fill", std::ios::binary);
+    const std::string block(4096, 'x');
+    while (fill.write(block.data(), block.size())) {
+    }
+  }
+  // The journal's last page may still hold a few records: stages are taken
+  // until it is full, then refused.
+  std::string error;
+  int taken = 0;
+  for (int i = 0; i < 40 && error.empty(); ++i) {
+    const std::string id = Submit(
+        absl::StrCat(R"({"id":"after-)", i,
+                     R"(","steps":[{"id":"a","run":{"commands":["true"]}}]})"));
+    rapidjson::Document d = WaitStage(id, absl::Seconds(30));
+    if (std::string(d["status"].GetString()) == "SUCCESS") {
+      ++taken;
+    } else {
+      ASSERT_GE(d["tasks"].GetArray().Size(), 1u);
+      error = d["tasks"][0]["error"].GetString();
+    }
+  }
+  EXPECT_THAT(error, HasSubstr("takes no new stages")) << taken << " taken";
+  EXPECT_THAT(error, HasSubstr("No space left on device"));
+  EXPECT_THAT(error, HasSubstr("DELEGATE_STATE_DIR"));
+  // The open stage goes on to the end.
+  std::ofstream(go) << "go";
+  rapidjson::Document open = WaitStage(open_id, absl::Seconds(30));
+  EXPECT_STREQ(open["status"].GetString(), "SUCCESS") << delegate_->Output();
 }
 
 TEST_F(HarnessE2eTest, ADelegateKilledMidStepAnswersOnceAfterItsRestart) {
