@@ -22,6 +22,7 @@
 #include "reference_manager.h"
 #include "tests/fakes/delegate_process.h"
 #include "tests/fakes/docker_engine.h"
+#include "tests/fakes/manager_process.h"
 #include "tests/fakes/process_probe.h"
 #include "tests/fakes/test_ca.h"
 
@@ -500,44 +501,17 @@ TEST_F(HarnessE2eTest, TheManagerRestartingMidStageLosesNothing) {
   // The manager as a separate process with its state on disk, killed while
   // a step runs and started again on the same port.
   const std::string state = dir_ + "/manager-state.json";
-  auto start_manager = [&](int port) {
-    std::vector<std::string> args = {REFERENCE_MANAGER_BINARY,
-                                     "--account",
-                                     kAccount,
-                                     "--token-file",
-                                     dir_ + "/token",
-                                     "--listen",
-                                     absl::StrCat("127.0.0.1:", port),
-                                     "--tls-cert",
-                                     ca_->server().cert_file,
-                                     "--tls-key",
-                                     ca_->server().key_file,
-                                     "--state",
-                                     state};
-    const std::string out = dir_ + "/manager.out";
-    std::filesystem::remove(out);  // "listening" must be the new process's
-    pid_t pid = fork();
-    if (pid == 0) {
-      freopen(out.c_str(), "w", stdout);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    for (int i = 0; i < 200 && !absl::StrContains(ReadFile(out), "listening");
-         ++i) {
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return std::pair{pid, ReadFile(out)};
-  };
-  auto [pid, line] = start_manager(0);
-  std::smatch m;
-  ASSERT_TRUE(
-      std::regex_search(line, m, std::regex("https://127.0.0.1:([0-9]+)")))
-      << line;
-  const int port = std::stoi(m[1]);
-  url_ = m[0];
+  const std::vector<std::string> args = {
+      "--account",    kAccount,
+      "--token-file", dir_ + "/token",
+      "--tls-cert",   ca_->server().cert_file,
+      "--tls-key",    ca_->server().key_file,
+      "--state",      state};
+  auto first = std::make_unique<testing::ManagerProcess>(
+      REFERENCE_MANAGER_BINARY, args, 0, dir_ + "/manager.out");
+  ASSERT_FALSE(first->url().empty());
+  const int port = first->port();
+  url_ = first->url();
   StartDelegate(DelegateEnv());
   ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
   const std::string marker = dir_ + "/runs.txt";
@@ -553,11 +527,17 @@ TEST_F(HarnessE2eTest, TheManagerRestartingMidStageLosesNothing) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   ASSERT_EQ(ReadFile(marker), "ran\n");
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-  absl::SleepFor(absl::Seconds(3));  // the step ends while the manager is down
-  auto restarted = start_manager(port);
-  ASSERT_THAT(restarted.second, HasSubstr("listening"));
+  first->Kill(SIGKILL);
+  // The step ends while the manager is down: 3 s here; the fault suite runs
+  // this test again with DELEGATE_MANAGER_OUTAGE_SECONDS=60.
+  int outage_seconds = 3;
+  if (const char* v = getenv("DELEGATE_MANAGER_OUTAGE_SECONDS")) {
+    outage_seconds = std::max(1, atoi(v));
+  }
+  absl::SleepFor(absl::Seconds(outage_seconds));
+  testing::ManagerProcess restarted(REFERENCE_MANAGER_BINARY, args, port,
+                                    dir_ + "/manager.out");
+  ASSERT_FALSE(restarted.url().empty());
   std::string json;
   const absl::Time until = absl::Now() + absl::Seconds(60);
   while (absl::Now() < until) {
@@ -576,8 +556,7 @@ TEST_F(HarnessE2eTest, TheManagerRestartingMidStageLosesNothing) {
     if (absl::StrContains(logs, "line 8")) break;
     absl::SleepFor(absl::Milliseconds(20));
   }
-  kill(restarted.first, SIGTERM);
-  waitpid(restarted.first, nullptr, 0);
+  restarted.Kill(SIGTERM);
   EXPECT_THAT(json, HasSubstr("\"status\":\"SUCCESS\"")) << delegate_->Output();
   EXPECT_EQ(ReadFile(marker), "ran\n");  // the slow step ran once
   EXPECT_THAT(json, Not(HasSubstr("\"responses\":0")));
