@@ -26,6 +26,9 @@ class DelegateProcess {
   DelegateProcess(const std::vector<std::string>& args,
                   const std::vector<std::string>& env, const std::string& log)
       : log_(log) {
+    // Emptied before the fork, not only by the child: a reader must never
+    // see what an earlier process wrote to the same file.
+    std::ofstream(log, std::ios::trunc).close();
     pid_ = fork();
     if (pid_ == 0) {
       int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);

@@ -145,9 +145,13 @@ TEST(DelegateKillTest, SigkillsAtRandomPointsLoseNoStageAndLeaveNothing) {
            !delegate.Exited() && absl::Now() < until) {
       absl::SleepFor(absl::Milliseconds(5));
     }
-    ASSERT_THAT(delegate.Output(),
-                ::testing::HasSubstr("\"msg\":\"connected\""))
-        << "start " << i + 1 << " did not connect";
+    if (!absl::StrContains(delegate.Output(), "\"msg\":\"connected\"")) {
+      kill(delegate.pid(), SIGKILL);
+      testing::Outcome o = delegate.Wait();
+      FAIL() << "start " << i + 1 << " did not connect; exit " << o.exit_code
+             << ", output:\n"
+             << o.out;
+    }
     ++journal_opened;
     // Somewhere in registering, initializing, running or answering.
     absl::SleepFor(
