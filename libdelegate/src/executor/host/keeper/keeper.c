@@ -89,16 +89,16 @@ static void StartStep(const struct Step* s) {
   _exit(127);
 }
 
-/* SIGKILLs the children listed in /proc/self/task/<pid>/children (and the
- * groups they lead); how many there were, or -1 without the file. */
-static int KillChildren(void) {
+/* The keeper's children from /proc/self/task/<pid>/children (zombies
+ * included), at most `max`; -1 without the file. */
+static int ListChildren(pid_t* out, int max) {
   char path[64];
   /* snprintf is fine here: a program of its own, one thread. */
   snprintf(path, sizeof(path), "/proc/self/task/%d/children", (int)getpid());
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
   char buf[4096];
-  int found = 0;
+  int n = 0;
   pid_t pid = 0;
   ssize_t r;
   while ((r = read(fd, buf, sizeof(buf))) > 0) {
@@ -106,34 +106,54 @@ static int KillChildren(void) {
       if (buf[i] >= '0' && buf[i] <= '9') {
         pid = pid * 10 + (buf[i] - '0');
       } else if (pid > 0) {
-        kill(pid, SIGKILL);
-        kill(-pid, SIGKILL);
-        ++found;
+        if (n < max) out[n++] = pid;
         pid = 0;
       }
     }
   }
-  if (pid > 0) {
-    kill(pid, SIGKILL);
-    kill(-pid, SIGKILL);
-    ++found;
-  }
+  if (pid > 0 && n < max) out[n++] = pid;
   close(fd);
-  return found;
+  return n;
 }
 
-/* Kills and reaps every process left below the keeper, until none is. */
-static void KillEverything(pid_t step, int step_reaped) {
-  if (!step_reaped) kill(-step, SIGKILL);
+static long long NowMs(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Kills the step's group and every other process below the keeper (what
+ * was re-parented to it), and reaps all but the step: the step stays a
+ * zombie, so its pid and group id cannot be reused while the launcher may
+ * still signal them; the caller reaps it. Gives up after 2 s (a process in
+ * uninterruptible sleep, or one the keeper may not signal): what is left
+ * then goes to init. */
+static void KillEverything(pid_t step) {
+  kill(-step, SIGKILL);
+  kill(step, SIGKILL);
+  const long long deadline = NowMs() + 2000;
+  static pid_t kids[4096];
   for (;;) {
-    int found = KillChildren();
-    pid_t reaped = waitpid(-1, NULL, found == 0 ? WNOHANG : 0);
-    if (reaped < 0 && errno != EINTR) return; /* ECHILD: none left */
-    if (reaped == 0) {
-      /* Children, but /proc listed none yet. */
-      struct timespec pause = {0, 1000000};
-      nanosleep(&pause, NULL);
+    const int n = ListChildren(kids, 4096);
+    if (n < 0) return; /* nothing to enumerate them with */
+    int others = 0;
+    for (int i = 0; i < n; ++i) {
+      if (kids[i] == step) continue;
+      ++others;
+      kill(kids[i], SIGKILL);
+      kill(-kids[i], SIGKILL);
+      waitpid(kids[i], NULL, WNOHANG);
     }
+    /* Done when nothing else is left and the step is dead: until then its
+     * children may still come back to the keeper. */
+    siginfo_t info;
+    memset(&info, 0, sizeof(info));
+    const int step_dead =
+        waitid(P_PID, (id_t)step, &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+        info.si_pid == step;
+    if ((others == 0 && step_dead) || NowMs() > deadline) return;
+    struct timespec pause = {0, 1000000};
+    nanosleep(&pause, NULL);
   }
 }
 
@@ -265,7 +285,7 @@ int main(int argc, char** argv) {
       nanosleep(&pause, NULL);
     }
     if (life_i >= 0 && fds[life_i].revents != 0) {
-      KillEverything(pid, 0);
+      KillEverything(pid);
       return 128 + SIGKILL;
     }
     if (child_fd >= 0) {
@@ -283,11 +303,10 @@ int main(int argc, char** argv) {
         break;
       }
       if (info.si_pid == pid) {
-        kill(-pid, SIGKILL);
+        KillEverything(pid);
         int wstatus = 0;
         while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
         }
-        KillEverything(pid, 1);
         EndLike(wstatus);
       }
       while (waitpid(info.si_pid, NULL, 0) < 0 && errno == EINTR) {
