@@ -77,6 +77,20 @@ TEST_F(RecordLogTest, ARecordCutShortAtTheEndIsDroppedAndTheRestKept) {
   EXPECT_THAT(Open()->records, ElementsAre("kept", "after"));
 }
 
+TEST_F(RecordLogTest, AZeroFilledTailIsCutNotReadAsRecords) {
+  {
+    auto opened = Open();
+    ASSERT_TRUE(opened->log->Append("kept").ok());
+    EXPECT_TRUE(absl::IsInvalidArgument(opened->log->Append("")));
+  }
+  // What a file system may leave after a power loss: zeros past the end.
+  Write(Read() + std::string(64, '\0'));
+  auto again = Open();
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_THAT(again->records, ElementsAre("kept"));
+  EXPECT_EQ(again->torn_bytes, 64u);
+}
+
 TEST_F(RecordLogTest, DamageBeforeTheLastRecordIsRefusedAndTheFileKept) {
   {
     auto opened = Open();

@@ -157,7 +157,9 @@ absl::StatusOr<RecordLog::Opened> RecordLog::Open(const std::string& path,
     uint32_t length = 0;
     if (whole) {
       length = GetU32(content.data() + at);
-      whole = length <= kMaxRecord && left - kFrame >= length;
+      // No record is empty: zeros (a tail the file system left after a
+      // power loss) are damage, not records.
+      whole = length > 0 && length <= kMaxRecord && left - kFrame >= length;
     }
     if (whole) {
       std::string_view record(content.data() + at + kFrame, length);
@@ -190,25 +192,46 @@ absl::StatusOr<RecordLog::Opened> RecordLog::Open(const std::string& path,
 }
 
 absl::Status RecordLog::Append(std::string_view record) {
+  if (record.empty()) {
+    return absl::InvalidArgumentError("a journal record cannot be empty");
+  }
   const std::string framed = Frame(record);
   absl::MutexLock lock(&mu_);
+  return AppendLocked(framed);
+}
+
+absl::Status RecordLog::AppendLocked(std::string_view framed) {
+  if (fd_ < 0) {
+    return absl::UnavailableError(
+        absl::StrCat(path_, " could not be reopened after compaction"));
+  }
   absl::Status s = WriteAll(fd_, framed, path_);
-  if (s.ok()) bytes_ += framed.size();
+  if (s.ok()) {
+    bytes_ += framed.size();
+  } else if (ftruncate(fd_, static_cast<off_t>(bytes_)) != 0) {
+    // Half a record stays at the end; the next Open cuts it as torn, but
+    // records appended after it would look like damage: stop appending.
+    close(fd_);
+    fd_ = -1;
+  }
   return s;
 }
 
 absl::Status RecordLog::Append(const std::vector<std::string>& records) {
   std::string framed;
-  for (const std::string& r : records) framed += Frame(r);
+  for (const std::string& r : records) {
+    if (r.empty()) {
+      return absl::InvalidArgumentError("a journal record cannot be empty");
+    }
+    framed += Frame(r);
+  }
   absl::MutexLock lock(&mu_);
-  absl::Status s = WriteAll(fd_, framed, path_);
-  if (s.ok()) bytes_ += framed.size();
-  return s;
+  return AppendLocked(framed);
 }
 
 absl::Status RecordLog::Sync() {
   absl::MutexLock lock(&mu_);
-  if (fdatasync(fd_) != 0) {
+  if (fd_ < 0 || fdatasync(fd_) != 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot sync ", path_, ": ", strerror(errno)));
   }
@@ -243,10 +266,15 @@ absl::Status RecordLog::Rewrite(const std::vector<std::string>& records) {
   }
   int appended = open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
   if (appended < 0) {
+    const int saved = errno;
+    // The old descriptor names the replaced file: appending to it would
+    // lose every record. Appends fail from now on.
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
     return absl::UnavailableError(
-        absl::StrCat("cannot reopen ", path_, ": ", strerror(errno)));
+        absl::StrCat("cannot reopen ", path_, ": ", strerror(saved)));
   }
-  close(fd_);
+  if (fd_ >= 0) close(fd_);
   fd_ = appended;
   bytes_ = content.size();
   return absl::OkStatus();

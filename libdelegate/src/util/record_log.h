@@ -43,6 +43,7 @@ class RecordLog {
   RecordLog(const RecordLog&) = delete;
   RecordLog& operator=(const RecordLog&) = delete;
 
+  // Empty records are refused (InvalidArgument).
   absl::Status Append(std::string_view record);
   // Several records with one write(2) (group commit).
   absl::Status Append(const std::vector<std::string>& records);
@@ -55,6 +56,10 @@ class RecordLog {
 
  private:
   RecordLog(std::string path, std::string header, int fd, size_t bytes);
+  // Writes framed records; on a failed write, cuts the file back to the
+  // last whole record.
+  absl::Status AppendLocked(std::string_view framed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   const std::string path_;
   const std::string header_;
   mutable absl::Mutex mu_;

@@ -127,6 +127,7 @@ std::vector<std::string> TaskJournal::Snapshot() const {
 }
 
 absl::Status TaskJournal::Write(std::string record, bool defer) {
+  absl::MutexLock write(&write_mu_);
   std::vector<std::string> batch;
   bool compact = false;
   std::vector<std::string> kept;
@@ -166,6 +167,7 @@ absl::Status TaskJournal::Write(std::string record, bool defer) {
 }
 
 TaskJournal::~TaskJournal() {
+  absl::MutexLock write(&write_mu_);
   std::vector<std::string> batch;
   {
     absl::MutexLock lock(&mu_);

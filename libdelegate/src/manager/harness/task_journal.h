@@ -83,6 +83,10 @@ class TaskJournal {
   std::vector<Interrupted> interrupted_;
   std::vector<std::pair<std::string, std::string>> undelivered_;
   size_t torn_bytes_ = 0;
+  // Held through a whole Write, so that a compaction's snapshot and the
+  // file's replacement see every record written before it and lose none
+  // written beside it. Taken before mu_.
+  absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, Entry> tasks_ ABSL_GUARDED_BY(mu_);
