@@ -450,7 +450,8 @@ TEST(DumpTest, ShowsEachSettingWithSource) {
               HasSubstr("poll_interval = 1.5s (POLL_INTERVAL_MILLISECS)\n"));
   EXPECT_THAT(dump, HasSubstr("cleanup_grace_period = 10s (default)\n"));
   EXPECT_THAT(dump, HasSubstr("workdir = "));
-  EXPECT_THAT(dump, HasSubstr("/.delegate-state (default)\n"));
+  EXPECT_THAT(dump, HasSubstr("/harness-delegate (default)\n"));
+  EXPECT_THAT(dump, HasSubstr("state_dir = "));
   EXPECT_THAT(dump, HasSubstr("ops_bind = :3000 (default)\n"));
   EXPECT_THAT(dump, HasSubstr("proxy = <unset> (default)\n"));
   // One line per setting.

@@ -101,6 +101,21 @@ TEST_F(InstanceTest, AForeignInstanceFileIsAClearErrorAndKept) {
   EXPECT_EQ(kept, "not an id");
 }
 
+TEST_F(InstanceTest, AStateDirectoryThatIsALinkOrAnotherUsersIsRefused) {
+  fs::create_directories(dir_ + "/real");
+  fs::create_symlink(dir_ + "/real", dir_ + "/link");
+  auto linked = InstanceLease::Acquire(dir_ + "/link", false);
+  ASSERT_FALSE(linked.ok());
+  EXPECT_THAT(linked.status().message(), HasSubstr("DELEGATE_STATE_DIR"));
+  EXPECT_THAT(linked.status().message(), HasSubstr("not a directory"));
+  if (geteuid() != 0) return;  // only root can give a directory away
+  fs::create_directories(dir_ + "/theirs");
+  ASSERT_EQ(chown((dir_ + "/theirs").c_str(), 65534, 65534), 0);
+  auto theirs = InstanceLease::Acquire(dir_ + "/theirs", false);
+  ASSERT_FALSE(theirs.ok());
+  EXPECT_THAT(theirs.status().message(), HasSubstr("belongs to uid 65534"));
+}
+
 TEST_F(InstanceTest, AnUnwritableStateDirectoryNamesTheVariable) {
   // Nobody, root included, makes directories in /proc.
   auto lease = InstanceLease::Acquire("/proc/no-such-state", false);

@@ -355,12 +355,26 @@ std::vector<absl::string_view> AllConfigVariables() {
 
 std::string DelegateConfig::StateDir() const {
   if (!state_dir.empty()) return state_dir;
-  std::string root = workdir;
-  if (root.empty()) {
+  // One directory per delegate name (two servers of different names on one
+  // machine do not share one), under the work root; in the shared temporary
+  // directory, one per user too.
+  std::string base;
+  if (!workdir.empty()) {
+    base = absl::StrCat(workdir, "/.delegate-state");
+  } else {
     const char* tmp = getenv("TMPDIR");
-    root = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+    base = absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp",
+                        "/delegate-state-", geteuid());
   }
-  return absl::StrCat(root, "/.delegate-state");
+  std::string leaf;
+  for (char c : name) {
+    leaf += absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' ||
+                    c == '_' || c == '.'
+                ? c
+                : '_';
+  }
+  if (leaf.empty() || leaf == "." || leaf == "..") leaf = "_";
+  return absl::StrCat(base, "/", leaf);
 }
 
 std::string DelegateConfig::Dump() const {

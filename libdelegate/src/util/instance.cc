@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -76,6 +77,20 @@ InstanceLease::~InstanceLease() {
 
 absl::StatusOr<std::unique_ptr<InstanceLease>> InstanceLease::Acquire(
     const std::string& state_dir, bool persistent) {
+  // Its journal and locks are this user's alone: never a link, nor a
+  // directory another user made (in a shared /tmp, say). Checked before
+  // anything is made in it.
+  struct stat st {};
+  const bool existed = lstat(state_dir.c_str(), &st) == 0;
+  if (existed && !S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        kStateVar, ": ", state_dir, " is not a directory (a symbolic link?)"));
+  }
+  if (existed && st.st_uid != geteuid()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        kStateVar, ": ", state_dir, " belongs to uid ", st.st_uid,
+        ", not to this user (", geteuid(), "); use a directory of your own"));
+  }
   std::error_code ec;
   fs::create_directories(state_dir + "/instances", ec);
   if (ec) {
@@ -83,55 +98,80 @@ absl::StatusOr<std::unique_ptr<InstanceLease>> InstanceLease::Acquire(
         kStateVar, ": cannot create ", state_dir, "/instances: ", ec.message(),
         "; point it at a writable directory"));
   }
+  if (!existed) chmod(state_dir.c_str(), 0700);
   std::string id;
   if (persistent) {
     const std::string path = state_dir + "/instance";
-    std::ifstream in(path);
-    if (in) {
-      std::stringstream text;
-      text << in.rdbuf();
-      id = std::string(absl::StripAsciiWhitespace(text.str()));
-      if (!IsId(id)) {
-        return absl::DataLossError(absl::StrCat(
-            kStateVar, ": ", path, " does not hold an instance id (", kIdLength,
-            " hex digits); it is not this delegate's, or it was damaged. "
-            "Move it away to start as a new instance (what the old one left "
-            "is then removed only by `delegate cleanup --all-instances`)"));
+    for (int attempt = 0; attempt < 2 && id.empty(); ++attempt) {
+      std::ifstream in(path);
+      if (in) {
+        std::stringstream text;
+        text << in.rdbuf();
+        id = std::string(absl::StripAsciiWhitespace(text.str()));
+        if (!IsId(id)) {
+          return absl::DataLossError(absl::StrCat(
+              kStateVar, ": ", path, " does not hold an instance id (",
+              kIdLength,
+              " hex digits); it is not this delegate's, or it was damaged. "
+              "Move it away to start as a new instance (what the old one "
+              "left is then removed only by `delegate cleanup "
+              "--all-instances`)"));
+        }
+        break;
       }
-    } else {
-      id = NewId();
-      const std::string tmp = path + ".tmp";
+      // First start: a file of this process's, then linked into place, so
+      // that of two servers starting at once only one id wins.
+      const std::string mine = absl::StrCat(path, ".", getpid());
       {
-        std::ofstream out(tmp, std::ios::trunc);
-        out << id << "\n";
+        std::ofstream out(mine, std::ios::trunc);
+        out << NewId() << "\n";
         out.flush();
         if (!out) {
           return absl::FailedPreconditionError(absl::StrCat(
-              kStateVar, ": cannot write ", tmp, ": ", strerror(errno)));
+              kStateVar, ": cannot write ", mine, ": ", strerror(errno)));
         }
       }
-      if (rename(tmp.c_str(), path.c_str()) != 0) {
+      const int linked = link(mine.c_str(), path.c_str());
+      const int saved = errno;
+      unlink(mine.c_str());
+      if (linked != 0 && saved != EEXIST) {
         return absl::FailedPreconditionError(absl::StrCat(
-            kStateVar, ": cannot write ", path, ": ", strerror(errno)));
+            kStateVar, ": cannot write ", path, ": ", strerror(saved)));
       }
+      // Read back whichever id won.
     }
   } else {
     id = NewId();
   }
-  const int fd = OpenLocked(LockPath(state_dir, id), true);
-  if (fd < 0) {
-    if (errno == EWOULDBLOCK) {
+  const std::string lock = LockPath(state_dir, id);
+  for (int attempt = 0;; ++attempt) {
+    const int fd = OpenLocked(lock, true);
+    if (fd < 0) {
+      if (errno == EWOULDBLOCK) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            kStateVar, ": ", state_dir,
+            " is in use by another running delegate server (instance ", id,
+            "); give each delegate its own ", kStateVar));
+      }
       return absl::FailedPreconditionError(absl::StrCat(
-          kStateVar, ": ", state_dir,
-          " is in use by another running delegate server (instance ", id,
-          "); give each delegate its own ", kStateVar));
+          kStateVar, ": cannot lock ", lock, ": ", strerror(errno)));
     }
-    return absl::FailedPreconditionError(
-        absl::StrCat(kStateVar, ": cannot lock ", LockPath(state_dir, id), ": ",
-                     strerror(errno)));
+    // `delegate cleanup` may have unlinked the file just before the lock
+    // was taken (ForgetInstance): a lock on a file no longer at the path
+    // protects nothing. Take it again.
+    struct stat held {
+    }, now{};
+    if (fstat(fd, &held) == 0 && stat(lock.c_str(), &now) == 0 &&
+        held.st_dev == now.st_dev && held.st_ino == now.st_ino) {
+      return std::unique_ptr<InstanceLease>(
+          new InstanceLease(state_dir, std::move(id), fd, persistent));
+    }
+    close(fd);
+    if (attempt >= 5) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(kStateVar, ": cannot keep a lock on ", lock));
+    }
   }
-  return std::unique_ptr<InstanceLease>(
-      new InstanceLease(state_dir, std::move(id), fd, persistent));
 }
 
 std::vector<std::string> FindGoneInstances(const std::string& state_dir) {
