@@ -599,7 +599,9 @@ http::ServerResponse ReferenceManager::HandleLogs(
   bool fail_after = false;
   if (faults_.log_fail_percent > 0 &&
       static_cast<int>(log_faults_rng_() % 100) < faults_.log_fail_percent) {
-    if (log_faults_rng_() % 2 == 0) {
+    // Opens and closes fail only before they are taken: a counted open
+    // whose answer is lost would leave the count wrong.
+    if (log_faults_rng_() % 2 == 0 || req.method != "PUT") {
       return Error(503, "injected log service failure");
     }
     fail_after = true;

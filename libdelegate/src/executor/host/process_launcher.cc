@@ -12,6 +12,7 @@
 #include <spawn.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -277,25 +278,32 @@ struct KeeperExe {
   std::string path;
   std::string error;
 };
+// Removes the on-disk keeper when the process ends normally.
+struct RemoveAtExit {
+  std::string path;
+  ~RemoveAtExit() {
+    if (!path.empty()) unlink(path.c_str());
+  }
+};
 KeeperExe MakeKeeperFile() {
   KeeperExe k;
   const char* tmp = getenv("TMPDIR");
-  std::string dir = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
-  const std::string path =
-      absl::StrCat(dir, "/delegate-keeper-", geteuid(), "-", getpid());
-  const std::string partial = path + ".new";
-  int fd =
-      open(partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0700);
-  if (fd < 0 || !WriteAll(fd, kKeeperImage, kKeeperImage_size)) {
-    k.error = Errno(absl::StrCat("write ", partial).c_str());
-    if (fd >= 0) close(fd);
+  std::string path = absl::StrCat(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp",
+                                  "/delegate-keeper-XXXXXX");
+  // A fresh name (O_EXCL): never a file or link someone else put there.
+  int fd = mkostemp(path.data(), O_CLOEXEC);
+  if (fd < 0) {
+    k.error = Errno(absl::StrCat("mkstemp ", path).c_str());
+    return k;
+  }
+  static RemoveAtExit remove;
+  remove.path = path;
+  if (!WriteAll(fd, kKeeperImage, kKeeperImage_size) || fchmod(fd, 0500) != 0) {
+    k.error = Errno(absl::StrCat("write ", path).c_str());
+    close(fd);
     return k;
   }
   close(fd);
-  if (rename(partial.c_str(), path.c_str()) != 0) {
-    k.error = Errno(absl::StrCat("rename ", partial).c_str());
-    return k;
-  }
   k.path = path;
   return k;
 }

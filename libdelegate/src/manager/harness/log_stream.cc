@@ -76,7 +76,10 @@ absl::Status LogServiceStream::FlushLocked() {
     const uint64_t newly_dropped = dropped_ - dropped_reported_;
     if (pending_.empty() && newly_dropped == 0) return absl::OkStatus();
     if (newly_dropped > 0) {
-      if (!notice_pos_) notice_pos_ = position_++;
+      if (!notice_pos_) {
+        notice_pos_ = position_++;
+        notice_time_ = absl::Now();
+      }
       absl::StrAppend(
           &body, LineJson("warn", *notice_pos_,
                           absl::StrCat(
@@ -84,7 +87,7 @@ absl::Status LogServiceStream::FlushLocked() {
                               dropped_bytes_,
                               " bytes in all so far) were dropped: the step "
                               "wrote faster than the log service took them\n"),
-                          absl::Now()));
+                          notice_time_));
       reporting = dropped_;
     }
     for (const Line& l : pending_) {
@@ -175,8 +178,9 @@ void LogServiceStream::Close() {
   }
   absl::MutexLock send(&send_mu_);
   closed_at_ = absl::Now();
-  // A service that is down is not waited for here: the step's result must
-  // not wait on its log. The flusher finishes the stream.
+  // One attempt here (at most call_timeout each for the PUT and the
+  // DELETE); a service that fails it is not retried here, so that the
+  // step's result does not wait on its log: the flusher finishes the stream.
   next_try_ = absl::InfinitePast();
   if (!FinishCloseLocked()) service_.KeepClosing(shared_from_this());
 }

@@ -97,6 +97,7 @@ class LogServiceStream : public std::enable_shared_from_this<LogServiceStream> {
   // The position of the notice of dropped lines not yet delivered, so that
   // a resent notice is the same line.
   std::optional<uint64_t> notice_pos_ ABSL_GUARDED_BY(mu_);
+  absl::Time notice_time_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   // One PUT at a time, in order; taken before mu_.
   absl::Mutex send_mu_ ABSL_ACQUIRED_BEFORE(mu_);
