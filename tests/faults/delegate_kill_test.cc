@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -192,7 +193,21 @@ TEST(DelegateKillTest, SigkillsAtRandomPointsLoseNoStageAndLeaveNothing) {
   for (const auto& [step, times] : ran) duplicates += times > 1;
   int orphans = 0;
   for (pid_t pid : testing::PidsIn(pids)) {
-    orphans += !testing::AwaitGone(pid, absl::Seconds(2));
+    if (testing::AwaitGone(pid, absl::Seconds(2))) continue;
+    // pid_max may be 32768: a pid recorded a minute ago may be another
+    // process's now. Ours run in a workspace under this test's directory.
+    std::string environ = ReadFile("/proc/" + std::to_string(pid) + "/environ");
+    const std::string work =
+        std::filesystem::path(dir + "/work").lexically_normal().string();
+    if (!absl::StrContains(environ, "HARNESS_WORKSPACE=" + work + "/")) {
+      continue;
+    }
+    ++orphans;
+    // Which process, and under whom, for the report.
+    std::string stat = ReadFile("/proc/" + std::to_string(pid) + "/stat");
+    std::string cmdline = ReadFile("/proc/" + std::to_string(pid) + "/cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    ADD_FAILURE() << "orphan " << pid << ": " << cmdline << " (" << stat << ")";
   }
   int workspaces = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir + "/work")) {

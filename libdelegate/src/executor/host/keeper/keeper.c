@@ -125,13 +125,15 @@ static long long NowMs(void) {
 /* Kills the step's group and every other process below the keeper (what
  * was re-parented to it), and reaps all but the step: the step stays a
  * zombie, so its pid and group id cannot be reused while the launcher may
- * still signal them; the caller reaps it. Gives up after 2 s (a process in
- * uninterruptible sleep, or one the keeper may not signal): what is left
+ * still signal them; the caller reaps it. Once the step is dead, what it
+ * left has 2 s to come back to the keeper and die; a step that does not
+ * die within 30 s (uninterruptible sleep) is given up on. What is left
  * then goes to init. */
 static void KillEverything(pid_t step) {
   kill(-step, SIGKILL);
   kill(step, SIGKILL);
-  const long long deadline = NowMs() + 2000;
+  const long long give_up = NowMs() + 30000;
+  long long step_dead_at = -1;
   static pid_t kids[4096];
   for (;;) {
     const int n = ListChildren(kids, 4096);
@@ -144,14 +146,19 @@ static void KillEverything(pid_t step) {
       kill(-kids[i], SIGKILL);
       waitpid(kids[i], NULL, WNOHANG);
     }
-    /* Done when nothing else is left and the step is dead: until then its
-     * children may still come back to the keeper. */
     siginfo_t info;
     memset(&info, 0, sizeof(info));
     const int step_dead =
         waitid(P_PID, (id_t)step, &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
         info.si_pid == step;
-    if ((others == 0 && step_dead) || NowMs() > deadline) return;
+    const long long now = NowMs();
+    if (step_dead && step_dead_at < 0) step_dead_at = now;
+    /* Done when the step is dead and nothing else is left: until then its
+     * children may still come back to the keeper. */
+    if (step_dead && others == 0) return;
+    if ((step_dead_at >= 0 && now > step_dead_at + 2000) || now > give_up) {
+      return;
+    }
     struct timespec pause = {0, 1000000};
     nanosleep(&pause, NULL);
   }
