@@ -15,30 +15,43 @@
 namespace delegate {
 namespace {
 
-void BM_TaskJournalStage(benchmark::State& state) {
-  const std::string path = (std::filesystem::temp_directory_path() /
-                            absl::StrCat("delegate-bench-journal-", getpid()))
-                               .string();
+// A new journal in $TMPDIR named after `what`, or nullptr after telling
+// `state` why not.
+std::unique_ptr<harness::TaskJournal> NewJournal(benchmark::State& state,
+                                                 const char* what,
+                                                 std::string& path) {
+  path = (std::filesystem::temp_directory_path() /
+          absl::StrCat("delegate-bench-", what, "-", getpid()))
+             .string();
   std::filesystem::remove(path);
   auto journal = harness::TaskJournal::Open(path);
   if (!journal.ok()) {
     state.SkipWithError(std::string(journal.status().message()).c_str());
-    return;
+    return nullptr;
   }
-  // A step's answer as the delegate sends it: a few hundred bytes.
-  const std::string answer(300, 'a');
+  return *std::move(journal);
+}
+
+// A step's answer as the delegate sends it: a few hundred bytes.
+const std::string kAnswer(300, 'a');
+
+void BM_TaskJournalStage(benchmark::State& state) {
+  std::string path;
+  auto journal = NewJournal(state, "journal", path);
+  if (journal == nullptr) return;
+  const std::string& answer = kAnswer;
   uint64_t n = 0;
   for (auto _ : state) {
     const std::string stage = absl::StrCat("stage-", n++);
     for (const char* type : {"local_init", "local_execute", "local_cleanup"}) {
       const std::string task = absl::StrCat(stage, "-", type);
-      (void)(*journal)->Started(task, type, "step");
-      (void)(*journal)->Answered(task, answer);
-      (void)(*journal)->Delivered(task);
+      (void)journal->Started(task, type, "step");
+      (void)journal->Answered(task, answer);
+      (void)journal->Delivered(task);
     }
   }
   state.SetItemsProcessed(state.iterations());
-  journal->reset();
+  journal.reset();
   std::filesystem::remove(path);
 }
 BENCHMARK(BM_TaskJournalStage);
@@ -47,26 +60,19 @@ BENCHMARK(BM_TaskJournalStage);
 // in flight and 2,000 answers kept (what a restarted delegate reads before
 // it answers them): replay, the in-flight list, compaction.
 void BM_TaskJournalRecover(benchmark::State& state) {
-  const std::string path = (std::filesystem::temp_directory_path() /
-                            absl::StrCat("delegate-bench-recover-", getpid()))
-                               .string();
-  std::filesystem::remove(path);
+  std::string path;
   {
-    auto journal = harness::TaskJournal::Open(path);
-    if (!journal.ok()) {
-      state.SkipWithError(std::string(journal.status().message()).c_str());
-      return;
-    }
-    const std::string answer(300, 'a');
+    auto journal = NewJournal(state, "recover", path);
+    if (journal == nullptr) return;
     for (int i = 0; i < 2000; ++i) {
       const std::string task = absl::StrCat("done-", i);
-      (void)(*journal)->Started(task, "local_execute", "step");
-      (void)(*journal)->Answered(task, answer);
-      (void)(*journal)->Delivered(task);
+      (void)journal->Started(task, "local_execute", "step");
+      (void)journal->Answered(task, kAnswer);
+      (void)journal->Delivered(task);
     }
     for (int i = 0; i < 100; ++i) {
-      (void)(*journal)->Started(absl::StrCat("running-", i), "local_execute",
-                                "step");
+      (void)journal->Started(absl::StrCat("running-", i), "local_execute",
+                             "step");
     }
   }
   const std::string saved = path + ".saved";
