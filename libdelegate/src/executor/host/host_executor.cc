@@ -144,8 +144,13 @@ absl::Status HostExecutor::Initialize(const StageContext& ctx) {
   std::string root = WorkRoot(options_.workdir);
   std::error_code ec;
   fs::create_directories(root, ec);
+  // The instance is in the name, so that a directory is attributable from
+  // the moment it exists (a crash before engine/instance is written).
+  const std::string instance =
+      options_.instance.empty() ? "" : options_.instance + "-";
   std::string pattern =
-      (fs::path(root) / ("delegate-" + SafeFileName(ctx.task_id) + "-XXXXXX"))
+      (fs::path(root) /
+       ("delegate-" + instance + SafeFileName(ctx.task_id) + "-XXXXXX"))
           .string();
   if (mkdtemp(pattern.data()) == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -407,16 +412,17 @@ std::vector<std::string> ReapHostLeftovers(
   fs::directory_iterator it(WorkRoot(workdir), ec);
   if (ec) return removed;
   for (const fs::directory_entry& entry : it) {
-    if (!absl::StartsWith(entry.path().filename().string(), "delegate-")) {
-      continue;
-    }
+    const std::string name = entry.path().filename().string();
+    if (!absl::StartsWith(name, "delegate-")) continue;
     std::ifstream in(entry.path() / "engine" / kInstanceFile);
-    std::string instance;
-    if (!std::getline(in, instance)) continue;
-    if (std::find(instances.begin(), instances.end(), instance) ==
-        instances.end()) {
-      continue;
+    std::string marked;
+    std::getline(in, marked);
+    bool theirs = false;
+    for (const std::string& instance : instances) {
+      theirs = theirs || marked == instance ||
+               absl::StartsWith(name, "delegate-" + instance + "-");
     }
+    if (!theirs) continue;
     std::error_code rm;
     fs::remove_all(entry.path(), rm);
     if (!rm) removed.push_back("workspace " + entry.path().string());
