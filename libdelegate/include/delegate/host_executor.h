@@ -28,9 +28,9 @@ struct HostExecutorOptions {
   // The environment steps start from, "KEY=VALUE". Unset: the delegate's own
   // environment without the delegate token variables.
   std::optional<std::vector<std::string>> base_env;
-  // This process's instance (delegate/instance.h), written into each stage
-  // directory (engine/instance) so that a stage directory left by a crash
-  // is found by instance. Empty: none.
+  // This process's instance (delegate/instance.h), in each stage
+  // directory's name (delegate-INSTANCE-TASK-XXXXXX) so that a stage
+  // directory left by a crash is found by instance. Empty: none.
   std::string instance;
   // Where instances are recorded. When set, the delegate's start removes the
   // stage directories its own instance (a crashed earlier run) and every

@@ -64,9 +64,6 @@ std::string WorkRoot(const std::string& workdir) {
   return root;
 }
 
-// Under a stage directory's engine/: the instance that made it.
-constexpr char kInstanceFile[] = "instance";
-
 // Never empty and never a dot file (".", "..").
 std::string SafeFileName(std::string_view s) {
   std::string out = SanitizeName(s, '_', 64);
@@ -145,7 +142,7 @@ absl::Status HostExecutor::Initialize(const StageContext& ctx) {
   std::error_code ec;
   fs::create_directories(root, ec);
   // The instance is in the name, so that a directory is attributable from
-  // the moment it exists (a crash before engine/instance is written).
+  // the moment it exists.
   const std::string instance =
       options_.instance.empty() ? "" : options_.instance + "-";
   std::string pattern =
@@ -173,9 +170,6 @@ absl::Status HostExecutor::Initialize(const StageContext& ctx) {
           absl::StrCat("volume ", volume.name, ": cannot create ", dir.string(),
                        ": ", ec.message()));
     }
-  }
-  if (!options_.instance.empty()) {
-    std::ofstream(stage_dir_ / "engine" / kInstanceFile) << options_.instance;
   }
   ctx.output.SystemLine(absl::StrCat("workspace ", workspace_.string()));
   return absl::OkStatus();
@@ -414,13 +408,9 @@ std::vector<std::string> ReapHostLeftovers(
   for (const fs::directory_entry& entry : it) {
     const std::string name = entry.path().filename().string();
     if (!absl::StartsWith(name, "delegate-")) continue;
-    std::ifstream in(entry.path() / "engine" / kInstanceFile);
-    std::string marked;
-    std::getline(in, marked);
     bool theirs = false;
     for (const std::string& instance : instances) {
-      theirs = theirs || marked == instance ||
-               absl::StartsWith(name, "delegate-" + instance + "-");
+      theirs = theirs || absl::StartsWith(name, "delegate-" + instance + "-");
     }
     if (!theirs) continue;
     std::error_code rm;
