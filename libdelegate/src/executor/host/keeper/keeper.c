@@ -136,6 +136,16 @@ static void KillEverything(pid_t step) {
   long long step_dead_at = -1;
   static pid_t kids[4096];
   for (;;) {
+    /* Whether the step is dead, asked before the listing: a process's
+     * children are re-parented before it becomes a zombie, so once the
+     * step is seen dead, all it left is in the listing that follows. (Asked
+     * after it, the step could die in between and a child it left come back
+     * to the keeper unlisted, then go to init when the keeper exits.) */
+    siginfo_t info;
+    memset(&info, 0, sizeof(info));
+    const int step_dead =
+        waitid(P_PID, (id_t)step, &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+        info.si_pid == step;
     const int n = ListChildren(kids, 4096);
     if (n < 0) return; /* nothing to enumerate them with */
     int others = 0;
@@ -146,15 +156,11 @@ static void KillEverything(pid_t step) {
       kill(-kids[i], SIGKILL);
       waitpid(kids[i], NULL, WNOHANG);
     }
-    siginfo_t info;
-    memset(&info, 0, sizeof(info));
-    const int step_dead =
-        waitid(P_PID, (id_t)step, &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-        info.si_pid == step;
     const long long now = NowMs();
     if (step_dead && step_dead_at < 0) step_dead_at = now;
-    /* Done when the step is dead and nothing else is left: until then its
-     * children may still come back to the keeper. */
+    /* Done when the step was dead and nothing else was left: a process
+     * still listed, even one dying, may yet hand its own children to the
+     * keeper; none is listed only when no descendant is left. */
     if (step_dead && others == 0) return;
     if ((step_dead_at >= 0 && now > step_dead_at + 2000) || now > give_up) {
       return;
