@@ -253,6 +253,20 @@ TEST(FakeEngineTest, NegotiatesDownToTheNewestKnownVersion) {
   EXPECT_EQ((*client)->api_version(), "1.47");
 }
 
+TEST(FakeEngineTest, PingSaysWhetherTheEngineTakesNewConnections) {
+  auto engine = std::make_unique<FakeEngine>(
+      Answers{{"/version", R"({"ApiVersion":"1.41"})"}, {"/_ping", "OK"}});
+  auto client = DockerClient::Connect(engine->endpoint());
+  ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_TRUE((*client)->Ping(absl::Seconds(2)).ok());
+  const std::string display = engine->endpoint().display;
+  engine.reset();  // as a dockerd that shut down
+  absl::Status gone = (*client)->Ping(absl::Seconds(2));
+  EXPECT_EQ(gone.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(Message(gone),
+              HasSubstr("the Docker Engine at " + display + " does not answer"));
+}
+
 TEST(FakeEngineTest, RefusesAnOldDaemon) {
   FakeEngine engine(Answers{{"/version", R"({"ApiVersion":"1.30"})"}});
   auto client = DockerClient::Connect(engine.endpoint());

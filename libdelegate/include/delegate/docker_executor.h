@@ -21,6 +21,10 @@ struct DockerExecutorOptions {
   std::string docker_host;
   // A stopped step's container gets SIGTERM, then SIGKILL after this long.
   absl::Duration grace_period = absl::Seconds(10);
+  // When the Engine stops answering during a stage's cleanup (a dockerd
+  // restart), how long cleanup waits for it to come back before it leaves
+  // what it could not remove to the next start or `delegate cleanup`.
+  absl::Duration engine_wait = absl::Seconds(60);
   // This process's instance (delegate/instance.h), labelled
   // io.libdelegate.instance on everything the executor makes. Empty: none.
   std::string instance;

@@ -345,6 +345,10 @@ absl::StatusOr<Response> HttpClient::Perform(const Request& request) {
     curl_easy_setopt(easy, CURLOPT_UNIX_SOCKET_PATH,
                      request.unix_socket.c_str());
   }
+  if (request.fresh_connection) {
+    curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
+    curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L);
+  }
   curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                    ToMillis(request.connect_timeout));
   if (request.timeout != absl::InfiniteDuration()) {

@@ -65,6 +65,11 @@ struct Request {
   // not choose can send a request, and its credentials, elsewhere.
   bool use_env_proxy = false;
 
+  // A new connection, closed after this request: whether the peer accepts
+  // connections now (a server shutting down may still answer on a kept-alive
+  // one).
+  bool fresh_connection = false;
+
   absl::Duration connect_timeout = absl::Seconds(10);
   // The whole exchange, body included; infinite for long-lived streams,
   // which `abort` ends instead.

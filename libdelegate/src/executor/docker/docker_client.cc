@@ -151,6 +151,27 @@ class EngineClient final : public DockerClient {
 
   std::string api_version() const override { return version_; }
 
+  absl::Status Ping(absl::Duration timeout) override {
+    http::Request request;
+    request.url = absl::StrCat(endpoint_.base_url, "/_ping");
+    request.unix_socket = endpoint_.unix_socket;
+    request.fresh_connection = true;
+    request.connect_timeout = timeout;
+    request.timeout = timeout;
+    absl::StatusOr<http::Response> r = Do(request);
+    if (!r.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("the Docker Engine at ", endpoint_.display,
+                       " does not answer: ", r.status().message()));
+    }
+    if (r->status != 200) {
+      return absl::UnavailableError(
+          absl::StrCat("the Docker Engine at ", endpoint_.display,
+                       " answers GET /_ping with HTTP ", r->status));
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status CreateNetwork(
       const std::string& name,
       const std::map<std::string, std::string>& labels) override {

@@ -96,6 +96,11 @@ class DockerClient {
 
   virtual std::string api_version() const = 0;
 
+  // Whether the Engine accepts a new connection and answers GET /_ping
+  // within `timeout`: an Engine shutting down still answers on connections
+  // it already has. Unavailable with the reason when not.
+  virtual absl::Status Ping(absl::Duration timeout) = 0;
+
   // Each returns the daemon's message on failure (its JSON "message"), with
   // the HTTP status mapped to a canonical code: 404 NotFound, 409
   // AlreadyExists / FailedPrecondition, 401/403 PermissionDenied, others

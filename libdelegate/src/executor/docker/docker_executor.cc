@@ -74,6 +74,22 @@ bool OomEventSeen(DockerClient& client, const std::string& id,
   return false;
 }
 
+// How long a look at whether the Engine still answers may take.
+constexpr absl::Duration kPingTimeout = absl::Seconds(2);
+
+// A failed step's error, with the reason when its Engine has stopped
+// answering: an Engine that shuts down (a dockerd restart) stops its
+// containers first, so their steps fail with 137 or 143, or lose their wait.
+std::string FailureWithEngine(DockerClient& client, std::string error) {
+  absl::Status engine = client.Ping(kPingTimeout);
+  if (engine.ok()) return error;
+  return absl::StrCat(
+      AbslView(error),
+      ": the Docker Engine stopped during the step, and its containers "
+      "stopped with it (",
+      engine.message(), ")");
+}
+
 // "step timed out; stopping WHAT (SIGKILL after 10s)".
 std::string StopLine(StepStatus why, std::string_view what,
                      absl::Duration grace) {
@@ -502,7 +518,12 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
     result.error = *stopped == StepStatus::kTimeout ? "timed out" : "cancelled";
     return result;
   }
-  if (!code.ok()) return fail(code.status());
+  if (!code.ok()) {
+    result.status = StepStatus::kFailure;
+    result.error =
+        FailureWithEngine(*client_, std::string(code.status().message()));
+    return result;
+  }
   result.exit_code = *code;
   if (state.ok() && (state->oom_killed ||
                      (*code == 137 && OomEventSeen(*client_, *id, started)))) {
@@ -517,7 +538,8 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
   }
   if (*code != 0) {
     result.status = StepStatus::kFailure;
-    result.error = absl::StrCat("exit status ", *code);
+    result.error =
+        FailureWithEngine(*client_, absl::StrCat("exit status ", *code));
   }
   CollectOutputs(ctx, outputs_text, result);
   return result;
@@ -634,12 +656,16 @@ StepResult DockerExecutor::ExecuteInSharedContainer(const StepContext& ctx,
             "killed: out of memory (the shared container hit its limit)"));
       }
     }
-    return fail(code.status());
+    result.status = StepStatus::kFailure;
+    result.error =
+        FailureWithEngine(*client_, std::string(code.status().message()));
+    return result;
   }
   result.exit_code = *code;
   if (*code != 0) {
     result.status = StepStatus::kFailure;
-    result.error = absl::StrCat("exit status ", *code);
+    result.error =
+        FailureWithEngine(*client_, absl::StrCat("exit status ", *code));
   }
   std::string outputs_text;
   if (!ctx.step.outputs.empty()) {
@@ -661,9 +687,44 @@ absl::Status DockerExecutor::Cleanup(const StageContext& ctx) {
     if (!client.ok()) return absl::OkStatus();
     client_ = *client;
   }
-  return RemoveLabelled(*client_,
-                        absl::StrCat(kLabelTransaction, "=", Transaction(ctx)),
-                        nullptr);
+  const std::string label =
+      absl::StrCat(kLabelTransaction, "=", Transaction(ctx));
+  absl::Status removed = RemoveLabelled(*client_, label, nullptr);
+  // An Engine that stopped answering (a dockerd restart) is waited for:
+  // what the stage made is still on it when it comes back. One that answers
+  // gets two more tries, for the errors of an Engine just started.
+  const absl::Duration wait = shared_->options().engine_wait;
+  const absl::Time give_up = absl::Now() + wait;
+  bool announced = false;
+  for (int tries = 1; !removed.ok() && tries < 3; ++tries) {
+    absl::Status engine = client_->Ping(kPingTimeout);
+    for (absl::Duration pause = absl::Milliseconds(250);
+         !engine.ok() && absl::Now() < give_up;
+         pause = std::min(pause * 2, absl::Seconds(2))) {
+      if (!announced) {
+        ctx.output.SystemLine(
+            absl::StrCat("cleanup: ", engine.message(), "; waiting up to ",
+                         absl::FormatDuration(wait), " for it to come back"));
+        announced = true;
+      }
+      absl::SleepFor(std::min(pause, give_up - absl::Now()));
+      engine = client_->Ping(kPingTimeout);
+    }
+    if (!engine.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          removed.message(), "; ", engine.message(), " after ",
+          absl::FormatDuration(wait), ": what is left carries the label ",
+          label,
+          " and goes at the delegate's next start or with `delegate "
+          "cleanup`"));
+    }
+    if (announced && tries == 1) {
+      ctx.output.SystemLine("cleanup: the Docker Engine answers again");
+    }
+    if (tries > 1) absl::SleepFor(absl::Milliseconds(500));
+    removed = RemoveLabelled(*client_, label, nullptr);
+  }
+  return removed;
 }
 
 }  // namespace
