@@ -21,6 +21,7 @@
 #include "manager/grpc/convert.h"
 #include "manager/grpc/session_batch.h"
 #include "manager/grpc/tls.h"
+#include "util/record_log.h"
 #include "util/strings.h"
 
 namespace delegate::reference {
@@ -82,6 +83,11 @@ class SessionManager::Impl final : public v1::DelegateSession::Service {
   struct StepLog {
     std::vector<std::string> lines;
     bool closed = false;
+    // Of the lines kept, as LogChunk.crc32 and size_bytes define them.
+    uint32_t crc = 0;
+    uint64_t bytes = 0;
+    size_t emitted = 0;    // lines given to watchers (not again after a resend)
+    bool damaged = false;  // damage_logs was applied
   };
   struct StageRec {
     std::string id;
@@ -103,6 +109,8 @@ class SessionManager::Impl final : public v1::DelegateSession::Service {
     absl::flat_hash_map<std::string, v1::Ack> acks;  // applied keys
     std::set<std::string> steps_finished;
     std::map<std::string, StepLog> logs;
+    uint32_t logs_resent = 0;
+    uint32_t logs_checked = 0;
     absl::Time submitted;
     std::string cancel_reason;
     // Events go out in order, one thread at a time, outside mu_.
@@ -786,9 +794,11 @@ void SessionManager::Impl::HandleLocked(Session& session,
       const v1::LogChunkReport& report = message.log();
       const v1::LogChunk& chunk = report.chunk();
       auto it = stages_.find(chunk.task_id());
+      // The latest dispatch's, also once its result is in: a log may still
+      // be asked for again then.
       if (it == stages_.end() || report.fencing_token() != it->second->token ||
           report.lease_id() != it->second->lease_id ||
-          it->second->state != State::kLeased) {
+          it->second->state == State::kQueued) {
         return;  // not kept; a renewal or report tells the delegate why
       }
       const RecPtr& rec = it->second;
@@ -799,13 +809,45 @@ void SessionManager::Impl::HandleLocked(Session& session,
         std::vector<LogLine> fresh;
         for (const LogLine& line : *lines) {
           if (line.number - 1 == log.lines.size()) {
-            log.lines.emplace_back(line.text);
-            fresh.push_back(line);
+            std::string text(line.text);
+            if (options_.damage_logs && !log.damaged) {
+              text += " (damaged)";
+              log.damaged = true;
+            }
+            log.crc = Crc32(text, log.crc);
+            log.bytes += text.size();
+            if (!line.partial) {
+              log.crc = Crc32("\n", log.crc);
+              ++log.bytes;
+            }
+            log.lines.push_back(std::move(text));
+            if (log.lines.size() > log.emitted) {
+              fresh.push_back(line);
+              log.emitted = log.lines.size();
+            }
           }
         }
         if (chunk.closed() &&
             chunk.offset() + chunk.lines_size() == log.lines.size()) {
-          log.closed = true;
+          if (chunk.has_crc32() && chunk.has_size_bytes() &&
+              (chunk.crc32() != log.crc || chunk.size_bytes() != log.bytes)) {
+            // The copy is not the delegate's log: all of it again.
+            log_.Warn(
+                "a log did not match its CRC-32 at its close; asking "
+                "for it again from offset 0",
+                {{"stage", rec->id},
+                 {"step", chunk.step_id()},
+                 {"lines", absl::StrCat(log.lines.size())},
+                 {"bytes",
+                  absl::StrCat(log.bytes, " of ", chunk.size_bytes())}});
+            log.lines.clear();
+            log.crc = 0;
+            log.bytes = 0;
+            ++rec->logs_resent;
+          } else if (!log.closed) {
+            log.closed = true;
+            if (chunk.has_crc32()) ++rec->logs_checked;
+          }
         }
         if (!fresh.empty() && rec->events) {
           // The lines view into `chunk`: the event keeps its own copy.
@@ -981,6 +1023,8 @@ StageSnapshot SessionManager::Impl::SnapshotLocked(const StageRec& rec) const {
   s.results_applied = rec.results_applied;
   s.result = rec.result;
   for (const auto& [step, log] : rec.logs) s.logs.emplace_back(step, log.lines);
+  s.logs_resent = rec.logs_resent;
+  s.logs_checked = rec.logs_checked;
   return s;
 }
 

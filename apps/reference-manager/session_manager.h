@@ -42,6 +42,10 @@ struct SessionManagerOptions {
   std::vector<uint32_t> supported_versions = {1};
   // Where the manager's own events go; nullptr: EventLog::Stdout().
   EventLog* log = nullptr;
+  // Fault injection: the first copy of every log is kept with its first
+  // line altered, as a store that damaged it would. The CRC-32 check at the
+  // log's close then fails, and the log is asked for again from offset 0.
+  bool damage_logs = false;
 };
 
 // What the manager knows of one stage.
@@ -56,6 +60,10 @@ struct StageSnapshot {
   std::optional<StageResult> result;
   // Every step's log as kept, by step id ("" for the stage's own lines).
   std::vector<std::pair<std::string, std::vector<std::string>>> logs;
+  // Logs whose copy did not match the CRC-32 and size at their close, and
+  // were asked for again; and closes that matched.
+  uint32_t logs_resent = 0;
+  uint32_t logs_checked = 0;
 };
 
 struct DelegateSnapshot {

@@ -273,7 +273,11 @@ TEST(LoadConfigTest, NumericSettingsParse) {
                                {"PARALLEL_WORKERS", "8"},
                                {"POLL_INTERVAL_MILLISECS", "250"},
                                {"CLEANUP_GRACE_PERIOD_SECONDS", "0"},
+                               {"DELEGATE_LOG_SPOOL_MIB", "64"},
                                {"HARNESS_WORKDIR", "/data/work"}});
+  EXPECT_EQ(cfg.log_spool_mib, 64);
+  EXPECT_EQ(cfg.sources["log_spool_mib"], "DELEGATE_LOG_SPOOL_MIB");
+  EXPECT_EQ(LoadOk({}).log_spool_mib, 1024);
   EXPECT_EQ(cfg.max_stages, 1000000);
   EXPECT_EQ(cfg.parallel_workers, 8);
   EXPECT_EQ(cfg.poll_interval, absl::Milliseconds(250));
@@ -311,6 +315,9 @@ TEST(LoadConfigTest, MalformedNumbersNameTheVariable) {
       {"CLEANUP_GRACE_PERIOD_SECONDS", "-1"},
       {"CLEANUP_GRACE_PERIOD_SECONDS", "10s"},
       {"CLEANUP_GRACE_PERIOD_SECONDS", "soon"},
+      {"DELEGATE_LOG_SPOOL_MIB", "0"},
+      {"DELEGATE_LOG_SPOOL_MIB", "1GiB"},
+      {"DELEGATE_LOG_SPOOL_MIB", "9999999"},
   };
   for (const auto& [var, value] : cases) {
     SCOPED_TRACE(absl::StrCat(var, "=", value));
@@ -455,7 +462,8 @@ TEST(DumpTest, ShowsEachSettingWithSource) {
   EXPECT_THAT(dump, HasSubstr("ops_bind = :3000 (default)\n"));
   EXPECT_THAT(dump, HasSubstr("proxy = <unset> (default)\n"));
   // One line per setting.
-  EXPECT_EQ(std::count(dump.begin(), dump.end(), '\n'), 20);
+  EXPECT_EQ(std::count(dump.begin(), dump.end(), '\n'), 21);
+  EXPECT_THAT(dump, HasSubstr("log_spool_mib = 1024 (default)\n"));
 }
 
 TEST(DumpTest, TheStateDirectoryIsMadeAbsoluteAndShown) {

@@ -8,6 +8,7 @@
 // what it sends parses back.
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,9 +25,22 @@ using delegate::grpcv1::SessionLedger;
 
 namespace {
 
+// One spool for every input, in the fuzzer's temporary directory.
+delegate::LogSpool& Spool() {
+  static delegate::LogSpool* spool = [] {
+    const char* tmp = getenv("TMPDIR");
+    auto opened = delegate::LogSpool::Open(
+        std::string(tmp && *tmp ? tmp : "/tmp") + "/delegate-fuzz-spool",
+        uint64_t{64} << 20);
+    if (!opened.ok()) abort();
+    return opened->release();
+  }();
+  return *spool;
+}
+
 struct Driver {
   delegate::EventLog log{[](std::string_view) {}};
-  SessionLedger ledger{4, log};
+  SessionLedger ledger{4, log, Spool()};
   absl::Time now = absl::FromUnixSeconds(1'700'000'000);
   std::vector<SessionLedger::RunPtr> runs;
   size_t dispatches = 0;

@@ -39,6 +39,7 @@ using ::delegate::testing::TcpProxy;
 using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 Stage HostStage(const std::string& name, std::vector<std::string> commands,
                 std::vector<std::string> tags = {}) {
@@ -396,6 +397,59 @@ TEST_F(GrpcSessionTest, AReconnectResumesTheLeaseAndLosesNoLogLine) {
   EXPECT_EQ(std::count(log.begin(), log.end(), "before"), 1);
   EXPECT_EQ(std::count(log.begin(), log.end(), "after"), 1);
   EXPECT_THAT(delegates_[0]->Output(), HasSubstr("disconnected; reconnecting"));
+}
+
+TEST_F(GrpcSessionTest, ALogTheManagerKeptDamagedIsSentAgainAndArrivesWhole) {
+  SessionManagerOptions options;
+  options.damage_logs = true;  // the first copy of each log, one line off
+  StartManager(options);
+  StartDelegate("d", {"DELEGATE_STATE_DIR=" + (dir_ / "state").string()});
+  ASSERT_TRUE(WaitDelegates(1)) << Logs();
+  ASSERT_TRUE(manager_
+                  ->Submit("damaged",
+                           HostStage("d", {"seq 1 3000", "echo done"}),
+                           Priority::kNormal, nullptr)
+                  .ok());
+  ASSERT_TRUE(manager_->WaitAllDone(absl::Seconds(30))) << Logs();
+  // Confirmed, the logs leave the delegate's spool (the confirmation may
+  // come after the result).
+  const std::filesystem::path spool = dir_ / "state" / "log-spool";
+  auto spooled = [&] {
+    size_t n = 0;
+    std::error_code ec;
+    for (const auto& e :
+         std::filesystem::recursive_directory_iterator(spool, ec)) {
+      n += e.path().extension() == ".log";
+    }
+    return n;
+  };
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (spooled() > 0 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(spooled(), 0u);
+  EXPECT_TRUE(std::filesystem::exists(spool));
+  StageSnapshot s = Snap("damaged");
+  ASSERT_TRUE(s.result.has_value());
+  EXPECT_EQ(s.result->status, StepStatus::kSuccess);
+  // Whole, once, and as printed: the damaged copy was replaced.
+  const std::vector<std::string> log = StepLog(s, "run");
+  std::vector<std::string> numbers;
+  for (const std::string& line : log) {
+    if (!line.empty() && line[0] != '+' && line != "done") {
+      numbers.push_back(line);
+    }
+  }
+  ASSERT_EQ(numbers.size(), 3000u) << Logs();
+  for (int i = 0; i < 3000; ++i) ASSERT_EQ(numbers[i], absl::StrCat(i + 1));
+  EXPECT_EQ(std::count(log.begin(), log.end(), "done"), 1);
+  EXPECT_THAT(log, Not(Contains(HasSubstr("(damaged)"))));
+  // Each log (the step's, the stage's own) failed the check once, then
+  // passed it.
+  EXPECT_GE(s.logs_resent, 1u);
+  EXPECT_EQ(s.logs_checked, s.logs_resent);
+  EXPECT_THAT(Logs(), HasSubstr("did not match its CRC-32"));
+  EXPECT_THAT(Logs(), Not(HasSubstr("did not confirm")));
 }
 
 TEST_F(GrpcSessionTest, ARestartedDelegateGetsItsLostStageBackAtOnce) {

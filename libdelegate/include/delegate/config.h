@@ -58,6 +58,10 @@ struct DELEGATE_EXPORT DelegateConfig {
   // process (delegate/instance.h); made absolute like workdir. Empty: the
   // directory .delegate-state under workdir (or under $TMPDIR or /tmp).
   std::string state_dir;
+  // DELEGATE_LOG_SPOOL_MIB: how much step output the delegate keeps on
+  // disk (under state_dir) until the manager confirms it, over every stage.
+  // Lines beyond it are dropped and counted in the log.
+  int log_spool_mib = 1024;
   // This process's instance (InstanceLease::id), set by the program that
   // took the lease, not read from the environment. Labelled on what the
   // executors make; empty: nothing is labelled with an instance.

@@ -67,6 +67,7 @@ constexpr absl::string_view kPollIntervalVar = "POLL_INTERVAL_MILLISECS";
 constexpr absl::string_view kGracePeriodVar = "CLEANUP_GRACE_PERIOD_SECONDS";
 constexpr absl::string_view kWorkdirVar = "HARNESS_WORKDIR";
 constexpr absl::string_view kStateDirVar = "DELEGATE_STATE_DIR";
+constexpr absl::string_view kLogSpoolVar = "DELEGATE_LOG_SPOOL_MIB";
 constexpr absl::string_view kIdleWaitVar = "IDLE_WAIT_SECS_BEFORE_STOP";
 constexpr absl::string_view kOpsBindVar = "HTTPS_BIND";
 constexpr absl::string_view kManagerTimeoutVar =
@@ -341,11 +342,11 @@ std::vector<absl::string_view> AllConfigVariables() {
   for (auto v : kNoProxyNames) all.push_back(v);
   for (auto v : kProxyUrlNames) all.push_back(v);
   for (auto v :
-       {kTokenFileVar, kMaxPayloadVar, kMaxStagesVar, kParallelWorkersVar,
-        kPollIntervalVar, kGracePeriodVar, kWorkdirVar, kStateDirVar,
-        kIdleWaitVar, kOpsBindVar, kManagerTimeoutVar, kCertsDirVar,
-        kClientCertVar, kClientKeyVar, kProxyHostVar, kProxyPortVar,
-        kProxySchemeVar, kProxyUserVar, kProxyPasswordVar}) {
+       {kTokenFileVar,    kMaxPayloadVar,  kMaxStagesVar, kParallelWorkersVar,
+        kPollIntervalVar, kGracePeriodVar, kWorkdirVar,   kStateDirVar,
+        kLogSpoolVar,     kIdleWaitVar,    kOpsBindVar,   kManagerTimeoutVar,
+        kCertsDirVar,     kClientCertVar,  kClientKeyVar, kProxyHostVar,
+        kProxyPortVar,    kProxySchemeVar, kProxyUserVar, kProxyPasswordVar}) {
     all.push_back(v);
   }
   return all;
@@ -412,6 +413,7 @@ std::string DelegateConfig::Dump() const {
   out += line("workdir", workdir.empty() ? std::string("$TMPDIR or /tmp")
                                          : Shown(workdir, secret));
   out += line("state_dir", Shown(StateDir(), secret));
+  out += line("log_spool_mib", absl::StrCat(log_spool_mib));
   out += line("idle_wait_before_stop", FormatSeconds(idle_wait_before_stop));
   out += line("manager_timeout", FormatSeconds(manager_timeout));
   out += line("ops_bind", text(ops_bind));
@@ -613,6 +615,19 @@ absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
     if (!path.ok()) return path.status();
     cfg.state_dir = *std::move(path);
     cfg.sources["state_dir"] = std::string(kStateDirVar);
+  }
+
+  cfg.sources["log_spool_mib"] = std::string(kDefaultSource);
+  if (std::optional<std::string> v = Lookup(env, kLogSpoolVar)) {
+    std::optional<int> n = ParseNonNegativeInt(*v);
+    if (!n.has_value() || *n < 1 || *n > 1024 * 1024) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kLogSpoolVar,
+          ": expected a whole number of MiB from 1 to 1048576, got '",
+          Shown(*v, secret), "'"));
+    }
+    cfg.log_spool_mib = *n;
+    cfg.sources["log_spool_mib"] = std::string(kLogSpoolVar);
   }
 
   cfg.sources["idle_wait_before_stop"] = std::string(kDefaultSource);

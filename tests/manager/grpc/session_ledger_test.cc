@@ -1,5 +1,6 @@
 #include "manager/grpc/session_ledger.h"
 
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "manager/grpc/convert.h"
+#include "util/record_log.h"
 
 namespace delegate::grpcv1 {
 namespace {
@@ -27,9 +29,17 @@ const absl::Time kT0 = absl::FromUnixSeconds(1'800'000'000);
 // the manager would receive from Collect, and the messages it answers with.
 class SessionLedgerTest : public ::testing::Test {
  protected:
-  explicit SessionLedgerTest(uint32_t capacity = 4)
+  explicit SessionLedgerTest(uint32_t capacity = 4,
+                             uint64_t spool_bytes = uint64_t{64} << 20)
       : log_([this](std::string_view line) { log_lines_.emplace_back(line); }),
-        ledger_(capacity, log_) {}
+        spool_(OpenSpool(spool_bytes)),
+        ledger_(capacity, log_, *spool_) {}
+
+  static std::unique_ptr<LogSpool> OpenSpool(uint64_t bytes) {
+    auto spool = LogSpool::Open(::testing::TempDir() + "/ledger-spool", bytes);
+    EXPECT_TRUE(spool.ok()) << spool.status();
+    return spool.ok() ? *std::move(spool) : nullptr;
+  }
 
   RunPtr Dispatch(const std::string& stage_id, uint64_t token,
                   absl::Duration lease = absl::Seconds(30),
@@ -83,6 +93,9 @@ class SessionLedgerTest : public ::testing::Test {
     ack.set_offset(offset);
     return ack;
   }
+  void SendThreeChunks(const RunPtr& run);
+  void KeepThreeChunks();
+
   static StageResult Success() {
     StageResult result;
     result.stage = "build";
@@ -92,6 +105,7 @@ class SessionLedgerTest : public ::testing::Test {
 
   std::vector<std::string> log_lines_;
   EventLog log_;
+  std::unique_ptr<LogSpool> spool_;
   SessionLedger ledger_;
 };
 
@@ -175,7 +189,7 @@ TEST_F(SessionLedgerTest, AChunkHoldsAtMostMaxChunkLines) {
   EXPECT_EQ(out[1].log().chunk().lines(0).text(), absl::StrCat(n - 1));
 }
 
-TEST_F(SessionLedgerTest, ALogAckDropsWhatTheManagerKeptAndALowerOneResends) {
+TEST_F(SessionLedgerTest, ALogAckBelowWhatWentOutResendsFromThere) {
   RunPtr run = Dispatch("s1", 1);
   for (const char* text : {"l0", "l1", "l2"}) Line(run, "a", text);
   EXPECT_THAT(Describe(Collect(kT0)),
@@ -191,23 +205,187 @@ TEST_F(SessionLedgerTest, ALogAckDropsWhatTheManagerKeptAndALowerOneResends) {
   EXPECT_TRUE(ledger_.LogAck(LogAckOf("s1", 1, "a", 4)));
   EXPECT_THAT(Describe(Collect(kT0)),
               ElementsAre("log s1/a@4 LOG_STREAM_STDOUT [l4,l5]"));
-  // An ack below the oldest line held resends from that line.
+  // An ack below what the manager had kept (it lost lines, or found its
+  // copy damaged): the spool still holds them, and they go again.
   EXPECT_TRUE(ledger_.LogAck(LogAckOf("s1", 1, "a", 2)));
   EXPECT_THAT(Describe(Collect(kT0)),
-              ElementsAre("log s1/a@4 LOG_STREAM_STDOUT [l4,l5]"));
+              ElementsAre("log s1/a@2 LOG_STREAM_STDOUT [l2,l3,l4,l5]"));
   // Acks for another dispatch of the stage, or a step without a log: ignored.
   EXPECT_FALSE(ledger_.LogAck(LogAckOf("s1", 2, "a", 4)));
   EXPECT_FALSE(ledger_.LogAck(LogAckOf("s1", 1, "b", 0)));
   EXPECT_FALSE(ledger_.LogAck(LogAckOf("other", 1, "a", 0)));
 
-  // What the manager kept is gone: a new stream resends from offset 4.
+  // A new stream resends from the manager's last word on the log (2), as
+  // its HelloAck names none.
   v1::HelloAck hello;
   v1::LeaseRenewed& resumed = *hello.add_resumed();
   resumed.set_stage_id("s1");
   resumed.set_fencing_token(1);
   EXPECT_THAT(ledger_.Resume(hello, kT0).cancels, IsEmpty());
+  EXPECT_THAT(
+      Describe(Collect(kT0)),
+      ElementsAre("log s1/a@2 LOG_STREAM_STDOUT [l2,l3,l4,l5]", "credit 3"));
+}
+
+// Step "a" of stage s1: a closed log of three chunks, sent.
+constexpr uint64_t kThreeChunks = 2 * SessionLedger::kMaxChunkLines + 1;
+void SessionLedgerTest::SendThreeChunks(const RunPtr& run) {
+  for (uint64_t i = 0; i < kThreeChunks; ++i) Line(run, "a", absl::StrCat(i));
+  ledger_.CloseLog(run, "a");
+  ASSERT_EQ(Collect(kT0).size(), 3u);
+}
+
+// The manager's answer to each of the three chunks, in order, each behind
+// what went out after it; the last confirms the log.
+void SessionLedgerTest::KeepThreeChunks() {
+  EXPECT_FALSE(
+      ledger_.LogAck(LogAckOf("s1", 1, "a", SessionLedger::kMaxChunkLines)));
+  EXPECT_FALSE(ledger_.LogAck(
+      LogAckOf("s1", 1, "a", 2 * SessionLedger::kMaxChunkLines)));
+  EXPECT_THAT(Describe(Collect(kT0)), IsEmpty());
+  v1::LogAck last = LogAckOf("s1", 1, "a", kThreeChunks);
+  last.set_closed(true);
+  EXPECT_FALSE(ledger_.LogAck(last));
+  EXPECT_THAT(Describe(Collect(kT0)), IsEmpty());
+  EXPECT_EQ(spool_->used_bytes(), 0u);  // confirmed: out of the spool
+}
+
+TEST_F(SessionLedgerTest, AcksTrailingChunksStillOnTheirWayResendNothing) {
+  RunPtr run = Dispatch("s1", 1);
+  SendThreeChunks(run);
+  KeepThreeChunks();
+}
+
+TEST_F(SessionLedgerTest, AcksForTheChunksAResendAbandonedAskForNothing) {
+  RunPtr run = Dispatch("s1", 1);
+  SendThreeChunks(run);
+  // The manager kept nothing of the first chunk (a gap): all again.
+  EXPECT_TRUE(ledger_.LogAck(LogAckOf("s1", 1, "a", 0)));
+  ASSERT_EQ(Collect(kT0).size(), 3u);
+  // Its answers to the two chunks that were abandoned: nothing more.
+  EXPECT_FALSE(ledger_.LogAck(LogAckOf("s1", 1, "a", 0)));
+  EXPECT_FALSE(ledger_.LogAck(LogAckOf("s1", 1, "a", 0)));
+  EXPECT_THAT(Describe(Collect(kT0)), IsEmpty());
+  // Then the resent ones, kept.
+  KeepThreeChunks();
+}
+
+TEST_F(SessionLedgerTest, ALongLogGoesOutAsTheManagerTakesIt) {
+  RunPtr run = Dispatch("s1", 1);
+  const uint64_t chunks = SessionLedger::kMaxChunksInFlight + 2;
+  for (uint64_t i = 0; i < chunks * SessionLedger::kMaxChunkLines; ++i) {
+    Line(run, "a", absl::StrCat(i));
+  }
+  std::vector<v1::DelegateMessage> out = Collect(kT0);
+  ASSERT_EQ(out.size(), SessionLedger::kMaxChunksInFlight);
+  // Each ack makes room for one more.
+  for (uint64_t k = 1; k <= 2; ++k) {
+    EXPECT_TRUE(ledger_.LogAck(
+        LogAckOf("s1", 1, "a", k * SessionLedger::kMaxChunkLines)));
+    out = Collect(kT0);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].log().chunk().offset(),
+              (SessionLedger::kMaxChunksInFlight + k - 1) *
+                  SessionLedger::kMaxChunkLines);
+  }
+  // A chunk stops taking lines at kMaxChunkBytes of text.
+  RunPtr wide = Dispatch("s2", 1);
+  const std::string line(SessionLedger::kMaxChunkBytes / 2 + 1, 'w');
+  for (int i = 0; i < 3; ++i) Line(wide, "b", line);
+  out = Collect(kT0);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].log().chunk().lines_size(), 2);
+  EXPECT_EQ(out[1].log().chunk().lines_size(), 1);
+}
+
+TEST_F(SessionLedgerTest, ALogConfirmedInTheHelloAckIsNotClosedAgain) {
+  RunPtr run = Dispatch("s1", 1);
+  Line(run, "a", "only");
+  ledger_.CloseLog(run, "a");
+  ASSERT_EQ(Collect(kT0).size(), 1u);
+  v1::HelloAck hello;
+  v1::LeaseRenewed& resumed = *hello.add_resumed();
+  resumed.set_stage_id("s1");
+  resumed.set_fencing_token(1);
+  v1::LogAck whole = LogAckOf("s1", 1, "a", 1);
+  whole.set_closed(true);
+  *hello.add_log_acks() = whole;
+  EXPECT_THAT(ledger_.Resume(hello, kT0).cancels, IsEmpty());
+  EXPECT_THAT(Describe(Collect(kT0)), ElementsAre("credit 3"));
+  EXPECT_EQ(spool_->used_bytes(), 0u);
+}
+
+TEST_F(SessionLedgerTest, TheClosingChunkCarriesTheWholeLogsCrcAndSize) {
+  RunPtr run = Dispatch("s1", 1);
+  Line(run, "a", "one");
+  ASSERT_TRUE(ledger_.AppendLine(
+      run, {.step_id = "a", .time = kT0, .text = "tw", .partial = true}));
+  Line(run, "a", "o", LogStream::kStderr);
+  ledger_.CloseLog(run, "a");
+  std::vector<v1::DelegateMessage> out = Collect(kT0);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_FALSE(out[0].log().chunk().has_crc32());  // only at the close
+  const v1::LogChunk& last = out[1].log().chunk();
+  ASSERT_TRUE(last.closed());
+  ASSERT_TRUE(last.has_crc32());
+  EXPECT_EQ(last.crc32(), Crc32("one\ntwo\n"));  // a partial line: no newline
+  EXPECT_EQ(last.size_bytes(), 8u);
+}
+
+TEST_F(SessionLedgerTest, ACopyTheManagerFindsDamagedGoesAgainAndTheRunWaits) {
+  RunPtr run = Dispatch("s1", 1);
+  for (const char* text : {"l0", "l1", "l2"}) Line(run, "a", text);
+  ledger_.CloseLog(run, "a");
   EXPECT_THAT(Describe(Collect(kT0)),
-              ElementsAre("log s1/a@4 LOG_STREAM_STDOUT [l4,l5]", "credit 3"));
+              ElementsAre("log s1/a@0 LOG_STREAM_STDOUT [l0,l1,l2] closed"));
+  // The manager kept the lines as they came, and the result.
+  EXPECT_FALSE(ledger_.LogAck(LogAckOf("s1", 1, "a", 3)));
+  ledger_.StageDone(run, Success(), kT0);
+  EXPECT_THAT(Describe(Collect(kT0)),
+              ElementsAre("stage s1/1/stage", "credit 1"));
+  EXPECT_THAT(ledger_.Ack(AckOf("s1/1/stage")).cancels, IsEmpty());
+  // Its check at the close failed: it wants it all again. The run is still
+  // held, the log still spooled.
+  EXPECT_FALSE(ledger_.empty());
+  EXPECT_GT(spool_->used_bytes(), 0u);
+  EXPECT_TRUE(ledger_.LogAck(LogAckOf("s1", 1, "a", 0)));
+  EXPECT_THAT(Describe(Collect(kT0)),
+              ElementsAre("log s1/a@0 LOG_STREAM_STDOUT [l0,l1,l2] closed"));
+  // Whole this time: the run goes, and the spool gives the room back.
+  v1::LogAck whole = LogAckOf("s1", 1, "a", 3);
+  whole.set_closed(true);
+  EXPECT_FALSE(ledger_.LogAck(whole));
+  EXPECT_TRUE(ledger_.empty());
+  EXPECT_EQ(spool_->used_bytes(), 0u);
+}
+
+class SessionLedgerSmallSpoolTest : public SessionLedgerTest {
+ protected:
+  // Two lines of 10 bytes (14-byte record headers).
+  SessionLedgerSmallSpoolTest() : SessionLedgerTest(4, 2 * (14 + 10)) {}
+};
+
+TEST_F(SessionLedgerSmallSpoolTest, AFullSpoolDropsLinesAndTheLogSaysHowMany) {
+  RunPtr run = Dispatch("s1", 1);
+  EXPECT_TRUE(Line(run, "a", "0123456789"));
+  EXPECT_TRUE(Line(run, "a", "0123456789"));
+  EXPECT_FALSE(Line(run, "a", "dropped"));
+  EXPECT_FALSE(Line(run, "a", "dropped too"));
+  ASSERT_THAT(log_lines_, ::testing::Not(IsEmpty()));
+  EXPECT_THAT(log_lines_.back(), HasSubstr("the log spool is full"));
+  ledger_.CloseLog(run, "a");
+  std::vector<v1::DelegateMessage> out = Collect(kT0);
+  ASSERT_EQ(out.size(), 2u);
+  const v1::LogChunk& last = out[1].log().chunk();
+  ASSERT_EQ(last.lines_size(), 1);
+  const std::string notice = last.lines(0).text();
+  EXPECT_EQ(notice,
+            "[delegate] 2 lines (20 bytes) of this log were dropped: the log "
+            "spool (48 bytes, DELEGATE_LOG_SPOOL_MIB) was full");
+  EXPECT_EQ(last.stream(), v1::LOG_STREAM_SYSTEM);
+  EXPECT_TRUE(last.closed());
+  EXPECT_EQ(last.crc32(),
+            Crc32(absl::StrCat("0123456789\n0123456789\n", notice, "\n")));
 }
 
 // ------------------------------------------------------------ reconnect

@@ -133,13 +133,15 @@ absl::StatusOr<Target> ParseTarget(const std::string& url,
 
 class SessionConnection final : public ManagerConnection {
  public:
-  SessionConnection(ManagerEnvironment env, Target target)
+  SessionConnection(ManagerEnvironment env, Target target,
+                    std::unique_ptr<LogSpool> spool)
       : env_(std::move(env)),
         target_(std::move(target)),
+        spool_(std::move(spool)),
         ledger_(static_cast<uint32_t>(
                     std::max(1, env_.config.max_stages.value_or(
                                     env_.config.parallel_workers))),
-                env_.log) {
+                env_.log, *spool_) {
     Metrics& m = env_.metrics;
     m.Define("delegate_session_connected", Metrics::Kind::kGauge,
              "1 while the DelegateSession stream is up.", {"runner_name"});
@@ -282,6 +284,7 @@ class SessionConnection final : public ManagerConnection {
   uint64_t ping_nonce_ ABSL_GUARDED_BY(mu_) = 0;
   std::string last_error_ ABSL_GUARDED_BY(mu_);  // why the last dial failed
   std::vector<v1::DelegateMessage> outbox_ ABSL_GUARDED_BY(mu_);
+  const std::unique_ptr<LogSpool> spool_;
   SessionLedger ledger_ ABSL_GUARDED_BY(mu_);
   // Last: destroyed first, it cancels and waits for the stages, whose
   // observers use everything above.
@@ -357,8 +360,9 @@ absl::Status SessionConnection::Run() {
       Dial();
       if (!outage_logged) {
         outage_logged = true;
-        env_.log.Warn("manager unreachable; retrying with backoff",
-                      {{"manager", RedactUrl(env_.address)}, {"error", last_error_}});
+        env_.log.Warn(
+            "manager unreachable; retrying with backoff",
+            {{"manager", RedactUrl(env_.address)}, {"error", last_error_}});
       }
     }
     // Wait out the backoff; leases still run down meanwhile.
@@ -373,7 +377,8 @@ absl::Status SessionConnection::Run() {
     if (DrainedLocked()) break;
     backoff = std::min(backoff * 2, kMaxBackoff);
   }
-  env_.log.Info("disconnected: drained", {{"manager", RedactUrl(env_.address)}});
+  env_.log.Info("disconnected: drained",
+                {{"manager", RedactUrl(env_.address)}});
   StopStages();
   return absl::OkStatus();
 }
@@ -776,8 +781,13 @@ absl::Status RegisterGrpcManager(ManagerRegistry& registry) {
     absl::StatusOr<grpcv1::Target> target =
         grpcv1::ParseTarget(env.address, env.config);
     if (!target.ok()) return target.status();
-    return std::unique_ptr<ManagerConnection>(
-        new grpcv1::SessionConnection(std::move(env), *std::move(target)));
+    // Step output waits here for the manager's confirmation.
+    absl::StatusOr<std::unique_ptr<LogSpool>> spool =
+        LogSpool::Open(env.config.StateDir() + "/log-spool",
+                       static_cast<uint64_t>(env.config.log_spool_mib) << 20);
+    if (!spool.ok()) return spool.status();
+    return std::unique_ptr<ManagerConnection>(new grpcv1::SessionConnection(
+        std::move(env), *std::move(target), *std::move(spool)));
   };
   if (absl::Status s = registry.Register("grpc", factory); !s.ok()) return s;
   return registry.Register("grpcs", factory);

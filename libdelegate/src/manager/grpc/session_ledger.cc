@@ -14,29 +14,48 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "manager/grpc/convert.h"
+#include "util/record_log.h"
 #include "util/strings.h"
 
 namespace delegate::grpcv1 {
 namespace {
 
-struct BufferedLine {
-  absl::Time time;
-  std::string text;
-  LogStream stream = LogStream::kStdout;
-  bool partial = false;
-};
-
-// One step's log (or the stage's own, with an empty step id) from the
-// manager's last acknowledgement on.
+// One step's log (or the stage's own, with an empty step id): every line
+// from 0, in the spool, until the manager confirms the whole log.
 struct LogBuffer {
-  uint64_t base = 0;  // the index of lines.front()
-  uint64_t sent = 0;  // lines below this went out on the current stream
-  std::deque<BufferedLine> lines;
+  std::unique_ptr<LogSpool::File> file;  // null before the first line, and
+                                         // once confirmed
+  uint64_t lines = 0;   // written (the spool's dropped ones not counted)
+  uint64_t acked = 0;   // the manager's last LogAck.offset
+  uint64_t sent = 0;    // lines below this went out on the current stream
+  uint32_t crc = 0;     // of the whole log: LogChunk.crc32
+  uint64_t bytes = 0;   // LogChunk.size_bytes
+  uint64_t unkept = 0;  // lines the spool could not keep or give back
+  bool broken = false;  // lines were lost: the close carries no CRC
+  // The chunks out on this stream and not yet acknowledged, [start, end),
+  // in order: the manager answers each (or several at once) in turn.
+  std::deque<std::pair<uint64_t, uint64_t>> inflight;
+  // After a resend from `resent_from`: acks still owed for the chunks it
+  // abandoned, which say resent_from again and ask for nothing.
+  uint64_t resent_from = 0;
+  size_t owed = 0;
   bool closed = false;      // the step writes no more
   bool close_sent = false;  // a chunk with `closed` went out on this stream
-  uint64_t end() const { return base + lines.size(); }
+  bool confirmed = false;   // the manager holds the whole log
+  uint64_t end() const { return lines; }
 };
+
+// Adds a line to the log's CRC-32 and size, as LogChunk.crc32 defines them.
+void Account(LogBuffer& b, std::string_view text, bool partial) {
+  b.crc = Crc32(text, b.crc);
+  b.bytes += text.size();
+  if (!partial) {
+    b.crc = Crc32("\n", b.crc);
+    ++b.bytes;
+  }
+}
 
 }  // namespace
 
@@ -87,10 +106,13 @@ void FillHeader(const Run& run, const std::string& key,
 
 }  // namespace
 
-SessionLedger::SessionLedger(uint32_t capacity, EventLog& log)
-    : capacity_(capacity), log_(log) {}
+SessionLedger::SessionLedger(uint32_t capacity, EventLog& log, LogSpool& spool)
+    : capacity_(capacity), log_(log), spool_(spool) {}
 
-SessionLedger::~SessionLedger() = default;
+SessionLedger::~SessionLedger() {
+  // The spool may go before a run an observer still holds.
+  for (const auto& [id, run] : runs_) run->logs.clear();
+}
 
 const std::string& SessionLedger::TaskId(const Run& run) { return run.task_id; }
 
@@ -141,8 +163,33 @@ bool SessionLedger::AppendLine(const RunPtr& run, const LogLine& line) {
   if (buf == run->logs.end()) {
     buf = run->logs.emplace(std::string(line.step_id), LogBuffer{}).first;
   }
-  buf->second.lines.push_back(BufferedLine{line.time, std::string(line.text),
-                                           line.stream, line.partial});
+  LogBuffer& b = buf->second;
+  if (b.closed) return false;
+  if (b.file == nullptr) {
+    absl::StatusOr<std::unique_ptr<LogSpool::File>> file = spool_.NewFile();
+    if (!file.ok()) {
+      b.broken = true;
+      if (b.unkept++ == 0) {
+        log_.Error("cannot spool a step's log; its lines are dropped",
+                   {{"stage", run->stage_id},
+                    {"step", std::string(line.step_id)},
+                    {"error", file.status().message()}});
+      }
+      return false;
+    }
+    b.file = *std::move(file);
+  }
+  if (!b.file->Append(line.time, line.text, line.stream, line.partial)) {
+    if (b.file->dropped_lines() == 1) {
+      log_.Warn("the log spool is full; dropping lines until it has room",
+                {{"stage", run->stage_id},
+                 {"step", std::string(line.step_id)},
+                 {"limit_mib", absl::StrCat(spool_.max_bytes() >> 20)}});
+    }
+    return false;
+  }
+  ++b.lines;
+  Account(b, line.text, line.partial);
   MarkDirty(run);
   return true;
 }
@@ -151,7 +198,25 @@ bool SessionLedger::CloseLog(const RunPtr& run, std::string_view step_id) {
   if (run->lost) return false;
   auto buf = run->logs.find(step_id);
   if (buf == run->logs.end()) return false;  // no lines: nothing to close
-  buf->second.closed = true;
+  LogBuffer& b = buf->second;
+  if (b.closed) return false;
+  // Nothing is dropped without a word in the log itself.
+  const uint64_t dropped_lines = b.file ? b.file->dropped_lines() : 0;
+  if (dropped_lines > 0 && !b.file->broken()) {
+    const uint64_t max = spool_.max_bytes();
+    const std::string notice = absl::StrCat(
+        "[delegate] ", dropped_lines, " lines (", b.file->dropped_bytes(),
+        " bytes) of this log were dropped: the log spool (",
+        max % (1 << 20) == 0 ? absl::StrCat(max >> 20, " MiB")
+                             : absl::StrCat(max, " bytes"),
+        ", DELEGATE_LOG_SPOOL_MIB) was full");
+    if (b.file->Append(absl::Now(), notice, LogStream::kSystem,
+                       /*partial=*/false, /*force=*/true)) {
+      ++b.lines;
+      Account(b, notice, false);
+    }
+  }
+  b.closed = true;
   MarkDirty(run);
   return true;
 }
@@ -229,7 +294,9 @@ SessionLedger::Stops SessionLedger::Resume(const v1::HelloAck& ack,
   for (const auto& [id, run] : runs_) {  // resend what the manager lacks
     if (run->lost) continue;
     for (auto& [step, buf] : run->logs) {
-      buf.sent = buf.base;  // log_acks below move it up to what it keeps
+      if (buf.confirmed) continue;
+      buf.sent = buf.acked;  // log_acks below move it to what it keeps
+      buf.inflight.clear();
       buf.close_sent = false;
     }
     for (Run::Report& r : run->reports) r.sent = false;
@@ -319,25 +386,60 @@ bool SessionLedger::LogAck(const v1::LogAck& ack) {
   if (it == by_stage_.end() || it->second->token != ack.fencing_token()) {
     return false;
   }
-  auto buf = it->second->logs.find(ack.step_id());
-  if (buf == it->second->logs.end()) return false;
+  const RunPtr run = it->second;
+  auto buf = run->logs.find(ack.step_id());
+  if (buf == run->logs.end()) return false;
   LogBuffer& b = buf->second;
-  while (b.base < ack.offset() && !b.lines.empty()) {  // kept: drop them
-    b.lines.pop_front();
-    ++b.base;
+  if (b.confirmed) return false;
+  b.acked = std::min(ack.offset(), b.end());
+  if (ack.closed() && b.closed && b.acked == b.end()) {
+    // The manager holds it all, checked: the spool gives its room back.
+    b.confirmed = true;
+    b.file.reset();
+    b.inflight.clear();
+    MaybeRetire(run);
+    return false;
   }
-  // Resend from what the manager keeps when that is below what went out
-  // (it refused a gap); never from below what is still held.
-  const uint64_t resend = std::max(std::min(b.sent, ack.offset()), b.base);
-  bool due = false;
-  if (resend < b.sent) {
-    b.sent = resend;
+  if (b.owed > 0) {
+    if (b.acked == b.resent_from) {  // for a chunk the resend abandoned
+      --b.owed;
+      return false;
+    }
+    if (b.acked > b.resent_from) b.owed = 0;  // the resend is arriving
+  }
+  if (b.broken) {  // nothing to send again
+    b.inflight.clear();
+    b.sent = std::max(b.sent, b.acked);
+    return false;
+  }
+  // The ack answers the oldest chunk out. Keeping less than that chunk's end
+  // (it refused a gap, lost what it had kept, or found its copy damaged at
+  // the close), the manager wants the rest again from its offset; an ack
+  // that only trails later chunks still on their way does not.
+  const bool behind = b.inflight.empty() ? b.acked < b.sent
+                                         : b.acked < b.inflight.front().second;
+  while (!b.inflight.empty() && b.inflight.front().second <= b.acked) {
+    b.inflight.pop_front();
+  }
+  if (behind) {
+    // The ack answered the oldest chunk; the others' acks are still owed.
+    b.owed = b.inflight.empty() ? 0 : b.inflight.size() - 1;
+    b.resent_from = b.acked;
+    b.sent = b.acked;
+    b.inflight.clear();
     b.close_sent = false;
-    MarkDirty(it->second);
-    due = true;
+    MarkDirty(run);
+    return true;
   }
-  b.sent = std::max(b.sent, b.base);
-  return due;
+  // It has more than went out on this stream (an earlier one's): not again.
+  b.sent = std::max(b.sent, b.acked);
+  // Room in flight again: what waits for it is due.
+  if (b.inflight.size() < kMaxChunksInFlight &&
+      (b.sent < b.end() || (b.closed && !b.close_sent))) {
+    MarkDirty(run);
+    return true;
+  }
+  return false;
 }
 
 SessionLedger::Stops SessionLedger::ExpireLeases(absl::Time now) {
@@ -351,7 +453,36 @@ SessionLedger::Stops SessionLedger::ExpireLeases(absl::Time now) {
   for (const RunPtr& run : expired) {
     Lose(run, "its lease lapsed without a renewal from the manager", &stops);
   }
+  // Accepted, its logs not all confirmed by the end of its last lease: the
+  // manager will not ask for them again.
+  std::vector<RunPtr> unconfirmed;  // retiring erases from runs_
+  for (const auto& [id, run] : runs_) {
+    if (!run->lost && run->result_accepted && now >= run->lease_end) {
+      unconfirmed.push_back(run);
+    }
+  }
+  for (const RunPtr& run : unconfirmed) {
+    DropUnconfirmed(run, "its lease ended");
+  }
   return stops;
+}
+
+void SessionLedger::DropUnconfirmed(RunPtr run, std::string_view why) {
+  std::vector<std::string> steps;
+  for (const auto& [step, buf] : run->logs) {
+    if (!buf.confirmed) steps.push_back(step.empty() ? "(stage)" : step);
+  }
+  if (!steps.empty()) {
+    log_.Warn(
+        "the manager did not confirm these logs; dropping them from the "
+        "spool",
+        {{"stage", run->stage_id},
+         {"steps", absl::StrJoin(steps, ",")},
+         {"why", why}});
+  }
+  run->lost = true;  // nothing more goes out for it
+  run->logs.clear();
+  MaybeRetire(run);
 }
 
 SessionLedger::Stops SessionLedger::GiveUpWaiting() {
@@ -361,7 +492,11 @@ SessionLedger::Stops SessionLedger::GiveUpWaiting() {
     if (!run->running && !run->lost) waiting.push_back(run);
   }
   for (const RunPtr& run : waiting) {
-    Lose(run, "the delegate is stopping", &stops);
+    if (run->result_accepted) {
+      DropUnconfirmed(run, "the delegate is stopping");
+    } else {
+      Lose(run, "the delegate is stopping", &stops);
+    }
   }
   return stops;
 }
@@ -431,30 +566,57 @@ void SessionLedger::CollectRun(Run& run, absl::Time now,
       chunk.set_offset(offset);
       return chunk;
     };
-    while (buf.sent < buf.end()) {
-      v1::LogChunk& chunk = new_chunk(buf.sent);
-      const LogStream stream = buf.lines[buf.sent - buf.base].stream;
-      chunk.set_stream(ToProto(stream));
-      while (buf.sent < buf.end() &&
-             static_cast<size_t>(chunk.lines_size()) < kMaxChunkLines) {
-        const BufferedLine& line = buf.lines[buf.sent - buf.base];
-        if (line.stream != stream) break;
-        v1::LogLine& l = *chunk.add_lines();
-        *l.mutable_time() = TimeToProto(line.time);
-        l.set_text(line.text);
-        l.set_partial(line.partial);
-        ++buf.sent;
+    if (buf.confirmed) continue;
+    auto close = [&](v1::LogChunk& chunk) {
+      chunk.set_closed(true);
+      if (!buf.broken) {  // a log with lines lost has nothing to check
+        chunk.set_crc32(buf.crc);
+        chunk.set_size_bytes(buf.bytes);
       }
-      if (buf.closed && buf.sent == buf.end()) {
-        chunk.set_closed(true);
-        buf.close_sent = true;
+      buf.close_sent = true;
+    };
+    // At most kMaxChunksInFlight chunks of kMaxChunkBytes out at once: a
+    // long log (a resend of all of it, say) goes as the manager takes it.
+    while (buf.sent < buf.end() && buf.file != nullptr &&
+           buf.inflight.size() < kMaxChunksInFlight) {
+      if (absl::Status s =
+              buf.file->Read(buf.sent, kMaxChunkLines, kMaxChunkBytes, batch_);
+          !s.ok() || batch_.empty()) {
+        // Not to be had again: the log goes out without them, and its close
+        // without a CRC.
+        log_.Error(
+            "cannot read a step's log back from the spool; the rest "
+            "of it is lost",
+            {{"stage", run.stage_id},
+             {"step", step_id},
+             {"error", s.ok() ? "no lines" : s.message()}});
+        buf.broken = true;
+        buf.unkept += buf.end() - buf.sent;
+        buf.sent = buf.end();
+        break;
+      }
+      for (size_t i = 0; i < batch_.size();) {
+        v1::LogChunk& chunk = new_chunk(buf.sent);
+        const LogStream stream = batch_[i].stream;
+        chunk.set_stream(ToProto(stream));
+        for (; i < batch_.size() && batch_[i].stream == stream; ++i) {
+          LogSpool::Line& line = batch_[i];
+          v1::LogLine& l = *chunk.add_lines();
+          *l.mutable_time() = TimeToProto(line.time);
+          l.set_text(std::move(line.text));
+          l.set_partial(line.partial);
+          ++buf.sent;
+        }
+        if (buf.closed && buf.sent == buf.end()) close(chunk);
+        buf.inflight.emplace_back(chunk.offset(), buf.sent);
       }
     }
-    if (buf.closed && !buf.close_sent) {
+    if (buf.closed && !buf.close_sent && buf.sent == buf.end() &&
+        buf.inflight.size() < kMaxChunksInFlight) {
       v1::LogChunk& chunk = new_chunk(buf.end());
       chunk.set_stream(v1::LOG_STREAM_SYSTEM);
-      chunk.set_closed(true);
-      buf.close_sent = true;
+      close(chunk);
+      buf.inflight.emplace_back(buf.end(), buf.end());
     }
   }
   // A stage result holds every step's result: the step reports not yet
@@ -517,6 +679,17 @@ void SessionLedger::Lose(RunPtr run, std::string_view why, Stops* stops) {
 
 void SessionLedger::MaybeRetire(RunPtr run) {
   if (run->running || !(run->lost || run->result_accepted)) return;
+  // A closed log stays until the manager confirms it: it may still ask for
+  // it again (its lease, no longer renewed, bounds the wait).
+  if (!run->lost) {
+    for (const auto& entry : run->logs) {
+      if (entry.second.closed && !entry.second.confirmed) return;
+    }
+  }
+  // Nothing more of it goes out, and no spool file outlives the ledger
+  // (an observer may hold the run a little longer).
+  run->lost = true;
+  run->logs.clear();
   if (runs_.erase(run->task_id) == 0) return;
   auto it = by_stage_.find(run->stage_id);
   if (it != by_stage_.end() && it->second == run) by_stage_.erase(it);

@@ -17,19 +17,26 @@
 //   idempotency key, kept until the manager acknowledges it. Step reports
 //   are due kProgressDelay after they were made, and are dropped unsent when
 //   the stage's result is ready first: it holds every step's result.
-// - Each step's log (the stage's own under an empty step id) from the
-//   manager's last LogAck on, sent in chunks of at most kMaxChunkLines lines
-//   of one stream, with offsets; the chunk that ends a closed log says so.
+// - Each step's log (the stage's own under an empty step id), every line
+//   kept in the log spool (logs/log_spool.h) from 0 until the manager
+//   confirms the whole log (LogAck.closed), sent from the manager's last
+//   LogAck on in chunks of at most kMaxChunkLines lines of one stream, with
+//   offsets; the chunk that ends a closed log says so, with the whole log's
+//   CRC-32 and size. A manager whose copy differs acknowledges a lower
+//   offset, and the log goes again from there. Lines the spool has no room
+//   for are dropped and counted, and the log ends with a line saying so.
 // - Credit: a slot is busy while its stage runs, lease or not. Collect
 //   grants the slots freed since its last call, after Resume all free ones,
 //   and none after StopGranting.
 //
 // A run is forgotten once it has stopped running and either its result was
-// accepted or its lease lost; its RunPtr stays valid, and calls with it
-// change nothing then.
+// accepted and its closed logs confirmed, or its lease lost; its RunPtr stays
+// valid, and calls with it change nothing then.
 //
-// Not thread-safe: the connection calls it under its lock. No call blocks;
-// the only call out is to the EventLog (lost leases, refused reports).
+// Not thread-safe: the connection calls it under its lock. No call waits
+// on the network; the log calls write and read the spool's files (64 KiB
+// at a time), and the EventLog is called for lost leases and refused
+// reports.
 #ifndef DELEGATE_MANAGER_GRPC_SESSION_LEDGER_H_
 #define DELEGATE_MANAGER_GRPC_SESSION_LEDGER_H_
 
@@ -48,13 +55,17 @@
 #include "delegate/log_sink.h"
 #include "delegate/result.h"
 #include "delegate/v1/session.pb.h"
+#include "logs/log_spool.h"
 
 namespace delegate::grpcv1 {
 
 class SessionLedger {
  public:
-  // Most lines in one LogChunk.
+  // Most lines in one LogChunk, and the text after which a chunk takes no
+  // more lines; most chunks of one log out and not yet acknowledged.
   static constexpr size_t kMaxChunkLines = 1000;
+  static constexpr size_t kMaxChunkBytes = 1 << 20;
+  static constexpr size_t kMaxChunksInFlight = 8;
   // How long step reports wait before they are due: a stage that ends by
   // then sends its result alone, so a burst of short stages costs one report
   // each, not three.
@@ -80,9 +91,9 @@ class SessionLedger {
   };
 
   // `capacity`: the slots the delegate has (MAX_STAGES or PARALLEL_WORKERS).
-  // Lost leases and refused reports are logged to `log`, which must outlive
-  // the ledger.
-  SessionLedger(uint32_t capacity, EventLog& log);
+  // Lost leases and refused reports are logged to `log`; logs are kept in
+  // `spool`. Both must outlive the ledger.
+  SessionLedger(uint32_t capacity, EventLog& log, LogSpool& spool);
   SessionLedger(const SessionLedger&) = delete;
   SessionLedger& operator=(const SessionLedger&) = delete;
   ~SessionLedger();
@@ -148,10 +159,11 @@ class SessionLedger {
   // The stage's running run, when cancel.lease_id is empty or its lease, is
   // returned for cancelling; its result's error will be cancel.reason.
   Stops Cancel(const v1::Cancel& cancel);
-  // The manager keeps the lines below ack.offset: they are dropped. When it
-  // keeps fewer than went out (it refused a gap), the rest is sent again
-  // from ack.offset, or from the oldest line still held when that is later.
-  // For the stage's current run under that fencing token only.
+  // The manager keeps the lines below ack.offset. When it keeps fewer than
+  // went out (it refused a gap, lost what it had, or found its copy damaged
+  // at the close), the rest is sent again from ack.offset. With
+  // ack.closed, once the close went out, the log is confirmed and leaves the
+  // spool. For the stage's current run under that fencing token only.
   bool LogAck(const v1::LogAck& ack);
 
   // ------------------------------------------------------------ time
@@ -188,6 +200,9 @@ class SessionLedger {
   // Both take the run by value: callers pass the RunPtr held in runs_ or
   // by_stage_, which retiring erases, and the run must outlive that.
   void Lose(RunPtr run, std::string_view why, Stops* stops);
+  // An accepted run whose closed logs the manager has not confirmed: they
+  // are dropped (with a warning naming them) and the run retires.
+  void DropUnconfirmed(RunPtr run, std::string_view why);
   void MaybeRetire(RunPtr run);
   void MarkDirty(const RunPtr& run);
   void CollectRun(Run& run, absl::Time now,
@@ -196,6 +211,8 @@ class SessionLedger {
 
   const uint32_t capacity_;
   EventLog& log_;
+  LogSpool& spool_;
+  std::vector<LogSpool::Line> batch_;  // CollectRun's, kept for its capacity
   bool granting_ = true;
   uint32_t credit_ = 0;  // slots to grant with the next Collect
   // Runs with news for Collect.
