@@ -565,6 +565,12 @@ std::string ReferenceManager::StageToJsonLocked(const StageRecord& s) const {
                       tasks, "]}");
 }
 
+std::vector<std::string> ReferenceManager::LogLines(const std::string& key) {
+  std::lock_guard lock(mu_);
+  auto it = logs_.find(key);
+  return it == logs_.end() ? std::vector<std::string>{} : it->second;
+}
+
 absl::StatusOr<std::string> ReferenceManager::StageJson(const std::string& id) {
   std::lock_guard lock(mu_);
   ExpireLostLocked();

@@ -82,6 +82,9 @@ class ReferenceManager {
   absl::StatusOr<std::string> SubmitStage(const std::string& spec_json);
   // GET /admin/stages/ID: the stage's JSON, or NotFound.
   absl::StatusOr<std::string> StageJson(const std::string& id);
+  // GET /admin/logs?key=KEY, in process: what the log service kept under
+  // KEY ("STAGE/step-N", "STAGE/init", ...), a line each.
+  std::vector<std::string> LogLines(const std::string& key);
   // Blocks until every submitted stage has finished, or `timeout`.
   bool WaitAllDone(absl::Duration timeout);
   void SetFaults(const Faults& faults);

@@ -24,6 +24,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -104,6 +105,9 @@ TEST(DelegateKillTest, SigkillsAtRandomPointsLoseNoStageAndLeaveNothing) {
 
   std::mt19937 random(::testing::UnitTest::GetInstance()->random_seed());
   std::vector<std::string> stages;
+  // What each stage's step logs must hold once it succeeded: by stage id,
+  // (step index, text) pairs.
+  std::map<std::string, std::vector<std::pair<int, std::string>>> expected;
   auto submit = [&] {
     const int n = static_cast<int>(stages.size());
     const std::string id = absl::StrCat("s", n);
@@ -118,13 +122,22 @@ TEST(DelegateKillTest, SigkillsAtRandomPointsLoseNoStageAndLeaveNothing) {
                             "/b >> ", runs, R"("]}})");
     }
     const std::string spec = absl::StrCat(
-        R"({"id":")", id, R"(","steps":[{"id":"a","run":{"commands":["echo )",
-        id, "/a >> ", runs, R"(", "echo $$ >> )", pids,
+        R"({"id":")", id,
+        R"(","logs":true,"steps":[{"id":"a","run":{"commands":["echo )", id,
+        "/a >> ", runs, R"(", "echo $$ >> )", pids,
         R"(", "setsid sleep 301 & echo $! >> )", pids, R"(", "sleep )",
         sleep_ms / 1000.0, R"("]}},)", second, "]}");
     auto submitted = (*manager)->SubmitStage(spec);
     ASSERT_TRUE(submitted.ok()) << submitted.status();
     stages.push_back(*submitted);
+    // The first command's trace line and the last's; the docker step's
+    // output, or the host step's trace line.
+    expected[*submitted] = {
+        {0, absl::StrCat("echo ", id, "/a >> ", runs)},
+        {0, absl::StrCat("sleep ", sleep_ms / 1000.0)},
+        {1, second.find("image") != std::string::npos
+                ? absl::StrCat(id, "/b")
+                : absl::StrCat("echo ", id, "/b >> ", runs)}};
   };
   auto open_stages = [&] {
     int open = 0;
@@ -181,10 +194,23 @@ TEST(DelegateKillTest, SigkillsAtRandomPointsLoseNoStageAndLeaveNothing) {
 
   // Figures.
   int lost = 0, succeeded = 0, failed = 0;
+  size_t log_bytes_lost = 0;
   for (const std::string& id : stages) {
     const std::string json = (*manager)->StageJson(id).value_or("");
     if (absl::StrContains(json, "\"status\":\"SUCCESS\"")) {
       ++succeeded;
+      // A stage that succeeded, whatever restarts it saw: its steps' logs
+      // are whole.
+      for (const auto& [step, text] : expected[id]) {
+        const std::string log = absl::StrJoin(
+            (*manager)->LogLines(absl::StrCat(id, "/step-", step)), "\n");
+        if (!absl::StrContains(log, text)) {
+          log_bytes_lost += text.size();
+          ADD_FAILURE() << "stage " << id << " step " << step << ": no \""
+                        << text << "\" in its log:\n"
+                        << log;
+        }
+      }
     } else if (absl::StrContains(json, "\"status\":\"FAILURE\"")) {
       ++failed;
     } else {
@@ -237,9 +263,10 @@ TEST(DelegateKillTest, SigkillsAtRandomPointsLoseNoStageAndLeaveNothing) {
       "faults: %d kills of delegate server; journal opened %d/%d; %zu stages "
       "(%d succeeded, %d failed, %d lost results); %d steps ran twice; %d "
       "orphan processes; %d workspaces left; %d docker objects created after "
-      "the restart's reap, %d left after delegate cleanup\n",
+      "the restart's reap, %d left after delegate cleanup; %zu log bytes "
+      "lost of the stages that succeeded\n",
       kills, journal_opened, kills + 1, stages.size(), succeeded, failed, lost,
-      duplicates, orphans, workspaces, late, containers);
+      duplicates, orphans, workspaces, late, containers, log_bytes_lost);
   EXPECT_EQ(journal_opened, kills + 1);
   EXPECT_EQ(lost, 0) << "stages that never ended";
   EXPECT_EQ(duplicates, 0) << "steps that ran twice";
