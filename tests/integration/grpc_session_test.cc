@@ -452,8 +452,59 @@ TEST_F(GrpcSessionTest, ALogTheManagerKeptDamagedIsSentAgainAndArrivesWhole) {
   EXPECT_THAT(Logs(), Not(HasSubstr("did not confirm")));
 }
 
-TEST_F(GrpcSessionTest, ARestartedDelegateGetsItsLostStageBackAtOnce) {
+TEST_F(GrpcSessionTest, ARestartedDelegateReportsTheStageItWasRunningOnce) {
   StartManager();  // 30 s leases: waiting one out would fail the test
+  DelegateProcess& first = StartDelegate("phoenix");
+  ASSERT_TRUE(WaitDelegates(1)) << Logs();
+  ASSERT_TRUE(
+      manager_
+          ->Submit("again",
+                   HostStage("a", {"echo started", "sleep 30", "echo done"}),
+                   Priority::kNormal, nullptr)
+          .ok());
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (
+      !::testing::Value(StepLog(Snap("again"), "run"), Contains("started")) &&
+      absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_THAT(StepLog(Snap("again"), "run"), Contains("started")) << Logs();
+  // The step's record reaches the session journal within 50 ms.
+  absl::SleepFor(absl::Milliseconds(200));
+  kill(first.pid(), SIGKILL);
+  first.Wait();
+  const absl::Time restarted = absl::Now();
+  // Same name, same state directory: its session journal names the stage.
+  StartDelegate("phoenix");
+  ASSERT_TRUE(manager_->WaitAllDone(absl::Seconds(20))) << Logs();
+  EXPECT_LT(absl::Now() - restarted, absl::Seconds(5));
+  StageSnapshot s = Snap("again");
+  ASSERT_TRUE(s.result.has_value());
+  EXPECT_EQ(s.result->status, StepStatus::kFailure);
+  EXPECT_THAT(s.result->error,
+              HasSubstr("the delegate restarted during step run"));
+  EXPECT_EQ(s.attempts, 1u);  // reported, not run again
+  EXPECT_EQ(s.results_applied, 1u);
+  EXPECT_THAT(StepLog(s, "run"), Not(Contains("done")));
+  EXPECT_THAT(Logs(), HasSubstr("reporting a stage the delegate was running"));
+
+  // Settled, it left the journal: a third start has nothing to report.
+  absl::SleepFor(absl::Milliseconds(200));  // the retirement's record
+  kill(delegates_.back()->pid(), SIGKILL);
+  delegates_.back()->Wait();
+  DelegateProcess& third = StartDelegate("phoenix");
+  const absl::Time connect_until = absl::Now() + absl::Seconds(10);
+  while (!absl::StrContains(third.Output(), "\"msg\":\"connected\"") &&
+         absl::Now() < connect_until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_THAT(third.Output(), HasSubstr("\"msg\":\"connected\""));
+  EXPECT_THAT(third.Output(), Not(HasSubstr("reporting a stage")));
+  EXPECT_EQ(Snap("again").results_applied, 1u);
+}
+
+TEST_F(GrpcSessionTest, ARestartWithoutItsJournalGetsTheLostStageBackAtOnce) {
+  StartManager();
   DelegateProcess& first = StartDelegate("phoenix");
   ASSERT_TRUE(WaitDelegates(1)) << Logs();
   ASSERT_TRUE(manager_
@@ -464,7 +515,10 @@ TEST_F(GrpcSessionTest, ARestartedDelegateGetsItsLostStageBackAtOnce) {
   kill(first.pid(), SIGKILL);
   first.Wait();
   const absl::Time restarted = absl::Now();
-  StartDelegate("phoenix");  // same name, holds nothing
+  // Same name, a state directory of its own: it holds nothing, and the
+  // manager dispatches the stage again at once.
+  StartDelegate("phoenix",
+                {"DELEGATE_STATE_DIR=" + (dir_ / "fresh-state").string()});
   ASSERT_TRUE(manager_->WaitAllDone(absl::Seconds(20))) << Logs();
   EXPECT_LT(absl::Now() - restarted, absl::Seconds(15));
   StageSnapshot s = Snap("again");

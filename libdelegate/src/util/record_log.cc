@@ -8,7 +8,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "util/strings.h"
 
 namespace delegate {
 namespace {
@@ -70,6 +72,42 @@ std::string Header(std::string_view magic, uint32_t version) {
 }
 
 }  // namespace
+
+std::string EncodeFields(char kind,
+                         std::initializer_list<std::string_view> fields) {
+  std::string out(1, kind);
+  for (std::string_view f : fields) {
+    absl::StrAppend(&out, f.size(), ":", AbslView(f));
+  }
+  return out;
+}
+
+bool DecodeFields(std::string_view record, char& kind,
+                  std::vector<std::string_view>& fields) {
+  if (record.empty()) return false;
+  kind = record[0];
+  record.remove_prefix(1);
+  fields.clear();
+  while (!record.empty()) {
+    const size_t colon = record.find(':');
+    size_t length = 0;
+    if (colon == std::string_view::npos ||
+        !absl::SimpleAtoi(AbslView(record.substr(0, colon)), &length) ||
+        record.size() - colon - 1 < length) {
+      return false;
+    }
+    fields.push_back(record.substr(colon + 1, length));
+    record.remove_prefix(colon + 1 + length);
+  }
+  return true;
+}
+
+absl::Status UnreadableRecord(const std::string& path) {
+  return absl::DataLossError(
+      absl::StrCat(path,
+                   " holds a record this delegate cannot read; move it away "
+                   "to start afresh"));
+}
 
 uint32_t Crc32(std::string_view data, uint32_t crc) {
   const auto& table = CrcTable();

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -22,6 +23,15 @@ namespace delegate {
 
 // CRC-32 (IEEE 802.3, as zlib's crc32), continuing from `crc`.
 uint32_t Crc32(std::string_view data, uint32_t crc = 0);
+
+// A record of the journals: a kind letter, then fields as LENGTH ':' BYTES.
+std::string EncodeFields(char kind,
+                         std::initializer_list<std::string_view> fields);
+// False when `record` is not one; `fields` view into it.
+bool DecodeFields(std::string_view record, char& kind,
+                  std::vector<std::string_view>& fields);
+// A journal at `path` holds a record its reader does not know: what to say.
+absl::Status UnreadableRecord(const std::string& path);
 
 // Thread-safe.
 class RecordLog {

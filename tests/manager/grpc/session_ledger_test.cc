@@ -17,9 +17,11 @@
 namespace delegate::grpcv1 {
 namespace {
 
+using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::UnorderedElementsAre;
 using RunPtr = SessionLedger::RunPtr;
 
@@ -92,6 +94,18 @@ class SessionLedgerTest : public ::testing::Test {
     ack.set_step_id(step_id);
     ack.set_offset(offset);
     return ack;
+  }
+  // A new stream whose HelloAck resumes only stage_id's lease-STAGE-TOKEN;
+  // what is due then.
+  std::vector<v1::DelegateMessage> ResumeOnly(const std::string& stage_id,
+                                              uint64_t token) {
+    v1::HelloAck ack;
+    v1::LeaseRenewed& resumed = *ack.add_resumed();
+    resumed.set_stage_id(stage_id);
+    resumed.set_lease_id(absl::StrCat("lease-", stage_id, "-", token));
+    resumed.set_fencing_token(token);
+    EXPECT_THAT(ledger_.Resume(ack, kT0).cancels, IsEmpty());
+    return Collect(kT0);
   }
   void SendThreeChunks(const RunPtr& run);
   void KeepThreeChunks();
@@ -386,6 +400,40 @@ TEST_F(SessionLedgerSmallSpoolTest, AFullSpoolDropsLinesAndTheLogSaysHowMany) {
   EXPECT_TRUE(last.closed());
   EXPECT_EQ(last.crc32(),
             Crc32(absl::StrCat("0123456789\n0123456789\n", notice, "\n")));
+}
+
+TEST_F(SessionLedgerTest, ARunAnEarlierProcessHeldIsReportedFailedOnce) {
+  ledger_.Adopt({"s1", "lease-s1-3", 3, 30000, "build", std::nullopt}, kT0);
+  ledger_.Adopt({"s2", "lease-s2-1", 1, 30000, "", std::nullopt}, kT0);
+  v1::Hello hello;
+  ledger_.HeldLeases(&hello);
+  ASSERT_EQ(hello.held_leases_size(), 2);
+  EXPECT_FALSE(hello.held_leases(0).running());
+  EXPECT_THAT(log_lines_, Contains(HasSubstr("reporting a stage")));
+  // The manager resumes s1's lease; s2's it gave to another delegate.
+  std::vector<v1::DelegateMessage> out = ResumeOnly("s1", 3);
+  EXPECT_THAT(Describe(out), ElementsAre("stage s1/3/stage", "credit 4"));
+  const v1::StageResult& result = out[0].stage_result().result();
+  EXPECT_EQ(result.status(), v1::STEP_STATUS_FAILURE);
+  EXPECT_THAT(result.error(), HasSubstr("the delegate restarted during step "
+                                        "build"));
+  EXPECT_EQ(out[0].stage_result().header().lease_id(), "lease-s1-3");
+  EXPECT_THAT(ledger_.Ack(AckOf("s1/3/stage")).cancels, IsEmpty());
+  EXPECT_TRUE(ledger_.empty());
+}
+
+TEST_F(SessionLedgerTest, AResultTheManagerHadNotTakenGoesAsItWas) {
+  // The first process: the stage finished, its result recorded.
+  v1::StageResultReport report;
+  report.mutable_header()->set_stage_id("s1");
+  report.mutable_header()->set_idempotency_key("s1/2/stage");
+  report.mutable_result()->set_status(v1::STEP_STATUS_SUCCESS);
+  ledger_.Adopt(
+      {"s1", "lease-s1-2", 2, 30000, "build", report.SerializeAsString()}, kT0);
+  std::vector<v1::DelegateMessage> out = ResumeOnly("s1", 2);
+  EXPECT_THAT(Describe(out), ElementsAre("stage s1/2/stage", "credit 4"));
+  EXPECT_EQ(out[0].stage_result().result().status(), v1::STEP_STATUS_SUCCESS);
+  EXPECT_THAT(log_lines_, Not(Contains(HasSubstr("reporting a stage"))));
 }
 
 // ------------------------------------------------------------ reconnect

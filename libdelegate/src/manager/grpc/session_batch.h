@@ -16,7 +16,8 @@ Message PackBatch(std::vector<Message>& messages) {
   if (messages.size() == 1) {
     packed.Swap(&messages[0]);
   } else {
-    for (Message& m : messages) packed.mutable_batch()->add_messages()->Swap(&m);
+    for (Message& m : messages)
+      packed.mutable_batch()->add_messages()->Swap(&m);
   }
   messages.clear();
   return packed;

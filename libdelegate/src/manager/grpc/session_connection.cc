@@ -15,6 +15,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <random>
@@ -134,10 +135,12 @@ absl::StatusOr<Target> ParseTarget(const std::string& url,
 class SessionConnection final : public ManagerConnection {
  public:
   SessionConnection(ManagerEnvironment env, Target target,
-                    std::unique_ptr<LogSpool> spool)
+                    std::unique_ptr<LogSpool> spool,
+                    std::unique_ptr<SessionJournal> journal)
       : env_(std::move(env)),
         target_(std::move(target)),
         spool_(std::move(spool)),
+        journal_(std::move(journal)),
         ledger_(static_cast<uint32_t>(
                     std::max(1, env_.config.max_stages.value_or(
                                     env_.config.parallel_workers))),
@@ -153,6 +156,13 @@ class SessionConnection final : public ManagerConnection {
              "Stages stopped because their lease lapsed or was taken back.",
              {"runner_name"});
     m.Set("delegate_session_connected", {env_.config.name}, 0);
+    // What an earlier process was running when it died is reported on the
+    // first stream, once.
+    absl::MutexLock lock(&mu_);
+    ledger_.SetJournal(journal_.get());
+    for (const SessionJournal::Interrupted& run : journal_->interrupted()) {
+      ledger_.Adopt(run, env_.clock.Now());
+    }
   }
 
   // Its stages are cancelled and waited for (group_ goes first).
@@ -219,6 +229,9 @@ class SessionConnection final : public ManagerConnection {
   // A dispatched stage as a scheduler task (nullopt: nothing to run; a stage
   // that cannot run is reported so). SubmitDispatched queues a batch of them
   // at once.
+  // Writes what the ledger recorded in the session journal; warns once when
+  // it cannot.
+  void FlushJournal() ABSL_LOCKS_EXCLUDED(mu_);
   std::optional<StageTask> PrepareDispatch(const v1::Dispatch& dispatch)
       ABSL_LOCKS_EXCLUDED(mu_);
   void SubmitDispatched(std::vector<StageTask> tasks) ABSL_LOCKS_EXCLUDED(mu_);
@@ -285,6 +298,9 @@ class SessionConnection final : public ManagerConnection {
   std::string last_error_ ABSL_GUARDED_BY(mu_);  // why the last dial failed
   std::vector<v1::DelegateMessage> outbox_ ABSL_GUARDED_BY(mu_);
   const std::unique_ptr<LogSpool> spool_;
+  const std::unique_ptr<SessionJournal> journal_;
+  std::atomic<bool> journal_failing_{false};
+  absl::Time journal_flushed_ = absl::InfinitePast();  // the ticker's
   SessionLedger ledger_ ABSL_GUARDED_BY(mu_);
   // Last: destroyed first, it cancels and waits for the stages, whose
   // observers use everything above.
@@ -573,6 +589,15 @@ void SessionConnection::WriterLoop(Stream* stream,
   }
 }
 
+void SessionConnection::FlushJournal() {
+  absl::Status s = journal_->Flush();
+  if (s.ok() || journal_failing_.exchange(true)) return;  // said once
+  env_.log.Warn(
+      "cannot write the session journal; a stage running when the delegate "
+      "stops would not be reported after its restart",
+      {{"error", s.message()}});
+}
+
 void SessionConnection::CollectLocked(absl::Time now,
                                       std::vector<v1::DelegateMessage>* out) {
   for (v1::DelegateMessage& m : outbox_) out->push_back(std::move(m));
@@ -622,6 +647,15 @@ void SessionConnection::TickerLoop() {
     }
     Apply(expired);
     Apply(given_up);
+    // Steps started and runs retired go to disk with the next dispatch, or
+    // here, at most every kLeaseScan: losing them with the process only
+    // names a step less precisely, or has the next process report a stage
+    // the manager has settled (it answers with its first answer).
+    const absl::Time now = env_.clock.Now();
+    if (now - journal_flushed_ >= kLeaseScan) {
+      journal_flushed_ = now;
+      FlushJournal();
+    }
   }
 }
 
@@ -758,6 +792,9 @@ void SessionConnection::SubmitDispatched(std::vector<StageTask> tasks) {
       outline.steps.emplace_back().id = step.id;
     outlines.emplace_back(t.id, std::move(outline));
   }
+  // Their dispatches on disk first: a process that dies while they run
+  // leaves the next one the journal to report them by.
+  FlushJournal();
   std::vector<absl::Status> statuses = group_.SubmitAll(std::move(tasks));
   for (size_t i = 0; i < statuses.size(); ++i) {
     if (statuses[i].ok()) continue;
@@ -786,8 +823,20 @@ absl::Status RegisterGrpcManager(ManagerRegistry& registry) {
         LogSpool::Open(env.config.StateDir() + "/log-spool",
                        static_cast<uint64_t>(env.config.log_spool_mib) << 20);
     if (!spool.ok()) return spool.status();
-    return std::unique_ptr<ManagerConnection>(new grpcv1::SessionConnection(
-        std::move(env), *std::move(target), *std::move(spool)));
+    // The stages it holds, for the next process should this one die.
+    absl::StatusOr<std::unique_ptr<grpcv1::SessionJournal>> journal =
+        grpcv1::SessionJournal::Open(env.config.StateDir() +
+                                     "/session-runs.journal");
+    if (!journal.ok()) return journal.status();
+    if ((*journal)->torn_bytes() > 0) {
+      env.log.Warn(
+          "the session journal's last record was cut short by a "
+          "crash and is dropped",
+          {{"bytes", absl::StrCat((*journal)->torn_bytes())}});
+    }
+    return std::unique_ptr<ManagerConnection>(
+        new grpcv1::SessionConnection(std::move(env), *std::move(target),
+                                      *std::move(spool), *std::move(journal)));
   };
   if (absl::Status s = registry.Register("grpc", factory); !s.ok()) return s;
   return registry.Register("grpcs", factory);

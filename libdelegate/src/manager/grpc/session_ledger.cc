@@ -141,7 +141,64 @@ SessionLedger::RunPtr SessionLedger::Dispatch(const v1::Dispatch& dispatch,
   }
   runs_[run->task_id] = run;
   by_stage_[run->stage_id] = run;
+  // Recorded (and flushed by the caller) before it runs: if the process
+  // dies then, the next one reports it.
+  if (journal_) {
+    journal_->Dispatched(run->stage_id, run->lease_id, run->token,
+                         run->lease_duration);
+  }
   return run;
+}
+
+void SessionLedger::Adopt(const SessionJournal::Interrupted& interrupted,
+                          absl::Time now) {
+  auto run = std::make_shared<Run>();
+  run->stage_id = interrupted.stage_id;
+  run->lease_id = interrupted.lease_id;
+  run->token = interrupted.fencing_token;
+  run->task_id = absl::StrCat(run->stage_id, "#", run->token);
+  run->lease_duration = interrupted.lease_ms > 0
+                            ? absl::Milliseconds(interrupted.lease_ms)
+                            : kDefaultLease;
+  run->lease_end = now + run->lease_duration;
+  run->next_renew = now + run->lease_duration / 3;
+  run->running = false;
+  auto previous = by_stage_.find(run->stage_id);
+  if (previous != by_stage_.end()) {  // the journal lists them by token
+    Stops ignored;
+    Lose(previous->second, "a later dispatch was in the journal", &ignored);
+  }
+  runs_[run->task_id] = run;
+  by_stage_[run->stage_id] = run;
+  const std::string key = ReportKey(*run, "stage");
+  v1::DelegateMessage m;
+  if (interrupted.result &&
+      m.mutable_stage_result()->ParseFromString(*interrupted.result)) {
+    // It had finished: its result goes as it was.
+    log_.Info(
+        "sending again the result of a stage that finished before the "
+        "delegate stopped",
+        {{"stage", run->stage_id},
+         {"fencing_token", absl::StrCat(run->token)}});
+    AddReport(run, ReportKind::kStageResult, key, std::move(m), now);
+    return;
+  }
+  StageResult result;
+  result.status = StepStatus::kFailure;
+  result.error = absl::StrCat(
+      "the delegate restarted ",
+      interrupted.step_id.empty() ? std::string("while it ran the stage")
+                                  : "during step " + interrupted.step_id,
+      "; what it ran was stopped and what it made removed");
+  log_.Warn("reporting a stage the delegate was running when it stopped",
+            {{"stage", run->stage_id},
+             {"fencing_token", absl::StrCat(run->token)},
+             {"error", result.error}});
+  result.task_id = run->stage_id;
+  m.Clear();
+  FillHeader(*run, key, m.mutable_stage_result()->mutable_header());
+  *m.mutable_stage_result()->mutable_result() = ToProto(result);
+  AddReport(run, ReportKind::kStageResult, key, std::move(m), now);
 }
 
 SessionLedger::RunPtr SessionLedger::Find(std::string_view task_id) const {
@@ -230,6 +287,9 @@ void SessionLedger::StepStarted(const RunPtr& run, std::string_view step_id,
   report.set_step_id(std::string(step_id));
   *report.mutable_time() = TimeToProto(now);
   AddReport(run, ReportKind::kStepStarted, key, std::move(m), now);
+  if (journal_ && !run->lost) {
+    journal_->StepStarted(run->stage_id, run->token, std::string(step_id));
+  }
 }
 
 void SessionLedger::StepDone(const RunPtr& run, v1::StepResult result,
@@ -257,6 +317,12 @@ bool SessionLedger::StageDone(const RunPtr& run, StageResult result,
   const std::string key = ReportKey(*run, "stage");
   FillHeader(*run, key, m.mutable_stage_result()->mutable_header());
   *m.mutable_stage_result()->mutable_result() = ToProto(result);
+  // Kept with the run: a process that dies before the manager takes it
+  // leaves the next one this result to send, not a restart's.
+  if (journal_) {
+    journal_->Finished(run->stage_id, run->token,
+                       m.stage_result().SerializeAsString());
+  }
   AddReport(run, ReportKind::kStageResult, key, std::move(m), now);
   return true;
 }
@@ -691,6 +757,7 @@ void SessionLedger::MaybeRetire(RunPtr run) {
   run->lost = true;
   run->logs.clear();
   if (runs_.erase(run->task_id) == 0) return;
+  if (journal_) journal_->Retired(run->stage_id, run->token);
   auto it = by_stage_.find(run->stage_id);
   if (it != by_stage_.end() && it->second == run) by_stage_.erase(it);
   for (const Run::Report& r : run->reports) by_key_.erase(r.key);

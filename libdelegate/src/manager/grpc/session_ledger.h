@@ -56,6 +56,7 @@
 #include "delegate/result.h"
 #include "delegate/v1/session.pb.h"
 #include "logs/log_spool.h"
+#include "manager/grpc/session_journal.h"
 
 namespace delegate::grpcv1 {
 
@@ -106,6 +107,14 @@ class SessionLedger {
   // runs, and its slot goes back to the manager with the next Collect (the
   // caller wakes its writer).
   RunPtr Dispatch(const v1::Dispatch& dispatch, absl::Time now, Stops* stops);
+  // Records every dispatch, step started and retirement in `journal`
+  // (which must outlive the ledger) from now on; the caller flushes it.
+  void SetJournal(SessionJournal* journal) { journal_ = journal; }
+  // Holds a run an earlier process held when it died (its journal's
+  // interrupted()): not running, its result FAILED ("the delegate restarted
+  // during step X") due at once under the key its result would have had,
+  // its lease in HeldLeases for the manager to resume or declare lost.
+  void Adopt(const SessionJournal::Interrupted& interrupted, absl::Time now);
   // The run's scheduler task id: STAGE_ID#TOKEN, unique per dispatch.
   static const std::string& TaskId(const Run& run);
   // The run held under `task_id`; null when none is.
@@ -212,6 +221,7 @@ class SessionLedger {
   const uint32_t capacity_;
   EventLog& log_;
   LogSpool& spool_;
+  SessionJournal* journal_ = nullptr;
   std::vector<LogSpool::Line> batch_;  // CollectRun's, kept for its capacity
   bool granting_ = true;
   uint32_t credit_ = 0;  // slots to grant with the next Collect

@@ -46,10 +46,10 @@ absl::StatusOr<std::string> ReadPem(const std::string& path,
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> TlsServerCredentials(
     const ServerTlsFiles& files) {
   if (files.cert_file.empty() || files.key_file.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        AbslView(files.cert_file.empty() ? files.cert_option
-                                         : files.key_option),
-        ": not set; TLS needs both the certificate and its key"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(AbslView(files.cert_file.empty() ? files.cert_option
+                                                      : files.key_option),
+                     ": not set; TLS needs both the certificate and its key"));
   }
   grpc::SslServerCredentialsOptions ssl;
   absl::StatusOr<std::string> cert =

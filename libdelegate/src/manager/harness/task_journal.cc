@@ -12,34 +12,6 @@ namespace {
 constexpr char kMagic[] = "LDHTJRNL";
 constexpr uint32_t kVersion = 1;
 
-// A record: a kind letter, then fields as LENGTH ':' BYTES.
-std::string Encode(char kind, std::initializer_list<std::string_view> fields) {
-  std::string out(1, kind);
-  for (std::string_view f : fields)
-    absl::StrAppend(&out, f.size(), ":", AbslView(f));
-  return out;
-}
-
-bool Decode(std::string_view record, char& kind,
-            std::vector<std::string_view>& fields) {
-  if (record.empty()) return false;
-  kind = record[0];
-  record.remove_prefix(1);
-  fields.clear();
-  while (!record.empty()) {
-    const size_t colon = record.find(':');
-    size_t length = 0;
-    if (colon == std::string_view::npos ||
-        !absl::SimpleAtoi(AbslView(record.substr(0, colon)), &length) ||
-        record.size() - colon - 1 < length) {
-      return false;
-    }
-    fields.push_back(record.substr(colon + 1, length));
-    record.remove_prefix(colon + 1 + length);
-  }
-  return true;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TaskJournal>> TaskJournal::Open(
@@ -52,10 +24,7 @@ absl::StatusOr<std::unique_ptr<TaskJournal>> TaskJournal::Open(
   absl::MutexLock lock(&journal->mu_);
   for (const std::string& record : opened->records) {
     if (!journal->Apply(record)) {
-      return absl::DataLossError(absl::StrCat(
-          path,
-          " holds a record this delegate cannot read; move it away to "
-          "start afresh"));
+      return UnreadableRecord(path);
     }
   }
   // What the last process left: sorted as it happened.
@@ -80,7 +49,7 @@ absl::StatusOr<std::unique_ptr<TaskJournal>> TaskJournal::Open(
 bool TaskJournal::Apply(std::string_view record) {
   char kind;
   std::vector<std::string_view> f;
-  if (!Decode(record, kind, f)) return false;
+  if (!DecodeFields(record, kind, f)) return false;
   if (kind == 'S' && f.size() == 3) {
     Entry& e = tasks_[std::string(f[0])];
     e.seq = next_seq_++;
@@ -119,9 +88,9 @@ std::vector<std::string> TaskJournal::Snapshot() const {
     }
     // A task interrupted before this process is answered by it; until then
     // it stays recorded as started.
-    out.push_back(Encode('S', {id, e.type, e.step_id}));
-    if (e.answer) out.push_back(Encode('A', {id, *e.answer}));
-    if (e.delivered) out.push_back(Encode('D', {id}));
+    out.push_back(EncodeFields('S', {id, e.type, e.step_id}));
+    if (e.answer) out.push_back(EncodeFields('A', {id, *e.answer}));
+    if (e.delivered) out.push_back(EncodeFields('D', {id}));
   }
   return out;
 }
@@ -162,7 +131,9 @@ absl::Status TaskJournal::Write(std::string record, bool defer) {
     }
   }
   // The snapshot holds the batch's effects: written as a whole instead.
-  if (compact) return log_->Rewrite(kept);
+  // Where the rewrite fails (no room for the new copy), the batch is
+  // appended to the file as it is.
+  if (compact && log_->Rewrite(kept).ok()) return absl::OkStatus();
   return log_->Append(batch);
 }
 
@@ -187,16 +158,16 @@ std::optional<std::string> TaskJournal::AnswerOf(
 absl::Status TaskJournal::Started(const std::string& task_id,
                                   const std::string& type,
                                   const std::string& step_id) {
-  return Write(Encode('S', {task_id, type, step_id}));
+  return Write(EncodeFields('S', {task_id, type, step_id}));
 }
 
 absl::Status TaskJournal::Answered(const std::string& task_id,
                                    const std::string& body) {
-  return Write(Encode('A', {task_id, body}));
+  return Write(EncodeFields('A', {task_id, body}));
 }
 
 absl::Status TaskJournal::Delivered(const std::string& task_id) {
-  return Write(Encode('D', {task_id}), /*defer=*/true);
+  return Write(EncodeFields('D', {task_id}), /*defer=*/true);
 }
 
 }  // namespace delegate::harness
