@@ -118,6 +118,7 @@ class GrpcSessionTest : public ::testing::Test {
   std::string Logs() const {
     std::string out;
     for (const auto& d : delegates_) out += d->Output();
+    std::lock_guard lock(log_mu_);  // the manager logs from its threads
     return out + manager_log_text_;
   }
 
@@ -140,7 +141,7 @@ class GrpcSessionTest : public ::testing::Test {
 
   std::filesystem::path dir_;
   std::string manager_log_text_;
-  std::mutex log_mu_;
+  mutable std::mutex log_mu_;
   EventLog manager_log_{[this](std::string_view line) {
     std::lock_guard lock(log_mu_);
     manager_log_text_.append(line).append("\n");
