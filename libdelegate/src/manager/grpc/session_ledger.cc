@@ -32,7 +32,6 @@ struct LogBuffer {
   uint64_t sent = 0;    // lines below this went out on the current stream
   uint32_t crc = 0;     // of the whole log: LogChunk.crc32
   uint64_t bytes = 0;   // LogChunk.size_bytes
-  uint64_t unkept = 0;  // lines the spool could not keep or give back
   bool broken = false;  // lines were lost: the close carries no CRC
   // The chunks out on this stream and not yet acknowledged, [start, end),
   // in order: the manager answers each (or several at once) in turn.
@@ -102,6 +101,15 @@ void FillHeader(const Run& run, const std::string& key,
   header->set_lease_id(run.lease_id);
   header->set_fencing_token(run.token);
   header->set_idempotency_key(key);
+}
+
+// The run's StageResultReport under `key`.
+v1::DelegateMessage StageResultMessage(const Run& run, const std::string& key,
+                                       const StageResult& result) {
+  v1::DelegateMessage m;
+  FillHeader(run, key, m.mutable_stage_result()->mutable_header());
+  *m.mutable_stage_result()->mutable_result() = ToProto(result);
+  return m;
 }
 
 }  // namespace
@@ -195,10 +203,8 @@ void SessionLedger::Adopt(const SessionJournal::Interrupted& interrupted,
              {"fencing_token", absl::StrCat(run->token)},
              {"error", result.error}});
   result.task_id = run->stage_id;
-  m.Clear();
-  FillHeader(*run, key, m.mutable_stage_result()->mutable_header());
-  *m.mutable_stage_result()->mutable_result() = ToProto(result);
-  AddReport(run, ReportKind::kStageResult, key, std::move(m), now);
+  AddReport(run, ReportKind::kStageResult, key,
+            StageResultMessage(*run, key, result), now);
 }
 
 SessionLedger::RunPtr SessionLedger::Find(std::string_view task_id) const {
@@ -225,13 +231,13 @@ bool SessionLedger::AppendLine(const RunPtr& run, const LogLine& line) {
   if (b.file == nullptr) {
     absl::StatusOr<std::unique_ptr<LogSpool::File>> file = spool_.NewFile();
     if (!file.ok()) {
-      b.broken = true;
-      if (b.unkept++ == 0) {
+      if (!b.broken) {  // said once
         log_.Error("cannot spool a step's log; its lines are dropped",
                    {{"stage", run->stage_id},
                     {"step", std::string(line.step_id)},
                     {"error", file.status().message()}});
       }
+      b.broken = true;
       return false;
     }
     b.file = *std::move(file);
@@ -313,10 +319,8 @@ bool SessionLedger::StageDone(const RunPtr& run, StageResult result,
     MaybeRetire(run);
     return granted;
   }
-  v1::DelegateMessage m;
   const std::string key = ReportKey(*run, "stage");
-  FillHeader(*run, key, m.mutable_stage_result()->mutable_header());
-  *m.mutable_stage_result()->mutable_result() = ToProto(result);
+  v1::DelegateMessage m = StageResultMessage(*run, key, result);
   // Kept with the run: a process that dies before the manager takes it
   // leaves the next one this result to send, not a restart's.
   if (journal_) {
@@ -657,7 +661,6 @@ void SessionLedger::CollectRun(Run& run, absl::Time now,
              {"step", step_id},
              {"error", s.ok() ? "no lines" : s.message()}});
         buf.broken = true;
-        buf.unkept += buf.end() - buf.sent;
         buf.sent = buf.end();
         break;
       }
