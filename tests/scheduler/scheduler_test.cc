@@ -55,8 +55,17 @@ class TestExecutor final : public Executor {
     return absl::OkStatus();
   }
 
+  // "broken-init" has the default (cannot resume).
+  absl::Status Resume(const StageContext& ctx) override {
+    journal_.Add("resume:" + ctx.task_id, this);
+    if (fail_init_) return Executor::Resume(ctx);
+    return absl::OkStatus();
+  }
+
   StepResult Execute(const StepContext& ctx) override {
-    journal_.Add("exec:" + ctx.stage.task_id + ":" + ctx.step.id, this);
+    journal_.Add((ctx.reattach ? "reattach:" : "exec:") + ctx.stage.task_id +
+                     ":" + ctx.step.id,
+                 this);
     {
       std::lock_guard<std::mutex> lock(journal_.mu);
       journal_.deadlines.push_back(ctx.deadline);
@@ -437,8 +446,8 @@ TEST_F(SchedulerTest, ExecutorOfACancelledQueuedStageIsDroppedOutsideTheLock) {
   watched = scheduler.get();
   auto blocker = Run(*scheduler, "block", MakeStage({MakeStep("a", "wait")}));
   WaitForCall("exec:block:a");
-  auto queued = Run(*scheduler, "q",
-                    MakeStage({MakeStep("a", "ok")}, "calls-back"));
+  auto queued =
+      Run(*scheduler, "q", MakeStage({MakeStep("a", "ok")}, "calls-back"));
   ASSERT_TRUE(scheduler->Cancel("q").ok());
   EXPECT_EQ(queued.get().status, StepStatus::kCancelled);
   // The queue still holds the cancelled stage: the worker that frees up next
@@ -668,7 +677,7 @@ struct FedStage {
 
 FedStage OpenFed(Scheduler& scheduler, LogSink* lines, const std::string& id,
                  const std::string& platform = "test",
-                 absl::Duration idle = absl::Hours(1)) {
+                 absl::Duration idle = absl::Hours(1), bool resume = false) {
   auto init = std::make_shared<std::promise<absl::Status>>();
   auto result = std::make_shared<std::promise<StageResult>>();
   FedStage fed;
@@ -680,6 +689,7 @@ FedStage OpenFed(Scheduler& scheduler, LogSink* lines, const std::string& id,
   task.id = id;
   task.stage = MakeStage({}, platform);
   task.feed = fed.feed;
+  task.resume = resume;
   task.observer = ObserveWith(
       {.done = [result](const StageResult& r) { result->set_value(r); },
        .log = lines});
@@ -688,12 +698,14 @@ FedStage OpenFed(Scheduler& scheduler, LogSink* lines, const std::string& id,
 }
 
 std::future<StepResult> PushStep(StageFeed& feed, Step step,
-                                 std::vector<std::string> masks = {}) {
+                                 std::vector<std::string> masks = {},
+                                 bool reattach = false) {
   auto promise = std::make_shared<std::promise<StepResult>>();
   auto future = promise->get_future();
-  absl::Status s =
-      feed.Push(std::move(step), std::move(masks),
-                [promise](const StepResult& r) { promise->set_value(r); });
+  auto done = [promise](const StepResult& r) { promise->set_value(r); };
+  absl::Status s = reattach
+                       ? feed.Reattach(std::move(step), std::move(masks), done)
+                       : feed.Push(std::move(step), std::move(masks), done);
   if (!s.ok()) {
     StepResult r;
     r.status = StepStatus::kSkipped;
@@ -748,6 +760,40 @@ TEST_F(SchedulerTest, FedStageReportsAFailedInitializeAndStillCleansUp) {
   EXPECT_TRUE(CloseFed(*fed.feed).get().ok());
 }
 
+TEST_F(SchedulerTest, AResumedStageIsAdoptedAndItsInterruptedStepReattached) {
+  auto scheduler = Make();
+  FedStage fed = OpenFed(*scheduler, &sink_, "txn", "test", absl::Hours(1),
+                         /*resume=*/true);
+  ASSERT_TRUE(fed.initialized.get().ok());
+  StepResult a =
+      PushStep(*fed.feed, MakeStep("a", "output:V=1"), {}, /*reattach=*/true)
+          .get();
+  EXPECT_EQ(a.status, StepStatus::kSuccess);
+  EXPECT_EQ(a.outputs.at("V"), "1");
+  EXPECT_EQ(PushStep(*fed.feed, MakeStep("b", "ok")).get().status,
+            StepStatus::kSuccess);
+  EXPECT_TRUE(CloseFed(*fed.feed).get().ok());
+  EXPECT_EQ(fed.done.get().status, StepStatus::kSuccess);
+  // Resume instead of Initialize; the step it was running re-attached, the
+  // next one run as usual; cleanup as always.
+  EXPECT_THAT(journal_.Calls(), ElementsAre("resume:txn", "reattach:txn:a",
+                                            "exec:txn:b", "cleanup:txn"));
+}
+
+TEST_F(SchedulerTest, AStageItsPlatformCannotResumeIsCleanedUp) {
+  auto scheduler = Make();
+  FedStage fed = OpenFed(*scheduler, &sink_, "txn", "broken-init",
+                         absl::Hours(1), /*resume=*/true);
+  absl::Status resumed = fed.initialized.get();
+  EXPECT_TRUE(absl::IsUnimplemented(resumed)) << resumed;
+  EXPECT_THAT(resumed.message(), HasSubstr("cannot resume"));
+  StageResult r = fed.done.get();
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  EXPECT_THAT(r.error, HasSubstr("resume: "));
+  // What the earlier process made is still removed.
+  EXPECT_THAT(journal_.Calls(), ElementsAre("resume:txn", "cleanup:txn"));
+}
+
 TEST_F(SchedulerTest, FedStepsAreMaskedAndCheckedAsTheyArrive) {
   auto scheduler = Make();
   FedStage fed = OpenFed(*scheduler, &sink_, "txn");
@@ -800,8 +846,8 @@ TEST_F(SchedulerTest, DuplicateStepIdsAreRefusedNamingTheId) {
   auto scheduler = Make();
   StageTask task;
   task.id = "t1";
-  task.stage = MakeStage(
-      {MakeStep("build", "ok"), MakeStep("test", "ok"), MakeStep("build", "ok")});
+  task.stage = MakeStage({MakeStep("build", "ok"), MakeStep("test", "ok"),
+                          MakeStep("build", "ok")});
   absl::Status refused = scheduler->Submit(std::move(task));
   EXPECT_TRUE(absl::IsInvalidArgument(refused)) << refused;
   EXPECT_THAT(refused.message(),

@@ -53,6 +53,14 @@ struct StepContext {
   // Requested on cancel or shutdown: the executor stops the step promptly
   // and returns kCancelled.
   std::stop_token stop;
+  // Set for the step an earlier process of this delegate had started when
+  // it stopped (killed, crashed), in a stage resumed with Executor::Resume:
+  // the executor re-attaches to what runs it (follows its output from the
+  // start, collects its exit and outputs) and never starts it again. Where
+  // nothing of it is left to follow (a host process died with the delegate,
+  // a container that was never created or is gone), the result is
+  // kFailure with an error that says so.
+  bool reattach = false;
 };
 
 // Why a step must stop now: kCancelled when its stop was requested,
@@ -61,10 +69,10 @@ struct StepContext {
 DELEGATE_EXPORT std::optional<StepStatus> StopReason(const StepContext& ctx);
 
 // One instance runs one stage: the scheduler calls Validate, then
-// Initialize, then Execute once per step in order, then Cleanup. Cleanup is
-// called exactly once whenever Initialize was called, whatever it or the steps
-// returned, on the same instance and thread. An executor instance is used by
-// one thread at a time.
+// Initialize (or Resume), then Execute once per step in order, then Cleanup.
+// Cleanup is called exactly once whenever Initialize or Resume was called,
+// whatever it or the steps returned, on the same instance and thread. An
+// executor instance is used by one thread at a time.
 class DELEGATE_EXPORT Executor {
  public:
   Executor() = default;
@@ -84,6 +92,19 @@ class DELEGATE_EXPORT Executor {
   }
   // Creates what the stage needs: workspace, network, volumes.
   virtual absl::Status Initialize(const StageContext& ctx) = 0;
+  // Instead of Initialize, for a stage an earlier process of this delegate
+  // (the same instance, killed or crashed) had initialized: adopts what that
+  // process made for it (found by ctx.task_id, which is the same), so that
+  // the stage's next steps see its workspace and volumes, and the step it
+  // was running can be re-attached (StepContext::reattach). What is missing
+  // and can be made empty without losing a step's work may be made; a
+  // workspace that is gone is an error. The default: Unimplemented, and
+  // the stage is cleaned up instead of resumed.
+  virtual absl::Status Resume(const StageContext& ctx) {
+    (void)ctx;
+    return absl::UnimplementedError(
+        "this platform cannot resume a stage after the delegate restarted");
+  }
   // Runs one step. The result's id and duration are filled in by the caller.
   virtual StepResult Execute(const StepContext& ctx) = 0;
   // Removes everything Initialize and the steps created. Must not depend on
@@ -97,6 +118,10 @@ using ExecutorFactory = std::function<std::unique_ptr<Executor>()>;
 struct ExecutorStartup {
   std::string delegate_name;
   EventLog* log = nullptr;  // never null
+  // Stages (StageTask::id) an earlier process of this instance left that
+  // the manager connection will resume (StageTask::resume): what they made
+  // is kept when the rest of what that process left is removed.
+  std::vector<std::string> resuming;
 };
 
 // What a platform registers beside its factory.

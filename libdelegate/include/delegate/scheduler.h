@@ -80,6 +80,11 @@ class DELEGATE_EXPORT StageFeed {
   // runs (kSkipped, or kCancelled). FailedPrecondition when the stage has
   // ended or Close was called; `done` is then not called.
   absl::Status Push(Step step, std::vector<std::string> masks, StepDone done);
+  // Push for the step an earlier process of this delegate was running when
+  // it stopped, in a stage submitted with StageTask::resume: the executor
+  // re-attaches to it (StepContext::reattach) instead of starting it.
+  absl::Status Reattach(Step step, std::vector<std::string> masks,
+                        StepDone done);
 
   // No more steps: cleanup runs once the queued steps are done. `cleaned` is
   // called with cleanup's status, at once when the stage has already been
@@ -97,7 +102,9 @@ class DELEGATE_EXPORT StageFeed {
     Step step;
     std::vector<std::string> masks;
     StepDone done;
+    bool reattach = false;
   };
+  absl::Status Queue(Pending pending);
   // The scheduler's side.
   void Initialized(const absl::Status& status);
   // The next step, or nullopt when the stage is over: closed and drained,
@@ -188,6 +195,11 @@ struct StageTask {
   Priority priority = Priority::kNormal;
   // Hears the stage's progress, result and log lines; null: nobody does.
   std::shared_ptr<StageObserver> observer;
+  // The stage was initialized by an earlier process of this delegate that
+  // stopped (killed, crashed), under the same id: the executor adopts what
+  // that process made (Executor::Resume) instead of initializing it. For a
+  // fed stage only; its feed's on_initialized hears how that went.
+  bool resume = false;
 };
 
 struct SchedulerStats {

@@ -12,6 +12,15 @@ StageFeed::StageFeed(std::function<void(const absl::Status&)> on_initialized,
 
 absl::Status StageFeed::Push(Step step, std::vector<std::string> masks,
                              StepDone done) {
+  return Queue({std::move(step), std::move(masks), std::move(done), false});
+}
+
+absl::Status StageFeed::Reattach(Step step, std::vector<std::string> masks,
+                                 StepDone done) {
+  return Queue({std::move(step), std::move(masks), std::move(done), true});
+}
+
+absl::Status StageFeed::Queue(Pending pending) {
   absl::MutexLock lock(&mu_);
   if (ended_) {
     return absl::FailedPreconditionError(
@@ -22,7 +31,7 @@ absl::Status StageFeed::Push(Step step, std::vector<std::string> masks,
     return absl::FailedPreconditionError(
         "the stage's cleanup was already requested");
   }
-  queue_.push_back({std::move(step), std::move(masks), std::move(done)});
+  queue_.push_back(std::move(pending));
   cv_.SignalAll();
   return absl::OkStatus();
 }

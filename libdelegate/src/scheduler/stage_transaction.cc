@@ -79,7 +79,7 @@ class StageTransaction {
       result_.steps.push_back(std::move(r));
     }
   }
-  StepResult RunStep(const Step& step, size_t index,
+  StepResult RunStep(const Step& step, size_t index, bool reattach,
                      const std::shared_ptr<const logs::SecretMasker>& masker);
   // Folds a finished step into the stage's result: the one place that says
   // what a step's status means for its stage. Returns why the steps after
@@ -114,7 +114,7 @@ class StageTransaction {
 };
 
 StepResult StageTransaction::RunStep(
-    const Step& step, size_t index,
+    const Step& step, size_t index, bool reattach,
     const std::shared_ptr<const logs::SecretMasker>& masker) {
   const absl::Time step_start = clock_.Now();
   const absl::Time step_deadline = std::min(
@@ -127,7 +127,8 @@ StepResult StageTransaction::RunStep(
                                   options_.max_line_bytes);
     const StepContext step_context{context_,      step,
                                    index,         output,
-                                   step_deadline, accepted_.stop.get_token()};
+                                   step_deadline, accepted_.stop.get_token(),
+                                   reattach};
     r = executor_.Execute(step_context);
     output.Flush();
   }
@@ -181,7 +182,7 @@ void StageTransaction::RunSteps() {
       SkipFrom(i, blocked);
       return;
     }
-    StepResult r = RunStep(step, i, masker_);
+    StepResult r = RunStep(step, i, /*reattach=*/false, masker_);
     if (observer_) observer_->StepDone(r);
     blocked = Record(
         r, step.continue_on_error ? OnFailure::kTolerate : OnFailure::kStop,
@@ -214,12 +215,14 @@ StepResult StageTransaction::RunFedStep(StageFeed::Pending& next,
   // one's id, as whole stages may not.
   for (size_t k = 0; checked.ok() && k < result_.steps.size(); ++k) {
     if (result_.steps[k].id == view.steps[0].id) {
-      checked = absl::InvalidArgumentError(absl::StrCat(
-          "steps[", index, "].id: duplicate step id '", view.steps[0].id,
-          "' (first at steps[", k, "])"));
+      checked = absl::InvalidArgumentError(
+          absl::StrCat("steps[", index, "].id: duplicate step id '",
+                       view.steps[0].id, "' (first at steps[", k, "])"));
     }
   }
-  if (checked.ok()) return RunStep(view.steps[0], index, masker);
+  if (checked.ok()) {
+    return RunStep(view.steps[0], index, next.reattach, masker);
+  }
   StepResult r;
   r.id = view.steps[0].id;
   r.status = StepStatus::kFailure;
@@ -254,7 +257,9 @@ std::string StageTransaction::RunFed() {
 
 StageResult StageTransaction::Run() {
   if (observer_) observer_->Started();
-  const absl::Status initialized = executor_.Initialize(context_);
+  const absl::Status initialized = task_.resume && task_.feed
+                                       ? executor_.Resume(context_)
+                                       : executor_.Initialize(context_);
   if (task_.feed) {
     task_.feed->Initialized(
         initialized.ok()
@@ -265,9 +270,10 @@ StageResult StageTransaction::Run() {
   std::string feed_end;  // why a fed stage's remaining steps do not run
   if (!initialized.ok()) {
     result_.status = StepStatus::kFailure;
-    result_.error = Mask(absl::StrCat("initialize: ", initialized.message()));
-    SkipFrom(0, "skipped: initialize failed");
-    feed_end = "skipped: initialize failed";
+    const char* what = task_.resume ? "resume" : "initialize";
+    result_.error = Mask(absl::StrCat(what, ": ", initialized.message()));
+    SkipFrom(0, absl::StrCat("skipped: ", what, " failed"));
+    feed_end = absl::StrCat("skipped: ", what, " failed");
   } else if (task_.feed) {
     feed_end = RunFed();
   } else {
