@@ -252,9 +252,19 @@ http::ServerResponse ReferenceManager::HandleAgent(
     if (!body.HasMember("tags") || !body["tags"].IsArray()) {
       return Error(400, "register: tags must be an array");
     }
-    // The same name and host registering again keeps its id.
+    // A delegate that names the id it had (restarted, it kept its state;
+    // perhaps on another host, as a replaced container) is that delegate
+    // again, with the stages it holds, unless it was found lost (its
+    // stages ended with that); otherwise the same
+    // name and host registering again after unregistering keeps its id.
     std::shared_ptr<DelegateRecord> d;
+    if (auto known = delegates_.find(StringField(body, "delegateId"));
+        known != delegates_.end() && !known->second->lost &&
+        known->second->name == StringField(body, "delegateName")) {
+      d = known->second;
+    }
     for (auto& [id, rec] : delegates_) {
+      if (d) break;
       if (rec->name == StringField(body, "delegateName") &&
           rec->host_name == StringField(body, "hostName") && !rec->registered) {
         d = rec;

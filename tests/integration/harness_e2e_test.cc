@@ -652,12 +652,15 @@ TEST_F(HarnessE2eTest, AFullStateDiskRefusesNewStagesAndFinishesOpenOnes) {
   EXPECT_STREQ(open["status"].GetString(), "SUCCESS") << delegate_->Output();
 }
 
-TEST_F(HarnessE2eTest, ADelegateKilledMidStepAnswersOnceAfterItsRestart) {
-  ManagerOptions options = Options();
-  options.lost_after = absl::Seconds(2);
-  StartManager(options);
+class HarnessKillTest : public HarnessE2eTest,
+                        public ::testing::WithParamInterface<bool> {};
+INSTANTIATE_TEST_SUITE_P(Resumable, HarnessKillTest, ::testing::Bool());
+
+TEST_P(HarnessKillTest, ADelegateKilledMidStepAnswersOnceAfterItsRestart) {
+  StartManager(Options());
   StartDelegate(DelegateEnv());
   ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const std::string registered = Admin("GET", "/admin/delegates");
   const std::string pids = dir_ + "/pids";
   const std::string id = Submit(absl::StrCat(
       R"({"id":"killed","steps":[{"id":"long","run":{"commands":["echo $$ >> )",
@@ -684,33 +687,128 @@ TEST_F(HarnessE2eTest, ADelegateKilledMidStepAnswersOnceAfterItsRestart) {
   };
   EXPECT_EQ(stage_dirs(), 1u);
 
+  // The restarted delegate resumes the stage (the same delegate to the
+  // manager) and answers the step within seconds: a host step cannot be
+  // re-attached, it stopped with the delegate. (Without the workspace, the
+  // stage could not be resumed: the step is answered FAILED instead.)
+  const bool resumable = GetParam();
+  if (!resumable) {
+    for (auto& e : std::filesystem::directory_iterator(dir_ + "/work")) {
+      if (e.path().filename().string()[0] == '.') continue;
+      std::filesystem::remove_all(e.path());
+    }
+  }
   const absl::Time restarted = absl::Now();
   StartDelegate(DelegateEnv());
   ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
-  ASSERT_TRUE(WaitForLog("answering a task the delegate was running"));
-  EXPECT_LT(absl::Now() - restarted, absl::Seconds(5));
-  EXPECT_THAT(delegate_->Output(),
-              HasSubstr("removed a leftover of an earlier run"));
-  EXPECT_EQ(stage_dirs(), 0u) << "the killed run's workspace was left";
-
+  ASSERT_TRUE(WaitForLog(resumable ? "re-attaching to the step"
+                                    : "answering a task the delegate was"));
+  EXPECT_THAT(delegate_->Output(), HasSubstr(resumable
+                                                 ? "resumed a stage"
+                                                 : "cannot resume a stage"));
   rapidjson::Document stage = WaitStage(id, absl::Seconds(30));
+  EXPECT_LT(absl::Now() - restarted, absl::Seconds(5));
   EXPECT_STREQ(stage["status"].GetString(), "FAILURE") << delegate_->Output();
   const auto& tasks = stage["tasks"].GetArray();
   ASSERT_GE(tasks.Size(), 2u);
-  // The step: answered once, FAILED, saying why.
+  // The step: answered once, failed, saying why.
   EXPECT_STREQ(tasks[1]["type"].GetString(), "local_execute");
   EXPECT_EQ(tasks[1]["responses"].GetInt(), 1);
-  EXPECT_STREQ(tasks[1]["code"].GetString(), "FAILED");
-  EXPECT_THAT(tasks[1]["error"].GetString(),
-              HasSubstr("the delegate restarted during step long"));
+  if (resumable) {
+    EXPECT_STREQ(tasks[1]["data"]["command_execution_status"].GetString(),
+                 "FAILURE");
+    EXPECT_THAT(tasks[1]["data"]["error_message"].GetString(),
+                HasSubstr("the delegate restarted during step long"));
+  } else {
+    EXPECT_STREQ(tasks[1]["code"].GetString(), "FAILED");
+    EXPECT_THAT(tasks[1]["error"].GetString(),
+                HasSubstr("the delegate restarted during step long"));
+  }
   // The step after it never ran.
   for (const auto& t : tasks) {
     EXPECT_NE(t["step"].GetInt(), 1) << "the next step was queued";
   }
   EXPECT_THAT(delegate_->Output(), Not(HasSubstr("never")));
-  // The killed delegate is lost and the stage ended once: nothing is left
-  // for the restarted one to run.
-  EXPECT_THAT(Admin("GET", "/admin/delegates"), HasSubstr("\"lost\":true"));
+  // The stage's cleanup removed its workspace.
+  for (int i = 0; i < 500 && stage_dirs() > 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(stage_dirs(), 0u) << "the killed run's workspace was left";
+  // One delegate, the same before and after.
+  EXPECT_EQ(CountOf(Admin("GET", "/admin/delegates"), "\"id\""),
+            CountOf(registered, "\"id\""));
+  EXPECT_THAT(Admin("GET", "/admin/delegates"), HasSubstr("\"lost\":false"));
+}
+
+TEST_F(HarnessE2eTest, AContainerStepOutlivesADelegateKillAndIsReattached) {
+  std::unique_ptr<docker::DockerClient> docker_client;
+  DELEGATE_CONNECT_TEST_ENGINE_OR_SKIP(docker_client);
+  StartManager(Options());
+  std::vector<std::string> env = DelegateEnv("e2e-reattach");
+  env.push_back("DELEGATE_STATE_DIR=" + dir_ + "/state");
+  StartDelegate(env);
+  ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
+  const std::string id = Submit(absl::StrCat(
+      R"({"id":"reattach","logs":true,"secrets":{"pw":"hunter2-secret"},)",
+      R"("steps":[{"id":"build","image":")", testing::kTestImage,
+      R"(","pull":"Never","run":{"commands":["echo started pw=${{secrets.pw}}",)",
+      R"("sleep 4","echo finished","echo made > /harness/made.txt",)",
+      R"("echo WORD=done > $HARNESS_OUTPUT_FILE"]},"output_vars":["WORD"]},)",
+      R"({"id":"check","image":")", testing::kTestImage,
+      R"(","pull":"Never","run":{"commands":["cat /harness/made.txt"]}}]})"));
+  auto logged = [&](const std::string& key, const std::string& text) {
+    for (const std::string& line : manager_->LogLines(key)) {
+      if (absl::StrContains(line, text)) return true;
+    }
+    return false;
+  };
+  for (int i = 0; i < 1000 && !logged(id + "/step-0", "started"); ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(logged(id + "/step-0", "started")) << delegate_->Output();
+  const std::string registered = Admin("GET", "/admin/delegates");
+  kill(delegate_->pid(), SIGKILL);
+  delegate_->Wait();
+  // The container runs on without the delegate.
+  EXPECT_EQ(testing::Labelled(*docker_client,
+                              "io.libdelegate.delegate=e2e-reattach")
+                .size(),
+            4u)  // the container, the network, two volumes
+      << "what the stage made";
+
+  const absl::Time restarted = absl::Now();
+  StartDelegate(env);
+  ASSERT_TRUE(WaitForLog("re-attaching to the step"));
+  EXPECT_LT(absl::Now() - restarted, absl::Seconds(5));
+  EXPECT_THAT(delegate_->Output(), HasSubstr("resumed a stage"));
+
+  rapidjson::Document stage = WaitStage(id, absl::Seconds(60));
+  ASSERT_STREQ(stage["status"].GetString(), "SUCCESS") << delegate_->Output();
+  const auto& tasks = stage["tasks"].GetArray();
+  ASSERT_EQ(tasks.Size(), 4u);  // init, build, check, cleanup
+  // The step the delegate was running when it was killed: answered once,
+  // with its own result and output, by the same delegate.
+  EXPECT_STREQ(tasks[1]["type"].GetString(), "local_execute");
+  EXPECT_EQ(tasks[1]["responses"].GetInt(), 1);
+  EXPECT_STREQ(tasks[1]["code"].GetString(), "OK");
+  EXPECT_STREQ(tasks[1]["data"]["output_vars"]["WORD"].GetString(), "done");
+  // The next step saw what it wrote to the workspace.
+  EXPECT_STREQ(tasks[2]["code"].GetString(), "OK");
+  EXPECT_TRUE(logged(id + "/step-1", "made")) << delegate_->Output();
+  // Its log went on after the restart; the secret stayed masked.
+  EXPECT_TRUE(logged(id + "/step-0", "finished"));
+  for (const std::string& line : manager_->LogLines(id + "/step-0")) {
+    EXPECT_THAT(line, Not(HasSubstr("hunter2")));
+  }
+  // One delegate, the same before and after the kill.
+  EXPECT_EQ(CountOf(Admin("GET", "/admin/delegates"), "\"id\""),
+            CountOf(registered, "\"id\""));
+  // Cleanup removed everything; the journal holds no secret in the clear.
+  EXPECT_THAT(testing::Labelled(*docker_client,
+                                "io.libdelegate.delegate=e2e-reattach"),
+              ::testing::IsEmpty());
+  EXPECT_THAT(ReadFile(dir_ + "/state/harness-tasks.journal"),
+              Not(HasSubstr("hunter2")));
 }
 
 TEST_F(HarnessE2eTest, ContainerAndHostStepsShareOneStage) {

@@ -58,6 +58,12 @@ class DELEGATE_EXPORT ManagerConnection {
   virtual void Drain() = 0;
   // Connected and in good standing with the manager (for /ready).
   virtual bool Ready() const = 0;
+  // Called once before Run, before the executors' start-up hooks remove
+  // what an earlier process of this instance left: the stages (StageTask
+  // ids) Run will resume (StageTask::resume), whose leftovers must stay
+  // (ExecutorStartup::resuming). An error (an unreadable journal) is Run's
+  // to report; then none.
+  virtual std::vector<std::string> StagesToResume() { return {}; }
 };
 
 using ManagerFactory =

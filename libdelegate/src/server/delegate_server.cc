@@ -176,9 +176,6 @@ absl::Status DelegateServer::Run() {
                         {"version", Version()},
                         {"commit", GitCommit()}});
 
-  if (options_.start_executors) {
-    executors_.Start({.delegate_name = config.name, .log = &log_});
-  }
   SchedulerOptions scheduling;
   scheduling.registry = &executors_;
   scheduling.delegate_name = config.name;
@@ -212,6 +209,15 @@ absl::Status DelegateServer::Run() {
       return created.status();
     }
     connection = *std::move(created);
+  }
+  // After the connection is made: the stages it will resume keep what an
+  // earlier process made for them when the executors remove the rest.
+  if (options_.start_executors) {
+    executors_.Start(
+        {.delegate_name = config.name,
+         .log = &log_,
+         .resuming = connection ? connection->StagesToResume()
+                                : std::vector<std::string>{}});
   }
   std::thread runtime_drainer;
   if (!options_.runtime_listen.empty()) {

@@ -280,6 +280,56 @@ TEST(LogServiceTest, AFullBufferDuringAnOutageSaysHowManyLinesAndBytesWent) {
   EXPECT_THAT(lines.back(), HasSubstr("line 99 "));
 }
 
+TEST(LogServiceTest, AReattachedStepSkipsTheOutputTheServiceAlreadyHas) {
+  FakeLogService fake;
+  http::HttpClient http;
+  EventLog log([](std::string_view) {});
+  LogService service(http, {}, log);
+  std::vector<uint64_t> handled;
+  std::mutex mu;
+  auto record = [&](uint64_t n) {
+    std::lock_guard lock(mu);
+    handled.push_back(n);
+  };
+  {
+    // The first process: three lines of output, one of the delegate's own.
+    auto first = service.Open(fake.Logger());
+    first->OnOutputHandled(record);
+    LogLine own = Line("pulling");
+    own.stream = LogStream::kSystem;
+    first->Append(own);
+    first->Append(Line("one"));
+    first->Append(Line("two"));
+    LogLine part = Line("thr");
+    part.partial = true;
+    first->Append(part);
+    first->Append(Line("ee"));
+    first->Close();
+  }
+  {
+    std::lock_guard lock(mu);
+    ASSERT_FALSE(handled.empty());
+    EXPECT_EQ(handled.back(), 3u);  // complete output lines, not "pulling"
+  }
+  // After a restart the output is read again from its start: the lines
+  // the service has are not sent twice; the delegate's own line is new.
+  auto again = service.Open(fake.Logger());
+  again->OnOutputHandled(record);
+  again->SkipOutputLines(2);
+  LogLine own = Line("re-attached");
+  own.stream = LogStream::kSystem;
+  again->Append(own);
+  for (const char* text : {"one", "two", "three", "four"}) {
+    again->Append(Line(text));
+  }
+  again->Close();
+  EXPECT_THAT(fake.lines(), ElementsAre("pulling\n", "one\n", "two\n", "thr",
+                                        "ee\n", "re-attached\n", "three\n",
+                                        "four\n"));
+  std::lock_guard lock(mu);
+  EXPECT_EQ(handled.back(), 4u);
+}
+
 TEST(StageLogRouterTest, RoutedStepsGoToTheirStreamOthersToTheFallback) {
   struct Recorder : LogSink {
     void Append(const LogLine& l) override { seen.emplace_back(l.text); }

@@ -64,8 +64,14 @@ class TestExecutor final : public Executor {
     }
     return absl::OkStatus();
   }
+  // A stage with CANNOT_RESUME has the default: it cannot.
+  absl::Status Resume(const StageContext& ctx) override {
+    journal_.Add("resume:" + ctx.task_id);
+    if (ctx.stage.env.count("CANNOT_RESUME")) return Executor::Resume(ctx);
+    return absl::OkStatus();
+  }
   StepResult Execute(const StepContext& ctx) override {
-    journal_.Add("exec:" + ctx.step.id);
+    journal_.Add((ctx.reattach ? "reattach:" : "exec:") + ctx.step.id);
     StepResult r;
     const std::string script =
         ctx.step.commands.empty() ? "" : ctx.step.commands[0];
@@ -331,21 +337,76 @@ TEST_F(HarnessStageTransactionsTest, RefusingNewStagesLetsTheOpenOnesFinish) {
               ElementsAre("init:rt-1", "exec:s1", "cleanup:rt-1"));
 }
 
-TEST_F(HarnessStageTransactionsTest, ACancelledStageTakesNoStepButIsCleanedUp) {
+TEST_F(HarnessStageTransactionsTest, AnAbandonedStageIsCleanedUpWithItsDirs) {
   const std::string ws = Dir("ws");
-  ASSERT_TRUE(Init(InitData("rt-1", {HostVolume("ws", ws, true, true)})).ok);
-  stages_->CancelOpen("the manager lost them");
-  EXPECT_TRUE(NoneOpenSoon());
-  TaskAnswer step = Execute(ExecuteData("rt-1", "s1", "say:hi"));
-  EXPECT_TRUE(step.ok);
-  EXPECT_THAT(step.data_json,
-              HasSubstr(R"("command_execution_status":"FAILURE")"));
-  EXPECT_THAT(step.data_json, HasSubstr("stage rt-1: "));
-  EXPECT_TRUE(Cleanup(CleanupData("rt-1", {})).ok);
+  const std::string kept = Dir("kept");
+  ASSERT_TRUE(Init(InitData("rt-1", {HostVolume("ws", ws, true, true),
+                                     HostVolume("kept", kept, true, false)}))
+                  .ok);
+  ASSERT_TRUE(fs::exists(ws));
+  // No local_cleanup will come: the stage is cleaned up now, and the
+  // directories its init marked remove go with it.
+  stages_->AbandonOpen("the manager lost them");
+  EXPECT_EQ(stages_->OpenStages(), 0u);
   EXPECT_FALSE(fs::exists(ws));
+  EXPECT_TRUE(fs::exists(kept));
   EXPECT_THAT(journal_.Calls(), ElementsAre("init:rt-1", "cleanup:rt-1"));
+  // A step or cleanup that comes anyway finds the stage gone.
+  TaskAnswer step = Execute(ExecuteData("rt-1", "s1", "say:hi"));
+  EXPECT_FALSE(step.ok);
+  EXPECT_THAT(step.error, HasSubstr("is not open on this delegate"));
+  EXPECT_TRUE(Cleanup(CleanupData("rt-1", {})).ok);
   EXPECT_THAT(absl::StrJoin(Events(), "\n"),
               HasSubstr("the manager lost them"));
+}
+
+TEST_F(HarnessStageTransactionsTest, AStageIsResumedUnderTheIdItHadBefore) {
+  const std::string ws = Dir("ws");
+  TaskAnswer init = stages_->Init(
+      TaskLogger{}, InitData("rt-1", {HostVolume("ws", ws, true, true)}), {},
+      kDelegateId, "init-task-7");
+  ASSERT_TRUE(init.ok) << init.error;
+  // The process dies here; its successor's StageTransactions resumes.
+  Scheduler scheduler({.registry = &registry_});
+  {
+    StageTransactions after(scheduler, log_, console_, nullptr);
+    ASSERT_TRUE(after
+                    .Resume(InitData("rt-1", {HostVolume("ws", ws, true, true)}),
+                            {}, "init-task-7")
+                    .ok());
+    EXPECT_TRUE(after.IsOpen("rt-1"));
+    TaskAnswer step = after.Execute(
+        TaskLogger{}, ExecuteData("rt-1", "s1", "say:hi"), {}, true);
+    EXPECT_THAT(step.data_json,
+                HasSubstr(R"("command_execution_status":"SUCCESS")"));
+    EXPECT_TRUE(after.Execute(TaskLogger{}, ExecuteData("rt-1", "s2", ""), {})
+                    .ok);
+    EXPECT_TRUE(after.Cleanup(TaskLogger{}, CleanupData("rt-1", {})).ok);
+  }
+  EXPECT_FALSE(fs::exists(ws));
+  // The same stage id in both processes: what it made is found by it.
+  EXPECT_THAT(journal_.Calls(),
+              ElementsAre("init:rt-1", "resume:rt-1#init-task-7", "reattach:s1",
+                          "exec:s2", "cleanup:rt-1"));
+}
+
+TEST_F(HarnessStageTransactionsTest, AStageThatCannotResumeIsCleanedUp) {
+  const std::string ws = Dir("ws");
+  Scheduler scheduler({.registry = &registry_});
+  StageTransactions after(scheduler, log_, console_, nullptr);
+  fs::create_directories(ws);
+  absl::Status resumed =
+      after.Resume(InitData("rt-1", {HostVolume("ws", ws, true, true)},
+                            R"({"CANNOT_RESUME":"1"})"),
+                   {}, "init-task-7");
+  EXPECT_THAT(resumed.message(), HasSubstr("cannot resume"));
+  EXPECT_FALSE(after.IsOpen("rt-1"));
+  EXPECT_FALSE(fs::exists(ws)) << "its directories marked remove";
+  for (int i = 0; i < 500 && journal_.Calls().size() < 2; ++i) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  EXPECT_THAT(journal_.Calls(),
+              ElementsAre("resume:rt-1#init-task-7", "cleanup:rt-1"));
 }
 
 TEST_F(HarnessStageTransactionsTest, TheTasksSecretsAreMaskedInTheStageOutput) {

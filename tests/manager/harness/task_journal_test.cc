@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -11,6 +13,8 @@ namespace delegate::harness {
 namespace {
 
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::IsEmpty;
 using ::testing::Pair;
 
@@ -92,6 +96,94 @@ TEST_F(TaskJournalTest, OnlyTheNewestDeliveredAnswersAreKept) {
   EXPECT_EQ(j->AnswerOf("t99"), "{}");
   EXPECT_EQ(j->AnswerOf("t95"), "{}");
   EXPECT_LT(std::filesystem::file_size(path_), 1000u) << "not compacted";
+}
+
+TEST_F(TaskJournalTest, AnOpenStageIsRememberedWithItsInitUntilItsCleanup) {
+  {
+    auto j = Open();
+    ASSERT_TRUE(j->Registered("dlg-7").ok());
+    ASSERT_TRUE(j->Started("i1", "local_init", "", "stage-a", "INIT-A").ok());
+    ASSERT_TRUE(j->StageOpened("stage-a", "i1").ok());
+    ASSERT_TRUE(j->Answered("i1", "{ready}").ok());
+    ASSERT_TRUE(j->Delivered("i1").ok());
+    ASSERT_TRUE(j->Started("e1", "local_execute", "s1", "stage-a", "EXEC-1")
+                    .ok());
+    ASSERT_TRUE(j->Answered("e1", "{done}").ok());
+    ASSERT_TRUE(j->Delivered("e1").ok());
+    // A second stage whose init failed (no StageOpened): nothing to resume.
+    ASSERT_TRUE(j->Started("i2", "local_init", "", "stage-b", "INIT-B").ok());
+    ASSERT_TRUE(j->Answered("i2", "{failed}").ok());
+    // Killed while step s2 of stage-a ran.
+    ASSERT_TRUE(j->Started("e2", "local_execute", "s2", "stage-a", "EXEC-2")
+                    .ok());
+  }
+  auto j = Open();
+  EXPECT_EQ(j->delegate_id(), "dlg-7");
+  ASSERT_EQ(j->open_stages().size(), 1u);
+  EXPECT_EQ(j->open_stages()[0].key, "stage-a");
+  EXPECT_EQ(j->open_stages()[0].init_task_id, "i1");
+  EXPECT_EQ(j->open_stages()[0].init_payload, "INIT-A");
+  ASSERT_EQ(j->interrupted().size(), 1u);
+  EXPECT_EQ(j->interrupted()[0].task_id, "e2");
+  EXPECT_EQ(j->interrupted()[0].stage_key, "stage-a");
+  EXPECT_EQ(j->interrupted()[0].payload, "EXEC-2");
+  // Answered payloads are not kept: only what a resume needs is.
+  std::string file;
+  {
+    std::ifstream in(path_, std::ios::binary);
+    file.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  EXPECT_THAT(file, HasSubstr("INIT-A"));
+  EXPECT_THAT(file, HasSubstr("EXEC-2"));
+  EXPECT_THAT(file, Not(HasSubstr("EXEC-1")));
+  EXPECT_THAT(file, Not(HasSubstr("INIT-B")));
+
+  // The step is answered, and the cleanup starts: the stage is closed.
+  ASSERT_TRUE(j->Answered("e2", "{reattached}").ok());
+  ASSERT_TRUE(j->Started("c1", "local_cleanup", "", "stage-a", "CLEAN").ok());
+  j.reset();
+  j = Open();
+  EXPECT_THAT(j->open_stages(), IsEmpty());
+  ASSERT_EQ(j->interrupted().size(), 1u);  // the cleanup
+  EXPECT_EQ(j->interrupted()[0].type, "local_cleanup");
+  EXPECT_EQ(j->delegate_id(), "dlg-7");
+}
+
+TEST_F(TaskJournalTest, AnOpenStagesInitOutlivesTheAnswersPastTheLimit) {
+  {
+    auto j = Open(5);
+    ASSERT_TRUE(j->Started("i1", "local_init", "", "stage-a", "INIT").ok());
+    ASSERT_TRUE(j->StageOpened("stage-a", "i1").ok());
+    ASSERT_TRUE(j->Answered("i1", "{ready}").ok());
+    ASSERT_TRUE(j->Delivered("i1").ok());
+    for (int i = 0; i < 100; ++i) {
+      const std::string id = "t" + std::to_string(i);
+      ASSERT_TRUE(j->Started(id, "local_execute", "s", "stage-a", "P").ok());
+      ASSERT_TRUE(j->Answered(id, "{}").ok());
+      ASSERT_TRUE(j->Delivered(id).ok());
+    }
+  }
+  auto j = Open(5);
+  ASSERT_EQ(j->open_stages().size(), 1u);
+  EXPECT_EQ(j->open_stages()[0].init_payload, "INIT");
+  EXPECT_EQ(j->AnswerOf("t0"), std::nullopt);
+}
+
+TEST_F(TaskJournalTest, AVersionOneJournalIsReadAsItIs) {
+  {
+    // What a delegate before task payloads wrote: 'S' with three fields.
+    auto opened = RecordLog::Open(path_, "LDHTJRNL", 1);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    ASSERT_TRUE(opened->log
+                    ->Append(std::vector<std::string>{
+                        EncodeFields('S', {"t1", "local_execute", "build"})})
+                    .ok());
+  }
+  auto j = Open();
+  ASSERT_EQ(j->interrupted().size(), 1u);
+  EXPECT_EQ(j->interrupted()[0].step_id, "build");
+  EXPECT_EQ(j->interrupted()[0].payload, "");
+  EXPECT_THAT(j->open_stages(), IsEmpty());
 }
 
 }  // namespace

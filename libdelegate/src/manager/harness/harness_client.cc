@@ -154,7 +154,7 @@ absl::StatusOr<std::vector<RunnerEvent>> HarnessClient::PollEvents(
 
 absl::StatusOr<std::vector<TaskRequest>> HarnessClient::Acquire(
     const std::string& task_id, const std::string& delegate_id,
-    const std::string& delegate_name) {
+    const std::string& delegate_name, std::string* raw) {
   absl::StatusOr<std::string> body =
       Call("task request", "GET",
            absl::StrCat("/api/executions/", Enc(task_id),
@@ -171,7 +171,9 @@ absl::StatusOr<std::vector<TaskRequest>> HarnessClient::Acquire(
         " bytes, the limit DELEGATE_MAX_TASK_PAYLOAD_BYTES sets"));
   }
   if (!body.ok()) return body.status();
-  return ParseAcquireResponse(*body);
+  absl::StatusOr<std::vector<TaskRequest>> parsed = ParseAcquireResponse(*body);
+  if (parsed.ok() && raw) *raw = *std::move(body);
+  return parsed;
 }
 
 absl::Status HarnessClient::SendResponse(const std::string& task_id,

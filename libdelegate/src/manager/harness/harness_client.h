@@ -62,9 +62,11 @@ class HarnessClient {
   absl::Status Unregister(const RegisterInfo& info);
   absl::StatusOr<std::vector<RunnerEvent>> PollEvents(
       const std::string& delegate_id);
+  // `raw`, when given, gets the response body as it came (for the
+  // journal: it is parsed again after a restart).
   absl::StatusOr<std::vector<TaskRequest>> Acquire(
       const std::string& task_id, const std::string& delegate_id,
-      const std::string& delegate_name);
+      const std::string& delegate_name, std::string* raw = nullptr);
   // `body`: TaskResponseBody.
   absl::Status SendResponse(const std::string& task_id,
                             const std::string& delegate_id,

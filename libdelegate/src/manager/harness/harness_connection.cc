@@ -7,6 +7,7 @@
 // re-deliveries).
 #include <deque>
 #include <map>
+#include <set>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -25,6 +26,7 @@
 #include "manager/harness/log_stream.h"
 #include "manager/harness/payloads.h"
 #include "manager/harness/registrar.h"
+#include "manager/harness/sealed.h"
 #include "manager/harness/stage_transactions.h"
 #include "manager/harness/task_journal.h"
 #include "manager/harness/token.h"
@@ -39,6 +41,22 @@ constexpr absl::Duration kIdleWorkerLifetime = absl::Seconds(60);
 
 constexpr const char* kSupportedTypes =
     "local_init, local_execute, local_cleanup, secret/static";
+
+// The key task payloads are sealed under in the journal: without the
+// delegate's token they cannot be read.
+constexpr const char* kJournalSealPurpose = "libdelegate harness journal v1";
+
+// The transaction key of a local_* task's payload, or empty.
+std::string StageKeyOf(const std::string& type, const std::string& data) {
+  if (type == "local_init") {
+    if (auto p = ParseInitPayload(data); p.ok()) return p->transaction_key;
+  } else if (type == "local_execute") {
+    if (auto p = ParseExecutePayload(data); p.ok()) return p->transaction_key;
+  } else if (type == "local_cleanup") {
+    if (auto p = ParseCleanupPayload(data); p.ok()) return p->transaction_key;
+  }
+  return "";
+}
 
 class HarnessConnection final : public ManagerConnection {
  public:
@@ -80,6 +98,7 @@ class HarnessConnection final : public ManagerConnection {
   ~HarnessConnection() override { Drain(); }
 
   absl::Status Run() override;
+  std::vector<std::string> StagesToResume() override;
   // A second Drain stops waiting for the open stages: they are cancelled
   // and cleaned up, and the delegate unregisters.
   void Drain() override {
@@ -109,7 +128,22 @@ class HarnessConnection final : public ManagerConnection {
   void JoinExitedWorkers() ABSL_LOCKS_EXCLUDED(mu_);
   void WorkerLoop() ABSL_LOCKS_EXCLUDED(mu_);
   void Handle(const RunnerEvent& event);
-  TaskAnswer Route(TaskRequest& request);
+  // A task's data with its secrets substituted, and the values to mask.
+  struct Resolved {
+    std::string data;
+    std::vector<std::string> masks;
+  };
+  absl::StatusOr<Resolved> Resolve(TaskRequest& request);
+  // `reattach`: a local_execute an earlier process was running, whose log
+  // stream had taken `skip_output_lines` lines of its output.
+  TaskAnswer Route(TaskRequest& request, bool reattach = false,
+                   uint64_t skip_output_lines = 0);
+  // The log stream `logger` names; a running task's tells the journal how
+  // far its output got.
+  std::shared_ptr<LogServiceStream> OpenLog(const TaskLogger& logger);
+  // A task's journal payload: the acquire response, sealed.
+  absl::StatusOr<TaskRequest> Unseal(const std::string& task_id,
+                                     const std::string& sealed) const;
   void SendAnswer(const std::string& task_id, const std::string& body);
   // Opens the task journal (when the program holds an instance lease).
   absl::Status OpenJournal();
@@ -117,7 +151,25 @@ class HarnessConnection final : public ManagerConnection {
   // it was running (FAILED, naming the step), recorded now so that a task
   // delivered again is answered rather than run, and the answers the
   // manager had not taken. (task id, body) each.
-  std::vector<std::pair<std::string, std::string>> AnswersTheLastRunLeft();
+  std::vector<std::pair<std::string, std::string>> AnswersTheLastRunLeft(
+      const std::set<std::string>& reattaching);
+  // Resumes the stages an earlier process of this instance had open
+  // (StagesToResume found them), and returns the steps to re-attach: the
+  // interrupted local_execute tasks of those that resumed.
+  struct Reattach {
+    TaskRequest request;
+    uint64_t log_lines = 0;  // of its output its log stream had taken
+  };
+  std::vector<Reattach> ResumeStages();
+  // Runs a re-attached step to its end and answers its task.
+  void RunReattached(Reattach step);
+
+  // An open stage of an earlier process, its init as that process ran it.
+  struct Resumable {
+    std::string key;
+    std::string init_task_id;
+    TaskRequest init;
+  };
 
   ManagerEnvironment env_;
   const SecretString token_;
@@ -130,7 +182,20 @@ class HarnessConnection final : public ManagerConnection {
   std::unique_ptr<LogService> logs_;
   // Set by Run before any other thread starts; null without a state
   // directory of this instance's own.
-  std::unique_ptr<TaskJournal> journal_;
+  // Shared with the log streams' callbacks, which the log service's
+  // flusher may call after the connection is gone.
+  std::shared_ptr<TaskJournal> journal_;
+  bool journal_opened_ = false;  // OpenJournal ran
+  absl::Status journal_status_;  // what it said
+  const SealKey seal_ =
+      SealKey::Derive(token_.reveal(), kJournalSealPurpose);
+  // Found by StagesToResume; Run resumes them.
+  std::vector<Resumable> resumable_;
+  // Threads of re-attached steps; joined by Run.
+  std::vector<std::thread> reattached_;
+  // The running local_execute tasks by the key of their log stream.
+  absl::Mutex log_tasks_mu_;
+  std::map<std::string, std::string> log_tasks_ ABSL_GUARDED_BY(log_tasks_mu_);
   Registrar registrar_{env_.config, env_.log, env_.metrics};
   AnswerCache answers_{env_.clock,
                        AnswerCache::ResendAfter(env_.config.poll_interval)};
@@ -151,7 +216,7 @@ class HarnessConnection final : public ManagerConnection {
   // observers use the event log and the log service.
   StageTransactions stages_{
       env_.scheduler, env_.log, env_.console,
-      [this](const TaskLogger& logger) { return logs_->Open(logger); }};
+      [this](const TaskLogger& logger) { return OpenLog(logger); }};
 };
 
 absl::Status HarnessConnection::Run() {
@@ -162,6 +227,11 @@ absl::Status HarnessConnection::Run() {
                                       token_, *transport, http_, env_.clock);
   logs_ = std::make_unique<LogService>(http_, *transport, env_.log);
   if (absl::Status s = OpenJournal(); !s.ok()) return s;
+  // The same delegate to the manager as before the restart: the stages it
+  // held there are still its own.
+  if (journal_ && !journal_->delegate_id().empty()) {
+    registrar_.RememberId(journal_->delegate_id());
+  }
 
   env_.log.Info("connecting", {{"manager", RedactUrl(manager_url_)},
                                {"account_id", env_.config.account_id},
@@ -181,15 +251,38 @@ absl::Status HarnessConnection::Run() {
                               {"name", env_.config.name},
                               {"tags", absl::StrJoin(env_.config.tags, ",")}});
 
-  std::thread recovery([this, left = AnswersTheLastRunLeft()] {
+  // Before the first poll: a step of a resumed stage may come at once.
+  std::vector<Reattach> reattach = ResumeStages();
+  if (journal_) {
+    if (absl::Status s = journal_->Registered(registrar_.delegate_id());
+        !s.ok()) {
+      env_.log.Warn("cannot record the delegate id in the journal",
+                    {{"error", s.message()}});
+    }
+  }
+  std::set<std::string> reattaching;
+  for (const Reattach& r : reattach) reattaching.insert(r.request.task.id);
+  std::thread recovery([this, left = AnswersTheLastRunLeft(reattaching)] {
     for (const auto& [task_id, body] : left) SendAnswer(task_id, body);
   });
+  for (Reattach& r : reattach) {
+    {
+      absl::MutexLock lock(&mu_);
+      // A delivery meanwhile is left alone.
+      in_flight_[r.request.task.id] = true;
+    }
+    reattached_.emplace_back(
+        [this, r = std::move(r)]() mutable { RunReattached(std::move(r)); });
+  }
   std::thread heartbeat([this] {
     registrar_.HeartbeatLoop(
         *client_, [this] { return Draining(); },
         // Cancelled so that they are cleaned up now, not after the idle
         // timeout.
-        [this] { stages_.CancelOpen("the manager lost them"); });
+        [this] {
+          stages_.AbandonOpen("the manager lost them");
+          if (journal_) (void)journal_->Registered(registrar_.delegate_id());
+        });
   });
   // Workers start when tasks come and stop after a while without one: an
   // idle delegate holds none (PARALLEL_WORKERS is a limit, not a count).
@@ -307,6 +400,7 @@ absl::Status HarnessConnection::Run() {
   JoinExitedWorkers();
   heartbeat.join();
   recovery.join();
+  for (std::thread& t : reattached_) t.join();
 
   RetryPolicy policy;
   absl::Status bye =
@@ -383,12 +477,14 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
   }
   const std::string delegate_id = registrar_.delegate_id();
   std::vector<TaskRequest> requests;
+  std::string raw;  // the acquire response, for the journal
   RetryPolicy policy;
   absl::Status fetched =
       Retry(policy,
             [&] {
               absl::StatusOr<std::vector<TaskRequest>> got = client_->Acquire(
-                  event.task_id, delegate_id, env_.config.name);
+                  event.task_id, delegate_id, env_.config.name,
+                  journal_ ? &raw : nullptr);
               if (!got.ok()) return got.status();
               requests = *std::move(got);
               return absl::OkStatus();
@@ -428,7 +524,13 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
         auto payload = ParseExecutePayload(request.task.data_json);
         if (payload.ok()) step_id = payload->step_id;
       }
-      absl::Status s = journal_->Started(event.task_id, type, step_id);
+      // With what a restart needs to resume the stage: the init, and the
+      // step that runs. Sealed: the payload holds the task's secrets.
+      const std::string key = StageKeyOf(type, request.task.data_json);
+      const bool keep = !key.empty() && requests.size() == 1 &&
+                        (type == "local_init" || type == "local_execute");
+      absl::Status s = journal_->Started(event.task_id, type, step_id, key,
+                                         keep ? seal_.Seal(raw) : "");
       if (!s.ok()) {
         env_.log.Warn("cannot record the task in the journal",
                       {{"task_id", event.task_id}, {"error", s.message()}});
@@ -448,9 +550,26 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
     }
     env_.metrics.Add("io_harness_tasks_currently_executing", TaskLabels(type),
                      1);
+    const std::string init_key = type == "local_init" && journal_
+                                     ? StageKeyOf(type, request.task.data_json)
+                                     : "";
+    // A retried init of an open stage opens nothing.
+    const bool was_open = !init_key.empty() && stages_.IsOpen(init_key);
     TaskAnswer answer = Route(request);
     env_.metrics.Add("io_harness_tasks_currently_executing", TaskLabels(type),
                      -1);
+    if (!init_key.empty() && !was_open && answer.ok && answer.error.empty()) {
+      // Before the answer: once the manager knows the stage is ready, a
+      // restart resumes it.
+      const std::string& key = init_key;
+      {
+        if (absl::Status s = journal_->StageOpened(key, event.task_id);
+            !s.ok()) {
+          env_.log.Warn("cannot record the open stage in the journal",
+                        {{"stage", key}, {"error", s.message()}});
+        }
+      }
+    }
     env_.metrics.Observe("io_harness_task_execution_time", TaskLabels(type),
                          absl::ToDoubleSeconds(absl::Now() - start));
     const bool step_timeout =
@@ -512,31 +631,152 @@ void HarnessConnection::SendAnswer(const std::string& task_id,
 }
 
 absl::Status HarnessConnection::OpenJournal() {
-  if (env_.config.instance.empty()) return absl::OkStatus();
-  const std::string path =
-      absl::StrCat(env_.config.StateDir(), "/harness-tasks.journal");
-  absl::StatusOr<std::unique_ptr<TaskJournal>> journal =
-      TaskJournal::Open(path);
-  if (!journal.ok()) {
-    env_.log.Error("cannot open the task journal",
-                   {{"error", journal.status().message()}});
-    return journal.status();
+  if (journal_opened_) return journal_status_;
+  journal_opened_ = true;
+  journal_status_ = [&]() -> absl::Status {
+    if (env_.config.instance.empty()) return absl::OkStatus();
+    const std::string path =
+        absl::StrCat(env_.config.StateDir(), "/harness-tasks.journal");
+    absl::StatusOr<std::unique_ptr<TaskJournal>> journal =
+        TaskJournal::Open(path);
+    if (!journal.ok()) {
+      env_.log.Error("cannot open the task journal",
+                     {{"error", journal.status().message()}});
+      return journal.status();
+    }
+    journal_ = *std::move(journal);
+    if (journal_->torn_bytes() > 0) {
+      env_.log.Warn(
+          "the journal's last record was cut short when the "
+          "delegate stopped; it is dropped",
+          {{"path", path}, {"bytes", absl::StrCat(journal_->torn_bytes())}});
+    }
+    return absl::OkStatus();
+  }();
+  return journal_status_;
+}
+
+std::vector<std::string> HarnessConnection::StagesToResume() {
+  std::vector<std::string> ids;
+  if (!OpenJournal().ok() || !journal_) return ids;
+  for (const TaskJournal::OpenStage& open : journal_->open_stages()) {
+    absl::StatusOr<TaskRequest> init =
+        Unseal(open.init_task_id, open.init_payload);
+    if (!init.ok()) {
+      env_.log.Warn(
+          "cannot resume a stage an earlier run left open; what it made is "
+          "removed",
+          {{"stage", open.key}, {"error", init.status().message()}});
+      continue;
+    }
+    ids.push_back(absl::StrCat(open.key, "#", open.init_task_id));
+    resumable_.push_back({open.key, open.init_task_id, *std::move(init)});
   }
-  journal_ = *std::move(journal);
-  if (journal_->torn_bytes() > 0) {
-    env_.log.Warn(
-        "the journal's last record was cut short when the "
-        "delegate stopped; it is dropped",
-        {{"path", path}, {"bytes", absl::StrCat(journal_->torn_bytes())}});
+  return ids;
+}
+
+absl::StatusOr<TaskRequest> HarnessConnection::Unseal(
+    const std::string& task_id, const std::string& sealed) const {
+  if (sealed.empty()) {
+    return absl::NotFoundError("the journal holds no payload for the task");
   }
-  return absl::OkStatus();
+  absl::StatusOr<std::string> raw = seal_.Open(sealed);
+  if (!raw.ok()) {
+    return absl::DataLossError(absl::StrCat(
+        "its payload in the journal does not open: ", raw.status().message(),
+        "; was the delegate restarted with another DELEGATE_TOKEN?"));
+  }
+  absl::StatusOr<std::vector<TaskRequest>> requests =
+      ParseAcquireResponse(*raw);
+  if (!requests.ok()) return requests.status();
+  if (requests->size() != 1) {
+    return absl::DataLossError("the journal's payload holds no single task");
+  }
+  TaskRequest request = std::move(requests->front());
+  request.task.id = task_id;  // as when it ran
+  return request;
+}
+
+std::vector<HarnessConnection::Reattach> HarnessConnection::ResumeStages() {
+  std::vector<Reattach> reattach;
+  if (!journal_) return reattach;
+  // The steps the earlier process was running, by stage.
+  std::map<std::string, const TaskJournal::Interrupted*> running;
+  for (const TaskJournal::Interrupted& t : journal_->interrupted()) {
+    if (t.type == "local_execute" && !t.stage_key.empty()) {
+      running[t.stage_key] = &t;
+    }
+  }
+  // A manager that gave this delegate another id than before no longer
+  // knows it: no task of those stages will come. They are resumed only to
+  // be cleaned up, and the steps they ran answered FAILED.
+  const bool forgotten = journal_->delegate_id() != registrar_.delegate_id();
+  for (Resumable& stage : resumable_) {
+    const absl::Time start = absl::Now();
+    absl::StatusOr<Resolved> init = Resolve(stage.init);
+    absl::Status resumed =
+        init.ok() ? stages_.Resume(init->data, init->masks, stage.init_task_id)
+                  : init.status();
+    if (!resumed.ok()) {
+      env_.log.Warn("cannot resume a stage an earlier run left open",
+                    {{"stage", stage.key}, {"error", resumed.message()}});
+      continue;
+    }
+    env_.log.Info(
+        "resumed a stage an earlier run left open",
+        {{"stage", stage.key},
+         {"took", absl::FormatDuration(absl::Trunc(absl::Now() - start,
+                                                   absl::Milliseconds(1)))}});
+    if (forgotten) {
+      stages_.Abandon(stage.key,
+                      "the manager gave this delegate a new id after its "
+                      "restart: it no longer holds the stage");
+      continue;
+    }
+    auto it = running.find(stage.key);
+    if (it == running.end()) continue;
+    absl::StatusOr<TaskRequest> step =
+        Unseal(it->second->task_id, it->second->payload);
+    if (!step.ok()) {
+      // Answered FAILED with the others (AnswersTheLastRunLeft).
+      env_.log.Warn("cannot re-attach the step a stage was running",
+                    {{"stage", stage.key},
+                     {"task_id", it->second->task_id},
+                     {"error", step.status().message()}});
+      continue;
+    }
+    reattach.push_back({*std::move(step), it->second->log_lines});
+  }
+  resumable_.clear();
+  return reattach;
+}
+
+void HarnessConnection::RunReattached(Reattach step) {
+  TaskRequest& request = step.request;
+  const std::string task_id = request.task.id;
+  const std::string type = request.task.type;
+  env_.log.Info("re-attaching to the step the delegate was running",
+                {{"task_id", task_id},
+                 {"log_lines_delivered", absl::StrCat(step.log_lines)}});
+  TaskAnswer answer = Route(request, /*reattach=*/true, step.log_lines);
+  if (!answer.ok) {
+    env_.log.Warn("task failed", {{"task_id", task_id},
+                                  {"type", type},
+                                  {"error", answer.error}});
+  }
+  SendAnswer(task_id, TaskResponseBody(task_id, type, answer.ok, answer.error,
+                                       answer.data_json));
+  absl::MutexLock lock(&mu_);
+  in_flight_.erase(task_id);
 }
 
 std::vector<std::pair<std::string, std::string>>
-HarnessConnection::AnswersTheLastRunLeft() {
+HarnessConnection::AnswersTheLastRunLeft(
+    const std::set<std::string>& reattaching) {
   std::vector<std::pair<std::string, std::string>> left;
   if (!journal_) return left;
   for (const TaskJournal::Interrupted& t : journal_->interrupted()) {
+    if (reattaching.count(t.task_id)) continue;
     std::string during;
     if (t.type == "local_execute") {
       during = absl::StrCat("step ", t.step_id.empty() ? "?" : t.step_id);
@@ -567,30 +807,66 @@ HarnessConnection::AnswersTheLastRunLeft() {
   return left;
 }
 
-TaskAnswer HarnessConnection::Route(TaskRequest& request) {
-  TaskAnswer answer;
-  std::vector<std::string> masks = request.task.logger.masks;
+absl::StatusOr<HarnessConnection::Resolved> HarnessConnection::Resolve(
+    TaskRequest& request) {
+  Resolved out;
+  out.masks = request.task.logger.masks;
   absl::StatusOr<std::map<std::string, std::string>> secrets =
       ResolveRequestSecrets(request);
-  if (!secrets.ok()) {
-    answer.ok = false;
-    answer.error = std::string(secrets.status().message());
-    return answer;
-  }
-  for (const auto& [id, value] : *secrets) masks.push_back(value);
+  if (!secrets.ok()) return secrets.status();
+  for (const auto& [id, value] : *secrets) out.masks.push_back(value);
   absl::StatusOr<std::string> data =
       SubstituteSecrets(request.task.data_json, *secrets);
-  if (!data.ok()) {
+  if (!data.ok()) return data.status();
+  out.data = *std::move(data);
+  return out;
+}
+
+std::shared_ptr<LogServiceStream> HarnessConnection::OpenLog(
+    const TaskLogger& logger) {
+  std::shared_ptr<LogServiceStream> stream = logs_->Open(logger);
+  if (!journal_) return stream;
+  std::string task_id;
+  {
+    absl::MutexLock lock(&log_tasks_mu_);
+    auto it = log_tasks_.find(logger.key);
+    if (it == log_tasks_.end()) return stream;
+    task_id = it->second;
+  }
+  stream->OnOutputHandled([journal = journal_, task_id](uint64_t lines) {
+    (void)journal->LogLinesHandled(task_id, lines);
+  });
+  return stream;
+}
+
+TaskAnswer HarnessConnection::Route(TaskRequest& request, bool reattach,
+                                    uint64_t skip_output_lines) {
+  TaskAnswer answer;
+  absl::StatusOr<Resolved> resolved = Resolve(request);
+  if (!resolved.ok()) {
     answer.ok = false;
-    answer.error = std::string(data.status().message());
+    answer.error = std::string(resolved.status().message());
     return answer;
   }
+  const std::string* data = &resolved->data;
+  std::vector<std::string>& masks = resolved->masks;
   const std::string& type = request.task.type;
   if (type == "local_init") {
     answer = stages_.Init(request.task.logger, *data, masks,
-                          registrar_.delegate_id());
+                          registrar_.delegate_id(), request.task.id);
   } else if (type == "local_execute") {
-    answer = stages_.Execute(request.task.logger, *data, masks);
+    const std::string& log_key = request.task.logger.key;
+    const bool tracked = journal_ && !log_key.empty();
+    if (tracked) {
+      absl::MutexLock lock(&log_tasks_mu_);
+      log_tasks_[log_key] = request.task.id;
+    }
+    answer = stages_.Execute(request.task.logger, *data, masks, reattach,
+                             skip_output_lines);
+    if (tracked) {
+      absl::MutexLock lock(&log_tasks_mu_);
+      log_tasks_.erase(log_key);
+    }
   } else if (type == "local_cleanup") {
     answer = stages_.Cleanup(request.task.logger, *data);
   } else if (type == "secret/static") {

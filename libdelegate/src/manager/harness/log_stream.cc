@@ -47,21 +47,42 @@ void LogServiceStream::Append(const LogLine& line) {
   }
   const std::string_view level =
       line.stream == delegate::LogStream::kStderr ? "error" : "info";
+  const bool output = line.stream != delegate::LogStream::kSystem;
+  const bool output_end = output && !line.partial;
   absl::MutexLock lock(&mu_);
   if (closed_) return;
+  if (output && skip_output_ > 0) {
+    if (output_end) {
+      --skip_output_;
+      ++handled_output_;
+    }
+    return;
+  }
   const uint64_t pos = position_++;
   std::string json = LineJson(
       level, pos, absl::StrCat(AbslView(text), line.partial ? "" : "\n"),
       line.time);
   pending_bytes_ += json.size();
-  pending_.push_back({pos, std::move(json), text.size()});
+  pending_.push_back({pos, std::move(json), text.size(), output_end});
   while (pending_bytes_ > service_.limits_.max_buffer_bytes &&
          pending_.size() > 1) {
     pending_bytes_ -= pending_.front().json.size();
     dropped_bytes_ += pending_.front().bytes;
+    handled_output_ += pending_.front().output_end;
     pending_.pop_front();
     ++dropped_;
   }
+}
+
+void LogServiceStream::SkipOutputLines(uint64_t lines) {
+  absl::MutexLock lock(&mu_);
+  skip_output_ = lines;
+}
+
+void LogServiceStream::OnOutputHandled(
+    std::function<void(uint64_t lines)> handled) {
+  absl::MutexLock lock(&mu_);
+  on_handled_ = std::move(handled);
 }
 
 absl::Status LogServiceStream::FlushLocked() {
@@ -100,17 +121,25 @@ absl::Status LogServiceStream::FlushLocked() {
   const bool had_lines = body.size() > 2;
   absl::Status s = PutLocked(std::move(body));
   if (!s.ok()) return s;
-  absl::MutexLock lock(&mu_);
-  // Lines appended meanwhile have later positions; lines dropped meanwhile
-  // are gone from the front already.
-  while (had_lines && !pending_.empty() && pending_.front().pos <= last_pos) {
-    pending_bytes_ -= pending_.front().json.size();
-    pending_.pop_front();
+  std::function<void(uint64_t)> handled;
+  uint64_t handled_lines = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    // Lines appended meanwhile have later positions; lines dropped
+    // meanwhile are gone from the front already.
+    while (had_lines && !pending_.empty() && pending_.front().pos <= last_pos) {
+      pending_bytes_ -= pending_.front().json.size();
+      handled_output_ += pending_.front().output_end;
+      pending_.pop_front();
+    }
+    if (reporting > 0) {
+      dropped_reported_ = reporting;
+      notice_pos_.reset();
+    }
+    handled = on_handled_;
+    handled_lines = handled_output_;
   }
-  if (reporting > 0) {
-    dropped_reported_ = reporting;
-    notice_pos_.reset();
-  }
+  if (handled && had_lines) handled(handled_lines);
   return absl::OkStatus();
 }
 

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -62,6 +63,17 @@ class LogServiceStream : public std::enable_shared_from_this<LogServiceStream> {
   void Close();
   // Lines dropped because the buffer was full.
   uint64_t dropped() const;
+
+  // For a step re-attached after a restart, whose output is read again from
+  // its start: the first `lines` complete output lines (not the delegate's
+  // own, kSystem) to come are dropped, the service having taken them from
+  // the earlier process. Before the first Append.
+  void SkipOutputLines(uint64_t lines);
+  // Called, after each write the service took, with how many complete
+  // output lines have left this stream so far (taken, dropped for a full
+  // buffer, or skipped): what SkipOutputLines is given after a restart.
+  // Before the first Append. It runs on the writing thread: keep it quick.
+  void OnOutputHandled(std::function<void(uint64_t lines)> handled);
   // Lines not yet taken by the service.
   size_t undelivered() const;
 
@@ -72,6 +84,7 @@ class LogServiceStream : public std::enable_shared_from_this<LogServiceStream> {
     uint64_t pos;
     std::string json;  // the line's JSON object
     size_t bytes;      // of its text
+    bool output_end;   // the end of a line of the step's own output
   };
   // Sends the buffered lines, unless a failed write's backoff has not
   // passed (then Unavailable). They stay buffered until answered 2xx.
@@ -99,6 +112,9 @@ class LogServiceStream : public std::enable_shared_from_this<LogServiceStream> {
   std::optional<uint64_t> notice_pos_ ABSL_GUARDED_BY(mu_);
   absl::Time notice_time_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t skip_output_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t handled_output_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<void(uint64_t)> on_handled_ ABSL_GUARDED_BY(mu_);
   // One PUT at a time, in order; taken before mu_.
   absl::Mutex send_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   // Failed writes in a row, and when the next may be tried.

@@ -79,6 +79,11 @@ std::string Registrar::delegate_id() const {
   return delegate_id_;
 }
 
+void Registrar::RememberId(std::string delegate_id) {
+  absl::MutexLock lock(&mu_);
+  delegate_id_ = std::move(delegate_id);
+}
+
 bool Registrar::InGoodStanding() const {
   absl::MutexLock lock(&mu_);
   return registered_ && heartbeat_failures_ < 3;

@@ -40,6 +40,10 @@ class Registrar {
   // delegate_id is empty until it registered. max_stages is left unset.
   RegisterInfo Info() const;
   std::string delegate_id() const;
+  // The id the manager gave an earlier process of this instance: sent with
+  // the first register, so that a manager that knows it keeps it (and the
+  // stages it runs there). Before Register only.
+  void RememberId(std::string delegate_id);
   // Registered, not stopped, and fewer than three heartbeats in a row failed.
   bool InGoodStanding() const;
 

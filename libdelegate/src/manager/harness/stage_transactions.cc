@@ -96,28 +96,45 @@ void StageTransactions::Forget(const std::string& key,
 TaskAnswer StageTransactions::Init(const TaskLogger& logger,
                                    std::string_view data,
                                    const std::vector<std::string>& masks,
-                                   const std::string& delegate_id) {
+                                   const std::string& delegate_id,
+                                   const std::string& init_task_id) {
   TaskAnswer answer;
+  bool task_failed = false;
+  absl::Status s =
+      Open(&logger, data, masks, init_task_id, /*resume=*/false, &task_failed);
+  answer.ok = !task_failed;
+  answer.error = std::string(s.message());
+  answer.data_json = InitResponseData(s.ok(), answer.error, delegate_id);
+  return answer;
+}
+
+absl::Status StageTransactions::Resume(std::string_view data,
+                                       const std::vector<std::string>& masks,
+                                       const std::string& init_task_id) {
+  bool task_failed = false;
+  return Open(nullptr, data, masks, init_task_id, /*resume=*/true,
+              &task_failed);
+}
+
+absl::Status StageTransactions::Open(const TaskLogger* logger,
+                                     std::string_view data,
+                                     const std::vector<std::string>& masks,
+                                     const std::string& init_task_id,
+                                     bool resume, bool* task_failed) {
   absl::StatusOr<InitPayload> p = ParseInitPayload(data);
   if (!p.ok()) {
-    answer.ok = false;
-    answer.error = std::string(p.status().message());
-    answer.data_json = InitResponseData(false, answer.error, delegate_id);
-    return answer;
+    *task_failed = true;
+    return p.status();
   }
   {
     absl::MutexLock lock(&mu_);
     if (refusing_) {
-      answer.ok = false;
-      answer.error = "the delegate is shutting down and takes no new stages";
-      answer.data_json = InitResponseData(false, answer.error, delegate_id);
-      return answer;
+      *task_failed = true;
+      return absl::UnavailableError(
+          "the delegate is shutting down and takes no new stages");
     }
-    if (IsOpenLocked(p->transaction_key)) {
-      // The same stage initialized again (a retried init): it is ready.
-      answer.data_json = InitResponseData(true, "", delegate_id);
-      return answer;
-    }
+    // The same stage initialized again (a retried init): it is ready.
+    if (IsOpenLocked(p->transaction_key)) return absl::OkStatus();
   }
   Stage stage = p->stage;
   for (size_t i = 0; i < masks.size(); ++i) {
@@ -134,19 +151,24 @@ TaskAnswer StageTransactions::Init(const TaskLogger& logger,
     absl::MutexLock lock(&mu_);
     // Checked again: two init tasks of one stage may have got this far at
     // once, and only one may open it.
-    if (IsOpenLocked(key)) {
-      answer.data_json = InitResponseData(true, "", delegate_id);
-      return answer;
-    }
-    task.id = absl::StrCat(key, "#", ++next_stage_);
+    if (IsOpenLocked(key)) return absl::OkStatus();
+    // The same id after a restart: what the stage made is found by it.
+    task.id = init_task_id.empty() ? absl::StrCat(key, "#", ++next_stage_)
+                                   : absl::StrCat(key, "#", init_task_id);
     transactions_[key] = {task.id, feed, p->host_dirs, observer};
   }
   const std::string task_id = task.id;
   task.stage = std::move(stage);
   task.feed = feed;
   task.observer = observer;
-  std::shared_ptr<LogServiceStream> log = OpenLog(logger);
+  task.resume = resume;
+  std::shared_ptr<LogServiceStream> log = logger ? OpenLog(*logger) : nullptr;
   if (log) observer->router.Route("", log);
+  auto close_log = [&] {
+    if (!log) return;
+    observer->router.Unroute("");
+    log->Close();
+  };
   // Submit checks the stage (secrets, policy, the executor) before anything
   // of it exists: a refused stage gets no directories either. They are
   // needed by the steps only, which come after this task's answer.
@@ -161,30 +183,39 @@ TaskAnswer StageTransactions::Init(const TaskLogger& logger,
   }
   if (!refused.empty()) {
     Forget(key, feed);
-    answer.error = refused;
-    answer.data_json = InitResponseData(false, answer.error, delegate_id);
-    if (log) {
-      observer->router.Unroute("");
-      log->Close();
-    }
-    return answer;
+    close_log();
+    if (resume) RemoveDeclaredDirs(p->host_dirs);
+    return absl::FailedPreconditionError(refused);
   }
   s = init_done.get();
-  if (log) {
-    observer->router.Unroute("");
-    log->Close();
-  }
-  log_.Info(s.ok() ? "stage initialized" : "stage initialize failed",
+  close_log();
+  const char* what = resume ? "stage resumed after a restart"
+                            : "stage initialized";
+  log_.Info(s.ok() ? what
+                   : resume ? "stage resume failed; it was cleaned up"
+                            : "stage initialize failed",
             {{"stage", key}, {"error", s.message()}});
   // Like lite-engine: a failed setup is an OK task whose body says FAILURE.
-  answer.error = s.ok() ? "" : std::string(s.message());
-  answer.data_json = InitResponseData(s.ok(), answer.error, delegate_id);
-  return answer;
+  // The stage stays known: a late cleanup still removes its directories.
+  if (!s.ok() && resume) RemoveDeclaredDirs(p->host_dirs);
+  return s;
+}
+
+void StageTransactions::RemoveDeclaredDirs(const std::vector<HostDir>& dirs) {
+  for (const HostDir& dir : dirs) {
+    if (!dir.remove) continue;
+    if (absl::Status s = RemoveHostDir(dir.path); !s.ok()) {
+      log_.Warn("cannot remove a host directory of a stage",
+                {{"error", s.message()}});
+    }
+  }
 }
 
 TaskAnswer StageTransactions::Execute(const TaskLogger& logger,
                                       std::string_view data,
-                                      const std::vector<std::string>& masks) {
+                                      const std::vector<std::string>& masks,
+                                      bool reattach,
+                                      uint64_t skip_output_lines) {
   TaskAnswer answer;
   absl::StatusOr<ExecutePayload> p = ParseExecutePayload(data);
   if (!p.ok()) {
@@ -217,6 +248,7 @@ TaskAnswer StageTransactions::Execute(const TaskLogger& logger,
   std::vector<std::string> step_masks = p->masks;
   step_masks.insert(step_masks.end(), masks.begin(), masks.end());
   std::shared_ptr<LogServiceStream> log = OpenLog(logger);
+  if (log && reattach) log->SkipOutputLines(skip_output_lines);
   if (log && !observer->router.Route(p->step.id, log)) {
     log->Close();
     answer.ok = false;
@@ -230,9 +262,12 @@ TaskAnswer StageTransactions::Execute(const TaskLogger& logger,
   auto promise = std::make_shared<std::promise<StepResult>>();
   std::future<StepResult> done = promise->get_future();
   const std::string step_id = p->step.id;
+  auto step_done = [promise](const StepResult& r) { promise->set_value(r); };
   absl::Status pushed =
-      feed->Push(std::move(p->step), std::move(step_masks),
-                 [promise](const StepResult& r) { promise->set_value(r); });
+      reattach ? feed->Reattach(std::move(p->step), std::move(step_masks),
+                                step_done)
+               : feed->Push(std::move(p->step), std::move(step_masks),
+                            step_done);
   StepResult r;
   if (pushed.ok()) {
     r = done.get();
@@ -320,18 +355,39 @@ size_t StageTransactions::OpenStages() const {
   return open;
 }
 
-void StageTransactions::CancelOpen(std::string_view why) {
-  std::vector<std::pair<std::string, std::string>> open;
+bool StageTransactions::IsOpen(const std::string& key) const {
+  absl::MutexLock lock(&mu_);
+  return IsOpenLocked(key);
+}
+
+void StageTransactions::Abandon(const std::string& key,
+                                std::string_view why) {
+  std::optional<Transaction> txn;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = transactions_.find(key);
+    if (it == transactions_.end()) return;
+    txn = it->second;
+  }
+  log_.Warn("abandoning a stage", {{"stage", key}, {"why", why}});
+  (void)group_.Cancel(txn->scheduler_id);
+  auto promise = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> cleaned = promise->get_future();
+  txn->feed->Close([promise](const absl::Status& s) { promise->set_value(s); });
+  (void)cleaned.get();
+  RemoveDeclaredDirs(txn->dirs);
+  Forget(key, txn->feed);
+}
+
+void StageTransactions::AbandonOpen(std::string_view why) {
+  std::vector<std::string> open;
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [key, txn] : transactions_) {
-      if (!txn.feed->ended()) open.emplace_back(key, txn.scheduler_id);
+      if (!txn.feed->ended()) open.push_back(key);
     }
   }
-  for (const auto& [key, id] : open) {
-    log_.Warn("cancelling a stage", {{"stage", key}, {"why", why}});
-    (void)group_.Cancel(id);
-  }
+  for (const std::string& key : open) Abandon(key, why);
 }
 
 void StageTransactions::Shutdown() {

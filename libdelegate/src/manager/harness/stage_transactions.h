@@ -59,15 +59,36 @@ class StageTransactions {
   // (as lite-engine answers); one the scheduler refuses, or whose host
   // directories cannot be made, leaves nothing behind (no directory).
   // `delegate_id` goes into the data.
+  // `init_task_id` names the stage in the scheduler (with its key), so
+  // that a restarted delegate resuming it finds what it made; empty: a
+  // number of this process.
   TaskAnswer Init(const TaskLogger& logger, std::string_view data,
                   const std::vector<std::string>& masks,
-                  const std::string& delegate_id);
+                  const std::string& delegate_id,
+                  const std::string& init_task_id = "");
+
+  // After a restart of the delegate: opens again the stage the local_init
+  // `init_task_id` opened in an earlier process (`data` and `masks` as it
+  // ran them), adopting what that process made for it instead of making it
+  // (StageTask::resume); its next steps then run as usual, and the step it
+  // was running is re-attached by Execute with `reattach`. Not OK when it
+  // cannot be resumed (its platform cannot, or what it made is gone): the
+  // stage is then cleaned up, and the host directories its init marked
+  // remove are removed.
+  absl::Status Resume(std::string_view data,
+                      const std::vector<std::string>& masks,
+                      const std::string& init_task_id);
 
   // local_execute: runs the step on its open stage and blocks until it is
   // done; a failed step is an OK task whose data says FAILURE. A stage that
   // is not open here is a FAILED task naming the transaction key.
+  // `reattach`: the step an earlier process was running when it stopped,
+  // in a stage resumed with Resume (StageFeed::Reattach); its output, read
+  // again from the start, goes to the log stream without its first
+  // `skip_output_lines` lines, which the earlier process delivered.
   TaskAnswer Execute(const TaskLogger& logger, std::string_view data,
-                     const std::vector<std::string>& masks);
+                     const std::vector<std::string>& masks,
+                     bool reattach = false, uint64_t skip_output_lines = 0);
 
   // local_cleanup: closes the stage, waits for its cleanup, and removes the
   // host directories its init declared that are marked remove, or that the
@@ -83,8 +104,15 @@ class StageTransactions {
   // its directories.
   size_t OpenStages() const;
 
-  // Cancels every open stage; `why` is logged with each.
-  void CancelOpen(std::string_view why);
+  // Whether the stage `key` is open here (initialized, not ended).
+  bool IsOpen(const std::string& key) const;
+
+  // For a stage whose local_cleanup will not come (the manager forgot the
+  // delegate): cancels it, waits for its cleanup, removes the host
+  // directories its init marked remove, and forgets it. `why` is logged.
+  void Abandon(const std::string& key, std::string_view why);
+  // Abandon for every open stage.
+  void AbandonOpen(std::string_view why);
 
   // Cancels every stage as the delegate shuts down, and waits until each
   // has been cleaned up.
@@ -100,6 +128,16 @@ class StageTransactions {
   };
 
   std::shared_ptr<LogServiceStream> OpenLog(const TaskLogger& logger);
+  // Init and Resume: opens the stage. `logger` (null: none) gets the
+  // stage's lines while it initializes. `task_failed` is set where the task
+  // itself fails (an unusable payload, a delegate shutting down), rather
+  // than the stage.
+  absl::Status Open(const TaskLogger* logger, std::string_view data,
+                    const std::vector<std::string>& masks,
+                    const std::string& init_task_id, bool resume,
+                    bool* task_failed);
+  // Removes the directories marked remove, logging what it cannot.
+  void RemoveDeclaredDirs(const std::vector<HostDir>& dirs);
   // Forgets the transaction under `key` when it is still the one of `feed`.
   void Forget(const std::string& key, const std::shared_ptr<StageFeed>& feed);
   // The transaction open under `key`: an init that finds one answers ready.

@@ -10,7 +10,10 @@ namespace delegate::harness {
 namespace {
 
 constexpr char kMagic[] = "LDHTJRNL";
-constexpr uint32_t kVersion = 1;
+// 2: task payloads and stage keys in 'S', open stages ('O'), the delegate
+// id ('I'). Version 1 journals are read as they are.
+constexpr uint32_t kVersion = 2;
+constexpr size_t kCompactAfterBytes = 16 << 20;
 
 }  // namespace
 
@@ -34,9 +37,13 @@ absl::StatusOr<std::unique_ptr<TaskJournal>> TaskJournal::Open(
   for (const auto& [seq, id] : order) {
     const Entry& e = journal->tasks_.at(id);
     if (!e.answer) {
-      journal->interrupted_.push_back({id, e.type, e.step_id});
+      journal->interrupted_.push_back(
+          {id, e.type, e.step_id, e.stage_key, e.payload, e.log_lines});
     } else if (!e.delivered) {
       journal->undelivered_.emplace_back(id, *e.answer);
+    }
+    if (e.type == "local_init" && journal->OpensAStageLocked(id, e)) {
+      journal->open_stages_.push_back({e.stage_key, id, e.payload});
     }
   }
   // Compaction: the file restarts with what is kept.
@@ -50,11 +57,25 @@ bool TaskJournal::Apply(std::string_view record) {
   char kind;
   std::vector<std::string_view> f;
   if (!DecodeFields(record, kind, f)) return false;
-  if (kind == 'S' && f.size() == 3) {
-    Entry& e = tasks_[std::string(f[0])];
+  if (kind == 'S' && (f.size() == 3 || f.size() == 5)) {
+    const std::string id(f[0]);
+    Entry& e = tasks_[id];
     e.seq = next_seq_++;
     e.type = std::string(f[1]);
     e.step_id = std::string(f[2]);
+    if (f.size() == 5) {
+      e.stage_key = std::string(f[3]);
+      e.payload = std::string(f[4]);
+    }
+    if (e.type == "local_cleanup" && !e.stage_key.empty()) {
+      // The stage is closing: its init's payload is no longer needed.
+      if (auto open = open_.find(e.stage_key); open != open_.end()) {
+        if (auto init = tasks_.find(open->second); init != tasks_.end()) {
+          init->second.payload.clear();
+        }
+        open_.erase(open);
+      }
+    }
     return true;
   }
   if (kind == 'A' && f.size() == 2) {
@@ -62,6 +83,23 @@ bool TaskJournal::Apply(std::string_view record) {
     if (e.seq == 0 && e.type.empty()) e.seq = next_seq_++;
     e.answer = std::string(f[1]);
     e.delivered = false;
+    // Answered: only an open stage's init needs its payload still.
+    if (!OpensAStageLocked(std::string(f[0]), e)) e.payload.clear();
+    return true;
+  }
+  if (kind == 'O' && f.size() == 2) {
+    open_[std::string(f[0])] = std::string(f[1]);
+    return true;
+  }
+  if (kind == 'L' && f.size() == 2) {
+    uint64_t lines = 0;
+    if (!absl::SimpleAtoi(AbslView(f[1]), &lines)) return false;
+    auto it = tasks_.find(std::string(f[0]));
+    if (it != tasks_.end() && !it->second.answer) it->second.log_lines = lines;
+    return true;
+  }
+  if (kind == 'I' && f.size() == 1) {
+    delegate_id_ = std::string(f[0]);
     return true;
   }
   if (kind == 'D' && f.size() == 1) {
@@ -80,19 +118,38 @@ std::vector<std::string> TaskJournal::Snapshot() const {
   size_t delivered = 0;
   for (const auto& [id, e] : tasks_) delivered += e.delivered;
   std::vector<std::string> out;
+  // First: an init's answer, replayed, keeps its payload only when its stage
+  // is known to be open.
+  for (const auto& [key, init] : open_) {
+    if (tasks_.count(init)) out.push_back(EncodeFields('O', {key, init}));
+  }
   for (const auto& [seq, id] : order) {
     const Entry& e = tasks_.at(id);
-    if (e.delivered && delivered > keep_answers_) {
+    const bool opens = OpensAStageLocked(id, e);
+    if (e.delivered && delivered > keep_answers_ && !opens) {
       --delivered;  // the oldest go first
       continue;
     }
     // A task interrupted before this process is answered by it; until then
-    // it stays recorded as started.
-    out.push_back(EncodeFields('S', {id, e.type, e.step_id}));
+    // it stays recorded as started, with its payload.
+    out.push_back(EncodeFields(
+        'S', {id, e.type, e.step_id, e.stage_key,
+              !e.answer || opens ? std::string_view(e.payload) : ""}));
+    if (!e.answer && e.log_lines > 0) {
+      out.push_back(EncodeFields('L', {id, absl::StrCat(e.log_lines)}));
+    }
     if (e.answer) out.push_back(EncodeFields('A', {id, *e.answer}));
     if (e.delivered) out.push_back(EncodeFields('D', {id}));
   }
+  if (!delegate_id_.empty()) out.push_back(EncodeFields('I', {delegate_id_}));
   return out;
+}
+
+bool TaskJournal::OpensAStageLocked(const std::string& id,
+                                    const Entry& e) const {
+  if (e.type != "local_init" || e.stage_key.empty()) return false;
+  auto it = open_.find(e.stage_key);
+  return it != open_.end() && it->second == id;
 }
 
 absl::Status TaskJournal::Write(std::string record, bool defer) {
@@ -111,15 +168,19 @@ absl::Status TaskJournal::Write(std::string record, bool defer) {
     batch.push_back(std::move(record));
     // Rewritten now and then so that the file stays near what is kept.
     since_compaction_ += batch.size();
-    if (since_compaction_ >= 4 * keep_answers_ + 64) {
+    for (const std::string& r : batch) since_compaction_bytes_ += r.size();
+    // Payloads make records big: the bytes count too.
+    if (since_compaction_ >= 4 * keep_answers_ + 64 ||
+        since_compaction_bytes_ >= kCompactAfterBytes) {
       since_compaction_ = 0;
+      since_compaction_bytes_ = 0;
       kept = Snapshot();
       compact = true;
       // What the snapshot dropped is forgotten here too.
       size_t delivered = 0;
       std::vector<std::pair<uint64_t, std::string>> order;
       for (const auto& [id, e] : tasks_) {
-        if (!e.delivered) continue;
+        if (!e.delivered || OpensAStageLocked(id, e)) continue;
         ++delivered;
         order.emplace_back(e.seq, id);
       }
@@ -155,10 +216,36 @@ std::optional<std::string> TaskJournal::AnswerOf(
   return it->second.answer;
 }
 
+std::string TaskJournal::delegate_id() const {
+  absl::MutexLock lock(&mu_);
+  return delegate_id_;
+}
+
 absl::Status TaskJournal::Started(const std::string& task_id,
                                   const std::string& type,
-                                  const std::string& step_id) {
-  return Write(EncodeFields('S', {task_id, type, step_id}));
+                                  const std::string& step_id,
+                                  const std::string& stage_key,
+                                  const std::string& payload) {
+  return Write(
+      EncodeFields('S', {task_id, type, step_id, stage_key, payload}));
+}
+
+absl::Status TaskJournal::StageOpened(const std::string& stage_key,
+                                      const std::string& init_task_id) {
+  return Write(EncodeFields('O', {stage_key, init_task_id}));
+}
+
+absl::Status TaskJournal::LogLinesHandled(const std::string& task_id,
+                                          uint64_t lines) {
+  return Write(EncodeFields('L', {task_id, absl::StrCat(lines)}));
+}
+
+absl::Status TaskJournal::Registered(const std::string& delegate_id) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (delegate_id_ == delegate_id) return absl::OkStatus();
+  }
+  return Write(EncodeFields('I', {delegate_id}));
 }
 
 absl::Status TaskJournal::Answered(const std::string& task_id,
