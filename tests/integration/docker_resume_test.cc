@@ -265,5 +265,40 @@ TEST_F(DockerResumeTest, SharedContainersOfTheKilledProcessAreReplaced) {
   EXPECT_THAT(Labelled(*client_, Label()), IsEmpty());
 }
 
+TEST_F(DockerResumeTest, ALocalStageSetsDockerUpAtItsFirstContainerStep) {
+  Stage stage;
+  stage.name = "resume";
+  stage.platform = "local";
+  Step host;
+  host.id = "prepare";
+  host.commands = {"echo on the host > note"};
+  stage.steps = {host, ImageStep("package", {"echo in-a-$((6*7))"}), host};
+  stage.steps[2].id = "check";
+  stage.steps[2].commands = {"cat note"};
+  HandRun run(stage, "local-1", name_);
+  // The killed process ran host steps only: nothing of it is on Docker.
+  std::unique_ptr<Executor> killed = registry_.Create("local");
+  ASSERT_TRUE(killed->Initialize(run.context()).ok());
+  ASSERT_EQ(run.Step(*killed, 0).status, StepStatus::kSuccess) << run.Text();
+  ASSERT_THAT(Labelled(*client_, Label()), IsEmpty());
+
+  std::unique_ptr<Executor> resumed = registry_.Create("local");
+  ASSERT_TRUE(resumed->Resume(run.context()).ok()) << run.Text();
+  StepResult prepare = run.Step(*resumed, 0, /*reattach=*/true);
+  EXPECT_EQ(prepare.status, StepStatus::kFailure);
+  EXPECT_THAT(prepare.error, HasSubstr("host steps stop with the delegate"));
+  StepResult package = run.Step(*resumed, 1);
+  EXPECT_EQ(package.status, StepStatus::kSuccess)
+      << package.error << run.Text();
+  EXPECT_THAT(run.Text(), HasSubstr("setting it up afresh"));
+  EXPECT_THAT(run.Text(), HasSubstr("\nin-a-42\n"));
+  StepResult check = run.Step(*resumed, 2);
+  EXPECT_EQ(check.status, StepStatus::kSuccess) << check.error << run.Text();
+  EXPECT_THAT(run.Text(), HasSubstr("\non the host\n"));
+  EXPECT_TRUE(resumed->Cleanup(run.context()).ok());
+  EXPECT_THAT(Labelled(*client_, Label()), IsEmpty());
+  EXPECT_TRUE(fs::is_empty(dir_ + "/work"));
+}
+
 }  // namespace
 }  // namespace delegate

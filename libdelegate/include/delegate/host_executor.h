@@ -58,8 +58,9 @@ DELEGATE_EXPORT std::vector<std::string> ReapHostLeftovers(
 // step with an image runs on the executor registered as `docker_platform`,
 // one without on `host_platform`, each a single instance for the stage. The
 // container side is set up at the stage's first container step, so host
-// steps run on a delegate without a Docker Engine. REQUIRES: `registry`
-// outlives every stage run on "local".
+// steps run on a delegate without a Docker Engine; in a resumed stage, it
+// is resumed there. REQUIRES: `registry` outlives every stage run on
+// "local".
 DELEGATE_EXPORT absl::Status RegisterLocalExecutor(
     ExecutorRegistry& registry, std::string host_platform = "host",
     std::string docker_platform = "docker");
