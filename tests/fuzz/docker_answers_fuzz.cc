@@ -55,6 +55,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (void)docker::ParseListAnswer(body, "list",
                                     status % 2 ? "Volumes" : nullptr,
                                     status % 2 ? "Name" : "Id");
+      (void)docker::ParseListedAnswer(
+          body, "list", static_cast<docker::ObjectKind>(status % 3));
       break;
     default: {
       auto file = docker::ParseArchiveMember(body, "read", max_bytes);

@@ -24,12 +24,14 @@
 #include "gtest/gtest.h"
 #include "tests/fakes/delegate_process.h"
 #include "tests/fakes/docker_engine.h"
+#include "tests/fakes/hand_run.h"
 
 namespace delegate {
 namespace {
 
 namespace fs = std::filesystem;
 using ::delegate::testing::DelegateProcess;
+using ::delegate::testing::HandRun;
 using ::delegate::testing::Outcome;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -53,6 +55,7 @@ class DockerReapTest : public ::testing::Test {
     DockerExecutorOptions options;
     options.grace_period = absl::Seconds(1);
     (void)ReapDockerLeftovers(options, name_);
+    (void)ReapDockerLeftovers(options, name_ + "-gone");
     fs::remove_all(dir_);
   }
 
@@ -205,6 +208,71 @@ steps:
               Not(IsEmpty()))
       << "the start of a server removed a live run's container";
   EXPECT_FALSE(live->Exited()) << live->Output();
+}
+
+TEST_F(DockerReapTest, AStartKeepsWhatTheStagesToBeResumedMade) {
+  // What killed processes left: of this instance, a stage the manager will
+  // resume (its shared container still running) and one it will not; of a
+  // gone instance, a stage under the same id, which is not this
+  // instance's to resume.
+  const std::string own = "own-" + std::to_string(getpid());
+  const std::string gone = "gone-" + std::to_string(getpid());
+  DockerExecutorOptions own_options;
+  own_options.instance = own;
+  DockerExecutorOptions gone_options;
+  gone_options.instance = gone;
+  ExecutorRegistry own_registry;
+  ExecutorRegistry gone_registry;
+  ASSERT_TRUE(RegisterDockerExecutor(own_registry, own_options).ok());
+  ASSERT_TRUE(RegisterDockerExecutor(gone_registry, gone_options).ok());
+  Stage stage;
+  stage.name = "reap";
+  stage.platform = "docker";
+  stage.reuse_containers = true;
+  stage.volumes.push_back({"cache", EmptyDirVolume{}});
+  Step step;
+  step.id = "warm";
+  step.image = delegate::testing::kTestImage;
+  step.commands = {"echo warm > /harness/warm"};
+  stage.steps.push_back(step);
+  HandRun resuming(stage, "keep-me", name_);
+  HandRun other(stage, "drop-me", name_);
+  HandRun gone_one(stage, "keep-me", name_ + "-gone");
+  std::vector<std::unique_ptr<Executor>> killed;
+  for (auto [registry, run] :
+       {std::pair{&own_registry, &resuming}, std::pair{&own_registry, &other},
+        std::pair{&gone_registry, &gone_one}}) {
+    killed.push_back(registry->Create("docker"));
+    ASSERT_TRUE(killed.back()->Initialize(run->context()).ok());
+    ASSERT_EQ(run->Step(*killed.back(), 0).status, StepStatus::kSuccess)
+        << run->Text();
+  }
+  const std::string transaction = "io.libdelegate.transaction=";
+  const std::vector<std::string> kept =
+      ::delegate::testing::Labelled(*client_, transaction + name_ + "/keep-me");
+  // A container, the network and three volumes.
+  ASSERT_EQ(kept.size(), 5u) << ::testing::PrintToString(kept);
+
+  absl::StatusOr<std::vector<std::string>> removed =
+      ReapDockerInstances(own_options, {gone, own}, {"keep-me"});
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_EQ(removed->size(), 10u) << ::testing::PrintToString(*removed);
+  // In no particular order: the Engine lists volumes as it likes.
+  EXPECT_THAT(
+      ::delegate::testing::Labelled(*client_, transaction + name_ + "/keep-me"),
+      ::testing::UnorderedElementsAreArray(kept));
+  EXPECT_THAT(
+      ::delegate::testing::Labelled(*client_, transaction + name_ + "/drop-me"),
+      IsEmpty());
+  EXPECT_THAT(::delegate::testing::Labelled(
+                  *client_, transaction + name_ + "-gone/keep-me"),
+              IsEmpty());
+
+  // The kept stage goes on.
+  std::unique_ptr<Executor> resumed = own_registry.Create("docker");
+  ASSERT_TRUE(resumed->Resume(resuming.context()).ok()) << resuming.Text();
+  EXPECT_TRUE(resumed->Cleanup(resuming.context()).ok());
+  EXPECT_THAT(::delegate::testing::Labelled(*client_, Label()), IsEmpty());
 }
 
 TEST_F(DockerReapTest, CleanupWithNothingLeftRemovesNothing) {

@@ -38,7 +38,12 @@ struct DockerExecutorOptions {
 // Registers "docker": every step runs in a container of its image, on a
 // network of the stage's own, with the stage's volumes; all of it labelled
 // with the delegate name, stage and task id, and removed at cleanup. The
-// daemon is contacted at the first stage, not here.
+// daemon is contacted at the first stage, not here. A stage resumed after
+// the delegate restarted (Executor::Resume) goes on with its network and
+// volumes, found by name; one whose workspace volume is gone fails. Its
+// interrupted step is re-attached by its container's name: its log from
+// the start, its exit and outputs. A step that ran in a shared container
+// (reuse_containers), or whose container is not there, fails saying so.
 DELEGATE_EXPORT absl::Status RegisterDockerExecutor(
     ExecutorRegistry& registry, DockerExecutorOptions options);
 
@@ -50,10 +55,13 @@ DELEGATE_EXPORT absl::StatusOr<std::vector<std::string>> ReapDockerLeftovers(
     const DockerExecutorOptions& options, const std::string& delegate_name);
 
 // Removes what the instances `instances` left on the Docker Engine (after a
-// crash or SIGKILL), and returns what it removed, as above.
+// crash or SIGKILL), and returns what it removed, as above. What the
+// stages `resuming` (ExecutorStartup::resuming) of options.instance made
+// is kept; of any other instance, nothing is.
 DELEGATE_EXPORT absl::StatusOr<std::vector<std::string>> ReapDockerInstances(
     const DockerExecutorOptions& options,
-    const std::vector<std::string>& instances);
+    const std::vector<std::string>& instances,
+    const std::vector<std::string>& resuming = {});
 
 // What "docker" runs: everything the policy knows.
 DELEGATE_EXPORT const PlatformProfile& DockerPlatformProfile();

@@ -39,21 +39,28 @@ struct HostExecutorOptions {
 };
 
 // Registers "host": steps without an image, run by /bin/sh as host processes.
+// A stage resumed after the delegate restarted (Executor::Resume) goes on in
+// its stage directory; the step that was running died with the delegate,
+// and fails saying so.
 DELEGATE_EXPORT absl::Status RegisterHostExecutor(ExecutorRegistry& registry,
                                                   HostExecutorOptions options);
 
 // Removes the stage directories under `workdir` ($TMPDIR or /tmp when
 // empty) that the instances `instances` left (a crash or SIGKILL skipped
-// their cleanup), and returns them, one "workspace PATH" each.
+// their cleanup), and returns them, one "workspace PATH" each. Those of the
+// stages `resuming` (ExecutorStartup::resuming) of `own_instance` are kept.
 DELEGATE_EXPORT std::vector<std::string> ReapHostLeftovers(
-    const std::string& workdir, const std::vector<std::string>& instances);
+    const std::string& workdir, const std::vector<std::string>& instances,
+    const std::string& own_instance = "",
+    const std::vector<std::string>& resuming = {});
 
 // Registers "local", Harness's local infrastructure: within one stage, a
 // step with an image runs on the executor registered as `docker_platform`,
 // one without on `host_platform`, each a single instance for the stage. The
 // container side is set up at the stage's first container step, so host
-// steps run on a delegate without a Docker Engine. REQUIRES: `registry`
-// outlives every stage run on "local".
+// steps run on a delegate without a Docker Engine; in a resumed stage, it
+// is resumed there. REQUIRES: `registry` outlives every stage run on
+// "local".
 DELEGATE_EXPORT absl::Status RegisterLocalExecutor(
     ExecutorRegistry& registry, std::string host_platform = "host",
     std::string docker_platform = "docker");

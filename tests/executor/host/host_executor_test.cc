@@ -1,15 +1,20 @@
 // The host executor against a scripted process on a fake clock: timeouts,
 // signal escalation and the process spec, without real time or processes.
 #include <signal.h>
+#include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
 #include <future>
 
 #include "absl/strings/match.h"
 #include "delegate/builtin_executors.h"
+#include "delegate/event_log.h"
 #include "delegate/scheduler.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fakes/fake_clock.h"
+#include "tests/fakes/hand_run.h"
 #include "tests/fakes/recording_log_sink.h"
 #include "tests/fakes/scripted_process.h"
 #include "tests/fakes/stage_run.h"
@@ -17,7 +22,9 @@
 namespace delegate {
 namespace {
 
+namespace fs = std::filesystem;
 using ::delegate::testing::FakeClock;
+using ::delegate::testing::HandRun;
 using ::delegate::testing::ProcessScript;
 using ::delegate::testing::RecordingLogSink;
 using ::delegate::testing::ScriptedLauncher;
@@ -203,6 +210,115 @@ TEST_F(HostExecutorTest, WorkingDirMayNotLeaveTheWorkspace) {
   absl::Status s = ValidateForPlatform(registry_, stage);
   EXPECT_THAT(s.message(), HasSubstr("steps[0].working_dir"));
   EXPECT_THAT(s.message(), HasSubstr("leaves the workspace"));
+}
+
+// The value of `key` in a process spec's environment.
+std::string EnvOf(const ProcessSpec& spec, std::string_view key) {
+  for (const std::string& kv : spec.env) {
+    if (kv.starts_with(std::string(key) + "=")) {
+      return kv.substr(key.size() + 1);
+    }
+  }
+  return "";
+}
+
+TEST_F(HostExecutorTest, AResumedStageGoesOnInTheDirectoryItHad) {
+  Stage stage = OneStep({"make"});
+  stage.volumes.push_back({"cache", EmptyDirVolume{}});
+  HandRun run(stage, "resume-" + std::to_string(getpid()), "host-test", clock_);
+  // The executor of the process that was killed mid-stage: never cleaned
+  // up.
+  std::unique_ptr<Executor> killed = registry_.Create("host");
+  ASSERT_TRUE(killed->Initialize(run.context()).ok());
+  ASSERT_EQ(run.Step(*killed, 0).status, StepStatus::kSuccess);
+  const std::string workspace =
+      EnvOf(launcher_.specs.back(), "HARNESS_WORKSPACE");
+  ASSERT_FALSE(workspace.empty());
+  std::ofstream(workspace + "/built") << "from before the restart\n";
+
+  std::unique_ptr<Executor> resumed = registry_.Create("host");
+  ASSERT_TRUE(resumed->Resume(run.context()).ok());
+  EXPECT_THAT(run.Text(), HasSubstr("goes on after the delegate restarted"));
+  // The step the killed process was running died with it (its keeper ends
+  // it): it is not started again.
+  StepResult reattached = run.Step(*resumed, 0, /*reattach=*/true);
+  EXPECT_EQ(reattached.status, StepStatus::kFailure);
+  EXPECT_EQ(reattached.error,
+            "the delegate restarted during step only; host steps stop with "
+            "the delegate (its keeper ends their processes), so there is "
+            "nothing to re-attach to and the step's result is unknown");
+  EXPECT_EQ(launcher_.specs.size(), 1u);
+  // The next steps see the workspace and the volumes it had.
+  EXPECT_EQ(run.Step(*resumed, 0).status, StepStatus::kSuccess);
+  EXPECT_EQ(EnvOf(launcher_.specs.back(), "HARNESS_WORKSPACE"), workspace);
+  EXPECT_TRUE(fs::exists(workspace + "/built"));
+  EXPECT_TRUE(fs::is_directory(fs::path(workspace).parent_path() / "volumes" /
+                               "cache"));
+  ASSERT_TRUE(resumed->Cleanup(run.context()).ok());
+  EXPECT_FALSE(fs::exists(workspace));
+
+  // Nothing is left to adopt now.
+  std::unique_ptr<Executor> late = registry_.Create("host");
+  absl::Status gone = late->Resume(run.context());
+  EXPECT_TRUE(absl::IsFailedPrecondition(gone)) << gone;
+  EXPECT_THAT(gone.message(), HasSubstr("stage's directory"));
+  EXPECT_THAT(gone.message(), HasSubstr("is gone"));
+  EXPECT_TRUE(late->Cleanup(run.context()).ok());
+}
+
+TEST(HostReapTest, AStartKeepsTheDirectoriesOfTheStagesToBeResumed) {
+  const fs::path root = fs::path(::testing::TempDir()) /
+                        ("host-reap-" + std::to_string(getpid()));
+  fs::remove_all(root);
+  const std::string own(32, 'a');
+  const std::string gone(32, 'b');
+  fs::create_directories(root / "state" / "instances");
+  std::ofstream(root / "state" / "instances" / (gone + ".lock")).close();
+  HostExecutorOptions options;
+  options.workdir = (root / "work").string();
+  options.instance = own;
+  options.state_dir = (root / "state").string();
+  options.base_env = std::vector<std::string>{"PATH=/usr/bin:/bin"};
+  ExecutorRegistry registry;
+  ASSERT_TRUE(RegisterHostExecutor(registry, options).ok());
+
+  // What a killed earlier process of this instance left: a stage to be
+  // resumed and one that is not; and what a gone instance left of a stage
+  // with the same id, which is not this instance's to resume.
+  Stage stage;
+  stage.name = "s";
+  HandRun resuming(stage, "keep-me", "host-test");
+  HandRun other(stage, "drop-me", "host-test");
+  std::unique_ptr<Executor> a = registry.Create("host");
+  std::unique_ptr<Executor> b = registry.Create("host");
+  ASSERT_TRUE(a->Initialize(resuming.context()).ok());
+  ASSERT_TRUE(b->Initialize(other.context()).ok());
+  fs::create_directories(root / "work" /
+                         ("delegate-" + gone + "-keep-me-Ab12Cd"));
+
+  std::string log;
+  EventLog events([&log](std::string_view line) {
+    log.append(line);
+    log.append("\n");
+  });
+  registry.Start(
+      {.delegate_name = "host-test", .log = &events, .resuming = {"keep-me"}});
+  std::vector<std::string> left;
+  for (const auto& entry : fs::directory_iterator(root / "work")) {
+    left.push_back(entry.path().filename().string());
+  }
+  ASSERT_EQ(left.size(), 1u) << log;
+  EXPECT_TRUE(absl::StartsWith(left[0], "delegate-" + own + "-keep-me-"))
+      << left[0];
+  EXPECT_THAT(log, HasSubstr("drop-me"));
+  EXPECT_THAT(log, HasSubstr(gone + "-keep-me"));
+
+  // And the stage goes on there.
+  std::unique_ptr<Executor> resumed = registry.Create("host");
+  ASSERT_TRUE(resumed->Resume(resuming.context()).ok());
+  EXPECT_THAT(resuming.Text(), HasSubstr(left[0]));
+  EXPECT_TRUE(resumed->Cleanup(resuming.context()).ok());
+  fs::remove_all(root);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "util/strings.h"
 
 namespace delegate::docker {
@@ -178,6 +179,8 @@ absl::StatusOr<ContainerState> ParseInspectAnswer(std::string_view body,
   }
   const rapidjson::Value& state = doc["State"];
   ContainerState result;
+  result.id = std::string(GetString(doc, "Id"));
+  result.status = std::string(GetString(state, "Status"));
   result.running = GetBool(state, "Running");
   result.exit_code = static_cast<int>(GetInt(state, "ExitCode").value_or(0));
   result.oom_killed = GetBool(state, "OOMKilled");
@@ -252,6 +255,58 @@ absl::StatusOr<std::vector<std::string>> ParseListAnswer(std::string_view body,
   for (const rapidjson::Value& item : array->GetArray()) {
     std::string_view value = GetString(item, field);
     if (!value.empty()) result.emplace_back(value);
+  }
+  return result;
+}
+
+absl::StatusOr<std::vector<Listed>> ParseListedAnswer(std::string_view body,
+                                                      std::string_view what,
+                                                      ObjectKind kind) {
+  rapidjson::Document doc;
+  if (!Parse(body, doc)) {
+    return absl::InternalError(
+        absl::StrCat(AbslView(what), ": unreadable answer"));
+  }
+  const rapidjson::Value* array = &doc;
+  if (kind == ObjectKind::kVolume) {
+    if (!doc.IsObject()) return std::vector<Listed>{};
+    auto it = doc.FindMember("Volumes");
+    if (it == doc.MemberEnd()) return std::vector<Listed>{};
+    array = &it->value;  // null when there are none
+  }
+  std::vector<Listed> result;
+  if (!array->IsArray()) return result;
+  for (const rapidjson::Value& item : array->GetArray()) {
+    // FindMember of a value that is not an object is undefined.
+    if (!item.IsObject()) continue;
+    Listed listed;
+    if (kind == ObjectKind::kContainer) {
+      listed.id = std::string(GetString(item, "Id"));
+      // "Names": ["/name", ...]: its own first, then (old Engines) links.
+      if (auto it = item.FindMember("Names");
+          it != item.MemberEnd() && it->value.IsArray() && !it->value.Empty() &&
+          it->value[0].IsString()) {
+        listed.name =
+            std::string(absl::StripPrefix(it->value[0].GetString(), "/"));
+      }
+    } else {
+      listed.name = std::string(GetString(item, "Name"));
+      listed.id = kind == ObjectKind::kVolume
+                      ? listed.name
+                      : std::string(GetString(item, "Id"));
+    }
+    if (listed.id.empty()) continue;
+    if (auto it = item.FindMember("Labels");
+        it != item.MemberEnd() && it->value.IsObject()) {
+      for (const auto& label : it->value.GetObject()) {
+        if (!label.name.IsString() || !label.value.IsString()) continue;
+        listed.labels.emplace(
+            std::string(label.name.GetString(), label.name.GetStringLength()),
+            std::string(label.value.GetString(),
+                        label.value.GetStringLength()));
+      }
+    }
+    result.push_back(std::move(listed));
   }
   return result;
 }

@@ -83,6 +83,12 @@ absl::StatusOr<std::vector<std::string>> ParseListAnswer(std::string_view body,
                                                          const char* array_key,
                                                          const char* field);
 
+// GET /containers/json, /networks or /volumes: each object's id (a volume's
+// name), name and labels. Objects without an id are left out.
+absl::StatusOr<std::vector<Listed>> ParseListedAnswer(std::string_view body,
+                                                      std::string_view what,
+                                                      ObjectKind kind);
+
 // GET /containers/{id}/archive of one regular file: a 512-byte ustar header
 // (size in octal at offset 124, type at 156), then the data, of which at
 // most `max_bytes` are returned.

@@ -544,6 +544,31 @@ class EngineClient final : public DockerClient {
                 "Name");
   }
 
+  absl::StatusOr<std::vector<Listed>> ListLabelled(
+      ObjectKind kind, const std::string& label) override {
+    std::string path;
+    std::string what;
+    switch (kind) {
+      case ObjectKind::kContainer:
+        path = "/containers/json?all=1&filters=";
+        what = "list containers labelled ";
+        break;
+      case ObjectKind::kNetwork:
+        path = "/networks?filters=";
+        what = "list networks labelled ";
+        break;
+      case ObjectKind::kVolume:
+        path = "/volumes?filters=";
+        what = "list volumes labelled ";
+        break;
+    }
+    absl::StrAppend(&path, LabelFilter(label));
+    absl::StrAppend(&what, label);
+    absl::StatusOr<http::Response> r = Call("GET", path);
+    if (absl::Status s = Expect(r, what, {200}); !s.ok()) return s;
+    return ParseListedAnswer(r->body, what, kind);
+  }
+
  private:
   static std::string Body(const rapidjson::StringBuffer& buffer) {
     return std::string(buffer.GetString(), buffer.GetSize());

@@ -71,11 +71,22 @@ struct ContainerSpec {
 };
 
 struct ContainerState {
+  std::string id;
+  // State.Status: "created" (never started), "running", "exited", ...
+  std::string status;
   bool running = false;
   int exit_code = 0;
   bool oom_killed = false;
   std::string error;  // the daemon's State.Error
 };
+
+// What a list call found of one container, network or volume.
+struct Listed {
+  std::string id;    // a volume's name: volumes have no id
+  std::string name;  // a container's without the leading '/'
+  std::map<std::string, std::string> labels;
+};
+enum class ObjectKind { kContainer, kNetwork, kVolume };
 
 // Returns true to abandon a blocking call (a log stream, a wait). Polled at
 // least every 100 ms while the call blocks.
@@ -183,6 +194,10 @@ class DockerClient {
       const std::string& label) = 0;
   virtual absl::StatusOr<std::vector<std::string>> ListVolumes(
       const std::string& label) = 0;
+  // The objects of `kind` (containers: all states) carrying the label
+  // "key=value", with their names and labels, in one call.
+  virtual absl::StatusOr<std::vector<Listed>> ListLabelled(
+      ObjectKind kind, const std::string& label) = 0;
 };
 
 }  // namespace delegate::docker

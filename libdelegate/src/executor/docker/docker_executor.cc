@@ -6,10 +6,12 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -29,7 +31,9 @@ namespace {
 
 using docker::ContainerSpec;
 using docker::DockerClient;
+using docker::Listed;
 using docker::Mount;
+using docker::ObjectKind;
 
 constexpr const char* kLabelDelegate = "io.libdelegate.delegate";
 constexpr const char* kLabelInstance = "io.libdelegate.instance";
@@ -38,6 +42,9 @@ constexpr const char* kLabelTask = "io.libdelegate.task";
 // on one engine never take each other's objects for their own.
 constexpr const char* kLabelTransaction = "io.libdelegate.transaction";
 constexpr const char* kLabelStage = "io.libdelegate.stage";
+// On a step's own container only: shared containers and the one that opens
+// the volumes to other users have none.
+constexpr const char* kLabelStep = "io.libdelegate.step";
 // Where every step of a stage finds the shared workspace and its output file.
 constexpr const char* kWorkspacePath = "/harness";
 constexpr const char* kEnginePath = "/tmp/engine";
@@ -109,44 +116,49 @@ OutputCallback ToOutput(const StepContext& ctx) {
 std::string SafeSuffix(std::string_view s) { return SanitizeName(s, '-', 60); }
 
 // Removes the containers, networks and volumes that carry `label`
-// ("key=value"), noting each in `removed` when given. What is already gone
-// is not an error.
-absl::Status RemoveLabelled(docker::DockerClient& client,
-                            const std::string& label,
-                            std::vector<std::string>* removed) {
+// ("key=value"), except those `keep` (when given) says to keep, noting each
+// removed one in `removed` when given. What is already gone is not an
+// error.
+absl::Status RemoveLabelled(
+    DockerClient& client, const std::string& label,
+    std::vector<std::string>* removed,
+    const std::function<bool(const Listed&)>& keep = nullptr) {
   std::vector<std::string> problems;
-  auto note = [&](const absl::Status& s, std::string_view what) {
-    if (!s.ok() && !absl::IsNotFound(s)) {
-      problems.push_back(absl::StrCat(AbslView(what), ": ", s.message()));
+  // Containers first: a network or volume in use cannot go.
+  for (const auto& [kind, noun] :
+       {std::pair{ObjectKind::kContainer, "container"},
+        std::pair{ObjectKind::kNetwork, "network"},
+        std::pair{ObjectKind::kVolume, "volume"}}) {
+    absl::StatusOr<std::vector<Listed>> listed =
+        client.ListLabelled(kind, label);
+    if (!listed.ok()) {
+      problems.push_back(
+          absl::StrCat("listing ", noun, "s: ", listed.status().message()));
+      continue;
     }
-  };
-  if (auto ids = client.ListContainers(label); ids.ok()) {
-    for (const std::string& id : *ids) {
-      absl::Status s = client.RemoveContainer(id, true);
-      note(s, "container " + id.substr(0, 12));
-      if (s.ok() && removed)
-        removed->push_back("container " + id.substr(0, 12));
+    for (const Listed& object : *listed) {
+      if (keep && keep(object)) continue;
+      absl::Status s;
+      switch (kind) {
+        case ObjectKind::kContainer:
+          s = client.RemoveContainer(object.id, true);
+          break;
+        case ObjectKind::kNetwork:
+          s = client.RemoveNetwork(object.id);
+          break;
+        case ObjectKind::kVolume:
+          s = client.RemoveVolume(object.id);
+          break;
+      }
+      const std::string what = absl::StrCat(
+          noun, " ",
+          kind == ObjectKind::kVolume ? object.id : object.id.substr(0, 12));
+      if (s.ok()) {
+        if (removed) removed->push_back(what);
+      } else if (!absl::IsNotFound(s)) {
+        problems.push_back(absl::StrCat(what, ": ", s.message()));
+      }
     }
-  } else {
-    note(ids.status(), "listing containers");
-  }
-  if (auto ids = client.ListNetworks(label); ids.ok()) {
-    for (const std::string& id : *ids) {
-      absl::Status s = client.RemoveNetwork(id);
-      note(s, "network " + id.substr(0, 12));
-      if (s.ok() && removed) removed->push_back("network " + id.substr(0, 12));
-    }
-  } else {
-    note(ids.status(), "listing networks");
-  }
-  if (auto names = client.ListVolumes(label); names.ok()) {
-    for (const std::string& name : *names) {
-      absl::Status s = client.RemoveVolume(name);
-      note(s, "volume " + name);
-      if (s.ok() && removed) removed->push_back("volume " + name);
-    }
-  } else {
-    note(names.status(), "listing volumes");
   }
   if (problems.empty()) return absl::OkStatus();
   return absl::UnavailableError(absl::StrJoin(problems, "; "));
@@ -192,11 +204,22 @@ class DockerExecutor final : public Executor {
 
   absl::Status Validate(const Stage& stage) override;
   absl::Status Initialize(const StageContext& ctx) override;
+  absl::Status Resume(const StageContext& ctx) override;
   StepResult Execute(const StepContext& ctx) override;
   absl::Status Cleanup(const StageContext& ctx) override;
 
  private:
   std::map<std::string, std::string> Labels(const StageContext& ctx) const;
+  // Sets the names of the stage's network and volumes: the same in every
+  // process of the delegate, which is how Resume finds them.
+  void NameObjects(const StageContext& ctx);
+  absl::Status RemoveSharedContainers(const StageContext& ctx);
+  StepResult Reattach(const StepContext& ctx);
+  // Follows the started container `id` of the step to its end: its log to
+  // the step's output, its exit, outputs and out-of-memory kill read, the
+  // container removed. `started` bounds the search for its "oom" event.
+  StepResult FollowToEnd(const StepContext& ctx, const std::string& id,
+                         absl::Time started);
   StepResult ExecuteInSharedContainer(const StepContext& ctx,
                                       ContainerSpec spec);
   static void CollectOutputs(const StepContext& ctx, std::string_view text,
@@ -258,32 +281,145 @@ absl::Status DockerExecutor::Initialize(const StageContext& ctx) {
   if (!client.ok()) return client.status();
   client_ = *client;
   const auto labels = Labels(ctx);
-  network_ = ObjectName(Transaction(ctx), "");
+  NameObjects(ctx);
   if (absl::Status s = client_->CreateNetwork(network_, labels); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("creating network ", network_,
                                                ": ", s.message()));
   }
-  workspace_volume_ = ObjectName(Transaction(ctx), "workspace");
-  engine_volume_ = ObjectName(Transaction(ctx), "engine");
   for (const std::string& name : {workspace_volume_, engine_volume_}) {
     if (absl::Status s = client_->CreateVolume(name, labels); !s.ok()) {
       return absl::Status(
           s.code(), absl::StrCat("creating volume ", name, ": ", s.message()));
     }
   }
-  for (const Volume& volume : ctx.stage.volumes) {
-    if (!std::holds_alternative<EmptyDirVolume>(volume.source)) continue;
-    const std::string name =
-        ObjectName(Transaction(ctx), "vol-" + SafeSuffix(volume.name));
+  for (const auto& [volume, name] : volumes_) {
     if (absl::Status s = client_->CreateVolume(name, labels); !s.ok()) {
-      return absl::Status(
-          s.code(), absl::StrCat("volume ", volume.name, ": ", s.message()));
+      return absl::Status(s.code(),
+                          absl::StrCat("volume ", volume, ": ", s.message()));
     }
-    volumes_[volume.name] = name;
   }
   ctx.output.SystemLine(absl::StrCat("network ", network_, " on Docker API ",
                                      client_->api_version()));
   return OpenVolumesToOtherUsers(ctx);
+}
+
+void DockerExecutor::NameObjects(const StageContext& ctx) {
+  network_ = ObjectName(Transaction(ctx), "");
+  workspace_volume_ = ObjectName(Transaction(ctx), "workspace");
+  engine_volume_ = ObjectName(Transaction(ctx), "engine");
+  volumes_.clear();
+  for (const Volume& volume : ctx.stage.volumes) {
+    if (!std::holds_alternative<EmptyDirVolume>(volume.source)) continue;
+    volumes_[volume.name] =
+        ObjectName(Transaction(ctx), "vol-" + SafeSuffix(volume.name));
+  }
+}
+
+absl::Status DockerExecutor::Resume(const StageContext& ctx) {
+  absl::StatusOr<DockerClient*> client = shared_->Client();
+  if (!client.ok()) return client.status();
+  client_ = *client;
+  NameObjects(ctx);
+  const std::string label =
+      absl::StrCat(kLabelTransaction, "=", Transaction(ctx));
+  absl::flat_hash_set<std::string> existing;
+  for (ObjectKind kind : {ObjectKind::kNetwork, ObjectKind::kVolume}) {
+    absl::StatusOr<std::vector<Listed>> listed =
+        client_->ListLabelled(kind, label);
+    if (!listed.ok()) return listed.status();
+    for (const Listed& object : *listed) existing.insert(object.name);
+  }
+  std::vector<std::string> names = {network_, workspace_volume_,
+                                    engine_volume_};
+  for (const auto& [volume, name] : volumes_) names.push_back(name);
+  const bool any = std::any_of(names.begin(), names.end(), [&](const auto& n) {
+    return existing.contains(n);
+  });
+  if (!any) {
+    // The earlier process ran no container step of the stage (the local
+    // executor sets Docker up at the first one), or died before it made
+    // anything: there is nothing to lose.
+    ctx.output.SystemLine(
+        "nothing of the stage was on the Docker Engine after the delegate "
+        "restarted; setting it up afresh");
+  } else if (!existing.contains(workspace_volume_)) {
+    // Made right after the network: it was there, and what the earlier
+    // steps left in it is lost.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the stage's workspace volume ", workspace_volume_,
+        " is gone; what the stage's earlier steps wrote to ", kWorkspacePath,
+        " went with it (was it removed while the delegate was down?), so the "
+        "stage cannot go on: run it again"));
+  }
+  if (absl::Status s = RemoveSharedContainers(ctx); !s.ok()) return s;
+  const auto labels = Labels(ctx);
+  std::vector<std::string> adopted;
+  std::vector<std::string> made;
+  auto ensure = [&](const std::string& name, bool network) -> absl::Status {
+    if (existing.contains(name)) {
+      adopted.push_back(name);
+      return absl::OkStatus();
+    }
+    absl::Status s = network ? client_->CreateNetwork(name, labels)
+                             : client_->CreateVolume(name, labels);
+    if (absl::IsAlreadyExists(s)) {
+      adopted.push_back(name);
+      return absl::OkStatus();
+    }
+    if (!s.ok()) {
+      return absl::Status(
+          s.code(), absl::StrCat("creating ", network ? "network " : "volume ",
+                                 name, ": ", s.message()));
+    }
+    made.push_back(name);
+    return absl::OkStatus();
+  };
+  for (const std::string& name : names) {
+    if (absl::Status s = ensure(name, name == network_); !s.ok()) return s;
+  }
+  ctx.output.SystemLine(absl::StrCat("network ", network_, " on Docker API ",
+                                     client_->api_version()));
+  if (!adopted.empty()) {
+    ctx.output.SystemLine(absl::StrCat(
+        "after the delegate restarted, the stage goes on with ",
+        absl::StrJoin(adopted, ", "),
+        made.empty()
+            ? ""
+            : absl::StrCat("; made afresh: ", absl::StrJoin(made, ", "))));
+  }
+  const bool opened_before =
+      std::find(made.begin(), made.end(), workspace_volume_) == made.end() &&
+      std::find(made.begin(), made.end(), engine_volume_) == made.end();
+  if (opened_before) return absl::OkStatus();
+  return OpenVolumesToOtherUsers(ctx);
+}
+
+absl::Status DockerExecutor::RemoveSharedContainers(const StageContext& ctx) {
+  // The earlier process's shared containers (reuse_containers) cannot be
+  // re-attached: the exec of its step died with it. They go, so that the
+  // next steps make fresh ones under the same names. So does a container
+  // that was opening the volumes (OpenVolumesToOtherUsers).
+  absl::StatusOr<std::vector<Listed>> containers = client_->ListLabelled(
+      ObjectKind::kContainer,
+      absl::StrCat(kLabelTransaction, "=", Transaction(ctx)));
+  if (!containers.ok()) return containers.status();
+  for (const Listed& container : *containers) {
+    if (container.labels.contains(kLabelStep)) continue;
+    absl::Status s = client_->RemoveContainer(container.id, true);
+    if (!s.ok() && !absl::IsNotFound(s)) {
+      return absl::Status(
+          s.code(),
+          absl::StrCat("removing container ", container.name,
+                       " of the delegate's earlier process: ", s.message()));
+    }
+    if (container.name != ObjectName(Transaction(ctx), "init")) {
+      ctx.output.SystemLine(absl::StrCat(
+          "removed the shared container ", container.name,
+          " of the delegate's earlier process; the next steps that share "
+          "a container get a fresh one"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status DockerExecutor::OpenVolumesToOtherUsers(const StageContext& ctx) {
@@ -414,7 +550,7 @@ absl::StatusOr<ContainerSpec> DockerExecutor::BuildSpec(
     spec.user = absl::StrCat("0:", *sc.run_as_group);
   }
   spec.labels = Labels(ctx.stage);
-  spec.labels["io.libdelegate.step"] = step.id;
+  spec.labels[kLabelStep] = step.id;
   spec.mounts.push_back(
       {Mount::Type::kVolume, workspace_volume_, kWorkspacePath, false});
   // Per container, so that a read-only root still lets the step write its
@@ -460,6 +596,7 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
   if (client_ == nullptr) {
     return fail(absl::FailedPreconditionError("the stage was not initialized"));
   }
+  if (ctx.reattach) return Reattach(ctx);
   if (absl::Status s = EnsureImage(ctx, ctx.step); !s.ok()) return fail(s);
   absl::StatusOr<ContainerSpec> spec = BuildSpec(ctx);
   if (!spec.ok()) return fail(spec.status());
@@ -479,7 +616,52 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
     return fail(absl::Status(
         s.code(), absl::StrCat("starting the container: ", s.message())));
   }
+  return FollowToEnd(ctx, *id, started);
+}
 
+StepResult DockerExecutor::Reattach(const StepContext& ctx) {
+  StepResult result;
+  result.status = StepStatus::kFailure;
+  const std::string& step = ctx.step.id;
+  if (ctx.stage.stage.reuse_containers && !ctx.step.commands.empty()) {
+    result.error = absl::StrCat(
+        "the delegate restarted during step ", step,
+        "; a step of a shared container (reuse_containers) cannot be "
+        "re-attached, and its result is unknown");
+    return result;
+  }
+  const std::string name =
+      ObjectName(Transaction(ctx.stage), SafeSuffix(ctx.step.id));
+  absl::StatusOr<docker::ContainerState> state =
+      client_->InspectContainer(name);
+  if (!state.ok() && !absl::IsNotFound(state.status())) {
+    result.error = absl::StrCat("re-attaching to container ", name, ": ",
+                                state.status().message());
+    return result;
+  }
+  if (!state.ok() || state->status == "created") {
+    // Created but never started: it must not start now, after the step's
+    // time has begun anew.
+    if (state.ok()) (void)client_->RemoveContainer(name, true);
+    result.error = absl::StrCat(
+        "the delegate restarted during step ", step,
+        " before its container started (or after the container was "
+        "removed): there is nothing to re-attach to, and the step's result "
+        "is unknown");
+    return result;
+  }
+  ctx.output.SystemLine(absl::StrCat(
+      "re-attached to container ", name,
+      " after the delegate restarted; its log from the start follows"));
+  // When it started is unknown here; its own events are few.
+  return FollowToEnd(ctx, state->id.empty() ? name : state->id,
+                     absl::UnixEpoch());
+}
+
+StepResult DockerExecutor::FollowToEnd(const StepContext& ctx,
+                                       const std::string& id,
+                                       absl::Time started) {
+  StepResult result;
   // On timeout or cancel the container is stopped from another thread while
   // this one keeps reading its logs, so that nothing it printed before it
   // died is lost; the stream ends when the container does.
@@ -489,29 +671,29 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
   auto watch = [&]() {
     if (stopped || !(stopped = StopReason(ctx))) return false;
     ctx.output.SystemLine(StopLine(*stopped, "the container", grace));
-    stopper = std::thread([client = client_, container = *id, grace] {
+    stopper = std::thread([client = client_, container = id, grace] {
       (void)client->StopContainer(container, grace);
     });
     return false;
   };
-  absl::Status followed = client_->FollowLogs(*id, ToOutput(ctx), watch);
+  absl::Status followed = client_->FollowLogs(id, ToOutput(ctx), watch);
   if (!followed.ok()) {
     ctx.output.SystemLine(
         absl::StrCat("log stream ended early: ", followed.message()));
   }
-  absl::StatusOr<int> code = client_->WaitContainer(*id, watch);
+  absl::StatusOr<int> code = client_->WaitContainer(id, watch);
   if (stopper.joinable()) stopper.join();
-  absl::StatusOr<docker::ContainerState> state = client_->InspectContainer(*id);
+  absl::StatusOr<docker::ContainerState> state = client_->InspectContainer(id);
   std::string outputs_text;
   if (!ctx.step.outputs.empty() && !stopped) {
     const std::string file = OutputFile(ctx.step);
     if (absl::StatusOr<std::string> text =
-            client_->ReadFile(*id, file, kMaxOutputFileBytes);
+            client_->ReadFile(id, file, kMaxOutputFileBytes);
         text.ok()) {
       outputs_text = *std::move(text);
     }
   }
-  (void)client_->RemoveContainer(*id, true);
+  (void)client_->RemoveContainer(id, true);
 
   if (stopped) {
     result.status = *stopped;
@@ -526,7 +708,7 @@ StepResult DockerExecutor::Execute(const StepContext& ctx) {
   }
   result.exit_code = *code;
   if (state.ok() && (state->oom_killed ||
-                     (*code == 137 && OomEventSeen(*client_, *id, started)))) {
+                     (*code == 137 && OomEventSeen(*client_, id, started)))) {
     result.status = StepStatus::kFailure;
     result.error =
         absl::StrCat("killed: out of memory",
@@ -602,7 +784,7 @@ StepResult DockerExecutor::ExecuteInSharedContainer(const StepContext& ctx,
     // Idles until stopped; SIGTERM ends it at once.
     spec.cmd = {"trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"};
     spec.env.clear();
-    spec.labels.erase("io.libdelegate.step");
+    spec.labels.erase(kLabelStep);
     spec.user = "";
     absl::StatusOr<std::string> id = client_->CreateContainer(spec);
     if (!id.ok()) {
@@ -736,8 +918,9 @@ absl::Status RegisterDockerExecutor(ExecutorRegistry& registry,
   traits.profile = &DockerPlatformProfile();
   // What a crashed earlier run of this instance, and what gone instances
   // recorded in the same state directory left on the engine goes before the
-  // first stage; a live instance of the same name keeps its containers. No
-  // engine is no error: the delegate may run host steps only.
+  // first stage, but what this instance's stages to be resumed need; a live
+  // instance of the same name keeps its containers. No engine is no error:
+  // the delegate may run host steps only.
   traits.on_start = [options](const ExecutorStartup& startup) {
     if (options.state_dir.empty()) return;
     // Gone instances stay recorded (`delegate cleanup` forgets them): the
@@ -746,7 +929,7 @@ absl::Status RegisterDockerExecutor(ExecutorRegistry& registry,
     if (!options.instance.empty()) instances.push_back(options.instance);
     if (instances.empty()) return;
     absl::StatusOr<std::vector<std::string>> reaped =
-        ReapDockerInstances(options, instances);
+        ReapDockerInstances(options, instances, startup.resuming);
     if (reaped.ok()) {
       for (const std::string& what : *reaped) {
         startup.log->Info("removed a leftover of an earlier run",
@@ -776,15 +959,24 @@ const PlatformProfile& DockerPlatformProfile() {
 
 absl::StatusOr<std::vector<std::string>> ReapDockerInstances(
     const DockerExecutorOptions& options,
-    const std::vector<std::string>& instances) {
+    const std::vector<std::string>& instances,
+    const std::vector<std::string>& resuming) {
   DockerShared shared(options);
   absl::StatusOr<docker::DockerClient*> client = shared.Client();
   if (!client.ok()) return client.status();
+  const absl::flat_hash_set<std::string> kept(resuming.begin(), resuming.end());
+  auto resumed = [&kept](const Listed& object) {
+    auto task = object.labels.find(kLabelTask);
+    return task != object.labels.end() && kept.contains(task->second);
+  };
   std::vector<std::string> removed;
   for (const std::string& instance : instances) {
     if (instance.empty()) continue;
+    // Only this process's own instance resumes stages.
+    std::function<bool(const Listed&)> keep;
+    if (instance == options.instance && !kept.empty()) keep = resumed;
     absl::Status s = RemoveLabelled(
-        **client, absl::StrCat(kLabelInstance, "=", instance), &removed);
+        **client, absl::StrCat(kLabelInstance, "=", instance), &removed, keep);
     if (!s.ok()) return s;
   }
   return removed;

@@ -71,6 +71,19 @@ std::string SafeFileName(std::string_view s) {
   return out.substr(0, 64);
 }
 
+// A stage directory's name without mkdtemp's six characters:
+// "delegate-INSTANCE-TASK-", with the instance in it from the moment it
+// exists so that it is attributable.
+std::string StageDirPrefix(const std::string& instance,
+                           std::string_view task_id) {
+  return absl::StrCat("delegate-", instance.empty() ? "" : instance + "-",
+                      SafeFileName(task_id), "-");
+}
+
+bool IsStageDir(std::string_view name, std::string_view prefix) {
+  return name.size() == prefix.size() + 6 && name.starts_with(prefix);
+}
+
 // Reads what a step wrote to HARNESS_OUTPUT_FILE.
 std::map<std::string, std::string> ReadOutputs(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -96,10 +109,13 @@ class HostExecutor final : public Executor {
 
   absl::Status Validate(const Stage& stage) override;
   absl::Status Initialize(const StageContext& ctx) override;
+  absl::Status Resume(const StageContext& ctx) override;
   StepResult Execute(const StepContext& ctx) override;
   absl::Status Cleanup(const StageContext& ctx) override;
 
  private:
+  // The empty_dir volumes' directories, made when missing.
+  absl::Status MakeVolumeDirs(const Stage& stage) const;
   absl::StatusOr<std::string> WorkingDir(const Step& step) const;
   absl::Status MountVolumes(const Stage& stage, const Step& step) const;
   absl::StatusOr<ProcessSpec> BuildSpec(const StepContext& ctx,
@@ -141,13 +157,9 @@ absl::Status HostExecutor::Initialize(const StageContext& ctx) {
   std::string root = WorkRoot(options_.workdir);
   std::error_code ec;
   fs::create_directories(root, ec);
-  // The instance is in the name, so that a directory is attributable from
-  // the moment it exists.
-  const std::string instance =
-      options_.instance.empty() ? "" : options_.instance + "-";
   std::string pattern =
       (fs::path(root) /
-       ("delegate-" + instance + SafeFileName(ctx.task_id) + "-XXXXXX"))
+       (StageDirPrefix(options_.instance, ctx.task_id) + "XXXXXX"))
           .string();
   if (mkdtemp(pattern.data()) == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -162,16 +174,72 @@ absl::Status HostExecutor::Initialize(const StageContext& ctx) {
           absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
     }
   }
-  for (const Volume& volume : ctx.stage.volumes) {
+  if (absl::Status s = MakeVolumeDirs(ctx.stage); !s.ok()) return s;
+  ctx.output.SystemLine(absl::StrCat("workspace ", workspace_.string()));
+  return absl::OkStatus();
+}
+
+absl::Status HostExecutor::MakeVolumeDirs(const Stage& stage) const {
+  for (const Volume& volume : stage.volumes) {
     if (!std::holds_alternative<EmptyDirVolume>(volume.source)) continue;
     fs::path dir = stage_dir_ / "volumes" / SafeFileName(volume.name);
-    if (!fs::create_directories(dir, ec)) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (!fs::is_directory(dir, ec)) {
       return absl::FailedPreconditionError(
           absl::StrCat("volume ", volume.name, ": cannot create ", dir.string(),
-                       ": ", ec.message()));
+                       ": ", ec ? ec.message() : "not a directory"));
     }
   }
-  ctx.output.SystemLine(absl::StrCat("workspace ", workspace_.string()));
+  return absl::OkStatus();
+}
+
+absl::Status HostExecutor::Resume(const StageContext& ctx) {
+  const std::string root = WorkRoot(options_.workdir);
+  const std::string prefix = StageDirPrefix(options_.instance, ctx.task_id);
+  std::vector<fs::path> found;
+  std::error_code ec;
+  for (fs::directory_iterator it(root, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    std::error_code type;
+    if (IsStageDir(it->path().filename().string(), prefix) &&
+        it->is_directory(type)) {
+      found.push_back(it->path());
+    }
+  }
+  const std::string wanted = (fs::path(root) / (prefix + "XXXXXX")).string();
+  if (found.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the stage's directory ", wanted,
+        " is gone; what the stage's earlier steps wrote to its workspace "
+        "went with it (was it removed while the delegate was down?), so the "
+        "stage cannot go on: run it again"));
+  }
+  if (found.size() > 1) {
+    // Only task ids that differ in characters a file name cannot hold.
+    return absl::FailedPreconditionError(absl::StrCat(
+        found.size(), " directories match ", wanted, " (", found[0].string(),
+        ", ", found[1].string(),
+        "); the stage's own cannot be told apart: run the stage again"));
+  }
+  stage_dir_ = found[0];
+  workspace_ = stage_dir_ / "workspace";
+  if (!fs::is_directory(workspace_, ec)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the stage's workspace ", workspace_.string(),
+        " is gone; what the stage's earlier steps wrote to it went with it, "
+        "so the stage cannot go on: run it again"));
+  }
+  const fs::path engine = stage_dir_ / "engine";
+  fs::create_directories(engine, ec);
+  if (!fs::is_directory(engine, ec)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create ", engine.string()));
+  }
+  if (absl::Status s = MakeVolumeDirs(ctx.stage); !s.ok()) return s;
+  ctx.output.SystemLine(
+      absl::StrCat("workspace ", workspace_.string(),
+                   ", where the stage goes on after the delegate restarted"));
   return absl::OkStatus();
 }
 
@@ -299,6 +367,15 @@ StepResult HostExecutor::Execute(const StepContext& ctx) {
   if (stage_dir_.empty()) {
     return fail(absl::FailedPreconditionError("the stage was not initialized"));
   }
+  if (ctx.reattach) {
+    result.status = StepStatus::kFailure;
+    result.error = absl::StrCat(
+        "the delegate restarted during step ", step.id,
+        "; host steps stop with the delegate (its keeper ends their "
+        "processes), so there is nothing to re-attach to and the step's "
+        "result is unknown");
+    return result;
+  }
   if (absl::Status s = MountVolumes(ctx.stage.stage, step); !s.ok()) {
     return fail(s);
   }
@@ -399,7 +476,14 @@ std::vector<std::string> DefaultBaseEnv() {
 }  // namespace
 
 std::vector<std::string> ReapHostLeftovers(
-    const std::string& workdir, const std::vector<std::string>& instances) {
+    const std::string& workdir, const std::vector<std::string>& instances,
+    const std::string& own_instance, const std::vector<std::string>& resuming) {
+  std::vector<std::string> kept;
+  if (!own_instance.empty()) {
+    for (const std::string& task : resuming) {
+      kept.push_back(StageDirPrefix(own_instance, task));
+    }
+  }
   std::vector<std::string> removed;
   if (instances.empty()) return removed;
   std::error_code ec;
@@ -413,6 +497,11 @@ std::vector<std::string> ReapHostLeftovers(
       theirs = theirs || absl::StartsWith(name, "delegate-" + instance + "-");
     }
     if (!theirs) continue;
+    if (std::any_of(kept.begin(), kept.end(), [&](const std::string& prefix) {
+          return IsStageDir(name, prefix);
+        })) {
+      continue;
+    }
     std::error_code rm;
     fs::remove_all(entry.path(), rm);
     if (!rm) removed.push_back("workspace " + entry.path().string());
@@ -427,13 +516,15 @@ absl::Status RegisterHostExecutor(ExecutorRegistry& registry,
   ExecutorTraits traits;
   traits.profile = &HostPlatformProfile();
   // The stage directories a crashed earlier run of this instance, and gone
-  // instances recorded in the same state directory, left.
+  // instances recorded in the same state directory, left; but those of this
+  // instance's stages to be resumed.
   if (!options.state_dir.empty()) {
     traits.on_start = [options](const ExecutorStartup& startup) {
       std::vector<std::string> instances = FindGoneInstances(options.state_dir);
       if (!options.instance.empty()) instances.push_back(options.instance);
       for (const std::string& what :
-           ReapHostLeftovers(options.workdir, instances)) {
+           ReapHostLeftovers(options.workdir, instances, options.instance,
+                             startup.resuming)) {
         startup.log->Info("removed a leftover of an earlier run",
                           {{"what", what}});
       }

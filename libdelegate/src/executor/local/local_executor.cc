@@ -62,20 +62,38 @@ class LocalExecutor final : public Executor {
     return host_->Initialize(ctx);
   }
 
+  // The host side adopts its stage directory now; the container side is
+  // resumed at the first container step, as it is set up then otherwise
+  // (and made afresh when the earlier process never got that far).
+  absl::Status Resume(const StageContext& ctx) override {
+    host_ = registry_.Create(host_platform_);
+    if (!host_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("no executor is registered as '", host_platform_, "'"));
+    }
+    resumed_ = true;
+    return host_->Resume(ctx);
+  }
+
+  // A step the earlier process was running (StepContext::reattach) goes to
+  // the side that ran it, by its image as always.
   StepResult Execute(const StepContext& ctx) override {
     if (ctx.step.image.empty()) return host_->Execute(ctx);
     if (!docker_init_) {
       docker_ = registry_.Create(docker_platform_);
       docker_init_ =
-          docker_
-              ? docker_->Initialize(ctx.stage)
-              : absl::FailedPreconditionError(absl::StrCat(
-                    "no executor is registered as '", docker_platform_, "'"));
+          !docker_
+              ? absl::FailedPreconditionError(absl::StrCat(
+                    "no executor is registered as '", docker_platform_, "'"))
+          : resumed_ ? docker_->Resume(ctx.stage)
+                     : docker_->Initialize(ctx.stage);
     }
     if (!docker_init_->ok()) {
       StepResult r;
       r.status = StepStatus::kFailure;
-      r.error = absl::StrCat("container steps cannot run on this delegate: ",
+      r.error = absl::StrCat(resumed_ ? "the stage's containers cannot resume: "
+                                      : "container steps cannot run on this "
+                                        "delegate: ",
                              docker_init_->message());
       return r;
     }
@@ -121,6 +139,7 @@ class LocalExecutor final : public Executor {
   std::unique_ptr<Executor> host_;
   std::unique_ptr<Executor> docker_;
   std::optional<absl::Status> docker_init_;
+  bool resumed_ = false;  // Resume instead of Initialize
 };
 
 }  // namespace
