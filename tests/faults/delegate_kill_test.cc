@@ -114,9 +114,12 @@ TEST(DelegateKillTest, SigkillsAtRandomPointsLoseNoStageAndLeaveNothing) {
     const int sleep_ms = std::uniform_int_distribution<int>(0, 600)(random);
     std::string second;
     if (engine != nullptr && n % 3 == 2) {
-      second = absl::StrCat(R"({"id":"b","image":")", testing::kTestImage,
-                            R"(","pull":"Never","run":{"commands":["echo )", id,
-                            R"(/b"]}})");
+      // Long enough for some kills to land while its container runs: the
+      // restarted delegate re-attaches to it.
+      second =
+          absl::StrCat(R"({"id":"b","image":")", testing::kTestImage,
+                       R"(","pull":"Never","run":{"commands":["echo )", id,
+                       R"(/b", "sleep 0.5", "echo )", id, R"(/b done"]}})");
     } else {
       second = absl::StrCat(R"({"id":"b","run":{"commands":["echo )", id,
                             "/b >> ", runs, R"("]}})");
@@ -136,7 +139,7 @@ TEST(DelegateKillTest, SigkillsAtRandomPointsLoseNoStageAndLeaveNothing) {
         {0, absl::StrCat("echo ", id, "/a >> ", runs)},
         {0, absl::StrCat("sleep ", sleep_ms / 1000.0)},
         {1, second.find("image") != std::string::npos
-                ? absl::StrCat(id, "/b")
+                ? absl::StrCat(id, "/b done")
                 : absl::StrCat("echo ", id, "/b >> ", runs)}};
   };
   auto open_stages = [&] {
@@ -149,6 +152,19 @@ TEST(DelegateKillTest, SigkillsAtRandomPointsLoseNoStageAndLeaveNothing) {
     return open;
   };
 
+  // Stages a restart resumed, and steps it re-attached to.
+  int resumed = 0, reattached = 0;
+  auto count_recovery = [&](const std::string& out) {
+    for (size_t at = 0;
+         (at = out.find("resumed a stage", at)) != std::string::npos; ++at) {
+      ++resumed;
+    }
+    for (size_t at = 0;
+         (at = out.find("re-attaching to the step", at)) != std::string::npos;
+         ++at) {
+      ++reattached;
+    }
+  };
   const int kills = KillsWanted();
   int journal_opened = 0;
   for (int i = 0; i < kills; ++i) {
@@ -171,7 +187,7 @@ TEST(DelegateKillTest, SigkillsAtRandomPointsLoseNoStageAndLeaveNothing) {
     absl::SleepFor(
         absl::Milliseconds(std::uniform_int_distribution<int>(0, 700)(random)));
     kill(delegate.pid(), SIGKILL);
-    delegate.Wait();
+    count_recovery(delegate.Wait().out);
   }
 
   // A last start finishes or fails what is left; then it drains.
@@ -190,17 +206,30 @@ TEST(DelegateKillTest, SigkillsAtRandomPointsLoseNoStageAndLeaveNothing) {
   kill(last.pid(), SIGTERM);
   testing::Outcome drained = last.Wait();
   EXPECT_EQ(drained.exit_code, 0) << drained.out;
+  count_recovery(drained.out);
   ++journal_opened;
 
   // Figures.
   int lost = 0, succeeded = 0, failed = 0;
   size_t log_bytes_lost = 0;
+  int repeated_lines = 0;
   for (const std::string& id : stages) {
     const std::string json = (*manager)->StageJson(id).value_or("");
     if (absl::StrContains(json, "\"status\":\"SUCCESS\"")) {
       ++succeeded;
       // A stage that succeeded, whatever restarts it saw: its steps' logs
       // are whole.
+      // Lines a re-attached step's log holds twice: at most those of the
+      // one write the killed delegate had not recorded as delivered.
+      for (int step = 0; step < 2; ++step) {
+        std::map<std::string, int> seen;
+        for (const std::string& line :
+             (*manager)->LogLines(absl::StrCat(id, "/step-", step))) {
+          if (!absl::StrContains(line, "re-attached") && ++seen[line] == 2) {
+            ++repeated_lines;
+          }
+        }
+      }
       for (const auto& [step, text] : expected[id]) {
         const std::string log = absl::StrJoin(
             (*manager)->LogLines(absl::StrCat(id, "/step-", step)), "\n");
@@ -260,13 +289,15 @@ TEST(DelegateKillTest, SigkillsAtRandomPointsLoseNoStageAndLeaveNothing) {
     containers = static_cast<int>(testing::Labelled(*engine, label).size());
   }
   printf(
-      "faults: %d kills of delegate server; journal opened %d/%d; %zu stages "
+      "faults: %d kills of delegate server; journal opened %d/%d; %d stages "
+      "resumed, %d running steps re-attached; %zu stages "
       "(%d succeeded, %d failed, %d lost results); %d steps ran twice; %d "
       "orphan processes; %d workspaces left; %d docker objects created after "
       "the restart's reap, %d left after delegate cleanup; %zu log bytes "
-      "lost of the stages that succeeded\n",
-      kills, journal_opened, kills + 1, stages.size(), succeeded, failed, lost,
-      duplicates, orphans, workspaces, late, containers, log_bytes_lost);
+      "lost of the stages that succeeded, %d log lines repeated\n",
+      kills, journal_opened, kills + 1, resumed, reattached, stages.size(),
+      succeeded, failed, lost, duplicates, orphans, workspaces, late,
+      containers, log_bytes_lost, repeated_lines);
   EXPECT_EQ(journal_opened, kills + 1);
   EXPECT_EQ(lost, 0) << "stages that never ended";
   EXPECT_EQ(duplicates, 0) << "steps that ran twice";

@@ -702,10 +702,10 @@ TEST_P(HarnessKillTest, ADelegateKilledMidStepAnswersOnceAfterItsRestart) {
   StartDelegate(DelegateEnv());
   ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
   ASSERT_TRUE(WaitForLog(resumable ? "re-attaching to the step"
-                                    : "answering a task the delegate was"));
-  EXPECT_THAT(delegate_->Output(), HasSubstr(resumable
-                                                 ? "resumed a stage"
-                                                 : "cannot resume a stage"));
+                                   : "answering a task the delegate was"));
+  EXPECT_THAT(
+      delegate_->Output(),
+      HasSubstr(resumable ? "resumed a stage" : "cannot resume a stage"));
   rapidjson::Document stage = WaitStage(id, absl::Seconds(30));
   EXPECT_LT(absl::Now() - restarted, absl::Seconds(5));
   EXPECT_STREQ(stage["status"].GetString(), "FAILURE") << delegate_->Output();
@@ -770,10 +770,10 @@ TEST_F(HarnessE2eTest, AContainerStepOutlivesADelegateKillAndIsReattached) {
   kill(delegate_->pid(), SIGKILL);
   delegate_->Wait();
   // The container runs on without the delegate.
-  EXPECT_EQ(testing::Labelled(*docker_client,
-                              "io.libdelegate.delegate=e2e-reattach")
-                .size(),
-            4u)  // the container, the network, two volumes
+  EXPECT_EQ(
+      testing::Labelled(*docker_client, "io.libdelegate.delegate=e2e-reattach")
+          .size(),
+      4u)  // the container, the network, two volumes
       << "what the stage made";
 
   const absl::Time restarted = absl::Now();
@@ -804,9 +804,9 @@ TEST_F(HarnessE2eTest, AContainerStepOutlivesADelegateKillAndIsReattached) {
   EXPECT_EQ(CountOf(Admin("GET", "/admin/delegates"), "\"id\""),
             CountOf(registered, "\"id\""));
   // Cleanup removed everything; the journal holds no secret in the clear.
-  EXPECT_THAT(testing::Labelled(*docker_client,
-                                "io.libdelegate.delegate=e2e-reattach"),
-              ::testing::IsEmpty());
+  EXPECT_THAT(
+      testing::Labelled(*docker_client, "io.libdelegate.delegate=e2e-reattach"),
+      ::testing::IsEmpty());
   EXPECT_THAT(ReadFile(dir_ + "/state/harness-tasks.journal"),
               Not(HasSubstr("hunter2")));
 }

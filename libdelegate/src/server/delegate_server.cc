@@ -213,11 +213,10 @@ absl::Status DelegateServer::Run() {
   // After the connection is made: the stages it will resume keep what an
   // earlier process made for them when the executors remove the rest.
   if (options_.start_executors) {
-    executors_.Start(
-        {.delegate_name = config.name,
-         .log = &log_,
-         .resuming = connection ? connection->StagesToResume()
-                                : std::vector<std::string>{}});
+    executors_.Start({.delegate_name = config.name,
+                      .log = &log_,
+                      .resuming = connection ? connection->StagesToResume()
+                                             : std::vector<std::string>{}});
   }
   std::thread runtime_drainer;
   if (!options_.runtime_listen.empty()) {

@@ -323,9 +323,9 @@ TEST(LogServiceTest, AReattachedStepSkipsTheOutputTheServiceAlreadyHas) {
     again->Append(Line(text));
   }
   again->Close();
-  EXPECT_THAT(fake.lines(), ElementsAre("pulling\n", "one\n", "two\n", "thr",
-                                        "ee\n", "re-attached\n", "three\n",
-                                        "four\n"));
+  EXPECT_THAT(fake.lines(),
+              ElementsAre("pulling\n", "one\n", "two\n", "thr", "ee\n",
+                          "re-attached\n", "three\n", "four\n"));
   std::lock_guard lock(mu);
   EXPECT_EQ(handled.back(), 4u);
 }

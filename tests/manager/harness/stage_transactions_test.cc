@@ -370,17 +370,18 @@ TEST_F(HarnessStageTransactionsTest, AStageIsResumedUnderTheIdItHadBefore) {
   Scheduler scheduler({.registry = &registry_});
   {
     StageTransactions after(scheduler, log_, console_, nullptr);
-    ASSERT_TRUE(after
-                    .Resume(InitData("rt-1", {HostVolume("ws", ws, true, true)}),
-                            {}, "init-task-7")
-                    .ok());
+    ASSERT_TRUE(
+        after
+            .Resume(InitData("rt-1", {HostVolume("ws", ws, true, true)}), {},
+                    "init-task-7")
+            .ok());
     EXPECT_TRUE(after.IsOpen("rt-1"));
     TaskAnswer step = after.Execute(
         TaskLogger{}, ExecuteData("rt-1", "s1", "say:hi"), {}, true);
     EXPECT_THAT(step.data_json,
                 HasSubstr(R"("command_execution_status":"SUCCESS")"));
-    EXPECT_TRUE(after.Execute(TaskLogger{}, ExecuteData("rt-1", "s2", ""), {})
-                    .ok);
+    EXPECT_TRUE(
+        after.Execute(TaskLogger{}, ExecuteData("rt-1", "s2", ""), {}).ok);
     EXPECT_TRUE(after.Cleanup(TaskLogger{}, CleanupData("rt-1", {})).ok);
   }
   EXPECT_FALSE(fs::exists(ws));

@@ -14,8 +14,8 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using ::testing::Not;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::Pair;
 
 class TaskJournalTest : public ::testing::Test {
@@ -106,16 +106,16 @@ TEST_F(TaskJournalTest, AnOpenStageIsRememberedWithItsInitUntilItsCleanup) {
     ASSERT_TRUE(j->StageOpened("stage-a", "i1").ok());
     ASSERT_TRUE(j->Answered("i1", "{ready}").ok());
     ASSERT_TRUE(j->Delivered("i1").ok());
-    ASSERT_TRUE(j->Started("e1", "local_execute", "s1", "stage-a", "EXEC-1")
-                    .ok());
+    ASSERT_TRUE(
+        j->Started("e1", "local_execute", "s1", "stage-a", "EXEC-1").ok());
     ASSERT_TRUE(j->Answered("e1", "{done}").ok());
     ASSERT_TRUE(j->Delivered("e1").ok());
     // A second stage whose init failed (no StageOpened): nothing to resume.
     ASSERT_TRUE(j->Started("i2", "local_init", "", "stage-b", "INIT-B").ok());
     ASSERT_TRUE(j->Answered("i2", "{failed}").ok());
     // Killed while step s2 of stage-a ran.
-    ASSERT_TRUE(j->Started("e2", "local_execute", "s2", "stage-a", "EXEC-2")
-                    .ok());
+    ASSERT_TRUE(
+        j->Started("e2", "local_execute", "s2", "stage-a", "EXEC-2").ok());
   }
   auto j = Open();
   EXPECT_EQ(j->delegate_id(), "dlg-7");

@@ -51,8 +51,8 @@ HarnessClient::HarnessClient(std::string manager_url, std::string account_id,
 
 absl::StatusOr<std::string> HarnessClient::Call(
     std::string_view what, std::string method,
-    const std::string& path_and_query, std::string body,
-    absl::Duration timeout, size_t max_body_bytes) {
+    const std::string& path_and_query, std::string body, absl::Duration timeout,
+    size_t max_body_bytes) {
   absl::StatusOr<std::string> jwe = tokens_.Get();
   if (!jwe.ok()) return jwe.status();
   http::Request req;
@@ -166,8 +166,7 @@ absl::StatusOr<std::vector<TaskRequest>> HarnessClient::Acquire(
     // Not read any further, and not fetched again: the connection answers
     // the task FAILED with this.
     return absl::InvalidArgumentError(absl::StrCat(
-        "the task's payload is larger than ",
-        transport_.max_task_payload_bytes,
+        "the task's payload is larger than ", transport_.max_task_payload_bytes,
         " bytes, the limit DELEGATE_MAX_TASK_PAYLOAD_BYTES sets"));
   }
   if (!body.ok()) return body.status();

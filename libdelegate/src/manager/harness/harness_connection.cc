@@ -7,9 +7,9 @@
 // re-deliveries).
 #include <deque>
 #include <map>
-#include <set>
 #include <memory>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
@@ -187,8 +187,7 @@ class HarnessConnection final : public ManagerConnection {
   std::shared_ptr<TaskJournal> journal_;
   bool journal_opened_ = false;  // OpenJournal ran
   absl::Status journal_status_;  // what it said
-  const SealKey seal_ =
-      SealKey::Derive(token_.reveal(), kJournalSealPurpose);
+  const SealKey seal_ = SealKey::Derive(token_.reveal(), kJournalSealPurpose);
   // Found by StagesToResume; Run resumes them.
   std::vector<Resumable> resumable_;
   // Threads of re-attached steps; joined by Run.
@@ -262,8 +261,20 @@ absl::Status HarnessConnection::Run() {
   }
   std::set<std::string> reattaching;
   for (const Reattach& r : reattach) reattaching.insert(r.request.task.id);
-  std::thread recovery([this, left = AnswersTheLastRunLeft(reattaching)] {
-    for (const auto& [task_id, body] : left) SendAnswer(task_id, body);
+  std::vector<std::pair<std::string, std::string>> left =
+      AnswersTheLastRunLeft(reattaching);
+  {
+    // A delivery before the answer went out is left alone: it would send
+    // the answer twice.
+    absl::MutexLock lock(&mu_);
+    for (const auto& [task_id, body] : left) in_flight_[task_id] = true;
+  }
+  std::thread recovery([this, left = std::move(left)] {
+    for (const auto& [task_id, body] : left) {
+      SendAnswer(task_id, body);
+      absl::MutexLock lock(&mu_);
+      in_flight_.erase(task_id);
+    }
   });
   for (Reattach& r : reattach) {
     {
@@ -482,9 +493,9 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
   absl::Status fetched =
       Retry(policy,
             [&] {
-              absl::StatusOr<std::vector<TaskRequest>> got = client_->Acquire(
-                  event.task_id, delegate_id, env_.config.name,
-                  journal_ ? &raw : nullptr);
+              absl::StatusOr<std::vector<TaskRequest>> got =
+                  client_->Acquire(event.task_id, delegate_id, env_.config.name,
+                                   journal_ ? &raw : nullptr);
               if (!got.ok()) return got.status();
               requests = *std::move(got);
               return absl::OkStatus();
@@ -722,11 +733,10 @@ std::vector<HarnessConnection::Reattach> HarnessConnection::ResumeStages() {
                     {{"stage", stage.key}, {"error", resumed.message()}});
       continue;
     }
-    env_.log.Info(
-        "resumed a stage an earlier run left open",
-        {{"stage", stage.key},
-         {"took", absl::FormatDuration(absl::Trunc(absl::Now() - start,
-                                                   absl::Milliseconds(1)))}});
+    env_.log.Info("resumed a stage an earlier run left open",
+                  {{"stage", stage.key},
+                   {"took", absl::FormatDuration(absl::Trunc(
+                                absl::Now() - start, absl::Milliseconds(1)))}});
     if (forgotten) {
       stages_.Abandon(stage.key,
                       "the manager gave this delegate a new id after its "
@@ -760,9 +770,9 @@ void HarnessConnection::RunReattached(Reattach step) {
                  {"log_lines_delivered", absl::StrCat(step.log_lines)}});
   TaskAnswer answer = Route(request, /*reattach=*/true, step.log_lines);
   if (!answer.ok) {
-    env_.log.Warn("task failed", {{"task_id", task_id},
-                                  {"type", type},
-                                  {"error", answer.error}});
+    env_.log.Warn(
+        "task failed",
+        {{"task_id", task_id}, {"type", type}, {"error", answer.error}});
   }
   SendAnswer(task_id, TaskResponseBody(task_id, type, answer.ok, answer.error,
                                        answer.data_json));

@@ -73,9 +73,9 @@ absl::StatusOr<std::string> SealKey::Open(std::string_view sealed) const {
                         static_cast<int>(n)) != 1 ||
       EVP_CIPHER_CTX_ctrl(c.get(), EVP_CTRL_GCM_SET_TAG, kTagBytes,
                           tag.data()) != 1 ||
-      EVP_DecryptFinal_ex(
-          c.get(), reinterpret_cast<unsigned char*>(out.data()) + len, &len) !=
-          1) {
+      EVP_DecryptFinal_ex(c.get(),
+                          reinterpret_cast<unsigned char*>(out.data()) + len,
+                          &len) != 1) {
     OPENSSL_cleanse(out.data(), out.size());
     return absl::DataLossError(
         "sealed under another key (another delegate token) or damaged");

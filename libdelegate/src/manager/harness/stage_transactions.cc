@@ -189,11 +189,11 @@ absl::Status StageTransactions::Open(const TaskLogger* logger,
   }
   s = init_done.get();
   close_log();
-  const char* what = resume ? "stage resumed after a restart"
-                            : "stage initialized";
-  log_.Info(s.ok() ? what
-                   : resume ? "stage resume failed; it was cleaned up"
-                            : "stage initialize failed",
+  const char* what =
+      resume ? "stage resumed after a restart" : "stage initialized";
+  log_.Info(s.ok()   ? what
+            : resume ? "stage resume failed; it was cleaned up"
+                     : "stage initialize failed",
             {{"stage", key}, {"error", s.message()}});
   // Like lite-engine: a failed setup is an OK task whose body says FAILURE.
   // The stage stays known: a late cleanup still removes its directories.
@@ -252,9 +252,9 @@ TaskAnswer StageTransactions::Execute(const TaskLogger& logger,
   if (log && !observer->router.Route(p->step.id, log)) {
     log->Close();
     answer.ok = false;
-    answer.error = absl::StrCat("stage ", p->transaction_key,
-                                ": duplicate step id '", p->step.id,
-                                "': a step of that id is running");
+    answer.error =
+        absl::StrCat("stage ", p->transaction_key, ": duplicate step id '",
+                     p->step.id, "': a step of that id is running");
     failed.error = answer.error;
     answer.data_json = ExecutionResponseData(failed);
     return answer;
@@ -264,10 +264,9 @@ TaskAnswer StageTransactions::Execute(const TaskLogger& logger,
   const std::string step_id = p->step.id;
   auto step_done = [promise](const StepResult& r) { promise->set_value(r); };
   absl::Status pushed =
-      reattach ? feed->Reattach(std::move(p->step), std::move(step_masks),
-                                step_done)
-               : feed->Push(std::move(p->step), std::move(step_masks),
-                            step_done);
+      reattach
+          ? feed->Reattach(std::move(p->step), std::move(step_masks), step_done)
+          : feed->Push(std::move(p->step), std::move(step_masks), step_done);
   StepResult r;
   if (pushed.ok()) {
     r = done.get();
@@ -360,8 +359,7 @@ bool StageTransactions::IsOpen(const std::string& key) const {
   return IsOpenLocked(key);
 }
 
-void StageTransactions::Abandon(const std::string& key,
-                                std::string_view why) {
+void StageTransactions::Abandon(const std::string& key, std::string_view why) {
   std::optional<Transaction> txn;
   {
     absl::MutexLock lock(&mu_);

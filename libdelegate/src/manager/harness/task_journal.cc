@@ -226,8 +226,7 @@ absl::Status TaskJournal::Started(const std::string& task_id,
                                   const std::string& step_id,
                                   const std::string& stage_key,
                                   const std::string& payload) {
-  return Write(
-      EncodeFields('S', {task_id, type, step_id, stage_key, payload}));
+  return Write(EncodeFields('S', {task_id, type, step_id, stage_key, payload}));
 }
 
 absl::Status TaskJournal::StageOpened(const std::string& stage_key,

@@ -36,9 +36,9 @@ class TaskJournal {
   struct Interrupted {
     std::string task_id;
     std::string type;
-    std::string step_id;    // local_execute's step; empty for others
-    std::string stage_key;  // local_*'s transaction key; empty for others
-    std::string payload;    // what Started kept; empty when nothing
+    std::string step_id;     // local_execute's step; empty for others
+    std::string stage_key;   // local_*'s transaction key; empty for others
+    std::string payload;     // what Started kept; empty when nothing
     uint64_t log_lines = 0;  // LogLinesHandled's last count
   };
   // A stage an earlier process opened (its local_init succeeded) and did
