@@ -231,7 +231,8 @@ absl::Status TaskJournal::Started(const std::string& task_id,
 
 absl::Status TaskJournal::StageOpened(const std::string& stage_key,
                                       const std::string& init_task_id) {
-  return Write(EncodeFields('O', {stage_key, init_task_id}));
+  // Goes out with the init's answer, which is written before it is sent.
+  return Write(EncodeFields('O', {stage_key, init_task_id}), /*defer=*/true);
 }
 
 absl::Status TaskJournal::LogLinesHandled(const std::string& task_id,

@@ -77,7 +77,7 @@ class TaskJournal {
                        const std::string& stage_key = "",
                        const std::string& payload = "");
   // The stage `stage_key` opened by the local_init `init_task_id`: written
-  // before that task's answer.
+  // with that task's answer (Answered, next).
   absl::Status StageOpened(const std::string& stage_key,
                            const std::string& init_task_id);
   // `lines` complete output lines of the running task `task_id` have left
