@@ -266,7 +266,8 @@ http::ServerResponse ReferenceManager::HandleAgent(
     for (auto& [id, rec] : delegates_) {
       if (d) break;
       if (rec->name == StringField(body, "delegateName") &&
-          rec->host_name == StringField(body, "hostName") && !rec->registered) {
+          rec->host_name == StringField(body, "hostName") && !rec->registered &&
+          !rec->lost) {
         d = rec;
       }
     }
@@ -629,10 +630,18 @@ http::ServerResponse ReferenceManager::HandleLogs(
   return answer;
 }
 
+void ReferenceManager::OpenStreamLocked(const std::string& key) {
+  ++open_streams_[key];
+  logs_[key].clear();
+  seen_lines_[key].clear();
+}
+
 http::ServerResponse ReferenceManager::HandleLogsLocked(
     const http::ServerRequest& req, const std::string& key) {
   if (req.method == "POST") {
-    ++open_streams_[key];
+    // As Harness's log service does: opening a stream makes it anew, so
+    // lines written to an earlier stream of that key are gone.
+    OpenStreamLocked(key);
     LogRecordLocked(absl::StrCat("{\"op\":\"open\",\"key\":", Quote(key), "}"));
     return Ok("{}");
   }
@@ -802,7 +811,7 @@ void ReferenceManager::LoadLogs() {
       const std::string op = StringField(r, "op");
       const std::string key = StringField(r, "key");
       if (op == "open") {
-        ++open_streams_[key];
+        OpenStreamLocked(key);
       } else if (op == "close") {
         --open_streams_[key];
       } else if (op == "line") {

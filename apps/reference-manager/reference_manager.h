@@ -99,6 +99,8 @@ class ReferenceManager {
   struct DelegateRecord;
   explicit ReferenceManager(ManagerOptions options);
   http::ServerResponse Handle(const http::ServerRequest& req);
+  // A new stream under `key`: its earlier lines are dropped.
+  void OpenStreamLocked(const std::string& key);
   http::ServerResponse HandleLogsLocked(const http::ServerRequest& req,
                                         const std::string& key);
   http::ServerResponse HandleAgent(const http::ServerRequest& req);

@@ -232,6 +232,15 @@ TEST_F(DockerResumeTest, NothingToReattachToOrAWorkspaceGoneIsSaidPlainly) {
                                            workspace + " is gone; "));
   EXPECT_TRUE(again->Cleanup(run.context()).ok());
   EXPECT_THAT(Labelled(*client_, Label()), IsEmpty());
+
+  // Everything of it gone: a docker stage's init made it all, so that is
+  // no fresh start either.
+  std::unique_ptr<Executor> nothing = registry_.Create("docker");
+  absl::Status none = nothing->Resume(run.context());
+  EXPECT_TRUE(absl::IsNotFound(none)) << none;
+  EXPECT_THAT(none.message(), HasSubstr("nothing of the stage is on the "
+                                        "Docker Engine"));
+  EXPECT_TRUE(nothing->Cleanup(run.context()).ok());
 }
 
 TEST_F(DockerResumeTest, SharedContainersOfTheKilledProcessAreReplaced) {
@@ -265,6 +274,30 @@ TEST_F(DockerResumeTest, SharedContainersOfTheKilledProcessAreReplaced) {
   EXPECT_THAT(Labelled(*client_, Label()), IsEmpty());
 }
 
+TEST_F(DockerResumeTest, ALocalStageResumedWithHostStepsOnlyStillCleansDocker) {
+  Stage stage;
+  stage.name = "resume";
+  stage.platform = "local";
+  Step host;
+  host.id = "after";
+  host.commands = {"true"};
+  stage.steps = {ImageStep("before", {"true"}), host};
+  HandRun run(stage, "local-2", name_);
+  // The killed process ran a container step: the stage's network and
+  // volumes are on the engine.
+  std::unique_ptr<Executor> killed = registry_.Create("local");
+  ASSERT_TRUE(killed->Initialize(run.context()).ok());
+  ASSERT_EQ(run.Step(*killed, 0).status, StepStatus::kSuccess) << run.Text();
+  ASSERT_THAT(Labelled(*client_, Label()), Not(IsEmpty()));
+  // After the restart only a host step runs, then the cleanup.
+  std::unique_ptr<Executor> resumed = registry_.Create("local");
+  ASSERT_TRUE(resumed->Resume(run.context()).ok()) << run.Text();
+  EXPECT_EQ(run.Step(*resumed, 1).status, StepStatus::kSuccess) << run.Text();
+  EXPECT_TRUE(resumed->Cleanup(run.context()).ok());
+  EXPECT_THAT(Labelled(*client_, Label()), IsEmpty());
+  EXPECT_TRUE(fs::is_empty(dir_ + "/work"));
+}
+
 TEST_F(DockerResumeTest, ALocalStageSetsDockerUpAtItsFirstContainerStep) {
   Stage stage;
   stage.name = "resume";
@@ -290,7 +323,7 @@ TEST_F(DockerResumeTest, ALocalStageSetsDockerUpAtItsFirstContainerStep) {
   StepResult package = run.Step(*resumed, 1);
   EXPECT_EQ(package.status, StepStatus::kSuccess)
       << package.error << run.Text();
-  EXPECT_THAT(run.Text(), HasSubstr("setting it up afresh"));
+  EXPECT_THAT(run.Text(), HasSubstr("setting up its network and volumes"));
   EXPECT_THAT(run.Text(), HasSubstr("\nin-a-42\n"));
   StepResult check = run.Step(*resumed, 2);
   EXPECT_EQ(check.status, StepStatus::kSuccess) << check.error << run.Text();

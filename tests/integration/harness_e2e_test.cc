@@ -652,12 +652,21 @@ TEST_F(HarnessE2eTest, AFullStateDiskRefusesNewStagesAndFinishesOpenOnes) {
   EXPECT_STREQ(open["status"].GetString(), "SUCCESS") << delegate_->Output();
 }
 
+// What the restarted delegate finds: its stage as it left it, the stage's
+// workspace gone, or a manager that found it lost meanwhile.
+enum class AfterKill { kResumable, kWorkspaceGone, kLost };
 class HarnessKillTest : public HarnessE2eTest,
-                        public ::testing::WithParamInterface<bool> {};
-INSTANTIATE_TEST_SUITE_P(Resumable, HarnessKillTest, ::testing::Bool());
+                        public ::testing::WithParamInterface<AfterKill> {};
+INSTANTIATE_TEST_SUITE_P(Restart, HarnessKillTest,
+                         ::testing::Values(AfterKill::kResumable,
+                                           AfterKill::kWorkspaceGone,
+                                           AfterKill::kLost));
 
 TEST_P(HarnessKillTest, ADelegateKilledMidStepAnswersOnceAfterItsRestart) {
-  StartManager(Options());
+  const AfterKill after = GetParam();
+  ManagerOptions options = Options();
+  if (after == AfterKill::kLost) options.lost_after = absl::Seconds(1);
+  StartManager(options);
   StartDelegate(DelegateEnv());
   ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
   const std::string registered = Admin("GET", "/admin/delegates");
@@ -686,43 +695,68 @@ TEST_P(HarnessKillTest, ADelegateKilledMidStepAnswersOnceAfterItsRestart) {
     return n;
   };
   EXPECT_EQ(stage_dirs(), 1u);
-
-  // The restarted delegate resumes the stage (the same delegate to the
-  // manager) and answers the step within seconds: a host step cannot be
-  // re-attached, it stopped with the delegate. (Without the workspace, the
-  // stage could not be resumed: the step is answered FAILED instead.)
-  const bool resumable = GetParam();
-  if (!resumable) {
+  if (after == AfterKill::kWorkspaceGone) {
     for (auto& e : std::filesystem::directory_iterator(dir_ + "/work")) {
       if (e.path().filename().string()[0] == '.') continue;
       std::filesystem::remove_all(e.path());
     }
   }
+  if (after == AfterKill::kLost) {
+    // The manager ends the stage, and will give the delegate a new id.
+    for (int i = 0;
+         i < 500 &&
+         !absl::StrContains(Admin("GET", "/admin/delegates"), "\"lost\":true");
+         ++i) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    ASSERT_THAT(Admin("GET", "/admin/delegates"), HasSubstr("\"lost\":true"));
+  }
+
+  // The restarted delegate resumes the stage (the same delegate to the
+  // manager) and answers the step within seconds: a host step cannot be
+  // re-attached, it stopped with the delegate. Without the workspace the
+  // stage cannot be resumed, and a manager that lost the delegate no
+  // longer holds it: the step is answered FAILED and the stage cleaned up.
   const absl::Time restarted = absl::Now();
   StartDelegate(DelegateEnv());
   ASSERT_TRUE(WaitForLog("\"msg\":\"connected\""));
-  ASSERT_TRUE(WaitForLog(resumable ? "re-attaching to the step"
-                                   : "answering a task the delegate was"));
-  EXPECT_THAT(
-      delegate_->Output(),
-      HasSubstr(resumable ? "resumed a stage" : "cannot resume a stage"));
-  rapidjson::Document stage = WaitStage(id, absl::Seconds(30));
+  ASSERT_TRUE(WaitForLog(after == AfterKill::kResumable
+                             ? "re-attaching to the step"
+                             : "answering a task the delegate was"));
+  EXPECT_THAT(delegate_->Output(),
+              HasSubstr(after == AfterKill::kResumable ? "resumed a stage"
+                        : after == AfterKill::kLost
+                            ? "the manager gave this delegate a new id"
+                            : "cannot resume a stage"));
+  // The step: answered once, failed, saying why.
+  rapidjson::Document stage;
+  for (int i = 0; i < 500; ++i) {
+    stage = WaitStage(id, absl::Seconds(30));
+    if (stage["tasks"].GetArray().Size() >= 2 &&
+        stage["tasks"][1]["responses"].GetInt() > 0) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));  // a lost stage ended before
+  }
   EXPECT_LT(absl::Now() - restarted, absl::Seconds(5));
   EXPECT_STREQ(stage["status"].GetString(), "FAILURE") << delegate_->Output();
   const auto& tasks = stage["tasks"].GetArray();
   ASSERT_GE(tasks.Size(), 2u);
-  // The step: answered once, failed, saying why.
   EXPECT_STREQ(tasks[1]["type"].GetString(), "local_execute");
   EXPECT_EQ(tasks[1]["responses"].GetInt(), 1);
-  if (resumable) {
+  if (after == AfterKill::kResumable) {
     EXPECT_STREQ(tasks[1]["data"]["command_execution_status"].GetString(),
                  "FAILURE");
     EXPECT_THAT(tasks[1]["data"]["error_message"].GetString(),
                 HasSubstr("the delegate restarted during step long"));
-  } else {
+  } else if (after == AfterKill::kWorkspaceGone) {
     EXPECT_STREQ(tasks[1]["code"].GetString(), "FAILED");
     EXPECT_THAT(tasks[1]["error"].GetString(),
                 HasSubstr("the delegate restarted during step long"));
+  } else {
+    // The manager failed it first; the delegate's answer is recorded.
+    EXPECT_STREQ(tasks[1]["code"].GetString(), "FAILED");
+    EXPECT_THAT(tasks[1]["error"].GetString(), HasSubstr("was lost"));
   }
   // The step after it never ran.
   for (const auto& t : tasks) {
@@ -734,16 +768,23 @@ TEST_P(HarnessKillTest, ADelegateKilledMidStepAnswersOnceAfterItsRestart) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_EQ(stage_dirs(), 0u) << "the killed run's workspace was left";
-  // One delegate, the same before and after.
-  EXPECT_EQ(CountOf(Admin("GET", "/admin/delegates"), "\"id\""),
-            CountOf(registered, "\"id\""));
-  EXPECT_THAT(Admin("GET", "/admin/delegates"), HasSubstr("\"lost\":false"));
+  const std::string delegates = Admin("GET", "/admin/delegates");
+  if (after == AfterKill::kLost) {
+    EXPECT_EQ(CountOf(delegates, "\"id\""), CountOf(registered, "\"id\"") + 1)
+        << "a new delegate id";
+  } else {
+    // One delegate, the same before and after.
+    EXPECT_EQ(CountOf(delegates, "\"id\""), CountOf(registered, "\"id\""));
+    EXPECT_THAT(delegates, HasSubstr("\"lost\":false"));
+  }
 }
 
 TEST_F(HarnessE2eTest, AContainerStepOutlivesADelegateKillAndIsReattached) {
   std::unique_ptr<docker::DockerClient> docker_client;
   DELEGATE_CONNECT_TEST_ENGINE_OR_SKIP(docker_client);
-  StartManager(Options());
+  ManagerOptions options = Options();
+  options.base64_data = false;  // the secrets in the payloads in the clear
+  StartManager(options);
   std::vector<std::string> env = DelegateEnv("e2e-reattach");
   env.push_back("DELEGATE_STATE_DIR=" + dir_ + "/state");
   StartDelegate(env);
@@ -767,6 +808,11 @@ TEST_F(HarnessE2eTest, AContainerStepOutlivesADelegateKillAndIsReattached) {
   }
   ASSERT_TRUE(logged(id + "/step-0", "started")) << delegate_->Output();
   const std::string registered = Admin("GET", "/admin/delegates");
+  // The journal holds the running step's payload, and the stage's init's,
+  // with the secret: sealed.
+  const std::string journal = ReadFile(dir_ + "/state/harness-tasks.journal");
+  EXPECT_THAT(journal, HasSubstr(id));  // the stage key, in the clear
+  EXPECT_THAT(journal, Not(HasSubstr("hunter2")));
   kill(delegate_->pid(), SIGKILL);
   delegate_->Wait();
   // The container runs on without the delegate.

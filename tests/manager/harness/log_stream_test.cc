@@ -313,7 +313,8 @@ TEST(LogServiceTest, AReattachedStepSkipsTheOutputTheServiceAlreadyHas) {
   }
   // After a restart the output is read again from its start: the lines
   // the service has are not sent twice; the delegate's own line is new.
-  auto again = service.Open(fake.Logger());
+  // Written on, not opened anew: a POST would make the stream afresh.
+  auto again = service.Open(fake.Logger(), /*existing=*/true);
   again->OnOutputHandled(record);
   again->SkipOutputLines(2);
   LogLine own = Line("re-attached");
@@ -326,6 +327,7 @@ TEST(LogServiceTest, AReattachedStepSkipsTheOutputTheServiceAlreadyHas) {
   EXPECT_THAT(fake.lines(),
               ElementsAre("pulling\n", "one\n", "two\n", "thr", "ee\n",
                           "re-attached\n", "three\n", "four\n"));
+  EXPECT_EQ(fake.CallsStartingWith("POST "), 1u);
   std::lock_guard lock(mu);
   EXPECT_EQ(handled.back(), 4u);
 }

@@ -32,6 +32,15 @@ TEST(SealKeyTest, WhatIsSealedOpensOnlyUnderTheSameSecretAndPurpose) {
   }
 }
 
+TEST(SealKeyTest, WhatIsBoundMustBeGivenAgain) {
+  const SealKey key = SealKey::Derive("token", "p");
+  const std::string sealed = key.Seal("payload of task-1", "task-1");
+  EXPECT_EQ(*key.Open(sealed, "task-1"), "payload of task-1");
+  // Filed under another task, it does not open.
+  EXPECT_FALSE(key.Open(sealed, "task-2").ok());
+  EXPECT_FALSE(key.Open(sealed).ok());
+}
+
 TEST(SealKeyTest, AnAlteredOrShortMessageIsRefused) {
   const SealKey key = SealKey::Derive("token", "p");
   std::string sealed = key.Seal("abc");

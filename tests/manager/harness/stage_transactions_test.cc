@@ -41,8 +41,14 @@ struct Journal {
     absl::MutexLock lock(&mu);
     return calls;
   }
+  std::vector<std::string> StageIds() {
+    absl::MutexLock lock(&mu);
+    return stage_ids;
+  }
   absl::Mutex mu;
   std::vector<std::string> calls ABSL_GUARDED_BY(mu);
+  // StageContext::task_id of each Initialize.
+  std::vector<std::string> stage_ids ABSL_GUARDED_BY(mu);
 };
 
 // Stands in for the "local" platform. A stage whose env has REFUSE is
@@ -59,6 +65,10 @@ class TestExecutor final : public Executor {
   }
   absl::Status Initialize(const StageContext& ctx) override {
     journal_.Add("init:" + ctx.stage.name);
+    {
+      absl::MutexLock lock(&journal_.mu);
+      journal_.stage_ids.push_back(ctx.task_id);
+    }
     if (ctx.stage.env.count("FAIL_INIT")) {
       return absl::UnavailableError("no network today");
     }
@@ -108,7 +118,7 @@ class HarnessStageTransactionsTest : public ::testing::Test {
     // No log service: every line goes to the console.
     stages_ = std::make_unique<StageTransactions>(
         *scheduler_, log_, console_,
-        [](const TaskLogger&) -> std::shared_ptr<LogServiceStream> {
+        [](const TaskLogger&, bool) -> std::shared_ptr<LogServiceStream> {
           ADD_FAILURE() << "a log stream opened for a task that names none";
           return nullptr;
         });
@@ -386,6 +396,7 @@ TEST_F(HarnessStageTransactionsTest, AStageIsResumedUnderTheIdItHadBefore) {
   }
   EXPECT_FALSE(fs::exists(ws));
   // The same stage id in both processes: what it made is found by it.
+  EXPECT_THAT(journal_.StageIds(), ElementsAre("rt-1#init-task-7"));
   EXPECT_THAT(journal_.Calls(),
               ElementsAre("init:rt-1", "resume:rt-1#init-task-7", "reattach:s1",
                           "exec:s2", "cleanup:rt-1"));
@@ -395,6 +406,12 @@ TEST_F(HarnessStageTransactionsTest, AStageThatCannotResumeIsCleanedUp) {
   const std::string ws = Dir("ws");
   Scheduler scheduler({.registry = &registry_});
   StageTransactions after(scheduler, log_, console_, nullptr);
+  absl::Mutex mu;
+  std::vector<std::string> closed;
+  after.OnStageClosed([&](const std::string& key, const std::string& init) {
+    absl::MutexLock lock(&mu);
+    closed.push_back(key + " " + init);
+  });
   fs::create_directories(ws);
   absl::Status resumed =
       after.Resume(InitData("rt-1", {HostVolume("ws", ws, true, true)},
@@ -408,6 +425,15 @@ TEST_F(HarnessStageTransactionsTest, AStageThatCannotResumeIsCleanedUp) {
   }
   EXPECT_THAT(journal_.Calls(),
               ElementsAre("resume:rt-1#init-task-7", "cleanup:rt-1"));
+  // The journal hears that the stage is over: no resume at the next start.
+  auto closed_now = [&] {
+    absl::MutexLock lock(&mu);
+    return closed;
+  };
+  for (int i = 0; i < 500 && closed_now().empty(); ++i) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  EXPECT_THAT(closed_now(), ElementsAre("rt-1 init-task-7"));
 }
 
 TEST_F(HarnessStageTransactionsTest, TheTasksSecretsAreMaskedInTheStageOutput) {

@@ -169,6 +169,78 @@ TEST_F(TaskJournalTest, AnOpenStagesInitOutlivesTheAnswersPastTheLimit) {
   EXPECT_EQ(j->AnswerOf("t0"), std::nullopt);
 }
 
+TEST_F(TaskJournalTest, ARunningStepsDeliveredLinesSurviveCompaction) {
+  {
+    auto j = Open(5);
+    ASSERT_TRUE(j->Started("i1", "local_init", "", "k", "INIT").ok());
+    ASSERT_TRUE(j->StageOpened("k", "i1").ok());
+    ASSERT_TRUE(j->Answered("i1", "{ready}").ok());
+    ASSERT_TRUE(j->Started("e1", "local_execute", "s", "k", "EXEC").ok());
+    ASSERT_TRUE(j->LogLinesHandled("e1", 10).ok());
+    ASSERT_TRUE(j->LogLinesHandled("e1", 25).ok());
+    // Enough other tasks for compactions meanwhile.
+    for (int i = 0; i < 100; ++i) {
+      const std::string id = "t" + std::to_string(i);
+      ASSERT_TRUE(j->Started(id, "secret/static", "").ok());
+      ASSERT_TRUE(j->Answered(id, "{}").ok());
+      ASSERT_TRUE(j->Delivered(id).ok());
+    }
+  }
+  for (int restart = 0; restart < 2; ++restart) {  // rewritten at each open
+    auto j = Open(5);
+    ASSERT_EQ(j->interrupted().size(), 1u);
+    EXPECT_EQ(j->interrupted()[0].log_lines, 25u);
+    EXPECT_EQ(j->interrupted()[0].payload, "EXEC");
+    ASSERT_EQ(j->open_stages().size(), 1u);
+  }
+}
+
+TEST_F(TaskJournalTest, AReopenedKeyStaysOpenThroughCompaction) {
+  {
+    auto j = Open();
+    // A first init of the key fails its setup (no stage opened) and its
+    // cleanup comes; the retried init opens the stage.
+    ASSERT_TRUE(j->Started("i1", "local_init", "", "k", "A").ok());
+    ASSERT_TRUE(j->Answered("i1", "{failed}").ok());
+    ASSERT_TRUE(j->Started("c1", "local_cleanup", "", "k", "").ok());
+    ASSERT_TRUE(j->Answered("c1", "{}").ok());
+    ASSERT_TRUE(j->Started("i2", "local_init", "", "k", "B").ok());
+    ASSERT_TRUE(j->StageOpened("k", "i2").ok());
+    ASSERT_TRUE(j->Answered("i2", "{ready}").ok());
+  }
+  for (int restart = 0; restart < 3; ++restart) {
+    auto j = Open();
+    ASSERT_EQ(j->open_stages().size(), 1u) << "restart " << restart;
+    EXPECT_EQ(j->open_stages()[0].init_task_id, "i2");
+    EXPECT_EQ(j->open_stages()[0].init_payload, "B");
+  }
+}
+
+TEST_F(TaskJournalTest, AStageThatEndedWithoutItsCleanupIsClosed) {
+  {
+    auto j = Open();
+    ASSERT_TRUE(j->Started("i1", "local_init", "", "k", "SECRET").ok());
+    ASSERT_TRUE(j->StageOpened("k", "i1").ok());
+    ASSERT_TRUE(j->Answered("i1", "{ready}").ok());
+    // Another init's stage of the same key does not close this one.
+    ASSERT_TRUE(j->StageClosed("k", "i0").ok());
+  }
+  {
+    auto j = Open();
+    ASSERT_EQ(j->open_stages().size(), 1u);
+    // It idled out, or was abandoned: no local_cleanup came.
+    ASSERT_TRUE(j->StageClosed("k", "i1").ok());
+  }
+  auto j = Open();
+  EXPECT_THAT(j->open_stages(), IsEmpty());
+  std::string file;
+  {
+    std::ifstream in(path_, std::ios::binary);
+    file.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  EXPECT_THAT(file, Not(HasSubstr("SECRET"))) << "the init's payload is kept";
+}
+
 TEST_F(TaskJournalTest, AVersionOneJournalIsReadAsItIs) {
   {
     // What a delegate before task payloads wrote: 'S' with three fields.

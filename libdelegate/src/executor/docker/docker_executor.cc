@@ -336,13 +336,16 @@ absl::Status DockerExecutor::Resume(const StageContext& ctx) {
     return existing.contains(n);
   });
   if (!any) {
-    // The earlier process ran no container step of the stage (the local
-    // executor sets Docker up at the first one), or died before it made
-    // anything: there is nothing to lose.
-    ctx.output.SystemLine(
-        "nothing of the stage was on the Docker Engine after the delegate "
-        "restarted; setting it up afresh");
-  } else if (!existing.contains(workspace_volume_)) {
+    // A docker stage's initialize made them all: they were removed while
+    // the delegate was down. (The local executor, which sets Docker up at
+    // a stage's first container step, initializes it on NotFound.)
+    return absl::NotFoundError(absl::StrCat(
+        "nothing of the stage is on the Docker Engine (its network ", network_,
+        " and workspace volume ", workspace_volume_,
+        " are gone: removed while the delegate was down?), so the stage "
+        "cannot go on: run it again"));
+  }
+  if (!existing.contains(workspace_volume_)) {
     // Made right after the network: it was there, and what the earlier
     // steps left in it is lost.
     return absl::FailedPreconditionError(absl::StrCat(

@@ -87,6 +87,14 @@ class LocalExecutor final : public Executor {
                     "no executor is registered as '", docker_platform_, "'"))
           : resumed_ ? docker_->Resume(ctx.stage)
                      : docker_->Initialize(ctx.stage);
+      // Nothing of it there: the earlier process ran no container step of
+      // the stage (or died before it made anything), nothing is lost.
+      if (docker_ && resumed_ && absl::IsNotFound(*docker_init_)) {
+        ctx.stage.output.SystemLine(
+            "the stage's first container step after the delegate restarted: "
+            "setting up its network and volumes");
+        docker_init_ = docker_->Initialize(ctx.stage);
+      }
     }
     if (!docker_init_->ok()) {
       StepResult r;
@@ -102,6 +110,9 @@ class LocalExecutor final : public Executor {
 
   absl::Status Cleanup(const StageContext& ctx) override {
     std::vector<std::string> problems;
+    // A resumed stage may have containers of the earlier process's making
+    // although none ran since: they are found by the stage's label.
+    if (!docker_ && resumed_) docker_ = registry_.Create(docker_platform_);
     if (docker_) {
       if (absl::Status s = docker_->Cleanup(ctx); !s.ok()) {
         problems.push_back(absl::StrCat("docker: ", s.message()));

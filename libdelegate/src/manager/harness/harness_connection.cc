@@ -140,7 +140,8 @@ class HarnessConnection final : public ManagerConnection {
                    uint64_t skip_output_lines = 0);
   // The log stream `logger` names; a running task's tells the journal how
   // far its output got.
-  std::shared_ptr<LogServiceStream> OpenLog(const TaskLogger& logger);
+  std::shared_ptr<LogServiceStream> OpenLog(const TaskLogger& logger,
+                                            bool existing);
   // A task's journal payload: the acquire response, sealed.
   absl::StatusOr<TaskRequest> Unseal(const std::string& task_id,
                                      const std::string& sealed) const;
@@ -213,9 +214,10 @@ class HarnessConnection final : public ManagerConnection {
   std::vector<std::thread> exited_workers_ ABSL_GUARDED_BY(mu_);
   // Last: destroyed first, it cancels and waits for the stages, whose
   // observers use the event log and the log service.
-  StageTransactions stages_{
-      env_.scheduler, env_.log, env_.console,
-      [this](const TaskLogger& logger) { return OpenLog(logger); }};
+  StageTransactions stages_{env_.scheduler, env_.log, env_.console,
+                            [this](const TaskLogger& logger, bool existing) {
+                              return OpenLog(logger, existing);
+                            }};
 };
 
 absl::Status HarnessConnection::Run() {
@@ -230,6 +232,12 @@ absl::Status HarnessConnection::Run() {
   // held there are still its own.
   if (journal_ && !journal_->delegate_id().empty()) {
     registrar_.RememberId(journal_->delegate_id());
+  }
+  if (journal_) {
+    stages_.OnStageClosed(
+        [journal = journal_](const std::string& key, const std::string& init) {
+          (void)journal->StageClosed(key, init);
+        });
   }
 
   env_.log.Info("connecting", {{"manager", RedactUrl(manager_url_)},
@@ -250,6 +258,17 @@ absl::Status HarnessConnection::Run() {
                               {"name", env_.config.name},
                               {"tags", absl::StrJoin(env_.config.tags, ",")}});
 
+  // Heartbeats go on while the stages are resumed.
+  std::thread heartbeat([this] {
+    registrar_.HeartbeatLoop(
+        *client_, [this] { return Draining(); },
+        // Cancelled so that they are cleaned up now, not after the idle
+        // timeout.
+        [this] {
+          stages_.AbandonOpen("the manager lost them");
+          if (journal_) (void)journal_->Registered(registrar_.delegate_id());
+        });
+  });
   // Before the first poll: a step of a resumed stage may come at once.
   std::vector<Reattach> reattach = ResumeStages();
   if (journal_) {
@@ -285,16 +304,6 @@ absl::Status HarnessConnection::Run() {
     reattached_.emplace_back(
         [this, r = std::move(r)]() mutable { RunReattached(std::move(r)); });
   }
-  std::thread heartbeat([this] {
-    registrar_.HeartbeatLoop(
-        *client_, [this] { return Draining(); },
-        // Cancelled so that they are cleaned up now, not after the idle
-        // timeout.
-        [this] {
-          stages_.AbandonOpen("the manager lost them");
-          if (journal_) (void)journal_->Registered(registrar_.delegate_id());
-        });
-  });
   // Workers start when tasks come and stop after a while without one: an
   // idle delegate holds none (PARALLEL_WORKERS is a limit, not a count).
   const int worker_count = std::max(1, env_.config.parallel_workers);
@@ -540,8 +549,9 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
       const std::string key = StageKeyOf(type, request.task.data_json);
       const bool keep = !key.empty() && requests.size() == 1 &&
                         (type == "local_init" || type == "local_execute");
-      absl::Status s = journal_->Started(event.task_id, type, step_id, key,
-                                         keep ? seal_.Seal(raw) : "");
+      absl::Status s =
+          journal_->Started(event.task_id, type, step_id, key,
+                            keep ? seal_.Seal(raw, event.task_id) : "");
       if (!s.ok()) {
         env_.log.Warn("cannot record the task in the journal",
                       {{"task_id", event.task_id}, {"error", s.message()}});
@@ -561,18 +571,13 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
     }
     env_.metrics.Add("io_harness_tasks_currently_executing", TaskLabels(type),
                      1);
-    const std::string init_key = type == "local_init" && journal_
-                                     ? StageKeyOf(type, request.task.data_json)
-                                     : "";
-    // A retried init of an open stage opens nothing.
-    const bool was_open = !init_key.empty() && stages_.IsOpen(init_key);
     TaskAnswer answer = Route(request);
     env_.metrics.Add("io_harness_tasks_currently_executing", TaskLabels(type),
                      -1);
-    if (!init_key.empty() && !was_open && answer.ok && answer.error.empty()) {
-      // Before the answer: once the manager knows the stage is ready, a
+    if (journal_ && answer.opened_stage) {
+      // With the answer: once the manager knows the stage is ready, a
       // restart resumes it.
-      const std::string& key = init_key;
+      const std::string key = StageKeyOf(type, request.task.data_json);
       {
         if (absl::Status s = journal_->StageOpened(key, event.task_id);
             !s.ok()) {
@@ -678,6 +683,7 @@ std::vector<std::string> HarnessConnection::StagesToResume() {
           "cannot resume a stage an earlier run left open; what it made is "
           "removed",
           {{"stage", open.key}, {"error", init.status().message()}});
+      (void)journal_->StageClosed(open.key, open.init_task_id);
       continue;
     }
     ids.push_back(absl::StrCat(open.key, "#", open.init_task_id));
@@ -691,7 +697,7 @@ absl::StatusOr<TaskRequest> HarnessConnection::Unseal(
   if (sealed.empty()) {
     return absl::NotFoundError("the journal holds no payload for the task");
   }
-  absl::StatusOr<std::string> raw = seal_.Open(sealed);
+  absl::StatusOr<std::string> raw = seal_.Open(sealed, task_id);
   if (!raw.ok()) {
     return absl::DataLossError(absl::StrCat(
         "its payload in the journal does not open: ", raw.status().message(),
@@ -714,8 +720,10 @@ std::vector<HarnessConnection::Reattach> HarnessConnection::ResumeStages() {
   // The steps the earlier process was running, by stage.
   std::map<std::string, const TaskJournal::Interrupted*> running;
   for (const TaskJournal::Interrupted& t : journal_->interrupted()) {
+    // The first: a stage runs one step at a time, and the steps queued
+    // behind it (parallel steps) never started.
     if (t.type == "local_execute" && !t.stage_key.empty()) {
-      running[t.stage_key] = &t;
+      running.emplace(t.stage_key, &t);
     }
   }
   // A manager that gave this delegate another id than before no longer
@@ -731,6 +739,7 @@ std::vector<HarnessConnection::Reattach> HarnessConnection::ResumeStages() {
     if (!resumed.ok()) {
       env_.log.Warn("cannot resume a stage an earlier run left open",
                     {{"stage", stage.key}, {"error", resumed.message()}});
+      (void)journal_->StageClosed(stage.key, stage.init_task_id);
       continue;
     }
     env_.log.Info("resumed a stage an earlier run left open",
@@ -833,8 +842,8 @@ absl::StatusOr<HarnessConnection::Resolved> HarnessConnection::Resolve(
 }
 
 std::shared_ptr<LogServiceStream> HarnessConnection::OpenLog(
-    const TaskLogger& logger) {
-  std::shared_ptr<LogServiceStream> stream = logs_->Open(logger);
+    const TaskLogger& logger, bool existing) {
+  std::shared_ptr<LogServiceStream> stream = logs_->Open(logger, existing);
   if (!journal_) return stream;
   std::string task_id;
   {

@@ -298,9 +298,10 @@ absl::Status LogService::OpenStream(const TaskLogger& logger,
       });
 }
 
-std::shared_ptr<LogServiceStream> LogService::Open(const TaskLogger& logger) {
+std::shared_ptr<LogServiceStream> LogService::Open(const TaskLogger& logger,
+                                                   bool existing) {
   std::shared_ptr<LogServiceStream> stream(new LogServiceStream(*this, logger));
-  if (!logger.skip_opening_stream) {
+  if (!logger.skip_opening_stream && !existing) {
     // The step waits for this: a log service that is down delays it by a
     // few seconds, then its lines are still sent when it is back.
     absl::Status s = OpenStream(logger, stream->query_, absl::Seconds(5));

@@ -136,7 +136,12 @@ class LogService {
   // Opens the stream `logger` names (POST /stream, unless
   // skip_opening_stream; retried on 5xx for up to 30 s). On failure the
   // stream still accepts lines and tries to send them; the error is logged.
-  std::shared_ptr<LogServiceStream> Open(const TaskLogger& logger);
+  // `existing`: the stream was opened by an earlier process of this
+  // delegate (a step re-attached after a restart) and is written on: no
+  // POST, which would make it anew and drop the lines it holds. (Should
+  // the service have forgotten it, the first write opens it again.)
+  std::shared_ptr<LogServiceStream> Open(const TaskLogger& logger,
+                                         bool existing = false);
 
  private:
   friend class LogServiceStream;

@@ -36,7 +36,8 @@ SealKey SealKey::Derive(std::string_view secret, std::string_view purpose) {
 
 SealKey::~SealKey() { OPENSSL_cleanse(key_, sizeof(key_)); }
 
-std::string SealKey::Seal(std::string_view plaintext) const {
+std::string SealKey::Seal(std::string_view plaintext,
+                          std::string_view bound) const {
   std::string out(kNonceBytes + plaintext.size() + kTagBytes, '\0');
   auto* p = reinterpret_cast<unsigned char*>(out.data());
   RAND_bytes(p, kNonceBytes);
@@ -46,6 +47,9 @@ std::string SealKey::Seal(std::string_view plaintext) const {
   // then opens as damage, never as a plaintext.
   if (!c ||
       EVP_EncryptInit_ex(c.get(), EVP_aes_256_gcm(), nullptr, key_, p) != 1 ||
+      (!bound.empty() &&
+       EVP_EncryptUpdate(c.get(), nullptr, &len, Bytes(bound),
+                         static_cast<int>(bound.size())) != 1) ||
       EVP_EncryptUpdate(c.get(), p + kNonceBytes, &len, Bytes(plaintext),
                         static_cast<int>(plaintext.size())) != 1 ||
       EVP_EncryptFinal_ex(c.get(), p + kNonceBytes + len, &len) != 1 ||
@@ -56,7 +60,8 @@ std::string SealKey::Seal(std::string_view plaintext) const {
   return out;
 }
 
-absl::StatusOr<std::string> SealKey::Open(std::string_view sealed) const {
+absl::StatusOr<std::string> SealKey::Open(std::string_view sealed,
+                                          std::string_view bound) const {
   if (sealed.size() < kNonceBytes + kTagBytes) {
     return absl::DataLossError("sealed data too short");
   }
@@ -68,6 +73,9 @@ absl::StatusOr<std::string> SealKey::Open(std::string_view sealed) const {
   if (!c ||
       EVP_DecryptInit_ex(c.get(), EVP_aes_256_gcm(), nullptr, key_,
                          Bytes(sealed)) != 1 ||
+      (!bound.empty() &&
+       EVP_DecryptUpdate(c.get(), nullptr, &len, Bytes(bound),
+                         static_cast<int>(bound.size())) != 1) ||
       EVP_DecryptUpdate(c.get(), reinterpret_cast<unsigned char*>(out.data()),
                         &len, Bytes(sealed) + kNonceBytes,
                         static_cast<int>(n)) != 1 ||

@@ -24,11 +24,17 @@ class SealKey {
   SealKey& operator=(const SealKey&) = default;
   ~SealKey();
 
-  // Nonce, ciphertext and tag: 28 bytes more than `plaintext`.
-  std::string Seal(std::string_view plaintext) const;
+  // Nonce, ciphertext and tag: 28 bytes more than `plaintext`. `bound`
+  // (for example the record's task id) is authenticated with it, not
+  // stored: Open must be given the same, so that a sealed message cannot
+  // be passed off as another's.
+  std::string Seal(std::string_view plaintext,
+                   std::string_view bound = "") const;
   // DataLoss when `sealed` was not sealed under this key (another secret)
-  // or was altered; the error never holds any of the plaintext.
-  absl::StatusOr<std::string> Open(std::string_view sealed) const;
+  // with `bound`, or was altered; the error never holds any of the
+  // plaintext.
+  absl::StatusOr<std::string> Open(std::string_view sealed,
+                                   std::string_view bound = "") const;
 
  private:
   SealKey() = default;

@@ -51,19 +51,28 @@ absl::Status RemoveHostDir(const std::string& raw) {
 // task running for it, and its end is logged.
 class StageTransactions::StageObserverImpl final : public StageObserver {
  public:
-  StageObserverImpl(EventLog& log, LogSink& console, std::string key)
-      : router(console), log_(log), key_(std::move(key)) {}
+  StageObserverImpl(EventLog& log, LogSink& console, std::string key,
+                    std::string init_task_id,
+                    std::shared_ptr<StageClosed> closed)
+      : router(console),
+        log_(log),
+        key_(std::move(key)),
+        init_task_id_(std::move(init_task_id)),
+        closed_(std::move(closed)) {}
   void Append(const LogLine& line) override { router.Append(line); }
   void Done(const StageResult& result) override {
     log_.Info("stage ended", {{"stage", key_},
                               {"status", StepStatusName(result.status)},
                               {"error", result.error}});
+    if (closed_ && *closed_) (*closed_)(key_, init_task_id_);
   }
   StageLogRouter router;
 
  private:
   EventLog& log_;
   const std::string key_;
+  const std::string init_task_id_;
+  const std::shared_ptr<StageClosed> closed_;
 };
 
 StageTransactions::StageTransactions(Scheduler& scheduler, EventLog& log,
@@ -74,9 +83,9 @@ StageTransactions::StageTransactions(Scheduler& scheduler, EventLog& log,
       group_(scheduler) {}
 
 std::shared_ptr<LogServiceStream> StageTransactions::OpenLog(
-    const TaskLogger& logger) {
+    const TaskLogger& logger, bool existing) {
   if (logger.address.empty()) return nullptr;
-  return open_log_(logger);
+  return open_log_(logger, existing);
 }
 
 bool StageTransactions::IsOpenLocked(const std::string& key) const {
@@ -100,8 +109,10 @@ TaskAnswer StageTransactions::Init(const TaskLogger& logger,
                                    const std::string& init_task_id) {
   TaskAnswer answer;
   bool task_failed = false;
-  absl::Status s =
-      Open(&logger, data, masks, init_task_id, /*resume=*/false, &task_failed);
+  bool submitted = false;
+  absl::Status s = Open(&logger, data, masks, init_task_id, /*resume=*/false,
+                        &task_failed, &submitted);
+  answer.opened_stage = submitted && s.ok();
   answer.ok = !task_failed;
   answer.error = std::string(s.message());
   answer.data_json = InitResponseData(s.ok(), answer.error, delegate_id);
@@ -112,15 +123,30 @@ absl::Status StageTransactions::Resume(std::string_view data,
                                        const std::vector<std::string>& masks,
                                        const std::string& init_task_id) {
   bool task_failed = false;
-  return Open(nullptr, data, masks, init_task_id, /*resume=*/true,
-              &task_failed);
+  bool submitted = false;
+  absl::Status s = Open(nullptr, data, masks, init_task_id, /*resume=*/true,
+                        &task_failed, &submitted);
+  if (!s.ok() && !submitted) {
+    // It never reached the scheduler (its stage observer says nothing).
+    std::shared_ptr<StageClosed> closed;
+    {
+      absl::MutexLock lock(&mu_);
+      closed = on_closed_;
+    }
+    absl::StatusOr<InitPayload> p = ParseInitPayload(data);
+    if (closed && *closed && p.ok())
+      (*closed)(p->transaction_key, init_task_id);
+  }
+  return s;
 }
 
 absl::Status StageTransactions::Open(const TaskLogger* logger,
                                      std::string_view data,
                                      const std::vector<std::string>& masks,
                                      const std::string& init_task_id,
-                                     bool resume, bool* task_failed) {
+                                     bool resume, bool* task_failed,
+                                     bool* submitted) {
+  *submitted = false;
   absl::StatusOr<InitPayload> p = ParseInitPayload(data);
   if (!p.ok()) {
     *task_failed = true;
@@ -128,7 +154,7 @@ absl::Status StageTransactions::Open(const TaskLogger* logger,
   }
   {
     absl::MutexLock lock(&mu_);
-    if (refusing_) {
+    if (refusing_ && !resume) {
       *task_failed = true;
       return absl::UnavailableError(
           "the delegate is shutting down and takes no new stages");
@@ -145,10 +171,12 @@ absl::Status StageTransactions::Open(const TaskLogger* logger,
   auto feed = std::make_shared<StageFeed>(
       [initialized](const absl::Status& s) { initialized->set_value(s); });
   const std::string key = p->transaction_key;
-  auto observer = std::make_shared<StageObserverImpl>(log_, console_, key);
   StageTask task;
+  std::shared_ptr<StageObserverImpl> observer;
   {
     absl::MutexLock lock(&mu_);
+    observer = std::make_shared<StageObserverImpl>(log_, console_, key,
+                                                   init_task_id, on_closed_);
     // Checked again: two init tasks of one stage may have got this far at
     // once, and only one may open it.
     if (IsOpenLocked(key)) return absl::OkStatus();
@@ -188,6 +216,7 @@ absl::Status StageTransactions::Open(const TaskLogger* logger,
     return absl::FailedPreconditionError(refused);
   }
   s = init_done.get();
+  *submitted = true;  // its observer reports its end
   close_log();
   const char* what =
       resume ? "stage resumed after a restart" : "stage initialized";
@@ -247,7 +276,7 @@ TaskAnswer StageTransactions::Execute(const TaskLogger& logger,
   }
   std::vector<std::string> step_masks = p->masks;
   step_masks.insert(step_masks.end(), masks.begin(), masks.end());
-  std::shared_ptr<LogServiceStream> log = OpenLog(logger);
+  std::shared_ptr<LogServiceStream> log = OpenLog(logger, reattach);
   if (log && reattach) log->SkipOutputLines(skip_output_lines);
   if (log && !observer->router.Route(p->step.id, log)) {
     log->Close();
@@ -340,6 +369,11 @@ TaskAnswer StageTransactions::Cleanup(const TaskLogger& logger,
   answer.error = absl::StrJoin(problems, "; ");
   answer.data_json = CleanupResponseData(problems.empty(), answer.error);
   return answer;
+}
+
+void StageTransactions::OnStageClosed(StageClosed closed) {
+  absl::MutexLock lock(&mu_);
+  on_closed_ = std::make_shared<StageClosed>(std::move(closed));
 }
 
 void StageTransactions::RefuseNewStages() {

@@ -32,14 +32,18 @@ struct TaskAnswer {
   bool ok = true;
   std::string error;
   std::string data_json;
+  // local_init: this task opened its stage (not: it failed, or the stage
+  // was open already).
+  bool opened_stage = false;
 };
 
 // Thread-safe: tasks of one stage and of many may come from several threads.
 class StageTransactions {
  public:
-  // Opens the log stream a task names (its logger has an address).
-  using LogOpener =
-      std::function<std::shared_ptr<LogServiceStream>(const TaskLogger&)>;
+  // Opens the log stream a task names (its logger has an address);
+  // `existing` for one an earlier process opened (LogService::Open).
+  using LogOpener = std::function<std::shared_ptr<LogServiceStream>(
+      const TaskLogger&, bool existing)>;
 
   // REQUIRES: `scheduler`, `log` and `console` outlive this, and so does
   // whatever `open_log` uses. `console` takes the lines no task's log
@@ -97,7 +101,16 @@ class StageTransactions {
   TaskAnswer Cleanup(const TaskLogger& logger, std::string_view data);
 
   // From now on, Init opens no stage: the delegate is shutting down.
+  // (Resume still does: those stages are not new.)
   void RefuseNewStages();
+
+  // Called with a stage's key and the id of the local_init that opened it
+  // once the stage has ended here (cleaned up, however it ended), or could
+  // not be resumed. Set before the first stage; it runs on the stage's
+  // thread and must not call back into this.
+  using StageClosed = std::function<void(const std::string& key,
+                                         const std::string& init_task_id)>;
+  void OnStageClosed(StageClosed closed);
 
   // Stages open here. One that ended without a local_cleanup (init failed,
   // cancelled, timed out, idle) is not open; a late cleanup still removes
@@ -127,15 +140,17 @@ class StageTransactions {
     std::shared_ptr<StageObserverImpl> observer;
   };
 
-  std::shared_ptr<LogServiceStream> OpenLog(const TaskLogger& logger);
+  std::shared_ptr<LogServiceStream> OpenLog(const TaskLogger& logger,
+                                            bool existing = false);
   // Init and Resume: opens the stage. `logger` (null: none) gets the
   // stage's lines while it initializes. `task_failed` is set where the task
   // itself fails (an unusable payload, a delegate shutting down), rather
-  // than the stage.
+  // than the stage; `submitted` once the stage got as far as initializing
+  // (its observer then reports its end).
   absl::Status Open(const TaskLogger* logger, std::string_view data,
                     const std::vector<std::string>& masks,
                     const std::string& init_task_id, bool resume,
-                    bool* task_failed);
+                    bool* task_failed, bool* submitted);
   // Removes the directories marked remove, logging what it cannot.
   void RemoveDeclaredDirs(const std::vector<HostDir>& dirs);
   // Forgets the transaction under `key` when it is still the one of `feed`.
@@ -153,6 +168,8 @@ class StageTransactions {
   mutable absl::Mutex mu_;
   bool refusing_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, Transaction> transactions_ ABSL_GUARDED_BY(mu_);
+  // Shared with the observers, which outlive a call.
+  std::shared_ptr<StageClosed> on_closed_ ABSL_GUARDED_BY(mu_);
   uint64_t next_stage_ ABSL_GUARDED_BY(mu_) = 0;
   // Last: destroyed first, it cancels and waits for the stages, whose
   // observers use the event log.

@@ -91,6 +91,16 @@ bool TaskJournal::Apply(std::string_view record) {
     open_[std::string(f[0])] = std::string(f[1]);
     return true;
   }
+  if (kind == 'C' && f.size() == 2) {
+    auto open = open_.find(std::string(f[0]));
+    if (open != open_.end() && open->second == f[1]) {
+      if (auto init = tasks_.find(open->second); init != tasks_.end()) {
+        init->second.payload.clear();
+      }
+      open_.erase(open);
+    }
+    return true;
+  }
   if (kind == 'L' && f.size() == 2) {
     uint64_t lines = 0;
     if (!absl::SimpleAtoi(AbslView(f[1]), &lines)) return false;
@@ -116,13 +126,10 @@ std::vector<std::string> TaskJournal::Snapshot() const {
   for (const auto& [id, e] : tasks_) order.emplace_back(e.seq, id);
   std::sort(order.begin(), order.end());
   size_t delivered = 0;
-  for (const auto& [id, e] : tasks_) delivered += e.delivered;
-  std::vector<std::string> out;
-  // First: an init's answer, replayed, keeps its payload only when its stage
-  // is known to be open.
-  for (const auto& [key, init] : open_) {
-    if (tasks_.count(init)) out.push_back(EncodeFields('O', {key, init}));
+  for (const auto& [id, e] : tasks_) {
+    delivered += e.delivered && !OpensAStageLocked(id, e);
   }
+  std::vector<std::string> out;
   for (const auto& [seq, id] : order) {
     const Entry& e = tasks_.at(id);
     const bool opens = OpensAStageLocked(id, e);
@@ -135,6 +142,10 @@ std::vector<std::string> TaskJournal::Snapshot() const {
     out.push_back(EncodeFields(
         'S', {id, e.type, e.step_id, e.stage_key,
               !e.answer || opens ? std::string_view(e.payload) : ""}));
+    // Right after its init: a cleanup of an earlier stage of the same key
+    // (before it) does not close it, and its answer (after) keeps the
+    // payload.
+    if (opens) out.push_back(EncodeFields('O', {e.stage_key, id}));
     if (!e.answer && e.log_lines > 0) {
       out.push_back(EncodeFields('L', {id, absl::StrCat(e.log_lines)}));
     }
@@ -238,6 +249,18 @@ absl::Status TaskJournal::StageOpened(const std::string& stage_key,
 absl::Status TaskJournal::LogLinesHandled(const std::string& task_id,
                                           uint64_t lines) {
   return Write(EncodeFields('L', {task_id, absl::StrCat(lines)}));
+}
+
+absl::Status TaskJournal::StageClosed(const std::string& stage_key,
+                                      const std::string& init_task_id) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = open_.find(stage_key);
+    if (it == open_.end() || it->second != init_task_id) {
+      return absl::OkStatus();  // not open, or another stage of the key
+    }
+  }
+  return Write(EncodeFields('C', {stage_key, init_task_id}));
 }
 
 absl::Status TaskJournal::Registered(const std::string& delegate_id) {

@@ -84,6 +84,10 @@ class TaskJournal {
   // its log stream (LogServiceStream::OnOutputHandled): a re-attached step
   // skips that many when its output is read again.
   absl::Status LogLinesHandled(const std::string& task_id, uint64_t lines);
+  // The stage `stage_key` that the local_init `init_task_id` opened has
+  // ended here (cleaned up, or given up): nothing to resume.
+  absl::Status StageClosed(const std::string& stage_key,
+                           const std::string& init_task_id);
   // The manager gave this instance `delegate_id`; kept so that a restart
   // registers as the same delegate.
   absl::Status Registered(const std::string& delegate_id);
