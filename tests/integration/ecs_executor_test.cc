@@ -2,29 +2,39 @@
 // strict loopback ECS and CloudWatch Logs fake: what a user sees (results,
 // log lines, errors) and what is left on "AWS" afterwards (nothing running,
 // nothing registered), including the fault cases: throttling, 5xx, a task
-// that never starts, a non-zero exit, credentials that expire mid-stage, and
-// a delegate killed mid-stage then started again.
+// that never starts, a non-zero exit, credentials that expire mid-stage, a
+// delegate killed mid-stage then started again, and a restarted delegate
+// resuming a stage and re-attaching to the task of its running step.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <fstream>
 #include <future>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "delegate/builtin_executors.h"
+#include "delegate/event_log.h"
 #include "delegate/scheduler.h"
+#include "executor/ecs/ecs_runtime.h"
+#include "executor/ecs/task_definition.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "rapidjson/document.h"
 #include "tests/fakes/aws_fake.h"
 #include "tests/fakes/docker_engine.h"
+#include "tests/fakes/hand_run.h"
 #include "tests/fakes/recording_log_sink.h"
 #include "tests/fakes/stage_run.h"
+#include "util/env.h"
 
 namespace delegate::testing {
 namespace {
@@ -131,7 +141,39 @@ class EcsExecutorTest : public ::testing::Test {
     return absl::StrJoin(sink_.TextOf(step), "\n");
   }
 
+  // `delegate exec FILE` as delegate `name` on ecs-ec2 in cluster "ci",
+  // against the fake; its ECS instance is this host's name.
+  pid_t SpawnExec(const std::string& file, const std::string& name,
+                  const std::string& state_dir = "") {
+    pid_t pid = fork();
+    if (pid == 0) {
+      setenv("AWS_ACCESS_KEY_ID", kKey, 1);
+      setenv("AWS_SECRET_ACCESS_KEY", kSecret, 1);
+      setenv("AWS_REGION", "us-east-1", 1);
+      setenv("AWS_ENDPOINT_URL", fake_->url().c_str(), 1);
+      setenv("DELEGATE_ECS_CLUSTER", "ci", 1);
+      setenv("DELEGATE_ECS_POLL_SECONDS", "0.05", 1);
+      setenv("HARNESS_NAME", name.c_str(), 1);
+      if (!state_dir.empty())
+        setenv("DELEGATE_STATE_DIR", state_dir.c_str(), 1);
+      execl(DELEGATE_BINARY, DELEGATE_BINARY, "exec", file.c_str(), nullptr);
+      _exit(127);
+    }
+    return pid;
+  }
+
+  // The executors registered and started as a restarted delegate does:
+  // `resuming` are the stages it will resume.
+  void StartExecutors(EcsExecutorOptions options,
+                      std::vector<std::string> resuming) {
+    ASSERT_TRUE(RegisterEcsExecutors(registry_, std::move(options)).ok());
+    registry_.Start({.delegate_name = "ecs-test",
+                     .log = &event_log_,
+                     .resuming = std::move(resuming)});
+  }
+
   std::unique_ptr<FakeAws> fake_;
+  EventLog event_log_{[](std::string_view) {}};
   bool expired_tokens_expected_ = false;
   ExecutorRegistry registry_;
   RecordingLogSink sink_;
@@ -384,19 +426,7 @@ TEST_F(EcsExecutorTest, ADelegateKilledMidStageCleansUpWhenItComesBack) {
   write_stage("long.yaml", "sleep 3600");
   write_stage("short.yaml", "true");
   auto spawn = [&](const std::string& file) {
-    pid_t pid = fork();
-    if (pid == 0) {
-      setenv("AWS_ACCESS_KEY_ID", kKey, 1);
-      setenv("AWS_SECRET_ACCESS_KEY", kSecret, 1);
-      setenv("AWS_REGION", "us-east-1", 1);
-      setenv("AWS_ENDPOINT_URL", fake_->url().c_str(), 1);
-      setenv("DELEGATE_ECS_CLUSTER", "ci", 1);
-      setenv("DELEGATE_ECS_POLL_SECONDS", "0.05", 1);
-      setenv("HARNESS_NAME", "killed-delegate", 1);
-      execl(DELEGATE_BINARY, DELEGATE_BINARY, "exec", file.c_str(), nullptr);
-      _exit(127);
-    }
-    return pid;
+    return SpawnExec(file, "killed-delegate");
   };
   pid_t first = spawn(dir + "/long.yaml");
   bool running = false;
@@ -419,6 +449,203 @@ TEST_F(EcsExecutorTest, ADelegateKilledMidStageCleansUpWhenItComesBack) {
   std::vector<FakeTask> tasks = fake_->Tasks();
   ASSERT_EQ(tasks.size(), 2u);
   EXPECT_EQ(tasks[0].stopped_reason, "stage cleanup by the delegate");
+}
+
+// The delegate binary, SIGKILLed while its step's task runs (on Docker); a
+// restarted delegate (an executor driven by hand, as its Harness connection
+// would) resumes the stage, re-attaches to that task without starting it
+// again, and gets its whole log and real exit; the next step runs, and the
+// cleanup leaves nothing.
+TEST_F(EcsExecutorTest, ARestartedDelegateReattachesToTheTaskOfItsStep) {
+  std::unique_ptr<docker::DockerClient> engine;
+  DELEGATE_CONNECT_TEST_ENGINE_OR_SKIP(engine);
+  FakeAwsOptions options;
+  const char* host = getenv("DOCKER_HOST");
+  options.docker_host = host ? host : "unix:///var/run/docker.sock";
+  StartFake(std::move(options));
+  const std::string name = "resumed-delegate-" + std::to_string(getpid());
+  const std::string dir =
+      ::testing::TempDir() + "/ecs-resume-" + std::to_string(getpid());
+  ASSERT_EQ(system(("mkdir -p " + dir).c_str()), 0);
+  // Computed markers: an echoed command line does not count.
+  std::ofstream(dir + "/stage.yaml")
+      << "name: resume\nplatform: ecs-ec2\nsteps:\n  - id: build\n"
+      << "    image: " << kTestImage << "\n"
+      << "    commands: [\"echo before-$((6*7))\", \"sleep 3\", "
+         "\"echo after-$((6*7))\", \"exit 5\"]\n";
+  pid_t first = SpawnExec(dir + "/stage.yaml", name, dir + "/state");
+  std::string arn;
+  for (int i = 0; i < 800 && arn.empty(); ++i) {
+    for (const FakeTask& t : fake_->Tasks()) {
+      for (const FakeLogEvent& e : fake_->LogEvents(
+               "/ecs/harness-delegates", "step/step/" + ecs::TaskId(t.arn))) {
+        if (e.message == "before-42") arn = t.arn;
+      }
+    }
+    if (arn.empty()) absl::SleepFor(absl::Milliseconds(25));
+  }
+  ASSERT_FALSE(arn.empty()) << "the first delegate's step never printed";
+  kill(first, SIGKILL);
+  int status = 0;
+  waitpid(first, &status, 0);
+  ASSERT_EQ(fake_->Tasks().size(), 1u);
+  const FakeTask left = fake_->Tasks()[0];
+  EXPECT_EQ(left.desired_status, "RUNNING");
+  const std::string task_id = left.tags.at("libdelegate:stage");
+
+  // The same instance as the killed process: the host's name.
+  EcsExecutorOptions resumed_options = Options(Env());
+  resumed_options.instance = HostName();
+  ASSERT_TRUE(RegisterEcsExecutors(registry_, resumed_options).ok());
+  registry_.Start(
+      {.delegate_name = name, .log = &event_log_, .resuming = {task_id}});
+  Stage stage;
+  stage.name = "resume";
+  stage.platform = "ecs-ec2";
+  stage.steps = {Shell("build", {}), Shell("later", {"echo later-$((6*7))"})};
+  HandRun run(stage, task_id, name);
+  std::unique_ptr<Executor> resumed = registry_.Create("ecs-ec2");
+  ASSERT_TRUE(resumed->Resume(run.context()).ok()) << run.Text();
+  EXPECT_EQ(fake_->Tasks()[0].desired_status, "RUNNING") << run.Text();
+
+  StepResult build = run.Step(*resumed, 0, /*reattach=*/true);
+  EXPECT_EQ(build.status, StepStatus::kFailure);
+  EXPECT_EQ(build.exit_code, 5);
+  EXPECT_EQ(build.error, "exit status 5");
+  const std::string text = run.Text();
+  const size_t reattached = text.find(
+      absl::StrCat("re-attached to ECS task ", ecs::TaskId(arn),
+                   " after the delegate restarted; its log from the start "
+                   "follows"));
+  ASSERT_NE(reattached, std::string::npos) << text;
+  EXPECT_NE(text.find("\nbefore-42\n", reattached), std::string::npos) << text;
+  EXPECT_NE(text.find("\nafter-42\n", reattached), std::string::npos) << text;
+  EXPECT_EQ(fake_->Tasks().size(), 1u) << "the step was started again";
+
+  StepResult later = run.Step(*resumed, 1);
+  EXPECT_EQ(later.status, StepStatus::kSuccess) << later.error << run.Text();
+  EXPECT_THAT(run.Text(), HasSubstr("\nlater-42\n"));
+  EXPECT_EQ(fake_->CallCount("RunTask"), 2);
+  EXPECT_TRUE(resumed->Cleanup(run.context()).ok()) << run.Text();
+  // The killed process's task definition went with the stage's cleanup.
+  for (const FakeTaskDefinition& d : fake_->TaskDefinitions()) {
+    EXPECT_NE(d.status, "ACTIVE") << d.arn;
+  }
+  // TearDown checks that nothing runs any more.
+}
+
+// What a killed process left for two stages: the start keeps the task and
+// task definition of the one to be resumed and removes the other's; the
+// resumed stage's step is followed to its end, its cleanup removes the rest.
+TEST_F(EcsExecutorTest, TheStartKeepsWhatAStageToBeResumedHas) {
+  FakeAwsOptions fake_options;
+  fake_options.behaviour = [](const FakeContainer& c) {
+    ContainerBehaviour b;
+    if (absl::StrContains(absl::StrJoin(c.command, " "), "sleep")) {
+      b.run_for = absl::Hours(1);
+    } else {
+      b.output = {"first line", "second line"};
+      b.exit_code = 4;
+      b.run_for = absl::Milliseconds(1500);
+    }
+    return b;
+  };
+  StartFake(std::move(fake_options));
+  const EcsExecutorOptions options = Options(Env());
+  FakeAwsClient client(*fake_, {kKey, kSecret, "", absl::InfiniteFuture()});
+  // As the executors make them: tagged, in the delegate's family, started
+  // by it.
+  auto leave = [&](const std::string& stage, const std::string& command) {
+    const std::string tags = absl::StrCat(
+        R"([{"key":"libdelegate:delegate","value":"ecs-test"},)",
+        R"({"key":"libdelegate:instance","value":")", options.instance,
+        R"("},{"key":"libdelegate:stage","value":")", stage, R"("})");
+    http::Response registered = client.Ecs(
+        "RegisterTaskDefinition",
+        absl::StrCat(
+            R"({"family":")", ecs::TaskFamily("ecs-test"),
+            R"(","containerDefinitions":[{"name":"step",)",
+            R"("image":"busybox","memory":128,"command":["sh","-c",")", command,
+            R"("],"logConfiguration":{"logDriver":"awslogs",)",
+            R"("options":{"awslogs-group":"/ecs/harness-delegates",)",
+            R"("awslogs-region":"us-east-1",)",
+            R"("awslogs-create-group":"true",)",
+            R"("awslogs-stream-prefix":"step"}}}],"tags":)", tags, "]}"));
+    EXPECT_EQ(registered.status, 200) << registered.body;
+    rapidjson::Document def;
+    def.Parse(registered.body.c_str());
+    const std::string def_arn =
+        def["taskDefinition"]["taskDefinitionArn"].GetString();
+    http::Response ran = client.Ecs(
+        "RunTask",
+        absl::StrCat(R"({"cluster":"ci","taskDefinition":")", def_arn,
+                     R"(","launchType":"EC2","startedBy":")",
+                     ecs::StartedBy("ecs-test"), R"(","tags":)", tags,
+                     R"(,{"key":"libdelegate:step","value":"s"}]})"));
+    EXPECT_EQ(ran.status, 200) << ran.body;
+    rapidjson::Document task;
+    task.Parse(ran.body.c_str());
+    return std::pair<std::string, std::string>(
+        task["tasks"][0]["taskArn"].GetString(), def_arn);
+  };
+  const auto [kept_task, kept_def] = leave("stage-a", "echo a");
+  const auto [gone_task, gone_def] = leave("stage-b", "sleep 3600");
+
+  StartExecutors(options, {"stage-a"});
+  Stage stage;
+  stage.platform = "ecs-ec2";
+  stage.steps = {Shell("s", {"echo a"})};
+  HandRun run(stage, "stage-a", "ecs-test");
+  std::unique_ptr<Executor> resumed = registry_.Create("ecs-ec2");
+  ASSERT_TRUE(resumed->Resume(run.context()).ok()) << run.Text();
+  std::map<std::string, FakeTask> tasks;
+  for (const FakeTask& t : fake_->Tasks()) tasks[t.arn] = t;
+  EXPECT_EQ(tasks[kept_task].desired_status, "RUNNING");
+  EXPECT_EQ(tasks[gone_task].desired_status, "STOPPED");
+  EXPECT_EQ(tasks[gone_task].stopped_reason, "stage cleanup by the delegate");
+  std::map<std::string, std::string> definitions;
+  for (const FakeTaskDefinition& d : fake_->TaskDefinitions()) {
+    definitions[d.arn] = d.status;
+  }
+  EXPECT_EQ(definitions[kept_def], "ACTIVE");
+  EXPECT_NE(definitions[gone_def], "ACTIVE");
+  EXPECT_THAT(run.Text(),
+              HasSubstr("ECS: removed task " + ecs::TaskId(gone_task)));
+  EXPECT_THAT(run.Text(), Not(HasSubstr(ecs::TaskId(kept_task))));
+
+  StepResult r = run.Step(*resumed, 0, /*reattach=*/true);
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  EXPECT_EQ(r.exit_code, 4);
+  EXPECT_EQ(r.error, "exit status 4");
+  EXPECT_THAT(run.Text(),
+              HasSubstr("re-attached to ECS task " + ecs::TaskId(kept_task)));
+  EXPECT_THAT(run.Text(), HasSubstr("\nfirst line\nsecond line\n"));
+  EXPECT_EQ(fake_->CallCount("RunTask"), 2);  // the two left above
+  EXPECT_TRUE(resumed->Cleanup(run.context()).ok()) << run.Text();
+  // TearDown: the kept task definition went with the cleanup too.
+}
+
+TEST_F(EcsExecutorTest, ReattachingWithNoTaskLeftSaysTheResultIsUnknown) {
+  StartFake();
+  StartExecutors(Options(Env()), {"stage-a"});
+  Stage stage;
+  stage.platform = "ecs-fargate";
+  stage.steps = {Shell("compile", {"true"}), Shell("test", {"true"})};
+  HandRun run(stage, "stage-a", "ecs-test");
+  std::unique_ptr<Executor> resumed = registry_.Create("ecs-fargate");
+  ASSERT_TRUE(resumed->Resume(run.context()).ok()) << run.Text();
+  StepResult r = run.Step(*resumed, 0, /*reattach=*/true);
+  EXPECT_EQ(r.status, StepStatus::kFailure);
+  EXPECT_EQ(r.exit_code, std::nullopt);
+  EXPECT_EQ(r.error,
+            "the delegate restarted during step compile before its ECS task "
+            "was started (or after it was gone): there is nothing to "
+            "re-attach to, and the step's result is unknown");
+  EXPECT_EQ(fake_->CallCount("RunTask"), 0);
+  // The stage goes on.
+  StepResult next = run.Step(*resumed, 1);
+  EXPECT_EQ(next.status, StepStatus::kSuccess) << next.error << run.Text();
+  EXPECT_TRUE(resumed->Cleanup(run.context()).ok()) << run.Text();
 }
 
 }  // namespace

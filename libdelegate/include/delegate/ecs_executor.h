@@ -78,8 +78,13 @@ DELEGATE_EXPORT absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(
 // context and mounts), tagged with the delegate, its instance and the stage,
 // and its output is read back from CloudWatch Logs. Cleanup stops what still
 // runs and deregisters and deletes the stage's task definitions; the first
-// stage also removes what an earlier, crashed run of this instance left. AWS
-// is contacted at the first stage, not here.
+// stage also removes what an earlier, crashed run of this instance left, but
+// what the stages it will resume (ExecutorStartup::resuming, given to
+// ExecutorRegistry::Start before the first stage) made. A resumed stage
+// (Executor::Resume) adopts those task definitions and tasks, and the step
+// that was running (StepContext::reattach) is followed to its end from the
+// start of its log; when no task of it is found, that step fails saying
+// so. AWS is contacted at the first stage, not here.
 DELEGATE_EXPORT absl::Status RegisterEcsExecutors(ExecutorRegistry& registry,
                                                   EcsExecutorOptions options);
 

@@ -8,6 +8,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -35,6 +36,7 @@ using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 const FakeAwsCredential& Key() {
@@ -96,6 +98,18 @@ TEST(IsLeftoverTest, SelectsByDelegateInstanceAndStage) {
   // Tag values are compared as ECS holds them.
   EXPECT_TRUE(IsLeftover(Tags("my delegate_", "host_1", "t"), "my delegate?",
                          "host#1", "", never));
+}
+
+TEST(IsKeptForResumeTest, SelectsTheStagesToBeResumedOfThisInstance) {
+  const std::set<std::string> resuming = {"task-1", "task?2"};
+  EXPECT_TRUE(IsKeptForResume(Tags("d", "me", "task-1"), "me", resuming));
+  // Tag values are compared as ECS holds them.
+  EXPECT_TRUE(IsKeptForResume(Tags("d", "me", "task_2"), "me", resuming));
+  EXPECT_FALSE(IsKeptForResume(Tags("d", "me", "task-3"), "me", resuming));
+  // Another instance resumes nothing here.
+  EXPECT_FALSE(IsKeptForResume(Tags("d", "you", "task-1"), "me", resuming));
+  EXPECT_FALSE(IsKeptForResume({{kTagInstance, "me"}}, "me", resuming));
+  EXPECT_FALSE(IsKeptForResume(Tags("d", "me", "task-1"), "me", {}));
 }
 
 class EcsRuntimeTest : public ::testing::Test {
@@ -250,6 +264,62 @@ TEST_F(EcsRuntimeTest, ReadyRemovesWhatAnEarlierRunOfThisInstanceLeft) {
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, *session);
   EXPECT_EQ(fake_->Calls().size(), calls);
+}
+
+TEST_F(EcsRuntimeTest, ReadyKeepsWhatTheStagesToBeResumedMade) {
+  const std::string resumed_def =
+      Register(TaskFamily("d"), Tags("d", "me", "task-1"));
+  const std::string gone_def =
+      Register(TaskFamily("d"), Tags("d", "me", "task-2"));
+  std::map<std::string, std::string> step = Tags("d", "me", "task-1");
+  step[kTagStep] = "build";
+  const std::string resumed = Run(resumed_def, StartedBy("d"), step);
+  const std::string gone =
+      Run(gone_def, StartedBy("d"), Tags("d", "me", "task-2"));
+  // The same stage id of a gone instance is not this one's to resume.
+  const std::string of_dead =
+      Run(resumed_def, StartedBy("d"), Tags("d", kDeadInstance, "task-1"));
+
+  EcsRuntime runtime(Options());
+  runtime.KeepForResume({"task-1"});
+  RecordingOutput out;
+  absl::StatusOr<EcsSession*> session = runtime.Ready("d", out);
+  ASSERT_TRUE(session.ok()) << session.status();
+
+  std::map<std::string, std::string> desired = DesiredStatus();
+  EXPECT_EQ(desired[resumed], "RUNNING");
+  EXPECT_EQ(desired[gone], "STOPPED");
+  EXPECT_EQ(desired[of_dead], "STOPPED");
+  std::map<std::string, std::string> definitions;
+  for (const delegate::testing::FakeTaskDefinition& d :
+       fake_->TaskDefinitions()) {
+    definitions[d.arn] = d.status;
+  }
+  EXPECT_EQ(definitions[resumed_def], "ACTIVE");
+  EXPECT_NE(definitions[gone_def], "ACTIVE");
+  EXPECT_THAT(out.lines, Not(Contains(HasSubstr(TaskId(resumed)))));
+
+  // Handed over once.
+  KeptStage kept = runtime.TakeKept("task-1");
+  EXPECT_THAT(kept.tasks, ElementsAre(resumed));
+  EXPECT_THAT(kept.task_definitions, ElementsAre(resumed_def));
+  EXPECT_THAT(runtime.TakeKept("task-1").tasks, IsEmpty());
+  EXPECT_THAT(runtime.TakeKept("task-2").task_definitions, IsEmpty());
+
+  // The step's task is found by its tags, running or stopped.
+  absl::StatusOr<TaskStates> found =
+      (*session)->StepTasks("d", "task-1", "build");
+  ASSERT_TRUE(found.ok()) << found.status();
+  ASSERT_EQ(found->size(), 1u);
+  EXPECT_EQ(found->begin()->first, resumed);
+  ASSERT_TRUE(
+      (*session)->StopTask(resumed, "test over", Options().cluster).ok());
+  found = (*session)->StepTasks("d", "task-1", "build");
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(found->size(), 1u);
+  found = (*session)->StepTasks("d", "task-1", "test");
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_THAT(*found, IsEmpty());
 }
 
 TEST_F(EcsRuntimeTest, TheSessionPollsMoreTasksThanOneDescribeTakes) {

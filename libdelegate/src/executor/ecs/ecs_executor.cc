@@ -5,8 +5,11 @@
 // twice), follows it with the session's DescribeTasks poller and reads its
 // output back from CloudWatch Logs while it runs. Timeout and cancel stop it
 // with StopTask; cleanup stops stragglers and deregisters and deletes the
-// stage's task definitions. What every stage shares (the AWS clients, the
-// poller, the removal of a crashed earlier run's leftovers at the first
+// stage's task definitions. After a restart, a resumed stage adopts what the
+// earlier process made for it (kept by the start's removal of leftovers),
+// and the step it was running is found by its startedBy and tags and
+// followed like one just started. What every stage shares (the AWS clients,
+// the poller, the removal of a crashed earlier run's leftovers at the first
 // stage) is in ecs_runtime.h.
 #include "delegate/ecs_executor.h"
 
@@ -67,23 +70,15 @@ class EcsExecutor final : public Executor {
   }
 
   absl::Status Initialize(const StageContext& ctx) override {
-    absl::StatusOr<EcsSession*> session =
-        runtime_->Ready(ctx.delegate_name, ctx.output);
-    if (!session.ok()) return session.status();
-    if (launch_ == LaunchType::kFargate &&
-        (*session)->resolved().subnets.empty()) {
-      return absl::FailedPreconditionError(
-          "ECS: Fargate steps need subnets: set DELEGATE_ECS_SUBNETS, or run "
-          "the delegate as an awsvpc ECS task (its subnet is then used)");
-    }
-    session_ = *session;
-    return absl::OkStatus();
+    return Open(ctx);
   }
-
+  absl::Status Resume(const StageContext& ctx) override;
   StepResult Execute(const StepContext& ctx) override;
   absl::Status Cleanup(const StageContext& ctx) override;
 
  private:
+  // The session, checked for what the stage's launch type needs.
+  absl::Status Open(const StageContext& ctx);
   std::vector<std::pair<std::string, std::string>> Tags(
       const StageContext& ctx) const {
     return {{kTagDelegate, ecs::EcsTagValue(ctx.delegate_name)},
@@ -95,16 +90,54 @@ class EcsExecutor final : public Executor {
   absl::StatusOr<std::string> RunTask(const StepContext& ctx,
                                       const std::string& definition,
                                       const ecs::StepTask& task);
+  // The step's task an earlier process of the delegate started, followed
+  // from the start of its log.
+  StepResult Reattach(const StepContext& ctx);
+  // Follows the step's started task `arn` to its end: its log to the step's
+  // output, stopped at the step's deadline or stop (or when it does not
+  // start in time), its exit or why it never ran read.
+  StepResult FollowToEnd(const StepContext& ctx, const std::string& arn);
+  std::string LogStreamOf(const std::string& arn) const {
+    return absl::StrCat(runtime_->options().log_stream_prefix, "/",
+                        ecs::kStepContainer, "/", TaskId(arn));
+  }
 
   std::shared_ptr<EcsRuntime> runtime_;
   const LaunchType launch_;
   std::string nonce_;
-  EcsSession* session_ = nullptr;  // set by a successful Initialize
+  EcsSession* session_ = nullptr;  // set by a successful Initialize/Resume
   bool unanswered_run_ = false;    // a RunTask call ended without an answer
   std::map<std::string, std::string> definitions_;  // key -> ARN
   std::vector<std::string> registered_;             // ARNs, in order
   std::map<std::string, std::string> started_;      // task ARN -> last status
 };
+
+absl::Status EcsExecutor::Open(const StageContext& ctx) {
+  absl::StatusOr<EcsSession*> session =
+      runtime_->Ready(ctx.delegate_name, ctx.output);
+  if (!session.ok()) return session.status();
+  if (launch_ == LaunchType::kFargate &&
+      (*session)->resolved().subnets.empty()) {
+    return absl::FailedPreconditionError(
+        "ECS: Fargate steps need subnets: set DELEGATE_ECS_SUBNETS, or run "
+        "the delegate as an awsvpc ECS task (its subnet is then used)");
+  }
+  session_ = *session;
+  return absl::OkStatus();
+}
+
+absl::Status EcsExecutor::Resume(const StageContext& ctx) {
+  if (absl::Status s = Open(ctx); !s.ok()) return s;
+  // What the earlier process made for the stage, which the start's removal
+  // of its leftovers kept (EcsRuntime::KeepForResume): its task definitions
+  // go at cleanup with those registered from now on, its tasks are stopped
+  // then if still running. Steps register their definitions anew (the
+  // cache of the earlier process is gone).
+  ecs::KeptStage kept = runtime_->TakeKept(ctx.task_id);
+  for (const std::string& arn : kept.tasks) started_[arn] = "RUNNING";
+  registered_ = std::move(kept.task_definitions);
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::string> EcsExecutor::TaskDefinitionFor(
     const StepContext& ctx, const ecs::StepTask& task) {
@@ -216,6 +249,7 @@ StepResult EcsExecutor::Execute(const StepContext& ctx) {
     result.error = "ECS: the stage was not initialized";
     return result;
   }
+  if (ctx.reattach) return Reattach(ctx);
   const EcsSession::Resolved& r = session_->resolved();
   const EcsExecutorOptions& o = runtime_->options();
   ecs::StepTaskInputs in;
@@ -249,14 +283,52 @@ StepResult EcsExecutor::Execute(const StepContext& ctx) {
     return result;
   }
   started_[*arn] = "PROVISIONING";
-  Clock& clock = runtime_->clock();
-  const std::string stream = absl::StrCat(
-      o.log_stream_prefix, "/", ecs::kStepContainer, "/", TaskId(*arn));
   ctx.output.SystemLine(
       absl::StrCat("ECS task ", TaskId(*arn), " (",
                    definition->substr(definition->rfind('/') + 1), "), log ",
-                   o.log_group, " ", stream));
-  aws::LogTailer tailer(session_->logs(), o.log_group, stream);
+                   o.log_group, " ", LogStreamOf(*arn)));
+  return FollowToEnd(ctx, *arn);
+}
+
+StepResult EcsExecutor::Reattach(const StepContext& ctx) {
+  StepResult result;
+  result.status = StepStatus::kFailure;
+  absl::StatusOr<ecs::TaskStates> tasks = session_->StepTasks(
+      ctx.stage.delegate_name, ctx.stage.task_id, ctx.step.id);
+  if (!tasks.ok()) {
+    result.error = absl::StrCat("re-attaching to the ECS task of step ",
+                                ctx.step.id, ": ", tasks.status().message());
+    return result;
+  }
+  // A step runs as one task; were there more, the one still running.
+  std::string arn;
+  for (const auto& [a, state] : *tasks) {
+    if (arn.empty() || state.last_status != "STOPPED") arn = a;
+  }
+  if (arn.empty()) {
+    result.error = absl::StrCat(
+        "the delegate restarted during step ", ctx.step.id,
+        " before its ECS task was started (or after it was gone): there is "
+        "nothing to re-attach to, and the step's result is unknown");
+    return result;
+  }
+  started_[arn] = tasks->at(arn).last_status;
+  ctx.output.SystemLine(
+      absl::StrCat("re-attached to ECS task ", TaskId(arn),
+                   " after the delegate restarted; its log from the start "
+                   "follows (log ",
+                   runtime_->options().log_group, " ", LogStreamOf(arn), ")"));
+  return FollowToEnd(ctx, arn);
+}
+
+StepResult EcsExecutor::FollowToEnd(const StepContext& ctx,
+                                    const std::string& arn) {
+  StepResult result;
+  result.status = StepStatus::kFailure;
+  const EcsSession::Resolved& r = session_->resolved();
+  const EcsExecutorOptions& o = runtime_->options();
+  Clock& clock = runtime_->clock();
+  aws::LogTailer tailer(session_->logs(), o.log_group, LogStreamOf(arn));
   auto tail = [&] {
     absl::StatusOr<std::vector<aws::LogEvent>> events = tailer.Poll();
     if (!events.ok()) return size_t{0};
@@ -269,7 +341,8 @@ StepResult EcsExecutor::Execute(const StepContext& ctx) {
     return events->size();
   };
 
-  session_->poller().Watch(*arn);
+  session_->poller().Watch(arn);
+  // A re-attached task gets start_timeout from now to start.
   const absl::Time run_at = clock.Now();
   std::optional<StepStatus> stopped_for;
   std::string stopped_why;
@@ -279,8 +352,8 @@ StepResult EcsExecutor::Execute(const StepContext& ctx) {
   absl::Time last_tail = absl::InfinitePast();
   for (;;) {
     state =
-        session_->poller().WaitForChange(*arn, state.version, o.poll_interval);
-    if (!state.last_status.empty()) started_[*arn] = state.last_status;
+        session_->poller().WaitForChange(arn, state.version, o.poll_interval);
+    if (!state.last_status.empty()) started_[arn] = state.last_status;
     const bool stopped = state.last_status == "STOPPED";
     if (state.last_status == "RUNNING" || state.last_status == "DEACTIVATING" ||
         state.last_status == "STOPPING" ||
@@ -310,7 +383,7 @@ StepResult EcsExecutor::Execute(const StepContext& ctx) {
             *why == StepStatus::kCancelled ? "cancelled by the delegate"
             : *why == StepStatus::kTimeout ? "step timed out"
                                            : "did not start in time";
-        if (absl::Status s = session_->StopTask(*arn, reason, r.cluster);
+        if (absl::Status s = session_->StopTask(arn, reason, r.cluster);
             !s.ok()) {
           ctx.output.SystemLine(absl::StrCat("ECS: ", s.message()));
         }
@@ -320,7 +393,7 @@ StepResult EcsExecutor::Execute(const StepContext& ctx) {
       break;  // cleanup stops it again
     }
   }
-  session_->poller().Unwatch(*arn);
+  session_->poller().Unwatch(arn);
   // awslogs delivers a little after the container ends: read until quiet.
   for (int quiet = 0, polls = 0; quiet < 2 && polls < 20; ++polls) {
     quiet = tail() == 0 ? quiet + 1 : 0;
@@ -400,19 +473,24 @@ absl::Status EcsExecutor::Cleanup(const StageContext& ctx) {
 absl::Status RegisterEcsExecutors(ExecutorRegistry& registry,
                                   EcsExecutorOptions options) {
   auto runtime = std::make_shared<EcsRuntime>(std::move(options));
-  absl::Status s = registry.Register("ecs-fargate",
-                                     [runtime] {
-                                       return std::make_unique<EcsExecutor>(
-                                           runtime, LaunchType::kFargate);
-                                     },
-                                     {.profile = &FargatePlatformProfile()});
+  // AWS is contacted at the first stage, which removes what an earlier run
+  // left; the stages to be resumed are only noted here.
+  auto on_start = [runtime](const ExecutorStartup& startup) {
+    runtime->KeepForResume(startup.resuming);
+  };
+  absl::Status s = registry.Register(
+      "ecs-fargate",
+      [runtime] {
+        return std::make_unique<EcsExecutor>(runtime, LaunchType::kFargate);
+      },
+      {.profile = &FargatePlatformProfile(), .on_start = on_start});
   if (!s.ok()) return s;
-  return registry.Register("ecs-ec2",
-                           [runtime] {
-                             return std::make_unique<EcsExecutor>(
-                                 runtime, LaunchType::kEc2);
-                           },
-                           {.profile = &EcsEc2PlatformProfile()});
+  return registry.Register(
+      "ecs-ec2",
+      [runtime] {
+        return std::make_unique<EcsExecutor>(runtime, LaunchType::kEc2);
+      },
+      {.profile = &EcsEc2PlatformProfile(), .on_start = on_start});
 }
 
 }  // namespace delegate

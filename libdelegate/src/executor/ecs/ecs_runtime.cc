@@ -1,5 +1,6 @@
 #include "executor/ecs/ecs_runtime.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/memory/memory.h"
@@ -130,6 +131,21 @@ bool IsLeftover(const std::map<std::string, std::string>& tags,
   return i->second == EcsTagValue(instance) || instance_gone(i->second);
 }
 
+bool IsKeptForResume(const std::map<std::string, std::string>& tags,
+                     const std::string& instance,
+                     const std::set<std::string>& resuming) {
+  auto i = tags.find(kTagInstance);
+  auto s = tags.find(kTagStage);
+  if (i == tags.end() || i->second != EcsTagValue(instance) ||
+      s == tags.end()) {
+    return false;
+  }
+  return std::any_of(resuming.begin(), resuming.end(),
+                     [&](const std::string& stage) {
+                       return EcsTagValue(stage) == s->second;
+                     });
+}
+
 // ------------------------------------------------------------ runtime
 
 EcsRuntime::EcsRuntime(EcsExecutorOptions options)
@@ -181,13 +197,27 @@ absl::StatusOr<EcsSession*> EcsRuntime::Ready(const std::string& delegate_name,
 
   std::vector<std::string> errors;
   for (const std::string& removed :
-       (*session)->Reap(delegate_name, "", &errors)) {
+       (*session)->Reap(delegate_name, "", &errors, resuming_, &kept_)) {
     out.SystemLine(absl::StrCat("ECS: removed ", removed,
                                 ", left by an earlier run of this delegate"));
   }
   for (const std::string& e : errors) out.SystemLine("ECS: " + e);
   session_ = *std::move(session);
   return session_.get();
+}
+
+void EcsRuntime::KeepForResume(const std::vector<std::string>& stages) {
+  absl::MutexLock lock(&mu_);
+  resuming_ = std::set<std::string>(stages.begin(), stages.end());
+}
+
+KeptStage EcsRuntime::TakeKept(const std::string& stage) {
+  absl::MutexLock lock(&mu_);
+  auto it = kept_.find(EcsTagValue(stage));
+  if (it == kept_.end()) return {};
+  KeptStage out = std::move(it->second);
+  kept_.erase(it);
+  return out;
 }
 
 // ------------------------------------------------------------ session
@@ -311,13 +341,16 @@ std::vector<std::string> EcsSession::RemoveTaskDefinitions(
 }
 
 absl::StatusOr<std::vector<std::string>> EcsSession::ListTaskArns(
-    const std::string& started_by) {
+    const std::string& started_by, const std::string& desired_status) {
   std::vector<std::string> arns;
   std::string token;
   do {
     const std::string body = RequestBody([&](Writer& w) {
       json::StringField(w, "cluster", resolved_.cluster);
       json::StringField(w, "startedBy", started_by);
+      if (!desired_status.empty()) {
+        json::StringField(w, "desiredStatus", desired_status);
+      }
       if (!token.empty()) {
         json::StringField(w, "nextToken", token);
       }
@@ -336,9 +369,47 @@ absl::StatusOr<std::vector<std::string>> EcsSession::ListTaskArns(
   return arns;
 }
 
+absl::StatusOr<TaskStates> EcsSession::StepTasks(
+    const std::string& delegate_name, const std::string& stage,
+    const std::string& step) {
+  std::vector<std::string> arns;
+  // A task stopped while nobody followed it is listed as STOPPED for about
+  // an hour.
+  for (const char* desired : {"RUNNING", "STOPPED"}) {
+    absl::StatusOr<std::vector<std::string>> listed =
+        ListTaskArns(StartedBy(delegate_name), desired);
+    if (!listed.ok()) return listed.status();
+    arns.insert(arns.end(), listed->begin(), listed->end());
+  }
+  const std::map<std::string, std::string> wanted = {
+      {kTagDelegate, EcsTagValue(delegate_name)},
+      {kTagInstance, EcsTagValue(resolved_.instance)},
+      {kTagStage, EcsTagValue(stage)},
+      {kTagStep, EcsTagValue(step)}};
+  TaskStates out;
+  for (const std::vector<std::string>& chunk :
+       Chunks(arns, kMaxDescribeTasks)) {
+    absl::StatusOr<TaskStates> states =
+        Describe(chunk, true, resolved_.cluster);
+    if (!states.ok()) return states.status();
+    for (auto& [arn, state] : *states) {
+      if (!state.missing.empty()) continue;
+      const bool match =
+          std::all_of(wanted.begin(), wanted.end(), [&](const auto& tag) {
+            auto it = state.tags.find(tag.first);
+            return it != state.tags.end() && it->second == tag.second;
+          });
+      if (match) out[arn] = std::move(state);
+    }
+  }
+  return out;
+}
+
 std::vector<std::string> EcsSession::Reap(const std::string& delegate_name,
                                           const std::string& stage,
-                                          std::vector<std::string>* errors) {
+                                          std::vector<std::string>* errors,
+                                          const std::set<std::string>& resuming,
+                                          KeptStages* kept) {
   std::vector<std::string> removed;
   const std::string& me = resolved_.instance;
   // Instances other than this one that are ECS tasks which no longer run:
@@ -366,6 +437,14 @@ std::vector<std::string> EcsSession::Reap(const std::string& delegate_name,
   auto ours = [&](const std::map<std::string, std::string>& tags) {
     return IsLeftover(tags, delegate_name, me, stage, is_dead);
   };
+  // What a stage to be resumed has is recorded, not removed.
+  auto keep = [&](const std::string& arn,
+                  const std::map<std::string, std::string>& tags,
+                  std::vector<std::string> KeptStage::*list) {
+    if (!IsKeptForResume(tags, me, resuming)) return false;
+    if (kept) ((*kept)[tags.at(kTagStage)].*list).push_back(arn);
+    return true;
+  };
 
   absl::StatusOr<std::vector<std::string>> arns =
       ListTaskArns(StartedBy(delegate_name));
@@ -385,6 +464,7 @@ std::vector<std::string> EcsSession::Reap(const std::string& delegate_name,
             !ours(state.tags)) {
           continue;
         }
+        if (keep(arn, state.tags, &KeptStage::tasks)) continue;
         if (absl::Status s = StopTask(arn, "stage cleanup by the delegate",
                                       resolved_.cluster);
             !s.ok()) {
@@ -438,7 +518,10 @@ std::vector<std::string> EcsSession::Reap(const std::string& delegate_name,
     }
     absl::StatusOr<rapidjson::Document> doc =
         ParseAnswer(*answer, "DescribeTaskDefinition");
-    if (!doc.ok() || !ours(TagMap(*doc))) continue;
+    if (!doc.ok()) continue;
+    const std::map<std::string, std::string> tags = TagMap(*doc);
+    if (!ours(tags)) continue;
+    if (keep(arn, tags, &KeptStage::task_definitions)) continue;
     to_delete.push_back(arn);
   }
   for (const std::string& arn : RemoveTaskDefinitions(to_delete, errors)) {

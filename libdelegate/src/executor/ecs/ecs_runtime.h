@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -65,6 +66,21 @@ bool IsLeftover(const std::map<std::string, std::string>& tags,
                 const std::string& stage,
                 absl::FunctionRef<bool(const std::string&)> instance_gone);
 
+// Whether a task or task definition tagged `tags` belongs to one of the
+// stages `resuming` (StageTask ids) of `instance`: what Reap keeps for
+// Executor::Resume.
+bool IsKeptForResume(const std::map<std::string, std::string>& tags,
+                     const std::string& instance,
+                     const std::set<std::string>& resuming);
+
+// What Reap kept of one stage to be resumed.
+struct KeptStage {
+  std::vector<std::string> tasks;             // ARNs, not yet stopped
+  std::vector<std::string> task_definitions;  // ARNs, ACTIVE
+};
+// By the stage's tag value (EcsTagValue of its id).
+using KeptStages = std::map<std::string, KeptStage>;
+
 // The connection that EcsRuntime::Ready sets up once for every stage: the
 // clients, the settings it resolved and the task poller. Nothing in it
 // changes once Open returns, so it is used without a lock. Thread-safe.
@@ -113,19 +129,32 @@ class EcsSession {
   // Removes this delegate's leftovers (IsLeftover with this instance): tasks
   // still running and, with `stage` empty, ACTIVE task definitions of its
   // family; a leftover's instance is gone when it is an ECS task that no
-  // longer runs. Returns what it removed ("task ID", "task definition
-  // FAMILY:REVISION"), with failures in `errors`.
+  // longer runs. What belongs to the stages `resuming` of this instance
+  // (IsKeptForResume) stays, and goes into `kept` when given. Returns what it
+  // removed ("task ID", "task definition FAMILY:REVISION"), with failures in
+  // `errors`.
   std::vector<std::string> Reap(const std::string& delegate_name,
                                 const std::string& stage,
-                                std::vector<std::string>* errors);
+                                std::vector<std::string>* errors,
+                                const std::set<std::string>& resuming = {},
+                                KeptStages* kept = nullptr);
+
+  // The tasks of step `step` of stage `stage` that this instance started
+  // (found by StartedBy and their tags), running or recently stopped, with
+  // their state.
+  absl::StatusOr<TaskStates> StepTasks(const std::string& delegate_name,
+                                       const std::string& stage,
+                                       const std::string& step);
 
  private:
   EcsSession(const EcsExecutorOptions& options, Resolved resolved,
              std::unique_ptr<aws::JsonClient> ecs,
              std::unique_ptr<aws::JsonClient> logs_json, Clock& clock);
 
+  // ListTasks by startedBy; `desired_status` empty: ECS's default
+  // (RUNNING).
   absl::StatusOr<std::vector<std::string>> ListTaskArns(
-      const std::string& started_by);
+      const std::string& started_by, const std::string& desired_status = "");
 
   Resolved resolved_;  // fixed once Open returns
   const std::unique_ptr<aws::JsonClient> ecs_;
@@ -144,11 +173,21 @@ class EcsRuntime {
 
   // The session, set up at the first call: the cluster, region and instance
   // resolved (from ECS_CONTAINER_METADATA_URI_V4 when not configured), the
-  // clients made, and what an earlier run of this instance left removed,
-  // each removal and failure a line on `out`. A failure is retried at the
-  // next call. The session lives as long as the runtime.
+  // clients made, and what an earlier run of this instance left removed
+  // (but what the stages named by KeepForResume need), each removal and
+  // failure a line on `out`. A failure is retried at the next call. The
+  // session lives as long as the runtime.
   absl::StatusOr<EcsSession*> Ready(const std::string& delegate_name,
                                     OutputWriter& out) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // The stages (StageTask ids) an earlier process of this instance left that
+  // will be resumed (ExecutorStartup::resuming): Ready keeps their tasks and
+  // task definitions. Effective when called before the first Ready.
+  void KeepForResume(const std::vector<std::string>& stages)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // What Ready kept of `stage`, handed over once (empty afterwards, and for
+  // a stage it did not keep anything of).
+  KeptStage TakeKept(const std::string& stage) ABSL_LOCKS_EXCLUDED(mu_);
 
   const EcsExecutorOptions& options() const { return options_; }
   Clock& clock() { return clock_; }
@@ -162,6 +201,8 @@ class EcsRuntime {
   // Kept across failed Ready calls (a refreshing provider keeps its cache).
   std::unique_ptr<aws::CredentialsProvider> credentials_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<EcsSession> session_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> resuming_ ABSL_GUARDED_BY(mu_);
+  KeptStages kept_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace delegate::ecs
