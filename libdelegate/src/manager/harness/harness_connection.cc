@@ -212,6 +212,8 @@ class HarnessConnection final : public ManagerConnection {
   // The task workers by thread id, and those that retired, to join.
   std::map<std::thread::id, std::thread> workers_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> exited_workers_ ABSL_GUARDED_BY(mu_);
+  // Stages abandoned when the manager forgot the delegate; joined by Run.
+  std::vector<std::thread> abandoning_ ABSL_GUARDED_BY(mu_);
   // Last: destroyed first, it cancels and waits for the stages, whose
   // observers use the event log and the log service.
   StageTransactions stages_{env_.scheduler, env_.log, env_.console,
@@ -263,10 +265,13 @@ absl::Status HarnessConnection::Run() {
     registrar_.HeartbeatLoop(
         *client_, [this] { return Draining(); },
         // Cancelled so that they are cleaned up now, not after the idle
-        // timeout.
+        // timeout; on a thread of their own, so that heartbeats go on
+        // while the cleanups take their time.
         [this] {
-          stages_.AbandonOpen("the manager lost them");
           if (journal_) (void)journal_->Registered(registrar_.delegate_id());
+          absl::MutexLock lock(&mu_);
+          abandoning_.emplace_back(
+              [this] { stages_.AbandonOpen("the manager lost them"); });
         });
   });
   // Before the first poll: a step of a resumed stage may come at once.
@@ -421,6 +426,14 @@ absl::Status HarnessConnection::Run() {
   heartbeat.join();
   recovery.join();
   for (std::thread& t : reattached_) t.join();
+  {
+    std::vector<std::thread> abandoning;
+    {
+      absl::MutexLock lock(&mu_);
+      abandoning.swap(abandoning_);
+    }
+    for (std::thread& t : abandoning) t.join();
+  }
 
   RetryPolicy policy;
   absl::Status bye =
