@@ -394,10 +394,13 @@ absl::StatusOr<TaskStates> EcsSession::StepTasks(
     if (!states.ok()) return states.status();
     for (auto& [arn, state] : *states) {
       if (!state.missing.empty()) continue;
+      // Not captured by the lambda: clang 14 refuses a structured binding
+      // in a capture.
+      const auto& tags = state.tags;
       const bool match =
           std::all_of(wanted.begin(), wanted.end(), [&](const auto& tag) {
-            auto it = state.tags.find(tag.first);
-            return it != state.tags.end() && it->second == tag.second;
+            auto it = tags.find(tag.first);
+            return it != tags.end() && it->second == tag.second;
           });
       if (match) out[arn] = std::move(state);
     }
