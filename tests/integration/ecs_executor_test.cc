@@ -59,6 +59,13 @@ class EcsExecutorTest : public ::testing::Test {
     ASSERT_TRUE(fake.ok()) << fake.status();
     fake_ = *std::move(fake);
   }
+  // The fake running its tasks as containers on the test's Docker Engine.
+  void StartFakeOnDocker() {
+    FakeAwsOptions options;
+    const char* host = getenv("DOCKER_HOST");
+    options.docker_host = host ? host : "unix:///var/run/docker.sock";
+    StartFake(std::move(options));
+  }
 
   EnvMap Env() {
     return {{"AWS_ACCESS_KEY_ID", kKey},
@@ -380,10 +387,7 @@ TEST_F(EcsExecutorTest, OwnClusterAndSubnetComeFromTheTaskMetadata) {
 TEST_F(EcsExecutorTest, StepsRunInRealContainersOnDocker) {
   std::unique_ptr<docker::DockerClient> engine;
   DELEGATE_CONNECT_TEST_ENGINE_OR_SKIP(engine);
-  FakeAwsOptions options;
-  const char* host = getenv("DOCKER_HOST");
-  options.docker_host = host ? host : "unix:///var/run/docker.sock";
-  StartFake(std::move(options));
+  StartFakeOnDocker();
   StartScheduler(Env());
   Stage stage;
   stage.platform = "ecs-ec2";
@@ -459,10 +463,7 @@ TEST_F(EcsExecutorTest, ADelegateKilledMidStageCleansUpWhenItComesBack) {
 TEST_F(EcsExecutorTest, ARestartedDelegateReattachesToTheTaskOfItsStep) {
   std::unique_ptr<docker::DockerClient> engine;
   DELEGATE_CONNECT_TEST_ENGINE_OR_SKIP(engine);
-  FakeAwsOptions options;
-  const char* host = getenv("DOCKER_HOST");
-  options.docker_host = host ? host : "unix:///var/run/docker.sock";
-  StartFake(std::move(options));
+  StartFakeOnDocker();
   const std::string name = "resumed-delegate-" + std::to_string(getpid());
   const std::string dir =
       ::testing::TempDir() + "/ecs-resume-" + std::to_string(getpid());

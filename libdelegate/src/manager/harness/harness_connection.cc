@@ -46,16 +46,23 @@ constexpr const char* kSupportedTypes =
 // delegate's token they cannot be read.
 constexpr const char* kJournalSealPurpose = "libdelegate harness journal v1";
 
-// The transaction key of a local_* task's payload, or empty.
-std::string StageKeyOf(const std::string& type, const std::string& data) {
+// What the journal records of a local_* task's payload: the transaction
+// key and (local_execute) the step id; empty when not one, or unusable.
+struct StageRef {
+  std::string key;
+  std::string step_id;
+};
+StageRef StageRefOf(const std::string& type, const std::string& data) {
   if (type == "local_init") {
-    if (auto p = ParseInitPayload(data); p.ok()) return p->transaction_key;
+    if (auto p = ParseInitPayload(data); p.ok()) return {p->transaction_key};
   } else if (type == "local_execute") {
-    if (auto p = ParseExecutePayload(data); p.ok()) return p->transaction_key;
+    if (auto p = ParseExecutePayload(data); p.ok()) {
+      return {p->transaction_key, p->step_id};
+    }
   } else if (type == "local_cleanup") {
-    if (auto p = ParseCleanupPayload(data); p.ok()) return p->transaction_key;
+    if (auto p = ParseCleanupPayload(data); p.ok()) return {p->transaction_key};
   }
-  return "";
+  return {};
 }
 
 class HarnessConnection final : public ManagerConnection {
@@ -549,21 +556,17 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
     request.task.id = event.task_id;  // as the runner does (§5.2)
     const absl::Time start = absl::Now();
     const std::string type = request.task.type;
+    const StageRef ref =
+        journal_ ? StageRefOf(type, request.task.data_json) : StageRef{};
     if (journal_) {
       // Recorded before it runs: if the process dies now, the next one
-      // answers it.
-      std::string step_id;
-      if (type == "local_execute") {
-        auto payload = ParseExecutePayload(request.task.data_json);
-        if (payload.ok()) step_id = payload->step_id;
-      }
-      // With what a restart needs to resume the stage: the init, and the
-      // step that runs. Sealed: the payload holds the task's secrets.
-      const std::string key = StageKeyOf(type, request.task.data_json);
-      const bool keep = !key.empty() && requests.size() == 1 &&
+      // answers it. With what a restart needs to resume the stage: the
+      // init, and the step that runs. Sealed: the payload holds the task's
+      // secrets.
+      const bool keep = !ref.key.empty() && requests.size() == 1 &&
                         (type == "local_init" || type == "local_execute");
       absl::Status s =
-          journal_->Started(event.task_id, type, step_id, key,
+          journal_->Started(event.task_id, type, ref.step_id, ref.key,
                             keep ? seal_.Seal(raw, event.task_id) : "");
       if (!s.ok()) {
         env_.log.Warn("cannot record the task in the journal",
@@ -590,13 +593,10 @@ void HarnessConnection::Handle(const RunnerEvent& event) {
     if (journal_ && answer.opened_stage) {
       // With the answer: once the manager knows the stage is ready, a
       // restart resumes it.
-      const std::string key = StageKeyOf(type, request.task.data_json);
-      {
-        if (absl::Status s = journal_->StageOpened(key, event.task_id);
-            !s.ok()) {
-          env_.log.Warn("cannot record the open stage in the journal",
-                        {{"stage", key}, {"error", s.message()}});
-        }
+      if (absl::Status s = journal_->StageOpened(ref.key, event.task_id);
+          !s.ok()) {
+        env_.log.Warn("cannot record the open stage in the journal",
+                      {{"stage", ref.key}, {"error", s.message()}});
       }
     }
     env_.metrics.Observe("io_harness_task_execution_time", TaskLabels(type),
