@@ -54,13 +54,17 @@ struct StageRef {
 };
 StageRef StageRefOf(const std::string& type, const std::string& data) {
   if (type == "local_init") {
-    if (auto p = ParseInitPayload(data); p.ok()) return {p->transaction_key};
+    if (auto p = ParseInitPayload(data); p.ok()) {
+      return {p->transaction_key, ""};
+    }
   } else if (type == "local_execute") {
     if (auto p = ParseExecutePayload(data); p.ok()) {
       return {p->transaction_key, p->step_id};
     }
   } else if (type == "local_cleanup") {
-    if (auto p = ParseCleanupPayload(data); p.ok()) return {p->transaction_key};
+    if (auto p = ParseCleanupPayload(data); p.ok()) {
+      return {p->transaction_key, ""};
+    }
   }
   return {};
 }
