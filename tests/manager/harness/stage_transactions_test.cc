@@ -420,7 +420,8 @@ TEST_F(HarnessStageTransactionsTest, AStageThatCannotResumeIsCleanedUp) {
   EXPECT_THAT(resumed.message(), HasSubstr("cannot resume"));
   EXPECT_FALSE(after.IsOpen("rt-1"));
   EXPECT_FALSE(fs::exists(ws)) << "its directories marked remove";
-  for (int i = 0; i < 500 && journal_.Calls().size() < 2; ++i) {
+  // Cleanup runs on the stage's thread after Resume has returned.
+  for (int i = 0; i < 2500 && journal_.Calls().size() < 2; ++i) {
     absl::SleepFor(absl::Milliseconds(2));
   }
   EXPECT_THAT(journal_.Calls(),
@@ -430,7 +431,7 @@ TEST_F(HarnessStageTransactionsTest, AStageThatCannotResumeIsCleanedUp) {
     absl::MutexLock lock(&mu);
     return closed;
   };
-  for (int i = 0; i < 500 && closed_now().empty(); ++i) {
+  for (int i = 0; i < 2500 && closed_now().empty(); ++i) {
     absl::SleepFor(absl::Milliseconds(2));
   }
   EXPECT_THAT(closed_now(), ElementsAre("rt-1 init-task-7"));
