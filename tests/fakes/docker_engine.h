@@ -22,6 +22,15 @@ namespace delegate::testing {
 // The image scripts/docker-test-setup.sh builds offline.
 inline constexpr const char* kTestImage = "delegate-test/busybox:latest";
 
+// A step `id` running `commands` (by /bin/sh) in the test image.
+inline Step ImageStep(std::string id, std::vector<std::string> commands) {
+  Step step;
+  step.id = std::move(id);
+  step.image = kTestImage;
+  step.commands = std::move(commands);
+  return step;
+}
+
 // $DOCKER_HOST or the default socket.
 inline absl::StatusOr<std::unique_ptr<docker::DockerClient>>
 ConnectTestEngine() {

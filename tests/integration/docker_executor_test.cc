@@ -28,7 +28,7 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Not;
 
-using ::delegate::testing::kTestImage;
+using ::delegate::testing::ImageStep;
 
 class DockerExecutorTest : public ::delegate::testing::DockerStageTest {
  protected:
@@ -37,11 +37,8 @@ class DockerExecutorTest : public ::delegate::testing::DockerStageTest {
     stage.name = "docker-it";
     stage.platform = "docker";
     for (size_t i = 0; i < commands.size(); ++i) {
-      Step step;
-      step.id = "s" + std::to_string(i);
-      step.image = kTestImage;
-      step.commands = std::move(commands[i]);
-      stage.steps.push_back(std::move(step));
+      stage.steps.push_back(
+          ImageStep("s" + std::to_string(i), std::move(commands[i])));
     }
     return stage;
   }

@@ -29,7 +29,7 @@ namespace {
 namespace fs = std::filesystem;
 using ::delegate::testing::DelegateProcess;
 using ::delegate::testing::HandRun;
-using ::delegate::testing::kTestImage;
+using ::delegate::testing::ImageStep;
 using ::delegate::testing::Labelled;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
@@ -63,14 +63,6 @@ class DockerResumeTest : public ::testing::Test {
   }
 
   std::string Label() const { return "io.libdelegate.delegate=" + name_; }
-
-  static Step ImageStep(std::string id, std::vector<std::string> commands) {
-    Step step;
-    step.id = std::move(id);
-    step.image = kTestImage;
-    step.commands = std::move(commands);
-    return step;
-  }
 
   // Starts `delegate exec` on a docker stage whose first step prints
   // "<marker>-42" (computed, so that the echoed command does not count),

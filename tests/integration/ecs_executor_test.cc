@@ -137,11 +137,7 @@ class EcsExecutorTest : public ::testing::Test {
   }
 
   static Step Shell(std::string id, std::vector<std::string> commands) {
-    Step s;
-    s.id = std::move(id);
-    s.image = kTestImage;
-    s.commands = std::move(commands);
-    return s;
+    return ImageStep(std::move(id), std::move(commands));
   }
 
   std::string Text(const std::string& step) {
