@@ -357,31 +357,44 @@ int Run(const Args& args) {
     const std::string state_dir = config->StateDir();
     const std::vector<std::string> gone =
         delegate::FindGoneInstances(state_dir);
-    auto removed = args.all_instances
-                       ? delegate::ReapDockerLeftovers(docker, config->name)
-                       : delegate::ReapDockerInstances(docker, gone);
+    std::vector<std::string> removed;
+    std::vector<absl::Status> errors;
+    auto on_docker = args.all_instances
+                         ? delegate::ReapDockerLeftovers(docker, config->name)
+                         : delegate::ReapDockerInstances(docker, gone);
+    if (on_docker.ok()) {
+      removed = *std::move(on_docker);
+    } else {
+      errors.push_back(on_docker.status());
+    }
     // Stage directories on this machine: only by instance, since the work
     // root may be shared by delegates of other names.
-    std::vector<std::string> workspaces =
-        delegate::ReapHostLeftovers(config->workdir, gone);
-    if (removed.ok()) {
-      removed->insert(removed->end(), workspaces.begin(), workspaces.end());
-    } else {
-      for (const std::string& what : workspaces) {
-        printf("removed %s\n", what.c_str());
-      }
+    for (std::string& what :
+         delegate::ReapHostLeftovers(config->workdir, gone)) {
+      removed.push_back(std::move(what));
     }
-    if (!removed.ok()) {
-      fprintf(stderr, "delegate: cleanup: %s\n",
-              std::string(removed.status().message()).c_str());
-      return kExitFailed;
+    // ECS step tasks and task definitions, when ECS is set up: of this
+    // instance, and of stopped delegate tasks of the same name.
+    if (absl::StatusOr<delegate::EcsExecutorOptions> ecs =
+            delegate::LoadEcsExecutorOptions(delegate::ProcessEnvironment());
+        !ecs.ok()) {
+      errors.push_back(ecs.status());
+    } else if (absl::Status s = delegate::ReapEcsLeftovers(
+                   *std::move(ecs), config->name, &removed);
+               !s.ok()) {
+      errors.push_back(s);
     }
-    for (const std::string& what : *removed) {
+    for (const std::string& what : removed) {
       printf("removed %s\n", what.c_str());
     }
+    for (const absl::Status& s : errors) {
+      fprintf(stderr, "delegate: cleanup: %s\n",
+              std::string(s.message()).c_str());
+    }
+    if (!errors.empty()) return kExitFailed;
     for (const std::string& id : gone) delegate::ForgetInstance(state_dir, id);
     printf("delegate %s: %zu leftovers removed\n", config->name.c_str(),
-           removed->size());
+           removed.size());
     return kExitOk;
   }
   if (args.command != "exec" && args.command != "validate") {

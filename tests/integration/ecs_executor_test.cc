@@ -21,6 +21,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "delegate/builtin_executors.h"
 #include "delegate/event_log.h"
 #include "delegate/scheduler.h"
@@ -148,8 +149,31 @@ class EcsExecutorTest : public ::testing::Test {
   // against the fake; its ECS instance is this host's name.
   pid_t SpawnExec(const std::string& file, const std::string& name,
                   const std::string& state_dir = "") {
+    return SpawnDelegate({"exec", file}, name, state_dir);
+  }
+
+  // Whether a task of the fake reaches RUNNING within 10 s.
+  bool AwaitRunningTask() {
+    for (int i = 0; i < 400; ++i) {
+      for (const FakeTask& t : fake_->Tasks()) {
+        if (t.last_status == "RUNNING") return true;
+      }
+      absl::SleepFor(absl::Milliseconds(25));
+    }
+    return false;
+  }
+
+  // The delegate binary with `args`, set up as SpawnExec says; its stdout
+  // goes to `out` when given.
+  pid_t SpawnDelegate(const std::vector<std::string>& args,
+                      const std::string& name, const std::string& state_dir,
+                      const std::string& out = "") {
+    std::vector<const char*> argv = {DELEGATE_BINARY};
+    for (const std::string& a : args) argv.push_back(a.c_str());
+    argv.push_back(nullptr);
     pid_t pid = fork();
     if (pid == 0) {
+      if (!out.empty() && !freopen(out.c_str(), "w", stdout)) _exit(126);
       setenv("AWS_ACCESS_KEY_ID", kKey, 1);
       setenv("AWS_SECRET_ACCESS_KEY", kSecret, 1);
       setenv("AWS_REGION", "us-east-1", 1);
@@ -159,7 +183,7 @@ class EcsExecutorTest : public ::testing::Test {
       setenv("HARNESS_NAME", name.c_str(), 1);
       if (!state_dir.empty())
         setenv("DELEGATE_STATE_DIR", state_dir.c_str(), 1);
-      execl(DELEGATE_BINARY, DELEGATE_BINARY, "exec", file.c_str(), nullptr);
+      execv(DELEGATE_BINARY, const_cast<char* const*>(argv.data()));
       _exit(127);
     }
     return pid;
@@ -175,8 +199,19 @@ class EcsExecutorTest : public ::testing::Test {
                      .resuming = std::move(resuming)});
   }
 
+  // What the executors' start-up hooks logged.
+  std::string Events() {
+    absl::MutexLock lock(&events_mu_);
+    return absl::StrJoin(events_, "\n");
+  }
+
   std::unique_ptr<FakeAws> fake_;
-  EventLog event_log_{[](std::string_view) {}};
+  absl::Mutex events_mu_;
+  std::vector<std::string> events_ ABSL_GUARDED_BY(events_mu_);
+  EventLog event_log_{[this](std::string_view line) {
+    absl::MutexLock lock(&events_mu_);
+    events_.emplace_back(line);
+  }};
   bool expired_tokens_expected_ = false;
   ExecutorRegistry registry_;
   RecordingLogSink sink_;
@@ -429,13 +464,8 @@ TEST_F(EcsExecutorTest, ADelegateKilledMidStageCleansUpWhenItComesBack) {
     return SpawnExec(file, "killed-delegate");
   };
   pid_t first = spawn(dir + "/long.yaml");
-  bool running = false;
-  for (int i = 0; i < 400 && !running; ++i) {
-    for (const FakeTask& t : fake_->Tasks())
-      running |= t.last_status == "RUNNING";
-    if (!running) absl::SleepFor(absl::Milliseconds(25));
-  }
-  ASSERT_TRUE(running) << "the first delegate never got its task running";
+  ASSERT_TRUE(AwaitRunningTask())
+      << "the first delegate never got its task running";
   kill(first, SIGKILL);
   int status = 0;
   waitpid(first, &status, 0);
@@ -449,6 +479,43 @@ TEST_F(EcsExecutorTest, ADelegateKilledMidStageCleansUpWhenItComesBack) {
   std::vector<FakeTask> tasks = fake_->Tasks();
   ASSERT_EQ(tasks.size(), 2u);
   EXPECT_EQ(tasks[0].stopped_reason, "stage cleanup by the delegate");
+}
+
+// What a killed `delegate exec` left on ECS, `delegate cleanup` removes,
+// and says what it removed.
+TEST_F(EcsExecutorTest, CleanupRemovesTheTasksAKilledDelegateLeft) {
+  FakeAwsOptions options;
+  options.behaviour = [](const FakeContainer&) {
+    ContainerBehaviour b;
+    b.run_for = absl::Hours(1);
+    return b;
+  };
+  StartFake(std::move(options));
+  const std::string dir =
+      ::testing::TempDir() + "/ecs-cleanup-" + std::to_string(getpid());
+  ASSERT_EQ(system(("mkdir -p " + dir).c_str()), 0);
+  std::ofstream(dir + "/long.yaml")
+      << "name: long\nplatform: ecs-ec2\nsteps:\n  - id: s\n"
+      << "    image: busybox\n    commands: [\"sleep 3600\"]\n";
+  pid_t first = SpawnExec(dir + "/long.yaml", "cleaned-delegate", dir + "/st");
+  ASSERT_TRUE(AwaitRunningTask()) << "the delegate never got its task running";
+  kill(first, SIGKILL);
+  int status = 0;
+  waitpid(first, &status, 0);
+  const FakeTask left = fake_->Tasks()[0];
+  ASSERT_EQ(left.desired_status, "RUNNING");
+
+  pid_t cleanup = SpawnDelegate({"cleanup"}, "cleaned-delegate", dir + "/st",
+                                dir + "/cleanup.out");
+  waitpid(cleanup, &status, 0);
+  std::ifstream in(dir + "/cleanup.out");
+  const std::string out((std::istreambuf_iterator<char>(in)),
+                        std::istreambuf_iterator<char>());
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+  EXPECT_THAT(out, HasSubstr("removed ECS task " + ecs::TaskId(left.arn)));
+  EXPECT_THAT(out, HasSubstr("removed ECS task definition "));
+  EXPECT_EQ(fake_->Tasks()[0].desired_status, "STOPPED");
+  // TearDown checks that nothing runs and nothing is registered any more.
 }
 
 // The delegate binary, SIGKILLed while its step's task runs (on Docker); a
@@ -606,8 +673,9 @@ TEST_F(EcsExecutorTest, TheStartKeepsWhatAStageToBeResumedHas) {
   }
   EXPECT_EQ(definitions[kept_def], "ACTIVE");
   EXPECT_NE(definitions[gone_def], "ACTIVE");
-  EXPECT_THAT(run.Text(),
-              HasSubstr("ECS: removed task " + ecs::TaskId(gone_task)));
+  // Removed at the start, before the stage (which waited for it).
+  EXPECT_THAT(Events(), HasSubstr("ECS task " + ecs::TaskId(gone_task)));
+  EXPECT_THAT(Events(), Not(HasSubstr(ecs::TaskId(kept_task))));
   EXPECT_THAT(run.Text(), Not(HasSubstr(ecs::TaskId(kept_task))));
 
   StepResult r = run.Step(*resumed, 0, /*reattach=*/true);

@@ -84,9 +84,23 @@ DELEGATE_EXPORT absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(
 // (Executor::Resume) adopts those task definitions and tasks, and the step
 // that was running (StepContext::reattach) is followed to its end from the
 // start of its log; when no task of it is found, that step fails saying
-// so. AWS is contacted at the first stage, not here.
+// so. When ECS is set up (a cluster configured, or the delegate runs as an
+// ECS task), ExecutorRegistry::Start removes those leftovers in the
+// background, and the first stage waits for it; otherwise the first stage
+// removes them. AWS is not contacted here.
 DELEGATE_EXPORT absl::Status RegisterEcsExecutors(ExecutorRegistry& registry,
                                                   EcsExecutorOptions options);
+
+// What `delegate cleanup` does on ECS: stops the step tasks and deletes the
+// task definitions that this instance (options.instance: by default the
+// delegate's own task ARN on ECS, otherwise the host name) and stopped
+// delegate tasks of the same name left, each appended to `removed` ("ECS
+// task ARN", "ECS task definition ARN") even when an error follows. Does
+// nothing when ECS is not set up. Errors: what resolving the cluster, region
+// or credentials, or a removal, failed with.
+DELEGATE_EXPORT absl::Status ReapEcsLeftovers(
+    EcsExecutorOptions options, const std::string& delegate_name,
+    std::vector<std::string>* removed);
 
 // What "ecs-ec2" and "ecs-fargate" run. Fargate runs tasks on hosts nobody
 // can reach: no privilege, no host paths, of the capabilities only

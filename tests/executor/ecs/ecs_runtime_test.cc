@@ -16,6 +16,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "delegate/event_log.h"
+#include "delegate/executor.h"
 #include "executor/ecs/task_definition.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -32,6 +35,7 @@ using delegate::testing::FakeAwsCredential;
 using delegate::testing::FakeAwsOptions;
 using delegate::testing::FakeContainer;
 using delegate::testing::FakeRejection;
+using ::testing::AllOf;
 using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -64,17 +68,6 @@ std::string TagsJson(const std::map<std::string, std::string>& tags) {
   }
   return absl::StrCat("[", absl::StrJoin(items, ","), "]");
 }
-
-class RecordingOutput final : public OutputWriter {
- public:
-  void Write(LogStream stream, std::string_view bytes) override {
-    if (stream == LogStream::kSystem && bytes != "\n") {
-      lines.emplace_back(bytes);
-    }
-  }
-  void Flush() override {}
-  std::vector<std::string> lines;
-};
 
 TEST(IsLeftoverTest, SelectsByDelegateInstanceAndStage) {
   auto never = [](const std::string&) { return false; };
@@ -224,8 +217,8 @@ TEST_F(EcsRuntimeTest, ReadyRemovesWhatAnEarlierRunOfThisInstanceLeft) {
       Run(mine_def, StartedBy("d"), Tags("e", "me", "task-1"));
 
   EcsRuntime runtime(Options());
-  RecordingOutput out;
-  absl::StatusOr<EcsSession*> session = runtime.Ready("d", out);
+  ReapReport report;
+  absl::StatusOr<EcsSession*> session = runtime.Ready("d", &report);
   ASSERT_TRUE(session.ok()) << session.status();
 
   std::map<std::string, std::string> desired = DesiredStatus();
@@ -245,22 +238,19 @@ TEST_F(EcsRuntimeTest, ReadyRemovesWhatAnEarlierRunOfThisInstanceLeft) {
   EXPECT_EQ(definitions[other_def], "ACTIVE");
 
   int removed_tasks = 0;
-  for (const std::string& line : out.lines) {
-    EXPECT_THAT(line, StartsWith("ECS: removed "));
-    EXPECT_THAT(line, HasSubstr(", left by an earlier run of this delegate"));
-    removed_tasks += absl::StartsWith(line, "ECS: removed task ") &&
-                     !absl::StartsWith(line, "ECS: removed task definition");
+  for (const std::string& what : report.removed) {
+    EXPECT_THAT(what, StartsWith("task "));
+    removed_tasks += !absl::StartsWith(what, "task definition ");
   }
   EXPECT_EQ(removed_tasks, 121);
-  EXPECT_THAT(out.lines,
-              Contains(absl::StrCat("ECS: removed task definition ",
-                                    mine_def.substr(mine_def.rfind('/') + 1),
-                                    ", left by an earlier run of this "
-                                    "delegate")));
+  EXPECT_THAT(report.removed,
+              Contains(absl::StrCat("task definition ",
+                                    mine_def.substr(mine_def.rfind('/') + 1))));
+  EXPECT_THAT(report.errors, IsEmpty());
 
   // Ready again: the same session, without a call.
   const size_t calls = fake_->Calls().size();
-  absl::StatusOr<EcsSession*> again = runtime.Ready("d", out);
+  absl::StatusOr<EcsSession*> again = runtime.Ready("d", &report);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, *session);
   EXPECT_EQ(fake_->Calls().size(), calls);
@@ -282,8 +272,8 @@ TEST_F(EcsRuntimeTest, ReadyKeepsWhatTheStagesToBeResumedMade) {
 
   EcsRuntime runtime(Options());
   runtime.KeepForResume({"task-1"});
-  RecordingOutput out;
-  absl::StatusOr<EcsSession*> session = runtime.Ready("d", out);
+  ReapReport report;
+  absl::StatusOr<EcsSession*> session = runtime.Ready("d", &report);
   ASSERT_TRUE(session.ok()) << session.status();
 
   std::map<std::string, std::string> desired = DesiredStatus();
@@ -297,7 +287,7 @@ TEST_F(EcsRuntimeTest, ReadyKeepsWhatTheStagesToBeResumedMade) {
   }
   EXPECT_EQ(definitions[resumed_def], "ACTIVE");
   EXPECT_NE(definitions[gone_def], "ACTIVE");
-  EXPECT_THAT(out.lines, Not(Contains(HasSubstr(TaskId(resumed)))));
+  EXPECT_THAT(report.removed, Not(Contains(HasSubstr(TaskId(resumed)))));
 
   // Handed over once.
   KeptStage kept = runtime.TakeKept("task-1");
@@ -324,10 +314,10 @@ TEST_F(EcsRuntimeTest, ReadyKeepsWhatTheStagesToBeResumedMade) {
 
 TEST_F(EcsRuntimeTest, TheSessionPollsMoreTasksThanOneDescribeTakes) {
   EcsRuntime runtime(Options());
-  RecordingOutput out;
-  absl::StatusOr<EcsSession*> session = runtime.Ready("d", out);
+  ReapReport report;
+  absl::StatusOr<EcsSession*> session = runtime.Ready("d", &report);
   ASSERT_TRUE(session.ok()) << session.status();
-  EXPECT_THAT(out.lines, IsEmpty());
+  EXPECT_THAT(report.removed, IsEmpty());
   const std::string def = Register(TaskFamily("d"), Tags("d", "me", "t"));
   std::vector<std::string> arns;
   for (int i = 0; i < 150; ++i) {
@@ -355,8 +345,8 @@ TEST_F(EcsRuntimeTest, ClusterSubnetAndInstanceComeFromTheOwnTask) {
   options.subnets.clear();
   options.instance.clear();
   EcsRuntime runtime(std::move(options));
-  RecordingOutput out;
-  absl::StatusOr<EcsSession*> session = runtime.Ready("d", out);
+  ReapReport report;
+  absl::StatusOr<EcsSession*> session = runtime.Ready("d", &report);
   ASSERT_TRUE(session.ok()) << session.status();
   const EcsSession::Resolved& r = (*session)->resolved();
   EXPECT_EQ(r.region, "us-east-1");
@@ -370,12 +360,76 @@ TEST_F(EcsRuntimeTest, WithoutAClusterReadySaysWhatToSetBeforeAnyCall) {
   EcsExecutorOptions options = Options();
   options.cluster.clear();
   EcsRuntime runtime(std::move(options));
-  RecordingOutput out;
-  absl::StatusOr<EcsSession*> session = runtime.Ready("d", out);
+  ReapReport report;
+  absl::StatusOr<EcsSession*> session = runtime.Ready("d", &report);
   ASSERT_FALSE(session.ok());
   EXPECT_EQ(session.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(session.status().message(), HasSubstr("DELEGATE_ECS_CLUSTER"));
   EXPECT_THAT(fake_->Calls(), IsEmpty());
+}
+
+// The start of `delegate server` (ExecutorRegistry::Start) removes what an
+// earlier run left, without waiting for the first stage, and says so.
+TEST_F(EcsRuntimeTest, RegistryStartRemovesWhatAnEarlierRunLeft) {
+  const std::string def = Register(TaskFamily("d"), Tags("d", "me", "task-1"));
+  const std::string left = Run(def, StartedBy("d"), Tags("d", "me", "task-1"));
+  ExecutorRegistry registry;
+  ASSERT_TRUE(RegisterEcsExecutors(registry, Options()).ok());
+  absl::Mutex mu;
+  std::vector<std::string> events;
+  EventLog log([&](std::string_view line) {
+    absl::MutexLock lock(&mu);
+    events.emplace_back(line);
+  });
+  registry.Start({.delegate_name = "d", .log = &log, .resuming = {}});
+  absl::MutexLock lock(&mu);
+  auto reported = [&] { return events.size() >= 2; };
+  ASSERT_TRUE(
+      mu.AwaitWithTimeout(absl::Condition(&reported), absl::Seconds(30)))
+      << absl::StrJoin(events, "\n");
+  EXPECT_EQ(DesiredStatus()[left], "STOPPED");
+  EXPECT_THAT(events, Contains(AllOf(HasSubstr("removed a leftover"),
+                                     HasSubstr("ECS task " + TaskId(left)))));
+  EXPECT_THAT(events, Contains(AllOf(HasSubstr("removed a leftover"),
+                                     HasSubstr("ECS task definition"))));
+}
+
+// Without a cluster and outside ECS, neither the start nor `delegate
+// cleanup` calls AWS (a delegate that runs no ECS steps needs no
+// credentials).
+TEST_F(EcsRuntimeTest, WithoutEcsSetUpNothingCallsAws) {
+  EcsExecutorOptions options = Options();
+  options.cluster.clear();
+  std::vector<std::string> removed;
+  EXPECT_TRUE(ReapEcsLeftovers(options, "d", &removed).ok());
+  EXPECT_THAT(removed, IsEmpty());
+  ExecutorRegistry registry;
+  ASSERT_TRUE(RegisterEcsExecutors(registry, options).ok());
+  EventLog log([](std::string_view) {});
+  registry.Start({.delegate_name = "d", .log = &log, .resuming = {}});
+  EXPECT_THAT(fake_->Calls(), IsEmpty());
+}
+
+TEST_F(EcsRuntimeTest, CleanupRemovesWhatThisInstanceLeft) {
+  const std::string def = Register(TaskFamily("d"), Tags("d", "me", "task-1"));
+  const std::string left = Run(def, StartedBy("d"), Tags("d", "me", "task-1"));
+  const std::string other =
+      Run(def, StartedBy("d"), Tags("d", "host-b", "task-2"));
+  std::vector<std::string> removed;
+  absl::Status s = ReapEcsLeftovers(Options(), "d", &removed);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_THAT(removed, Contains("ECS task " + TaskId(left)));
+  EXPECT_EQ(DesiredStatus()[left], "STOPPED");
+  EXPECT_EQ(DesiredStatus()[other], "RUNNING");
+
+  // Set up for ECS but without a region: the error names what to set.
+  EcsExecutorOptions bad = Options();
+  bad.env->erase("AWS_REGION");
+  removed.clear();
+  s = ReapEcsLeftovers(bad, "d", &removed);
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), HasSubstr("AWS_REGION"));
+  EXPECT_THAT(removed, IsEmpty());
 }
 
 }  // namespace

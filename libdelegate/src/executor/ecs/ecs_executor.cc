@@ -42,6 +42,7 @@ using ecs::kTagStage;
 using ecs::kTagStep;
 using ecs::LaunchType;
 using ecs::ParseAnswer;
+using ecs::ReapReport;
 using ecs::RequestBody;
 using ecs::StartedBy;
 using ecs::TaskId;
@@ -113,8 +114,14 @@ class EcsExecutor final : public Executor {
 };
 
 absl::Status EcsExecutor::Open(const StageContext& ctx) {
+  ReapReport report;
   absl::StatusOr<EcsSession*> session =
-      runtime_->Ready(ctx.delegate_name, ctx.output);
+      runtime_->Ready(ctx.delegate_name, &report);
+  for (const std::string& removed : report.removed) {
+    ctx.output.SystemLine(absl::StrCat(
+        "ECS: removed ", removed, ", left by an earlier run of this delegate"));
+  }
+  for (const std::string& e : report.errors) ctx.output.SystemLine("ECS: " + e);
   if (!session.ok()) return session.status();
   if (launch_ == LaunchType::kFargate &&
       (*session)->resolved().subnets.empty()) {
@@ -470,13 +477,50 @@ absl::Status EcsExecutor::Cleanup(const StageContext& ctx) {
 
 }  // namespace
 
+absl::Status ReapEcsLeftovers(EcsExecutorOptions options,
+                              const std::string& delegate_name,
+                              std::vector<std::string>* removed) {
+  EcsRuntime runtime(std::move(options));
+  if (!runtime.Configured()) return absl::OkStatus();
+  ReapReport report;
+  absl::StatusOr<EcsSession*> session = runtime.Ready(delegate_name, &report);
+  for (const std::string& what : report.removed) {
+    removed->push_back("ECS " + what);
+  }
+  if (!session.ok()) return session.status();
+  if (!report.errors.empty()) {
+    return absl::UnavailableError(
+        absl::StrCat("ECS: ", absl::StrJoin(report.errors, "; ")));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status RegisterEcsExecutors(ExecutorRegistry& registry,
                                   EcsExecutorOptions options) {
   auto runtime = std::make_shared<EcsRuntime>(std::move(options));
-  // AWS is contacted at the first stage, which removes what an earlier run
-  // left; the stages to be resumed are only noted here.
+  // When ECS is set up, what an earlier run left is removed at start-up (on
+  // a thread of the runtime's: the first stage waits for it, the delegate's
+  // start does not); otherwise AWS is contacted at the first stage, which
+  // removes it then. Both executors share the runtime: it runs once.
   auto on_start = [runtime](const ExecutorStartup& startup) {
     runtime->KeepForResume(startup.resuming);
+    if (!runtime->Configured()) return;
+    EventLog* log = startup.log;
+    runtime->ReadyInBackground(
+        startup.delegate_name,
+        [log](const absl::Status& status, const ReapReport& report) {
+          for (const std::string& what : report.removed) {
+            log->Info("removed a leftover of an earlier run",
+                      {{"what", "ECS " + what}});
+          }
+          for (const std::string& e : report.errors) {
+            log->Warn("could not remove a leftover on ECS", {{"error", e}});
+          }
+          if (!status.ok()) {
+            log->Warn("could not look for leftovers on ECS",
+                      {{"error", status.message()}});
+          }
+        });
   };
   absl::Status s = registry.Register(
       "ecs-fargate",

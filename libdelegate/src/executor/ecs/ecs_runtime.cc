@@ -152,8 +152,39 @@ EcsRuntime::EcsRuntime(EcsExecutorOptions options)
     : options_(std::move(options)),
       clock_(options_.clock ? *options_.clock : Clock::Real()) {}
 
+EcsRuntime::~EcsRuntime() {
+  if (background_.joinable()) background_.join();
+}
+
+bool EcsRuntime::Configured() const {
+  if (!options_.cluster.empty()) return true;
+  const EnvMap env = options_.env ? *options_.env : ProcessEnvironment();
+  auto it = env.find(aws::kMetadataUriVar);
+  return it != env.end() && !it->second.empty();
+}
+
+void EcsRuntime::ReadyInBackground(
+    std::string delegate_name,
+    std::function<void(const absl::Status&, const ReapReport&)> done) {
+  if (background_started_.exchange(true)) return;
+  background_ = std::thread(
+      [this, name = std::move(delegate_name), done = std::move(done)] {
+        ReapReport report;
+        absl::StatusOr<EcsSession*> session = SetUp(name, &report);
+        background_done_.Notify();
+        done(session.status(), report);
+      });
+}
+
 absl::StatusOr<EcsSession*> EcsRuntime::Ready(const std::string& delegate_name,
-                                              OutputWriter& out) {
+                                              ReapReport* report) {
+  // What the start-up began goes first: its removals are not a stage's.
+  if (background_started_.load()) background_done_.WaitForNotification();
+  return SetUp(delegate_name, report);
+}
+
+absl::StatusOr<EcsSession*> EcsRuntime::SetUp(const std::string& delegate_name,
+                                              ReapReport* report) {
   absl::MutexLock lock(&mu_);
   if (session_) return session_.get();
   const EnvMap env = options_.env ? *options_.env : ProcessEnvironment();
@@ -195,13 +226,11 @@ absl::StatusOr<EcsSession*> EcsRuntime::Ready(const std::string& delegate_name,
       options_, std::move(resolved), self, env, *credentials_, http_, clock_);
   if (!session.ok()) return session.status();
 
-  std::vector<std::string> errors;
-  for (const std::string& removed :
-       (*session)->Reap(delegate_name, "", &errors, resuming_, &kept_)) {
-    out.SystemLine(absl::StrCat("ECS: removed ", removed,
-                                ", left by an earlier run of this delegate"));
-  }
-  for (const std::string& e : errors) out.SystemLine("ECS: " + e);
+  ReapReport local;
+  if (report == nullptr) report = &local;
+  std::vector<std::string> removed =
+      (*session)->Reap(delegate_name, "", &report->errors, resuming_, &kept_);
+  report->removed.insert(report->removed.end(), removed.begin(), removed.end());
   session_ = *std::move(session);
   return session_.get();
 }

@@ -6,12 +6,15 @@
 #ifndef DELEGATE_EXECUTOR_ECS_ECS_RUNTIME_H_
 #define DELEGATE_EXECUTOR_ECS_ECS_RUNTIME_H_
 
+#include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -19,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "aws/credentials.h"
 #include "aws/json_client.h"
 #include "aws/logs_client.h"
@@ -163,22 +167,41 @@ class EcsSession {
   TaskPoller poller_;  // last: its thread ends before the clients go
 };
 
+// What Ready removed of an earlier run, and what it could not.
+struct ReapReport {
+  std::vector<std::string> removed;  // "task ARN", "task definition ARN"
+  std::vector<std::string> errors;
+};
+
 // What every stage of the delegate shares: the options, and the session once
 // a stage has set it up. Thread-safe.
 class EcsRuntime {
  public:
   explicit EcsRuntime(EcsExecutorOptions options);
+  ~EcsRuntime();  // waits for ReadyInBackground
   EcsRuntime(const EcsRuntime&) = delete;
   EcsRuntime& operator=(const EcsRuntime&) = delete;
+
+  // Whether ECS is set up for this delegate at all: a cluster configured, or
+  // the delegate runs as an ECS task (ECS_CONTAINER_METADATA_URI_V4).
+  bool Configured() const;
 
   // The session, set up at the first call: the cluster, region and instance
   // resolved (from ECS_CONTAINER_METADATA_URI_V4 when not configured), the
   // clients made, and what an earlier run of this instance left removed
-  // (but what the stages named by KeepForResume need), each removal and
-  // failure a line on `out`. A failure is retried at the next call. The
-  // session lives as long as the runtime.
+  // (but what the stages named by KeepForResume need), told in `report`
+  // (nullptr: not told). A failure is retried at the next call. The session
+  // lives as long as the runtime.
   absl::StatusOr<EcsSession*> Ready(const std::string& delegate_name,
-                                    OutputWriter& out) ABSL_LOCKS_EXCLUDED(mu_);
+                                    ReapReport* report)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Ready on a thread of the runtime's, `done` called with its outcome
+  // there: the delegate's start-up does not wait for AWS, and a stage's Ready
+  // waits for this one. Called once; a second call is ignored.
+  void ReadyInBackground(
+      std::string delegate_name,
+      std::function<void(const absl::Status&, const ReapReport&)> done)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // The stages (StageTask ids) an earlier process of this instance left that
   // will be resumed (ExecutorStartup::resuming): Ready keeps their tasks and
@@ -193,11 +216,18 @@ class EcsRuntime {
   Clock& clock() { return clock_; }
 
  private:
+  absl::StatusOr<EcsSession*> SetUp(const std::string& delegate_name,
+                                    ReapReport* report)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   const EcsExecutorOptions options_;
   Clock& clock_;
   http::HttpClient http_;
 
-  absl::Mutex mu_;  // one Ready at a time
+  absl::Mutex mu_;          // one Ready at a time
+  std::thread background_;  // ReadyInBackground's; set once, before use
+  std::atomic<bool> background_started_{false};
+  absl::Notification background_done_;
   // Kept across failed Ready calls (a refreshing provider keeps its cache).
   std::unique_ptr<aws::CredentialsProvider> credentials_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<EcsSession> session_ ABSL_GUARDED_BY(mu_);
