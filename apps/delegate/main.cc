@@ -438,14 +438,18 @@ int Run(const Args& args) {
     return kExitInvalid;
   };
   if (args.command == "validate") {
+    std::vector<std::string> notes;
     if (absl::Status s =
-            delegate::ValidateForPlatform(registry, *stage, *policy);
+            delegate::ValidateForPlatform(registry, *stage, *policy, &notes);
         !s.ok()) {
       return refused(s);
     }
     printf("%s: stage %s is valid for platform %s (%zu steps)\n",
            args.file.c_str(), stage->name.c_str(), stage->platform.c_str(),
            stage->steps.size());
+    for (const std::string& note : notes) {
+      printf("%s: note: %s\n", args.file.c_str(), note.c_str());
+    }
     return kExitOk;
   }
 

@@ -165,6 +165,28 @@ steps:
   EXPECT_FALSE(fs::exists(marker));
 }
 
+// A size the platform does not enforce is accepted, and said: by validate,
+// and first in the stage's log when it runs.
+TEST_F(DelegateBinaryTest, AnUnenforcedEmptyDirSizeIsSaidNotIgnored) {
+  const std::string file = Write("sized.yaml", R"(name: sized
+platform: host
+volumes:
+  - {name: cache, empty_dir: {size_mib: 64}}
+steps:
+  - {id: a, commands: ["echo ran"], volume_mounts: [{name: cache, path: cache}]}
+)");
+  const std::string note =
+      "note: volumes[0].empty_dir.size_mib: 64 MiB is not enforced on host "
+      "(a directory on the host has no size limit)";
+  Outcome validated = Run({"validate", file});
+  EXPECT_EQ(validated.exit_code, 0) << validated.out;
+  EXPECT_THAT(validated.out, HasSubstr(note));
+  Outcome ran = Run({"exec", file});
+  EXPECT_EQ(ran.exit_code, 0) << ran.out;
+  EXPECT_THAT(ran.out, HasSubstr(note));
+  EXPECT_LT(ran.out.find(note), ran.out.find("ran"));
+}
+
 TEST_F(DelegateBinaryTest, ValidateAcceptsAGoodFile) {
   Outcome o = Run(
       {"validate", std::string(DELEGATE_SOURCE_DIR) + "/examples/hello.yaml"});

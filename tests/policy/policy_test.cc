@@ -111,6 +111,30 @@ TEST(PlatformProfileTest, OtherNamesHaveNoProfile) {
   EXPECT_EQ(FindPlatformProfile("ecs"), nullptr);
 }
 
+// An empty_dir's size_mib is never silently ignored: where the platform
+// does not enforce it, a note names the field and says so; on Fargate it is
+// the task's ephemeral storage, and no note is given.
+TEST(StageNotesTest, SayWhereAnEmptyDirSizeIsNotEnforced) {
+  for (const char* platform : {"host", "docker", "ecs-ec2"}) {
+    Stage stage = MakeStage(platform);
+    AddStep(stage);
+    AddEmptyDir(stage, "scratch");
+    AddEmptyDir(stage, "cache", 1024);
+    EXPECT_THAT(StageNotes(stage, FindPlatformProfile(platform)),
+                ElementsAre(AllOf(
+                    HasSubstr("volumes[1].empty_dir.size_mib: 1024 MiB is not "
+                              "enforced on "),
+                    HasSubstr("no size limit"))))
+        << platform;
+  }
+  Stage fargate = MakeStage("ecs-fargate");
+  AddStep(fargate);
+  AddEmptyDir(fargate, "cache", 30 * 1024);
+  EXPECT_THAT(StageNotes(fargate, FindPlatformProfile("ecs-fargate")),
+              IsEmpty());
+  EXPECT_THAT(StageNotes(fargate, nullptr), IsEmpty());
+}
+
 TEST(PolicyViolationTest, ToString) {
   PolicyViolation v{"steps[1].security_context.privileged", "ecs-fargate",
                     "privileged containers are not allowed on Fargate"};

@@ -90,6 +90,14 @@ class DELEGATE_EXPORT Executor {
     (void)stage;
     return absl::OkStatus();
   }
+  // What this platform accepts in `stage` but does not apply as written,
+  // beyond what its registered profile says (StageNotes): one sentence each,
+  // naming the field. Said first in the stage's log, and by `delegate
+  // validate`. Called only on a stage that Validate accepted.
+  virtual std::vector<std::string> Notes(const Stage& stage) {
+    (void)stage;
+    return {};
+  }
   // Creates what the stage needs: workspace, network, volumes.
   virtual absl::Status Initialize(const StageContext& ctx) = 0;
   // Instead of Initialize, for a stage an earlier process of this delegate
@@ -176,10 +184,13 @@ class DELEGATE_EXPORT ExecutorRegistry {
 // platform's registered profile), and the platform's executor accepts it
 // (Executor::Validate). InvalidArgument lists every problem, one per line,
 // with the stage's secret values masked. Scheduler::Submit runs the same
-// check; this is for checking without running (`delegate validate`).
+// check; this is for checking without running (`delegate validate`). When
+// the stage is accepted and `notes` is given, it gets what the platform
+// accepts without applying it as written (StageNotes, Executor::Notes).
 DELEGATE_EXPORT absl::Status ValidateForPlatform(
     const ExecutorRegistry& registry, const Stage& stage,
-    const OperatorPolicy& policy = {});
+    const OperatorPolicy& policy = {},
+    std::vector<std::string>* notes = nullptr);
 
 }  // namespace delegate
 

@@ -123,6 +123,10 @@ struct PlatformProfile {
   // Bounds on an empty_dir volume's size_mib, when it gives one.
   std::optional<int64_t> min_empty_dir_mib = std::nullopt;
   std::optional<int64_t> max_empty_dir_mib = std::nullopt;
+  // Why the platform accepts an empty_dir's size_mib without enforcing it
+  // ("Docker's local volumes have no size limit"), for the note StageNotes
+  // gives; empty when size_mib has its effect.
+  std::string_view empty_dir_size_unenforced = {};
 };
 
 // Every violation of `profile` (the stage's platform's; nullptr for a
@@ -144,6 +148,14 @@ struct PlatformProfile {
 DELEGATE_EXPORT std::vector<PolicyViolation> CheckStagePolicy(
     const Stage& stage, const OperatorPolicy& policy,
     const PlatformProfile* profile);
+
+// What `profile` accepts in `stage` but does not apply as written, one
+// sentence each, naming the field: today an empty_dir's size_mib where the
+// platform does not enforce it. `delegate validate` prints them, and a stage
+// that runs says them first in its log, so that nothing is silently ignored.
+// Empty for a null profile.
+DELEGATE_EXPORT std::vector<std::string> StageNotes(
+    const Stage& stage, const PlatformProfile* profile);
 
 // OK for no violations; otherwise InvalidArgument with each violation's
 // ToString(), one per line.

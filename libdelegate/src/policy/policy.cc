@@ -477,6 +477,24 @@ std::vector<PolicyViolation> CheckStagePolicy(const Stage& stage,
   return Checker(stage, profile, policy).Run();
 }
 
+std::vector<std::string> StageNotes(const Stage& stage,
+                                    const PlatformProfile* profile) {
+  std::vector<std::string> notes;
+  if (profile == nullptr || profile->empty_dir_size_unenforced.empty()) {
+    return notes;
+  }
+  for (size_t i = 0; i < stage.volumes.size(); ++i) {
+    const auto* e = std::get_if<EmptyDirVolume>(&stage.volumes[i].source);
+    if (e == nullptr || !e->size_mib) continue;
+    notes.push_back(
+        absl::StrCat("volumes[", i, "].empty_dir.size_mib: ", *e->size_mib,
+                     " MiB is not enforced on ", AbslView(profile->title), " (",
+                     AbslView(profile->empty_dir_size_unenforced),
+                     "): the volume can grow until its disk is full"));
+  }
+  return notes;
+}
+
 absl::Status PolicyStatus(const std::vector<PolicyViolation>& violations) {
   if (violations.empty()) return absl::OkStatus();
   std::string message;

@@ -257,6 +257,11 @@ std::string StageTransaction::RunFed() {
 
 StageResult StageTransaction::Run() {
   if (observer_) observer_->Started();
+  // What the platform accepts without applying it as written, before
+  // anything else: the stage's log says it, not only `delegate validate`.
+  for (const std::string& note : accepted_.prepared.notes) {
+    stage_output_.SystemLine("note: " + note);
+  }
   const absl::Status initialized = task_.resume && task_.feed
                                        ? executor_.Resume(context_)
                                        : executor_.Initialize(context_);

@@ -84,14 +84,28 @@ absl::StatusOr<PreparedStage> PrepareStage(
       !s.ok()) {
     return Masked(s, prepared.masker);
   }
+  prepared.notes = StageNotes(stage, registry.Profile(stage.platform));
+  for (std::string& note : prepared.executor->Notes(stage)) {
+    prepared.notes.push_back(std::move(note));
+  }
+  if (prepared.masker) {
+    for (std::string& note : prepared.notes) {
+      note = prepared.masker->Mask(note);
+    }
+  }
   prepared.stage = std::move(stage);
   return prepared;
 }
 
 absl::Status ValidateForPlatform(const ExecutorRegistry& registry,
                                  const Stage& stage,
-                                 const OperatorPolicy& policy) {
-  return PrepareStage(registry, stage, policy).status();
+                                 const OperatorPolicy& policy,
+                                 std::vector<std::string>* notes) {
+  absl::StatusOr<PreparedStage> prepared =
+      PrepareStage(registry, stage, policy);
+  if (!prepared.ok()) return prepared.status();
+  if (notes != nullptr) *notes = std::move(prepared->notes);
+  return absl::OkStatus();
 }
 
 }  // namespace delegate

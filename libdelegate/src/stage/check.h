@@ -25,6 +25,9 @@ struct PreparedStage {
   std::unique_ptr<Executor> executor;
   // Masks the stage's secret values; null when it has none.
   std::shared_ptr<const logs::SecretMasker> masker;
+  // What the platform accepts without applying it as written (StageNotes of
+  // its profile, then Executor::Notes), masked.
+  std::vector<std::string> notes;
 };
 
 // Resolves `stage`, then checks it (CheckResolvedStage) with a new executor

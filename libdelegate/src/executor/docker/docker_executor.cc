@@ -956,6 +956,7 @@ const PlatformProfile& DockerPlatformProfile() {
       .name = "docker",
       .title = "Docker",
       .instead = "",
+      .empty_dir_size_unenforced = "Docker's local volumes have no size limit",
   };
   return kProfile;
 }

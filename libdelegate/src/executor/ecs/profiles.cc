@@ -11,6 +11,8 @@ const PlatformProfile& EcsEc2PlatformProfile() {
       .name = "ecs-ec2",
       .title = "ECS on EC2",
       .instead = "",
+      .empty_dir_size_unenforced =
+          "ECS task volumes on EC2 instances have no size limit",
   };
   return kProfile;
 }

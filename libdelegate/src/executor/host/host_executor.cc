@@ -553,6 +553,7 @@ const PlatformProfile& HostPlatformProfile() {
       .capability_drop = false,
       .any_capability_add = false,
       .capability_add = {},
+      .empty_dir_size_unenforced = "a directory on the host has no size limit",
   };
   return kProfile;
 }

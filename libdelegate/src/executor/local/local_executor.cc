@@ -53,6 +53,26 @@ class LocalExecutor final : public Executor {
     return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
   }
 
+  // Each part's platform's notes (its profile's, then its executor's): host
+  // and docker enforce different things.
+  std::vector<std::string> Notes(const Stage& stage) override {
+    std::vector<std::string> notes;
+    for (bool containers : {false, true}) {
+      Stage part = Part(stage, containers);
+      if (part.steps.empty()) continue;
+      for (std::string& note :
+           StageNotes(part, registry_.Profile(part.platform))) {
+        notes.push_back(std::move(note));
+      }
+      if (std::unique_ptr<Executor> e = registry_.Create(part.platform)) {
+        for (std::string& note : e->Notes(part)) {
+          notes.push_back(std::move(note));
+        }
+      }
+    }
+    return notes;
+  }
+
   absl::Status Initialize(const StageContext& ctx) override {
     host_ = registry_.Create(host_platform_);
     if (!host_) {
