@@ -1,8 +1,9 @@
 // An https:// front for a plain-http loopback fake: accepts TLS on
 // 127.0.0.1 with a certificate (e.g. TestCa::server(), which names
 // localhost and 127.0.0.1) and relays the decrypted bytes to
-// 127.0.0.1:target_port. Counts the handshakes that failed (a client that
-// did not trust the certificate).
+// 127.0.0.1:target_port. Counts the connections, and the handshakes that
+// failed (a client that did not trust the certificate; counted once the
+// client has gone, which may be after its call returned).
 #ifndef DELEGATE_TESTS_FAKES_TLS_TERMINATOR_H_
 #define DELEGATE_TESTS_FAKES_TLS_TERMINATOR_H_
 
