@@ -16,23 +16,15 @@
 #include <thread>
 #include <vector>
 
+#include "tests/fakes/loopback_server.h"
+
 namespace delegate::testing {
 
 class TcpProxy {
  public:
   // Forwards 127.0.0.1:port() to 127.0.0.1:target_port.
   explicit TcpProxy(int target_port) : target_port_(target_port) {
-    listener_ = socket(AF_INET, SOCK_STREAM, 0);
-    int one = 1;
-    setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    listen(listener_, 16);
-    socklen_t len = sizeof(addr);
-    getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
+    listener_ = ListenLoopback(&port_);
     thread_ = std::thread([this] { Loop(); });
   }
   ~TcpProxy() {
@@ -96,8 +88,8 @@ class TcpProxy {
       for (size_t i = 1; i < fds.size(); ++i) {
         if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
         const size_t pair = (i - 1) / 2;
-        if (pair >= pairs_.size() || fds[i].fd != (i % 2 ? pairs_[pair].first
-                                                          : pairs_[pair].second)) {
+        if (pair >= pairs_.size() ||
+            fds[i].fd != (i % 2 ? pairs_[pair].first : pairs_[pair].second)) {
           continue;  // cut meanwhile
         }
         const int from = fds[i].fd;

@@ -1243,6 +1243,26 @@ TEST(HttpProxyTest, EnvironmentProxyOnlyWhenAsked) {
   EXPECT_EQ(seen[0].target, "http://example.invalid/env");
 }
 
+TEST(HttpProxyTest, TheProcessNoProxyIsNotReadUnlessAsked) {
+  Recorder proxy_seen, direct_seen;
+  auto proxy = MustStart({}, proxy_seen.handler());
+  auto direct = MustStart({}, direct_seen.handler());
+  ASSERT_NE(proxy, nullptr);
+  ASSERT_NE(direct, nullptr);
+  // libcurl reads these when CURLOPT_NOPROXY is unset, even with an
+  // explicit proxy.
+  ScopedEnv no_proxy("no_proxy", "*");
+  ScopedEnv no_proxy_upper("NO_PROXY", "*");
+  HttpClient client;
+  Request request;
+  request.url = direct->url() + "/via-proxy";
+  request.proxy = proxy->url();
+  absl::StatusOr<Response> r = client.Perform(request);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(proxy_seen.seen().size(), 1u);
+  EXPECT_EQ(direct_seen.seen().size(), 0u);
+}
+
 TEST(HttpProxyTest, ProxyErrorsHideCredentials) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};

@@ -39,7 +39,8 @@ struct EcsExecutorOptions {
   std::string log_group = "/ecs/harness-delegates";
   std::string log_stream_prefix = "step";
   std::string platform_version = "LATEST";  // Fargate
-  // AWS_* variables (credentials, region, endpoints) and
+  // AWS_* variables (credentials, region, endpoints, AWS_CA_BUNDLE),
+  // HTTPS_PROXY, HTTP_PROXY, NO_PROXY (and their lower-case forms) and
   // ECS_CONTAINER_METADATA_URI_V4. Unset: the process environment.
   std::optional<EnvMap> env;
   // DescribeTasks cadence for running steps (one call for all of them), and

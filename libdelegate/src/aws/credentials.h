@@ -1,7 +1,8 @@
 // Where the ECS and CloudWatch Logs clients get their AWS credentials and
 // region, in the AWS SDKs' order: the environment, the ECS container
 // credentials endpoint, then EC2 instance metadata (IMDSv2). Temporary
-// credentials are refreshed before they expire.
+// credentials are refreshed before they expire. The endpoints are always
+// reached directly, never through a proxy (aws/transport.h says why).
 #ifndef DELEGATE_AWS_CREDENTIALS_H_
 #define DELEGATE_AWS_CREDENTIALS_H_
 

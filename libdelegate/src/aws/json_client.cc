@@ -246,15 +246,22 @@ absl::StatusOr<std::string> JsonClient::Call(
     request.body = std::move(signable.body);
     request.timeout = options_.timeout;
     request.abort = abort;
+    options_.transport.Apply(request);
     absl::StatusOr<http::Response> response = options_.http->Perform(request);
 
     AwsError error;
     if (!response.ok()) {
       if (absl::IsCancelled(response.status())) return response.status();
-      if (absl::IsInvalidArgument(response.status())) return response.status();
+      std::string message(response.status().message());
+      if (absl::StrContains(message, ": TLS: ")) {
+        absl::StrAppend(&message, options_.transport.TlsHint());
+      }
+      if (absl::IsInvalidArgument(response.status())) {
+        return absl::InvalidArgumentError(message);
+      }
       error.http_status = 0;
       error.code = "ConnectionError";
-      error.message = std::string(response.status().message());
+      error.message = std::move(message);
     } else if (response->status >= 200 && response->status < 300) {
       ReturnRetryQuota();
       return std::move(response->body);

@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "aws/credentials.h"
 #include "aws/endpoints.h"
+#include "aws/transport.h"
 #include "delegate/clock.h"
 #include "http/http_client.h"
 
@@ -39,7 +40,10 @@ struct JsonClientOptions {
   std::string region;
   CredentialsProvider* credentials = nullptr;  // REQUIRED; outlives the client
   http::HttpClient* http = nullptr;            // REQUIRED; outlives the client
-  Clock* clock = nullptr;                      // nullptr: Clock::Real()
+  // The proxy, NO_PROXY and CA bundle of every call (TransportFromEnv);
+  // default: direct, with the system's CAs.
+  Transport transport;
+  Clock* clock = nullptr;  // nullptr: Clock::Real()
   RetryOptions retry;
   absl::Duration timeout = absl::Seconds(30);
   // A uniform draw in [0, 1) for the jitter; unset: a thread-local PRNG.

@@ -1,6 +1,7 @@
 // The ECS task metadata endpoint v4: where the delegate itself runs when it is
 // an ECS task (cluster, task ARN, launch type), so that step tasks can run
-// next to it without being configured.
+// next to it without being configured. Reached directly, never through a
+// proxy (aws/transport.h says why).
 #ifndef DELEGATE_AWS_TASK_METADATA_H_
 #define DELEGATE_AWS_TASK_METADATA_H_
 

@@ -11,6 +11,7 @@
 #include <iterator>
 #include <limits>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -30,6 +31,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "util/env.h"
+#include "util/strings.h"
 #include "util/url.h"
 
 namespace delegate {
@@ -80,10 +82,6 @@ constexpr absl::string_view kProxyPortVar = "PROXY_PORT";
 constexpr absl::string_view kProxySchemeVar = "PROXY_SCHEME";
 constexpr absl::string_view kProxyUserVar = "PROXY_USER";
 constexpr absl::string_view kProxyPasswordVar = "PROXY_PASSWORD";
-constexpr absl::string_view kNoProxyNames[] = {"NO_PROXY", "no_proxy"};
-constexpr absl::string_view kProxyUrlNames[] = {"HTTPS_PROXY", "https_proxy",
-                                                "HTTP_PROXY", "http_proxy"};
-
 constexpr absl::string_view kDefaultSource = "default";
 
 // Credentials that are not settings of the delegate but that it holds (the
@@ -339,8 +337,11 @@ std::vector<absl::string_view> AllConfigVariables() {
   for (auto v : kUrlNames) all.push_back(v);
   for (auto v : kNameNames) all.push_back(v);
   for (auto v : kTagsNames) all.push_back(v);
-  for (auto v : kNoProxyNames) all.push_back(v);
-  for (auto v : kProxyUrlNames) all.push_back(v);
+  for (auto names : {std::span<const std::string_view>(kNoProxyVars),
+                     std::span<const std::string_view>(kHttpsProxyVars),
+                     std::span<const std::string_view>(kHttpProxyVars)}) {
+    for (std::string_view v : names) all.push_back(AbslView(v));
+  }
   for (auto v :
        {kTokenFileVar,    kMaxPayloadVar,  kMaxStagesVar, kParallelWorkersVar,
         kPollIntervalVar, kGracePeriodVar, kWorkdirVar,   kStateDirVar,
@@ -723,12 +724,13 @@ absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
     cfg.proxy = SecretString(std::move(url));
     cfg.sources["proxy"] = std::string(kProxyHostVar);
   } else {
-    for (absl::string_view var : kProxyUrlNames) {
-      if (std::optional<std::string> v = Lookup(env, var)) {
-        cfg.proxy = SecretString(*v);
-        cfg.sources["proxy"] = std::string(var);
-        break;
-      }
+    // The manager is reached over https, yet HTTP_PROXY serves when no
+    // https one is set.
+    std::optional<EnvSetting> v = FirstSet(env, kHttpsProxyVars);
+    if (!v) v = FirstSet(env, kHttpProxyVars);
+    if (v) {
+      cfg.proxy = SecretString(std::move(v->value));
+      cfg.sources["proxy"] = std::string(v->name);
     }
   }
   const std::string* const urls[] = {&cfg.manager_url, &cfg.proxy.reveal()};
@@ -744,12 +746,9 @@ absl::StatusOr<DelegateConfig> LoadConfig(const EnvMap& process,
     }
   }
   cfg.sources["no_proxy"] = std::string(kDefaultSource);
-  for (absl::string_view var : kNoProxyNames) {
-    if (std::optional<std::string> v = Lookup(env, var)) {
-      cfg.no_proxy = *v;
-      cfg.sources["no_proxy"] = std::string(var);
-      break;
-    }
+  if (std::optional<EnvSetting> v = FirstSet(env, kNoProxyVars)) {
+    cfg.no_proxy = std::move(v->value);
+    cfg.sources["no_proxy"] = std::string(v->name);
   }
 
   return cfg;

@@ -360,7 +360,9 @@ absl::StatusOr<Response> HttpClient::Perform(const Request& request) {
   } else if (!request.use_env_proxy) {
     curl_easy_setopt(easy, CURLOPT_PROXY, "");  // "": no proxy, env or not
   }
-  if (!request.no_proxy.empty()) {
+  if (!request.use_env_proxy || !request.no_proxy.empty()) {
+    // Set even when empty: libcurl reads no_proxy/NO_PROXY from the process
+    // environment when it is unset, whatever the proxy option says.
     curl_easy_setopt(easy, CURLOPT_NOPROXY, request.no_proxy.c_str());
   }
   if (headers != nullptr) curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);

@@ -57,7 +57,8 @@ struct Request {
   // unless use_env_proxy.
   std::string proxy;
   // Hosts reached directly even with a proxy: "localhost,.corp,10.0.0.0/8",
-  // or "*". Empty: none, unless use_env_proxy (then no_proxy/NO_PROXY).
+  // or "*". Empty: none, unless use_env_proxy (then no_proxy/NO_PROXY);
+  // without use_env_proxy the process's variables are never read.
   std::string no_proxy;
   // With `proxy` empty, take the proxy from the environment as libcurl does
   // (http_proxy, https_proxy/HTTPS_PROXY, all_proxy/ALL_PROXY, with

@@ -248,6 +248,16 @@ std::optional<std::string> EnvValue(const EnvMap& env, std::string_view name) {
   return std::string(v);
 }
 
+std::optional<EnvSetting> FirstSet(const EnvMap& env,
+                                   std::span<const std::string_view> names) {
+  for (std::string_view name : names) {
+    if (std::optional<std::string> v = EnvValue(env, name)) {
+      return EnvSetting{name, *std::move(v)};
+    }
+  }
+  return std::nullopt;
+}
+
 std::vector<std::string> SplitList(std::string_view list) {
   std::vector<std::string> out;
   for (absl::string_view part : absl::StrSplit(AbslView(list), ',')) {

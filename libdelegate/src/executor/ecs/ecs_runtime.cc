@@ -273,6 +273,13 @@ absl::StatusOr<std::unique_ptr<EcsSession>> EcsSession::Open(
     const std::optional<aws::TaskMetadata>& self, const EnvMap& env,
     aws::CredentialsProvider& credentials, http::HttpClient& http,
     Clock& clock) {
+  // The proxy and CA bundle of the service calls; the metadata and
+  // credential endpoints are always reached directly (aws/transport.h).
+  absl::StatusOr<aws::Transport> transport = aws::TransportFromEnv(env);
+  if (!transport.ok()) {
+    return absl::Status(transport.status().code(),
+                        absl::StrCat("ECS: ", transport.status().message()));
+  }
   absl::StatusOr<std::string> ecs_url =
       aws::ResolveEndpoint(aws::kEcs, resolved.region, env);
   if (!ecs_url.ok()) return ecs_url.status();
@@ -287,6 +294,7 @@ absl::StatusOr<std::unique_ptr<EcsSession>> EcsSession::Open(
     o.credentials = &credentials;
     o.http = &http;
     o.clock = &clock;
+    o.transport = *transport;
     return std::make_unique<aws::JsonClient>(std::move(o));
   };
   std::unique_ptr<aws::JsonClient> ecs = client(aws::kEcs, *ecs_url);

@@ -98,10 +98,12 @@ class EcsSession {
     std::string instance;  // EcsExecutorOptions::instance
   };
 
-  // Connects to ECS and CloudWatch Logs in resolved.region (endpoints from
-  // `env`); without subnets in `resolved`, takes those of the delegate's own
-  // task `self` (as Harness's runner does); creates options.log_group when
-  // missing. REQUIRES: credentials, http and clock outlive the session.
+  // Connects to ECS and CloudWatch Logs in resolved.region (endpoints, proxy
+  // and CA bundle from `env`: aws::TransportFromEnv, whose errors it
+  // returns before any call); without subnets in `resolved`, takes those of
+  // the delegate's own task `self` (as Harness's runner does); creates
+  // options.log_group when missing. REQUIRES: credentials, http and clock
+  // outlive the session.
   static absl::StatusOr<std::unique_ptr<EcsSession>> Open(
       const EcsExecutorOptions& options, Resolved resolved,
       const std::optional<aws::TaskMetadata>& self, const EnvMap& env,
