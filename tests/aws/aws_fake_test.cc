@@ -71,6 +71,13 @@ std::string RunTaskBody(const std::string& definition,
                       R"(","launchType":"FARGATE",)", kNetwork, extra, "}");
 }
 
+// A task definition that ECS refuses, and what its message says.
+struct Refusal {
+  std::string name;
+  std::string body;
+  std::string message;
+};
+
 class AwsFakeTest : public ::testing::Test {
  protected:
   void SetUp() override { Start({}); }
@@ -92,6 +99,16 @@ class AwsFakeTest : public ::testing::Test {
   }
 
   absl::Time Now() { return clock_ ? clock_->Now() : absl::Now(); }
+
+  // Options for a fake on fake_clock_ with these lifecycle steps.
+  FakeAwsOptions OnFakeClock(absl::Duration provisioning,
+                             absl::Duration pending) {
+    FakeAwsOptions options;
+    options.clock = &fake_clock_;
+    options.provisioning_for = provisioning;
+    options.pending_for = pending;
+    return options;
+  }
 
   http::Response Call(const std::string& target, const std::string& body,
                       const FakeAwsCredential& key = Key()) {
@@ -120,6 +137,16 @@ class AwsFakeTest : public ::testing::Test {
     doc.Parse(r.body.data(), r.body.size());
     EXPECT_FALSE(doc.HasParseError()) << r.body;
     return doc;
+  }
+
+  // Each is refused by RegisterTaskDefinition with ClientException.
+  void ExpectRefused(const std::vector<Refusal>& refusals) {
+    for (const Refusal& c : refusals) {
+      http::Response r = Ecs("RegisterTaskDefinition", c.body);
+      EXPECT_EQ(r.status, 400) << c.name << ": " << r.body;
+      EXPECT_EQ(AwsErrorType(r), "ClientException") << c.name << ": " << r.body;
+      EXPECT_THAT(r.body, HasSubstr(c.message)) << c.name;
+    }
   }
 
   // Registers and returns the ARN.
@@ -165,6 +192,14 @@ class AwsFakeTest : public ::testing::Test {
     absl::StatusOr<http::Response> r = http_.Perform(request);
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? *r : http::Response{};
+  }
+
+  // The lastStatus DescribeTasks shows for the task now.
+  std::string LastStatus(const std::string& arn) {
+    rapidjson::Document doc =
+        Json(Ecs("DescribeTasks",
+                 absl::StrCat(R"({"cluster":"ci","tasks":[")", arn, R"("]})")));
+    return doc["tasks"][0]["lastStatus"].GetString();
   }
 
   // DescribeTasks of one task (its JSON text) once lastStatus is `status`.
@@ -361,12 +396,7 @@ TEST_F(AwsFakeTest, ModelViolationsAreRefusedAndRecorded) {
 }
 
 TEST_F(AwsFakeTest, FargateRules) {
-  struct Case {
-    std::string name;
-    std::string body;
-    std::string message;
-  };
-  const std::vector<Case> cases = {
+  ExpectRefused({
       {"cpu 256 with 4096 MiB",
        absl::StrReplaceAll(FargateDefinition("f"),
                            {{R"("memory":"512")", R"("memory":"4096")"}}),
@@ -416,13 +446,7 @@ TEST_F(AwsFakeTest, FargateRules) {
            {{R"("executionRoleArn":"arn:aws:iam::123456789012:role/ci-exec")",
              R"("taskRoleArn":"arn:aws:iam::123456789012:role/t")"}}),
        "you must also specify a value for 'executionRoleArn'"},
-  };
-  for (const Case& c : cases) {
-    http::Response r = Ecs("RegisterTaskDefinition", c.body);
-    EXPECT_EQ(r.status, 400) << c.name << ": " << r.body;
-    EXPECT_EQ(AwsErrorType(r), "ClientException") << c.name << ": " << r.body;
-    EXPECT_THAT(r.body, HasSubstr(c.message)) << c.name;
-  }
+  });
   // What Fargate does accept.
   EXPECT_EQ(Ecs("RegisterTaskDefinition",
                 FargateDefinition(
@@ -441,6 +465,59 @@ TEST_F(AwsFakeTest, FargateRules) {
                                       R"("cpu":"1 vCPU","memory":"8GB")"}}))
                 .status,
             200);
+}
+
+// Container dependencies and health checks: what ECS refuses at
+// registration, so that no task waits for a dependency that cannot be met.
+TEST_F(AwsFakeTest, DependsOnAndHealthCheckRules) {
+  // "step" (essential, from FargateDefinition) and "side" (not essential),
+  // each with `step_extra` / `side_extra` added.
+  auto def = [](const std::string& step_extra, const std::string& side_extra) {
+    return absl::StrReplaceAll(
+        FargateDefinition("deps", "", step_extra),
+        {{R"("containerDefinitions":[)",
+          absl::StrCat(R"("containerDefinitions":[{"name":"side",
+              "image":"busybox","essential":false)",
+                       side_extra, "},")}});
+  };
+  // A dependsOn of one dependency.
+  auto on = [](const std::string& container, const std::string& condition) {
+    return absl::StrCat(R"(,"dependsOn":[{"containerName":")", container,
+                        R"(","condition":")", condition, R"("}])");
+  };
+  const std::string check =
+      R"(,"healthCheck":{"command":["CMD-SHELL","true"],"interval":5})";
+  ExpectRefused({
+      {"unknown container", def(on("nope", "START"), ""),
+       "Container 'step' dependsOn container 'nope', which is not a "
+       "container of the task definition."},
+      {"cycle", def(on("side", "START"), on("step", "START")),
+       "form a cycle: side -> step -> side."},
+      {"itself", def(on("step", "START"), ""), "form a cycle: step -> step."},
+      {"SUCCESS on an essential container", def("", on("step", "SUCCESS")),
+       "COMPLETE and SUCCESS cannot be set on an essential container."},
+      {"HEALTHY without a healthCheck", def(on("side", "HEALTHY"), ""),
+       "with condition HEALTHY, but 'side' has no healthCheck."},
+      {"interval 1",
+       def("", R"(,"healthCheck":{"command":["CMD","true"],"interval":1})"),
+       "Container 'side': healthCheck.interval must be between 5 and 300, "
+       "not 1."},
+      {"retries 11",
+       def("", R"(,"healthCheck":{"command":["CMD","true"],"retries":11})"),
+       "healthCheck.retries must be between 1 and 10"},
+      {"command without CMD", def("", R"(,"healthCheck":{"command":["true"]})"),
+       "healthCheck.command must start with CMD or CMD-SHELL."},
+  });
+  // Every condition where ECS allows it.
+  EXPECT_EQ(
+      Ecs("RegisterTaskDefinition",
+          def(R"(,"dependsOn":[{"containerName":"side","condition":"START"},
+                  {"containerName":"side","condition":"COMPLETE"},
+                  {"containerName":"side","condition":"SUCCESS"},
+                  {"containerName":"side","condition":"HEALTHY"}])",
+              check))
+          .status,
+      200);
 }
 
 // ------------------------------------------------------ task definitions
@@ -813,10 +890,7 @@ TEST_F(AwsFakeTest, InjectedErrorsAreAnsweredThenCleared) {
 
 TEST_F(AwsFakeTest, LifecycleOnAFakeClock) {
   FakeClock& clock = fake_clock_;
-  FakeAwsOptions options;
-  options.clock = &clock;
-  options.provisioning_for = absl::Seconds(10);
-  options.pending_for = absl::Seconds(20);
+  FakeAwsOptions options = OnFakeClock(absl::Seconds(10), absl::Seconds(20));
   options.behaviour = [](const FakeContainer&) {
     ContainerBehaviour b;
     b.run_for = absl::Minutes(5);
@@ -826,12 +900,7 @@ TEST_F(AwsFakeTest, LifecycleOnAFakeClock) {
   Start(options);
   Register(FargateDefinition("clock"));
   const std::string arn = RunOne(RunTaskBody("clock"));
-  auto status = [&] {
-    rapidjson::Document doc =
-        Json(Ecs("DescribeTasks",
-                 absl::StrCat(R"({"cluster":"ci","tasks":[")", arn, R"("]})")));
-    return std::string(doc["tasks"][0]["lastStatus"].GetString());
-  };
+  auto status = [&] { return LastStatus(arn); };
   EXPECT_EQ(status(), "PROVISIONING");
   clock.Advance(absl::Seconds(10));
   EXPECT_EQ(status(), "PENDING");
@@ -852,6 +921,24 @@ TEST_F(AwsFakeTest, LifecycleOnAFakeClock) {
   r = SignedAwsCall(http_, fake_->url(), Key(), kRegion,
                     std::string(kEcsPrefix) + "ListTasks", "{}", absl::Now());
   EXPECT_THAT(r->body, HasSubstr("Signature expired"));
+}
+
+TEST_F(AwsFakeTest, ProvisioningCanBeSlowedWhileTheFakeRuns) {
+  FakeClock& clock = fake_clock_;
+  Start(OnFakeClock(absl::Seconds(1), absl::Seconds(1)));
+  Register(FargateDefinition("slow"));
+  const std::string arn = RunOne(RunTaskBody("slow"));
+  auto status = [&] { return LastStatus(arn); };
+  // Fargate's slow start: the task already PROVISIONING waits too.
+  fake_->SetProvisioningFor(absl::Seconds(45));
+  clock.Advance(absl::Seconds(30));
+  EXPECT_EQ(status(), "PROVISIONING");
+  clock.Advance(absl::Seconds(15));
+  EXPECT_EQ(status(), "PENDING");
+  fake_->SetProvisioningFor(absl::Seconds(1));
+  const std::string fast = RunOne(RunTaskBody("slow"));
+  clock.Advance(absl::Seconds(1));
+  EXPECT_EQ(LastStatus(fast), "PENDING");
 }
 
 TEST_F(AwsFakeTest, ConcurrentRunTasks) {

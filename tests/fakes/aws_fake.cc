@@ -718,6 +718,9 @@ absl::StatusOr<std::unique_ptr<FakeAws>> FakeAws::Start(
     impl->docker = *std::move(client);
   }
   impl->options = std::move(options);
+  if (impl->docker) {
+    if (absl::Status s = impl->CreateDockerNetwork(); !s.ok()) return s;
+  }
   Fake* fake = impl.get();
   http::ServerOptions server_options;
   absl::StatusOr<std::unique_ptr<http::HttpServer>> server =
@@ -725,7 +728,10 @@ absl::StatusOr<std::unique_ptr<FakeAws>> FakeAws::Start(
                               [fake](const http::ServerRequest& request) {
                                 return fake->Handle(request);
                               });
-  if (!server.ok()) return server.status();
+  if (!server.ok()) {
+    impl->RemoveDockerLeftovers();
+    return server.status();
+  }
   impl->server = *std::move(server);
   impl->ticker = std::thread([fake] { fake->Tick(); });
   return std::unique_ptr<FakeAws>(new FakeAws(std::move(impl)));
@@ -755,6 +761,11 @@ std::string FakeAws::docker_label() const {
 }
 
 std::string FakeAws::region() const { return impl_->options.region; }
+
+void FakeAws::SetProvisioningFor(absl::Duration duration) {
+  absl::MutexLock lock(&impl_->mu);
+  impl_->options.provisioning_for = duration;
+}
 
 void FakeAws::AddCredential(FakeAwsCredential credential) {
   absl::MutexLock lock(&impl_->mu);

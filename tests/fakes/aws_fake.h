@@ -29,25 +29,70 @@
 //
 // Tasks play the ECS lifecycle PROVISIONING -> PENDING -> RUNNING ->
 // (DEPROVISIONING) -> STOPPED on the fake's clock. With `docker_host` set,
-// a RUNNING task's containers really run on that Docker Engine (image,
-// command or entryPoint, environment, user, working directory, privileged,
-// read-only root, capabilities, bind mounts of host volumes) and their output
-// goes to CloudWatch Logs the way the awslogs driver writes it (stream
-// PREFIX/CONTAINER/TASK_ID in awslogs-group). Without it, each container
-// "runs" per ContainerBehaviour.
+// a task's containers really run on that Docker Engine (image, command or
+// entryPoint, environment, user, working directory, privileged, read-only
+// root, capabilities, bind mounts of host volumes, healthCheck) and their
+// output goes to CloudWatch Logs the way the awslogs driver writes it
+// (stream PREFIX/CONTAINER/TASK_ID in awslogs-group). Without it, each
+// container "runs" per ContainerBehaviour.
+//
+// On Docker, tasks run the way the ECS agent runs them:
+//   - awsvpc: at the end of PROVISIONING a "pause" container (pause_image
+//     running a long sleep) is started on a Docker network of the fake's own,
+//     and every container of the task joins its network namespace (network
+//     mode container:<pause>): they reach each other on localhost. The pause
+//     container's address on that network is the task's IP, shown from
+//     PENDING on in the ElasticNetworkInterface attachment
+//     (privateIPv4Address) and in each container's networkInterfaces; the
+//     test process can connect to it. The pause container goes before the
+//     task leaves DEPROVISIONING; the network stays for the fake's life.
+//     Other network modes: each container has a namespace of its own on
+//     Docker's default bridge.
+//   - dependsOn: a container starts once each of its dependencies is met
+//     (START: the dependency started; COMPLETE: it exited; SUCCESS: it
+//     exited 0; HEALTHY: Docker reports its healthCheck healthy). One that
+//     can no longer be met (a SUCCESS dependency exited non-zero, a HEALTHY
+//     one stopped or went unhealthy) stops the waiting container without
+//     starting it, exit code 143 and reason "CannotStartContainerError:
+//     dependency graph: failed to resolve container ordering dependency
+//     [...] for target [...] as dependency did not exit successfully." (or
+//     "... did not become healthy.", the fake's words), as the ECS agent
+//     does. The task is PENDING while a container waits for its
+//     dependencies, then RUNNING; one that stops first (StopTask, an
+//     essential container stopped as above) never runs. On stop, containers
+//     are stopped in the reverse of their start order.
+//   - essential: the task stops when any essential container exits (or is
+//     stopped as above): stopCode EssentialContainerExited, the others get
+//     SIGTERM, then SIGKILL after their stopTimeout (at most 2 s here), so
+//     a shell that ignores SIGTERM exits 137; a non-essential container
+//     exits without stopping the task.
+//   - volumes: name-only volumes are a Docker volume of the task (shared by
+//     its containers, not by other tasks, removed with the task); EFS
+//     volumes one Docker volume per file system (and root directory) for
+//     the fake's life, shared by every task that mounts it; host.sourcePath
+//     a bind mount.
+//   - healthCheck goes to Docker as the container's Healthcheck; its
+//     healthStatus in DescribeTasks (HEALTHY, UNHEALTHY, UNKNOWN while Docker
+//     says "starting") is the Engine's, polled, and the task's healthStatus
+//     follows its essential containers' as ECS documents it.
+// RegisterTaskDefinition refuses with ClientException what ECS would: a
+// dependsOn naming an unknown container or forming a cycle, COMPLETE or
+// SUCCESS on an essential container, HEALTHY on a container without a
+// healthCheck, healthCheck values out of ECS's ranges.
 //
 // Where it simplifies: clusters are not modelled (every cluster name exists,
-// with capacity for EC2 and Fargate tasks alike). A task stops when its first
-// essential container exits (the others are stopped: exit code 137 without
-// Docker), as in ECS. awsvpc tasks go through DEPROVISIONING (for
-// provisioning_for) before STOPPED; exit codes show from DEPROVISIONING on.
-// A task whose awslogs group does not exist (and awslogs-create-group is not
-// "true") fails to start with ResourceInitializationError, as in ECS. On
-// Docker, images are never pulled (one the engine lacks is a
-// CannotPullContainerError), `secrets` become "fake-secret-from:<valueFrom>",
-// name-only volumes are Docker volumes of the task and EFS volumes one
-// Docker volume per file system; the containers of a task do not share a
-// network namespace. Log events are kept per stream in arrival order.
+// with capacity for EC2 and Fargate tasks alike). Without Docker, a task
+// stops when its first essential container exits (the others are stopped:
+// exit code 137) and dependsOn and healthCheck are not played. awsvpc tasks
+// go through DEPROVISIONING (for provisioning_for) before STOPPED; exit
+// codes show from DEPROVISIONING on. A task whose awslogs group does not
+// exist (and awslogs-create-group is not "true") fails to start with
+// ResourceInitializationError, as in ECS. On Docker, images are never pulled
+// (one the engine lacks is a CannotPullContainerError), `secrets` become
+// "fake-secret-from:<valueFrom>", an unhealthy container does not stop its
+// task, and Docker runs its first health check one interval after the start
+// (ECS's minimum interval is 5 s). Log events are kept per stream in
+// arrival order.
 #ifndef DELEGATE_TESTS_FAKES_AWS_FAKE_H_
 #define DELEGATE_TESTS_FAKES_AWS_FAKE_H_
 
@@ -114,13 +159,21 @@ struct FakeAwsOptions {
   std::string testdata_dir;
   // Credentials it accepts; more with AddCredential.
   std::vector<FakeAwsCredential> credentials;
-  // The lifecycle's steps, each on `clock`.
+  // The lifecycle's steps, each on `clock`. provisioning_for is how long a
+  // task stays PROVISIONING (and awsvpc tasks DEPROVISIONING): Fargate
+  // takes tens of seconds there, which a test can model here or, while the
+  // fake runs, with FakeAws::SetProvisioningFor.
   absl::Duration provisioning_for = absl::Milliseconds(20);
   absl::Duration pending_for = absl::Milliseconds(20);
   // Non-empty ("unix:///var/run/docker.sock"): run containers on that
-  // engine, labelled "delegate.test.aws-fake=<this fake's id>", all removed
-  // by the destructor.
+  // engine; they, their volumes and the fake's network are labelled
+  // "delegate.test.aws-fake=<this fake's id>", all removed by the
+  // destructor.
   std::string docker_host;
+  // On Docker, the image of each awsvpc task's pause container, run as
+  // `sleep 2147483647`; the Engine must have it (tests/fakes/docker_engine.h's
+  // kTestImage, made by scripts/docker-test-setup.sh).
+  std::string pause_image = "delegate-test/busybox:latest";
   // What containers do without Docker; called at RunTask for each
   // container, with the fake's lock held (it must not call the fake).
   // Unset: exit 0, no output.
@@ -179,8 +232,8 @@ class FakeAws {
   // "http://127.0.0.1:PORT": the endpoint of ECS and Logs alike
   // (AWS_ENDPOINT_URL).
   std::string url() const;
-  // "delegate.test.aws-fake=<this fake's id>": the label of every container
-  // and volume it makes on Docker.
+  // "delegate.test.aws-fake=<this fake's id>": the label of every container,
+  // volume and network it makes on Docker.
   std::string docker_label() const;
   std::string region() const;
 
@@ -213,6 +266,11 @@ class FakeAws {
                            const std::string& launch_type,
                            const std::string& subnet_id,
                            const std::string& security_group_id);
+
+  // ------------------------------------------------------------ lifecycle
+  // From now on, PROVISIONING and DEPROVISIONING last `duration` (for tasks
+  // already in them too, counted from when they entered).
+  void SetProvisioningFor(absl::Duration duration);
 
   // ------------------------------------------------------------ faults
   // The next `count` requests for `operation` ("RunTask"; "*" for any) are

@@ -374,6 +374,21 @@ TaskContainer MakeContainer(Fake& fake, const TaskState& task,
   if (std::optional<int64_t> stop = Int(def, "stopTimeout")) {
     c.stop_timeout_seconds = static_cast<int>(*stop);
   }
+  if (const rapidjson::Value* deps = Array(def, "dependsOn")) {
+    for (const auto& d : deps->GetArray()) {
+      c.depends_on.push_back({Str(d, "containerName"), Str(d, "condition")});
+    }
+  }
+  if (const rapidjson::Value* check = Object(def, "healthCheck")) {
+    // ECS's defaults: Docker's, but for the timeout (5 s, not 30 s).
+    docker::HealthCheck h;
+    h.test = Strings(*check, "command");
+    h.interval = absl::Seconds(Int(*check, "interval").value_or(30));
+    h.timeout = absl::Seconds(Int(*check, "timeout").value_or(5));
+    h.retries = static_cast<int>(Int(*check, "retries").value_or(3));
+    h.start_period = absl::Seconds(Int(*check, "startPeriod").value_or(0));
+    c.health_check = std::move(h);
+  }
   c.runtime_id = fake.RandomHex(64);
   return c;
 }
@@ -630,8 +645,11 @@ Reply RunTask(Fake& fake, const rapidjson::Document& body,
           fake.RandomHex(8), "-", fake.RandomHex(4), "-", fake.RandomHex(4),
           "-", fake.RandomHex(4), "-", fake.RandomHex(12));
       t.eni = "eni-" + fake.RandomHex(17);
-      t.private_ip = absl::StrCat("10.0.", fake.rng() % 250 + 1, ".",
-                                  fake.rng() % 250 + 2);
+      // On Docker, the pause container's address, once it runs.
+      if (!fake.docker) {
+        t.private_ip = absl::StrCat("10.0.", fake.rng() % 250 + 1, ".",
+                                    fake.rng() % 250 + 2);
+      }
       t.mac = absl::StrCat("0e:", fake.RandomHex(2), ":", fake.RandomHex(2),
                            ":", fake.RandomHex(2), ":", fake.RandomHex(2), ":",
                            fake.RandomHex(2));

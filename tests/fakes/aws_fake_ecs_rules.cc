@@ -1,6 +1,10 @@
 // The rules ECS checks in a task definition beyond its model: Fargate's
 // (task sizes, what it does not support), container names, volumes,
-// capabilities, what needs an execution role.
+// capabilities, what needs an execution role, health checks and container
+// dependencies.
+#include <algorithm>
+#include <functional>
+#include <map>
 #include <regex>
 #include <set>
 
@@ -78,6 +82,97 @@ const std::set<std::string>& Capabilities() {
       "SYS_RAWIO",  "SYS_RESOURCE",    "SYS_TIME",         "SYS_TTY_CONFIG",
       "SYSLOG",     "WAKE_ALARM"};
   return *kCapabilities;
+}
+
+// A container's healthCheck within the ranges the model's documentation
+// gives.
+std::optional<Reply> CheckHealthCheck(const std::string& container,
+                                      const rapidjson::Value& check) {
+  const std::vector<std::string> command = Strings(check, "command");
+  if (command.empty() || (command[0] != "CMD" && command[0] != "CMD-SHELL")) {
+    return ClientError(absl::StrCat(
+        "Container '", container,
+        "': healthCheck.command must start with CMD or CMD-SHELL."));
+  }
+  struct Range {
+    const char* name;
+    int64_t min;
+    int64_t max;
+  };
+  for (const Range& r :
+       {Range{"interval", 5, 300}, Range{"timeout", 2, 60},
+        Range{"retries", 1, 10}, Range{"startPeriod", 0, 300}}) {
+    std::optional<int64_t> value = Int(check, r.name);
+    if (value && (*value < r.min || *value > r.max)) {
+      return ClientError(absl::StrCat(
+          "Container '", container, "': healthCheck.", r.name,
+          " must be between ", r.min, " and ", r.max, ", not ", *value, "."));
+    }
+  }
+  return std::nullopt;
+}
+
+// dependsOn: names of the task's containers, no cycle, COMPLETE and SUCCESS
+// only on non-essential containers, HEALTHY only on one with a healthCheck.
+std::optional<Reply> CheckDependencies(const rapidjson::Value& containers) {
+  std::map<std::string, const rapidjson::Value*> by_name;
+  for (const auto& c : containers.GetArray()) by_name[Str(c, "name")] = &c;
+  std::map<std::string, std::vector<std::string>> edges;
+  for (const auto& [name, c] : by_name) {
+    const rapidjson::Value* deps = Array(*c, "dependsOn");
+    if (deps == nullptr) continue;
+    for (const auto& d : deps->GetArray()) {
+      const std::string target = Str(d, "containerName");
+      const std::string condition = Str(d, "condition");
+      auto it = by_name.find(target);
+      if (it == by_name.end()) {
+        return ClientError(absl::StrCat(
+            "Container '", name, "' dependsOn container '", target,
+            "', which is not a container of the task definition."));
+      }
+      if ((condition == "COMPLETE" || condition == "SUCCESS") &&
+          Bool(*it->second, "essential", true)) {
+        return ClientError(absl::StrCat(
+            "Container '", name, "' dependsOn '", target, "' with condition ",
+            condition, ", but '", target,
+            "' is essential: COMPLETE and SUCCESS cannot be set on an "
+            "essential container."));
+      }
+      if (condition == "HEALTHY" && !Object(*it->second, "healthCheck")) {
+        return ClientError(absl::StrCat("Container '", name, "' dependsOn '",
+                                        target,
+                                        "' with condition HEALTHY, but '",
+                                        target, "' has no healthCheck."));
+      }
+      edges[name].push_back(target);
+    }
+  }
+  // Depth-first: a container met again while on the path closes a cycle.
+  std::map<std::string, int> state;  // 1: on the path, 2: done
+  std::vector<std::string> path;
+  std::function<std::optional<std::string>(const std::string&)> visit =
+      [&](const std::string& name) -> std::optional<std::string> {
+    if (state[name] == 2) return std::nullopt;
+    path.push_back(name);
+    if (state[name] == 1) {
+      auto first = std::find(path.begin(), path.end(), name);
+      return absl::StrJoin(first, path.end(), " -> ");
+    }
+    state[name] = 1;
+    for (const std::string& next : edges[name]) {
+      if (std::optional<std::string> cycle = visit(next)) return cycle;
+    }
+    state[name] = 2;
+    path.pop_back();
+    return std::nullopt;
+  };
+  for (const auto& [name, c] : by_name) {
+    if (std::optional<std::string> cycle = visit(name)) {
+      return ClientError(absl::StrCat(
+          "Container dependencies (dependsOn) form a cycle: ", *cycle, "."));
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -331,6 +426,11 @@ std::optional<Reply> CheckTaskDefinition(const rapidjson::Value& def,
         }
       }
     }
+    if (const rapidjson::Value* check = Object(c, "healthCheck")) {
+      if (std::optional<Reply> bad = CheckHealthCheck(name, *check)) {
+        return bad;
+      }
+    }
     if (!fargate && !task_memory && !Int(c, "memory") &&
         !Int(c, "memoryReservation")) {
       return ClientError(absl::StrCat(
@@ -343,6 +443,7 @@ std::optional<Reply> CheckTaskDefinition(const rapidjson::Value& def,
     return ClientError(
         "Task definition must have at least one essential container.");
   }
+  if (std::optional<Reply> bad = CheckDependencies(containers)) return bad;
   if (const rapidjson::Value* storage = Object(def, "ephemeralStorage")) {
     std::optional<int64_t> gib = Int(*storage, "sizeInGiB");
     if (!gib || *gib < 21 || *gib > 200) {

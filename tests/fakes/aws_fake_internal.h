@@ -140,6 +140,12 @@ struct MountSpec {
   bool read_only = false;
 };
 
+// A container's dependsOn entry.
+struct Dependency {
+  std::string container;
+  std::string condition;  // START, COMPLETE, SUCCESS, HEALTHY
+};
+
 // A task's container: what its definition (with overrides) says, and its
 // state.
 struct TaskContainer {
@@ -154,9 +160,12 @@ struct TaskContainer {
   std::string log_driver;
   std::map<std::string, std::string> log_options;
   int stop_timeout_seconds = 30;
+  std::vector<Dependency> depends_on;
+  std::optional<docker::HealthCheck> health_check;
   ContainerBehaviour behaviour;
 
   std::string last_status = "PENDING";
+  std::string health_status = "UNKNOWN";  // HEALTHY, UNHEALTHY, UNKNOWN
   std::optional<int> exit_code;
   std::string reason;
   std::string runtime_id;  // the Docker container id, or a made-up one
@@ -195,6 +204,8 @@ struct TaskState {
   std::string eni;
   std::string private_ip;
   std::string mac;
+  // Docker mode: the container that holds the task's network namespace.
+  std::string pause_id;
 
   absl::Time created_at = kUnset;
   absl::Time phase_since = kUnset;  // when last_status was entered
@@ -206,7 +217,9 @@ struct TaskState {
   absl::Time stopped_at = kUnset;
   bool stop_requested = false;
   absl::Time stop_requested_at = kUnset;
-  bool launching = false;  // a Docker runner owns the task's progress
+  // A Docker runner owns the task's progress: attaching it to the network
+  // (in PROVISIONING) or running its containers (from PENDING on).
+  bool launching = false;
   int64_t version = 1;
 };
 
@@ -245,6 +258,8 @@ Operation LogsOperation(std::string_view name);
 
 // Everything FakeAws::Impl is (FakeAws's pimpl derives from it).
 struct Fake {
+  // Set at Start; but for provisioning_for (SetProvisioningFor), which
+  // changes and is read with `mu` held.
   FakeAwsOptions options;
   Clock* clock = nullptr;
   std::string id;  // the Docker label value, "aws-fake-<hex>"
@@ -252,6 +267,8 @@ struct Fake {
   std::optional<AwsModel> logs_model;
   std::unique_ptr<http::HttpServer> server;
   std::unique_ptr<docker::DockerClient> docker;  // docker mode only
+  // Docker mode: the network of awsvpc tasks' pause containers.
+  std::string network;
 
   mutable absl::Mutex mu;
   bool shutting_down ABSL_GUARDED_BY(mu) = false;
@@ -308,6 +325,9 @@ struct Fake {
   // The container never ran: TaskFailedToStart with `reason`.
   void FailToStart(TaskState& task, absl::Time at, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  void EnterPending(TaskState& task, absl::Time at)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // The task (not its containers) is RUNNING.
   void EnterRunning(TaskState& task, absl::Time at)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Containers are done: DEPROVISIONING (awsvpc) or STOPPED.
@@ -315,6 +335,9 @@ struct Fake {
   // An essential container exited first: the task stops.
   void EssentialExited(TaskState& task, absl::Time at)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // The task stops for `stop_code` and `reason` unless it already stops.
+  void StopFor(TaskState& task, absl::Time at, const std::string& stop_code,
+               const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   std::string OwnTask(const std::string& cluster,
                       const std::string& launch_type,
                       const std::string& subnet_id,
@@ -331,10 +354,18 @@ struct Fake {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
 
   // ---------------------------------------------------- aws_fake_docker.cc
+  // Makes the network of awsvpc tasks (at Start).
+  absl::Status CreateDockerNetwork();
+  // A thread that moves the task on: AttachToNetwork when it is
+  // PROVISIONING, RunContainers when it is PENDING.
   void StartRunner(const std::string& task_arn);
-  // Runs one task's containers on Docker from PENDING to their exit.
   void RunOnDocker(const std::string& task_arn);
-  // Removes every container and volume labelled with this fake's id.
+  // An awsvpc task's pause container, and the task's IP; then PENDING.
+  void AttachToNetwork(const std::string& task_arn);
+  // Runs one task's containers on Docker from PENDING to their exit.
+  void RunContainers(const std::string& task_arn);
+  // Removes every container, volume and network labelled with this fake's
+  // id.
   void RemoveDockerLeftovers();
 };
 

@@ -16,6 +16,18 @@ void Enter(TaskState& t, const std::string& status, absl::Time at) {
   ++t.version;
 }
 
+// The task's healthStatus from its essential containers', by ECS's
+// precedence: UNHEALTHY, then UNKNOWN, then HEALTHY.
+std::string TaskHealth(const TaskState& t) {
+  bool unknown = false;
+  for (const TaskContainer& c : t.containers) {
+    if (!c.essential) continue;
+    if (c.health_status == "UNHEALTHY") return "UNHEALTHY";
+    unknown = unknown || c.health_status != "HEALTHY";
+  }
+  return unknown ? "UNKNOWN" : "HEALTHY";
+}
+
 }  // namespace
 
 std::string Fake::PrepareLogs(TaskState& task, absl::Time at) {
@@ -57,10 +69,14 @@ void Fake::FailToStart(TaskState& task, absl::Time at,
   Finish(task, at);
 }
 
+void Fake::EnterPending(TaskState& task, absl::Time at) {
+  task.pull_started_at = at;
+  Enter(task, "PENDING", at);
+}
+
 void Fake::EnterRunning(TaskState& task, absl::Time at) {
   task.pull_stopped_at = at;
   task.started_at = at;
-  for (TaskContainer& c : task.containers) c.last_status = "RUNNING";
   Enter(task, "RUNNING", at);
 }
 
@@ -78,10 +94,16 @@ void Fake::Finish(TaskState& task, absl::Time at) {
 }
 
 void Fake::EssentialExited(TaskState& task, absl::Time at) {
+  StopFor(task, at, "EssentialContainerExited",
+          "Essential container in task exited");
+}
+
+void Fake::StopFor(TaskState& task, absl::Time at, const std::string& stop_code,
+                   const std::string& reason) {
   task.pub.desired_status = "STOPPED";
   if (task.pub.stop_code.empty()) {
-    task.pub.stop_code = "EssentialContainerExited";
-    task.pub.stopped_reason = "Essential container in task exited";
+    task.pub.stop_code = stop_code;
+    task.pub.stopped_reason = reason;
   }
   if (task.stopping_at == kUnset) task.stopping_at = at;
   ++task.version;
@@ -97,6 +119,7 @@ std::vector<std::string> Fake::Advance(absl::Time now) {
       moved = false;
       const std::string status = t.pub.last_status;
       if (status == "PROVISIONING") {
+        if (t.launching) break;  // the Docker runner attaches it
         if (t.stop_requested) {
           t.stopped_at = t.stop_requested_at;
           for (TaskContainer& c : t.containers) c.last_status = "STOPPED";
@@ -104,9 +127,12 @@ std::vector<std::string> Fake::Advance(absl::Time now) {
           Enter(t, "STOPPED", t.stop_requested_at);
           moved = true;
         } else if (now >= t.phase_since + provisioning) {
-          const absl::Time at = t.phase_since + provisioning;
-          t.pull_started_at = at;
-          Enter(t, "PENDING", at);
+          if (docker && t.awsvpc) {
+            t.launching = true;
+            launches.push_back(arn);
+            break;
+          }
+          EnterPending(t, t.phase_since + provisioning);
           moved = true;
         }
       } else if (status == "PENDING") {
@@ -117,6 +143,11 @@ std::vector<std::string> Fake::Advance(absl::Time now) {
                                        });
         const absl::Time at = t.phase_since + pending;
         if (t.stop_requested && (stuck || t.stop_requested_at < at)) {
+          if (!t.pause_id.empty()) {  // the runner removes it
+            t.launching = true;
+            launches.push_back(arn);
+            break;
+          }
           Finish(t, t.stop_requested_at);
           moved = true;
         } else if (!stuck && now >= at) {
@@ -132,6 +163,7 @@ std::vector<std::string> Fake::Advance(absl::Time now) {
           if (!failure.empty()) {
             FailToStart(t, at, failure);
           } else {
+            for (TaskContainer& c : t.containers) c.last_status = "RUNNING";
             EnterRunning(t, at);
             const int64_t ms = absl::ToUnixMillis(at);
             for (const TaskContainer& c : t.containers) {
@@ -173,6 +205,7 @@ std::vector<std::string> Fake::Advance(absl::Time now) {
           moved = true;
         }
       } else if (status == "DEPROVISIONING") {
+        if (t.launching) break;  // the Docker runner removes its containers
         const absl::Time at = t.phase_since + provisioning;
         if (now >= at) {
           t.stopped_at = at;
@@ -204,7 +237,7 @@ void Fake::WriteTask(JsonWriter& w, const TaskState& t, bool with_tags) const {
                                      : "ATTACHED");
     std::vector<std::pair<std::string, std::string>> details = {
         {"subnetId", t.subnet}};
-    if (attached) {
+    if (attached && !t.private_ip.empty()) {
       details.push_back({"networkInterfaceId", t.eni});
       details.push_back({"macAddress", t.mac});
       details.push_back(
@@ -228,11 +261,13 @@ void Fake::WriteTask(JsonWriter& w, const TaskState& t, bool with_tags) const {
     Put(w, "taskArn", t.pub.arn);
     Put(w, "name", c.spec.name);
     Put(w, "image", c.spec.image);
-    if (t.started_at != kUnset) Put(w, "runtimeId", c.runtime_id);
+    if (t.started_at != kUnset || c.exit_code) {
+      Put(w, "runtimeId", c.runtime_id);
+    }
     Put(w, "lastStatus", c.last_status);
     if (c.exit_code) PutInt(w, "exitCode", *c.exit_code);
     if (!c.reason.empty()) Put(w, "reason", c.reason.substr(0, 1024));
-    if (t.awsvpc && attached) {
+    if (t.awsvpc && attached && !t.private_ip.empty()) {
       w.Key("networkInterfaces");
       w.StartArray();
       w.StartObject();
@@ -241,7 +276,7 @@ void Fake::WriteTask(JsonWriter& w, const TaskState& t, bool with_tags) const {
       w.EndObject();
       w.EndArray();
     }
-    Put(w, "healthStatus", "UNKNOWN");
+    Put(w, "healthStatus", c.health_status);
     Put(w, "cpu", "0");
     w.EndObject();
   }
@@ -259,6 +294,7 @@ void Fake::WriteTask(JsonWriter& w, const TaskState& t, bool with_tags) const {
   }
   PutTime(w, "executionStoppedAt", t.execution_stopped_at);
   Put(w, "group", "family:" + t.family);
+  Put(w, "healthStatus", TaskHealth(t));
   Put(w, "lastStatus", status);
   Put(w, "launchType", t.pub.launch_type);
   w.Key("overrides");

@@ -1,6 +1,9 @@
 // The Engine's answers read without an Engine (docker_answers.h).
 #include "executor/docker/docker_answers.h"
 
+#include <map>
+#include <string>
+
 #include "gtest/gtest.h"
 
 namespace delegate::docker {
@@ -77,6 +80,29 @@ TEST(ParseInspectAnswerTest, ReadsTheIdAndWhetherTheContainerEverStarted) {
   EXPECT_EQ(state->id, "abc");
   EXPECT_EQ(state->status, "created");
   EXPECT_FALSE(state->running);
+  EXPECT_EQ(state->health, "");
+  EXPECT_TRUE(state->ip_addresses.empty());
+}
+
+TEST(ParseInspectAnswerTest, ReadsTheHealthAndTheAddressOnEachNetwork) {
+  absl::StatusOr<ContainerState> state = ParseInspectAnswer(
+      R"({"Id":"abc","State":{"Status":"running","Running":true,)"
+      R"("Health":{"Status":"healthy","FailingStreak":0}},)"
+      R"("NetworkSettings":{"Networks":{"tasks":{"IPAddress":"172.18.0.2"},)"
+      R"("bridge":{"IPAddress":"172.17.0.3"},"other":{"IPAddress":""}}}})",
+      "inspect");
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(state->health, "healthy");
+  EXPECT_EQ(state->ip_addresses,
+            (std::map<std::string, std::string>{{"bridge", "172.17.0.3"},
+                                                {"tasks", "172.18.0.2"}}));
+  // Odd shapes are no health and no address.
+  state = ParseInspectAnswer(
+      R"({"State":{"Health":"ok"},"NetworkSettings":{"Networks":[1]}})",
+      "inspect");
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(state->health, "");
+  EXPECT_TRUE(state->ip_addresses.empty());
 }
 
 }  // namespace

@@ -33,6 +33,15 @@ bool GetBool(const rapidjson::Value& object, const char* key) {
   return it != object.MemberEnd() && it->value.IsBool() && it->value.GetBool();
 }
 
+// object[key] when both are objects; nullptr otherwise.
+const rapidjson::Value* GetObject(const rapidjson::Value& object,
+                                  const char* key) {
+  if (!object.IsObject()) return nullptr;
+  auto it = object.FindMember(key);
+  return it != object.MemberEnd() && it->value.IsObject() ? &it->value
+                                                          : nullptr;
+}
+
 std::optional<int64_t> GetInt(const rapidjson::Value& object, const char* key) {
   if (!object.IsObject()) return std::nullopt;
   auto it = object.FindMember(key);
@@ -185,6 +194,17 @@ absl::StatusOr<ContainerState> ParseInspectAnswer(std::string_view body,
   result.exit_code = static_cast<int>(GetInt(state, "ExitCode").value_or(0));
   result.oom_killed = GetBool(state, "OOMKilled");
   result.error = std::string(GetString(state, "Error"));
+  if (const rapidjson::Value* health = GetObject(state, "Health")) {
+    result.health = std::string(GetString(*health, "Status"));
+  }
+  const rapidjson::Value* settings = GetObject(doc, "NetworkSettings");
+  if (const rapidjson::Value* networks =
+          settings ? GetObject(*settings, "Networks") : nullptr) {
+    for (const auto& n : networks->GetObject()) {
+      const std::string_view ip = GetString(n.value, "IPAddress");
+      if (!ip.empty()) result.ip_addresses[n.name.GetString()] = ip;
+    }
+  }
   return result;
 }
 

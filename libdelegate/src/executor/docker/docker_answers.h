@@ -55,7 +55,8 @@ std::optional<PullLine> ParsePullLine(std::string_view line);
 absl::StatusOr<int> ParseWaitAnswer(std::string_view body,
                                     std::string_view what);
 
-// GET /containers/{id}/json: the State.
+// GET /containers/{id}/json: the State, its health and the container's
+// addresses.
 absl::StatusOr<ContainerState> ParseInspectAnswer(std::string_view body,
                                                   std::string_view what);
 

@@ -64,6 +64,22 @@ void WriteLabels(JsonWriter& w,
   w.EndObject();
 }
 
+// Config.Healthcheck; durations in nanoseconds, zero for the default.
+void WriteHealthCheck(JsonWriter& w, const HealthCheck& check) {
+  w.Key("Healthcheck");
+  w.StartObject();
+  WriteStrings(w, "Test", check.test);
+  w.Key("Interval");
+  w.Int64(absl::ToInt64Nanoseconds(check.interval));
+  w.Key("Timeout");
+  w.Int64(absl::ToInt64Nanoseconds(check.timeout));
+  w.Key("Retries");
+  w.Int(check.retries);
+  w.Key("StartPeriod");
+  w.Int64(absl::ToInt64Nanoseconds(check.start_period));
+  w.EndObject();
+}
+
 // The daemon's words for a failed call (see docker_answers.h).
 std::string DaemonMessage(const http::Response& response) {
   return docker::DaemonMessage(response.status, response.body);
@@ -329,6 +345,7 @@ class EngineClient final : public DockerClient {
     w.Key("OpenStdin");
     w.Bool(false);
     WriteLabels(w, spec.labels);
+    if (spec.health_check) WriteHealthCheck(w, *spec.health_check);
 
     w.Key("HostConfig");
     w.StartObject();
@@ -367,7 +384,8 @@ class EngineClient final : public DockerClient {
     }
     w.EndObject();
 
-    if (!spec.network.empty()) {
+    if (!spec.network.empty() &&
+        !absl::StartsWith(spec.network, "container:")) {
       w.Key("NetworkingConfig");
       w.StartObject();
       w.Key("EndpointsConfig");

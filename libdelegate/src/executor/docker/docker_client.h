@@ -50,6 +50,17 @@ struct Mount {
   bool read_only = false;
 };
 
+// A container's health check, as the Engine runs it (Config.Healthcheck):
+// `test` is {"CMD", program, args...} or {"CMD-SHELL", command}; a zero
+// duration or count takes the Engine's default.
+struct HealthCheck {
+  std::vector<std::string> test;
+  absl::Duration interval = absl::ZeroDuration();
+  absl::Duration timeout = absl::ZeroDuration();
+  int retries = 0;
+  absl::Duration start_period = absl::ZeroDuration();
+};
+
 struct ContainerSpec {
   std::string name;
   std::string image;
@@ -60,8 +71,11 @@ struct ContainerSpec {
   std::string user;  // "uid", "uid:gid" or empty
   std::map<std::string, std::string> labels;
   std::vector<Mount> mounts;
-  std::string network;               // network name; empty: default bridge
+  // A network name, or "container:<name or id>" to share that container's
+  // network namespace (then `aliases` do not apply); empty: default bridge.
+  std::string network;
   std::vector<std::string> aliases;  // DNS names on `network`
+  std::optional<HealthCheck> health_check;
   bool privileged = false;
   bool read_only_rootfs = false;
   std::vector<std::string> cap_add;  // without the CAP_ prefix
@@ -78,6 +92,12 @@ struct ContainerState {
   int exit_code = 0;
   bool oom_killed = false;
   std::string error;  // the daemon's State.Error
+  // State.Health.Status: "starting", "healthy" or "unhealthy"; empty for a
+  // container without a health check.
+  std::string health;
+  // NetworkSettings.Networks: the container's IPv4 address on each network
+  // it is attached to, by network name (none for "container:" or "none").
+  std::map<std::string, std::string> ip_addresses;
 };
 
 // What a list call found of one container, network or volume.
