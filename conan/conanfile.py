@@ -1,7 +1,7 @@
 """Conan 2 recipe for libdelegate.
 
 Its components are the CMake targets of `cmake --install` (delegate::core,
-delegate::http, delegate::docker, delegate::aws, delegate::ecs,
+delegate::http, delegate::docker, delegate::aws, delegate::runner, delegate::ecs,
 delegate::harness, delegate::grpc, delegate::delegate, delegate::proto), with
 the same links between them, and delegate::c, the C API: libdelegate_c.so,
 always shared, with the whole library inside it. The requirements' version ranges hold the
@@ -22,12 +22,13 @@ LAYERS = {
     "http": (["core"], ["libcurl::libcurl", "openssl::openssl"]),
     "docker": (["core", "http"], []),
     "aws": (["core", "http"], ["openssl::openssl"]),
-    "ecs": (["core", "http", "aws"], []),
+    "runner": (["core", "proto"], ["openssl::openssl"]),
+    "ecs": (["core", "http", "aws", "runner"], []),
     "harness": (["core", "http"], ["openssl::openssl"]),
     "proto": ([], ["protobuf::libprotobuf", "grpc::grpc++"]),
     "grpc": (["core", "http", "proto"], []),
-    "delegate": (["core", "http", "docker", "aws", "ecs", "harness", "grpc"],
-                 []),
+    "delegate": (["core", "http", "docker", "aws", "runner", "ecs", "harness",
+                  "grpc"], []),
     # libdelegate_c.so holds every layer; the shared libraries of the other
     # packages are what it loads at run time.
     "c": ([], ["abseil::abseil", "libyaml::libyaml", "libcurl::libcurl",

@@ -8,7 +8,8 @@ The library is a core and extensions around it (README "Architecture"):
   delegate::http     http/                       over core
   delegate::docker   executor/docker/            over core, http
   delegate::aws      aws/                        over core, http
-  delegate::ecs      executor/ecs/               over core, http, aws
+  delegate::runner   runner/                     over core (and the protos)
+  delegate::ecs      executor/ecs/               over core, http, aws, runner
   delegate::harness  manager/harness/            over core, http
   delegate::grpc     manager/grpc/, runtime/     over core, http
   delegate::delegate server/                     over all of them
@@ -28,6 +29,7 @@ import sys
 FOLDERS = [
     ("executor/docker", "docker", None),
     ("executor/ecs", "ecs", None),
+    ("runner", "runner", None),
     ("executor/host", "core", 6),
     ("executor/local", "core", 6),
     ("executor", "core", 6),
@@ -63,6 +65,7 @@ PUBLIC = {
     "instance.h": ("core", 0),
     "docker_executor.h": ("docker", None),
     "ecs_executor.h": ("ecs", None),
+    "step_runner.h": ("runner", None),
     "harness.h": ("harness", None),
     "delegate_session.h": ("grpc", None),
     "runtime_service.h": ("grpc", None),
@@ -76,10 +79,12 @@ BELOW = {
     "http": {"core"},
     "docker": {"core", "http"},
     "aws": {"core", "http"},
-    "ecs": {"core", "http", "aws"},
+    "runner": {"core", "proto"},
+    "ecs": {"core", "http", "aws", "runner", "proto"},
     "harness": {"core", "http"},
-    "grpc": {"core", "http"},
-    "delegate": {"core", "http", "docker", "aws", "ecs", "harness", "grpc"},
+    "grpc": {"core", "http", "proto"},
+    "delegate": {"core", "http", "docker", "aws", "runner", "ecs", "harness",
+                 "grpc", "proto"},
 }
 
 # Third-party headers the core must never see.
@@ -96,7 +101,7 @@ def place_of_source(rel):
 
 def place_of_include(path):
     if path.startswith("delegate/v1/"):
-        return ("grpc", None)
+        return ("proto", None)
     if path.startswith("delegate/"):
         name = path[len("delegate/"):]
         return PUBLIC.get(name, ("?", None))

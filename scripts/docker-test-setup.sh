@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares this machine for the Docker tests, offline: starts a Docker Engine
-# when none answers, builds the test image from Debian's busybox-static, and
+# when none answers, builds the test images (one from Debian's busybox-static,
+# with no libc; one with only dash and its glibc, for a second kind), and
 # starts a loopback registry (Debian's docker-registry) with htpasswd auth that
 # holds a copy of it. Idempotent. Prints what it did.
 set -euo pipefail
@@ -36,6 +37,24 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
   tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' - "$image" >/dev/null
   rm -rf "$root"
   echo "docker-test-setup: built $image from busybox-static"
+fi
+
+# A second kind of step image: glibc's dynamic loader and libc, dash as
+# /bin/sh, nothing else (no busybox, no coreutils).
+glibc_image=delegate-test/dash-glibc:latest
+if ! docker image inspect "$glibc_image" >/dev/null 2>&1; then
+  root=$(mktemp -d)
+  mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/proc" "$root/sys" "$root/dev"
+  chmod 1777 "$root/tmp"
+  cp /bin/dash "$root/bin/sh"
+  for lib in $(ldd /bin/dash | grep -oE '/[^ ]+'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+  printf 'root:x:0:0:root:/:/bin/sh\n' >"$root/etc/passwd"
+  tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' - "$glibc_image" >/dev/null
+  rm -rf "$root"
+  echo "docker-test-setup: built $glibc_image from dash and its glibc"
 fi
 
 registry_up() { curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://$registry/v2/" 2>/dev/null | grep -q 401; }

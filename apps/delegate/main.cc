@@ -31,6 +31,7 @@
 #include "delegate/server.h"
 #include "delegate/stage_file.h"
 #include "delegate/stage_run.h"
+#include "delegate/step_runner.h"
 #include "delegate/version.h"
 
 namespace {
@@ -55,6 +56,10 @@ Commands:
                  the instances recorded in DELEGATE_STATE_DIR whose process
                  is gone; with --all-instances, everything labelled with
                  this HARNESS_NAME, live delegates' containers too
+  runner         run in an ECS stage task: serve its steps to the delegate
+                 that started it (DELEGATE_RUNNER_CLIENT_SHA256) through
+                 the step containers' delegate-step; with --check, the
+                 task's health check (ready for the step containers)
   version        print the version and the build's git commit
 
 Options:
@@ -105,6 +110,7 @@ struct Args {
   std::string runtime_client_ca;
   absl::Duration drain = absl::Seconds(30);
   bool all_instances = false;
+  bool check = false;  // runner --check
 };
 
 // The options that take a string, as --NAME VALUE or --NAME=VALUE.
@@ -163,6 +169,8 @@ std::optional<int> ParseArgs(int argc, char** argv, Args& args) {
       }
     } else if (arg == "--all-instances") {
       args.all_instances = true;
+    } else if (arg == "--check") {
+      args.check = true;
     } else if (absl::StartsWith(arg, "-")) {
       return Usage(absl::StrCat("unknown option ", arg));
     } else {
@@ -337,6 +345,20 @@ int Run(const Args& args) {
     return kExitOk;
   }
   if (args.command == "server") return Serve(args);
+  if (args.command == "runner") {
+    const delegate::EnvMap env = delegate::ProcessEnvironment();
+    std::error_code ec;
+    const std::string self =
+        std::filesystem::read_symlink("/proc/self/exe", ec).string();
+    absl::Status s = args.check ? delegate::CheckStepRunner(env)
+                                : delegate::ServeStepRunner(env, self);
+    if (!s.ok()) {
+      fprintf(stderr, "delegate runner: %s\n",
+              std::string(s.message()).c_str());
+      return args.check ? kExitFailed : kExitInvalid;
+    }
+    return kExitOk;
+  }
   absl::StatusOr<delegate::DelegateConfig> config =
       Configure(args, delegate::ConfigNeed::kLocal);
   if (!config.ok()) {

@@ -47,15 +47,6 @@ const FakeAwsCredential& Key() {
   return *key;
 }
 
-class RecordingOutput final : public OutputWriter {
- public:
-  void Write(LogStream, std::string_view bytes) override {
-    text.append(bytes.data(), bytes.size());
-  }
-  void Flush() override {}
-  std::string text;
-};
-
 class EcsProxyTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -108,12 +99,13 @@ class EcsProxyTest : public ::testing::Test {
     return o;
   }
 
-  // Ready's result; *output gets what it wrote.
+  // Ready's result; *output gets what it reported, a line each.
   absl::Status Ready(EcsExecutorOptions options, std::string* output) {
     EcsRuntime runtime(std::move(options));
-    RecordingOutput out;
-    absl::StatusOr<EcsSession*> session = runtime.Ready("d", out);
-    *output = out.text;
+    ReapReport report;
+    absl::StatusOr<EcsSession*> session = runtime.Ready("d", &report);
+    *output = absl::StrJoin(report.removed, "\n") + "\n" +
+              absl::StrJoin(report.errors, "\n");
     return session.status();
   }
 
