@@ -674,7 +674,8 @@ TEST_F(EcsExecutorTest, TheStartKeepsWhatAStageToBeResumedHas) {
   EXPECT_EQ(definitions[kept_def], "ACTIVE");
   EXPECT_NE(definitions[gone_def], "ACTIVE");
   // Removed at the start, before the stage (which waited for it).
-  EXPECT_THAT(Events(), HasSubstr("ECS task " + ecs::TaskId(gone_task)));
+  EXPECT_THAT(Events(), HasSubstr("ECS task " + ecs::TaskId(gone_task)))
+      << run.Text();
   EXPECT_THAT(Events(), Not(HasSubstr(ecs::TaskId(kept_task))));
   EXPECT_THAT(run.Text(), Not(HasSubstr(ecs::TaskId(kept_task))));
 

@@ -171,8 +171,9 @@ void EcsRuntime::ReadyInBackground(
       [this, name = std::move(delegate_name), done = std::move(done)] {
         ReapReport report;
         absl::StatusOr<EcsSession*> session = SetUp(name, &report);
-        background_done_.Notify();
+        // Told before a stage may go on: its removals are the start's.
         done(session.status(), report);
+        background_done_.Notify();
       });
 }
 
