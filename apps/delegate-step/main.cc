@@ -5,12 +5,16 @@
 //
 //   delegate-step --socket /delegate/runner.sock --name step-1
 //
-// It connects to the runner's Unix socket, says which container it is, and
+// It connects to the runner's Unix socket, says which container it is (and
+// the container's token, DELEGATE_STEP_TOKEN, which the delegate gave this
+// container alone, so that no other container's step can pose as it), and
 // then runs what the runner sends, one process at a time, in a process group
 // of its own: output and exit go back to the runner, and a signal from the
 // runner goes to the whole group. When the step's process has exited,
-// whatever it left running in its group is killed: no process outlives its
-// step. As the container's PID 1 it also reaps every orphan.
+// whatever it left running is killed: its process group, and, as the
+// container's PID 1, every other process of the container (a step that
+// called setsid too): no process outlives its step. As PID 1 it also reaps
+// every orphan, between steps too.
 //
 // Statically linked, with nothing but the C library and POSIX: it runs in
 // any step image, with or without a libc (alpine, distroless, scratch).
@@ -72,7 +76,7 @@ bool ReadAll(int fd, void* data, size_t size) {
   char* p = static_cast<char*>(data);
   while (size > 0) {
     ssize_t n = read(fd, p, size);
-    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINTR && !g_terminate) continue;
     if (n <= 0) return false;
     p += n;
     size -= static_cast<size_t>(n);
@@ -212,8 +216,8 @@ pid_t Start(const RunRequest& run, int out_fd, int err_fd, std::string* error) {
     close(status_pipe[0]);
     dup2(out_fd, 1);
     dup2(err_fd, 2);
-    int devnull = open("/dev/null", O_RDONLY);
-    if (devnull >= 0) dup2(devnull, 0);
+    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (devnull >= 0) dup2(devnull, 0);  // the copy on 0 stays open
     const char* what = "chdir";
     if (run.working_dir.empty() || chdir(run.working_dir.c_str()) == 0) {
       // execvp looks argv[0] up in the PATH of the step's environment.
@@ -271,7 +275,13 @@ void OnTerminate(int) { g_terminate = 1; }
 // Runs one request to its end; false when the runner went away.
 bool RunOne(const RunRequest& run) {
   int out_pipe[2], err_pipe[2];
-  if (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0) {
+  if (pipe2(out_pipe, O_CLOEXEC) != 0) {
+    SendExited(-1, 0, std::string("pipe: ") + strerror(errno));
+    return true;
+  }
+  if (pipe2(err_pipe, O_CLOEXEC) != 0) {
+    close(out_pipe[0]);
+    close(out_pipe[1]);
     SendExited(-1, 0, std::string("pipe: ") + strerror(errno));
     return true;
   }
@@ -293,21 +303,24 @@ bool RunOne(const RunRequest& run) {
   int fds[2] = {out_pipe[0], err_pipe[0]};
   bool open_fds[2] = {true, true};
   bool runner_there = true;
+  bool terminated = false;  // SIGTERM passed on to the step
   bool exited = false;
   int status = 0;
   struct timespec exited_at = {};
   char buf[64 * 1024];
   for (;;) {
-    if (g_terminate) {
+    if (g_terminate && !terminated) {
       kill(-pid, SIGTERM);
-      g_terminate = 0;
+      terminated = true;
     }
     if (!exited && Reap(pid, &status)) {
       exited = true;
       clock_gettime(CLOCK_MONOTONIC, &exited_at);
-      // What the step left running in its group goes with it; its output
-      // already written is still read below.
+      // What the step left running goes with it: its group, and as PID 1
+      // every other process of the container (kill(-1) spares PID 1). Its
+      // output already written is still read below.
       kill(-pid, SIGKILL);
+      if (getpid() == 1) kill(-1, SIGKILL);
     }
     if (exited && !open_fds[0] && !open_fds[1]) break;
     if (exited) {
@@ -328,7 +341,10 @@ bool RunOne(const RunRequest& run) {
     }
     p[n] = {g_socket, POLLIN, 0};
     const int socket_slot = n++;
-    if (poll(p, static_cast<nfds_t>(n), 50) < 0 && errno != EINTR) break;
+    if (poll(p, static_cast<nfds_t>(n), 50) < 0 && errno != EINTR) {
+      kill(-pid, SIGKILL);
+      break;
+    }
     for (int k = 0; k < socket_slot; ++k) {
       if (!(p[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       const int i = index[k];
@@ -363,9 +379,13 @@ bool RunOne(const RunRequest& run) {
   close(fds[1]);
   if (!exited) {
     int waited = 0;
-    while (!Reap(pid, &status) && waited++ < 100) usleep(20000);
+    while (!(exited = Reap(pid, &status)) && waited++ < 100) usleep(20000);
   }
   if (!runner_there) return false;
+  if (!exited) {
+    SendExited(-1, SIGKILL, "the step's process did not end after SIGKILL");
+    return true;
+  }
   if (WIFSIGNALED(status)) {
     SendExited(-1, WTERMSIG(status), "");
   } else {
@@ -415,8 +435,23 @@ int main(int argc, char** argv) {
     Say("cannot reach the runner at ", socket_path.c_str());
     return 1;
   }
-  if (!Send(kHello, name)) return 1;
+  // The token is this container's alone; the steps it runs do not get it
+  // (they get only their own environment).
+  std::string hello = name;
+  if (const char* token = getenv("DELEGATE_STEP_TOKEN")) {
+    hello += '\n';
+    hello += token;
+  }
+  unsetenv("DELEGATE_STEP_TOKEN");
+  if (!Send(kHello, hello)) return 1;
   for (;;) {
+    // Between steps: orphans are reaped, and SIGTERM ends the agent.
+    struct pollfd idle = {g_socket, POLLIN, 0};
+    while (!g_terminate && poll(&idle, 1, 1000) == 0) {
+      int ignored;
+      Reap(-1, &ignored);
+    }
+    if (g_terminate) break;
     uint8_t type = 0;
     std::string payload;
     if (!Receive(&type, &payload)) break;  // the runner is gone

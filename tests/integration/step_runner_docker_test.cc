@@ -154,5 +154,22 @@ TEST_F(StepRunnerDockerTest, TwoKindsOfImageShareTheWorkspaceThroughTheRunner) {
   EXPECT_EQ(st.st_uid, 1000u);
 }
 
+// The agent is the container's PID 1: what a step started in a session of
+// its own (out of its process group) ends with the step too.
+TEST_F(StepRunnerDockerTest, WhatAStepDetachedEndsWithItInTheContainer) {
+  StartStepContainer("step-1", delegate::testing::kTestImage, "", false);
+  std::string out;
+  absl::StatusOr<RunnerStepEnd> first = Run(
+      "step-1",
+      "setsid sleep 300 & sleep 0.2; pidof sleep >/dev/null && echo up", &out);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(out, "up\n");
+  out.clear();
+  absl::StatusOr<RunnerStepEnd> second =
+      Run("step-1", "pidof sleep || echo none", &out);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(out, "none\n");
+}
+
 }  // namespace
 }  // namespace delegate::runner

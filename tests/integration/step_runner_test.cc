@@ -23,6 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -79,11 +80,13 @@ class StepRunnerTest : public ::testing::Test {
     server_ = *std::move(server);
   }
 
-  // A step container's agent, as a process of this machine.
-  void StartAgent(const std::string& name) {
+  // A step container's agent, as a process of this machine; `token`: its
+  // DELEGATE_STEP_TOKEN.
+  void StartAgent(const std::string& name, const std::string& token = "") {
     const std::string socket = dir_ + "/runner.sock";
     pid_t pid = fork();
     if (pid == 0) {
+      if (!token.empty()) setenv("DELEGATE_STEP_TOKEN", token.c_str(), 1);
       execl(DELEGATE_STEP_BINARY, DELEGATE_STEP_BINARY, "--socket",
             socket.c_str(), "--name", name.c_str(), nullptr);
       _exit(127);
@@ -278,6 +281,54 @@ TEST_F(StepRunnerTest, WhatAStepLeftRunningEndsWithIt) {
   EXPECT_TRUE(delegate::testing::AwaitGone(left[0]));
 }
 
+// A step of one container cannot pose as another container's agent to get
+// that container's steps (and their secrets): the step goes only to the
+// agent with the container's token, and the agent's token is not in the
+// env of the steps it runs.
+TEST_F(StepRunnerTest, OnlyTheAgentWithTheContainersTokenGetsItsSteps) {
+  StartServer();
+  StartAgent("step-1", "token-of-one");
+  StartAgent("step-2", "token-of-two");
+  Connect();
+  // The real step-2 is connected; then a step of step-1 starts, out of its
+  // process group, an agent that says it is step-2, with a guessed token.
+  RunnerStep impostor = Shell(absl::StrCat(
+      "echo token=$DELEGATE_STEP_TOKEN; DELEGATE_STEP_TOKEN=guess setsid ",
+      DELEGATE_STEP_BINARY, " --socket ", dir_,
+      "/runner.sock --name step-2 >/dev/null 2>&1 & sleep 0.5"));
+  impostor.container_token = "token-of-one";
+  ASSERT_TRUE(Run(impostor).ok());
+  EXPECT_EQ(out_, "token=\n");
+  out_.clear();
+  RunnerStep secret = Shell("echo $SECRET; echo $PPID");
+  secret.container = "step-2";
+  secret.container_token = "token-of-two";
+  secret.env["SECRET"] = "for-step-two-only";
+  absl::StatusOr<RunnerStepEnd> end = Run(secret);
+  ASSERT_TRUE(end.ok()) << end.status();
+  EXPECT_EQ(end->exit_code, 0);
+  // It ran under the real agent of step-2, a child of this test.
+  EXPECT_EQ(out_, absl::StrCat("for-step-two-only\n", agents_.back(), "\n"));
+}
+
+// The runner reads a step's output file itself: a FIFO or a link to
+// something else is refused, not waited on or followed.
+TEST_F(StepRunnerTest, AnOutputFileThatIsNotARegularFileIsRefused) {
+  StartWithAgent("step-1");
+  for (const char* make : {"mkfifo", "ln -s /etc/passwd"}) {
+    RunnerStep step = Shell(absl::StrCat(make, " ", dir_, "/out; echo ran"));
+    step.output_file = dir_ + "/out";
+    absl::StatusOr<RunnerStepEnd> end =
+        Run(step, {}, absl::Now() + absl::Seconds(20));
+    ASSERT_TRUE(end.ok()) << end.status();
+    EXPECT_FALSE(end->deadline_passed) << make;
+    EXPECT_EQ(end->exit_code, 0);
+    EXPECT_TRUE(end->outputs.empty());
+    EXPECT_THAT(end->outputs_error, HasSubstr("HARNESS_OUTPUT_FILE")) << make;
+    std::filesystem::remove(dir_ + "/out");
+  }
+}
+
 TEST_F(StepRunnerTest, AClientWithoutTheStagesCertificateIsRefused) {
   StartServer();
   absl::StatusOr<Identity> stranger = MakeIdentity("delegate");
@@ -298,7 +349,8 @@ TEST_F(StepRunnerTest, AContainerThatNeverConnectsIsNotFound) {
   absl::StatusOr<RunnerStepEnd> end = Run(step);
   ASSERT_FALSE(end.ok());
   EXPECT_EQ(end.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(end.status().message(), HasSubstr("step-9 did not connect"));
+  EXPECT_THAT(end.status().message(),
+              HasSubstr("step container step-9 is not connected"));
 }
 
 TEST_F(StepRunnerTest, AStepContainerThatDiesFailsItsStep) {

@@ -97,8 +97,14 @@ absl::StatusOr<AgentEvent> DecodeAgentFrame(FrameType type,
 
 // ------------------------------------------------------------ connection
 
-AgentConnection::AgentConnection(int fd, std::string name)
-    : fd_(fd), name_(std::move(name)) {}
+AgentConnection::AgentConnection(int fd, std::string name, std::string token)
+    : fd_(fd), name_(std::move(name)), token_(std::move(token)) {}
+
+void AgentConnection::Abandon() {
+  shutdown(fd_, SHUT_RDWR);
+  absl::MutexLock lock(&mu_);
+  gone_ = true;
+}
 
 AgentConnection::~AgentConnection() { close(fd_); }
 
@@ -209,90 +215,136 @@ AgentHub::~AgentHub() {
 }
 
 void AgentHub::AcceptLoop() {
+  // Connections that have not said hello yet, each with 5 s to do so; read
+  // as their bytes come, so that a silent one holds up no other.
+  struct Pending {
+    int fd;
+    std::string buffer;
+    absl::Time give_up;
+  };
+  std::vector<Pending> pending;
+  constexpr size_t kMaxPending = 64;
   for (;;) {
-    pollfd p[2] = {{listener_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
-    if (poll(p, wake_[0] >= 0 ? 2 : 1, -1) < 0) {
-      if (errno == EINTR) continue;
-      return;
+    std::vector<pollfd> p = {{listener_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
+    absl::Time next = absl::InfiniteFuture();
+    for (const Pending& c : pending) {
+      p.push_back({c.fd, POLLIN, 0});
+      next = std::min(next, c.give_up);
     }
-    if (p[1].revents != 0) return;
-    int fd = accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    // The first frame names the container; an agent that says nothing
-    // within 5 s is dropped.
-    std::string name;
-    {
-      std::string buffer;
-      const absl::Time give_up = absl::Now() + absl::Seconds(5);
-      bool ok = false;
-      while (absl::Now() < give_up) {
-        pollfd r = {fd, POLLIN, 0};
-        if (poll(&r, 1, MillisOf(give_up - absl::Now())) <= 0) break;
+    const int timeout =
+        next == absl::InfiniteFuture() ? -1 : MillisOf(next - absl::Now());
+    if (poll(p.data(), p.size(), timeout) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (p[1].revents != 0) break;
+    const absl::Time now = absl::Now();
+    std::vector<Pending> still;
+    for (size_t i = 0; i < pending.size(); ++i) {
+      Pending& c = pending[i];
+      bool drop = now >= c.give_up;
+      if (!drop && p[i + 2].revents != 0) {
         char chunk[512];
-        ssize_t n = read(fd, chunk, sizeof(chunk));
-        if (n <= 0) break;
-        buffer.append(chunk, static_cast<size_t>(n));
-        if (buffer.size() >= 5) {
-          const uint32_t size = U32At(buffer, 0);
-          if (size < 2 || size > 1024 ||
-              static_cast<FrameType>(buffer[4]) != FrameType::kHello) {
-            break;
-          }
-          if (buffer.size() >= 4 + size) {
-            name = buffer.substr(5, size - 1);
-            ok = buffer.size() == 4 + size;
-            break;
-          }
+        ssize_t n = read(c.fd, chunk, sizeof(chunk));
+        if (n <= 0) {
+          drop = true;
+        } else {
+          c.buffer.append(chunk, static_cast<size_t>(n));
         }
       }
-      if (!ok) {
-        // Not an agent, or one that says more than hello at once: dropped.
-        close(fd);
-        continue;
+      if (!drop && c.buffer.size() >= 5) {
+        const uint32_t size = U32At(c.buffer, 0);
+        if (size < 2 || size > 1024 ||
+            static_cast<FrameType>(c.buffer[4]) != FrameType::kHello ||
+            c.buffer.size() > 4 + size) {
+          drop = true;  // not an agent, or one that says more than hello
+        } else if (c.buffer.size() == 4 + size) {
+          std::string hello = c.buffer.substr(5);
+          std::string token;
+          if (size_t nl = hello.find('\n'); nl != std::string::npos) {
+            token = hello.substr(nl + 1);
+            hello.resize(nl);
+          }
+          auto agent = std::make_shared<AgentConnection>(c.fd, hello, token);
+          absl::MutexLock lock(&mu_);
+          auto& named = agents_[hello];
+          named.erase(std::remove_if(named.begin(), named.end(),
+                                     [](const auto& a) { return a->gone(); }),
+                      named.end());
+          named.push_back(std::move(agent));
+          continue;  // handed over: not closed, not kept pending
+        }
+      }
+      if (drop) {
+        close(c.fd);
+      } else {
+        still.push_back(std::move(c));
       }
     }
-    auto named = std::make_shared<AgentConnection>(fd, name);
-    absl::MutexLock lock(&mu_);
-    agents_[name] = std::move(named);
-    busy_[name] = false;
+    pending = std::move(still);
+    if (p[0].revents != 0) {
+      int fd = accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd >= 0 && pending.size() >= kMaxPending) {
+        close(fd);
+      } else if (fd >= 0) {
+        pending.push_back({fd, "", absl::Now() + absl::Seconds(5)});
+      }
+    }
   }
+  for (const Pending& c : pending) close(c.fd);
 }
 
 absl::StatusOr<std::shared_ptr<AgentConnection>> AgentHub::Acquire(
-    const std::string& container, absl::Duration wait) {
+    const std::string& container, const std::string& token,
+    absl::Duration wait) {
   absl::MutexLock lock(&mu_);
-  auto connected = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  // The connection that may run the step: not gone, and with the token.
+  auto find = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(
+                  mu_) -> std::shared_ptr<AgentConnection> {
     auto it = agents_.find(container);
-    return it != agents_.end() && !it->second->gone();
+    if (it == agents_.end()) return nullptr;
+    for (const auto& agent : it->second) {
+      if (!agent->gone() && (token.empty() || agent->token() == token)) {
+        return agent;
+      }
+    }
+    return nullptr;
+  };
+  auto connected = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return find() != nullptr;
   };
   mu_.AwaitWithTimeout(absl::Condition(&connected), wait);
-  auto it = agents_.find(container);
-  if (it == agents_.end() || it->second->gone()) {
+  std::shared_ptr<AgentConnection> agent = find();
+  if (!agent) {
     return absl::NotFoundError(absl::StrCat(
-        "step container ", container, " did not connect to the runner within ",
+        "step container ", container, " is not connected to the runner (",
         absl::FormatDuration(wait),
-        " (did it start? its image must be able to run a static x86-64 "
-        "Linux program)"));
+        " waited): it did not start, or it stopped; its image must be able "
+        "to run a static x86-64 Linux program"));
   }
-  if (busy_[container]) {
+  if (busy_.contains(agent.get())) {
     return absl::FailedPreconditionError(
         absl::StrCat("step container ", container, " is running another step"));
   }
-  busy_[container] = true;
-  return it->second;
+  busy_.insert(agent.get());
+  return agent;
 }
 
 void AgentHub::Release(const std::shared_ptr<AgentConnection>& agent) {
   absl::MutexLock lock(&mu_);
-  auto it = agents_.find(agent->name());
-  if (it != agents_.end() && it->second == agent) busy_[agent->name()] = false;
+  busy_.erase(agent.get());
 }
 
 std::vector<std::string> AgentHub::Connected() const {
   absl::MutexLock lock(&mu_);
   std::vector<std::string> out;
-  for (const auto& [name, agent] : agents_) {
-    if (!agent->gone()) out.push_back(name);
+  for (const auto& [name, agents] : agents_) {
+    for (const auto& agent : agents) {
+      if (!agent->gone()) {
+        out.push_back(name);
+        break;
+      }
+    }
   }
   return out;
 }

@@ -6,7 +6,8 @@
 // follows), a 1-byte type and the payload. Numbers in payloads are 4-byte
 // big-endian; strings are a number (the length) and the bytes; a list is a
 // number (the count) and its strings.
-//   agent -> runner  kHello    the container name (raw bytes)
+//   agent -> runner  kHello    the container name, and when the container
+//                              has one, '\n' and its token (raw bytes)
 //                    kStarted  u32 pid
 //                    kOutput   u8 stream (1 stdout, 2 stderr), the bytes
 //                    kExited   u32 exit code (-1: signalled or not started),
@@ -19,6 +20,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -70,24 +72,30 @@ absl::StatusOr<AgentEvent> DecodeAgentFrame(FrameType type,
 // One connected step container. Used by one step at a time (Acquire).
 class AgentConnection {
  public:
-  AgentConnection(int fd, std::string name);
+  AgentConnection(int fd, std::string name, std::string token);
   ~AgentConnection();
   AgentConnection(const AgentConnection&) = delete;
   AgentConnection& operator=(const AgentConnection&) = delete;
 
   const std::string& name() const { return name_; }
+  const std::string& token() const { return token_; }
   absl::Status Run(const AgentRun& run);
   absl::Status Signal(int signal);
   // The next event, or DeadlineExceeded when none came within `wait`;
   // Unavailable once the agent is gone (its container stopped).
   absl::StatusOr<AgentEvent> Next(absl::Duration wait);
   bool gone() const;
+  // Closes the link (the agent then kills its step and exits): for an agent
+  // whose step could not be brought to an end, so that no later step gets
+  // its frames.
+  void Abandon();
 
  private:
   absl::Status Send(FrameType type, const std::string& payload);
 
   const int fd_;
   const std::string name_;
+  const std::string token_;
   std::string buffer_;  // bytes read, not yet a whole frame
   mutable absl::Mutex mu_;
   bool gone_ ABSL_GUARDED_BY(mu_) = false;
@@ -104,12 +112,14 @@ class AgentHub {
   AgentHub(const AgentHub&) = delete;
   AgentHub& operator=(const AgentHub&) = delete;
 
-  // The agent of `container`, waiting up to `wait` for it to connect, for
-  // the sole use of the caller until it is handed back (Release).
-  // NotFound when it does not connect in time; FailedPrecondition while
-  // another step uses it.
+  // The agent of `container` that presented `token` (any, when empty),
+  // waiting up to `wait` for it to connect, for the sole use of the caller
+  // until it is handed back (Release). Several connections may claim a
+  // name; only the one with the token gets the step. NotFound when none is
+  // connected in time; FailedPrecondition while another step uses it.
   absl::StatusOr<std::shared_ptr<AgentConnection>> Acquire(
-      const std::string& container, absl::Duration wait);
+      const std::string& container, const std::string& token,
+      absl::Duration wait);
   void Release(const std::shared_ptr<AgentConnection>& agent);
   // The containers connected now, sorted.
   std::vector<std::string> Connected() const;
@@ -122,9 +132,11 @@ class AgentHub {
   const std::string path_;
   int wake_[2] = {-1, -1};  // a pipe that ends AcceptLoop
   mutable absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<AgentConnection>> agents_
+  // By container name, every connection that said it; gone ones are
+  // dropped as new ones come.
+  std::map<std::string, std::vector<std::shared_ptr<AgentConnection>>> agents_
       ABSL_GUARDED_BY(mu_);
-  std::map<std::string, bool> busy_ ABSL_GUARDED_BY(mu_);
+  std::set<const AgentConnection*> busy_ ABSL_GUARDED_BY(mu_);
   std::thread acceptor_;
 };
 

@@ -62,6 +62,7 @@ class Client final : public StepRunnerClient {
     request.set_stop_grace_ms(absl::ToInt64Milliseconds(step.stop_grace));
     for (const std::string& m : step.mask) request.add_mask(m);
     request.set_output_file(step.output_file);
+    request.set_container_token(step.container_token);
 
     grpc::ClientContext context;
     RunnerStepEnd end;
@@ -110,6 +111,7 @@ class Client final : public StepRunnerClient {
         end.signal = e.signal();
         end.error = e.error();
         end.outputs.insert(e.outputs().begin(), e.outputs().end());
+        end.outputs_error = e.outputs_error();
         exited = true;
       }
     }
@@ -119,7 +121,13 @@ class Client final : public StepRunnerClient {
       finished = true;
     }
     watcher.join();
-    if (exited || end.stopped || end.deadline_passed) {
+    // Stopped before its end was told: fine when the call was cancelled or
+    // ran out; any other error (the container or the runner gone) is one.
+    const bool stop_ended_it =
+        (end.stopped || end.deadline_passed) &&
+        (s.ok() || s.error_code() == grpc::StatusCode::CANCELLED ||
+         s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED);
+    if (exited || stop_ended_it) {
       if (!exited) {
         end.exit_code = -1;
         end.signal = 0;
@@ -169,6 +177,10 @@ absl::StatusOr<std::unique_ptr<StepRunnerClient>> StepRunnerClient::Connect(
   args.SetSslTargetNameOverride("delegate-runner");
   // Step output streams can be large; the runner's limit is the default.
   args.SetMaxReceiveMessageSize(64 << 20);
+  // A task that vanishes without a reset (its ENI gone) is noticed.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
       target, grpc::experimental::TlsCredentials(tls), args);
   auto client = std::make_unique<Client>(std::move(channel));

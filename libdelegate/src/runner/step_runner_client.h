@@ -35,6 +35,7 @@ struct RunnerStep {
   absl::Duration stop_grace = absl::Seconds(10);
   std::vector<std::string> mask;  // secret values
   std::string output_file;        // HARNESS_OUTPUT_FILE, or empty
+  std::string container_token;    // the container's DELEGATE_STEP_TOKEN
 };
 
 struct RunnerStepEnd {
@@ -42,6 +43,7 @@ struct RunnerStepEnd {
   int signal = 0;
   std::string error;  // why it did not start
   std::map<std::string, std::string> outputs;
+  std::string outputs_error;  // why the output file could not be read
   // Stopped by `stop` or at the deadline (the exit fields say how it ended
   // when the runner still told it).
   bool stopped = false;

@@ -1,17 +1,21 @@
 #include "runner/step_runner_server.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <optional>
-#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -34,44 +38,84 @@ namespace v1 = ::delegate::v1;
 // How often a running step looks at its call's cancellation.
 constexpr absl::Duration kTick = absl::Milliseconds(50);
 
-// Step output, masked a line at a time, for the runner's own output.
+// Step output for the runner's own output: masked as a stream (a secret
+// split across writes is masked too), then cut into lines.
 class Recorder {
  public:
   Recorder(const std::function<void(std::string_view)>& record,
            std::string step_id, const std::vector<std::string>& mask)
-      : record_(record),
-        prefix_(absl::StrCat("[", step_id, "] ")),
-        masker_(mask) {}
+      : record_(record), prefix_(absl::StrCat("[", step_id, "] ")) {
+    auto masker = std::make_shared<const logs::SecretMasker>(mask);
+    for (int i = 0; i < 2; ++i) {
+      streams_[i] = std::make_unique<logs::MaskingStream>(
+          masker, [this, i](std::string_view masked) { Lines(i, masked); });
+    }
+  }
   ~Recorder() {
-    for (std::string& partial : partial_) {
-      if (!partial.empty()) Emit(partial);
+    for (int i = 0; i < 2; ++i) {
+      streams_[i]->Flush();
+      if (!partial_[i].empty()) Emit(partial_[i]);
     }
   }
   void Add(int stream, std::string_view data) {
-    std::string& partial = partial_[stream == 2 ? 1 : 0];
-    partial.append(data.data(), data.size());
+    streams_[stream == 2 ? 1 : 0]->Write(data);
+  }
+
+ private:
+  void Lines(int i, std::string_view masked) {
+    std::string& partial = partial_[i];
+    partial.append(masked.data(), masked.size());
     size_t start = 0;
     for (size_t nl; (nl = partial.find('\n', start)) != std::string::npos;
          start = nl + 1) {
       Emit(std::string_view(partial).substr(start, nl - start));
     }
     partial.erase(0, start);
-    // A line without an end is recorded in pieces of at most 64 KiB.
+    // A line without an end is recorded in pieces of at most 64 KiB (cut
+    // after masking: no secret is split by the cut).
     if (partial.size() > 64 * 1024) {
       Emit(partial);
       partial.clear();
     }
   }
-
- private:
   void Emit(std::string_view line) {
-    record_(absl::StrCat(prefix_, masker_.Mask(line)));
+    record_(absl::StrCat(prefix_, absl::string_view(line.data(), line.size())));
   }
+
   const std::function<void(std::string_view)>& record_;
   const std::string prefix_;
-  const logs::SecretMasker masker_;
   std::string partial_[2];
+  std::unique_ptr<logs::MaskingStream> streams_[2];  // last: flushed first
 };
+
+// The output variables a step wrote: a regular file (not a FIFO, not a
+// link) of at most 1 MiB; `error` says why not.
+std::map<std::string, std::string> ReadOutputs(const std::string& path,
+                                               std::string* error) {
+  constexpr off_t kMax = 1 << 20;
+  int fd = open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno != ENOENT) {
+      *error = absl::StrCat("HARNESS_OUTPUT_FILE: ", strerror(errno));
+    }
+    return {};
+  }
+  struct stat st;
+  std::string text;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    *error = "HARNESS_OUTPUT_FILE: not a regular file";
+  } else if (st.st_size > kMax) {
+    *error = absl::StrCat("HARNESS_OUTPUT_FILE: ", st.st_size,
+                          " bytes; output variables may take 1 MiB");
+  } else {
+    text.resize(static_cast<size_t>(st.st_size));
+    ssize_t n = pread(fd, text.data(), text.size(), 0);
+    text.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  }
+  close(fd);
+  return error->empty() ? ParseOutputs(text)
+                        : std::map<std::string, std::string>();
+}
 
 class Service final : public v1::StepRunner::Service {
  public:
@@ -103,16 +147,21 @@ class Service final : public v1::StepRunner::Service {
         !absl::StartsWith(request->working_dir(), "/")) {
       return Invalid("working_dir: must be absolute");
     }
-    absl::StatusOr<std::shared_ptr<AgentConnection>> agent =
-        hub_.Acquire(request->container(), options_.agent_wait);
+    // From here on a StopStep for this container is this call's, also
+    // while it waits for the agent.
+    const uint64_t call = BeginCall(request->container());
+    absl::StatusOr<std::shared_ptr<AgentConnection>> agent = hub_.Acquire(
+        request->container(), request->container_token(), options_.agent_wait);
+    if (!agent.ok()) EndCall(request->container(), call);
     if (!agent.ok()) {
       return grpc::Status(absl::IsNotFound(agent.status())
                               ? grpc::StatusCode::NOT_FOUND
                               : grpc::StatusCode::FAILED_PRECONDITION,
                           std::string(agent.status().message()));
     }
-    grpc::Status result = Drive(*context, *request, writer, **agent);
+    grpc::Status result = Drive(*context, *request, writer, **agent, call);
     hub_.Release(*agent);
+    EndCall(request->container(), call);
     Touch();
     return result;
   }
@@ -122,9 +171,9 @@ class Service final : public v1::StepRunner::Service {
                         v1::StopStepResponse* response) override {
     if (grpc::Status s = Authorize(*context); !s.ok()) return s;
     absl::MutexLock lock(&mu_);
-    auto it = stop_.find(request->container());
-    if (it != stop_.end()) {
-      it->second = true;
+    auto it = calls_.find(request->container());
+    if (it != calls_.end()) {
+      it->second.stop = true;
       response->set_was_running(true);
     }
     return grpc::Status::OK;
@@ -161,8 +210,9 @@ class Service final : public v1::StepRunner::Service {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(what));
   }
 
+  // A call of the one delegate (its certificate), which keeps the runner
+  // from its idle end; anything else is refused and keeps nothing alive.
   grpc::Status Authorize(const grpc::ServerContext& context) {
-    Touch();
     std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
     if (auth) {
       for (const grpc::string_ref& pem :
@@ -170,6 +220,7 @@ class Service final : public v1::StepRunner::Service {
         absl::StatusOr<std::string> sha =
             CertificateSha256(std::string_view(pem.data(), pem.size()));
         if (sha.ok() && absl::EqualsIgnoreCase(*sha, options_.client_sha256)) {
+          Touch();
           return grpc::Status::OK;
         }
       }
@@ -185,29 +236,33 @@ class Service final : public v1::StepRunner::Service {
     last_call_ = absl::Now();
   }
 
+  // The RunStep call of a container, while there is one; a second call for
+  // the same container gets FailedPrecondition from the hub and leaves the
+  // first one's entry alone.
+  uint64_t BeginCall(const std::string& container) {
+    absl::MutexLock lock(&mu_);
+    const uint64_t id = ++next_call_;
+    calls_.try_emplace(container, Call{id, false});
+    ++running_;
+    return id;
+  }
+  void EndCall(const std::string& container, uint64_t id) {
+    absl::MutexLock lock(&mu_);
+    auto it = calls_.find(container);
+    if (it != calls_.end() && it->second.id == id) calls_.erase(it);
+    --running_;
+  }
+  bool StopRequested(const std::string& container, uint64_t id) {
+    absl::MutexLock lock(&mu_);
+    if (stopped_) return true;
+    auto it = calls_.find(container);
+    return it != calls_.end() && it->second.id == id && it->second.stop;
+  }
+
   grpc::Status Drive(grpc::ServerContext& context,
                      const v1::RunStepRequest& request,
                      grpc::ServerWriter<v1::StepEvent>* writer,
-                     AgentConnection& agent) {
-    {
-      absl::MutexLock lock(&mu_);
-      ++running_;
-      stop_[request.container()] = false;
-    }
-    struct Done {
-      Service* self;
-      const std::string& container;
-      ~Done() {
-        absl::MutexLock lock(&self->mu_);
-        --self->running_;
-        self->stop_.erase(container);
-      }
-    } done{this, request.container()};
-    auto stop_requested = [&] {
-      absl::MutexLock lock(&mu_);
-      return stopped_ || stop_[request.container()];
-    };
-
+                     AgentConnection& agent, uint64_t call) {
     AgentRun run;
     run.argv.assign(request.argv().begin(), request.argv().end());
     for (const auto& [key, value] : request.env()) {
@@ -227,8 +282,8 @@ class Service final : public v1::StepRunner::Service {
     std::optional<absl::Time> killed_at;  // when it was sent
     bool client_there = true;
     for (;;) {
-      const bool stopping =
-          context.IsCancelled() || !client_there || stop_requested();
+      const bool stopping = context.IsCancelled() || !client_there ||
+                            StopRequested(request.container(), call);
       if (stopping && !kill_at) {
         (void)agent.Signal(SIGTERM);
         kill_at = absl::Now() + grace;
@@ -236,6 +291,8 @@ class Service final : public v1::StepRunner::Service {
         (void)agent.Signal(SIGKILL);
         killed_at = absl::Now();
       } else if (killed_at && absl::Now() - *killed_at > absl::Seconds(10)) {
+        // Its frames must not reach a later step: the link goes.
+        agent.Abandon();
         return grpc::Status(
             grpc::StatusCode::UNAVAILABLE,
             absl::StrCat("step container ", request.container(),
@@ -265,12 +322,12 @@ class Service final : public v1::StepRunner::Service {
           exited->set_signal(event->signal);
           exited->set_error(event->error);
           if (!request.output_file().empty()) {
-            std::ifstream in(request.output_file(), std::ios::binary);
-            std::stringstream text;
-            text << in.rdbuf();
-            for (auto& [key, value] : ParseOutputs(text.str())) {
+            std::string error;
+            for (auto& [key, value] :
+                 ReadOutputs(request.output_file(), &error)) {
               (*exited->mutable_outputs())[key] = value;
             }
+            exited->set_outputs_error(error);
           }
           if (client_there) writer->Write(out);
           if (context.IsCancelled()) {
@@ -287,11 +344,15 @@ class Service final : public v1::StepRunner::Service {
   AgentHub& hub_;
   absl::Mutex mu_;
   absl::Time last_call_ ABSL_GUARDED_BY(mu_);
-  int running_ ABSL_GUARDED_BY(mu_) = 0;
+  int running_ ABSL_GUARDED_BY(mu_) = 0;  // RunStep calls, waiting or not
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
-  // By container, while a step runs there: whether StopStep asked for it.
-  std::map<std::string, bool> stop_ ABSL_GUARDED_BY(mu_);
+  struct Call {
+    uint64_t id;
+    bool stop;  // StopStep asked for it
+  };
+  std::map<std::string, Call> calls_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_call_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 class ServerImpl final : public StepRunnerServer {
@@ -338,6 +399,10 @@ class ServerImpl final : public StepRunnerServer {
     tls.set_cert_request_type(
         GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_BUT_DONT_VERIFY);
     grpc::ServerBuilder builder;
+    // The delegate pings an idle channel (to notice a task that vanished).
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(
+        GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
     builder.AddListeningPort(impl->options_.listen,
                              grpc::experimental::TlsServerCredentials(tls),
                              &impl->port_);
