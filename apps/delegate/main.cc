@@ -58,8 +58,9 @@ Commands:
                  this HARNESS_NAME, live delegates' containers too
   runner         run in an ECS stage task: serve its steps to the delegate
                  that started it (DELEGATE_RUNNER_CLIENT_SHA256) through
-                 the step containers' delegate-step; with --check, the
-                 task's health check (ready for the step containers)
+                 the step containers' delegate-step; with --install, only
+                 put delegate-step into DELEGATE_RUNNER_DIR; with --check,
+                 the task's health check (ready for the step containers)
   version        print the version and the build's git commit
 
 Options:
@@ -110,7 +111,8 @@ struct Args {
   std::string runtime_client_ca;
   absl::Duration drain = absl::Seconds(30);
   bool all_instances = false;
-  bool check = false;  // runner --check
+  bool check = false;    // runner --check
+  bool install = false;  // runner --install
 };
 
 // The options that take a string, as --NAME VALUE or --NAME=VALUE.
@@ -171,6 +173,8 @@ std::optional<int> ParseArgs(int argc, char** argv, Args& args) {
       args.all_instances = true;
     } else if (arg == "--check") {
       args.check = true;
+    } else if (arg == "--install") {
+      args.install = true;
     } else if (absl::StartsWith(arg, "-")) {
       return Usage(absl::StrCat("unknown option ", arg));
     } else {
@@ -350,8 +354,9 @@ int Run(const Args& args) {
     std::error_code ec;
     const std::string self =
         std::filesystem::read_symlink("/proc/self/exe", ec).string();
-    absl::Status s = args.check ? delegate::CheckStepRunner(env)
-                                : delegate::ServeStepRunner(env, self);
+    absl::Status s = args.check     ? delegate::CheckStepRunner(env)
+                     : args.install ? delegate::InstallStepAgent(env, self)
+                                    : delegate::ServeStepRunner(env, self);
     if (!s.ok()) {
       fprintf(stderr, "delegate runner: %s\n",
               std::string(s.message()).c_str());

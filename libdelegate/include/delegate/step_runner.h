@@ -29,6 +29,12 @@ namespace delegate {
 DELEGATE_EXPORT absl::Status ServeStepRunner(const EnvMap& env,
                                              const std::string& self_exe);
 
+// `delegate runner --install`: puts delegate-step into DELEGATE_RUNNER_DIR
+// (as ServeStepRunner does first) and returns; the task's short-lived
+// install container runs it, and the step containers wait for its success.
+DELEGATE_EXPORT absl::Status InstallStepAgent(const EnvMap& env,
+                                              const std::string& self_exe);
+
 // The task's health check of the runner container (`delegate runner
 // --check`): OK once the agents' socket exists.
 DELEGATE_EXPORT absl::Status CheckStepRunner(const EnvMap& env);

@@ -43,6 +43,31 @@ std::string AgentSource(const EnvMap& env, const std::string& self_exe) {
 
 }  // namespace
 
+absl::Status InstallStepAgent(const EnvMap& env, const std::string& self_exe) {
+  const std::string dir = Dir(env);
+  const std::string source = AgentSource(env, self_exe);
+  const std::string target = dir + "/delegate-step";
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  std::filesystem::copy_file(source, target + ".tmp",
+                             std::filesystem::copy_options::overwrite_existing,
+                             ec);
+  if (ec) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot put the step agent ", source, " into ", dir, ": ", ec.message(),
+        "; set DELEGATE_STEP_AGENT to the static delegate-step program and "
+        "DELEGATE_RUNNER_DIR to the volume the task's containers share"));
+  }
+  chmod((target + ".tmp").c_str(), 0755);
+  std::filesystem::rename(target + ".tmp", target, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot put the step agent into ", dir, ": ", ec.message()));
+  }
+  chmod(dir.c_str(), 0755);
+  return absl::OkStatus();
+}
+
 absl::Status ServeStepRunner(const EnvMap& env, const std::string& self_exe) {
   runner::StepRunnerServerOptions options;
   options.client_sha256 = Get(env, "DELEGATE_RUNNER_CLIENT_SHA256");
@@ -65,26 +90,7 @@ absl::Status ServeStepRunner(const EnvMap& env, const std::string& self_exe) {
   const std::string dir = Dir(env);
   // The agent goes into the shared volume first: the step containers start
   // it as soon as the socket exists (their health-checked dependency).
-  const std::string source = AgentSource(env, self_exe);
-  const std::string target = dir + "/delegate-step";
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  std::filesystem::copy_file(source, target + ".tmp",
-                             std::filesystem::copy_options::overwrite_existing,
-                             ec);
-  if (ec) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot put the step agent ", source, " into ", dir, ": ", ec.message(),
-        "; set DELEGATE_STEP_AGENT to the static delegate-step program and "
-        "DELEGATE_RUNNER_DIR to the volume the task's containers share"));
-  }
-  chmod((target + ".tmp").c_str(), 0755);
-  std::filesystem::rename(target + ".tmp", target, ec);
-  if (ec) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot put the step agent into ", dir, ": ", ec.message()));
-  }
-  chmod(dir.c_str(), 0755);
+  if (absl::Status s = InstallStepAgent(env, self_exe); !s.ok()) return s;
   options.agent_socket = dir + "/runner.sock";
   absl::StatusOr<std::unique_ptr<runner::StepRunnerServer>> server =
       runner::StepRunnerServer::Start(std::move(options));

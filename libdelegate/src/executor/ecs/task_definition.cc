@@ -81,6 +81,184 @@ std::string CapabilityName(std::string_view cap) {
   return c;
 }
 
+// A mount a task's containers get besides the step's own.
+struct ExtraMount {
+  const char* volume;
+  const char* path;
+  bool read_only;
+};
+
+// family, compatibilities, network mode, the Fargate size and platform,
+// and the roles: the start of every task definition.
+void WriteTaskHeader(Writer& w, const std::string& family, bool fargate,
+                     const std::string& network_mode, const TaskSize& size,
+                     const EcsExecutorOptions& options) {
+  json::StringField(w, "family", family);
+  json::Key(w, "requiresCompatibilities");
+  json::StringList(w, {fargate ? "FARGATE" : "EC2"});
+  json::StringField(w, "networkMode", network_mode);
+  if (fargate) {
+    json::StringField(w, "cpu", absl::StrCat(size.cpu_units));
+    json::StringField(w, "memory", absl::StrCat(size.memory_mib));
+    json::Key(w, "runtimePlatform");
+    w.StartObject();
+    json::StringField(w, "operatingSystemFamily", "LINUX");
+    w.EndObject();
+  }
+  if (!options.execution_role_arn.empty()) {
+    json::StringField(w, "executionRoleArn", options.execution_role_arn);
+  }
+  if (!options.task_role_arn.empty()) {
+    json::StringField(w, "taskRoleArn", options.task_role_arn);
+  }
+}
+
+// "volumes": the task's own (`own`: the workspace, and in a stage task the
+// runner's), then the stage's volumes that are `mounted`; on Fargate, then
+// ephemeralStorage for their empty_dir sizes.
+void WriteVolumes(Writer& w, const Stage& stage,
+                  const std::vector<std::string>& own,
+                  const std::set<std::string>& mounted, bool fargate) {
+  int64_t ephemeral_mib = 0;
+  json::Key(w, "volumes");
+  w.StartArray();
+  for (const std::string& name : own) {
+    w.StartObject();
+    json::StringField(w, "name", name);
+    w.EndObject();
+  }
+  for (const Volume& v : stage.volumes) {
+    if (!mounted.contains(v.name)) continue;
+    w.StartObject();
+    json::StringField(w, "name", VolumeName(v.name));
+    if (const auto* e = std::get_if<EmptyDirVolume>(&v.source)) {
+      ephemeral_mib += e->size_mib.value_or(0);
+    } else if (const auto* h = std::get_if<HostPathVolume>(&v.source)) {
+      json::Key(w, "host");
+      w.StartObject();
+      json::StringField(w, "sourcePath", h->path);
+      w.EndObject();
+    } else if (const auto* efs = std::get_if<EfsVolume>(&v.source)) {
+      json::Key(w, "efsVolumeConfiguration");
+      w.StartObject();
+      json::StringField(w, "fileSystemId", efs->filesystem_id);
+      if (!efs->root_directory.empty()) {
+        json::StringField(w, "rootDirectory", efs->root_directory);
+      }
+      json::StringField(w, "transitEncryption",
+                        efs->transit_encryption ? "ENABLED" : "DISABLED");
+      if (!efs->access_point_id.empty() || efs->iam) {
+        json::Key(w, "authorizationConfig");
+        w.StartObject();
+        if (!efs->access_point_id.empty()) {
+          json::StringField(w, "accessPointId", efs->access_point_id);
+        }
+        json::StringField(w, "iam", efs->iam ? "ENABLED" : "DISABLED");
+        w.EndObject();
+      }
+      w.EndObject();
+    }
+    w.EndObject();
+  }
+  w.EndArray();
+  if (fargate && ephemeral_mib > 0) {
+    json::Key(w, "ephemeralStorage");
+    w.StartObject();
+    json::Key(w, "sizeInGiB");
+    w.Int64(std::clamp<int64_t>((ephemeral_mib + 1023) / 1024, 21, 200));
+    w.EndObject();
+  }
+}
+
+// The container's user, privilege, read-only root and capabilities;
+// `init`: ECS's init process as PID 1.
+void WriteSecurity(Writer& w, const SecurityContext& sc, bool init) {
+  if (sc.run_as_user || sc.run_as_group) {
+    json::StringField(w, "user",
+                      sc.run_as_group ? absl::StrCat(sc.run_as_user.value_or(0),
+                                                     ":", *sc.run_as_group)
+                                      : absl::StrCat(*sc.run_as_user));
+  }
+  if (sc.privileged) {
+    json::Key(w, "privileged");
+    w.Bool(*sc.privileged);
+  }
+  if (sc.read_only_root_filesystem) {
+    json::Key(w, "readonlyRootFilesystem");
+    w.Bool(*sc.read_only_root_filesystem);
+  }
+  json::Key(w, "linuxParameters");
+  w.StartObject();
+  if (init) {
+    json::Key(w, "initProcessEnabled");
+    w.Bool(true);
+  }
+  if (!sc.add_capability.empty() || !sc.drop_capability.empty()) {
+    json::Key(w, "capabilities");
+    w.StartObject();
+    for (const auto& [key, names] : {std::pair{"add", &sc.add_capability},
+                                     std::pair{"drop", &sc.drop_capability}}) {
+      if (names->empty()) continue;
+      json::Key(w, key);
+      w.StartArray();
+      for (const std::string& c : *names) json::String(w, CapabilityName(c));
+      w.EndArray();
+    }
+    w.EndObject();
+  }
+  w.EndObject();
+}
+
+// "mountPoints": `extra` first, then the step's volume mounts.
+void WriteMountPoints(Writer& w, const Stage& stage,
+                      const std::vector<ExtraMount>& extra,
+                      const std::vector<VolumeMount>& mounts) {
+  json::Key(w, "mountPoints");
+  w.StartArray();
+  for (const ExtraMount& m : extra) {
+    w.StartObject();
+    json::StringField(w, "sourceVolume", m.volume);
+    json::StringField(w, "containerPath", m.path);
+    if (m.read_only) {
+      json::Key(w, "readOnly");
+      w.Bool(true);
+    }
+    w.EndObject();
+  }
+  for (const VolumeMount& m : mounts) {
+    const Volume* v = stage.FindVolume(m.name);
+    if (!v) continue;
+    w.StartObject();
+    json::StringField(w, "sourceVolume", VolumeName(v->name));
+    json::StringField(w, "containerPath", MountPath(m.path));
+    if (const auto* h = std::get_if<HostPathVolume>(&v->source);
+        h && h->read_only) {
+      json::Key(w, "readOnly");
+      w.Bool(true);
+    }
+    w.EndObject();
+  }
+  w.EndArray();
+}
+
+// The awslogs driver, to options.log_group under `prefix`.
+void WriteAwsLogs(Writer& w, const EcsExecutorOptions& options,
+                  const std::string& region, const std::string& prefix) {
+  json::Key(w, "logConfiguration");
+  w.StartObject();
+  json::StringField(w, "logDriver", "awslogs");
+  json::Key(w, "options");
+  w.StartObject();
+  json::StringField(w, "awslogs-group", options.log_group);
+  json::StringField(w, "awslogs-region", region);
+  json::StringField(w, "awslogs-stream-prefix", prefix);
+  // Completeness over availability: a CI log with holes is worse than a
+  // step that waits for CloudWatch.
+  json::StringField(w, "mode", "blocking");
+  w.EndObject();
+  w.EndObject();
+}
+
 }  // namespace
 
 std::string EcsName(std::string_view s, size_t max) {
@@ -319,78 +497,19 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
   // The volumes this step mounts, plus its scratch workspace.
   std::set<std::string> mounted;
   for (const VolumeMount& m : step.volume_mounts) mounted.insert(m.name);
-  int64_t ephemeral_mib = 0;
 
+  TaskSize size;
+  if (fargate) {
+    absl::StatusOr<TaskSize> fargate_size =
+        FargateTaskSize(step.resources, "step " + step.id + " resources");
+    if (!fargate_size.ok()) return fargate_size.status();
+    size = *fargate_size;
+  }
   rapidjson::StringBuffer b;
   Writer w(b);
   w.StartObject();
-  json::StringField(w, "family", in.family);
-  json::Key(w, "requiresCompatibilities");
-  json::StringList(w, {fargate ? "FARGATE" : "EC2"});
-  json::StringField(w, "networkMode", in.network_mode);
-  if (fargate) {
-    absl::StatusOr<TaskSize> size =
-        FargateTaskSize(step.resources, "step " + step.id + " resources");
-    if (!size.ok()) return size.status();
-    json::StringField(w, "cpu", absl::StrCat(size->cpu_units));
-    json::StringField(w, "memory", absl::StrCat(size->memory_mib));
-    json::Key(w, "runtimePlatform");
-    w.StartObject();
-    json::StringField(w, "operatingSystemFamily", "LINUX");
-    w.EndObject();
-  }
-  if (!options.execution_role_arn.empty()) {
-    json::StringField(w, "executionRoleArn", options.execution_role_arn);
-  }
-  if (!options.task_role_arn.empty()) {
-    json::StringField(w, "taskRoleArn", options.task_role_arn);
-  }
-  json::Key(w, "volumes");
-  w.StartArray();
-  w.StartObject();
-  json::StringField(w, "name", "workspace");
-  w.EndObject();
-  for (const Volume& v : stage.volumes) {
-    if (!mounted.contains(v.name)) continue;
-    w.StartObject();
-    json::StringField(w, "name", VolumeName(v.name));
-    if (const auto* e = std::get_if<EmptyDirVolume>(&v.source)) {
-      ephemeral_mib += e->size_mib.value_or(0);
-    } else if (const auto* h = std::get_if<HostPathVolume>(&v.source)) {
-      json::Key(w, "host");
-      w.StartObject();
-      json::StringField(w, "sourcePath", h->path);
-      w.EndObject();
-    } else if (const auto* efs = std::get_if<EfsVolume>(&v.source)) {
-      json::Key(w, "efsVolumeConfiguration");
-      w.StartObject();
-      json::StringField(w, "fileSystemId", efs->filesystem_id);
-      if (!efs->root_directory.empty()) {
-        json::StringField(w, "rootDirectory", efs->root_directory);
-      }
-      json::StringField(w, "transitEncryption",
-                        efs->transit_encryption ? "ENABLED" : "DISABLED");
-      if (!efs->access_point_id.empty() || efs->iam) {
-        json::Key(w, "authorizationConfig");
-        w.StartObject();
-        if (!efs->access_point_id.empty()) {
-          json::StringField(w, "accessPointId", efs->access_point_id);
-        }
-        json::StringField(w, "iam", efs->iam ? "ENABLED" : "DISABLED");
-        w.EndObject();
-      }
-      w.EndObject();
-    }
-    w.EndObject();
-  }
-  w.EndArray();
-  if (fargate && ephemeral_mib > 0) {
-    json::Key(w, "ephemeralStorage");
-    w.StartObject();
-    json::Key(w, "sizeInGiB");
-    w.Int64(std::clamp<int64_t>((ephemeral_mib + 1023) / 1024, 21, 200));
-    w.EndObject();
-  }
+  WriteTaskHeader(w, in.family, fargate, in.network_mode, size, options);
+  WriteVolumes(w, stage, {"workspace"}, mounted, fargate);
 
   json::Key(w, "containerDefinitions");
   w.StartArray();
@@ -421,61 +540,11 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
       w.Int64(static_cast<int64_t>(std::llround(*step.resources.cpus * 1024)));
     }
   }
-  const SecurityContext& sc = step.security_context;
-  if (sc.run_as_user || sc.run_as_group) {
-    json::StringField(w, "user",
-                      sc.run_as_group ? absl::StrCat(sc.run_as_user.value_or(0),
-                                                     ":", *sc.run_as_group)
-                                      : absl::StrCat(*sc.run_as_user));
-  }
-  if (sc.privileged) {
-    json::Key(w, "privileged");
-    w.Bool(*sc.privileged);
-  }
-  if (sc.read_only_root_filesystem) {
-    json::Key(w, "readonlyRootFilesystem");
-    w.Bool(*sc.read_only_root_filesystem);
-  }
-  json::Key(w, "linuxParameters");
-  w.StartObject();
   // The shell gets the stop signal and reaps orphans, as under Docker's
   // --init.
-  json::Key(w, "initProcessEnabled");
-  w.Bool(true);
-  if (!sc.add_capability.empty() || !sc.drop_capability.empty()) {
-    json::Key(w, "capabilities");
-    w.StartObject();
-    for (const auto& [key, names] : {std::pair{"add", &sc.add_capability},
-                                     std::pair{"drop", &sc.drop_capability}}) {
-      if (names->empty()) continue;
-      json::Key(w, key);
-      w.StartArray();
-      for (const std::string& c : *names) json::String(w, CapabilityName(c));
-      w.EndArray();
-    }
-    w.EndObject();
-  }
-  w.EndObject();
-  json::Key(w, "mountPoints");
-  w.StartArray();
-  w.StartObject();
-  json::StringField(w, "sourceVolume", "workspace");
-  json::StringField(w, "containerPath", kWorkspacePath);
-  w.EndObject();
-  for (const VolumeMount& m : step.volume_mounts) {
-    const Volume* v = stage.FindVolume(m.name);
-    if (!v) continue;
-    w.StartObject();
-    json::StringField(w, "sourceVolume", VolumeName(v->name));
-    json::StringField(w, "containerPath", MountPath(m.path));
-    if (const auto* h = std::get_if<HostPathVolume>(&v->source);
-        h && h->read_only) {
-      json::Key(w, "readOnly");
-      w.Bool(true);
-    }
-    w.EndObject();
-  }
-  w.EndArray();
+  WriteSecurity(w, step.security_context, /*init=*/true);
+  WriteMountPoints(w, stage, {{"workspace", kWorkspacePath, false}},
+                   step.volume_mounts);
   if (!secrets.empty()) {
     json::Key(w, "secrets");
     w.StartArray();
@@ -496,19 +565,7 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
   json::Key(w, "stopTimeout");
   w.Int64(
       std::clamp<int64_t>(absl::ToInt64Seconds(options.grace_period), 2, 120));
-  json::Key(w, "logConfiguration");
-  w.StartObject();
-  json::StringField(w, "logDriver", "awslogs");
-  json::Key(w, "options");
-  w.StartObject();
-  json::StringField(w, "awslogs-group", options.log_group);
-  json::StringField(w, "awslogs-region", in.region);
-  json::StringField(w, "awslogs-stream-prefix", options.log_stream_prefix);
-  // Completeness over availability: a CI log with holes is worse than a
-  // step that waits for CloudWatch.
-  json::StringField(w, "mode", "blocking");
-  w.EndObject();
-  w.EndObject();
+  WriteAwsLogs(w, options, in.region, options.log_stream_prefix);
   w.EndObject();
   w.EndArray();
 
