@@ -255,5 +255,91 @@ TEST_F(TaskDefinitionTest, LongCommandsMoveIntoTheDefinition) {
   EXPECT_THAT(task->register_json, HasSubstr(std::string(9000, 'x')));
 }
 
+// A stage as one task: the runner, the install container, and one step
+// container per distinct image and settings; every container shares the
+// workspace; the step's env, commands and secret values are nowhere in it.
+TEST_F(TaskDefinitionTest, AStageIsOneTaskWithAContainerPerStepShape) {
+  options_.execution_role_arn = "arn:aws:iam::123456789012:role/ci-exec";
+  Stage stage;
+  stage.secrets = {{"token", "s3cr3t-value"}};
+  stage.volumes = {{"cache", EmptyDirVolume{30 * 1024}}};
+  auto step = [](std::string id, std::string image) {
+    Step s;
+    s.id = std::move(id);
+    s.image = std::move(image);
+    s.commands = {"echo $TOKEN"};
+    s.envs = {{"TOKEN", "s3cr3t-value"}};
+    return s;
+  };
+  Step build = step("build", "golang:1.22");
+  build.volume_mounts = {{"cache", "/cache"}};
+  build.resources = {2, 4096};
+  Step test = step("test", "golang:1.22");
+  test.volume_mounts = {{"cache", "/cache"}};
+  Step lint = step("lint", "alpine:3.20");
+  lint.security_context.run_as_user = 1000;
+  lint.security_context.read_only_root_filesystem = true;
+  lint.resources = {1, 8192};
+  stage.steps = {build, test, lint};
+
+  StageTaskInputs in;
+  in.launch = LaunchType::kFargate;
+  in.region = "eu-west-1";
+  in.family = TaskFamily("ci delegate");
+  in.options = &options_;
+  in.runner_image = "libdelegate/delegate:0.1.0";
+  in.tags = {{"libdelegate:stage", "task-1"}};
+  absl::StatusOr<StageTask> task = BuildStageTask(stage, in);
+  ASSERT_TRUE(task.ok()) << task.status();
+  EXPECT_THAT(
+      EcsModel().ValidateInput("RegisterTaskDefinition", task->register_json),
+      IsEmpty());
+  EXPECT_THAT(task->step_containers,
+              ::testing::ElementsAre("step-1", "step-1", "step-2"));
+  EXPECT_THAT(task->register_json, Not(HasSubstr("s3cr3t")));
+  EXPECT_THAT(task->register_json, Not(HasSubstr("echo")));
+
+  rapidjson::Document def = Parse(task->register_json);
+  EXPECT_STREQ(def["networkMode"].GetString(), "awsvpc");
+  // The largest of its steps: 2 vCPU and 8 GiB, on the Fargate table.
+  EXPECT_STREQ(def["cpu"].GetString(), "2048");
+  EXPECT_STREQ(def["memory"].GetString(), "8192");
+  EXPECT_EQ(def["ephemeralStorage"]["sizeInGiB"].GetInt(), 30);
+  const auto& containers = def["containerDefinitions"];
+  ASSERT_EQ(containers.Size(), 4u);
+  EXPECT_STREQ(containers[0]["name"].GetString(), "install");
+  EXPECT_FALSE(containers[0]["essential"].GetBool());
+  EXPECT_STREQ(containers[1]["name"].GetString(), "runner");
+  EXPECT_TRUE(containers[1]["essential"].GetBool());
+  EXPECT_STREQ(containers[1]["image"].GetString(),
+               "libdelegate/delegate:0.1.0");
+  for (unsigned i = 2; i < 4; ++i) {
+    const auto& c = containers[i];
+    EXPECT_FALSE(c["essential"].GetBool());
+    EXPECT_STREQ(c["entryPoint"][0].GetString(), "/delegate/delegate-step");
+    EXPECT_STREQ(c["dependsOn"][0]["containerName"].GetString(), "install");
+    EXPECT_STREQ(c["dependsOn"][0]["condition"].GetString(), "SUCCESS");
+    bool workspace = false;
+    for (const auto& m : c["mountPoints"].GetArray()) {
+      workspace |= std::string(m["containerPath"].GetString()) == "/harness";
+    }
+    EXPECT_TRUE(workspace) << i;
+  }
+  EXPECT_STREQ(containers[2]["image"].GetString(), "golang:1.22");
+  EXPECT_STREQ(containers[3]["image"].GetString(), "alpine:3.20");
+  EXPECT_STREQ(containers[3]["user"].GetString(), "1000");
+  EXPECT_TRUE(containers[3]["readonlyRootFilesystem"].GetBool());
+
+  // The same shape of stage shares the revision; the run's values are
+  // overrides.
+  absl::StatusOr<StageTask> again = BuildStageTask(stage, in);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->definition_key, task->definition_key);
+  const std::string overrides =
+      StageTaskOverrides(std::string(64, 'a'), {{"step-1", "t1"}});
+  EXPECT_THAT(overrides, HasSubstr("DELEGATE_RUNNER_CLIENT_SHA256"));
+  EXPECT_THAT(overrides, HasSubstr("DELEGATE_STEP_TOKEN"));
+}
+
 }  // namespace
 }  // namespace delegate::ecs

@@ -259,6 +259,38 @@ void WriteAwsLogs(Writer& w, const EcsExecutorOptions& options,
   w.EndObject();
 }
 
+// repositoryCredentials, when the step's registry has a password (by then
+// a Secrets Manager ARN: CheckStageForEcs).
+void WriteRegistry(Writer& w, const Step& step) {
+  if (!step.registry || step.registry->password.empty()) return;
+  json::Key(w, "repositoryCredentials");
+  w.StartObject();
+  json::StringField(w, "credentialsParameter", step.registry->password);
+  w.EndObject();
+}
+
+// stopTimeout: the grace after SIGTERM, within what ECS allows.
+void WriteStopTimeout(Writer& w, const EcsExecutorOptions& options) {
+  json::Key(w, "stopTimeout");
+  w.Int64(
+      std::clamp<int64_t>(absl::ToInt64Seconds(options.grace_period), 2, 120));
+}
+
+// Ends a definition: its key is of everything but the tags (which name the
+// stage), then the tags; `key` and `json` get both.
+void FinishDefinition(
+    const rapidjson::StringBuffer& b, Writer& w,
+    const std::vector<std::pair<std::string, std::string>>& tags,
+    std::string* key, std::string* json) {
+  *key = aws::HexSha256(std::string(b.GetString()) + "}");
+  if (!tags.empty()) {
+    json::Key(w, "tags");
+    WriteTags(w, tags);
+  }
+  w.EndObject();
+  *json = b.GetString();
+}
+
 }  // namespace
 
 std::string EcsName(std::string_view s, size_t max) {
@@ -556,15 +588,8 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
     }
     w.EndArray();
   }
-  if (step.registry && !step.registry->password.empty()) {
-    json::Key(w, "repositoryCredentials");
-    w.StartObject();
-    json::StringField(w, "credentialsParameter", step.registry->password);
-    w.EndObject();
-  }
-  json::Key(w, "stopTimeout");
-  w.Int64(
-      std::clamp<int64_t>(absl::ToInt64Seconds(options.grace_period), 2, 120));
+  WriteRegistry(w, step);
+  WriteStopTimeout(w, options);
   WriteAwsLogs(w, options, in.region, options.log_stream_prefix);
   w.EndObject();
   w.EndArray();
@@ -572,16 +597,201 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
   // Everything above decides whether two steps can share a revision; the
   // tags (which name the stage) do not.
   StepTask out;
-  const std::string untagged = std::string(b.GetString()) + "}";
-  out.definition_key = aws::HexSha256(untagged);
-  if (!in.tags.empty()) {
-    json::Key(w, "tags");
-    WriteTags(w, in.tags);
-  }
-  w.EndObject();
-  out.register_json = b.GetString();
+  FinishDefinition(b, w, in.tags, &out.definition_key, &out.register_json);
   out.overrides_json = std::move(overrides);
   return out;
+}
+
+namespace {
+
+// What makes two steps need different step containers: what ECS sets per
+// container.
+std::string ContainerShape(const Step& step) {
+  const SecurityContext& sc = step.security_context;
+  std::vector<std::string> mounts;
+  for (const VolumeMount& m : step.volume_mounts) {
+    mounts.push_back(absl::StrCat(m.name, "=", m.path));
+  }
+  std::sort(mounts.begin(), mounts.end());
+  return absl::StrCat(
+      step.image, "\n", sc.run_as_user.value_or(-1), ":",
+      sc.run_as_group.value_or(-1), "\n", sc.privileged.value_or(false),
+      sc.read_only_root_filesystem.value_or(false), "\n",
+      absl::StrJoin(sc.add_capability, ","), "\n",
+      absl::StrJoin(sc.drop_capability, ","), "\n", absl::StrJoin(mounts, ","),
+      "\n", step.registry ? step.registry->password : "");
+}
+
+}  // namespace
+
+absl::StatusOr<StageTask> BuildStageTask(const Stage& stage,
+                                         const StageTaskInputs& in) {
+  const EcsExecutorOptions& options = *in.options;
+  const bool fargate = in.launch == LaunchType::kFargate;
+  StageTask out;
+  // One step container per shape, named in the order steps first need it.
+  std::map<std::string, std::string> by_shape;
+  std::vector<const Step*> first_of;
+  Resources largest;
+  std::set<std::string> mounted;
+  for (const Step& step : stage.steps) {
+    auto [it, added] = by_shape.try_emplace(
+        ContainerShape(step), absl::StrCat("step-", by_shape.size() + 1));
+    if (added) {
+      out.containers.push_back(it->second);
+      first_of.push_back(&step);
+    }
+    out.step_containers.push_back(it->second);
+    for (const VolumeMount& m : step.volume_mounts) mounted.insert(m.name);
+    if (step.resources.cpus) {
+      largest.cpus = std::max(largest.cpus.value_or(0), *step.resources.cpus);
+    }
+    if (step.resources.memory_mib) {
+      largest.memory_mib =
+          std::max(largest.memory_mib.value_or(0), *step.resources.memory_mib);
+    }
+  }
+  TaskSize size;
+  if (fargate) {
+    absl::StatusOr<TaskSize> fargate_size =
+        FargateTaskSize(largest, "the stage's largest step resources");
+    if (!fargate_size.ok()) return fargate_size.status();
+    size = *fargate_size;
+  }
+
+  rapidjson::StringBuffer b;
+  Writer w(b);
+  w.StartObject();
+  WriteTaskHeader(w, in.family, fargate, "awsvpc", size, options);
+  WriteVolumes(w, stage, {"workspace", "delegate"}, mounted, fargate);
+  json::Key(w, "containerDefinitions");
+  w.StartArray();
+  auto runner_env = [&](Writer& w) {
+    json::Key(w, "environment");
+    w.StartArray();
+    w.StartObject();
+    json::StringField(w, "name", "DELEGATE_RUNNER_DIR");
+    json::StringField(w, "value", kRunnerDir);
+    w.EndObject();
+    w.StartObject();
+    json::StringField(w, "name", "DELEGATE_RUNNER_LISTEN");
+    json::StringField(w, "value", absl::StrCat("0.0.0.0:", kRunnerPort));
+    w.EndObject();
+    w.EndArray();
+  };
+  auto ec2_memory = [&](Writer& w, int64_t mib) {
+    if (fargate) return;
+    json::Key(w, "memory");
+    w.Int64(mib);
+  };
+  // The install container puts delegate-step into the shared directory and
+  // ends; the step containers start once it has succeeded.
+  w.StartObject();
+  json::StringField(w, "name", kInstallContainer);
+  json::StringField(w, "image", in.runner_image);
+  json::Key(w, "essential");
+  w.Bool(false);
+  json::Key(w, "command");
+  json::StringList(w, {"runner", "--install"});
+  runner_env(w);
+  ec2_memory(w, 64);
+  WriteMountPoints(w, stage, {{"delegate", kRunnerDir, false}}, {});
+  WriteAwsLogs(w, options, in.region, "stage");
+  w.EndObject();
+  // The runner: the task lives as long as it does.
+  w.StartObject();
+  json::StringField(w, "name", kRunnerContainer);
+  json::StringField(w, "image", in.runner_image);
+  json::Key(w, "essential");
+  w.Bool(true);
+  json::Key(w, "command");
+  json::StringList(w, {"runner"});
+  runner_env(w);
+  ec2_memory(w, 128);
+  json::Key(w, "portMappings");
+  w.StartArray();
+  w.StartObject();
+  json::Key(w, "containerPort");
+  w.Int(kRunnerPort);
+  json::StringField(w, "protocol", "tcp");
+  w.EndObject();
+  w.EndArray();
+  WriteMountPoints(
+      w, stage,
+      {{"delegate", kRunnerDir, false}, {"workspace", kWorkspacePath, false}},
+      {});
+  WriteStopTimeout(w, options);
+  WriteAwsLogs(w, options, in.region, "stage");
+  w.EndObject();
+  for (size_t i = 0; i < out.containers.size(); ++i) {
+    const Step& step = *first_of[i];
+    w.StartObject();
+    json::StringField(w, "name", out.containers[i]);
+    json::StringField(w, "image", step.image);
+    json::Key(w, "essential");
+    w.Bool(false);
+    json::Key(w, "entryPoint");
+    json::StringList(w, {absl::StrCat(kRunnerDir, "/delegate-step"), "--socket",
+                         absl::StrCat(kRunnerDir, "/runner.sock"), "--name",
+                         out.containers[i]});
+    // No command: the image's own would be the agent's arguments.
+    json::Key(w, "command");
+    json::StringList(w, {"--"});
+    json::Key(w, "dependsOn");
+    w.StartArray();
+    w.StartObject();
+    json::StringField(w, "containerName", kInstallContainer);
+    json::StringField(w, "condition", "SUCCESS");
+    w.EndObject();
+    w.EndArray();
+    json::StringField(w, "workingDirectory", kWorkspacePath);
+    ec2_memory(w, step.resources.memory_mib.value_or(512));
+    // The agent is PID 1: it reaps and passes the stop signal on itself.
+    WriteSecurity(w, step.security_context, /*init=*/false);
+    WriteMountPoints(
+        w, stage,
+        {{"delegate", kRunnerDir, true}, {"workspace", kWorkspacePath, false}},
+        step.volume_mounts);
+    WriteRegistry(w, step);
+    WriteStopTimeout(w, options);
+    WriteAwsLogs(w, options, in.region, "stage");
+    w.EndObject();
+  }
+  w.EndArray();
+  FinishDefinition(b, w, in.tags, &out.definition_key, &out.register_json);
+  return out;
+}
+
+std::string StageTaskOverrides(
+    const std::string& client_sha256,
+    const std::vector<std::pair<std::string, std::string>>& container_tokens) {
+  rapidjson::StringBuffer b;
+  Writer w(b);
+  auto env = [&](Writer& w, const char* name, const std::string& value) {
+    json::Key(w, "environment");
+    w.StartArray();
+    w.StartObject();
+    json::StringField(w, "name", name);
+    json::StringField(w, "value", value);
+    w.EndObject();
+    w.EndArray();
+  };
+  w.StartObject();
+  json::Key(w, "containerOverrides");
+  w.StartArray();
+  w.StartObject();
+  json::StringField(w, "name", kRunnerContainer);
+  env(w, "DELEGATE_RUNNER_CLIENT_SHA256", client_sha256);
+  w.EndObject();
+  for (const auto& [container, token] : container_tokens) {
+    w.StartObject();
+    json::StringField(w, "name", container);
+    env(w, "DELEGATE_STEP_TOKEN", token);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  return b.GetString();
 }
 
 }  // namespace delegate::ecs

@@ -66,6 +66,51 @@ struct StepTask {
 absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
                                        const StepTaskInputs& inputs);
 
+// ------------------------------------------------------------ stage task
+// A stage as one task (README "One ECS task per stage"): the runner, the
+// install container, and a step container per distinct image and container
+// settings, sharing the workspace and the runner's directory.
+inline constexpr char kRunnerContainer[] = "runner";
+inline constexpr char kInstallContainer[] = "install";
+inline constexpr char kRunnerDir[] = "/delegate";
+inline constexpr int kRunnerPort = 9079;
+
+struct StageTaskInputs {
+  LaunchType launch = LaunchType::kFargate;
+  std::string region;
+  std::string family;
+  const EcsExecutorOptions* options = nullptr;
+  // The image of the runner and install containers: the delegate's own.
+  std::string runner_image;
+  std::vector<std::pair<std::string, std::string>> tags;
+};
+
+struct StageTask {
+  // Equal for two stages that can share one task definition revision.
+  std::string definition_key;
+  std::string register_json;  // RegisterTaskDefinition input
+  // The step container of each step, by step index ("step-1", ...).
+  std::vector<std::string> step_containers;
+  // Each step container's name, in order (no repeats).
+  std::vector<std::string> containers;
+};
+
+// REQUIRES: CheckStageForEcs(stage) found nothing. Always awsvpc (the
+// delegate dials the task's IP). The task's size is the largest of its
+// steps' resources (on Fargate, checked against the Fargate table).
+// Nothing of a step's env or commands is in it: they go over the runner's
+// channel.
+absl::StatusOr<StageTask> BuildStageTask(const Stage& stage,
+                                         const StageTaskInputs& inputs);
+
+// The RunTask `overrides` of a stage task: the runner's client fingerprint
+// and each step container's token (values for this run only; nothing
+// secret: the fingerprint is public, a token only keeps the task's own
+// containers apart).
+std::string StageTaskOverrides(
+    const std::string& client_sha256,
+    const std::vector<std::pair<std::string, std::string>>& container_tokens);
+
 // The family of every task definition a delegate registers.
 std::string TaskFamily(std::string_view delegate_name);
 
