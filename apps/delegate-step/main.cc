@@ -199,9 +199,28 @@ pid_t Start(const RunRequest& run, int out_fd, int err_fd, std::string* error) {
   for (const std::string& a : run.argv)
     argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  // The container's own environment (its image's ENV, such as PATH, and
+  // its definition's), under the step's: as `docker run -e` would have it.
+  // The agent's own DELEGATE_* settings stay out.
+  std::vector<std::string> merged = run.env;
+  auto named = [&](const char* entry) {
+    const char* eq = strchr(entry, '=');
+    const size_t n = eq ? static_cast<size_t>(eq - entry) : strlen(entry);
+    for (const std::string& e : run.env) {
+      if (e.size() > n && e[n] == '=' && e.compare(0, n, entry, n) == 0) {
+        return true;
+      }
+    }
+    return false;
+  };
+  for (char** e = environ; e && *e; ++e) {
+    if (strncmp(*e, "DELEGATE_", 9) == 0 || named(*e)) continue;
+    merged.push_back(*e);
+  }
   std::vector<char*> envp;
-  for (const std::string& e : run.env)
+  for (const std::string& e : merged) {
     envp.push_back(const_cast<char*>(e.c_str()));
+  }
   envp.push_back(nullptr);
   if (!run.working_dir.empty()) MakeDirs(run.working_dir);
 

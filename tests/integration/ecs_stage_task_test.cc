@@ -12,7 +12,10 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "delegate/builtin_executors.h"
+#include "delegate/scheduler.h"
 #include "executor/ecs/ecs_runtime.h"
 #include "executor/ecs/task_definition.h"
 #include "gmock/gmock.h"
@@ -22,6 +25,8 @@
 #include "runner/step_runner_client.h"
 #include "tests/fakes/aws_fake.h"
 #include "tests/fakes/docker_engine.h"
+#include "tests/fakes/recording_log_sink.h"
+#include "tests/fakes/stage_run.h"
 
 namespace delegate::ecs {
 namespace {
@@ -203,6 +208,82 @@ TEST_F(EcsStageTaskTest, TheStepsOfAStageRunInOneTaskThroughTheRunner) {
   EXPECT_THAT(record, HasSubstr("[two] two read: built"));
   EXPECT_THAT(record, HasSubstr("[one] **************"));
   EXPECT_THAT(record, Not(HasSubstr(kStepSecret)));
+}
+
+// The ecs-fargate executor with DELEGATE_ECS_STAGE_TASK: a whole stage,
+// submitted to the scheduler, as one task. Secrets and output variables
+// work; a failing step's exit code and a timed-out step are reported as on
+// Docker; cleanup stops the task and deregisters its definition.
+TEST_F(EcsStageTaskTest, TheExecutorRunsAStageAsOneTask) {
+  EcsExecutorOptions options;
+  options.env = EnvMap{{"AWS_ACCESS_KEY_ID", kKey},
+                       {"AWS_SECRET_ACCESS_KEY", kSecret},
+                       {"AWS_REGION", "us-east-1"},
+                       {"AWS_ENDPOINT_URL", fake_->url()}};
+  options.cluster = "ci";
+  options.subnets = {"subnet-0123456789abcdef0"};
+  options.execution_role_arn = "arn:aws:iam::123456789012:role/ci-exec";
+  options.poll_interval = absl::Milliseconds(100);
+  options.start_timeout = absl::Seconds(60);
+  options.grace_period = absl::Seconds(2);
+  options.instance = "stage-task-" + std::to_string(getpid());
+  options.stage_task = true;
+  options.runner_image = image_;
+  ExecutorRegistry registry;
+  ASSERT_TRUE(RegisterEcsExecutors(registry, std::move(options)).ok());
+  SchedulerOptions sched;
+  sched.registry = &registry;
+  sched.delegate_name = "stage-test";
+  auto scheduler = std::make_unique<Scheduler>(sched);
+
+  Stage stage;
+  stage.platform = "ecs-fargate";
+  stage.secrets = {{"token", kStepSecret}};
+  Step write =
+      delegate::testing::ImageStep("write", {"echo built > artifact.txt",
+                                             "echo VERSION=1.2.$((1+2)) >> "
+                                             "$HARNESS_OUTPUT_FILE"});
+  write.outputs = {"VERSION"};
+  write.envs = {{"TOKEN", "${{secrets.token}}"}};
+  write.commands.push_back("echo token is $TOKEN");
+  Step read;
+  read.id = "read";
+  read.image = kGlibcImage;
+  read.commands = {"read line < artifact.txt", "echo \"read: $line\"",
+                   "exit 3"};
+  read.continue_on_error = true;
+  Step slow = delegate::testing::ImageStep("slow", {"sleep 60"});
+  slow.timeout = absl::Seconds(2);
+  stage.steps = {write, read, slow};
+  delegate::testing::RecordingLogSink sink;
+  StageResult result =
+      delegate::testing::RunStage(*scheduler, "task-1", stage, &sink);
+  scheduler.reset();
+
+  ASSERT_EQ(result.steps.size(), 3u) << sink.All();
+  EXPECT_EQ(result.steps[0].status, StepStatus::kSuccess)
+      << result.steps[0].error << sink.All();
+  EXPECT_EQ(result.steps[0].outputs.at("VERSION"), "1.2.3");
+  EXPECT_EQ(result.steps[1].status, StepStatus::kFailure);
+  EXPECT_EQ(result.steps[1].exit_code, 3);
+  EXPECT_EQ(result.steps[2].status, StepStatus::kTimeout)
+      << result.steps[2].error;
+  const std::string log = sink.All();
+  EXPECT_THAT(log, HasSubstr("token is **************"));
+  EXPECT_THAT(log, HasSubstr("read: built"));
+  EXPECT_THAT(log, Not(HasSubstr(kStepSecret)));
+  // One task for the three steps; its definition gone; the secret never
+  // sent to AWS.
+  EXPECT_EQ(fake_->CallCount("RunTask"), 1);
+  EXPECT_EQ(fake_->CallCount("RegisterTaskDefinition"), 1);
+  for (const FakeTaskDefinition& d : fake_->TaskDefinitions()) {
+    EXPECT_NE(d.status, "ACTIVE") << d.arn;
+    EXPECT_THAT(d.json, Not(HasSubstr(kStepSecret)));
+  }
+  for (const FakeTask& t : fake_->Tasks()) {
+    EXPECT_EQ(t.desired_status, "STOPPED");
+    EXPECT_THAT(t.request_json, Not(HasSubstr(kStepSecret)));
+  }
 }
 
 }  // namespace

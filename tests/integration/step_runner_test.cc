@@ -316,7 +316,8 @@ TEST_F(StepRunnerTest, OnlyTheAgentWithTheContainersTokenGetsItsSteps) {
 TEST_F(StepRunnerTest, AnOutputFileThatIsNotARegularFileIsRefused) {
   StartWithAgent("step-1");
   for (const char* make : {"mkfifo", "ln -s /etc/passwd"}) {
-    RunnerStep step = Shell(absl::StrCat(make, " ", dir_, "/out; echo ran"));
+    RunnerStep step = Shell(absl::StrCat("rm -f ", dir_, "/out; ", make, " ",
+                                         dir_, "/out; echo ran"));
     step.output_file = dir_ + "/out";
     absl::StatusOr<RunnerStepEnd> end =
         Run(step, {}, absl::Now() + absl::Seconds(20));

@@ -60,6 +60,12 @@ struct EcsExecutorOptions {
   // cleanup after a crash. Empty: the delegate's own task ARN on ECS,
   // otherwise the host name.
   std::string instance;
+  // A whole stage as one ECS task (README "One ECS task per stage"): its
+  // steps run in step containers through a runner from `runner_image`
+  // (the delegate's own image), dialled at the task's IP. Off: each step
+  // is a task of its own.
+  bool stage_task = false;
+  std::string runner_image;
   Clock* clock = nullptr;  // nullptr: Clock::Real()
 };
 
@@ -68,7 +74,9 @@ struct EcsExecutorOptions {
 // (ENABLED or DISABLED), DELEGATE_ECS_EXECUTION_ROLE_ARN,
 // DELEGATE_ECS_TASK_ROLE_ARN, DELEGATE_ECS_LOG_GROUP,
 // DELEGATE_ECS_PLATFORM_VERSION, DELEGATE_ECS_POLL_SECONDS,
-// DELEGATE_ECS_START_TIMEOUT_SECONDS and DELEGATE_ECS_LOG_READS_PER_SECOND;
+// DELEGATE_ECS_START_TIMEOUT_SECONDS, DELEGATE_ECS_LOG_READS_PER_SECOND,
+// DELEGATE_ECS_STAGE_TASK (true or false) and DELEGATE_ECS_RUNNER_IMAGE
+// (required with DELEGATE_ECS_STAGE_TASK=true);
 // `env` also becomes options.env. InvalidArgument naming the variable for a
 // malformed value.
 DELEGATE_EXPORT absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -269,6 +270,22 @@ class Service final : public v1::StepRunner::Service {
       run.env.push_back(absl::StrCat(key, "=", value));
     }
     std::sort(run.env.begin(), run.env.end());
+    // The output file exists, empty and writable by the step's user,
+    // before the step starts.
+    if (!request.output_file().empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(
+          std::filesystem::path(request.output_file()).parent_path(), ec);
+      int fd =
+          open(request.output_file().c_str(),
+               O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0666);
+      if (fd >= 0) {
+        fchmod(fd, 0666);
+        close(fd);
+      }
+      chmod(std::filesystem::path(request.output_file()).parent_path().c_str(),
+            01777);
+    }
     run.working_dir = request.working_dir();
     if (absl::Status s = agent.Run(run); !s.ok()) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,

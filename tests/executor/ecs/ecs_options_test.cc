@@ -43,12 +43,27 @@ TEST(LoadEcsExecutorOptionsTest, BadValuesNameTheVariable) {
            {"DELEGATE_ECS_ASSIGN_PUBLIC_IP", "yes"},
            {"DELEGATE_ECS_TASK_ROLE_ARN", "my-role"},
            {"DELEGATE_ECS_POLL_SECONDS", "-1"},
-           {"DELEGATE_ECS_START_TIMEOUT_SECONDS", "soon"}}) {
+           {"DELEGATE_ECS_START_TIMEOUT_SECONDS", "soon"},
+           {"DELEGATE_ECS_STAGE_TASK", "yes"}}) {
     absl::StatusOr<EcsExecutorOptions> o =
         LoadEcsExecutorOptions({{var, value}});
     ASSERT_FALSE(o.ok()) << var;
     EXPECT_THAT(o.status().message(), HasSubstr(var));
   }
+}
+
+TEST(LoadEcsExecutorOptionsTest, AStageTaskNeedsTheRunnerImage) {
+  absl::StatusOr<EcsExecutorOptions> o =
+      LoadEcsExecutorOptions({{"DELEGATE_ECS_STAGE_TASK", "true"}});
+  ASSERT_FALSE(o.ok());
+  EXPECT_THAT(o.status().message(), HasSubstr("DELEGATE_ECS_RUNNER_IMAGE"));
+  o = LoadEcsExecutorOptions({{"DELEGATE_ECS_STAGE_TASK", "true"},
+                              {"DELEGATE_ECS_RUNNER_IMAGE",
+                               "123.dkr.ecr.eu-west-1.amazonaws.com/d:1"}});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->stage_task);
+  EXPECT_EQ(o->runner_image, "123.dkr.ecr.eu-west-1.amazonaws.com/d:1");
+  EXPECT_FALSE(LoadEcsExecutorOptions({})->stage_task);
 }
 
 }  // namespace

@@ -22,13 +22,17 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "aws/logs_client.h"
 #include "aws/sigv4.h"
 #include "executor/ecs/ecs_runtime.h"
 #include "executor/ecs/task_definition.h"
+#include "executor/shell.h"
 #include "rapidjson/document.h"
+#include "runner/identity.h"
+#include "runner/step_runner_client.h"
 #include "util/json.h"
 
 namespace delegate {
@@ -58,7 +62,8 @@ class EcsExecutor final : public Executor {
   }
 
   absl::Status Validate(const Stage& stage) override {
-    std::vector<std::string> problems = ecs::CheckStageForEcs(stage, launch_);
+    std::vector<std::string> problems =
+        ecs::CheckStageForEcs(stage, launch_, runtime_->options().stage_task);
     if (launch_ == LaunchType::kFargate &&
         runtime_->options().execution_role_arn.empty()) {
       problems.push_back(
@@ -71,7 +76,9 @@ class EcsExecutor final : public Executor {
   }
 
   absl::Status Initialize(const StageContext& ctx) override {
-    return Open(ctx);
+    if (absl::Status s = Open(ctx); !s.ok()) return s;
+    if (runtime_->options().stage_task) return StartStageTask(ctx);
+    return absl::OkStatus();
   }
   absl::Status Resume(const StageContext& ctx) override;
   StepResult Execute(const StepContext& ctx) override;
@@ -86,11 +93,18 @@ class EcsExecutor final : public Executor {
             {kTagInstance, ecs::EcsTagValue(session_->resolved().instance)},
             {kTagStage, ecs::EcsTagValue(ctx.task_id)}};
   }
-  absl::StatusOr<std::string> TaskDefinitionFor(const StepContext& ctx,
-                                                const ecs::StepTask& task);
-  absl::StatusOr<std::string> RunTask(const StepContext& ctx,
+  absl::StatusOr<std::string> TaskDefinitionFor(
+      const std::string& key, const std::string& register_json,
+      const std::stop_token& stop);
+  // `step_id` empty and `index` -1: the stage's task.
+  absl::StatusOr<std::string> RunTask(const StageContext& stage,
+                                      const std::string& step_id, int index,
                                       const std::string& definition,
-                                      const ecs::StepTask& task);
+                                      const std::string& overrides);
+  // A stage task: registered, run, waited for, and its runner dialled.
+  absl::Status StartStageTask(const StageContext& ctx);
+  // A step through the stage task's runner.
+  StepResult ExecuteInStageTask(const StepContext& ctx);
   // The step's task an earlier process of the delegate started, followed
   // from the start of its log.
   StepResult Reattach(const StepContext& ctx);
@@ -111,6 +125,10 @@ class EcsExecutor final : public Executor {
   std::map<std::string, std::string> definitions_;  // key -> ARN
   std::vector<std::string> registered_;             // ARNs, in order
   std::map<std::string, std::string> started_;      // task ARN -> last status
+  // A stage task's.
+  ecs::StageTask stage_task_;
+  std::map<std::string, std::string> tokens_;  // by step container
+  std::unique_ptr<runner::StepRunnerClient> runner_;
 };
 
 absl::Status EcsExecutor::Open(const StageContext& ctx) {
@@ -147,14 +165,14 @@ absl::Status EcsExecutor::Resume(const StageContext& ctx) {
 }
 
 absl::StatusOr<std::string> EcsExecutor::TaskDefinitionFor(
-    const StepContext& ctx, const ecs::StepTask& task) {
-  if (auto it = definitions_.find(task.definition_key);
-      it != definitions_.end()) {
+    const std::string& key, const std::string& register_json,
+    const std::stop_token& stop) {
+  if (auto it = definitions_.find(key); it != definitions_.end()) {
     return it->second;
   }
   absl::StatusOr<std::string> answer =
-      session_->ecs().Call("RegisterTaskDefinition", task.register_json,
-                           [&] { return ctx.stop.stop_requested(); });
+      session_->ecs().Call("RegisterTaskDefinition", register_json,
+                           [&] { return stop.stop_requested(); });
   if (!answer.ok()) return answer.status();
   absl::StatusOr<rapidjson::Document> doc =
       ParseAnswer(*answer, "RegisterTaskDefinition");
@@ -166,18 +184,20 @@ absl::StatusOr<std::string> EcsExecutor::TaskDefinitionFor(
     return absl::InternalError(
         "ECS RegisterTaskDefinition: the answer has no taskDefinitionArn");
   }
-  definitions_[task.definition_key] = arn;
+  definitions_[key] = arn;
   registered_.push_back(arn);
   return arn;
 }
 
-absl::StatusOr<std::string> EcsExecutor::RunTask(const StepContext& ctx,
+absl::StatusOr<std::string> EcsExecutor::RunTask(const StageContext& stage,
+                                                 const std::string& step_id,
+                                                 int index,
                                                  const std::string& definition,
-                                                 const ecs::StepTask& task) {
+                                                 const std::string& overrides) {
   const EcsSession::Resolved& r = session_->resolved();
   const EcsExecutorOptions& o = runtime_->options();
-  std::vector<std::pair<std::string, std::string>> tags = Tags(ctx.stage);
-  tags.push_back({kTagStep, ecs::EcsTagValue(ctx.step.id)});
+  std::vector<std::pair<std::string, std::string>> tags = Tags(stage);
+  if (!step_id.empty()) tags.push_back({kTagStep, ecs::EcsTagValue(step_id)});
   const std::string body = RequestBody([&](Writer& w) {
     json::StringField(w, "cluster", r.cluster);
     json::StringField(w, "taskDefinition", definition);
@@ -204,23 +224,22 @@ absl::StatusOr<std::string> EcsExecutor::RunTask(const StepContext& ctx,
       w.EndObject();
       w.EndObject();
     }
-    if (!task.overrides_json.empty()) {
+    if (!overrides.empty()) {
       json::Key(w, "overrides");
-      w.RawValue(task.overrides_json.data(), task.overrides_json.size(),
-                 rapidjson::kObjectType);
+      w.RawValue(overrides.data(), overrides.size(), rapidjson::kObjectType);
     }
-    json::StringField(w, "startedBy", StartedBy(ctx.stage.delegate_name));
+    json::StringField(w, "startedBy", StartedBy(stage.delegate_name));
     json::Key(w, "tags");
     ecs::WriteTags(w, tags);
     // The same token for every retry of this call, a new one per stage run.
     json::StringField(
         w, "clientToken",
-        "ld" + aws::HexSha256(absl::StrCat(r.instance, "|", ctx.stage.task_id,
-                                           "|", ctx.index, "|", nonce_))
+        "ld" + aws::HexSha256(absl::StrCat(r.instance, "|", stage.task_id, "|",
+                                           index, "|", nonce_))
                    .substr(0, 62));
   });
   absl::StatusOr<std::string> answer = session_->ecs().Call(
-      "RunTask", body, [&] { return ctx.stop.stop_requested(); });
+      "RunTask", body, [&] { return stage.stop.stop_requested(); });
   if (!answer.ok()) {
     // Without an answer (no connection, throttled to the end, cancelled in
     // flight) ECS may have started the task all the same.
@@ -257,6 +276,7 @@ StepResult EcsExecutor::Execute(const StepContext& ctx) {
     return result;
   }
   if (ctx.reattach) return Reattach(ctx);
+  if (runtime_->options().stage_task) return ExecuteInStageTask(ctx);
   const EcsSession::Resolved& r = session_->resolved();
   const EcsExecutorOptions& o = runtime_->options();
   ecs::StepTaskInputs in;
@@ -274,7 +294,8 @@ StepResult EcsExecutor::Execute(const StepContext& ctx) {
     result.error = std::string(task.status().message());
     return result;
   }
-  absl::StatusOr<std::string> definition = TaskDefinitionFor(ctx, *task);
+  absl::StatusOr<std::string> definition =
+      TaskDefinitionFor(task->definition_key, task->register_json, ctx.stop);
   if (!definition.ok()) {
     result.status = absl::IsCancelled(definition.status())
                         ? StepStatus::kCancelled
@@ -282,7 +303,9 @@ StepResult EcsExecutor::Execute(const StepContext& ctx) {
     result.error = std::string(definition.status().message());
     return result;
   }
-  absl::StatusOr<std::string> arn = RunTask(ctx, *definition, *task);
+  absl::StatusOr<std::string> arn =
+      RunTask(ctx.stage, ctx.step.id, static_cast<int>(ctx.index), *definition,
+              task->overrides_json);
   if (!arn.ok()) {
     result.status = absl::IsCancelled(arn.status()) ? StepStatus::kCancelled
                                                     : StepStatus::kFailure;
@@ -446,8 +469,195 @@ StepResult EcsExecutor::FollowToEnd(const StepContext& ctx,
   return result;
 }
 
+absl::Status EcsExecutor::StartStageTask(const StageContext& ctx) {
+  const EcsSession::Resolved& r = session_->resolved();
+  const EcsExecutorOptions& o = runtime_->options();
+  if (r.subnets.empty()) {
+    return absl::FailedPreconditionError(
+        "ECS: a stage task needs subnets (the delegate dials its IP): set "
+        "DELEGATE_ECS_SUBNETS, or run the delegate as an awsvpc ECS task");
+  }
+  ecs::StageTaskInputs in;
+  in.launch = launch_;
+  in.region = r.region;
+  in.family = ecs::TaskFamily(ctx.delegate_name);
+  in.options = &o;
+  in.runner_image = o.runner_image;
+  in.tags = Tags(ctx);
+  absl::StatusOr<ecs::StageTask> task = ecs::BuildStageTask(ctx.stage, in);
+  if (!task.ok()) return task.status();
+  stage_task_ = *std::move(task);
+  absl::StatusOr<std::string> definition = TaskDefinitionFor(
+      stage_task_.definition_key, stage_task_.register_json, ctx.stop);
+  if (!definition.ok()) return definition.status();
+  // The stage's key, and a token per step container: this run's alone.
+  absl::StatusOr<runner::Identity> identity =
+      runner::MakeIdentity("delegate " + ctx.task_id);
+  if (!identity.ok()) return identity.status();
+  std::vector<std::pair<std::string, std::string>> tokens;
+  std::random_device rd;
+  for (const std::string& container : stage_task_.containers) {
+    tokens.emplace_back(container,
+                        absl::StrCat(absl::Hex(rd()), absl::Hex(rd()),
+                                     absl::Hex(rd()), absl::Hex(rd())));
+    tokens_[container] = tokens.back().second;
+  }
+  absl::StatusOr<std::string> arn =
+      RunTask(ctx, "", -1, *definition,
+              ecs::StageTaskOverrides(identity->sha256, tokens));
+  if (!arn.ok()) return arn.status();
+  started_[*arn] = "PROVISIONING";
+  ctx.output.SystemLine(
+      absl::StrCat("ECS stage task ", TaskId(*arn), " (",
+                   definition->substr(definition->rfind('/') + 1),
+                   "): ", stage_task_.containers.size(), " step container",
+                   stage_task_.containers.size() == 1 ? "" : "s", ", log ",
+                   o.log_group, " stage/"));
+  // Until it runs (or stops, or does not start in time).
+  Clock& clock = runtime_->clock();
+  session_->poller().Watch(*arn);
+  const absl::Time give_up = clock.Now() + o.start_timeout;
+  TaskState state;
+  while (state.last_status != "RUNNING" && state.last_status != "STOPPED" &&
+         state.missing.empty() && !ctx.stop.stop_requested() &&
+         clock.Now() < give_up) {
+    state =
+        session_->poller().WaitForChange(*arn, state.version, o.poll_interval);
+    if (!state.last_status.empty()) started_[*arn] = state.last_status;
+  }
+  session_->poller().Unwatch(*arn);
+  if (ctx.stop.stop_requested()) {
+    return absl::CancelledError("cancelled while the stage task started");
+  }
+  if (state.last_status != "RUNNING") {
+    return absl::UnavailableError(
+        state.last_status == "STOPPED"
+            ? absl::StrCat("the stage task never ran: ECS stopped it (",
+                           state.stop_code, "): ", state.stopped_reason,
+                           state.container_reason.empty()
+                               ? ""
+                               : "; " + state.container_reason)
+            : absl::StrCat(
+                  "the stage task did not start within ",
+                  absl::FormatDuration(o.start_timeout), " (still ",
+                  state.last_status.empty() ? "unknown" : state.last_status,
+                  "); check the cluster's capacity and the subnets' "
+                  "route to the image registry"));
+  }
+  if (state.private_ip.empty()) {
+    return absl::UnavailableError("the stage task runs but has no IP");
+  }
+  absl::StatusOr<std::unique_ptr<runner::StepRunnerClient>> client =
+      runner::StepRunnerClient::Connect(
+          absl::StrCat(state.private_ip, ":", ecs::kRunnerPort), *identity,
+          std::max(give_up - clock.Now(), absl::Seconds(30)));
+  if (!client.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "the stage task's runner at ", state.private_ip, ":", ecs::kRunnerPort,
+        " did not answer: ", client.status().message(),
+        " (the security group must let the delegate reach that port)"));
+  }
+  runner_ = *std::move(client);
+  return absl::OkStatus();
+}
+
+StepResult EcsExecutor::ExecuteInStageTask(const StepContext& ctx) {
+  StepResult result;
+  result.status = StepStatus::kFailure;
+  const Step& step = ctx.step;
+  if (!runner_ || ctx.index >= stage_task_.step_containers.size()) {
+    result.error = "ECS: the stage task has no container for this step";
+    return result;
+  }
+  const std::string& container = stage_task_.step_containers[ctx.index];
+  runner::RunnerStep run;
+  run.container = container;
+  run.container_token = tokens_[container];
+  run.step_id = step.id;
+  const std::string working_dir =
+      step.working_dir.empty()
+          ? ecs::kWorkspacePath
+          : (absl::StartsWith(step.working_dir, "/")
+                 ? step.working_dir
+                 : absl::StrCat(ecs::kWorkspacePath, "/", step.working_dir));
+  if (!step.commands.empty()) {
+    run.argv = {"/bin/sh", "-c", CommandScript(step.commands)};
+  } else if (!step.entrypoint.empty()) {
+    run.argv = step.entrypoint;
+    run.argv.insert(run.argv.end(), step.args.begin(), step.args.end());
+  } else {
+    result.error =
+        "in an ECS stage task a step needs commands or an entrypoint (the "
+        "image's own command is not run)";
+    return result;
+  }
+  run.working_dir = working_dir;
+  for (const auto& [name, value] : step.envs) run.env[name] = value;
+  run.env["HARNESS_WORKSPACE"] = ecs::kWorkspacePath;
+  if (!step.outputs.empty()) {
+    run.output_file =
+        absl::StrCat(ecs::kWorkspacePath, "/.delegate-outputs/", ctx.index);
+    run.env["HARNESS_OUTPUT_FILE"] = run.output_file;
+  }
+  for (const auto& [id, value] : ctx.stage.stage.secrets) {
+    if (!value.empty()) run.mask.push_back(value);
+  }
+  run.stop_grace = runtime_->options().grace_period;
+  absl::StatusOr<runner::RunnerStepEnd> end = runner_->Run(
+      run,
+      [&](int stream, std::string_view data) {
+        ctx.output.Write(stream == 2 ? LogStream::kStderr : LogStream::kStdout,
+                         data);
+      },
+      ctx.stop, ctx.deadline);
+  ctx.output.Flush();
+  if (!end.ok()) {
+    result.error = std::string(end.status().message());
+    return result;
+  }
+  if (end->deadline_passed) {
+    result.status = StepStatus::kTimeout;
+    result.error = "timed out";
+    return result;
+  }
+  if (end->stopped) {
+    result.status = StepStatus::kCancelled;
+    result.error = "cancelled";
+    return result;
+  }
+  if (!end->error.empty()) {
+    result.error = end->error;
+    return result;
+  }
+  if (end->signal != 0) {
+    result.error = absl::StrCat("killed by signal ", end->signal,
+                                end->signal == 9 ? " (out of memory?)" : "");
+    return result;
+  }
+  result.exit_code = end->exit_code;
+  for (const std::string& name : step.outputs) {
+    if (auto it = end->outputs.find(name); it != end->outputs.end()) {
+      result.outputs[name] = it->second;
+    }
+  }
+  if (!end->outputs_error.empty()) {
+    ctx.output.SystemLine("outputs: " + end->outputs_error);
+  }
+  if (end->exit_code == 0) {
+    result.status = StepStatus::kSuccess;
+  } else {
+    result.error = absl::StrCat("exit status ", end->exit_code);
+  }
+  return result;
+}
+
 absl::Status EcsExecutor::Cleanup(const StageContext& ctx) {
   if (!session_) return absl::OkStatus();
+  // The runner ends the task itself; StopTask below covers it when not.
+  if (runner_) {
+    (void)runner_->Shutdown();
+    runner_.reset();
+  }
   const EcsSession::Resolved& r = session_->resolved();
   std::vector<std::string> errors;
   for (const auto& [arn, status] : started_) {

@@ -66,6 +66,20 @@ absl::StatusOr<EcsExecutorOptions> LoadEcsExecutorOptions(const EnvMap& env) {
       *field = absl::Seconds(seconds);
     }
   }
+  if (auto v = EnvValue(env, "DELEGATE_ECS_STAGE_TASK")) {
+    if (*v != "true" && *v != "false") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "DELEGATE_ECS_STAGE_TASK: expected true or false, got '", *v, "'"));
+    }
+    o.stage_task = *v == "true";
+  }
+  if (auto v = EnvValue(env, "DELEGATE_ECS_RUNNER_IMAGE")) o.runner_image = *v;
+  if (o.stage_task && o.runner_image.empty()) {
+    return absl::InvalidArgumentError(
+        "DELEGATE_ECS_STAGE_TASK=true needs DELEGATE_ECS_RUNNER_IMAGE: the "
+        "delegate's own image (libdelegate/delegate:VERSION, as pushed to "
+        "your registry), which runs each stage task's runner");
+  }
   if (auto v = EnvValue(env, "DELEGATE_ECS_LOG_READS_PER_SECOND")) {
     if (!absl::SimpleAtod(*v, &o.log_reads_per_second) ||
         o.log_reads_per_second <= 0) {

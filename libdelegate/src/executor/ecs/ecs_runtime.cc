@@ -73,7 +73,9 @@ absl::StatusOr<TaskStates> ParseDescribeTasksAnswer(const std::string& body) {
       if (const rapidjson::Value* containers =
               json::ArrayMember(t, "containers")) {
         for (const rapidjson::Value& c : containers->GetArray()) {
-          if (json::StringMember(c, "name") != kStepContainer &&
+          // The step's container, or a stage task's runner.
+          const std::string name = json::StringMember(c, "name");
+          if (name != kStepContainer && name != kRunnerContainer &&
               containers->Size() > 1) {
             continue;
           }
@@ -96,6 +98,8 @@ absl::StatusOr<TaskStates> ParseDescribeTasksAnswer(const std::string& body) {
           for (const rapidjson::Value& d : details->GetArray()) {
             if (json::StringMember(d, "name") == "subnetId") {
               s.subnets.push_back(json::StringMember(d, "value"));
+            } else if (json::StringMember(d, "name") == "privateIPv4Address") {
+              s.private_ip = json::StringMember(d, "value");
             }
           }
         }

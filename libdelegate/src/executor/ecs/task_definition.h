@@ -40,8 +40,11 @@ absl::StatusOr<TaskSize> FargateTaskSize(const Resources& resources,
 // environment or commands (ECS would show them in the task's overrides and
 // CloudTrail), registry passwords that are not Secrets Manager ARNs,
 // outputs, Fargate sizes, ephemeral storage over 200 GiB.
-std::vector<std::string> CheckStageForEcs(const Stage& stage,
-                                          LaunchType launch);
+// With `stage_task` (one task per stage, its steps driven over the
+// runner's channel), secret values and outputs are fine: the env and
+// commands never reach the ECS API then.
+std::vector<std::string> CheckStageForEcs(const Stage& stage, LaunchType launch,
+                                          bool stage_task = false);
 
 struct StepTaskInputs {
   LaunchType launch = LaunchType::kFargate;

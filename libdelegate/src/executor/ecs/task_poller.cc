@@ -78,7 +78,7 @@ void TaskPoller::Loop() {
         TaskState& old = it->second;
         if (now.last_status != old.last_status ||
             now.exit_code != old.exit_code || now.missing != old.missing ||
-            old.version == 0) {
+            now.private_ip != old.private_ip || old.version == 0) {
           now.version = old.version + 1;
           old = now;
         }

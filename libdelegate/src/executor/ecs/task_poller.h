@@ -32,6 +32,7 @@ struct TaskState {
   // Only from Describe: the tags (when asked for) and the awsvpc subnets.
   std::map<std::string, std::string> tags;
   std::vector<std::string> subnets;
+  std::string private_ip;  // the task's, on its ENI (awsvpc)
 };
 using TaskStates = std::map<std::string, TaskState>;  // by task ARN
 
