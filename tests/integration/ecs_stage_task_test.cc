@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "delegate/builtin_executors.h"
+#include "delegate/event_log.h"
 #include "delegate/scheduler.h"
 #include "executor/ecs/ecs_runtime.h"
 #include "executor/ecs/task_definition.h"
@@ -25,6 +26,7 @@
 #include "runner/step_runner_client.h"
 #include "tests/fakes/aws_fake.h"
 #include "tests/fakes/docker_engine.h"
+#include "tests/fakes/hand_run.h"
 #include "tests/fakes/recording_log_sink.h"
 #include "tests/fakes/stage_run.h"
 
@@ -283,6 +285,55 @@ TEST_F(EcsStageTaskTest, TheExecutorRunsAStageAsOneTask) {
   for (const FakeTask& t : fake_->Tasks()) {
     EXPECT_EQ(t.desired_status, "STOPPED");
     EXPECT_THAT(t.request_json, Not(HasSubstr(kStepSecret)));
+  }
+}
+
+// A delegate that restarted cannot dial the runner of the stage task its
+// earlier process started (the key died with it): Resume says so, and the
+// cleanup that follows stops the task and deletes its definition.
+TEST_F(EcsStageTaskTest, AStageTaskIsCleanedUpNotResumedAfterARestart) {
+  auto options = [&] {
+    EcsExecutorOptions o;
+    o.env = EnvMap{{"AWS_ACCESS_KEY_ID", kKey},
+                   {"AWS_SECRET_ACCESS_KEY", kSecret},
+                   {"AWS_REGION", "us-east-1"},
+                   {"AWS_ENDPOINT_URL", fake_->url()}};
+    o.cluster = "ci";
+    o.subnets = {"subnet-0123456789abcdef0"};
+    o.execution_role_arn = "arn:aws:iam::123456789012:role/ci-exec";
+    o.poll_interval = absl::Milliseconds(100);
+    o.start_timeout = absl::Seconds(60);
+    o.instance = "stage-task-" + std::to_string(getpid());
+    o.stage_task = true;
+    o.runner_image = image_;
+    return o;
+  };
+  Stage stage;
+  stage.platform = "ecs-fargate";
+  stage.steps = {delegate::testing::ImageStep("s", {"true"})};
+  EventLog events([](std::string_view) {});
+  ExecutorRegistry first;
+  ASSERT_TRUE(RegisterEcsExecutors(first, options()).ok());
+  delegate::testing::HandRun run(stage, "task-9", "stage-test");
+  std::unique_ptr<Executor> started = first.Create("ecs-fargate");
+  ASSERT_TRUE(started->Initialize(run.context()).ok()) << run.Text();
+  ASSERT_EQ(fake_->Tasks().size(), 1u);
+  // The earlier process is gone (its executor is dropped without cleanup);
+  // the restarted one keeps the stage's leftovers for its resume.
+  started.reset();
+  ExecutorRegistry second;
+  ASSERT_TRUE(RegisterEcsExecutors(second, options()).ok());
+  second.Start(
+      {.delegate_name = "stage-test", .log = &events, .resuming = {"task-9"}});
+  std::unique_ptr<Executor> resumed = second.Create("ecs-fargate");
+  absl::Status s = resumed->Resume(run.context());
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+  EXPECT_THAT(s.message(), HasSubstr("cannot be resumed"));
+  EXPECT_EQ(fake_->Tasks()[0].desired_status, "RUNNING");
+  ASSERT_TRUE(resumed->Cleanup(run.context()).ok()) << run.Text();
+  EXPECT_EQ(fake_->Tasks()[0].desired_status, "STOPPED");
+  for (const FakeTaskDefinition& d : fake_->TaskDefinitions()) {
+    EXPECT_NE(d.status, "ACTIVE") << d.arn;
   }
 }
 

@@ -161,6 +161,14 @@ absl::Status EcsExecutor::Resume(const StageContext& ctx) {
   ecs::KeptStage kept = runtime_->TakeKept(ctx.task_id);
   for (const std::string& arn : kept.tasks) started_[arn] = "RUNNING";
   registered_ = std::move(kept.task_definitions);
+  if (runtime_->options().stage_task) {
+    // The stage's key went with the earlier process: its runner cannot be
+    // dialled again. The stage is cleaned up (its task stopped, adopted
+    // above) and reported.
+    return absl::UnimplementedError(
+        "a stage task cannot be resumed after the delegate restarted (the "
+        "key its runner accepts died with the earlier process)");
+  }
   return absl::OkStatus();
 }
 
