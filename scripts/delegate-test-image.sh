@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Makes a small image of a built delegate for the tests, offline: the binary
-# at /usr/local/bin/delegate (the entry point, as in the real image), the
+# Makes a small image of a built delegate for the tests, offline: as the
+# real image, not root (user 10001), the binary at /usr/local/bin/delegate
+# (the entry point), the
 # static delegate-step beside it, and the shared libraries `ldd` names, at
 # their paths. Prints the tag, delegate-test/delegate:HASH (HASH: of both
 # programs), and builds it only when the engine lacks it; the images of
@@ -31,5 +32,6 @@ done
 printf 'root:x:0:0:root:/:/usr/sbin/nologin\n' >"$root/etc/passwd"
 tar -C "$root" -c . | docker import \
   -c 'ENTRYPOINT ["/usr/local/bin/delegate"]' -c 'ENV PATH=/usr/local/bin' \
+  -c 'USER 10001' \
   - "$tag" >/dev/null
 echo "$tag"

@@ -7,6 +7,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "delegate/step_runner.h"
 #include "runner/identity.h"
 #include "runner/step_runner_server.h"
@@ -47,24 +48,33 @@ absl::Status InstallStepAgent(const EnvMap& env, const std::string& self_exe) {
   const std::string dir = Dir(env);
   const std::string source = AgentSource(env, self_exe);
   const std::string target = dir + "/delegate-step";
+  // A name of its own: two installers never rename each other's file.
+  const std::string temp = absl::StrCat(target, ".", getpid(), ".tmp");
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  std::filesystem::copy_file(source, target + ".tmp",
-                             std::filesystem::copy_options::overwrite_existing,
-                             ec);
+  std::filesystem::copy_file(
+      source, temp, std::filesystem::copy_options::overwrite_existing, ec);
   if (ec) {
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot put the step agent ", source, " into ", dir, ": ", ec.message(),
         "; set DELEGATE_STEP_AGENT to the static delegate-step program and "
-        "DELEGATE_RUNNER_DIR to the volume the task's containers share"));
+        "DELEGATE_RUNNER_DIR to the volume the task's containers share (the "
+        "install container runs as root)"));
   }
-  chmod((target + ".tmp").c_str(), 0755);
-  std::filesystem::rename(target + ".tmp", target, ec);
+  chmod(temp.c_str(), 0755);
+  std::filesystem::rename(temp, target, ec);
   if (ec) {
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot put the step agent into ", dir, ": ", ec.message()));
   }
-  chmod(dir.c_str(), 0755);
+  // Task volumes start root-owned 0755: the runner (not root) makes its
+  // socket in `dir`, and steps of any user write the shared ones. Steps
+  // mount `dir` read-only.
+  chmod(dir.c_str(), 01777);
+  for (absl::string_view shared : absl::StrSplit(
+           Get(env, "DELEGATE_RUNNER_SHARED"), ',', absl::SkipEmpty())) {
+    chmod(std::string(shared).c_str(), 01777);
+  }
   return absl::OkStatus();
 }
 
@@ -88,9 +98,11 @@ absl::Status ServeStepRunner(const EnvMap& env, const std::string& self_exe) {
     options.idle_timeout = absl::Seconds(seconds);
   }
   const std::string dir = Dir(env);
-  // The agent goes into the shared volume first: the step containers start
-  // it as soon as the socket exists (their health-checked dependency).
-  if (absl::Status s = InstallStepAgent(env, self_exe); !s.ok()) return s;
+  // The agent goes into the shared volume first, unless the task's install
+  // container put it there already.
+  if (access((dir + "/delegate-step").c_str(), X_OK) != 0) {
+    if (absl::Status s = InstallStepAgent(env, self_exe); !s.ok()) return s;
+  }
   options.agent_socket = dir + "/runner.sock";
   absl::StatusOr<std::unique_ptr<runner::StepRunnerServer>> server =
       runner::StepRunnerServer::Start(std::move(options));

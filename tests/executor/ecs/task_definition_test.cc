@@ -276,6 +276,7 @@ TEST_F(TaskDefinitionTest, AStageIsOneTaskWithAContainerPerStepShape) {
   build.resources = {2, 4096};
   Step test = step("test", "golang:1.22");
   test.volume_mounts = {{"cache", "/cache"}};
+  test.resources = build.resources;  // the same container
   Step lint = step("lint", "alpine:3.20");
   lint.security_context.run_as_user = 1000;
   lint.security_context.read_only_root_filesystem = true;
@@ -301,7 +302,7 @@ TEST_F(TaskDefinitionTest, AStageIsOneTaskWithAContainerPerStepShape) {
 
   rapidjson::Document def = Parse(task->register_json);
   EXPECT_STREQ(def["networkMode"].GetString(), "awsvpc");
-  // The largest of its steps: 2 vCPU and 8 GiB, on the Fargate table.
+  // The smallest Fargate size that fits each step (2 vCPU; 8 GiB).
   EXPECT_STREQ(def["cpu"].GetString(), "2048");
   EXPECT_STREQ(def["memory"].GetString(), "8192");
   EXPECT_EQ(def["ephemeralStorage"]["sizeInGiB"].GetInt(), 30);
@@ -339,6 +340,50 @@ TEST_F(TaskDefinitionTest, AStageIsOneTaskWithAContainerPerStepShape) {
       StageTaskOverrides(std::string(64, 'a'), {{"step-1", "t1"}});
   EXPECT_THAT(overrides, HasSubstr("DELEGATE_RUNNER_CLIENT_SHA256"));
   EXPECT_THAT(overrides, HasSubstr("DELEGATE_STEP_TOKEN"));
+}
+
+// Each step's own Fargate size is valid; the task takes the smallest that
+// fits them all, also when the largest cpu and memory are no pair.
+TEST_F(TaskDefinitionTest, AStageTaskFitsEveryStepAndHoldsAtMostEightShapes) {
+  Stage stage;
+  Step small;
+  small.id = "small";
+  small.image = "alpine:3.20";
+  small.commands = {"true"};
+  small.resources = {0.25, std::nullopt};
+  Step wide = small;
+  wide.id = "wide";
+  wide.resources = {std::nullopt, 4096};
+  stage.steps = {small, wide};
+  StageTaskInputs in;
+  in.launch = LaunchType::kFargate;
+  in.region = "eu-west-1";
+  in.family = TaskFamily("ci");
+  in.options = &options_;
+  in.runner_image = "libdelegate/delegate:0.1.0";
+  absl::StatusOr<StageTask> task = BuildStageTask(stage, in);
+  ASSERT_TRUE(task.ok()) << task.status();
+  rapidjson::Document def = Parse(task->register_json);
+  EXPECT_STREQ(def["cpu"].GetString(), "512");
+  EXPECT_STREQ(def["memory"].GetString(), "4096");
+  // The install container is root; the runner is the image's user.
+  EXPECT_STREQ(def["containerDefinitions"][0]["user"].GetString(), "0");
+  EXPECT_FALSE(def["containerDefinitions"][1].HasMember("user"));
+
+  for (int i = 0; i < 9; ++i) {
+    Step s = small;
+    s.id = absl::StrCat("s", i);
+    s.image = absl::StrCat("image-", i);
+    stage.steps.push_back(s);
+  }
+  EXPECT_THAT(CheckStageForEcs(stage, LaunchType::kFargate, true),
+              ::testing::Contains(HasSubstr("at most 8")));
+  Step bare = small;
+  bare.commands.clear();
+  stage.steps = {bare};
+  EXPECT_THAT(CheckStageForEcs(stage, LaunchType::kFargate, true),
+              ::testing::Contains(HasSubstr("commands or an entrypoint")));
+  EXPECT_THAT(CheckStageForEcs(stage, LaunchType::kFargate, false), IsEmpty());
 }
 
 }  // namespace

@@ -526,9 +526,10 @@ absl::Status EcsExecutor::StartStageTask(const StageContext& ctx) {
   session_->poller().Watch(*arn);
   const absl::Time give_up = clock.Now() + o.start_timeout;
   TaskState state;
+  // A task just started may be MISSING for a moment (DescribeTasks is
+  // eventually consistent): only the timeout ends the wait.
   while (state.last_status != "RUNNING" && state.last_status != "STOPPED" &&
-         state.missing.empty() && !ctx.stop.stop_requested() &&
-         clock.Now() < give_up) {
+         !ctx.stop.stop_requested() && clock.Now() < give_up) {
     state =
         session_->poller().WaitForChange(*arn, state.version, o.poll_interval);
     if (!state.last_status.empty()) started_[*arn] = state.last_status;
@@ -555,10 +556,20 @@ absl::Status EcsExecutor::StartStageTask(const StageContext& ctx) {
   if (state.private_ip.empty()) {
     return absl::UnavailableError("the stage task runs but has no IP");
   }
-  absl::StatusOr<std::unique_ptr<runner::StepRunnerClient>> client =
-      runner::StepRunnerClient::Connect(
-          absl::StrCat(state.private_ip, ":", ecs::kRunnerPort), *identity,
-          std::max(give_up - clock.Now(), absl::Seconds(30)));
+  // In short tries, so that a cancel is heard while the runner starts.
+  const std::string target =
+      absl::StrCat(state.private_ip, ":", ecs::kRunnerPort);
+  const absl::Time connect_until =
+      std::max(give_up, clock.Now() + absl::Seconds(30));
+  absl::StatusOr<std::unique_ptr<runner::StepRunnerClient>> client;
+  do {
+    client =
+        runner::StepRunnerClient::Connect(target, *identity, absl::Seconds(5));
+  } while (!client.ok() && !absl::IsUnauthenticated(client.status()) &&
+           !ctx.stop.stop_requested() && clock.Now() < connect_until);
+  if (ctx.stop.stop_requested()) {
+    return absl::CancelledError("cancelled while the stage task started");
+  }
   if (!client.ok()) {
     return absl::UnavailableError(absl::StrCat(
         "the stage task's runner at ", state.private_ip, ":", ecs::kRunnerPort,
@@ -600,13 +611,19 @@ StepResult EcsExecutor::ExecuteInStageTask(const StepContext& ctx) {
     return result;
   }
   run.working_dir = working_dir;
-  for (const auto& [name, value] : step.envs) run.env[name] = value;
-  run.env["HARNESS_WORKSPACE"] = ecs::kWorkspacePath;
-  if (!step.outputs.empty()) {
-    run.output_file =
-        absl::StrCat(ecs::kWorkspacePath, "/.delegate-outputs/", ctx.index);
-    run.env["HARNESS_OUTPUT_FILE"] = run.output_file;
+  for (const auto& [name, value] : step.envs) {
+    // A secret ARN's value is the secret, which ECS gave the container
+    // (its definition's `secrets`): the container's env has it.
+    if (!ecs::IsSecretArn(value)) run.env[name] = value;
   }
+  // As on Docker: the output file out of the workspace.
+  run.output_file = absl::StrCat(ecs::kEnginePath, "/", ctx.index, "-",
+                                 ecs::EcsName(step.id, 64), "-output.env");
+  run.env["HARNESS_OUTPUT_FILE"] = run.output_file;
+  run.env["DRONE_OUTPUT"] = run.output_file;
+  run.env["HARNESS_WORKSPACE"] = ecs::kWorkspacePath;
+  run.env["HARNESS_STAGE_ID"] = ctx.stage.task_id;
+  run.env["HARNESS_STEP_ID"] = step.id;
   for (const auto& [id, value] : ctx.stage.stage.secrets) {
     if (!value.empty()) run.mask.push_back(value);
   }
@@ -638,6 +655,8 @@ StepResult EcsExecutor::ExecuteInStageTask(const StepContext& ctx) {
     return result;
   }
   if (end->signal != 0) {
+    // As a shell (and Docker) reports it.
+    result.exit_code = 128 + end->signal;
     result.error = absl::StrCat("killed by signal ", end->signal,
                                 end->signal == 9 ? " (out of memory?)" : "");
     return result;

@@ -259,6 +259,30 @@ void WriteAwsLogs(Writer& w, const EcsExecutorOptions& options,
   w.EndObject();
 }
 
+// The step's env whose values are Secrets Manager or SSM ARNs: ECS gives
+// them to its container as `secrets`.
+std::map<std::string, std::string> SecretArnEnv(const Step& step) {
+  std::map<std::string, std::string> out;
+  for (const auto& [name, value] : step.envs) {
+    if (IsSecretArn(value)) out[name] = value;
+  }
+  return out;
+}
+
+// "secrets": the container's env from secret ARNs.
+void WriteSecrets(Writer& w, const std::map<std::string, std::string>& arns) {
+  if (arns.empty()) return;
+  json::Key(w, "secrets");
+  w.StartArray();
+  for (const auto& [name, arn] : arns) {
+    w.StartObject();
+    json::StringField(w, "name", name);
+    json::StringField(w, "valueFrom", arn);
+    w.EndObject();
+  }
+  w.EndArray();
+}
+
 // repositoryCredentials, when the step's registry has a password (by then
 // a Secrets Manager ARN: CheckStageForEcs).
 void WriteRegistry(Writer& w, const Step& step) {
@@ -379,6 +403,10 @@ absl::StatusOr<TaskSize> FargateTaskSize(const Resources& resources,
       "vCPU; see the Fargate task size table)"));
 }
 
+namespace {
+std::string ContainerShape(const Step& step);
+}  // namespace
+
 std::vector<std::string> CheckStageForEcs(const Stage& stage, LaunchType launch,
                                           bool stage_task) {
   std::vector<std::string> problems;
@@ -440,6 +468,12 @@ std::vector<std::string> CheckStageForEcs(const Stage& stage, LaunchType launch,
       problems.push_back(absl::StrCat(Field(i, "image"),
                                       ": every step on ECS needs an image"));
     }
+    if (stage_task && step.commands.empty() && step.entrypoint.empty()) {
+      problems.push_back(absl::StrCat(
+          Field(i, "commands"),
+          ": in an ECS stage task a step needs commands or an entrypoint "
+          "(the image's own command is replaced by the step agent)"));
+    }
     if (launch == LaunchType::kFargate) {
       absl::StatusOr<TaskSize> size =
           FargateTaskSize(step.resources, Field(i, "resources"));
@@ -461,6 +495,17 @@ std::vector<std::string> CheckStageForEcs(const Stage& stage, LaunchType launch,
                          " MiB; a Fargate task has at most 204800 MiB "
                          "(200 GiB) of ephemeral storage"));
       }
+    }
+  }
+  if (stage_task) {
+    std::set<std::string> shapes;
+    for (const Step& step : stage.steps) shapes.insert(ContainerShape(step));
+    if (shapes.size() > kMaxStepContainers) {
+      problems.push_back(absl::StrCat(
+          "steps: ", shapes.size(),
+          " distinct images, security contexts, mounts and resources need as "
+          "many step containers; an ECS stage task holds at most ",
+          kMaxStepContainers, "; make steps share them"));
     }
   }
   return problems;
@@ -578,17 +623,7 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
   WriteSecurity(w, step.security_context, /*init=*/true);
   WriteMountPoints(w, stage, {{"workspace", kWorkspacePath, false}},
                    step.volume_mounts);
-  if (!secrets.empty()) {
-    json::Key(w, "secrets");
-    w.StartArray();
-    for (const auto& [name, arn] : secrets) {
-      w.StartObject();
-      json::StringField(w, "name", name);
-      json::StringField(w, "valueFrom", arn);
-      w.EndObject();
-    }
-    w.EndArray();
-  }
+  WriteSecrets(w, secrets);
   WriteRegistry(w, step);
   WriteStopTimeout(w, options);
   WriteAwsLogs(w, options, in.region, options.log_stream_prefix);
@@ -607,6 +642,17 @@ namespace {
 
 // What makes two steps need different step containers: what ECS sets per
 // container.
+// dependsOn: the install container, successfully ended.
+void WriteDependsOnInstall(Writer& w) {
+  json::Key(w, "dependsOn");
+  w.StartArray();
+  w.StartObject();
+  json::StringField(w, "containerName", kInstallContainer);
+  json::StringField(w, "condition", "SUCCESS");
+  w.EndObject();
+  w.EndArray();
+}
+
 std::string ContainerShape(const Step& step) {
   const SecurityContext& sc = step.security_context;
   std::vector<std::string> mounts;
@@ -620,7 +666,23 @@ std::string ContainerShape(const Step& step) {
       sc.read_only_root_filesystem.value_or(false), "\n",
       absl::StrJoin(sc.add_capability, ","), "\n",
       absl::StrJoin(sc.drop_capability, ","), "\n", absl::StrJoin(mounts, ","),
-      "\n", step.registry ? step.registry->password : "");
+      "\n", step.registry ? step.registry->password : "", "\n",
+      step.resources.cpus.value_or(0), "/",
+      step.resources.memory_mib.value_or(0), "\n",
+      absl::StrJoin(SecretArnEnv(step), ",", absl::PairFormatter("=")));
+}
+
+// The smallest Fargate size with at least `cpu_units` and `memory_mib`
+// (each step's own size is valid; the largest of each may not be a pair).
+TaskSize CoveringFargateSize(int cpu_units, int memory_mib) {
+  for (const FargateRow& row : FargateTable()) {
+    if (row.cpu < cpu_units) continue;
+    for (int m : row.memory) {
+      if (m >= memory_mib) return TaskSize{row.cpu, m};
+    }
+  }
+  const FargateRow& last = FargateTable().back();
+  return TaskSize{last.cpu, last.memory.back()};
 }
 
 }  // namespace
@@ -633,7 +695,8 @@ absl::StatusOr<StageTask> BuildStageTask(const Stage& stage,
   // One step container per shape, named in the order steps first need it.
   std::map<std::string, std::string> by_shape;
   std::vector<const Step*> first_of;
-  Resources largest;
+  int cpu_units = 0;
+  int memory_mib = 0;
   std::set<std::string> mounted;
   for (const Step& step : stage.steps) {
     auto [it, added] = by_shape.try_emplace(
@@ -644,27 +707,34 @@ absl::StatusOr<StageTask> BuildStageTask(const Stage& stage,
     }
     out.step_containers.push_back(it->second);
     for (const VolumeMount& m : step.volume_mounts) mounted.insert(m.name);
-    if (step.resources.cpus) {
-      largest.cpus = std::max(largest.cpus.value_or(0), *step.resources.cpus);
-    }
-    if (step.resources.memory_mib) {
-      largest.memory_mib =
-          std::max(largest.memory_mib.value_or(0), *step.resources.memory_mib);
+    if (fargate) {
+      absl::StatusOr<TaskSize> own =
+          FargateTaskSize(step.resources, "step " + step.id + " resources");
+      if (!own.ok()) return own.status();
+      cpu_units = std::max(cpu_units, own->cpu_units);
+      memory_mib = std::max(memory_mib, own->memory_mib);
     }
   }
-  TaskSize size;
-  if (fargate) {
-    absl::StatusOr<TaskSize> fargate_size =
-        FargateTaskSize(largest, "the stage's largest step resources");
-    if (!fargate_size.ok()) return fargate_size.status();
-    size = *fargate_size;
+  if (stage.steps.empty()) {
+    return absl::FailedPreconditionError(
+        "a stage task needs its steps when the stage begins (a stage whose "
+        "steps arrive one at a time cannot run as one ECS task yet)");
   }
+  if (out.containers.size() > kMaxStepContainers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the stage needs ", out.containers.size(),
+        " step containers (one per distinct image, security context, mounts "
+        "and resources); an ECS task holds at most ",
+        kMaxStepContainers, " besides the runner's two"));
+  }
+  const TaskSize size =
+      fargate ? CoveringFargateSize(cpu_units, memory_mib) : TaskSize{};
 
   rapidjson::StringBuffer b;
   Writer w(b);
   w.StartObject();
   WriteTaskHeader(w, in.family, fargate, "awsvpc", size, options);
-  WriteVolumes(w, stage, {"workspace", "delegate"}, mounted, fargate);
+  WriteVolumes(w, stage, {"workspace", "delegate", "engine"}, mounted, fargate);
   json::Key(w, "containerDefinitions");
   w.StartArray();
   auto runner_env = [&](Writer& w) {
@@ -673,6 +743,11 @@ absl::StatusOr<StageTask> BuildStageTask(const Stage& stage,
     w.StartObject();
     json::StringField(w, "name", "DELEGATE_RUNNER_DIR");
     json::StringField(w, "value", kRunnerDir);
+    w.EndObject();
+    w.StartObject();
+    json::StringField(w, "name", "DELEGATE_RUNNER_SHARED");
+    json::StringField(w, "value",
+                      absl::StrCat(kWorkspacePath, ",", kEnginePath));
     w.EndObject();
     w.StartObject();
     json::StringField(w, "name", "DELEGATE_RUNNER_LISTEN");
@@ -694,9 +769,16 @@ absl::StatusOr<StageTask> BuildStageTask(const Stage& stage,
   w.Bool(false);
   json::Key(w, "command");
   json::StringList(w, {"runner", "--install"});
+  // Root: task volumes start root-owned 0755; it opens them to the runner
+  // and to steps that run as other users (as the docker executor does).
+  json::StringField(w, "user", "0");
   runner_env(w);
   ec2_memory(w, 64);
-  WriteMountPoints(w, stage, {{"delegate", kRunnerDir, false}}, {});
+  WriteMountPoints(w, stage,
+                   {{"delegate", kRunnerDir, false},
+                    {"workspace", kWorkspacePath, false},
+                    {"engine", kEnginePath, false}},
+                   {});
   WriteAwsLogs(w, options, in.region, "stage");
   w.EndObject();
   // The runner: the task lives as long as it does.
@@ -708,7 +790,8 @@ absl::StatusOr<StageTask> BuildStageTask(const Stage& stage,
   json::Key(w, "command");
   json::StringList(w, {"runner"});
   runner_env(w);
-  ec2_memory(w, 128);
+  ec2_memory(w, 256);
+  WriteDependsOnInstall(w);
   json::Key(w, "portMappings");
   w.StartArray();
   w.StartObject();
@@ -717,10 +800,11 @@ absl::StatusOr<StageTask> BuildStageTask(const Stage& stage,
   json::StringField(w, "protocol", "tcp");
   w.EndObject();
   w.EndArray();
-  WriteMountPoints(
-      w, stage,
-      {{"delegate", kRunnerDir, false}, {"workspace", kWorkspacePath, false}},
-      {});
+  WriteMountPoints(w, stage,
+                   {{"delegate", kRunnerDir, false},
+                    {"workspace", kWorkspacePath, false},
+                    {"engine", kEnginePath, false}},
+                   {});
   WriteStopTimeout(w, options);
   WriteAwsLogs(w, options, in.region, "stage");
   w.EndObject();
@@ -738,21 +822,23 @@ absl::StatusOr<StageTask> BuildStageTask(const Stage& stage,
     // No command: the image's own would be the agent's arguments.
     json::Key(w, "command");
     json::StringList(w, {"--"});
-    json::Key(w, "dependsOn");
-    w.StartArray();
-    w.StartObject();
-    json::StringField(w, "containerName", kInstallContainer);
-    json::StringField(w, "condition", "SUCCESS");
-    w.EndObject();
-    w.EndArray();
+    WriteDependsOnInstall(w);
     json::StringField(w, "workingDirectory", kWorkspacePath);
     ec2_memory(w, step.resources.memory_mib.value_or(512));
+    if (!fargate && step.resources.cpus) {
+      json::Key(w, "cpu");
+      w.Int64(static_cast<int64_t>(std::llround(*step.resources.cpus * 1024)));
+    }
     // The agent is PID 1: it reaps and passes the stop signal on itself.
     WriteSecurity(w, step.security_context, /*init=*/false);
-    WriteMountPoints(
-        w, stage,
-        {{"delegate", kRunnerDir, true}, {"workspace", kWorkspacePath, false}},
-        step.volume_mounts);
+    WriteMountPoints(w, stage,
+                     {{"delegate", kRunnerDir, true},
+                      {"workspace", kWorkspacePath, false},
+                      {"engine", kEnginePath, false}},
+                     step.volume_mounts);
+    // Env values that are secret ARNs: ECS puts the secret itself into the
+    // container's env, which the step's inherits.
+    WriteSecrets(w, SecretArnEnv(step));
     WriteRegistry(w, step);
     WriteStopTimeout(w, options);
     WriteAwsLogs(w, options, in.region, "stage");

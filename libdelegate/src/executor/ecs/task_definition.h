@@ -76,6 +76,11 @@ absl::StatusOr<StepTask> BuildStepTask(const Stage& stage, const Step& step,
 inline constexpr char kRunnerContainer[] = "runner";
 inline constexpr char kInstallContainer[] = "install";
 inline constexpr char kRunnerDir[] = "/delegate";
+// Where each step's output file is (HARNESS_OUTPUT_FILE), out of the
+// workspace, as on Docker.
+inline constexpr char kEnginePath[] = "/tmp/engine";
+// ECS's 10 containers per task, less the runner's two.
+inline constexpr size_t kMaxStepContainers = 8;
 inline constexpr int kRunnerPort = 9079;
 
 struct StageTaskInputs {
