@@ -153,7 +153,8 @@ TEST_F(EcsStageTaskTest, TheStepsOfAStageRunInOneTaskThroughTheRunner) {
   ASSERT_FALSE(running.empty()) << "the stage task never ran";
   // The task's IP, from its network interface.
   std::string ip;
-  for (const auto& a : Json(running)["tasks"][0]["attachments"].GetArray()) {
+  const rapidjson::Document described = Json(running);
+  for (const auto& a : described["tasks"][0]["attachments"].GetArray()) {
     for (const auto& d : a["details"].GetArray()) {
       if (std::string(d["name"].GetString()) == "privateIPv4Address") {
         ip = d["value"].GetString();
