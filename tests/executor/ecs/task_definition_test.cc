@@ -49,6 +49,17 @@ class TaskDefinitionTest : public ::testing::Test {
     in.tags = {{"libdelegate:stage", "task-1"}};
     return in;
   }
+  // A Fargate stage task of delegate "ci delegate" in eu-west-1.
+  StageTaskInputs StageInputs() {
+    StageTaskInputs in;
+    in.launch = LaunchType::kFargate;
+    in.region = "eu-west-1";
+    in.family = TaskFamily("ci delegate");
+    in.options = &options_;
+    in.runner_image = "libdelegate/delegate:0.1.0";
+    in.tags = {{"libdelegate:stage", "task-1"}};
+    return in;
+  }
   EcsExecutorOptions options_;
 };
 
@@ -283,13 +294,7 @@ TEST_F(TaskDefinitionTest, AStageIsOneTaskWithAContainerPerStepShape) {
   lint.resources = {1, 8192};
   stage.steps = {build, test, lint};
 
-  StageTaskInputs in;
-  in.launch = LaunchType::kFargate;
-  in.region = "eu-west-1";
-  in.family = TaskFamily("ci delegate");
-  in.options = &options_;
-  in.runner_image = "libdelegate/delegate:0.1.0";
-  in.tags = {{"libdelegate:stage", "task-1"}};
+  const StageTaskInputs in = StageInputs();
   absl::StatusOr<StageTask> task = BuildStageTask(stage, in);
   ASSERT_TRUE(task.ok()) << task.status();
   EXPECT_THAT(
@@ -355,13 +360,7 @@ TEST_F(TaskDefinitionTest, AStageTaskFitsEveryStepAndHoldsAtMostEightShapes) {
   wide.id = "wide";
   wide.resources = {std::nullopt, 4096};
   stage.steps = {small, wide};
-  StageTaskInputs in;
-  in.launch = LaunchType::kFargate;
-  in.region = "eu-west-1";
-  in.family = TaskFamily("ci");
-  in.options = &options_;
-  in.runner_image = "libdelegate/delegate:0.1.0";
-  absl::StatusOr<StageTask> task = BuildStageTask(stage, in);
+  absl::StatusOr<StageTask> task = BuildStageTask(stage, StageInputs());
   ASSERT_TRUE(task.ok()) << task.status();
   rapidjson::Document def = Parse(task->register_json);
   EXPECT_STREQ(def["cpu"].GetString(), "512");
