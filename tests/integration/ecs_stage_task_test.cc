@@ -96,6 +96,26 @@ class EcsStageTaskTest : public ::testing::Test {
     return doc;
   }
 
+  // The ecs executors on the fake in cluster "ci", one subnet, each stage
+  // one task with the built delegate as its runner.
+  EcsExecutorOptions StageTaskOptions() {
+    EcsExecutorOptions o;
+    o.env = EnvMap{{"AWS_ACCESS_KEY_ID", kKey},
+                   {"AWS_SECRET_ACCESS_KEY", kSecret},
+                   {"AWS_REGION", "us-east-1"},
+                   {"AWS_ENDPOINT_URL", fake_->url()}};
+    o.cluster = "ci";
+    o.subnets = {"subnet-0123456789abcdef0"};
+    o.execution_role_arn = "arn:aws:iam::123456789012:role/ci-exec";
+    o.poll_interval = absl::Milliseconds(100);
+    o.start_timeout = absl::Seconds(60);
+    o.grace_period = absl::Seconds(2);
+    o.instance = "stage-task-" + std::to_string(getpid());
+    o.stage_task = true;
+    o.runner_image = image_;
+    return o;
+  }
+
   std::unique_ptr<docker::DockerClient> engine_;
   std::string image_;
   std::unique_ptr<FakeAws> fake_;
@@ -218,22 +238,8 @@ TEST_F(EcsStageTaskTest, TheStepsOfAStageRunInOneTaskThroughTheRunner) {
 // work; a failing step's exit code and a timed-out step are reported as on
 // Docker; cleanup stops the task and deregisters its definition.
 TEST_F(EcsStageTaskTest, TheExecutorRunsAStageAsOneTask) {
-  EcsExecutorOptions options;
-  options.env = EnvMap{{"AWS_ACCESS_KEY_ID", kKey},
-                       {"AWS_SECRET_ACCESS_KEY", kSecret},
-                       {"AWS_REGION", "us-east-1"},
-                       {"AWS_ENDPOINT_URL", fake_->url()}};
-  options.cluster = "ci";
-  options.subnets = {"subnet-0123456789abcdef0"};
-  options.execution_role_arn = "arn:aws:iam::123456789012:role/ci-exec";
-  options.poll_interval = absl::Milliseconds(100);
-  options.start_timeout = absl::Seconds(60);
-  options.grace_period = absl::Seconds(2);
-  options.instance = "stage-task-" + std::to_string(getpid());
-  options.stage_task = true;
-  options.runner_image = image_;
   ExecutorRegistry registry;
-  ASSERT_TRUE(RegisterEcsExecutors(registry, std::move(options)).ok());
+  ASSERT_TRUE(RegisterEcsExecutors(registry, StageTaskOptions()).ok());
   SchedulerOptions sched;
   sched.registry = &registry;
   sched.delegate_name = "stage-test";
@@ -293,28 +299,12 @@ TEST_F(EcsStageTaskTest, TheExecutorRunsAStageAsOneTask) {
 // earlier process started (the key died with it): Resume says so, and the
 // cleanup that follows stops the task and deletes its definition.
 TEST_F(EcsStageTaskTest, AStageTaskIsCleanedUpNotResumedAfterARestart) {
-  auto options = [&] {
-    EcsExecutorOptions o;
-    o.env = EnvMap{{"AWS_ACCESS_KEY_ID", kKey},
-                   {"AWS_SECRET_ACCESS_KEY", kSecret},
-                   {"AWS_REGION", "us-east-1"},
-                   {"AWS_ENDPOINT_URL", fake_->url()}};
-    o.cluster = "ci";
-    o.subnets = {"subnet-0123456789abcdef0"};
-    o.execution_role_arn = "arn:aws:iam::123456789012:role/ci-exec";
-    o.poll_interval = absl::Milliseconds(100);
-    o.start_timeout = absl::Seconds(60);
-    o.instance = "stage-task-" + std::to_string(getpid());
-    o.stage_task = true;
-    o.runner_image = image_;
-    return o;
-  };
   Stage stage;
   stage.platform = "ecs-fargate";
   stage.steps = {delegate::testing::ImageStep("s", {"true"})};
   EventLog events([](std::string_view) {});
   ExecutorRegistry first;
-  ASSERT_TRUE(RegisterEcsExecutors(first, options()).ok());
+  ASSERT_TRUE(RegisterEcsExecutors(first, StageTaskOptions()).ok());
   delegate::testing::HandRun run(stage, "task-9", "stage-test");
   std::unique_ptr<Executor> started = first.Create("ecs-fargate");
   ASSERT_TRUE(started->Initialize(run.context()).ok()) << run.Text();
@@ -323,7 +313,7 @@ TEST_F(EcsStageTaskTest, AStageTaskIsCleanedUpNotResumedAfterARestart) {
   // the restarted one keeps the stage's leftovers for its resume.
   started.reset();
   ExecutorRegistry second;
-  ASSERT_TRUE(RegisterEcsExecutors(second, options()).ok());
+  ASSERT_TRUE(RegisterEcsExecutors(second, StageTaskOptions()).ok());
   second.Start(
       {.delegate_name = "stage-test", .log = &events, .resuming = {"task-9"}});
   std::unique_ptr<Executor> resumed = second.Create("ecs-fargate");
